@@ -1,0 +1,374 @@
+//! Pipeline files: reading, validating and comparing them. Pure data: nothing in here spawns a
+//! task or touches the network.
+//!
+//! Loading goes YAML text -> [`tree::Node`] (positions kept) -> `${ENV}` substitution -> the
+//! header and each stage deserialized separately -> graph checks. Every problem found on the
+//! way is collected, so one `validate` run shows all of them, each with its line and column.
+
+pub mod diff;
+pub mod graph;
+pub mod schema;
+pub mod tree;
+pub mod types;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use indexmap::IndexMap;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use crate::stages::{self, StageConfig, StageKind};
+use tree::{Node, Pos};
+
+/// The engine's own HTTP endpoint.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Address to listen on for `GET /metrics`, `/healthz`, `/readyz` and `POST /-/reload`.
+    /// Binding to all interfaces (`0.0.0.0:9464`) is an explicit choice.
+    #[serde(default = "default_listen")]
+    #[schemars(with = "String")]
+    pub listen: SocketAddr,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9464))
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: default_listen(),
+        }
+    }
+}
+
+/// Where checkpoints and durable queues are kept.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// `sqlite://path.db`, `postgres://...` or `mysql://...`.
+    #[serde(default = "default_state_url")]
+    pub url: String,
+}
+
+fn default_state_url() -> String {
+    "sqlite://eventflow-state.db".to_string()
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            url: default_state_url(),
+        }
+    }
+}
+
+/// The file's header: everything but the stages.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Header {
+    /// The file format version. Only `1` exists.
+    #[serde(default = "one")]
+    pub version: u32,
+    /// The engine's HTTP endpoint (metrics, health, reload). Off when absent.
+    #[serde(default)]
+    pub api: Option<ApiConfig>,
+    /// Checkpoints and durable queues. Default: `sqlite://eventflow-state.db`.
+    #[serde(default)]
+    pub state: Option<StateConfig>,
+    /// The stages, keyed by id (`[a-z0-9_-]+`).
+    #[serde(default)]
+    #[schemars(with = "std::collections::BTreeMap<String, serde_json::Value>")]
+    pub stages: serde::de::IgnoredAny,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// A stage as written in the file.
+#[derive(Debug, Clone)]
+pub struct StageSpec {
+    pub id: String,
+    pub type_name: &'static str,
+    pub kind: StageKind,
+    pub inputs: Vec<String>,
+    pub config: Arc<dyn StageConfig>,
+    /// The stage's whole YAML node after substitution: what reload compares.
+    pub node: Node,
+    pub pos: Pos,
+}
+
+/// A loaded and validated pipeline.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub path: Option<PathBuf>,
+    pub version: u32,
+    pub api: Option<ApiConfig>,
+    pub state: Option<StateConfig>,
+    pub stages: IndexMap<String, StageSpec>,
+}
+
+impl Pipeline {
+    /// The ids of the stages that read from `id`.
+    pub fn consumers_of<'a>(&'a self, id: &'a str) -> impl Iterator<Item = &'a StageSpec> + 'a {
+        self.stages
+            .values()
+            .filter(move |s| s.inputs.iter().any(|i| i == id))
+    }
+}
+
+/// One problem in a pipeline file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    pub pos: Option<Pos>,
+    pub stage: Option<String>,
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl Problem {
+    fn new(pos: Option<Pos>, stage: Option<&str>, field: Option<&str>, message: impl Into<String>) -> Self {
+        Problem {
+            pos,
+            stage: stage.map(str::to_string),
+            field: field.map(str::to_string),
+            message: message.into(),
+        }
+    }
+}
+
+/// Every problem found in one file.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigError {
+    pub file: String,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}", self.file)?;
+            if let Some(pos) = p.pos.filter(|p| p.line > 0) {
+                write!(f, ":{}:{}", pos.line, pos.column)?;
+            }
+            f.write_str(": ")?;
+            match (&p.stage, &p.field) {
+                (Some(s), Some(fl)) => write!(f, "stage `{s}`, field `{fl}`: ")?,
+                (Some(s), None) => write!(f, "stage `{s}`: ")?,
+                (None, Some(fl)) => write!(f, "field `{fl}`: ")?,
+                (None, None) => {}
+            }
+            f.write_str(&p.message)?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads and validates a pipeline file.
+pub fn load_file(path: &Path) -> Result<Pipeline, ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: file.clone(),
+        problems: vec![Problem::new(None, None, None, format!("cannot read the file: {e}"))],
+    })?;
+    let mut p = load_str(&text, &file, &|name| std::env::var(name).ok())?;
+    p.path = Some(path.to_path_buf());
+    Ok(p)
+}
+
+/// Parses and validates pipeline text. `file` is the name used in messages; `env` looks up
+/// `${NAME}` references.
+pub fn load_str(text: &str, file: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Pipeline, ConfigError> {
+    let fail = |problems| ConfigError {
+        file: file.to_string(),
+        problems,
+    };
+    let mut root = tree::parse(text).map_err(|e| fail(vec![Problem::new(Some(e.pos), None, None, e.message)]))?;
+    let mut problems: Vec<Problem> = tree::substitute_env(&mut root, env)
+        .into_iter()
+        .map(|(pos, m)| Problem::new(Some(pos), None, None, m))
+        .collect();
+    if !matches!(root.value, tree::Value::Map(_)) {
+        problems.push(Problem::new(
+            Some(root.pos),
+            None,
+            None,
+            format!("a pipeline file is a mapping with a `stages:` key, found {}", root.value.kind()),
+        ));
+        return Err(fail(problems));
+    }
+    let header = match tree::from_node::<Header>(&root) {
+        Ok(h) => Some(h),
+        Err(e) => {
+            problems.push(de_problem(None, e));
+            None
+        }
+    };
+    if let Some(h) = &header
+        && h.version != 1
+    {
+        let pos = root.get("version").map(|n| n.pos);
+        problems.push(Problem::new(
+            pos,
+            None,
+            Some("version"),
+            format!("unsupported version {}: this eventflow reads version 1", h.version),
+        ));
+    }
+    let stages = parse_stages(&root, &mut problems);
+    graph::check(&stages, &mut problems);
+    if !problems.is_empty() {
+        return Err(fail(problems));
+    }
+    let header = header.ok_or_else(|| fail(vec![]))?;
+    Ok(Pipeline {
+        path: None,
+        version: header.version,
+        api: header.api,
+        state: header.state,
+        stages,
+    })
+}
+
+fn de_problem(stage: Option<&str>, e: tree::DeError) -> Problem {
+    let field = (!e.path.is_empty()).then(|| e.path.join(".").replace(".[", "["));
+    Problem {
+        pos: e.pos,
+        stage: stage.map(str::to_string),
+        field,
+        message: e.message,
+    }
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+fn parse_stages(root: &Node, problems: &mut Vec<Problem>) -> IndexMap<String, StageSpec> {
+    let mut out = IndexMap::new();
+    let Some(stages_node) = root.get("stages") else {
+        problems.push(Problem::new(
+            Some(root.pos),
+            None,
+            Some("stages"),
+            "the file has no `stages:`; a pipeline needs at least one source and one sink",
+        ));
+        return out;
+    };
+    let Some(map) = stages_node.as_map() else {
+        if !matches!(stages_node.value, tree::Value::Null) {
+            problems.push(Problem::new(
+                Some(stages_node.pos),
+                None,
+                Some("stages"),
+                format!("expected a mapping of stage ids to stages, found {}", stages_node.value.kind()),
+            ));
+        }
+        return out;
+    };
+    for (id, (kpos, node)) in map {
+        if !valid_id(id) {
+            problems.push(Problem::new(
+                Some(*kpos),
+                Some(id),
+                None,
+                "invalid stage id: use lowercase letters, digits, `_` and `-`",
+            ));
+            continue;
+        }
+        if let Some(spec) = parse_stage(id, *kpos, node, problems) {
+            out.insert(id.clone(), spec);
+        }
+    }
+    out
+}
+
+#[derive(Deserialize)]
+struct StageHead {
+    #[serde(rename = "type")]
+    type_name: Option<String>,
+    inputs: Option<InputsField>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum InputsField {
+    One(String),
+    Many(Vec<String>),
+}
+
+fn parse_stage(id: &str, kpos: Pos, node: &Node, problems: &mut Vec<Problem>) -> Option<StageSpec> {
+    if node.as_map().is_none() {
+        problems.push(Problem::new(
+            Some(node.pos),
+            Some(id),
+            None,
+            format!("expected a mapping with a `type:`, found {}", node.value.kind()),
+        ));
+        return None;
+    }
+    let head: StageHead = match tree::from_node_skipping(node, &[]) {
+        Ok(h) => h,
+        Err(e) => {
+            problems.push(de_problem(Some(id), e));
+            return None;
+        }
+    };
+    let Some(type_name) = head.type_name else {
+        problems.push(Problem::new(
+            Some(kpos),
+            Some(id),
+            Some("type"),
+            format!("missing `type:` (one of: {})", stages::type_names().join(", ")),
+        ));
+        return None;
+    };
+    let type_pos = node.get("type").map(|n| n.pos);
+    let Some(st) = stages::lookup(&type_name) else {
+        problems.push(Problem::new(
+            type_pos,
+            Some(id),
+            Some("type"),
+            format!(
+                "unknown stage type `{type_name}` (expected one of: {})",
+                stages::type_names().join(", ")
+            ),
+        ));
+        return None;
+    };
+    let inputs = match head.inputs {
+        None => vec![],
+        Some(InputsField::One(s)) => vec![s],
+        Some(InputsField::Many(v)) => v,
+    };
+    let config = match (st.parse)(node) {
+        Ok(c) => c,
+        Err(e) => {
+            problems.push(de_problem(Some(id), e));
+            return None;
+        }
+    };
+    Some(StageSpec {
+        id: id.to_string(),
+        type_name: st.name,
+        kind: st.kind,
+        inputs,
+        config,
+        node: node.clone(),
+        pos: kpos,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,210 @@
+//! Small value types used in stage configs. Each one checks its text while it is deserialized,
+//! so a bad duration, regex or glob is reported at its own line and column at load time.
+
+use std::fmt;
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Deserializer, Serialize, de};
+
+/// A duration written with a unit: `500ms`, `30s`, `5m`, `1h`, `7d`, or a sum such as `1h30m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Dur(pub Duration);
+
+impl Dur {
+    pub const fn secs(s: u64) -> Self {
+        Dur(Duration::from_secs(s))
+    }
+    pub const fn millis(ms: u64) -> Self {
+        Dur(Duration::from_millis(ms))
+    }
+}
+
+/// Parses `500ms`, `30s`, `5m`, `1h`, `7d`, `1h30m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let s = text.trim();
+    if s.is_empty() {
+        return Err("empty duration: write a number with a unit, such as `30s`".into());
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(format!("invalid duration `{text}`: expected a number, such as `30s`"));
+        }
+        let n: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("invalid duration `{text}`: number too large"))?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        let part = match unit {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.saturating_mul(60)),
+            "h" => Duration::from_secs(n.saturating_mul(3600)),
+            "d" => Duration::from_secs(n.saturating_mul(86400)),
+            "" => {
+                return Err(format!(
+                    "invalid duration `{text}`: a unit is required (ms, s, m, h or d), e.g. `{n}s`"
+                ));
+            }
+            other => {
+                return Err(format!(
+                    "invalid duration `{text}`: unknown unit `{other}` (expected ms, s, m, h or d)"
+                ));
+            }
+        };
+        total = total.saturating_add(part);
+    }
+    Ok(total)
+}
+
+impl fmt::Display for Dur {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        if ms % 86_400_000 == 0 && ms > 0 {
+            write!(f, "{}d", ms / 86_400_000)
+        } else if ms % 3_600_000 == 0 && ms > 0 {
+            write!(f, "{}h", ms / 3_600_000)
+        } else if ms % 60_000 == 0 && ms > 0 {
+            write!(f, "{}m", ms / 60_000)
+        } else if ms % 1000 == 0 {
+            write!(f, "{}s", ms / 1000)
+        } else {
+            write!(f, "{ms}ms")
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_duration(&s).map(Dur).map_err(de::Error::custom)
+    }
+}
+
+impl Serialize for Dur {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl JsonSchema for Dur {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": "^([0-9]+(ms|s|m|h|d))+$",
+            "description": "A duration with a unit: 500ms, 30s, 5m, 1h, 7d (or a sum such as 1h30m).",
+            "examples": ["500ms", "30s", "5m", "1h", "7d"]
+        })
+    }
+}
+
+/// A regular expression (Rust `regex` syntax), compiled when the file is loaded.
+#[derive(Clone)]
+pub struct Pattern(pub regex::Regex);
+
+impl fmt::Debug for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Pattern({:?})", self.0.as_str())
+    }
+}
+
+impl PartialEq for Pattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_str() == other.0.as_str()
+    }
+}
+
+impl<'de> Deserialize<'de> for Pattern {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        regex::Regex::new(&s)
+            .map(Pattern)
+            .map_err(|e| de::Error::custom(format!("invalid regular expression: {}", one_line(&e.to_string()))))
+    }
+}
+
+impl JsonSchema for Pattern {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Regex".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "string", "format": "regex",
+            "description": "A regular expression (Rust regex syntax); unanchored: it matches anywhere in the text unless you write ^ and $."})
+    }
+}
+
+/// A shell-style glob (`*`, `?`, `[abc]`, `{a,b}`), compiled when the file is loaded.
+#[derive(Clone)]
+pub struct Glob {
+    pub text: String,
+    pub matcher: globset::GlobMatcher,
+}
+
+impl fmt::Debug for Glob {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Glob({:?})", self.text)
+    }
+}
+
+impl<'de> Deserialize<'de> for Glob {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        let glob = globset::GlobBuilder::new(&text)
+            .literal_separator(false)
+            .build()
+            .map_err(|e| de::Error::custom(format!("invalid glob: {}", one_line(&e.to_string()))))?;
+        Ok(Glob {
+            matcher: glob.compile_matcher(),
+            text,
+        })
+    }
+}
+
+impl JsonSchema for Glob {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Glob".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "string",
+            "description": "A glob over the whole value: * any run of characters, ? one character, [abc] a set, {a,b} alternatives."})
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        let ok = [
+            ("500ms", 500),
+            ("30s", 30_000),
+            ("5m", 300_000),
+            ("1h", 3_600_000),
+            ("7d", 604_800_000),
+            ("1h30m", 5_400_000),
+        ];
+        for (text, ms) in ok {
+            assert_eq!(parse_duration(text).unwrap().as_millis(), ms, "{text}");
+            assert_eq!(Dur(parse_duration(text).unwrap()).to_string().as_str(), match text {
+                "1h30m" => "90m",
+                t => t,
+            });
+        }
+        for bad in ["", "30", "5x", "s", "1.5s", "-1s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! A stage's output: one bounded sender per downstream stage, editable while events flow.
+//!
+//! The engine edits a running fan-out through a control channel: [`Edit::Set`] adds a
+//! downstream or replaces its sender (a rebuilt stage), [`Edit::Remove`] detaches one. The
+//! edits of one reload arrive as one message and are applied together between two batches,
+//! so a batch goes either to the old set of downstreams or to the new one, never to neither.
+//! A send that is blocked on a full channel still takes edits, so a stuck downstream can be
+//! replaced without deadlocking its upstream.
+
+use metrics::Counter;
+use tokio::sync::mpsc;
+
+use crate::event::Event;
+
+/// What flows over every edge: a batch of events.
+pub type Batch = Vec<Event>;
+
+/// A change to a fan-out's downstream set.
+#[derive(Debug)]
+pub enum Edit {
+    Set(String, mpsc::Sender<Batch>),
+    Remove(String),
+}
+
+/// The sending half of the engine's control over a fan-out.
+pub type Control = mpsc::UnboundedSender<Vec<Edit>>;
+
+/// A stage's output.
+pub struct Fanout {
+    outs: Vec<(String, mpsc::Sender<Batch>)>,
+    control: mpsc::UnboundedReceiver<Vec<Edit>>,
+    sent: Counter,
+    lost: Counter,
+}
+
+impl Fanout {
+    /// A fan-out with initial downstreams and its control handle.
+    pub fn new(outs: Vec<(String, mpsc::Sender<Batch>)>, sent: Counter, lost: Counter) -> (Fanout, Control) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (
+            Fanout {
+                outs,
+                control: rx,
+                sent,
+                lost,
+            },
+            tx,
+        )
+    }
+
+    fn apply(&mut self, edits: Vec<Edit>) {
+        for e in edits {
+            match e {
+                Edit::Set(id, tx) => match self.outs.iter_mut().find(|(i, _)| *i == id) {
+                    Some(slot) => slot.1 = tx,
+                    None => self.outs.push((id, tx)),
+                },
+                Edit::Remove(id) => self.outs.retain(|(i, _)| *i != id),
+            }
+        }
+    }
+
+    fn apply_pending(&mut self) {
+        while let Ok(edits) = self.control.try_recv() {
+            self.apply(edits);
+        }
+    }
+
+    /// The number of downstream stages right now.
+    pub fn len(&mut self) -> usize {
+        self.apply_pending();
+        self.outs.len()
+    }
+
+    /// True when no stage reads this output.
+    pub fn is_empty(&mut self) -> bool {
+        self.len() == 0
+    }
+
+    /// Sends a batch to every downstream stage, waiting for room (back-pressure).
+    pub async fn send(&mut self, batch: Batch) {
+        self.apply_pending();
+        if batch.is_empty() {
+            return;
+        }
+        let n = batch.len() as u64;
+        let mut delivered_any = false;
+        let mut i = 0;
+        let mut batch = Some(batch);
+        while i < self.outs.len() {
+            let last = i + 1 == self.outs.len();
+            let id = self.outs[i].0.clone();
+            let payload = if last { batch.take() } else { batch.clone() };
+            let Some(payload) = payload else { break };
+            match self.send_one(&id, payload).await {
+                Some(()) => delivered_any = true,
+                None => {
+                    // The downstream is gone (its task ended). Count what it will never get.
+                    tracing::error!(downstream = %id, events = n, "downstream stage stopped; its copy of these events is lost");
+                    self.lost.increment(n);
+                    self.outs.retain(|(o, _)| *o != id);
+                    continue;
+                }
+            }
+            // Edits applied while waiting may have reordered the list: move past `id`.
+            i = self.outs.iter().position(|(o, _)| *o == id).map_or(i, |p| p + 1);
+        }
+        if delivered_any {
+            self.sent.increment(n);
+        } else if batch.is_some() {
+            tracing::error!(events = n, "no downstream stage to send to; events lost");
+            self.lost.increment(n);
+        }
+    }
+
+    /// Sends to one downstream, following edits that replace it while we wait.
+    /// Returns `None` if the downstream is gone.
+    async fn send_one(&mut self, id: &str, mut payload: Batch) -> Option<()> {
+        loop {
+            let tx = self.outs.iter().find(|(o, _)| o == id)?.1.clone();
+            tokio::select! {
+                biased;
+                permit = tx.reserve() => match permit {
+                    Ok(p) => { p.send(payload); return Some(()); }
+                    Err(_) => return None,
+                },
+                edits = self.control.recv() => match edits {
+                    Some(e) => {
+                        self.apply(e);
+                        if !self.outs.iter().any(|(o, _)| o == id) {
+                            // Detached while we waited: this copy is no longer wanted there.
+                            // Dropping it is the detach itself, not a loss.
+                            return Some(());
+                        }
+                    }
+                    None => {
+                        // The engine dropped the control handle: no more edits; just send.
+                        let r = tx.send(std::mem::take(&mut payload)).await;
+                        return r.ok();
+                    }
+                },
+            }
+        }
+    }
+}

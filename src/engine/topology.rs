@@ -1,0 +1,339 @@
+//! The running pipeline and the one procedure that changes it.
+//!
+//! [`Topology::apply`] takes a new pipeline and, for the stages that differ from the running
+//! one: builds the new instances first (if any fails nothing has been touched, and the old
+//! pipeline keeps running: a rollback); stops changed and removed sources; creates the input
+//! channels of the new instances; edits the fan-outs of kept upstream stages so that each
+//! batch goes either to the old or to the new downstream set; drops the engine's handles on
+//! the old instances so that each drains what is already in its queue with its old config and
+//! exits; and spawns the new instances. Startup is the same procedure from the empty pipeline.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use indexmap::IndexMap;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use super::fanout::{Batch, Control, Edit, Fanout};
+use super::CHANNEL_CAPACITY;
+use crate::config::diff::Diff;
+use crate::config::{graph, Pipeline};
+use crate::metrics as m;
+use crate::stages::{
+    BuildContext, BuildError, Input, Shutdown, SinkContext, SourceContext, Stage, StageKind, StageMetrics,
+    TransformContext,
+};
+
+/// What an apply did.
+#[derive(Debug, Clone, Default)]
+pub struct ApplyReport {
+    pub diff: Diff,
+    pub elapsed: Duration,
+}
+
+/// A notice from a stage task that it ended.
+#[derive(Debug)]
+pub struct Exited {
+    pub id: String,
+    pub serial: u64,
+    pub kind: StageKind,
+}
+
+struct Running {
+    kind: StageKind,
+    serial: u64,
+    /// The engine's sender into the stage's input (transforms and sinks).
+    input: Option<mpsc::Sender<Batch>>,
+    /// Control over the stage's fan-out (sources and transforms).
+    control: Option<Control>,
+    /// Stop signal (sources).
+    stop: Option<watch::Sender<bool>>,
+    handle: JoinHandle<()>,
+}
+
+/// The running pipeline.
+pub struct Topology {
+    current: Pipeline,
+    running: HashMap<String, Running>,
+    /// Old instances still draining after a reload replaced or removed them.
+    draining: Vec<(String, JoinHandle<()>)>,
+    next_serial: u64,
+    exits_tx: mpsc::UnboundedSender<Exited>,
+    exits_rx: mpsc::UnboundedReceiver<Exited>,
+}
+
+fn empty_like(p: &Pipeline) -> Pipeline {
+    Pipeline {
+        path: p.path.clone(),
+        version: p.version,
+        api: p.api.clone(),
+        state: p.state.clone(),
+        stages: IndexMap::new(),
+    }
+}
+
+impl Topology {
+    /// Builds and starts every stage of `pipeline`.
+    pub async fn start(pipeline: Pipeline) -> Result<Topology, BuildError> {
+        let (exits_tx, exits_rx) = mpsc::unbounded_channel();
+        let mut t = Topology {
+            current: empty_like(&pipeline),
+            running: HashMap::new(),
+            draining: Vec::new(),
+            next_serial: 0,
+            exits_tx,
+            exits_rx,
+        };
+        t.apply(pipeline).await?;
+        Ok(t)
+    }
+
+    /// The pipeline that is running.
+    pub fn pipeline(&self) -> &Pipeline {
+        &self.current
+    }
+
+    /// How many source stages are still running.
+    pub fn running_sources(&self) -> usize {
+        self.running.values().filter(|r| r.kind == StageKind::Source).count()
+    }
+
+    /// Waits for the next stage task to end; returns `true` if it was a current source.
+    pub async fn next_exit(&mut self) -> Option<Exited> {
+        loop {
+            let e = self.exits_rx.recv().await?;
+            // Ignore notices from instances that a reload already replaced.
+            if let Some(r) = self.running.get(&e.id)
+                && r.serial == e.serial
+            {
+                if e.kind == StageKind::Source {
+                    self.running.remove(&e.id);
+                }
+                return Some(e);
+            }
+        }
+    }
+
+    /// Moves the running pipeline to `new`, changing only the stages that differ.
+    pub async fn apply(&mut self, new: Pipeline) -> Result<ApplyReport, BuildError> {
+        let started = Instant::now();
+        let diff = Diff::between(&self.current, &new);
+
+        // 1. Build every new instance before touching anything: a failure is a clean rollback.
+        let mut built: HashMap<String, Stage> = HashMap::new();
+        for id in diff.to_build() {
+            let spec = &new.stages[id];
+            let cx = BuildContext {
+                id: id.clone(),
+                type_name: spec.type_name,
+                state: new.state.clone(),
+            };
+            let stage = spec.config.build(&cx).await?;
+            built.insert(id.clone(), stage);
+        }
+
+        // 2. Stop changed and removed sources, and wait for them to hand off what they read.
+        for id in diff.to_stop() {
+            if self.running.get(id).is_some_and(|r| r.kind == StageKind::Source)
+                && let Some(r) = self.running.remove(id)
+            {
+                if let Some(stop) = &r.stop {
+                    let _ = stop.send(true);
+                }
+                drop(r.control);
+                if let Err(e) = r.handle.await {
+                    tracing::error!(stage = %id, error = %e, "source task failed while stopping");
+                }
+            }
+        }
+
+        // 3. Input channels for the new transforms and sinks.
+        let mut receivers: HashMap<String, mpsc::Receiver<Batch>> = HashMap::new();
+        let mut new_inputs: HashMap<String, mpsc::Sender<Batch>> = HashMap::new();
+        for (id, stage) in &built {
+            if !matches!(stage, Stage::Source(_)) {
+                let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+                receivers.insert(id.clone(), rx);
+                new_inputs.insert(id.clone(), tx);
+            }
+        }
+        let input_of = |id: &str, running: &HashMap<String, Running>| -> Option<mpsc::Sender<Batch>> {
+            new_inputs
+                .get(id)
+                .cloned()
+                .or_else(|| running.get(id).and_then(|r| r.input.clone()))
+        };
+
+        // 4. Re-point the fan-outs of kept upstream stages, one atomic edit each.
+        for id in &diff.kept {
+            let Some(control) = self.running.get(id).and_then(|r| r.control.clone()) else {
+                continue;
+            };
+            let mut edits = Vec::new();
+            for c in new.consumers_of(id) {
+                if built.contains_key(&c.id)
+                    && let Some(tx) = input_of(&c.id, &self.running)
+                {
+                    edits.push(Edit::Set(c.id.clone(), tx));
+                }
+            }
+            for c in self.current.consumers_of(id) {
+                if !new.stages.get(&c.id).is_some_and(|s| s.inputs.contains(id)) {
+                    edits.push(Edit::Remove(c.id.clone()));
+                }
+            }
+            if !edits.is_empty() {
+                let _ = control.send(edits);
+            }
+        }
+
+        // 5. Let go of old transforms and sinks: each drains its queue and exits.
+        for id in diff.to_stop() {
+            if let Some(r) = self.running.remove(id) {
+                drop(r.input);
+                drop(r.control);
+                self.draining.push((id.clone(), r.handle));
+            }
+        }
+
+        // 6. Spawn the new instances, upstream first.
+        for id in graph::topological_order(&new.stages) {
+            let Some(stage) = built.remove(&id) else { continue };
+            let spec = &new.stages[&id];
+            let metrics = StageMetrics::new(&id, spec.type_name);
+            let outs: Vec<(String, mpsc::Sender<Batch>)> = new
+                .consumers_of(&id)
+                .filter_map(|c| input_of(&c.id, &self.running).map(|tx| (c.id.clone(), tx)))
+                .collect();
+            let (fanout, control) = Fanout::new(
+                outs,
+                m::sent(&id, spec.type_name),
+                m::discarded(&id, spec.type_name, "downstream_stopped"),
+            );
+            let serial = self.next_serial;
+            self.next_serial += 1;
+            let span = tracing::info_span!("stage", id = %id, r#type = spec.type_name);
+            let exits = self.exits_tx.clone();
+            let notice = Exited {
+                id: id.clone(),
+                serial,
+                kind: spec.kind,
+            };
+            let errors = m::stage_errors(&id, spec.type_name, "task_failed");
+            let running = match stage {
+                Stage::Source(s) => {
+                    let (stop_tx, stop_rx) = watch::channel(false);
+                    let cx = SourceContext {
+                        metrics,
+                        out: fanout,
+                        shutdown: Shutdown(stop_rx),
+                    };
+                    Running {
+                        kind: StageKind::Source,
+                        serial,
+                        input: None,
+                        control: Some(control),
+                        stop: Some(stop_tx),
+                        handle: spawn_stage(s.run(cx), span, exits, notice, errors),
+                    }
+                }
+                Stage::Transform(t) => {
+                    let rx = receivers.remove(&id);
+                    let Some(rx) = rx else { continue };
+                    let cx = TransformContext {
+                        input: Input::new(rx, &metrics),
+                        metrics,
+                        out: fanout,
+                    };
+                    Running {
+                        kind: StageKind::Transform,
+                        serial,
+                        input: new_inputs.get(&id).cloned(),
+                        control: Some(control),
+                        stop: None,
+                        handle: spawn_stage(t.run(cx), span, exits, notice, errors),
+                    }
+                }
+                Stage::Sink(s) => {
+                    drop(fanout);
+                    let rx = receivers.remove(&id);
+                    let Some(rx) = rx else { continue };
+                    let cx = SinkContext {
+                        input: Input::new(rx, &metrics),
+                        metrics,
+                    };
+                    Running {
+                        kind: StageKind::Sink,
+                        serial,
+                        input: new_inputs.get(&id).cloned(),
+                        control: None,
+                        stop: None,
+                        handle: spawn_stage(s.run(cx), span, exits, notice, errors),
+                    }
+                }
+            };
+            self.running.insert(id, running);
+        }
+        self.current = new;
+        self.draining.retain(|(_, h)| !h.is_finished());
+        Ok(ApplyReport {
+            diff,
+            elapsed: started.elapsed(),
+        })
+    }
+
+    /// Stops every source, lets every event already read flow through to the sinks, and waits
+    /// for all stage tasks. Returns the ids of stages that did not finish within `timeout`.
+    pub async fn shutdown(mut self, timeout: Duration) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        for r in self.running.values() {
+            if let Some(stop) = &r.stop {
+                let _ = stop.send(true);
+            }
+        }
+        let mut handles: Vec<(String, JoinHandle<()>)> = Vec::new();
+        // Sources first: once they return, their fan-outs are dropped.
+        let ids: Vec<String> = self.running.keys().cloned().collect();
+        for id in ids {
+            if let Some(mut r) = self.running.remove(&id) {
+                r.input = None;
+                r.control = None;
+                handles.push((id, r.handle));
+            }
+        }
+        handles.append(&mut self.draining);
+        let mut stuck = Vec::new();
+        for (id, h) in handles {
+            match tokio::time::timeout_at(deadline, h).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(stage = %id, error = %e, "stage task failed during shutdown"),
+                Err(_) => stuck.push(id),
+            }
+        }
+        stuck
+    }
+}
+
+fn spawn_stage(
+    fut: futures::future::BoxFuture<'static, Result<(), crate::stages::StageError>>,
+    span: tracing::Span,
+    exits: mpsc::UnboundedSender<Exited>,
+    notice: Exited,
+    errors: metrics::Counter,
+) -> JoinHandle<()> {
+    use tracing::Instrument;
+    tokio::spawn(
+        async move {
+            match fut.await {
+                Ok(()) => tracing::debug!("stage finished"),
+                Err(e) => {
+                    errors.increment(1);
+                    tracing::error!(error = %e, "stage stopped with an error");
+                }
+            }
+            let _ = exits.send(notice);
+        }
+        .instrument(span),
+    )
+}

@@ -1,0 +1,500 @@
+//! The normalized event that flows between stages.
+//!
+//! Sources decode core/v1 and events.k8s.io/v1 Event JSON into one [`EventData`] shape. An
+//! [`Event`] is a cheap, shared handle (`Arc`) to that data plus the acknowledgement
+//! finalizers of the source batch it came from: fan-out clones the handle, not the data, and
+//! the finalizers report back to the source when the last copy is gone.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::engine::ack::{Finalizer, Status};
+
+/// The Kubernetes API an event was read through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+pub enum ApiVersion {
+    #[default]
+    #[serde(rename = "v1")]
+    CoreV1,
+    #[serde(rename = "events.k8s.io/v1")]
+    EventsV1,
+}
+
+/// A Kubernetes Event, normalized. Missing strings are empty, never absent.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct EventData {
+    /// The source's cluster name.
+    pub cluster: Arc<str>,
+    pub uid: String,
+    pub name: String,
+    pub namespace: String,
+    pub resource_version: String,
+    /// `Normal` or `Warning`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub reason: String,
+    /// `message` (core/v1) or `note` (events.k8s.io/v1).
+    pub message: String,
+    /// The involved object (`involvedObject` / `regarding`).
+    pub kind: String,
+    pub object_name: String,
+    pub object_namespace: String,
+    pub object_uid: String,
+    pub field_path: String,
+    /// Reporting component (or controller).
+    pub source: String,
+    /// Reporting host (or instance).
+    pub host: String,
+    /// Occurrences so far: `count`, else `series.count`, else 1.
+    pub count: i64,
+    pub first_seen: Option<DateTime<Utc>>,
+    pub last_seen: Option<DateTime<Utc>>,
+    pub api_version: ApiVersion,
+    /// The object as received.
+    #[serde(skip)]
+    pub raw: Option<Box<RawValue>>,
+}
+
+/// The fields that filters, keys and templates can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Field {
+    Cluster,
+    Uid,
+    Name,
+    Namespace,
+    ResourceVersion,
+    Type,
+    Reason,
+    Message,
+    Kind,
+    ObjectName,
+    ObjectNamespace,
+    ObjectUid,
+    FieldPath,
+    Source,
+    Host,
+    Count,
+    FirstSeen,
+    LastSeen,
+}
+
+impl Field {
+    pub const ALL: [(&'static str, Field); 18] = [
+        ("cluster", Field::Cluster),
+        ("uid", Field::Uid),
+        ("name", Field::Name),
+        ("namespace", Field::Namespace),
+        ("resource_version", Field::ResourceVersion),
+        ("type", Field::Type),
+        ("reason", Field::Reason),
+        ("message", Field::Message),
+        ("kind", Field::Kind),
+        ("object_name", Field::ObjectName),
+        ("object_namespace", Field::ObjectNamespace),
+        ("object_uid", Field::ObjectUid),
+        ("field_path", Field::FieldPath),
+        ("source", Field::Source),
+        ("host", Field::Host),
+        ("count", Field::Count),
+        ("first_seen", Field::FirstSeen),
+        ("last_seen", Field::LastSeen),
+    ];
+
+    pub fn parse(name: &str) -> Option<Field> {
+        Self::ALL.iter().find(|(n, _)| *n == name).map(|(_, f)| *f)
+    }
+
+    pub fn name(self) -> &'static str {
+        Self::ALL.iter().find(|(_, f)| *f == self).map(|(n, _)| *n).unwrap_or("?")
+    }
+}
+
+impl<'de> Deserialize<'de> for Field {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Field::parse(&s).ok_or_else(|| {
+            let names: Vec<&str> = Field::ALL.iter().map(|(n, _)| *n).collect();
+            serde::de::Error::custom(format!("unknown event field `{s}` (expected one of: {})", names.join(", ")))
+        })
+    }
+}
+
+impl Serialize for Field {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl schemars::JsonSchema for Field {
+    fn schema_name() -> Cow<'static, str> {
+        "EventField".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let names: Vec<&str> = Field::ALL.iter().map(|(n, _)| *n).collect();
+        schemars::json_schema!({"type": "string", "enum": names, "description": "A field of the normalized event."})
+    }
+}
+
+impl EventData {
+    /// The value of a field as text.
+    pub fn get(&self, f: Field) -> Cow<'_, str> {
+        match f {
+            Field::Cluster => Cow::Borrowed(&self.cluster),
+            Field::Uid => Cow::Borrowed(&self.uid),
+            Field::Name => Cow::Borrowed(&self.name),
+            Field::Namespace => Cow::Borrowed(&self.namespace),
+            Field::ResourceVersion => Cow::Borrowed(&self.resource_version),
+            Field::Type => Cow::Borrowed(&self.type_),
+            Field::Reason => Cow::Borrowed(&self.reason),
+            Field::Message => Cow::Borrowed(&self.message),
+            Field::Kind => Cow::Borrowed(&self.kind),
+            Field::ObjectName => Cow::Borrowed(&self.object_name),
+            Field::ObjectNamespace => Cow::Borrowed(&self.object_namespace),
+            Field::ObjectUid => Cow::Borrowed(&self.object_uid),
+            Field::FieldPath => Cow::Borrowed(&self.field_path),
+            Field::Source => Cow::Borrowed(&self.source),
+            Field::Host => Cow::Borrowed(&self.host),
+            Field::Count => Cow::Owned(self.count.to_string()),
+            Field::FirstSeen => Cow::Owned(fmt_time(self.first_seen)),
+            Field::LastSeen => Cow::Owned(fmt_time(self.last_seen)),
+        }
+    }
+}
+
+fn fmt_time(t: Option<DateTime<Utc>>) -> String {
+    t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+        .unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The shared handle.
+
+/// The acknowledgement handles an event carries.
+#[derive(Debug, Clone, Default)]
+pub enum Finalizers {
+    #[default]
+    None,
+    One(Arc<Finalizer>),
+    Many(Arc<[Arc<Finalizer>]>),
+}
+
+impl Finalizers {
+    fn update(&self, s: Status) {
+        match self {
+            Finalizers::None => {}
+            Finalizers::One(f) => f.update(s),
+            Finalizers::Many(fs) => fs.iter().for_each(|f| f.update(s)),
+        }
+    }
+
+    /// Merges the finalizers of several events (for summaries of merged events).
+    pub fn merge<'a>(items: impl IntoIterator<Item = &'a Finalizers>) -> Finalizers {
+        let mut all: Vec<Arc<Finalizer>> = Vec::new();
+        for f in items {
+            match f {
+                Finalizers::None => {}
+                Finalizers::One(f) => all.push(f.clone()),
+                Finalizers::Many(fs) => all.extend(fs.iter().cloned()),
+            }
+        }
+        all.sort_by_key(|f| Arc::as_ptr(f) as usize);
+        all.dedup_by(|a, b| Arc::ptr_eq(a, b));
+        match all.len() {
+            0 => Finalizers::None,
+            1 => all.pop().map(Finalizers::One).unwrap_or_default(),
+            _ => Finalizers::Many(all.into()),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    data: EventData,
+    finalizers: Finalizers,
+}
+
+/// A shared, immutable event. Cloning it is one atomic increment.
+#[derive(Debug, Clone)]
+pub struct Event(Arc<Inner>);
+
+impl Event {
+    pub fn new(data: EventData, finalizers: Finalizers) -> Event {
+        Event(Arc::new(Inner { data, finalizers }))
+    }
+
+    pub fn data(&self) -> &EventData {
+        &self.0.data
+    }
+
+    pub fn finalizers(&self) -> &Finalizers {
+        &self.0.finalizers
+    }
+
+    /// Records a delivery outcome; the worst outcome of all copies reaches the source.
+    /// Dropping a copy without calling this counts as delivered (an intentional drop).
+    pub fn set_status(&self, s: Status) {
+        self.0.finalizers.update(s);
+    }
+}
+
+impl std::ops::Deref for Event {
+    type Target = EventData;
+    fn deref(&self) -> &EventData {
+        &self.0.data
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decoding from the API server's JSON.
+
+/// One Event object in either API version, as the API server sends it. Decoding goes into this
+/// shape first, then [`WireEvent::normalize`] turns it into [`EventData`].
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+pub struct WireEvent {
+    pub api_version: Option<String>,
+    pub metadata: WireMeta,
+    pub involved_object: Option<WireRef>,
+    pub regarding: Option<WireRef>,
+    pub reason: Option<String>,
+    pub message: Option<String>,
+    pub note: Option<String>,
+    #[serde(rename = "type")]
+    pub type_: Option<String>,
+    pub source: Option<WireSource>,
+    pub deprecated_source: Option<WireSource>,
+    pub reporting_component: Option<String>,
+    pub reporting_controller: Option<String>,
+    pub reporting_instance: Option<String>,
+    pub count: Option<i64>,
+    pub deprecated_count: Option<i64>,
+    pub series: Option<WireSeries>,
+    pub first_timestamp: Option<String>,
+    pub last_timestamp: Option<String>,
+    pub deprecated_first_timestamp: Option<String>,
+    pub deprecated_last_timestamp: Option<String>,
+    pub event_time: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+pub struct WireMeta {
+    pub name: Option<String>,
+    pub namespace: Option<String>,
+    pub uid: Option<String>,
+    pub resource_version: Option<String>,
+    pub creation_timestamp: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+pub struct WireRef {
+    pub kind: Option<String>,
+    pub name: Option<String>,
+    pub namespace: Option<String>,
+    pub uid: Option<String>,
+    pub field_path: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+pub struct WireSource {
+    pub component: Option<String>,
+    pub host: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+pub struct WireSeries {
+    pub count: Option<i64>,
+    pub last_observed_time: Option<String>,
+}
+
+/// Why an object could not become an event.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("invalid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("not an Event: `metadata.uid` is missing")]
+    NoUid,
+    #[error("unsupported apiVersion `{0}` (expected v1 or events.k8s.io/v1)")]
+    ApiVersion(String),
+}
+
+fn parse_time(s: Option<&str>) -> Option<DateTime<Utc>> {
+    let s = s.filter(|s| !s.is_empty())?;
+    DateTime::parse_from_rfc3339(s).ok().map(|t| t.with_timezone(&Utc))
+}
+
+fn non_empty(s: Option<String>) -> Option<String> {
+    s.filter(|s| !s.is_empty())
+}
+
+impl WireEvent {
+    /// Normalizes into [`EventData`], following the rules in the pipeline contract: message
+    /// from `message` or `note`; count from `count`, else `series.count`, else 1; last seen
+    /// from `lastTimestamp`, else `series.lastObservedTime`, else `eventTime`, else creation.
+    pub fn normalize(self, cluster: &Arc<str>, raw: Option<Box<RawValue>>) -> Result<EventData, DecodeError> {
+        let api_version = match self.api_version.as_deref() {
+            None | Some("v1") | Some("") => {
+                if self.regarding.is_some() || self.note.is_some() || self.reporting_controller.is_some() {
+                    ApiVersion::EventsV1
+                } else {
+                    ApiVersion::CoreV1
+                }
+            }
+            Some("events.k8s.io/v1") | Some("events.k8s.io/v1beta1") => ApiVersion::EventsV1,
+            Some(other) => return Err(DecodeError::ApiVersion(other.to_string())),
+        };
+        let uid = non_empty(self.metadata.uid).ok_or(DecodeError::NoUid)?;
+        let obj = self.involved_object.or(self.regarding).unwrap_or_default();
+        let src = self.source.or(self.deprecated_source).unwrap_or_default();
+        let series_count = self.series.as_ref().and_then(|s| s.count);
+        let series_last = self.series.as_ref().and_then(|s| s.last_observed_time.as_deref());
+        let created = self.metadata.creation_timestamp.as_deref();
+        let first_ts = self.first_timestamp.as_deref().or(self.deprecated_first_timestamp.as_deref());
+        let last_ts = self.last_timestamp.as_deref().or(self.deprecated_last_timestamp.as_deref());
+        let event_time = self.event_time.as_deref();
+        let last_seen = parse_time(last_ts)
+            .or_else(|| parse_time(series_last))
+            .or_else(|| parse_time(event_time))
+            .or_else(|| parse_time(created));
+        let first_seen = parse_time(first_ts)
+            .or_else(|| parse_time(event_time))
+            .or_else(|| parse_time(created))
+            .or(last_seen);
+        let count = self
+            .count
+            .filter(|c| *c > 0)
+            .or(self.deprecated_count.filter(|c| *c > 0))
+            .or(series_count.filter(|c| *c > 0))
+            .unwrap_or(1);
+        Ok(EventData {
+            cluster: cluster.clone(),
+            uid,
+            name: self.metadata.name.unwrap_or_default(),
+            namespace: self.metadata.namespace.unwrap_or_default(),
+            resource_version: self.metadata.resource_version.unwrap_or_default(),
+            type_: self.type_.unwrap_or_default(),
+            reason: self.reason.unwrap_or_default(),
+            message: non_empty(self.message).or(self.note).unwrap_or_default(),
+            kind: obj.kind.unwrap_or_default(),
+            object_name: obj.name.unwrap_or_default(),
+            object_namespace: obj.namespace.unwrap_or_default(),
+            object_uid: obj.uid.unwrap_or_default(),
+            field_path: obj.field_path.unwrap_or_default(),
+            source: non_empty(src.component)
+                .or(non_empty(self.reporting_component))
+                .or(self.reporting_controller)
+                .unwrap_or_default(),
+            host: non_empty(src.host).or(self.reporting_instance).unwrap_or_default(),
+            count,
+            first_seen,
+            last_seen,
+            api_version,
+            raw,
+        })
+    }
+}
+
+/// Decodes one Event object from JSON text and keeps the text as `raw`.
+pub fn decode(json: &str, cluster: &Arc<str>) -> Result<EventData, DecodeError> {
+    let wire: WireEvent = serde_json::from_str(json)?;
+    let raw = RawValue::from_string(json.trim().to_string()).ok();
+    wire.normalize(cluster, raw)
+}
+
+/// Serializes an event for output (stdout, webhook json), optionally with `raw`.
+pub fn to_json(e: &EventData, with_raw: bool) -> serde_json::Result<String> {
+    #[derive(Serialize)]
+    struct WithRaw<'a> {
+        #[serde(flatten)]
+        data: &'a EventData,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        raw: Option<&'a RawValue>,
+    }
+    if with_raw {
+        serde_json::to_string(&WithRaw {
+            data: e,
+            raw: e.raw.as_deref(),
+        })
+    } else {
+        serde_json::to_string(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster() -> Arc<str> {
+        Arc::from("test")
+    }
+
+    #[test]
+    fn core_v1_legacy_event() {
+        let j = r#"{"apiVersion":"v1","kind":"Event","metadata":{"name":"web.17d2","namespace":"shop","uid":"u1","resourceVersion":"48214002","creationTimestamp":"2024-05-01T10:01:10Z"},
+            "involvedObject":{"kind":"Pod","namespace":"shop","name":"web","uid":"p1","fieldPath":"spec.containers{web}"},
+            "reason":"BackOff","message":"Back-off restarting","source":{"component":"kubelet","host":"worker-2"},
+            "firstTimestamp":"2024-05-01T10:01:10Z","lastTimestamp":"2024-05-01T10:09:42Z","count":37,"type":"Warning","eventTime":null}"#;
+        let e = decode(j, &cluster()).unwrap();
+        assert_eq!((e.uid.as_str(), e.count, e.kind.as_str()), ("u1", 37, "Pod"));
+        assert_eq!(e.source, "kubelet");
+        assert_eq!(e.host, "worker-2");
+        assert_eq!(e.field_path, "spec.containers{web}");
+        assert_eq!(e.get(Field::LastSeen), "2024-05-01T10:09:42Z");
+        assert_eq!(e.get(Field::FirstSeen), "2024-05-01T10:01:10Z");
+        assert_eq!(e.api_version, ApiVersion::CoreV1);
+        assert!(e.raw.is_some());
+    }
+
+    #[test]
+    fn new_style_event_through_core_v1_uses_series() {
+        let j = r#"{"apiVersion":"v1","kind":"Event","metadata":{"name":"a","namespace":"shop","uid":"u2","resourceVersion":"1","creationTimestamp":"2024-05-01T10:00:00Z"},
+            "involvedObject":{"kind":"Pod","name":"web"},"reason":"FailedScheduling","message":"0/3 nodes",
+            "source":{},"firstTimestamp":null,"lastTimestamp":null,"type":"Warning","eventTime":"2024-05-01T10:00:00.123456Z",
+            "series":{"count":5,"lastObservedTime":"2024-05-01T10:04:00.654321Z"},"reportingComponent":"default-scheduler","reportingInstance":"sched-1"}"#;
+        let e = decode(j, &cluster()).unwrap();
+        assert_eq!(e.count, 5);
+        assert_eq!(e.get(Field::LastSeen), "2024-05-01T10:04:00.654321Z");
+        assert_eq!(e.get(Field::FirstSeen), "2024-05-01T10:00:00.123456Z");
+        assert_eq!(e.source, "default-scheduler");
+        assert_eq!(e.host, "sched-1");
+    }
+
+    #[test]
+    fn events_k8s_io_v1() {
+        let j = r#"{"apiVersion":"events.k8s.io/v1","kind":"Event","metadata":{"name":"a","namespace":"shop","uid":"u3","resourceVersion":"9","creationTimestamp":"2024-05-01T10:00:00Z"},
+            "eventTime":"2024-05-01T10:00:00.123456Z","reportingController":"default-scheduler","reportingInstance":"i",
+            "reason":"FailedScheduling","regarding":{"kind":"Pod","namespace":"shop","name":"web","uid":"p"},"note":"0/3 nodes","type":"Warning"}"#;
+        let e = decode(j, &cluster()).unwrap();
+        assert_eq!(e.api_version, ApiVersion::EventsV1);
+        assert_eq!(e.message, "0/3 nodes");
+        assert_eq!(e.object_name, "web");
+        assert_eq!(e.source, "default-scheduler");
+        assert_eq!(e.count, 1);
+        assert_eq!(e.get(Field::LastSeen), "2024-05-01T10:00:00.123456Z");
+    }
+
+    #[test]
+    fn real_events_decode() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/real-events/k9s-gke-pulled.json");
+        let text = std::fs::read_to_string(dir).unwrap();
+        let e = decode(&text, &cluster()).unwrap();
+        assert_eq!(e.reason, "Pulled");
+        assert_eq!(e.source, "kubelet");
+    }
+
+    #[test]
+    fn missing_uid_is_an_error() {
+        assert!(matches!(decode(r#"{"metadata":{}}"#, &cluster()), Err(DecodeError::NoUid)));
+        assert!(matches!(
+            decode(r#"{"apiVersion":"apps/v1","metadata":{"uid":"x"}}"#, &cluster()),
+            Err(DecodeError::ApiVersion(_))
+        ));
+    }
+}

@@ -1,0 +1,17 @@
+//! eventflow turns Kubernetes Events into actions through a declarative pipeline.
+//!
+//! A map of the crate:
+//! - [`config`]: pipeline files: YAML with positions, `${ENV}`, validation, the stage diff,
+//!   the JSON Schema. Pure data.
+//! - [`event`]: the normalized event and how core/v1 and events.k8s.io/v1 JSON become one.
+//! - [`engine`]: stage tasks, bounded channels, fan-out, acknowledgements, apply/shutdown.
+//! - [`stages`]: the stage traits and one module per stage type.
+//! - [`metrics`]: metric names and descriptions.
+//! - [`run`]: what `eventflow run` does: start, wait for signals, drain.
+
+pub mod config;
+pub mod engine;
+pub mod event;
+pub mod metrics;
+pub mod run;
+pub mod stages;

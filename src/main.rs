@@ -1,0 +1,150 @@
+//! The `eventflow` command line. Parsing arguments and printing; the work is in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use eventflow::config::{self, graph, types::Dur};
+use eventflow::run::Outcome;
+
+#[derive(Parser)]
+#[command(name = "eventflow", version, about = "Turns Kubernetes Events into actions through a declarative pipeline")]
+struct Cli {
+    /// Log level (error, warn, info, debug, trace) or a full filter like RUST_LOG's.
+    #[arg(long, global = true, env = "EVENTFLOW_LOG_LEVEL")]
+    log_level: Option<String>,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum GraphFormat {
+    Mermaid,
+    Dot,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a pipeline until SIGINT/SIGTERM, or until every source has finished.
+    Run {
+        /// The pipeline file.
+        pipeline: PathBuf,
+        /// How long shutdown may take to deliver in-flight events.
+        #[arg(long, default_value = "60s", value_parser = parse_dur)]
+        shutdown_timeout: Dur,
+    },
+    /// Check pipeline files; print every problem with its line and column.
+    Validate {
+        #[arg(required = true)]
+        pipelines: Vec<PathBuf>,
+    },
+    /// Print the JSON Schema of pipeline files.
+    Schema,
+    /// Print a pipeline's stage graph (Mermaid flowchart, or Graphviz DOT).
+    Graph {
+        pipeline: PathBuf,
+        #[arg(long, value_enum, default_value_t = GraphFormat::Mermaid)]
+        format: GraphFormat,
+    },
+}
+
+fn parse_dur(s: &str) -> Result<Dur, String> {
+    config::types::parse_duration(s).map(Dur)
+}
+
+fn init_logging(level: Option<&str>, format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match level {
+        Some(l) => EnvFilter::try_new(l).unwrap_or_else(|_| EnvFilter::new("info")),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn install_metrics() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    if metrics::set_global_recorder(recorder).is_ok() {
+        eventflow::metrics::describe();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_level.as_deref(), cli.log_format);
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
+    match cmd {
+        Command::Run {
+            pipeline,
+            shutdown_timeout,
+        } => {
+            let p = match config::load_file(&pipeline) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            install_metrics();
+            let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            let outcome = rt.block_on(eventflow::run::run(p, shutdown_timeout.0))?;
+            Ok(match outcome {
+                Outcome::Drained => ExitCode::SUCCESS,
+                Outcome::Incomplete(_) => ExitCode::FAILURE,
+            })
+        }
+        Command::Validate { pipelines } => {
+            let mut failed = false;
+            for path in &pipelines {
+                match config::load_file(path) {
+                    Ok(p) => println!("{}: ok ({} stages)", path.display(), p.stages.len()),
+                    Err(e) => {
+                        failed = true;
+                        eprintln!("{e}");
+                    }
+                }
+            }
+            Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+        }
+        Command::Schema => {
+            print!("{}", config::schema::pipeline_schema());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Graph { pipeline, format } => {
+            let p = match config::load_file(&pipeline) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            match format {
+                GraphFormat::Mermaid => print!("{}", graph::mermaid(&p.stages)),
+                GraphFormat::Dot => print!("{}", graph::dot(&p.stages)),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

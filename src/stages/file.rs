@@ -1,0 +1,353 @@
+//! `file`: replays Events from a file, and with `follow: true` tails it.
+//!
+//! Accepted shapes, detected from the content: a JSON `EventList` (`kubectl get events -o
+//! json`), a JSON array of Events, or JSON lines (one Event, EventList or array per line), of
+//! either API version. A file whose first line is a lone `{` or `[` is read as one JSON
+//! document (it must fit in memory); anything else is read line by line, so JSON lines files
+//! of any size stream in bounded memory. A record that cannot be decoded is logged with its
+//! line number, counted (`eventflow_events_discarded_total{reason="malformed"}`), and skipped.
+//!
+//! `follow: true` reads JSON lines as they are appended (polling every `poll_interval`), keeps
+//! a partial last line until its newline arrives, starts again from the top when the file is
+//! truncated or replaced (log rotation), and stops at shutdown.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use metrics::Counter;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncSeekExt, BufReader};
+
+use super::{BuildContext, BuildError, Shutdown, Source, SourceContext, Stage, StageConfig, StageError, StageKind, StageType};
+use crate::config::types::Dur;
+use crate::engine::fanout::{Batch, Fanout};
+use crate::engine::MAX_BATCH;
+use crate::event::{DecodeError, Event, EventData, Finalizers, WireEvent};
+
+/// Replays Events from a file (JSON EventList, JSON array, or JSON lines).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// The file to read. Relative paths are relative to the working directory.
+    pub path: PathBuf,
+    /// Keep reading lines appended to the file (JSON lines) until shutdown.
+    #[serde(default)]
+    pub follow: bool,
+    /// How often to look for new data when following.
+    #[serde(default = "default_poll")]
+    pub poll_interval: Dur,
+    /// The cluster name given to every event read from this file.
+    #[serde(default = "default_cluster")]
+    pub cluster: String,
+}
+
+fn default_poll() -> Dur {
+    Dur::millis(200)
+}
+
+fn default_cluster() -> String {
+    "default".to_string()
+}
+
+impl StageConfig for FileConfig {
+    fn build<'a>(&'a self, cx: &'a BuildContext) -> BoxFuture<'a, Result<Stage, BuildError>> {
+        Box::pin(async move {
+            if !self.follow && !self.path.exists() {
+                return Err(BuildError {
+                    stage: cx.id.clone(),
+                    message: format!("field `path`: {} does not exist", self.path.display()),
+                });
+            }
+            Ok(Stage::Source(Box::new(FileSource { cfg: self.clone() }) as Box<dyn Source>))
+        })
+    }
+}
+
+struct FileSource {
+    cfg: FileConfig,
+}
+
+impl Source for FileSource {
+    fn run(self: Box<Self>, cx: SourceContext) -> BoxFuture<'static, Result<(), StageError>> {
+        Box::pin(run(self.cfg, cx))
+    }
+}
+
+/// Turns bytes into events, counting what it cannot decode.
+pub struct Decoder {
+    cluster: Arc<str>,
+    origin: String,
+    read: Counter,
+    malformed: Counter,
+}
+
+#[derive(Deserialize)]
+struct WireList<'a> {
+    #[serde(borrow, default)]
+    items: Option<Vec<&'a RawValue>>,
+}
+
+impl Decoder {
+    pub fn new(cluster: &str, origin: String, read: Counter, malformed: Counter) -> Decoder {
+        Decoder {
+            cluster: Arc::from(cluster),
+            origin,
+            read,
+            malformed,
+        }
+    }
+
+    fn bad(&self, line: usize, err: &dyn std::fmt::Display) {
+        self.malformed.increment(1);
+        tracing::warn!(file = %self.origin, line, error = %err, "skipping a record that is not a valid Event");
+    }
+
+    fn push(&self, data: EventData, out: &mut Batch) {
+        self.read.increment(1);
+        out.push(Event::new(data, Finalizers::None));
+    }
+
+    /// Decodes one JSON object: an Event, or an EventList / array of Events.
+    fn decode_value(&self, text: &str, line: usize, out: &mut Batch) {
+        let text = text.trim();
+        if text.starts_with('[') {
+            match serde_json::from_str::<Vec<&RawValue>>(text) {
+                Ok(items) => items.iter().for_each(|i| self.decode_item(i.get(), line, out)),
+                Err(e) => self.bad(line, &e),
+            }
+            return;
+        }
+        match serde_json::from_str::<WireEvent>(text) {
+            Ok(w) if w.metadata.uid.is_some() => {
+                let raw = RawValue::from_string(text.to_string()).ok();
+                match w.normalize(&self.cluster, raw) {
+                    Ok(d) => self.push(d, out),
+                    Err(e) => self.bad(line, &e),
+                }
+            }
+            Ok(_) => match serde_json::from_str::<WireList>(text) {
+                Ok(WireList { items: Some(items) }) => items.iter().for_each(|i| self.decode_item(i.get(), line, out)),
+                _ => self.bad(line, &DecodeError::NoUid),
+            },
+            Err(e) => self.bad(line, &e),
+        }
+    }
+
+    fn decode_item(&self, text: &str, line: usize, out: &mut Batch) {
+        match crate::event::decode(text, &self.cluster) {
+            Ok(d) => self.push(d, out),
+            Err(e) => self.bad(line, &e),
+        }
+    }
+
+    /// Decodes a whole JSON document (EventList, array, or one Event). Items that fail are
+    /// reported with the line where they start.
+    pub fn decode_document(&self, text: &str, out: &mut Vec<Batch>) -> Result<(), serde_json::Error> {
+        let doc: &RawValue = serde_json::from_str(text)?;
+        let body = doc.get().trim_start();
+        let items: Vec<&RawValue> = if body.starts_with('[') {
+            serde_json::from_str(body)?
+        } else {
+            match serde_json::from_str::<WireList>(body)? {
+                WireList { items: Some(items) } => items,
+                WireList { items: None } => vec![doc],
+            }
+        };
+        let base = text.as_ptr() as usize;
+        let mut batch = Vec::with_capacity(items.len().min(MAX_BATCH));
+        for item in items {
+            let offset = (item.get().as_ptr() as usize).saturating_sub(base).min(text.len());
+            let line = || memchr::memchr_iter(b'\n', &text.as_bytes()[..offset]).count() + 1;
+            match crate::event::decode(item.get(), &self.cluster) {
+                Ok(d) => self.push(d, &mut batch),
+                Err(e) => self.bad(line(), &e),
+            }
+            if batch.len() >= MAX_BATCH {
+                out.push(std::mem::take(&mut batch));
+            }
+        }
+        if !batch.is_empty() {
+            out.push(batch);
+        }
+        Ok(())
+    }
+
+    /// Decodes one line of a JSON lines stream; blank lines are skipped.
+    pub fn decode_line(&self, line: &[u8], lineno: usize, out: &mut Batch) {
+        let line = line.trim_ascii();
+        if line.is_empty() {
+            return;
+        }
+        match std::str::from_utf8(line) {
+            Ok(text) => self.decode_value(text, lineno, out),
+            Err(e) => self.bad(lineno, &e),
+        }
+    }
+}
+
+/// Reads JSON lines from `reader` until end of input (or shutdown), sending batches.
+/// Returns the number of the next line. A partial last line (no newline yet) is left in
+/// `partial` for the caller to complete when following.
+pub async fn read_lines<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    decoder: &Decoder,
+    out: &mut Fanout,
+    mut lineno: usize,
+    partial: &mut Vec<u8>,
+    shutdown: &Shutdown,
+) -> std::io::Result<usize> {
+    let mut batch: Batch = Vec::with_capacity(MAX_BATCH);
+    loop {
+        if shutdown.is_requested() {
+            break;
+        }
+        let n = reader.read_until(b'\n', partial).await?;
+        if n == 0 {
+            break;
+        }
+        if partial.last() != Some(&b'\n') {
+            // End of file inside a line: keep it until the rest arrives.
+            break;
+        }
+        lineno += 1;
+        decoder.decode_line(partial, lineno, &mut batch);
+        partial.clear();
+        if batch.len() >= MAX_BATCH {
+            out.send(std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH))).await;
+        }
+    }
+    out.send(batch).await;
+    Ok(lineno)
+}
+
+fn io_err(path: &std::path::Path, e: std::io::Error) -> StageError {
+    StageError(format!("cannot read {}: {e}", path.display()))
+}
+
+async fn run(cfg: FileConfig, mut cx: SourceContext) -> Result<(), StageError> {
+    let decoder = Decoder::new(
+        &cfg.cluster,
+        cfg.path.display().to_string(),
+        crate::metrics::received(&cx.metrics.id, cx.metrics.type_name),
+        cx.metrics.discarded("malformed"),
+    );
+    let path = cfg.path.clone();
+    if !cfg.follow {
+        let file = tokio::fs::File::open(&path).await.map_err(|e| io_err(&path, e))?;
+        let mut reader = BufReader::with_capacity(256 * 1024, file);
+        if is_document(&mut reader).await.map_err(|e| io_err(&path, e))? {
+            let mut text = String::new();
+            reader.read_to_string(&mut text).await.map_err(|e| io_err(&path, e))?;
+            let mut batches = Vec::new();
+            decoder
+                .decode_document(&text, &mut batches)
+                .map_err(|e| StageError(format!("{}:{}:{}: invalid JSON: {e}", path.display(), e.line(), e.column())))?;
+            drop(text);
+            for b in batches {
+                if cx.shutdown.is_requested() {
+                    break;
+                }
+                cx.out.send(b).await;
+            }
+        } else {
+            let mut partial = Vec::new();
+            let n = read_lines(&mut reader, &decoder, &mut cx.out, 0, &mut partial, &cx.shutdown)
+                .await
+                .map_err(|e| io_err(&path, e))?;
+            let mut last = Vec::new();
+            decoder.decode_line(&partial, n + 1, &mut last);
+            cx.out.send(last).await;
+        }
+        tracing::info!(file = %path.display(), "reached the end of the file");
+        return Ok(());
+    }
+    follow(cfg, decoder, cx).await
+}
+
+/// True if the content is one pretty-printed JSON document (first line is `{` or `[`).
+async fn is_document<R: AsyncBufRead + Unpin>(reader: &mut R) -> std::io::Result<bool> {
+    let buf = reader.fill_buf().await?;
+    let first_line = buf.split(|b| *b == b'\n').next().unwrap_or(&[]);
+    let t = first_line.trim_ascii();
+    Ok(t == b"{" || t == b"[")
+}
+
+async fn follow(cfg: FileConfig, decoder: Decoder, mut cx: SourceContext) -> Result<(), StageError> {
+    let path = cfg.path.clone();
+    let mut announced = false;
+    'reopen: loop {
+        let file = loop {
+            match tokio::fs::File::open(&path).await {
+                Ok(f) => break f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    tokio::select! {
+                        _ = cx.shutdown.requested() => return Ok(()),
+                        _ = tokio::time::sleep(cfg.poll_interval.0) => continue,
+                    }
+                }
+                Err(e) => return Err(io_err(&path, e)),
+            }
+        };
+        let identity = file_identity(&file).await;
+        let mut reader = BufReader::with_capacity(256 * 1024, file);
+        let mut lineno = 0usize;
+        let mut partial = Vec::new();
+        let mut pos: u64 = 0;
+        loop {
+            lineno = read_lines(&mut reader, &decoder, &mut cx.out, lineno, &mut partial, &cx.shutdown)
+                .await
+                .map_err(|e| io_err(&path, e))?;
+            pos = reader.stream_position().await.unwrap_or(pos);
+            if !announced {
+                announced = true;
+                tracing::info!(file = %path.display(), lines = lineno, "reached the end of the file; following");
+            }
+            tokio::select! {
+                _ = cx.shutdown.requested() => return Ok(()),
+                _ = tokio::time::sleep(cfg.poll_interval.0) => {}
+            }
+            // Truncated or replaced: start again from the top of the (new) file.
+            match tokio::fs::metadata(&path).await {
+                Ok(meta) if meta.len() < pos || !same_file(&meta, identity) => {
+                    tracing::info!(file = %path.display(), "file was truncated or replaced; reading it from the start");
+                    continue 'reopen;
+                }
+                Ok(_) => {}
+                Err(_) => continue 'reopen,
+            }
+        }
+    }
+}
+
+#[cfg(unix)]
+async fn file_identity(f: &tokio::fs::File) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    f.metadata().await.ok().map(|m| (m.dev(), m.ino()))
+}
+
+#[cfg(unix)]
+fn same_file(meta: &std::fs::Metadata, id: Option<(u64, u64)>) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    id.is_none_or(|id| id == (meta.dev(), meta.ino()))
+}
+
+#[cfg(not(unix))]
+async fn file_identity(_: &tokio::fs::File) -> Option<(u64, u64)> {
+    None
+}
+
+#[cfg(not(unix))]
+fn same_file(_: &std::fs::Metadata, _: Option<(u64, u64)>) -> bool {
+    true
+}
+
+pub const TYPE: StageType = StageType {
+    name: "file",
+    kind: StageKind::Source,
+    summary: "replays Events from a JSON EventList, JSON array or JSON lines file; follow: true tails it",
+    parse: super::parse_config::<FileConfig>,
+    schema: super::schema_of::<FileConfig>,
+};

@@ -1,0 +1,228 @@
+//! `filter`: keeps or drops events by rules.
+//!
+//! The seed's rules, as its documentation states them: `namespaces`, `reasons` and `types` are
+//! whitelists matched exactly; an event matches when it is in every non-empty list (OR inside
+//! a list, AND across lists); an empty or missing list is no condition. `reverse: true` keeps
+//! exactly the events that match *none* of the non-empty lists. A filter with no conditions
+//! keeps everything, reversed or not. Beyond the seed: `kinds`, `sources`, `clusters` (exact),
+//! `names` (globs on the involved object's name), `message` (a regex searched in the message),
+//! and an `exclude:` block with the same fields, which drops what matches all of its non-empty
+//! conditions and wins over everything else. Dropped events are counted as
+//! `eventflow_events_discarded_total{reason="filtered"}`.
+
+use futures::future::BoxFuture;
+use metrics::Counter;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use super::{BuildContext, BuildError, Function, FunctionTransform, Stage, StageConfig, StageKind, StageType};
+use crate::config::types::{Glob, Pattern};
+use crate::engine::fanout::Batch;
+use crate::event::EventData;
+
+macro_rules! conditions {
+    ($(#[$m:meta])* $name:ident { $($extra:tt)* }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+        #[serde(deny_unknown_fields)]
+        pub struct $name {
+            /// Namespaces of the Event (exact match).
+            #[serde(default)]
+            pub namespaces: Vec<String>,
+            /// Reasons, e.g. `BackOff`, `FailedScheduling` (exact match).
+            #[serde(default)]
+            pub reasons: Vec<String>,
+            /// Event types: `Normal`, `Warning` (exact match).
+            #[serde(default)]
+            pub types: Vec<String>,
+            /// Kinds of the involved object, e.g. `Pod`, `Node` (exact match).
+            #[serde(default)]
+            pub kinds: Vec<String>,
+            /// Globs over the involved object's name, e.g. `web-*`.
+            #[serde(default)]
+            pub names: Vec<Glob>,
+            /// A regular expression searched in the message.
+            #[serde(default)]
+            pub message: Option<Pattern>,
+            /// Reporting components, e.g. `kubelet`, `default-scheduler` (exact match).
+            #[serde(default)]
+            pub sources: Vec<String>,
+            /// Cluster names (exact match).
+            #[serde(default)]
+            pub clusters: Vec<String>,
+            $($extra)*
+        }
+    };
+}
+
+conditions!(
+    /// Keeps or drops events by rules (the seed's `rule_config`, and more).
+    FilterConfig {
+        /// Keep the events that match none of the non-empty conditions above (the seed's
+        /// documented `reverse`). A filter with no conditions keeps everything either way.
+        #[serde(default)]
+        pub reverse: bool,
+        /// Drop the events that match all of these non-empty conditions, whatever the rest says.
+        #[serde(default)]
+        pub exclude: Option<Conditions>,
+    }
+);
+
+conditions!(
+    /// Conditions of an `exclude:` block.
+    Conditions {}
+);
+
+/// The compiled test for one set of conditions.
+#[derive(Debug, Clone, Default)]
+struct Rules {
+    tests: Vec<Test>,
+}
+
+#[derive(Debug, Clone)]
+enum Test {
+    Exact(fn(&EventData) -> &str, Vec<String>),
+    Names(Vec<Glob>),
+    Message(Pattern),
+}
+
+impl Test {
+    fn matches(&self, e: &EventData) -> bool {
+        match self {
+            Test::Exact(get, values) => {
+                let v = get(e);
+                values.iter().any(|x| x == v)
+            }
+            Test::Names(globs) => globs.iter().any(|g| g.matcher.is_match(&e.object_name)),
+            Test::Message(p) => p.0.is_match(&e.message),
+        }
+    }
+}
+
+impl Rules {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        namespaces: &[String],
+        reasons: &[String],
+        types: &[String],
+        kinds: &[String],
+        names: &[Glob],
+        message: &Option<Pattern>,
+        sources: &[String],
+        clusters: &[String],
+    ) -> Rules {
+        let mut tests = Vec::new();
+        let exact: [(fn(&EventData) -> &str, &[String]); 6] = [
+            (|e| &e.namespace, namespaces),
+            (|e| &e.reason, reasons),
+            (|e| &e.type_, types),
+            (|e| &e.kind, kinds),
+            (|e| &e.source, sources),
+            (|e| &e.cluster, clusters),
+        ];
+        for (get, values) in exact {
+            if !values.is_empty() {
+                tests.push(Test::Exact(get, values.to_vec()));
+            }
+        }
+        if !names.is_empty() {
+            tests.push(Test::Names(names.to_vec()));
+        }
+        if let Some(p) = message {
+            tests.push(Test::Message(p.clone()));
+        }
+        Rules { tests }
+    }
+
+    /// In every non-empty list.
+    fn matches_all(&self, e: &EventData) -> bool {
+        self.tests.iter().all(|t| t.matches(e))
+    }
+
+    /// In none of the non-empty lists.
+    fn matches_none(&self, e: &EventData) -> bool {
+        !self.tests.iter().any(|t| t.matches(e))
+    }
+}
+
+/// The decision for one event.
+#[derive(Debug, Clone)]
+pub struct Matcher {
+    include: Rules,
+    reverse: bool,
+    exclude: Option<Rules>,
+}
+
+impl Matcher {
+    pub fn new(c: &FilterConfig) -> Matcher {
+        let include = Rules::new(
+            &c.namespaces, &c.reasons, &c.types, &c.kinds, &c.names, &c.message, &c.sources, &c.clusters,
+        );
+        let exclude = c
+            .exclude
+            .as_ref()
+            .map(|x| Rules::new(&x.namespaces, &x.reasons, &x.types, &x.kinds, &x.names, &x.message, &x.sources, &x.clusters))
+            .filter(|r| !r.tests.is_empty());
+        Matcher {
+            include,
+            reverse: c.reverse,
+            exclude,
+        }
+    }
+
+    /// True if the event passes.
+    pub fn keep(&self, e: &EventData) -> bool {
+        if self.exclude.as_ref().is_some_and(|x| x.matches_all(e)) {
+            return false;
+        }
+        if self.reverse {
+            self.include.matches_none(e)
+        } else {
+            self.include.matches_all(e)
+        }
+    }
+}
+
+impl StageConfig for FilterConfig {
+    fn build<'a>(&'a self, cx: &'a BuildContext) -> BoxFuture<'a, Result<Stage, BuildError>> {
+        Box::pin(async move {
+            let t: Box<dyn super::Transform> = Box::new(Function(FilterTransform {
+                matcher: Matcher::new(self),
+                filtered: crate::metrics::discarded(&cx.id, cx.type_name, "filtered"),
+            }));
+            Ok(Stage::Transform(t))
+        })
+    }
+}
+
+struct FilterTransform {
+    matcher: Matcher,
+    filtered: Counter,
+}
+
+impl FunctionTransform for FilterTransform {
+    fn transform(&mut self, mut batch: Batch) -> Batch {
+        let before = batch.len();
+        let debug = tracing::enabled!(tracing::Level::DEBUG);
+        batch.retain(|e| {
+            let keep = self.matcher.keep(e);
+            if !keep && debug {
+                tracing::debug!(uid = %e.uid, namespace = %e.namespace, reason = %e.reason, r#type = %e.type_, "event filtered out by the rules");
+            }
+            keep
+        });
+        let dropped = before - batch.len();
+        if dropped > 0 {
+            self.filtered.increment(dropped as u64);
+        }
+        batch
+    }
+}
+
+pub const TYPE: StageType = StageType {
+    name: "filter",
+    kind: StageKind::Transform,
+    summary: "keeps or drops events by namespace, reason, type, kind, name, message, source and cluster",
+    parse: super::parse_config::<FilterConfig>,
+    schema: super::schema_of::<FilterConfig>,
+};

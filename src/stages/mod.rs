@@ -1,0 +1,216 @@
+//! Stage types: the traits the engine runs them through, and the one table that maps a
+//! `type:` name to its config and builder.
+//!
+//! Adding a stage type = a module here with a config struct (serde + schemars, a doc comment
+//! on every field) that implements [`StageConfig`], and one line in [`TYPES`].
+
+pub mod file;
+pub mod filter;
+pub mod stdout;
+
+use std::fmt;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use metrics::Counter;
+use serde::de::DeserializeOwned;
+use tokio::sync::{mpsc, watch};
+
+use crate::config::tree::{self, DeError, Node};
+use crate::config::StateConfig;
+use crate::engine::fanout::{Batch, Fanout};
+use crate::metrics as m;
+
+/// Where a stage sits in the graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StageKind {
+    /// Reads from outside; has no inputs.
+    Source,
+    /// Reads from inputs and writes to its output.
+    Transform,
+    /// Reads from inputs; has no output.
+    Sink,
+}
+
+/// Everything a stage needs to know when it is built.
+#[derive(Debug, Clone)]
+pub struct BuildContext {
+    pub id: String,
+    pub type_name: &'static str,
+    pub state: Option<StateConfig>,
+}
+
+/// A failure to build a stage (bad runtime input such as an unreachable database).
+#[derive(Debug, thiserror::Error)]
+#[error("stage `{stage}`: {message}")]
+pub struct BuildError {
+    pub stage: String,
+    pub message: String,
+}
+
+/// A failure that ended a running stage.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StageError(pub String);
+
+/// A parsed stage config.
+pub trait StageConfig: fmt::Debug + Send + Sync + 'static {
+    /// Builds a runnable instance.
+    fn build<'a>(&'a self, cx: &'a BuildContext) -> BoxFuture<'a, Result<Stage, BuildError>>;
+}
+
+/// A built, not yet running, stage.
+pub enum Stage {
+    Source(Box<dyn Source>),
+    Transform(Box<dyn Transform>),
+    Sink(Box<dyn Sink>),
+}
+
+/// The per-stage metrics every stage type shares.
+#[derive(Clone)]
+pub struct StageMetrics {
+    pub id: Arc<str>,
+    pub type_name: &'static str,
+    pub received: Counter,
+    pub errors_event: Counter,
+}
+
+impl StageMetrics {
+    pub fn new(id: &str, type_name: &'static str) -> Self {
+        StageMetrics {
+            id: Arc::from(id),
+            type_name,
+            received: m::received(id, type_name),
+            errors_event: m::stage_errors(id, type_name, "bad_event"),
+        }
+    }
+
+    /// The counter for events this stage drops on purpose, by reason.
+    pub fn discarded(&self, reason: &'static str) -> Counter {
+        m::discarded(&self.id, self.type_name, reason)
+    }
+}
+
+/// A stage's input: a bounded receiver that counts what arrives.
+pub struct Input {
+    rx: mpsc::Receiver<Batch>,
+    received: Counter,
+    depth: metrics::Gauge,
+}
+
+impl Input {
+    pub fn new(rx: mpsc::Receiver<Batch>, metrics: &StageMetrics) -> Input {
+        Input {
+            rx,
+            received: metrics.received.clone(),
+            depth: m::queue_depth(&metrics.id, metrics.type_name),
+        }
+    }
+
+    /// The next batch, or `None` once every upstream is gone and the queue is drained.
+    pub async fn recv(&mut self) -> Option<Batch> {
+        let b = self.rx.recv().await?;
+        self.received.increment(b.len() as u64);
+        self.depth.set(self.rx.len() as f64);
+        Some(b)
+    }
+}
+
+/// Tells a source to stop reading.
+#[derive(Clone)]
+pub struct Shutdown(pub watch::Receiver<bool>);
+
+impl Shutdown {
+    /// Resolves once shutdown is requested.
+    pub async fn requested(&mut self) {
+        let _ = self.0.wait_for(|s| *s).await;
+    }
+
+    pub fn is_requested(&self) -> bool {
+        *self.0.borrow()
+    }
+}
+
+pub struct SourceContext {
+    pub metrics: StageMetrics,
+    pub out: Fanout,
+    pub shutdown: Shutdown,
+}
+
+pub struct TransformContext {
+    pub metrics: StageMetrics,
+    pub input: Input,
+    pub out: Fanout,
+}
+
+pub struct SinkContext {
+    pub metrics: StageMetrics,
+    pub input: Input,
+}
+
+pub trait Source: Send + 'static {
+    /// Reads until the input ends or shutdown is requested, sending batches to `cx.out`.
+    fn run(self: Box<Self>, cx: SourceContext) -> BoxFuture<'static, Result<(), StageError>>;
+}
+
+pub trait Transform: Send + 'static {
+    /// Processes batches until the input closes, then flushes and returns.
+    fn run(self: Box<Self>, cx: TransformContext) -> BoxFuture<'static, Result<(), StageError>>;
+}
+
+pub trait Sink: Send + 'static {
+    /// Commits batches until the input closes, then flushes and returns.
+    fn run(self: Box<Self>, cx: SinkContext) -> BoxFuture<'static, Result<(), StageError>>;
+}
+
+/// A transform that maps each batch synchronously (filter and the like).
+pub trait FunctionTransform: Send + 'static {
+    /// Keeps, drops or rewrites the events of one batch.
+    fn transform(&mut self, batch: Batch) -> Batch;
+}
+
+/// Runs a [`FunctionTransform`] as a [`Transform`].
+pub struct Function<T>(pub T);
+
+impl<T: FunctionTransform> Transform for Function<T> {
+    fn run(self: Box<Self>, mut cx: TransformContext) -> BoxFuture<'static, Result<(), StageError>> {
+        let mut t = self.0;
+        Box::pin(async move {
+            while let Some(batch) = cx.input.recv().await {
+                let out = t.transform(batch);
+                cx.out.send(out).await;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// One row of the stage type table.
+pub struct StageType {
+    pub name: &'static str,
+    pub kind: StageKind,
+    pub summary: &'static str,
+    pub parse: fn(&Node) -> Result<Arc<dyn StageConfig>, DeError>,
+    pub schema: fn(&mut schemars::SchemaGenerator) -> schemars::Schema,
+}
+
+/// Deserializes a stage's config, without the `type` and `inputs` keys every stage has.
+pub fn parse_config<C: StageConfig + DeserializeOwned>(node: &Node) -> Result<Arc<dyn StageConfig>, DeError> {
+    tree::from_node_skipping::<C>(node, &["type", "inputs"]).map(|c| Arc::new(c) as Arc<dyn StageConfig>)
+}
+
+/// The schema of a stage's config.
+pub fn schema_of<C: schemars::JsonSchema>(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    g.root_schema_for::<C>()
+}
+
+/// Every stage type.
+pub static TYPES: &[StageType] = &[file::TYPE, filter::TYPE, stdout::TYPE];
+
+pub fn lookup(name: &str) -> Option<&'static StageType> {
+    TYPES.iter().find(|t| t.name == name)
+}
+
+pub fn type_names() -> Vec<&'static str> {
+    TYPES.iter().map(|t| t.name).collect()
+}

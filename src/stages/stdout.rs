@@ -1,0 +1,73 @@
+//! `stdout`: writes each event as one JSON object per line, for debugging and demos.
+//! A batch is flushed before its events are acknowledged.
+
+use futures::future::BoxFuture;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use tokio::io::AsyncWriteExt;
+
+use super::{BuildContext, BuildError, Sink, SinkContext, Stage, StageConfig, StageError, StageKind, StageType};
+use crate::engine::ack::Status;
+
+/// Prints events as JSON lines on standard output.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StdoutConfig {
+    /// Also print the original object as received, under `raw`.
+    #[serde(default)]
+    pub raw: bool,
+}
+
+impl StageConfig for StdoutConfig {
+    fn build<'a>(&'a self, _cx: &'a BuildContext) -> BoxFuture<'a, Result<Stage, BuildError>> {
+        Box::pin(async move { Ok(Stage::Sink(Box::new(StdoutSink { raw: self.raw }) as Box<dyn Sink>)) })
+    }
+}
+
+struct StdoutSink {
+    raw: bool,
+}
+
+impl Sink for StdoutSink {
+    fn run(self: Box<Self>, mut cx: SinkContext) -> BoxFuture<'static, Result<(), StageError>> {
+        Box::pin(async move {
+            let mut out = tokio::io::stdout();
+            let mut buf = Vec::with_capacity(64 * 1024);
+            let bad = cx.metrics.errors_event.clone();
+            while let Some(batch) = cx.input.recv().await {
+                buf.clear();
+                for e in &batch {
+                    match crate::event::to_json(e, self.raw) {
+                        Ok(line) => {
+                            buf.extend_from_slice(line.as_bytes());
+                            buf.push(b'\n');
+                        }
+                        Err(err) => {
+                            bad.increment(1);
+                            e.set_status(Status::Rejected);
+                            tracing::error!(uid = %e.uid, error = %err, "cannot serialize event");
+                        }
+                    }
+                }
+                let written = async {
+                    out.write_all(&buf).await?;
+                    out.flush().await
+                }
+                .await;
+                if let Err(err) = written {
+                    batch.iter().for_each(|e| e.set_status(Status::Errored));
+                    return Err(StageError(format!("cannot write to standard output: {err}")));
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+pub const TYPE: StageType = StageType {
+    name: "stdout",
+    kind: StageKind::Sink,
+    summary: "prints events as JSON lines",
+    parse: super::parse_config::<StdoutConfig>,
+    schema: super::schema_of::<StdoutConfig>,
+};
