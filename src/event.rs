@@ -109,7 +109,11 @@ impl Field {
     }
 
     pub fn name(self) -> &'static str {
-        Self::ALL.iter().find(|(_, f)| *f == self).map(|(n, _)| *n).unwrap_or("?")
+        Self::ALL
+            .iter()
+            .find(|(_, f)| *f == self)
+            .map(|(n, _)| *n)
+            .unwrap_or("?")
     }
 }
 
@@ -118,7 +122,10 @@ impl<'de> Deserialize<'de> for Field {
         let s = String::deserialize(d)?;
         Field::parse(&s).ok_or_else(|| {
             let names: Vec<&str> = Field::ALL.iter().map(|(n, _)| *n).collect();
-            serde::de::Error::custom(format!("unknown event field `{s}` (expected one of: {})", names.join(", ")))
+            serde::de::Error::custom(format!(
+                "unknown event field `{s}` (expected one of: {})",
+                names.join(", ")
+            ))
         })
     }
 }
@@ -327,7 +334,9 @@ pub enum DecodeError {
 
 fn parse_time(s: Option<&str>) -> Option<DateTime<Utc>> {
     let s = s.filter(|s| !s.is_empty())?;
-    DateTime::parse_from_rfc3339(s).ok().map(|t| t.with_timezone(&Utc))
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
 }
 
 fn non_empty(s: Option<String>) -> Option<String> {
@@ -338,10 +347,17 @@ impl WireEvent {
     /// Normalizes into [`EventData`], following the rules in the pipeline contract: message
     /// from `message` or `note`; count from `count`, else `series.count`, else 1; last seen
     /// from `lastTimestamp`, else `series.lastObservedTime`, else `eventTime`, else creation.
-    pub fn normalize(self, cluster: &Arc<str>, raw: Option<Box<RawValue>>) -> Result<EventData, DecodeError> {
+    pub fn normalize(
+        self,
+        cluster: &Arc<str>,
+        raw: Option<Box<RawValue>>,
+    ) -> Result<EventData, DecodeError> {
         let api_version = match self.api_version.as_deref() {
             None | Some("v1") | Some("") => {
-                if self.regarding.is_some() || self.note.is_some() || self.reporting_controller.is_some() {
+                if self.regarding.is_some()
+                    || self.note.is_some()
+                    || self.reporting_controller.is_some()
+                {
                     ApiVersion::EventsV1
                 } else {
                     ApiVersion::CoreV1
@@ -354,10 +370,19 @@ impl WireEvent {
         let obj = self.involved_object.or(self.regarding).unwrap_or_default();
         let src = self.source.or(self.deprecated_source).unwrap_or_default();
         let series_count = self.series.as_ref().and_then(|s| s.count);
-        let series_last = self.series.as_ref().and_then(|s| s.last_observed_time.as_deref());
+        let series_last = self
+            .series
+            .as_ref()
+            .and_then(|s| s.last_observed_time.as_deref());
         let created = self.metadata.creation_timestamp.as_deref();
-        let first_ts = self.first_timestamp.as_deref().or(self.deprecated_first_timestamp.as_deref());
-        let last_ts = self.last_timestamp.as_deref().or(self.deprecated_last_timestamp.as_deref());
+        let first_ts = self
+            .first_timestamp
+            .as_deref()
+            .or(self.deprecated_first_timestamp.as_deref());
+        let last_ts = self
+            .last_timestamp
+            .as_deref()
+            .or(self.deprecated_last_timestamp.as_deref());
         let event_time = self.event_time.as_deref();
         let last_seen = parse_time(last_ts)
             .or_else(|| parse_time(series_last))
@@ -391,7 +416,9 @@ impl WireEvent {
                 .or(non_empty(self.reporting_component))
                 .or(self.reporting_controller)
                 .unwrap_or_default(),
-            host: non_empty(src.host).or(self.reporting_instance).unwrap_or_default(),
+            host: non_empty(src.host)
+                .or(self.reporting_instance)
+                .unwrap_or_default(),
             count,
             first_seen,
             last_seen,
@@ -442,7 +469,10 @@ mod tests {
             "reason":"BackOff","message":"Back-off restarting","source":{"component":"kubelet","host":"worker-2"},
             "firstTimestamp":"2024-05-01T10:01:10Z","lastTimestamp":"2024-05-01T10:09:42Z","count":37,"type":"Warning","eventTime":null}"#;
         let e = decode(j, &cluster()).unwrap();
-        assert_eq!((e.uid.as_str(), e.count, e.kind.as_str()), ("u1", 37, "Pod"));
+        assert_eq!(
+            (e.uid.as_str(), e.count, e.kind.as_str()),
+            ("u1", 37, "Pod")
+        );
         assert_eq!(e.source, "kubelet");
         assert_eq!(e.host, "worker-2");
         assert_eq!(e.field_path, "spec.containers{web}");
@@ -482,7 +512,10 @@ mod tests {
 
     #[test]
     fn real_events_decode() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/real-events/k9s-gke-pulled.json");
+        let dir = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/real-events/k9s-gke-pulled.json"
+        );
         let text = std::fs::read_to_string(dir).unwrap();
         let e = decode(&text, &cluster()).unwrap();
         assert_eq!(e.reason, "Pulled");
@@ -491,9 +524,15 @@ mod tests {
 
     #[test]
     fn missing_uid_is_an_error() {
-        assert!(matches!(decode(r#"{"metadata":{}}"#, &cluster()), Err(DecodeError::NoUid)));
         assert!(matches!(
-            decode(r#"{"apiVersion":"apps/v1","metadata":{"uid":"x"}}"#, &cluster()),
+            decode(r#"{"metadata":{}}"#, &cluster()),
+            Err(DecodeError::NoUid)
+        ));
+        assert!(matches!(
+            decode(
+                r#"{"apiVersion":"apps/v1","metadata":{"uid":"x"}}"#,
+                &cluster()
+            ),
             Err(DecodeError::ApiVersion(_))
         ));
     }

@@ -15,3 +15,5 @@ pub mod event;
 pub mod metrics;
 pub mod run;
 pub mod stages;
+#[doc(hidden)]
+pub mod testkit;

@@ -9,7 +9,11 @@ use eventflow::config::{self, graph, types::Dur};
 use eventflow::run::Outcome;
 
 #[derive(Parser)]
-#[command(name = "eventflow", version, about = "Turns Kubernetes Events into actions through a declarative pipeline")]
+#[command(
+    name = "eventflow",
+    version,
+    about = "Turns Kubernetes Events into actions through a declarative pipeline"
+)]
 struct Cli {
     /// Log level (error, warn, info, debug, trace) or a full filter like RUST_LOG's.
     #[arg(long, global = true, env = "EVENTFLOW_LOG_LEVEL")]
@@ -68,7 +72,9 @@ fn init_logging(level: Option<&str>, format: LogFormat) {
         Some(l) => EnvFilter::try_new(l).unwrap_or_else(|_| EnvFilter::new("info")),
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -126,7 +132,11 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
-            Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+            Ok(if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         Command::Schema => {
             print!("{}", config::schema::pipeline_schema());

@@ -11,11 +11,23 @@ pub const QUEUE: &str = "eventflow_stage_queue_events";
 
 /// Registers descriptions; call once after installing a recorder.
 pub fn describe() {
-    describe_counter!(RECEIVED, Unit::Count, "Events a stage received from its inputs (or read, for sources).");
-    describe_counter!(SENT, Unit::Count, "Events a stage sent to its downstream stages.");
+    describe_counter!(
+        RECEIVED,
+        Unit::Count,
+        "Events a stage received from its inputs (or read, for sources)."
+    );
+    describe_counter!(
+        SENT,
+        Unit::Count,
+        "Events a stage sent to its downstream stages."
+    );
     describe_counter!(DISCARDED, Unit::Count, "Events a stage dropped, by reason.");
     describe_counter!(STAGE_ERRORS, Unit::Count, "Errors in a stage, by kind.");
-    describe_gauge!(QUEUE, Unit::Count, "Batches waiting in a stage's input queue.");
+    describe_gauge!(
+        QUEUE,
+        Unit::Count,
+        "Batches waiting in a stage's input queue."
+    );
 }
 
 pub fn received(stage: &str, ty: &'static str) -> Counter {

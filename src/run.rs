@@ -26,7 +26,10 @@ pub enum RunError {
 /// Runs `pipeline` until SIGINT/SIGTERM or until every source has finished.
 pub async fn run(pipeline: Pipeline, shutdown_timeout: Duration) -> Result<Outcome, RunError> {
     let mut topology = Topology::start(pipeline).await?;
-    tracing::info!(stages = topology.pipeline().stages.len(), "pipeline started");
+    tracing::info!(
+        stages = topology.pipeline().stages.len(),
+        "pipeline started"
+    );
     let mut signals = Signals::new();
     loop {
         if topology.running_sources() == 0 {

@@ -17,7 +17,12 @@ fn input_pos(spec: &StageSpec, index: usize) -> Option<Pos> {
 }
 
 /// Adds a problem for every dangling, misdirected or cyclic edge.
-pub fn check(stages: &IndexMap<String, StageSpec>, problems: &mut Vec<Problem>) {
+/// Stages in `failed` could not be parsed; edges to them are not reported again.
+pub fn check(
+    stages: &IndexMap<String, StageSpec>,
+    failed: &HashSet<String>,
+    problems: &mut Vec<Problem>,
+) {
     for spec in stages.values() {
         let inputs_pos = spec.node.get("inputs").map(|n| n.pos);
         match spec.kind {
@@ -25,14 +30,19 @@ pub fn check(stages: &IndexMap<String, StageSpec>, problems: &mut Vec<Problem>) 
                 inputs_pos,
                 Some(&spec.id),
                 Some("inputs"),
-                format!("`{}` is a source: it reads from outside and takes no `inputs`", spec.type_name),
+                format!(
+                    "`{}` is a source: it reads from outside and takes no `inputs`",
+                    spec.type_name
+                ),
             )),
-            StageKind::Transform | StageKind::Sink if spec.inputs.is_empty() => problems.push(Problem::new(
-                Some(spec.pos),
-                Some(&spec.id),
-                Some("inputs"),
-                "missing `inputs:`: name the stage(s) this one reads from",
-            )),
+            StageKind::Transform | StageKind::Sink if spec.inputs.is_empty() => {
+                problems.push(Problem::new(
+                    Some(spec.pos),
+                    Some(&spec.id),
+                    Some("inputs"),
+                    "missing `inputs:`: name the stage(s) this one reads from",
+                ))
+            }
             _ => {}
         }
         let mut seen = HashSet::new();
@@ -48,20 +58,27 @@ pub fn check(stages: &IndexMap<String, StageSpec>, problems: &mut Vec<Problem>) 
                 continue;
             }
             match stages.get(input) {
+                None if failed.contains(input) => {}
                 None => {
                     let known: Vec<&str> = stages.keys().map(String::as_str).collect();
                     problems.push(Problem::new(
                         pos,
                         Some(&spec.id),
                         Some("inputs"),
-                        format!("unknown input `{input}` (stages in this file: {})", known.join(", ")),
+                        format!(
+                            "unknown input `{input}` (stages in this file: {})",
+                            known.join(", ")
+                        ),
                     ))
                 }
                 Some(up) if up.kind == StageKind::Sink => problems.push(Problem::new(
                     pos,
                     Some(&spec.id),
                     Some("inputs"),
-                    format!("`{input}` is a sink (`{}`): a sink has no output to read from", up.type_name),
+                    format!(
+                        "`{input}` is a sink (`{}`): a sink has no output to read from",
+                        up.type_name
+                    ),
                 )),
                 Some(_) if input == &spec.id => problems.push(Problem::new(
                     pos,
@@ -83,12 +100,22 @@ pub fn check(stages: &IndexMap<String, StageSpec>, problems: &mut Vec<Problem>) 
             ));
         }
     }
-    if !stages.is_empty() {
+    if !stages.is_empty() && failed.is_empty() {
         if !stages.values().any(|s| s.kind == StageKind::Source) {
-            problems.push(Problem::new(None, None, Some("stages"), "the pipeline has no source stage"));
+            problems.push(Problem::new(
+                None,
+                None,
+                Some("stages"),
+                "the pipeline has no source stage",
+            ));
         }
         if !stages.values().any(|s| s.kind == StageKind::Sink) {
-            problems.push(Problem::new(None, None, Some("stages"), "the pipeline has no sink stage"));
+            problems.push(Problem::new(
+                None,
+                None,
+                Some("stages"),
+                "the pipeline has no sink stage",
+            ));
         }
     }
     if let Some(cycle) = find_cycle(stages) {
@@ -184,7 +211,12 @@ pub fn mermaid(stages: &IndexMap<String, StageSpec>) -> String {
             StageKind::Transform => ("[", "]"),
             StageKind::Sink => ("[(", ")]"),
         };
-        out.push_str(&format!("    {}{open}\"{}<br/><i>{}</i>\"{close}\n", node_id(&s.id), s.id, s.type_name));
+        out.push_str(&format!(
+            "    {}{open}\"{}<br/><i>{}</i>\"{close}\n",
+            node_id(&s.id),
+            s.id,
+            s.type_name
+        ));
     }
     for s in stages.values() {
         for i in &s.inputs {

@@ -132,7 +132,12 @@ pub struct Problem {
 }
 
 impl Problem {
-    fn new(pos: Option<Pos>, stage: Option<&str>, field: Option<&str>, message: impl Into<String>) -> Self {
+    fn new(
+        pos: Option<Pos>,
+        stage: Option<&str>,
+        field: Option<&str>,
+        message: impl Into<String>,
+    ) -> Self {
         Problem {
             pos,
             stage: stage.map(str::to_string),
@@ -177,7 +182,12 @@ pub fn load_file(path: &Path) -> Result<Pipeline, ConfigError> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
         file: file.clone(),
-        problems: vec![Problem::new(None, None, None, format!("cannot read the file: {e}"))],
+        problems: vec![Problem::new(
+            None,
+            None,
+            None,
+            format!("cannot read the file: {e}"),
+        )],
     })?;
     let mut p = load_str(&text, &file, &|name| std::env::var(name).ok())?;
     p.path = Some(path.to_path_buf());
@@ -186,12 +196,17 @@ pub fn load_file(path: &Path) -> Result<Pipeline, ConfigError> {
 
 /// Parses and validates pipeline text. `file` is the name used in messages; `env` looks up
 /// `${NAME}` references.
-pub fn load_str(text: &str, file: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Pipeline, ConfigError> {
+pub fn load_str(
+    text: &str,
+    file: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Pipeline, ConfigError> {
     let fail = |problems| ConfigError {
         file: file.to_string(),
         problems,
     };
-    let mut root = tree::parse(text).map_err(|e| fail(vec![Problem::new(Some(e.pos), None, None, e.message)]))?;
+    let mut root = tree::parse(text)
+        .map_err(|e| fail(vec![Problem::new(Some(e.pos), None, None, e.message)]))?;
     let mut problems: Vec<Problem> = tree::substitute_env(&mut root, env)
         .into_iter()
         .map(|(pos, m)| Problem::new(Some(pos), None, None, m))
@@ -201,7 +216,10 @@ pub fn load_str(text: &str, file: &str, env: &dyn Fn(&str) -> Option<String>) ->
             Some(root.pos),
             None,
             None,
-            format!("a pipeline file is a mapping with a `stages:` key, found {}", root.value.kind()),
+            format!(
+                "a pipeline file is a mapping with a `stages:` key, found {}",
+                root.value.kind()
+            ),
         ));
         return Err(fail(problems));
     }
@@ -220,11 +238,15 @@ pub fn load_str(text: &str, file: &str, env: &dyn Fn(&str) -> Option<String>) ->
             pos,
             None,
             Some("version"),
-            format!("unsupported version {}: this eventflow reads version 1", h.version),
+            format!(
+                "unsupported version {}: this eventflow reads version 1",
+                h.version
+            ),
         ));
     }
-    let stages = parse_stages(&root, &mut problems);
-    graph::check(&stages, &mut problems);
+    let mut failed = std::collections::HashSet::new();
+    let stages = parse_stages(&root, &mut problems, &mut failed);
+    graph::check(&stages, &failed, &mut problems);
     if !problems.is_empty() {
         return Err(fail(problems));
     }
@@ -255,7 +277,11 @@ fn valid_id(id: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
-fn parse_stages(root: &Node, problems: &mut Vec<Problem>) -> IndexMap<String, StageSpec> {
+fn parse_stages(
+    root: &Node,
+    problems: &mut Vec<Problem>,
+    failed: &mut std::collections::HashSet<String>,
+) -> IndexMap<String, StageSpec> {
     let mut out = IndexMap::new();
     let Some(stages_node) = root.get("stages") else {
         problems.push(Problem::new(
@@ -272,7 +298,10 @@ fn parse_stages(root: &Node, problems: &mut Vec<Problem>) -> IndexMap<String, St
                 Some(stages_node.pos),
                 None,
                 Some("stages"),
-                format!("expected a mapping of stage ids to stages, found {}", stages_node.value.kind()),
+                format!(
+                    "expected a mapping of stage ids to stages, found {}",
+                    stages_node.value.kind()
+                ),
             ));
         }
         return out;
@@ -287,8 +316,13 @@ fn parse_stages(root: &Node, problems: &mut Vec<Problem>) -> IndexMap<String, St
             ));
             continue;
         }
-        if let Some(spec) = parse_stage(id, *kpos, node, problems) {
-            out.insert(id.clone(), spec);
+        match parse_stage(id, *kpos, node, problems) {
+            Some(spec) => {
+                out.insert(id.clone(), spec);
+            }
+            None => {
+                failed.insert(id.clone());
+            }
         }
     }
     out
@@ -314,7 +348,10 @@ fn parse_stage(id: &str, kpos: Pos, node: &Node, problems: &mut Vec<Problem>) ->
             Some(node.pos),
             Some(id),
             None,
-            format!("expected a mapping with a `type:`, found {}", node.value.kind()),
+            format!(
+                "expected a mapping with a `type:`, found {}",
+                node.value.kind()
+            ),
         ));
         return None;
     }
@@ -330,7 +367,10 @@ fn parse_stage(id: &str, kpos: Pos, node: &Node, problems: &mut Vec<Problem>) ->
             Some(kpos),
             Some(id),
             Some("type"),
-            format!("missing `type:` (one of: {})", stages::type_names().join(", ")),
+            format!(
+                "missing `type:` (one of: {})",
+                stages::type_names().join(", ")
+            ),
         ));
         return None;
     };
@@ -355,7 +395,7 @@ fn parse_stage(id: &str, kpos: Pos, node: &Node, problems: &mut Vec<Problem>) ->
     let config = match (st.parse)(node) {
         Ok(c) => c,
         Err(e) => {
-            problems.push(de_problem(Some(id), e));
+            collect_field_errors(id, st, node, e, problems);
             return None;
         }
     };
@@ -368,6 +408,43 @@ fn parse_stage(id: &str, kpos: Pos, node: &Node, problems: &mut Vec<Problem>) ->
         node: node.clone(),
         pos: kpos,
     })
+}
+
+/// serde stops at a stage's first bad field. To show every bad field of the stage at once,
+/// drop the offending key and try again, a bounded number of times. "missing field" errors for
+/// keys we removed ourselves are not the user's problem and are skipped.
+fn collect_field_errors(
+    id: &str,
+    st: &stages::StageType,
+    node: &Node,
+    first: tree::DeError,
+    problems: &mut Vec<Problem>,
+) {
+    let mut node = node.clone();
+    let mut removed: Vec<String> = Vec::new();
+    let mut err = first;
+    for _ in 0..32 {
+        let is_ours = removed
+            .iter()
+            .any(|k| err.message.starts_with(&format!("missing field `{k}`")));
+        if !is_ours {
+            problems.push(de_problem(Some(id), err.clone()));
+        }
+        let Some(key) = err.path.first().cloned() else {
+            return;
+        };
+        let tree::Value::Map(m) = &mut node.value else {
+            return;
+        };
+        if m.shift_remove(&key).is_none() {
+            return;
+        }
+        removed.push(key);
+        match (st.parse)(&node) {
+            Ok(_) => return,
+            Err(e) => err = e,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! The JSON Schema of pipeline files, generated from the config structs and their doc
 //! comments. `schemas/pipeline.schema.json` is this output; a test fails when it is stale.
 
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value, json};
 
 use super::Header;
 use crate::stages::{StageKind, TYPES};
@@ -27,7 +27,10 @@ pub fn pipeline_schema() -> String {
                 .map(std::mem::take)
                 .unwrap_or_default();
             let mut all = Map::new();
-            all.insert("type".into(), json!({"const": t.name, "description": t.summary}));
+            all.insert(
+                "type".into(),
+                json!({"const": t.name, "description": t.summary}),
+            );
             if t.kind != StageKind::Source {
                 all.insert(
                     "inputs".into(),

@@ -9,7 +9,9 @@
 use std::fmt;
 
 use indexmap::IndexMap;
-use serde::de::{self, Error as _, DeserializeSeed, IntoDeserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{
+    self, DeserializeSeed, Error as _, IntoDeserializer, MapAccess, SeqAccess, Visitor,
+};
 use serde::{Deserialize, Deserializer};
 use serde_saphyr::Spanned;
 
@@ -67,7 +69,8 @@ impl PartialEq for Value {
             (Seq(a), Seq(b)) => a == b,
             (Map(a), Map(b)) => {
                 a.len() == b.len()
-                    && a.iter().all(|(k, (_, v))| b.get(k).is_some_and(|(_, w)| v == w))
+                    && a.iter()
+                        .all(|(k, (_, v))| b.get(k).is_some_and(|(_, w)| v == w))
             }
             _ => false,
         }
@@ -258,19 +261,28 @@ fn strip_location_suffix(msg: &str) -> String {
 
 /// Replaces `${NAME}` and `${NAME:-default}` in every string of the tree. `$${` is a literal `${`.
 /// Every missing variable is reported with the position of the string that names it.
-pub fn substitute_env(node: &mut Node, lookup: &dyn Fn(&str) -> Option<String>) -> Vec<(Pos, String)> {
+pub fn substitute_env(
+    node: &mut Node,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Vec<(Pos, String)> {
     let mut errors = Vec::new();
     substitute_inner(node, lookup, &mut errors);
     errors
 }
 
-fn substitute_inner(node: &mut Node, lookup: &dyn Fn(&str) -> Option<String>, errors: &mut Vec<(Pos, String)>) {
+fn substitute_inner(
+    node: &mut Node,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    errors: &mut Vec<(Pos, String)>,
+) {
     match &mut node.value {
         Value::Str(s) if s.contains('$') => match interpolate(s, lookup) {
             Ok(v) => *s = v,
             Err(msgs) => errors.extend(msgs.into_iter().map(|m| (node.pos, m))),
         },
-        Value::Seq(items) => items.iter_mut().for_each(|n| substitute_inner(n, lookup, errors)),
+        Value::Seq(items) => items
+            .iter_mut()
+            .for_each(|n| substitute_inner(n, lookup, errors)),
         Value::Map(m) => m
             .values_mut()
             .for_each(|(_, n)| substitute_inner(n, lookup, errors)),
@@ -279,7 +291,10 @@ fn substitute_inner(node: &mut Node, lookup: &dyn Fn(&str) -> Option<String>, er
 }
 
 /// Expands `${NAME}` / `${NAME:-default}` in one string.
-pub fn interpolate(s: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, Vec<String>> {
+pub fn interpolate(
+    s: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, Vec<String>> {
     let mut out = String::with_capacity(s.len());
     let mut errors = Vec::new();
     let mut rest = s;
@@ -320,7 +335,11 @@ pub fn interpolate(s: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<S
         }
     }
     out.push_str(rest);
-    if errors.is_empty() { Ok(out) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -372,7 +391,10 @@ pub fn from_node<T: de::DeserializeOwned>(node: &Node) -> Result<T, DeError> {
 
 /// Like [`from_node`], but the mapping keys in `skip` are not shown to `T` (used to strip the
 /// `type` and `inputs` keys that every stage has before handing the rest to the stage's config).
-pub fn from_node_skipping<T: de::DeserializeOwned>(node: &Node, skip: &[&str]) -> Result<T, DeError> {
+pub fn from_node_skipping<T: de::DeserializeOwned>(
+    node: &Node,
+    skip: &[&str],
+) -> Result<T, DeError> {
     T::deserialize(NodeDeserializer { node, skip })
 }
 
@@ -443,6 +465,19 @@ impl<'de, 'a> Deserializer<'de> for NodeDeserializer<'a> {
         self.deserialize_string(visitor)
     }
 
+    fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
+        // `types: Warning` means `types: [Warning]`.
+        match &self.node.value {
+            Value::Str(_) | Value::Int(_) | Value::UInt(_) => visitor
+                .visit_seq(NodeSeq {
+                    iter: std::slice::from_ref(self.node).iter(),
+                    index: 0,
+                })
+                .map_err(|e| e.at(self.node.pos)),
+            _ => self.deserialize_any(visitor),
+        }
+    }
+
     fn deserialize_newtype_struct<V: Visitor<'de>>(
         self,
         _name: &'static str,
@@ -464,7 +499,10 @@ impl<'de, 'a> Deserializer<'de> for NodeDeserializer<'a> {
                 let Some((k, (_, v))) = m.iter().next() else {
                     return Err(DeError::custom("expected a single-key mapping").at(pos));
                 };
-                visitor.visit_enum(NodeEnum { variant: k, node: v })
+                visitor.visit_enum(NodeEnum {
+                    variant: k,
+                    node: v,
+                })
             }
             other => Err(DeError::custom(format!(
                 "expected a string naming a variant, found {}",
@@ -478,10 +516,14 @@ impl<'de, 'a> Deserializer<'de> for NodeDeserializer<'a> {
         deserialize_bool deserialize_i8 deserialize_i16 deserialize_i32 deserialize_i64
         deserialize_u8 deserialize_u16 deserialize_u32 deserialize_u64 deserialize_f32
         deserialize_f64 deserialize_char deserialize_bytes deserialize_byte_buf deserialize_unit
-        deserialize_seq deserialize_map deserialize_identifier deserialize_ignored_any
+        deserialize_map deserialize_identifier deserialize_ignored_any
     }
 
-    fn deserialize_unit_struct<V: Visitor<'de>>(self, _: &'static str, v: V) -> Result<V::Value, DeError> {
+    fn deserialize_unit_struct<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        v: V,
+    ) -> Result<V::Value, DeError> {
         self.deserialize_any(v)
     }
     fn deserialize_tuple<V: Visitor<'de>>(self, _: usize, v: V) -> Result<V::Value, DeError> {
@@ -511,7 +553,10 @@ impl<'de, 'a> Deserializer<'de> for NodeDeserializer<'a> {
                     current: None,
                 })
                 .map_err(|e| e.at(self.node.pos)),
-            other => Err(DeError::custom(format!("expected a mapping, found {}", other.kind())).at(self.node.pos)),
+            other => Err(
+                DeError::custom(format!("expected a mapping, found {}", other.kind()))
+                    .at(self.node.pos),
+            ),
         }
     }
 }
@@ -523,7 +568,10 @@ struct NodeSeq<'a> {
 
 impl<'de, 'a> SeqAccess<'de> for NodeSeq<'a> {
     type Error = DeError;
-    fn next_element_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>, DeError> {
+    fn next_element_seed<T: DeserializeSeed<'de>>(
+        &mut self,
+        seed: T,
+    ) -> Result<Option<T::Value>, DeError> {
         match self.iter.next() {
             Some(node) => {
                 let i = self.index;
@@ -545,14 +593,20 @@ struct NodeMap<'a> {
 
 impl<'de, 'a> MapAccess<'de> for NodeMap<'a> {
     type Error = DeError;
-    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, DeError> {
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, DeError> {
         for (k, (kpos, node)) in self.iter.by_ref() {
             if self.skip.contains(&k.as_str()) {
                 continue;
             }
             self.current = Some((k, node));
             let key: de::value::StrDeserializer<'_, DeError> = k.as_str().into_deserializer();
-            return seed.deserialize(key).map(Some).map_err(|e| e.at(*kpos).under(k));
+            return seed
+                .deserialize(key)
+                .map(Some)
+                .map_err(|e| e.at(*kpos).under(k));
         }
         Ok(None)
     }
@@ -573,7 +627,10 @@ struct NodeEnum<'a> {
 impl<'de, 'a> de::EnumAccess<'de> for NodeEnum<'a> {
     type Error = DeError;
     type Variant = NodeDeserializerVariant<'a>;
-    fn variant_seed<V: DeserializeSeed<'de>>(self, seed: V) -> Result<(V::Value, Self::Variant), DeError> {
+    fn variant_seed<V: DeserializeSeed<'de>>(
+        self,
+        seed: V,
+    ) -> Result<(V::Value, Self::Variant), DeError> {
         let d: de::value::StrDeserializer<'_, DeError> = self.variant.into_deserializer();
         let v = seed.deserialize(d)?;
         Ok((v, NodeDeserializerVariant(self.node)))
@@ -593,7 +650,11 @@ impl<'de, 'a> de::VariantAccess<'de> for NodeDeserializerVariant<'a> {
     fn tuple_variant<V: Visitor<'de>>(self, _len: usize, v: V) -> Result<V::Value, DeError> {
         NodeDeserializer::child(self.0).deserialize_any(v)
     }
-    fn struct_variant<V: Visitor<'de>>(self, _f: &'static [&'static str], v: V) -> Result<V::Value, DeError> {
+    fn struct_variant<V: Visitor<'de>>(
+        self,
+        _f: &'static [&'static str],
+        v: V,
+    ) -> Result<V::Value, DeError> {
         NodeDeserializer::child(self.0).deserialize_any(v)
     }
 }
@@ -617,9 +678,20 @@ mod tests {
         let n = parse("a:\n  b: [1, x]\n  c: hello\n").unwrap();
         let b = n.get("a").unwrap().get("b").unwrap();
         assert_eq!(b.pos.line, 2);
-        let Value::Seq(items) = &b.value else { panic!() };
-        assert_eq!(items[1].pos, Pos { line: 2, column: 10 });
-        assert_eq!(n.get("a").unwrap().get("c").unwrap().pos, Pos { line: 3, column: 6 });
+        let Value::Seq(items) = &b.value else {
+            panic!()
+        };
+        assert_eq!(
+            items[1].pos,
+            Pos {
+                line: 2,
+                column: 10
+            }
+        );
+        assert_eq!(
+            n.get("a").unwrap().get("c").unwrap().pos,
+            Pos { line: 3, column: 6 }
+        );
     }
 
     #[test]
@@ -666,6 +738,9 @@ mod tests {
         let errs = substitute_env(&mut n, &look);
         assert_eq!(errs.len(), 1);
         assert_eq!(errs[0].0.line, 1);
-        assert_eq!(n.get("b").unwrap().to_json(), serde_json::json!(["x", "/h"]));
+        assert_eq!(
+            n.get("b").unwrap().to_json(),
+            serde_json::json!(["x", "/h"])
+        );
     }
 }

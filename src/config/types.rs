@@ -29,15 +29,21 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let mut total = Duration::ZERO;
     let mut rest = s;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
-            return Err(format!("invalid duration `{text}`: expected a number, such as `30s`"));
+            return Err(format!(
+                "invalid duration `{text}`: expected a number, such as `30s`"
+            ));
         }
         let n: u64 = rest[..digits]
             .parse()
             .map_err(|_| format!("invalid duration `{text}`: number too large"))?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit = &rest[..unit_len];
         rest = &rest[unit_len..];
         let part = match unit {
@@ -125,9 +131,12 @@ impl PartialEq for Pattern {
 impl<'de> Deserialize<'de> for Pattern {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        regex::Regex::new(&s)
-            .map(Pattern)
-            .map_err(|e| de::Error::custom(format!("invalid regular expression: {}", one_line(&e.to_string()))))
+        regex::Regex::new(&s).map(Pattern).map_err(|e| {
+            de::Error::custom(format!(
+                "invalid regular expression: {}",
+                one_line(&e.to_string())
+            ))
+        })
     }
 }
 
@@ -160,7 +169,9 @@ impl<'de> Deserialize<'de> for Glob {
         let glob = globset::GlobBuilder::new(&text)
             .literal_separator(false)
             .build()
-            .map_err(|e| de::Error::custom(format!("invalid glob: {}", one_line(&e.to_string()))))?;
+            .map_err(|e| {
+                de::Error::custom(format!("invalid glob: {}", one_line(&e.to_string())))
+            })?;
         Ok(Glob {
             matcher: glob.compile_matcher(),
             text,
@@ -198,10 +209,13 @@ mod tests {
         ];
         for (text, ms) in ok {
             assert_eq!(parse_duration(text).unwrap().as_millis(), ms, "{text}");
-            assert_eq!(Dur(parse_duration(text).unwrap()).to_string().as_str(), match text {
-                "1h30m" => "90m",
-                t => t,
-            });
+            assert_eq!(
+                Dur(parse_duration(text).unwrap()).to_string().as_str(),
+                match text {
+                    "1h30m" => "90m",
+                    t => t,
+                }
+            );
         }
         for bad in ["", "30", "5x", "s", "1.5s", "-1s"] {
             assert!(parse_duration(bad).is_err(), "{bad}");

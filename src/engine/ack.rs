@@ -7,8 +7,8 @@
 //! received a copy committed it; a stage that drops a copy on purpose (filtered, deduplicated,
 //! rate-limited) just drops it, which counts as done.
 
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use tokio::sync::oneshot;
 

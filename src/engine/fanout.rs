@@ -35,7 +35,11 @@ pub struct Fanout {
 
 impl Fanout {
     /// A fan-out with initial downstreams and its control handle.
-    pub fn new(outs: Vec<(String, mpsc::Sender<Batch>)>, sent: Counter, lost: Counter) -> (Fanout, Control) {
+    pub fn new(
+        outs: Vec<(String, mpsc::Sender<Batch>)>,
+        sent: Counter,
+        lost: Counter,
+    ) -> (Fanout, Control) {
         let (tx, rx) = mpsc::unbounded_channel();
         (
             Fanout {
@@ -103,7 +107,11 @@ impl Fanout {
                 }
             }
             // Edits applied while waiting may have reordered the list: move past `id`.
-            i = self.outs.iter().position(|(o, _)| *o == id).map_or(i, |p| p + 1);
+            i = self
+                .outs
+                .iter()
+                .position(|(o, _)| *o == id)
+                .map_or(i, |p| p + 1);
         }
         if delivered_any {
             self.sent.increment(n);

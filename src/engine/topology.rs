@@ -15,14 +15,14 @@ use indexmap::IndexMap;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::fanout::{Batch, Control, Edit, Fanout};
 use super::CHANNEL_CAPACITY;
+use super::fanout::{Batch, Control, Edit, Fanout};
 use crate::config::diff::Diff;
-use crate::config::{graph, Pipeline};
+use crate::config::{Pipeline, graph};
 use crate::metrics as m;
 use crate::stages::{
-    BuildContext, BuildError, Input, Shutdown, SinkContext, SourceContext, Stage, StageKind, StageMetrics,
-    TransformContext,
+    BuildContext, BuildError, Input, Shutdown, SinkContext, SourceContext, Stage, StageKind,
+    StageMetrics, TransformContext,
 };
 
 /// What an apply did.
@@ -96,7 +96,10 @@ impl Topology {
 
     /// How many source stages are still running.
     pub fn running_sources(&self) -> usize {
-        self.running.values().filter(|r| r.kind == StageKind::Source).count()
+        self.running
+            .values()
+            .filter(|r| r.kind == StageKind::Source)
+            .count()
     }
 
     /// Waits for the next stage task to end; returns `true` if it was a current source.
@@ -135,7 +138,10 @@ impl Topology {
 
         // 2. Stop changed and removed sources, and wait for them to hand off what they read.
         for id in diff.to_stop() {
-            if self.running.get(id).is_some_and(|r| r.kind == StageKind::Source)
+            if self
+                .running
+                .get(id)
+                .is_some_and(|r| r.kind == StageKind::Source)
                 && let Some(r) = self.running.remove(id)
             {
                 if let Some(stop) = &r.stop {
@@ -158,12 +164,13 @@ impl Topology {
                 new_inputs.insert(id.clone(), tx);
             }
         }
-        let input_of = |id: &str, running: &HashMap<String, Running>| -> Option<mpsc::Sender<Batch>> {
-            new_inputs
-                .get(id)
-                .cloned()
-                .or_else(|| running.get(id).and_then(|r| r.input.clone()))
-        };
+        let input_of =
+            |id: &str, running: &HashMap<String, Running>| -> Option<mpsc::Sender<Batch>> {
+                new_inputs
+                    .get(id)
+                    .cloned()
+                    .or_else(|| running.get(id).and_then(|r| r.input.clone()))
+            };
 
         // 4. Re-point the fan-outs of kept upstream stages, one atomic edit each.
         for id in &diff.kept {
@@ -199,7 +206,9 @@ impl Topology {
 
         // 6. Spawn the new instances, upstream first.
         for id in graph::topological_order(&new.stages) {
-            let Some(stage) = built.remove(&id) else { continue };
+            let Some(stage) = built.remove(&id) else {
+                continue;
+            };
             let spec = &new.stages[&id];
             let metrics = StageMetrics::new(&id, spec.type_name);
             let outs: Vec<(String, mpsc::Sender<Batch>)> = new
@@ -307,7 +316,9 @@ impl Topology {
         for (id, h) in handles {
             match tokio::time::timeout_at(deadline, h).await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::error!(stage = %id, error = %e, "stage task failed during shutdown"),
+                Ok(Err(e)) => {
+                    tracing::error!(stage = %id, error = %e, "stage task failed during shutdown")
+                }
                 Err(_) => stuck.push(id),
             }
         }

@@ -21,10 +21,13 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncSeekExt, BufReader};
 
-use super::{BuildContext, BuildError, Shutdown, Source, SourceContext, Stage, StageConfig, StageError, StageKind, StageType};
+use super::{
+    BuildContext, BuildError, Shutdown, Source, SourceContext, Stage, StageConfig, StageError,
+    StageKind, StageType,
+};
 use crate::config::types::Dur;
-use crate::engine::fanout::{Batch, Fanout};
 use crate::engine::MAX_BATCH;
+use crate::engine::fanout::{Batch, Fanout};
 use crate::event::{DecodeError, Event, EventData, Finalizers, WireEvent};
 
 /// Replays Events from a file (JSON EventList, JSON array, or JSON lines).
@@ -61,7 +64,9 @@ impl StageConfig for FileConfig {
                     message: format!("field `path`: {} does not exist", self.path.display()),
                 });
             }
-            Ok(Stage::Source(Box::new(FileSource { cfg: self.clone() }) as Box<dyn Source>))
+            Ok(Stage::Source(
+                Box::new(FileSource { cfg: self.clone() }) as Box<dyn Source>
+            ))
         })
     }
 }
@@ -115,7 +120,9 @@ impl Decoder {
         let text = text.trim();
         if text.starts_with('[') {
             match serde_json::from_str::<Vec<&RawValue>>(text) {
-                Ok(items) => items.iter().for_each(|i| self.decode_item(i.get(), line, out)),
+                Ok(items) => items
+                    .iter()
+                    .for_each(|i| self.decode_item(i.get(), line, out)),
                 Err(e) => self.bad(line, &e),
             }
             return;
@@ -129,7 +136,9 @@ impl Decoder {
                 }
             }
             Ok(_) => match serde_json::from_str::<WireList>(text) {
-                Ok(WireList { items: Some(items) }) => items.iter().for_each(|i| self.decode_item(i.get(), line, out)),
+                Ok(WireList { items: Some(items) }) => items
+                    .iter()
+                    .for_each(|i| self.decode_item(i.get(), line, out)),
                 _ => self.bad(line, &DecodeError::NoUid),
             },
             Err(e) => self.bad(line, &e),
@@ -145,7 +154,11 @@ impl Decoder {
 
     /// Decodes a whole JSON document (EventList, array, or one Event). Items that fail are
     /// reported with the line where they start.
-    pub fn decode_document(&self, text: &str, out: &mut Vec<Batch>) -> Result<(), serde_json::Error> {
+    pub fn decode_document(
+        &self,
+        text: &str,
+        out: &mut Vec<Batch>,
+    ) -> Result<(), serde_json::Error> {
         let doc: &RawValue = serde_json::from_str(text)?;
         let body = doc.get().trim_start();
         let items: Vec<&RawValue> = if body.starts_with('[') {
@@ -159,7 +172,9 @@ impl Decoder {
         let base = text.as_ptr() as usize;
         let mut batch = Vec::with_capacity(items.len().min(MAX_BATCH));
         for item in items {
-            let offset = (item.get().as_ptr() as usize).saturating_sub(base).min(text.len());
+            let offset = (item.get().as_ptr() as usize)
+                .saturating_sub(base)
+                .min(text.len());
             let line = || memchr::memchr_iter(b'\n', &text.as_bytes()[..offset]).count() + 1;
             match crate::event::decode(item.get(), &self.cluster) {
                 Ok(d) => self.push(d, &mut batch),
@@ -216,7 +231,8 @@ pub async fn read_lines<R: AsyncBufRead + Unpin>(
         decoder.decode_line(partial, lineno, &mut batch);
         partial.clear();
         if batch.len() >= MAX_BATCH {
-            out.send(std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH))).await;
+            out.send(std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH)))
+                .await;
         }
     }
     out.send(batch).await;
@@ -236,15 +252,28 @@ async fn run(cfg: FileConfig, mut cx: SourceContext) -> Result<(), StageError> {
     );
     let path = cfg.path.clone();
     if !cfg.follow {
-        let file = tokio::fs::File::open(&path).await.map_err(|e| io_err(&path, e))?;
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| io_err(&path, e))?;
         let mut reader = BufReader::with_capacity(256 * 1024, file);
-        if is_document(&mut reader).await.map_err(|e| io_err(&path, e))? {
+        if is_document(&mut reader)
+            .await
+            .map_err(|e| io_err(&path, e))?
+        {
             let mut text = String::new();
-            reader.read_to_string(&mut text).await.map_err(|e| io_err(&path, e))?;
+            reader
+                .read_to_string(&mut text)
+                .await
+                .map_err(|e| io_err(&path, e))?;
             let mut batches = Vec::new();
-            decoder
-                .decode_document(&text, &mut batches)
-                .map_err(|e| StageError(format!("{}:{}:{}: invalid JSON: {e}", path.display(), e.line(), e.column())))?;
+            decoder.decode_document(&text, &mut batches).map_err(|e| {
+                StageError(format!(
+                    "{}:{}:{}: invalid JSON: {e}",
+                    path.display(),
+                    e.line(),
+                    e.column()
+                ))
+            })?;
             drop(text);
             for b in batches {
                 if cx.shutdown.is_requested() {
@@ -254,9 +283,16 @@ async fn run(cfg: FileConfig, mut cx: SourceContext) -> Result<(), StageError> {
             }
         } else {
             let mut partial = Vec::new();
-            let n = read_lines(&mut reader, &decoder, &mut cx.out, 0, &mut partial, &cx.shutdown)
-                .await
-                .map_err(|e| io_err(&path, e))?;
+            let n = read_lines(
+                &mut reader,
+                &decoder,
+                &mut cx.out,
+                0,
+                &mut partial,
+                &cx.shutdown,
+            )
+            .await
+            .map_err(|e| io_err(&path, e))?;
             let mut last = Vec::new();
             decoder.decode_line(&partial, n + 1, &mut last);
             cx.out.send(last).await;
@@ -275,7 +311,11 @@ async fn is_document<R: AsyncBufRead + Unpin>(reader: &mut R) -> std::io::Result
     Ok(t == b"{" || t == b"[")
 }
 
-async fn follow(cfg: FileConfig, decoder: Decoder, mut cx: SourceContext) -> Result<(), StageError> {
+async fn follow(
+    cfg: FileConfig,
+    decoder: Decoder,
+    mut cx: SourceContext,
+) -> Result<(), StageError> {
     let path = cfg.path.clone();
     let mut announced = false;
     'reopen: loop {
@@ -297,9 +337,16 @@ async fn follow(cfg: FileConfig, decoder: Decoder, mut cx: SourceContext) -> Res
         let mut partial = Vec::new();
         let mut pos: u64 = 0;
         loop {
-            lineno = read_lines(&mut reader, &decoder, &mut cx.out, lineno, &mut partial, &cx.shutdown)
-                .await
-                .map_err(|e| io_err(&path, e))?;
+            lineno = read_lines(
+                &mut reader,
+                &decoder,
+                &mut cx.out,
+                lineno,
+                &mut partial,
+                &cx.shutdown,
+            )
+            .await
+            .map_err(|e| io_err(&path, e))?;
             pos = reader.stream_position().await.unwrap_or(pos);
             if !announced {
                 announced = true;

@@ -15,7 +15,9 @@ use metrics::Counter;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::{BuildContext, BuildError, Function, FunctionTransform, Stage, StageConfig, StageKind, StageType};
+use super::{
+    BuildContext, BuildError, Function, FunctionTransform, Stage, StageConfig, StageKind, StageType,
+};
 use crate::config::types::{Glob, Pattern};
 use crate::engine::fanout::Batch;
 use crate::event::EventData;
@@ -156,12 +158,30 @@ pub struct Matcher {
 impl Matcher {
     pub fn new(c: &FilterConfig) -> Matcher {
         let include = Rules::new(
-            &c.namespaces, &c.reasons, &c.types, &c.kinds, &c.names, &c.message, &c.sources, &c.clusters,
+            &c.namespaces,
+            &c.reasons,
+            &c.types,
+            &c.kinds,
+            &c.names,
+            &c.message,
+            &c.sources,
+            &c.clusters,
         );
         let exclude = c
             .exclude
             .as_ref()
-            .map(|x| Rules::new(&x.namespaces, &x.reasons, &x.types, &x.kinds, &x.names, &x.message, &x.sources, &x.clusters))
+            .map(|x| {
+                Rules::new(
+                    &x.namespaces,
+                    &x.reasons,
+                    &x.types,
+                    &x.kinds,
+                    &x.names,
+                    &x.message,
+                    &x.sources,
+                    &x.clusters,
+                )
+            })
             .filter(|r| !r.tests.is_empty());
         Matcher {
             include,
@@ -226,3 +246,123 @@ pub const TYPE: StageType = StageType {
     parse: super::parse_config::<FilterConfig>,
     schema: super::schema_of::<FilterConfig>,
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tree;
+
+    fn matcher(yaml: &str) -> Matcher {
+        let node = tree::parse(yaml).unwrap();
+        Matcher::new(&tree::from_node::<FilterConfig>(&node).unwrap())
+    }
+
+    fn ev(ns: &str, reason: &str, ty: &str) -> EventData {
+        EventData {
+            namespace: ns.into(),
+            reason: reason.into(),
+            type_: ty.into(),
+            kind: "Pod".into(),
+            object_name: "web-7d4b9c-x2x9q".into(),
+            message: "Back-off restarting failed container".into(),
+            source: "kubelet".into(),
+            cluster: "prod".into(),
+            ..EventData::default()
+        }
+    }
+
+    #[test]
+    fn seed_rules_table() {
+        // (rules, namespace, reason, type, kept?)
+        let forward =
+            "reverse: false\nnamespaces: [default]\nreasons: [FailedMount]\ntypes: [Warning]";
+        let reverse =
+            "reverse: true\nnamespaces: [kube-system]\nreasons: [Scheduled]\ntypes: [Normal]";
+        let seed_example = "namespaces: [default, kube-system]\nreasons: [FailedMount, ImagePullBackOff]\ntypes: [Warning]";
+        let cases: &[(&str, &str, &str, &str, bool)] = &[
+            // The seed's forward example: all three conditions must hold.
+            (forward, "default", "FailedMount", "Warning", true),
+            (forward, "default", "FailedMount", "Normal", false),
+            (forward, "shop", "FailedMount", "Warning", false),
+            (forward, "default", "BackOff", "Warning", false),
+            // The seed's reverse example: kept only if it matches none of the lists.
+            (reverse, "default", "BackOff", "Warning", true),
+            (reverse, "kube-system", "BackOff", "Warning", false),
+            (reverse, "default", "Scheduled", "Warning", false),
+            (reverse, "default", "BackOff", "Normal", false),
+            (reverse, "kube-system", "Scheduled", "Normal", false),
+            // The seed's example file: OR inside a list, AND across lists.
+            (
+                seed_example,
+                "kube-system",
+                "ImagePullBackOff",
+                "Warning",
+                true,
+            ),
+            (seed_example, "default", "FailedMount", "Warning", true),
+            (seed_example, "shop", "FailedMount", "Warning", false),
+            (seed_example, "default", "FailedMount", "Normal", false),
+            // Empty and missing lists are no condition.
+            (
+                "namespaces: []\nreasons: [BackOff]",
+                "anything",
+                "BackOff",
+                "Normal",
+                true,
+            ),
+            ("types: [Warning]", "x", "y", "Warning", true),
+            // No conditions: everything passes, reversed or not.
+            ("{}", "x", "y", "Normal", true),
+            ("reverse: true", "x", "y", "Normal", true),
+            ("reverse: true\nnamespaces: []", "x", "y", "Normal", true),
+            // Exact match, not substring or case-insensitive.
+            ("namespaces: [default]", "default2", "y", "Normal", false),
+            ("types: [warning]", "x", "y", "Warning", false),
+        ];
+        for (rules, ns, reason, ty, want) in cases {
+            let m = matcher(rules);
+            assert_eq!(
+                m.keep(&ev(ns, reason, ty)),
+                *want,
+                "rules {rules:?} on ({ns}, {reason}, {ty})"
+            );
+        }
+    }
+
+    #[test]
+    fn extended_fields_and_exclude() {
+        let cases: &[(&str, bool)] = &[
+            ("kinds: [Pod]", true),
+            ("kinds: [Node]", false),
+            ("names: ['web-*']", true),
+            ("names: ['db-*', 'web-?d4b9c-*']", true),
+            ("names: ['web']", false),
+            ("message: 'restarting .* container'", true),
+            ("message: '^restarting'", false),
+            ("sources: [kubelet]", true),
+            ("clusters: [prod, staging]", true),
+            ("clusters: [staging]", false),
+            // exclude wins over a matching include...
+            ("types: [Warning]\nexclude: {namespaces: [default]}", false),
+            // ...but only when all of its non-empty conditions match.
+            (
+                "types: [Warning]\nexclude: {namespaces: [default], reasons: [Other]}",
+                true,
+            ),
+            ("exclude: {}", true),
+            // exclude also wins in reverse mode.
+            (
+                "reverse: true\ntypes: [Normal]\nexclude: {kinds: [Pod]}",
+                false,
+            ),
+            ("reverse: true\ntypes: [Normal]", true),
+        ];
+        for (rules, want) in cases {
+            assert_eq!(
+                matcher(rules).keep(&ev("default", "BackOff", "Warning")),
+                *want,
+                "{rules}"
+            );
+        }
+    }
+}

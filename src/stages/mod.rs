@@ -16,8 +16,8 @@ use metrics::Counter;
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, watch};
 
-use crate::config::tree::{self, DeError, Node};
 use crate::config::StateConfig;
+use crate::config::tree::{self, DeError, Node};
 use crate::engine::fanout::{Batch, Fanout};
 use crate::metrics as m;
 
@@ -173,7 +173,10 @@ pub trait FunctionTransform: Send + 'static {
 pub struct Function<T>(pub T);
 
 impl<T: FunctionTransform> Transform for Function<T> {
-    fn run(self: Box<Self>, mut cx: TransformContext) -> BoxFuture<'static, Result<(), StageError>> {
+    fn run(
+        self: Box<Self>,
+        mut cx: TransformContext,
+    ) -> BoxFuture<'static, Result<(), StageError>> {
         let mut t = self.0;
         Box::pin(async move {
             while let Some(batch) = cx.input.recv().await {
@@ -195,8 +198,11 @@ pub struct StageType {
 }
 
 /// Deserializes a stage's config, without the `type` and `inputs` keys every stage has.
-pub fn parse_config<C: StageConfig + DeserializeOwned>(node: &Node) -> Result<Arc<dyn StageConfig>, DeError> {
-    tree::from_node_skipping::<C>(node, &["type", "inputs"]).map(|c| Arc::new(c) as Arc<dyn StageConfig>)
+pub fn parse_config<C: StageConfig + DeserializeOwned>(
+    node: &Node,
+) -> Result<Arc<dyn StageConfig>, DeError> {
+    tree::from_node_skipping::<C>(node, &["type", "inputs"])
+        .map(|c| Arc::new(c) as Arc<dyn StageConfig>)
 }
 
 /// The schema of a stage's config.

@@ -6,7 +6,10 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use tokio::io::AsyncWriteExt;
 
-use super::{BuildContext, BuildError, Sink, SinkContext, Stage, StageConfig, StageError, StageKind, StageType};
+use super::{
+    BuildContext, BuildError, Sink, SinkContext, Stage, StageConfig, StageError, StageKind,
+    StageType,
+};
 use crate::engine::ack::Status;
 
 /// Prints events as JSON lines on standard output.
@@ -20,7 +23,11 @@ pub struct StdoutConfig {
 
 impl StageConfig for StdoutConfig {
     fn build<'a>(&'a self, _cx: &'a BuildContext) -> BoxFuture<'a, Result<Stage, BuildError>> {
-        Box::pin(async move { Ok(Stage::Sink(Box::new(StdoutSink { raw: self.raw }) as Box<dyn Sink>)) })
+        Box::pin(async move {
+            Ok(Stage::Sink(
+                Box::new(StdoutSink { raw: self.raw }) as Box<dyn Sink>
+            ))
+        })
     }
 }
 
@@ -56,7 +63,9 @@ impl Sink for StdoutSink {
                 .await;
                 if let Err(err) = written {
                     batch.iter().for_each(|e| e.set_status(Status::Errored));
-                    return Err(StageError(format!("cannot write to standard output: {err}")));
+                    return Err(StageError(format!(
+                        "cannot write to standard output: {err}"
+                    )));
                 }
             }
             Ok(())

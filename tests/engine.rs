@@ -1,0 +1,294 @@
+//! The engine's promises, through the real topology: acknowledgements wait for every sink,
+//! fan-out and fan-in deliver every event, a slow sink slows the source, shutdown drains, and
+//! a middle stage replaced many times while events flow loses and repeats nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use eventflow::config::tree;
+use eventflow::engine::Topology;
+use eventflow::engine::ack::Status;
+use eventflow::stages::StageKind;
+use eventflow::stages::filter::FilterConfig;
+use eventflow::testkit::{ChannelSource, CountingSink, PipelineBuilder, event};
+use tokio::sync::Semaphore;
+
+fn filter(yaml: &str) -> Arc<FilterConfig> {
+    Arc::new(tree::from_node(&tree::parse(yaml).expect("yaml")).expect("filter config"))
+}
+
+async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_event_fanned_out_to_two_sinks_is_acknowledged_after_both_commit() {
+    let (src, feed) = ChannelSource::new(4);
+    let (gate_a, gate_b) = (Arc::new(Semaphore::new(0)), Arc::new(Semaphore::new(0)));
+    let (a, b) = (
+        CountingSink::gated(gate_a.clone()),
+        CountingSink::gated(gate_b.clone()),
+    );
+    let p = PipelineBuilder::new()
+        .stage("src", "channel", StageKind::Source, &[], Arc::new(src), 0)
+        .stage(
+            "a",
+            "counting",
+            StageKind::Sink,
+            &["src"],
+            Arc::new(a.clone()),
+            0,
+        )
+        .stage(
+            "b",
+            "counting",
+            StageKind::Sink,
+            &["src"],
+            Arc::new(b.clone()),
+            0,
+        )
+        .build();
+    let topo = Topology::start(p).await.expect("start");
+    let mut ack = feed.send(vec![event("e1"), event("e2")]).await;
+
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(ack.try_recv().is_err(), "nothing committed yet");
+    gate_a.add_permits(1);
+    wait_for("sink a", || a.get() == 2).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(ack.try_recv().is_err(), "only one of two sinks committed");
+    gate_b.add_permits(1);
+    let status = tokio::time::timeout(Duration::from_secs(5), ack)
+        .await
+        .expect("acked")
+        .expect("status");
+    assert_eq!(status, Status::Delivered);
+    assert_eq!((a.get(), b.get()), (2, 2));
+    assert!(topo.shutdown(Duration::from_secs(5)).await.is_empty());
+}
+
+#[tokio::test]
+async fn events_dropped_by_a_filter_are_acknowledged_as_done() {
+    let (src, feed) = ChannelSource::new(4);
+    let sink = CountingSink::recording();
+    let p = PipelineBuilder::new()
+        .stage("src", "channel", StageKind::Source, &[], Arc::new(src), 0)
+        .stage(
+            "f",
+            "filter",
+            StageKind::Transform,
+            &["src"],
+            filter("types: [Warning]"),
+            0,
+        )
+        .stage(
+            "out",
+            "counting",
+            StageKind::Sink,
+            &["f"],
+            Arc::new(sink.clone()),
+            0,
+        )
+        .build();
+    let topo = Topology::start(p).await.expect("start");
+    let ack = feed.send(vec![event("normal-only")]).await;
+    let status = tokio::time::timeout(Duration::from_secs(5), ack)
+        .await
+        .expect("acked")
+        .expect("status");
+    assert_eq!(status, Status::Delivered);
+    assert_eq!(sink.get(), 0);
+    topo.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn fan_in_delivers_the_union() {
+    let (s1, f1) = ChannelSource::new(4);
+    let (s2, f2) = ChannelSource::new(4);
+    let sink = CountingSink::recording();
+    let p = PipelineBuilder::new()
+        .stage("s1", "channel", StageKind::Source, &[], Arc::new(s1), 0)
+        .stage("s2", "channel", StageKind::Source, &[], Arc::new(s2), 0)
+        .stage(
+            "out",
+            "counting",
+            StageKind::Sink,
+            &["s1", "s2"],
+            Arc::new(sink.clone()),
+            0,
+        )
+        .build();
+    let topo = Topology::start(p).await.expect("start");
+    f1.send(vec![event("a"), event("b")]).await;
+    f2.send(vec![event("c")]).await;
+    wait_for("3 events", || sink.get() == 3).await;
+    let mut got = sink.uids();
+    got.sort();
+    assert_eq!(got, vec!["a", "b", "c"]);
+    topo.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_stuck_sink_slows_the_source_instead_of_growing_memory() {
+    let (src, feed) = ChannelSource::new(1);
+    let gate = Arc::new(Semaphore::new(0));
+    let sink = CountingSink::gated(gate.clone());
+    let p = PipelineBuilder::new()
+        .stage("src", "channel", StageKind::Source, &[], Arc::new(src), 0)
+        .stage(
+            "f",
+            "filter",
+            StageKind::Transform,
+            &["src"],
+            filter("{}"),
+            0,
+        )
+        .stage(
+            "out",
+            "counting",
+            StageKind::Sink,
+            &["f"],
+            Arc::new(sink.clone()),
+            0,
+        )
+        .build();
+    let topo = Topology::start(p).await.expect("start");
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let acc = accepted.clone();
+    let feeder = tokio::spawn(async move {
+        for i in 0..1000 {
+            feed.send_plain(vec![eventflow::event::Event::new(
+                event(&i.to_string()),
+                Default::default(),
+            )])
+            .await;
+            acc.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let n = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    // Source queue (1) + two edges of CHANNEL_CAPACITY batches + one batch held in each task.
+    let bound = 1 + 2 * eventflow::engine::CHANNEL_CAPACITY + 4;
+    assert!(
+        n <= bound,
+        "{n} batches accepted while the sink was stuck (bound {bound})"
+    );
+    gate.add_permits(10_000);
+    feeder.await.expect("feeder");
+    wait_for("all 1000", || sink.get() == 1000).await;
+    topo.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn shutdown_delivers_every_event_already_read() {
+    let (src, feed) = ChannelSource::new(64);
+    let gate = Arc::new(Semaphore::new(0));
+    let sink = CountingSink::gated(gate.clone());
+    let p = PipelineBuilder::new()
+        .stage("src", "channel", StageKind::Source, &[], Arc::new(src), 0)
+        .stage(
+            "f",
+            "filter",
+            StageKind::Transform,
+            &["src"],
+            filter("{}"),
+            0,
+        )
+        .stage(
+            "out",
+            "counting",
+            StageKind::Sink,
+            &["f"],
+            Arc::new(sink.clone()),
+            0,
+        )
+        .build();
+    let topo = Topology::start(p).await.expect("start");
+    let mut acks = Vec::new();
+    for i in 0..10 {
+        acks.push(
+            feed.send((0..10).map(|j| event(&format!("{i}-{j}"))).collect())
+                .await,
+        );
+    }
+    // Let the source hand everything to the graph, then shut down while the sink is stuck.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let g = gate.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        g.add_permits(1000);
+    });
+    assert!(topo.shutdown(Duration::from_secs(10)).await.is_empty());
+    assert_eq!(sink.get(), 100);
+    for a in acks {
+        assert_eq!(a.await.expect("ack"), Status::Delivered);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replacing_a_middle_stage_while_events_flow_loses_and_repeats_nothing() {
+    const N: usize = 50_000;
+    const RELOADS: i64 = 30;
+    let (src, feed) = ChannelSource::new(8);
+    let src = Arc::new(src);
+    let sink = Arc::new(CountingSink::recording());
+    let pipeline = |version: i64| {
+        // Each version is a changed filter (its YAML differs), so each reload rebuilds it.
+        PipelineBuilder::new()
+            .stage("src", "channel", StageKind::Source, &[], src.clone(), 0)
+            .stage(
+                "mid",
+                "filter",
+                StageKind::Transform,
+                &["src"],
+                filter("types: [Normal]"),
+                version,
+            )
+            .stage(
+                "out",
+                "counting",
+                StageKind::Sink,
+                &["mid"],
+                sink.clone(),
+                0,
+            )
+            .build()
+    };
+    let mut topo = Topology::start(pipeline(0)).await.expect("start");
+    let feeder = tokio::spawn(async move {
+        for chunk in 0..N / 100 {
+            let batch = (0..100)
+                .map(|i| {
+                    eventflow::event::Event::new(
+                        event(&(chunk * 100 + i).to_string()),
+                        Default::default(),
+                    )
+                })
+                .collect();
+            feed.send_plain(batch).await;
+            if chunk % 10 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+    });
+    for v in 1..=RELOADS {
+        let report = topo.apply(pipeline(v)).await.expect("reload");
+        assert_eq!(report.diff.changed, vec!["mid"]);
+        assert_eq!(report.diff.kept, vec!["src", "out"]);
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    feeder.await.expect("feeder");
+    assert!(topo.shutdown(Duration::from_secs(20)).await.is_empty());
+    let mut uids = sink.uids();
+    assert_eq!(uids.len(), N, "events lost or repeated");
+    uids.sort();
+    uids.dedup();
+    assert_eq!(uids.len(), N, "some events arrived twice");
+}
