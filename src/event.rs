@@ -54,9 +54,9 @@ pub struct EventData {
     pub first_seen: Option<DateTime<Utc>>,
     pub last_seen: Option<DateTime<Utc>>,
     pub api_version: ApiVersion,
-    /// The object as received.
+    /// The object as received (JSON text, already validated by the decoder).
     #[serde(skip)]
-    pub raw: Option<Box<RawValue>>,
+    pub raw: Option<Box<str>>,
 }
 
 /// The fields that filters, keys and templates can name.
@@ -350,7 +350,7 @@ impl WireEvent {
     pub fn normalize(
         self,
         cluster: &Arc<str>,
-        raw: Option<Box<RawValue>>,
+        raw: Option<Box<str>>,
     ) -> Result<EventData, DecodeError> {
         let api_version = match self.api_version.as_deref() {
             None | Some("v1") | Some("") => {
@@ -431,8 +431,7 @@ impl WireEvent {
 /// Decodes one Event object from JSON text and keeps the text as `raw`.
 pub fn decode(json: &str, cluster: &Arc<str>) -> Result<EventData, DecodeError> {
     let wire: WireEvent = serde_json::from_str(json)?;
-    let raw = RawValue::from_string(json.trim().to_string()).ok();
-    wire.normalize(cluster, raw)
+    wire.normalize(cluster, Some(json.trim().into()))
 }
 
 /// Serializes an event for output (stdout, webhook json), optionally with `raw`.
@@ -445,9 +444,13 @@ pub fn to_json(e: &EventData, with_raw: bool) -> serde_json::Result<String> {
         raw: Option<&'a RawValue>,
     }
     if with_raw {
+        let raw = e
+            .raw
+            .as_deref()
+            .and_then(|r| RawValue::from_string(r.to_string()).ok());
         serde_json::to_string(&WithRaw {
             data: e,
-            raw: e.raw.as_deref(),
+            raw: raw.as_deref(),
         })
     } else {
         serde_json::to_string(e)

@@ -91,12 +91,12 @@ impl PipelineBuilder {
 /// the status of every batch comes back on the returned receiver.
 #[derive(Debug, Clone)]
 pub struct ChannelSource {
-    feed: Arc<Mutex<Option<mpsc::Receiver<(Batch, Option<oneshot::Sender<Status>>)>>>>,
+    feed: Arc<Mutex<Option<mpsc::Receiver<Batch>>>>,
 }
 
 /// The feeding end of a [`ChannelSource`].
 #[derive(Clone)]
-pub struct Feeder(mpsc::Sender<(Batch, Option<oneshot::Sender<Status>>)>);
+pub struct Feeder(mpsc::Sender<Batch>);
 
 impl Feeder {
     /// Sends events as one batch; returns a receiver of the batch's final status.
@@ -107,13 +107,13 @@ impl Feeder {
             .map(|d| Event::new(d, Finalizers::One(f.clone())))
             .collect();
         drop(f);
-        let _ = self.0.send((batch, None)).await;
+        let _ = self.0.send(batch).await;
         rx
     }
 
     /// Sends events without acknowledgements (as fast as possible).
     pub async fn send_plain(&self, batch: Batch) {
-        let _ = self.0.send((batch, None)).await;
+        let _ = self.0.send(batch).await;
     }
 }
 
@@ -148,7 +148,7 @@ impl StageConfig for ChannelSource {
     }
 }
 
-struct ChannelSourceRun(mpsc::Receiver<(Batch, Option<oneshot::Sender<Status>>)>);
+struct ChannelSourceRun(mpsc::Receiver<Batch>);
 
 impl Source for ChannelSourceRun {
     fn run(self: Box<Self>, mut cx: SourceContext) -> BoxFuture<'static, Result<(), StageError>> {
@@ -158,7 +158,7 @@ impl Source for ChannelSourceRun {
                 tokio::select! {
                     biased;
                     item = rx.recv() => match item {
-                        Some((batch, _)) => cx.out.send(batch).await,
+                        Some(batch) => cx.out.send(batch).await,
                         None => return Ok(()),
                     },
                     _ = cx.shutdown.requested() => return Ok(()),

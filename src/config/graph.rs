@@ -16,13 +16,24 @@ fn input_pos(spec: &StageSpec, index: usize) -> Option<Pos> {
     }
 }
 
-/// Adds a problem for every dangling, misdirected or cyclic edge.
-/// Stages in `failed` could not be parsed; edges to them are not reported again.
-pub fn check(
-    stages: &IndexMap<String, StageSpec>,
-    failed: &HashSet<String>,
-    problems: &mut Vec<Problem>,
-) {
+/// Stages that could not be parsed, with their inputs (and where each is written).
+pub type Failed = HashMap<String, Vec<(String, Option<Pos>)>>;
+
+/// Adds a problem for every dangling, misdirected or cyclic edge. Edges to stages in `failed`
+/// are not reported again; their own inputs are still checked for unknown ids.
+pub fn check(stages: &IndexMap<String, StageSpec>, failed: &Failed, problems: &mut Vec<Problem>) {
+    for (id, inputs) in failed {
+        for (input, pos) in inputs {
+            if !stages.contains_key(input) && !failed.contains_key(input) {
+                problems.push(Problem::new(
+                    *pos,
+                    Some(id),
+                    Some("inputs"),
+                    format!("unknown input `{input}`"),
+                ));
+            }
+        }
+    }
     for spec in stages.values() {
         let inputs_pos = spec.node.get("inputs").map(|n| n.pos);
         match spec.kind {
@@ -58,7 +69,7 @@ pub fn check(
                 continue;
             }
             match stages.get(input) {
-                None if failed.contains(input) => {}
+                None if failed.contains_key(input) => {}
                 None => {
                     let known: Vec<&str> = stages.keys().map(String::as_str).collect();
                     problems.push(Problem::new(

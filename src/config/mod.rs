@@ -244,7 +244,7 @@ pub fn load_str(
             ),
         ));
     }
-    let mut failed = std::collections::HashSet::new();
+    let mut failed = std::collections::HashMap::new();
     let stages = parse_stages(&root, &mut problems, &mut failed);
     graph::check(&stages, &failed, &mut problems);
     if !problems.is_empty() {
@@ -280,7 +280,7 @@ fn valid_id(id: &str) -> bool {
 fn parse_stages(
     root: &Node,
     problems: &mut Vec<Problem>,
-    failed: &mut std::collections::HashSet<String>,
+    failed: &mut graph::Failed,
 ) -> IndexMap<String, StageSpec> {
     let mut out = IndexMap::new();
     let Some(stages_node) = root.get("stages") else {
@@ -321,11 +321,24 @@ fn parse_stages(
                 out.insert(id.clone(), spec);
             }
             None => {
-                failed.insert(id.clone());
+                failed.insert(id.clone(), failed_inputs(node));
             }
         }
     }
     out
+}
+
+/// The inputs of a stage that failed to parse, with their positions, so that edges to unknown
+/// stages are still reported.
+fn failed_inputs(node: &Node) -> Vec<(String, Option<Pos>)> {
+    match node.get("inputs").map(|n| (n, &n.value)) {
+        Some((n, tree::Value::Str(s))) => vec![(s.clone(), Some(n.pos))],
+        Some((_, tree::Value::Seq(items))) => items
+            .iter()
+            .filter_map(|i| i.as_str().map(|s| (s.to_string(), Some(i.pos))))
+            .collect(),
+        _ => vec![],
+    }
 }
 
 #[derive(Deserialize)]

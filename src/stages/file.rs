@@ -111,8 +111,12 @@ impl Decoder {
     }
 
     fn push(&self, data: EventData, out: &mut Batch) {
-        self.read.increment(1);
         out.push(Event::new(data, Finalizers::None));
+    }
+
+    /// Counts events read, once per batch.
+    fn flush_count(&self, n: usize) {
+        self.read.increment(n as u64);
     }
 
     /// Decodes one JSON object: an Event, or an EventList / array of Events.
@@ -129,8 +133,7 @@ impl Decoder {
         }
         match serde_json::from_str::<WireEvent>(text) {
             Ok(w) if w.metadata.uid.is_some() => {
-                let raw = RawValue::from_string(text.to_string()).ok();
-                match w.normalize(&self.cluster, raw) {
+                match w.normalize(&self.cluster, Some(text.into())) {
                     Ok(d) => self.push(d, out),
                     Err(e) => self.bad(line, &e),
                 }
@@ -187,6 +190,7 @@ impl Decoder {
         if !batch.is_empty() {
             out.push(batch);
         }
+        out.iter().for_each(|b| self.flush_count(b.len()));
         Ok(())
     }
 
@@ -205,7 +209,8 @@ impl Decoder {
 
 /// Reads JSON lines from `reader` until end of input (or shutdown), sending batches.
 /// Returns the number of the next line. A partial last line (no newline yet) is left in
-/// `partial` for the caller to complete when following.
+/// `partial` for the caller to complete when following. Complete lines are decoded straight
+/// from the reader's buffer, without copying.
 pub async fn read_lines<R: AsyncBufRead + Unpin>(
     reader: &mut R,
     decoder: &Decoder,
@@ -219,22 +224,51 @@ pub async fn read_lines<R: AsyncBufRead + Unpin>(
         if shutdown.is_requested() {
             break;
         }
-        let n = reader.read_until(b'\n', partial).await?;
-        if n == 0 {
+        let buf = reader.fill_buf().await?;
+        if buf.is_empty() {
             break;
         }
-        if partial.last() != Some(&b'\n') {
-            // End of file inside a line: keep it until the rest arrives.
-            break;
+        let mut used = 0;
+        if !partial.is_empty() {
+            // Finish the line started in an earlier read.
+            match memchr::memchr(b'\n', buf) {
+                Some(i) => {
+                    partial.extend_from_slice(&buf[..=i]);
+                    used = i + 1;
+                    lineno += 1;
+                    decoder.decode_line(partial, lineno, &mut batch);
+                    partial.clear();
+                }
+                None => {
+                    partial.extend_from_slice(buf);
+                    let n = buf.len();
+                    reader.consume(n);
+                    continue;
+                }
+            }
         }
-        lineno += 1;
-        decoder.decode_line(partial, lineno, &mut batch);
-        partial.clear();
+        while batch.len() < MAX_BATCH {
+            match memchr::memchr(b'\n', &buf[used..]) {
+                Some(i) => {
+                    lineno += 1;
+                    decoder.decode_line(&buf[used..used + i], lineno, &mut batch);
+                    used += i + 1;
+                }
+                None => {
+                    partial.extend_from_slice(&buf[used..]);
+                    used = buf.len();
+                    break;
+                }
+            }
+        }
+        reader.consume(used);
         if batch.len() >= MAX_BATCH {
+            decoder.flush_count(batch.len());
             out.send(std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH)))
                 .await;
         }
     }
+    decoder.flush_count(batch.len());
     out.send(batch).await;
     Ok(lineno)
 }
@@ -255,7 +289,7 @@ async fn run(cfg: FileConfig, mut cx: SourceContext) -> Result<(), StageError> {
         let file = tokio::fs::File::open(&path)
             .await
             .map_err(|e| io_err(&path, e))?;
-        let mut reader = BufReader::with_capacity(256 * 1024, file);
+        let mut reader = BufReader::with_capacity(1024 * 1024, file);
         if is_document(&mut reader)
             .await
             .map_err(|e| io_err(&path, e))?
@@ -295,6 +329,7 @@ async fn run(cfg: FileConfig, mut cx: SourceContext) -> Result<(), StageError> {
             .map_err(|e| io_err(&path, e))?;
             let mut last = Vec::new();
             decoder.decode_line(&partial, n + 1, &mut last);
+            decoder.flush_count(last.len());
             cx.out.send(last).await;
         }
         tracing::info!(file = %path.display(), "reached the end of the file");
@@ -332,7 +367,7 @@ async fn follow(
             }
         };
         let identity = file_identity(&file).await;
-        let mut reader = BufReader::with_capacity(256 * 1024, file);
+        let mut reader = BufReader::with_capacity(1024 * 1024, file);
         let mut lineno = 0usize;
         let mut partial = Vec::new();
         let mut pos: u64 = 0;

@@ -81,9 +81,12 @@ struct Rules {
     tests: Vec<Test>,
 }
 
+/// Reads one text field of an event.
+type Getter = fn(&EventData) -> &str;
+
 #[derive(Debug, Clone)]
 enum Test {
-    Exact(fn(&EventData) -> &str, Vec<String>),
+    Exact(Getter, Vec<String>),
     Names(Vec<Glob>),
     Message(Pattern),
 }
@@ -114,7 +117,7 @@ impl Rules {
         clusters: &[String],
     ) -> Rules {
         let mut tests = Vec::new();
-        let exact: [(fn(&EventData) -> &str, &[String]); 6] = [
+        let exact: [(Getter, &[String]); 6] = [
             (|e| &e.namespace, namespaces),
             (|e| &e.reason, reasons),
             (|e| &e.type_, types),

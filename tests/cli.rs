@@ -1,0 +1,413 @@
+//! The `eventflow` binary as a user runs it: the demo, validate, schema, graph, signals, and
+//! the file source's formats, following and malformed records.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_eventflow"));
+    c.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("RUST_LOG");
+    c
+}
+
+fn repo(p: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).expect("write");
+    p
+}
+
+fn lines_json(stdout: &[u8]) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every stdout line is JSON"))
+        .collect()
+}
+
+#[test]
+fn the_demo_prints_the_warnings_outside_kube_system() {
+    let out = bin()
+        .args(["run", "pipelines/demo.yaml"])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let samples: Vec<serde_json::Value> = serde_json::from_str(
+        &std::fs::read_to_string(repo("pipelines/samples/events.json")).expect("samples"),
+    )
+    .expect("json");
+    let want: Vec<&str> = samples
+        .iter()
+        .filter(|e| e["type"] == "Warning" && e["metadata"]["namespace"] != "kube-system")
+        .map(|e| e["metadata"]["resourceVersion"].as_str().unwrap_or(""))
+        .collect();
+    let got = lines_json(&out.stdout);
+    let got_rv: Vec<&str> = got
+        .iter()
+        .map(|e| e["resource_version"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        got_rv, want,
+        "the Warnings outside kube-system, in file order"
+    );
+    assert!(want.len() >= 40);
+    for e in &got {
+        assert_eq!(e["cluster"], "demo");
+        assert_eq!(e["type"], "Warning");
+        assert!(
+            e["last_seen"].is_string() && e["count"].as_i64().unwrap_or(0) >= 1,
+            "{e}"
+        );
+    }
+    // Repeats of one Event carry growing counts.
+    let backoff: Vec<i64> = got
+        .iter()
+        .filter(|e| e["reason"] == "BackOff" && e["object_name"] == "web-7d4b9c-x2x9q")
+        .map(|e| e["count"].as_i64().unwrap_or(0))
+        .collect();
+    assert_eq!(backoff, (1..=8).collect::<Vec<_>>());
+    // Both API versions came through.
+    assert!(got.iter().any(|e| e["api_version"] == "events.k8s.io/v1"));
+    assert!(got.iter().any(|e| e["api_version"] == "v1"));
+}
+
+#[test]
+fn validate_reports_every_error_with_line_and_column() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let bad = write(
+        dir.path(),
+        "bad.yaml",
+        "stages:\n  src:\n    type: file\n    path: x.json\n    folow: true\n  f:\n    type: filter\n    inputs: [src, ghost]\n    message: '(oops'\n  out:\n    type: stdot\n    inputs: [f]\n",
+    );
+    let good = repo("pipelines/demo.yaml");
+    let out = bin()
+        .args(["validate"])
+        .arg(&good)
+        .arg(&bad)
+        .output()
+        .expect("validate");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let b = bad.display().to_string();
+    for want in [
+        format!("{b}:5:5: stage `src`, field `folow`: unknown field `folow`"),
+        format!("{b}:9:14: stage `f`, field `message`: invalid regular expression"),
+        format!("{b}:11:11: stage `out`, field `type`: unknown stage type `stdot`"),
+        format!("{b}:8:19: stage `f`, field `inputs`: unknown input `ghost`"),
+    ] {
+        assert!(stderr.contains(&want), "missing {want:?} in:\n{stderr}");
+    }
+    assert!(String::from_utf8_lossy(&out.stdout).contains("demo.yaml: ok"));
+}
+
+#[test]
+fn every_bundled_pipeline_validates() {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(repo("pipelines"))
+        .expect("pipelines/")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty());
+    let out = bin()
+        .arg("validate")
+        .args(&files)
+        .output()
+        .expect("validate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_checked_in_schema_is_current() {
+    let out = bin().arg("schema").output().expect("schema");
+    assert!(out.status.success());
+    let checked_in =
+        std::fs::read_to_string(repo("schemas/pipeline.schema.json")).expect("schema file");
+    assert!(
+        checked_in == String::from_utf8_lossy(&out.stdout),
+        "schemas/pipeline.schema.json is stale: run `cargo run -- schema > schemas/pipeline.schema.json`"
+    );
+    let schema: serde_json::Value = serde_json::from_str(&checked_in).expect("json");
+    let filter = &schema["$defs"]["stage_filter"]["properties"];
+    assert!(
+        filter["reverse"]["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("none"))
+    );
+    assert_eq!(schema["$defs"]["stage_file"]["additionalProperties"], false);
+}
+
+#[test]
+fn graph_prints_mermaid_and_dot() {
+    let out = bin()
+        .args(["graph", "pipelines/demo.yaml"])
+        .output()
+        .expect("graph");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("flowchart LR"), "{text}");
+    assert!(
+        text.contains("s_samples --> s_warnings") && text.contains("s_warnings --> s_print"),
+        "{text}"
+    );
+    let out = bin()
+        .args(["graph", "--format", "dot", "pipelines/demo.yaml"])
+        .output()
+        .expect("graph");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"warnings\" -> \"print\";"));
+}
+
+fn sample_line(i: usize, ty: &str) -> String {
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"name": format!("web.{i:016x}"), "namespace": "shop", "uid": format!("uid-{i}"),
+                     "resourceVersion": (1000 + i).to_string(), "creationTimestamp": "2026-11-27T10:00:00Z"},
+        "involvedObject": {"kind": "Pod", "namespace": "shop", "name": "web"},
+        "reason": "BackOff", "message": format!("Back-off restarting failed container, round {i}"),
+        "source": {"component": "kubelet", "host": "worker-1"},
+        "firstTimestamp": "2026-11-27T10:00:00Z", "lastTimestamp": "2026-11-27T10:00:00Z",
+        "count": 1, "type": ty
+    })
+    .to_string()
+}
+
+/// Collects stderr lines in the background.
+fn stderr_lines(child: &mut std::process::Child) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    if let Some(err) = child.stderr.take() {
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    rx
+}
+
+fn wait_for_line(rx: &mpsc::Receiver<String>, needle: &str, seen: &mut Vec<String>) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
+            let hit = l.contains(needle);
+            seen.push(l);
+            if hit {
+                return;
+            }
+        }
+    }
+    panic!("no log line with {needle:?}; saw:\n{}", seen.join("\n"));
+}
+
+fn sigterm(pid: u32) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(ok.success());
+}
+
+#[test]
+fn sigterm_delivers_every_event_already_read_then_exits_0() {
+    const N: usize = 3000;
+    let dir = tempfile::tempdir().expect("tmp");
+    let lines: String = (0..N).map(|i| sample_line(i, "Warning") + "\n").collect();
+    let events = write(dir.path(), "events.jsonl", &lines);
+    let pipeline = write(
+        dir.path(),
+        "p.yaml",
+        &format!(
+            "stages:\n  src:\n    type: file\n    path: {}\n    follow: true\n  f:\n    type: filter\n    inputs: [src]\n    types: [Warning]\n  out:\n    type: stdout\n    inputs: [f]\n",
+            events.display()
+        ),
+    );
+    let mut child = bin()
+        .arg("--log-format=json")
+        .arg("run")
+        .arg(&pipeline)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let logs = stderr_lines(&mut child);
+    let mut seen = Vec::new();
+    // Nobody reads stdout yet, so most events are still inside the pipeline when we signal.
+    wait_for_line(&logs, "reached the end of the file; following", &mut seen);
+    sigterm(child.id());
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut stdout)
+        .expect("read");
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "exit status {status:?}");
+    let got = lines_json(stdout.as_bytes());
+    assert_eq!(
+        got.len(),
+        N,
+        "every event read before the signal reaches the sink, once"
+    );
+    let mut uids: Vec<&str> = got.iter().filter_map(|e| e["uid"].as_str()).collect();
+    uids.sort();
+    uids.dedup();
+    assert_eq!(uids.len(), N);
+    wait_for_line(&logs, "pipeline drained", &mut seen);
+    // JSON logs parse line by line.
+    for l in &seen {
+        serde_json::from_str::<serde_json::Value>(l).expect("a JSON log line");
+    }
+}
+
+#[test]
+fn follow_reads_appended_lines_and_a_partial_line_when_it_completes() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let events = write(dir.path(), "events.jsonl", "");
+    let pipeline = write(
+        dir.path(),
+        "p.yaml",
+        &format!(
+            "stages:\n  src:\n    type: file\n    path: {}\n    follow: true\n    poll_interval: 20ms\n  out:\n    type: stdout\n    inputs: [src]\n",
+            events.display()
+        ),
+    );
+    let mut child = bin()
+        .arg("run")
+        .arg(&pipeline)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let logs = stderr_lines(&mut child);
+    let mut seen = Vec::new();
+    wait_for_line(&logs, "following", &mut seen);
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&events)
+        .expect("open");
+    let second = sample_line(2, "Normal");
+    write!(f, "{}\n{}", sample_line(1, "Normal"), &second[..40]).expect("append");
+    f.flush().expect("flush");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("line 1");
+    assert!(line.contains("\"uid\":\"uid-1\""), "{line}");
+    writeln!(f, "{}", &second[40..]).expect("append rest");
+    f.flush().expect("flush");
+    line.clear();
+    out.read_line(&mut line).expect("line 2");
+    assert!(line.contains("\"uid\":\"uid-2\""), "{line}");
+    sigterm(child.id());
+    assert!(child.wait().expect("wait").success());
+}
+
+#[test]
+fn malformed_records_are_skipped_and_reported_with_their_line() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let text = format!(
+        "{}\n{{\"metadata\": oops}}\n{}\n\n{{\"kind\":\"Event\",\"metadata\":{{}}}}\n{}\n",
+        sample_line(1, "Warning"),
+        sample_line(2, "Warning"),
+        sample_line(3, "Normal")
+    );
+    let events = write(dir.path(), "events.jsonl", &text);
+    let pipeline = write(
+        dir.path(),
+        "p.yaml",
+        &format!(
+            "stages:\n  src:\n    type: file\n    path: {}\n  out:\n    type: stdout\n    inputs: [src]\n",
+            events.display()
+        ),
+    );
+    let out = bin().arg("run").arg(&pipeline).output().expect("run");
+    assert!(out.status.success());
+    let got: Vec<String> = lines_json(&out.stdout)
+        .iter()
+        .map(|e| e["uid"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(got, vec!["uid-1", "uid-2", "uid-3"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("line=2") && stderr.contains("line=5"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("metadata.uid"), "{stderr}");
+}
+
+#[test]
+fn a_real_event_list_and_an_array_of_both_api_versions_replay() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let pipeline = write(
+        dir.path(),
+        "p.yaml",
+        &format!(
+            "stages:\n  list:\n    type: file\n    path: {}\n    cluster: minikube\n  one:\n    type: file\n    path: {}\n  out:\n    type: stdout\n    inputs: [list, one]\n",
+            repo("tests/data/real-events/minikube-2017-eventlist.json").display(),
+            repo("tests/data/real-events/k9s-gke-pulled.json").display()
+        ),
+    );
+    let out = bin().arg("run").arg(&pipeline).output().expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo("tests/data/real-events/minikube-2017-eventlist.json"))
+            .expect("read"),
+    )
+    .expect("json");
+    let n = list["items"].as_array().map_or(0, |a| a.len());
+    let got = lines_json(&out.stdout);
+    assert_eq!(got.len(), n + 1);
+    assert_eq!(got.iter().filter(|e| e["cluster"] == "minikube").count(), n);
+    assert!(
+        got.iter()
+            .any(|e| e["reason"] == "Pulled" && e["host"] == "gke-k9s-default-pool-0fa2fb89-qnkc")
+    );
+}
+
+#[test]
+fn environment_variables_are_substituted_and_missing_ones_are_errors() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let events = write(dir.path(), "e.jsonl", &(sample_line(7, "Warning") + "\n"));
+    let pipeline = write(
+        dir.path(),
+        "p.yaml",
+        "stages:\n  src:\n    type: file\n    path: ${EVENTS_FILE}\n    cluster: ${CLUSTER_NAME:-fallback}\n  out:\n    type: stdout\n    inputs: [src]\n",
+    );
+    let out = bin()
+        .arg("run")
+        .arg(&pipeline)
+        .env("EVENTS_FILE", &events)
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    assert_eq!(lines_json(&out.stdout)[0]["cluster"], "fallback");
+    let out = bin()
+        .arg("run")
+        .arg(&pipeline)
+        .env_remove("EVENTS_FILE")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains(":4:11: environment variable `EVENTS_FILE` is not set")
+    );
+}
