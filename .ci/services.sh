@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs and starts the servers the tests use. Idempotent: safe to run again on a machine
+# where they are already installed and running.
+set -euo pipefail
+need=()
+command -v pg_ctlcluster >/dev/null 2>&1 || need+=(postgresql)
+command -v mariadb-admin >/dev/null 2>&1 || need+=(mariadb-server)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+if [ ${#need[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+PGVER=$(ls /etc/postgresql | sort -V | tail -1)
+pg_ctlcluster "$PGVER" main status >/dev/null 2>&1 || pg_ctlcluster "$PGVER" main start
+for _ in $(seq 1 100); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 0.1; done
+runuser -u postgres -- psql -q -v ON_ERROR_STOP=1 <<'SQL'
+SELECT 'CREATE ROLE eventflow LOGIN PASSWORD ''eventflow''' WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname='eventflow')\gexec
+SELECT 'CREATE DATABASE eventflow OWNER eventflow' WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname='eventflow')\gexec
+SQL
+
+mariadb-admin -s ping >/dev/null 2>&1 || service mariadb start >/dev/null
+for _ in $(seq 1 100); do mariadb-admin -s ping >/dev/null 2>&1 && break; sleep 0.1; done
+mariadb -e "CREATE DATABASE IF NOT EXISTS eventflow; CREATE USER IF NOT EXISTS 'eventflow'@'localhost' IDENTIFIED BY 'eventflow'; CREATE USER IF NOT EXISTS 'eventflow'@'%' IDENTIFIED BY 'eventflow'; GRANT ALL ON eventflow.* TO 'eventflow'@'localhost'; GRANT ALL ON eventflow.* TO 'eventflow'@'%';"
+echo "postgres $PGVER and mariadb are up; promtool: $(command -v promtool)"

@@ -1,0 +1,4 @@
+# The server URLs the database tests use (set up by .ci/services.sh). Source it before
+# `cargo test` to run those tests locally too.
+export EVENTFLOW_TEST_POSTGRES_URL="postgres://eventflow:eventflow@127.0.0.1:5432/eventflow"
+export EVENTFLOW_TEST_MYSQL_URL="mysql://eventflow:eventflow@127.0.0.1:3306/eventflow"
