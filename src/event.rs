@@ -54,9 +54,32 @@ pub struct EventData {
     pub first_seen: Option<DateTime<Utc>>,
     pub last_seen: Option<DateTime<Utc>>,
     pub api_version: ApiVersion,
+    /// Set on events that summarize others (`aggregate`, `rate_limit` with `summarize`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub summary: Option<Arc<Summary>>,
     /// The object as received (JSON text, already validated by the decoder).
     #[serde(skip)]
     pub raw: Option<Box<str>>,
+}
+
+/// What a summary event stands for.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Summary {
+    /// `aggregate` or `rate_limit`.
+    pub by: &'static str,
+    /// How many events (updates) it stands for.
+    pub events: u64,
+    /// The sum of the count increases of those events (occurrences in Kubernetes' terms).
+    pub occurrences: i64,
+    /// The window it covers, as written in the stage (e.g. `10m`).
+    pub window: String,
+    /// When the first and last of them were seen.
+    pub first_seen: Option<DateTime<Utc>>,
+    pub last_seen: Option<DateTime<Utc>>,
+    /// Up to `max_samples` distinct messages.
+    pub samples: Vec<String>,
+    /// A one-line description, e.g. "BackOff x37 on shop/Pod/web-7d4b9c in the last 10m".
+    pub text: String,
 }
 
 /// The fields that filters, keys and templates can name.
@@ -423,6 +446,7 @@ impl WireEvent {
             first_seen,
             last_seen,
             api_version,
+            summary: None,
             raw,
         })
     }

@@ -8,6 +8,7 @@ pub const SENT: &str = "eventflow_events_sent_total";
 pub const DISCARDED: &str = "eventflow_events_discarded_total";
 pub const STAGE_ERRORS: &str = "eventflow_stage_errors_total";
 pub const QUEUE: &str = "eventflow_stage_queue_events";
+pub const KEY_DISCARDED: &str = "eventflow_key_discarded_total";
 
 /// Registers descriptions; call once after installing a recorder.
 pub fn describe() {
@@ -48,4 +49,14 @@ pub fn stage_errors(stage: &str, ty: &'static str, error: &'static str) -> Count
 
 pub fn queue_depth(stage: &str, ty: &'static str) -> Gauge {
     metrics::gauge!(QUEUE, "stage" => stage.to_string(), "type" => ty)
+}
+
+pub fn key_discarded(stage: &str, key: &str) -> Counter {
+    metrics::counter!(KEY_DISCARDED, "stage" => stage.to_string(), "key" => key.to_string())
+}
+
+pub const RATE_LIMIT_RESETS: &str = "eventflow_rate_limit_resets_total";
+
+pub fn rate_limit_resets(stage: &str) -> Counter {
+    metrics::counter!(RATE_LIMIT_RESETS, "stage" => stage.to_string())
 }

@@ -175,6 +175,8 @@ pub struct CountingSink {
     pub count: Arc<AtomicU64>,
     pub uids: Option<Arc<Mutex<Vec<String>>>>,
     pub gate: Option<Arc<Semaphore>>,
+    /// Copies of the events received (without their acknowledgement handles).
+    pub data: Option<Arc<Mutex<Vec<EventData>>>>,
 }
 
 impl CountingSink {
@@ -183,6 +185,20 @@ impl CountingSink {
             uids: Some(Arc::default()),
             ..Self::default()
         }
+    }
+
+    pub fn collecting() -> Self {
+        CountingSink {
+            data: Some(Arc::default()),
+            ..Self::recording()
+        }
+    }
+
+    pub fn events(&self) -> Vec<EventData> {
+        self.data
+            .as_ref()
+            .and_then(|u| u.lock().ok().map(|g| g.clone()))
+            .unwrap_or_default()
     }
 
     pub fn gated(gate: Arc<Semaphore>) -> Self {
@@ -224,6 +240,11 @@ impl Sink for CountingSink {
                     && let Ok(mut g) = u.lock()
                 {
                     g.extend(batch.iter().map(|e| e.uid.clone()));
+                }
+                if let Some(d) = &self.data
+                    && let Ok(mut g) = d.lock()
+                {
+                    g.extend(batch.iter().map(|e| e.data().clone()));
                 }
                 self.count.fetch_add(batch.len() as u64, Ordering::AcqRel);
             }

@@ -4,8 +4,12 @@
 //! Adding a stage type = a module here with a config struct (serde + schemars, a doc comment
 //! on every field) that implements [`StageConfig`], and one line in [`TYPES`].
 
+pub mod aggregate;
+pub mod dedup;
 pub mod file;
 pub mod filter;
+pub mod key;
+pub mod rate_limit;
 pub mod stdout;
 
 use std::fmt;
@@ -211,7 +215,14 @@ pub fn schema_of<C: schemars::JsonSchema>(g: &mut schemars::SchemaGenerator) -> 
 }
 
 /// Every stage type.
-pub static TYPES: &[StageType] = &[file::TYPE, filter::TYPE, stdout::TYPE];
+pub static TYPES: &[StageType] = &[
+    file::TYPE,
+    filter::TYPE,
+    dedup::TYPE,
+    aggregate::TYPE,
+    rate_limit::TYPE,
+    stdout::TYPE,
+];
 
 pub fn lookup(name: &str) -> Option<&'static StageType> {
     TYPES.iter().find(|t| t.name == name)

@@ -1,0 +1,476 @@
+//! `aggregate`: groups events by key over a window and emits one summary per group.
+//!
+//! The first event of a key opens a window of `window`; every event of the key until it
+//! closes is merged into the group; when it closes one summary event goes on. The summary
+//! keeps the first event's identity fields and carries `summary` with: how many events were
+//! merged, the occurrences they stand for (the sum of `count` increases per Event object, so
+//! three updates 35 -> 36 -> 37 of one BackOff add 2, not 3; the first time an Event object is
+//! seen its whole count counts), first and last seen, up to `max_samples` distinct messages,
+//! and a line such as "BackOff x37 on shop/Pod/web-7d4b9c in the last 10m". Its `count` is the
+//! occurrences. Merged events are acknowledged when their summary is (their finalizers move
+//! into it), and are counted as `eventflow_events_discarded_total{reason="aggregated"}`.
+//!
+//! Memory: at most `max_keys` open groups (when full, the oldest group is closed early), each
+//! holding one event's fields (not its raw object) and at most `max_samples` messages (about
+//! 2 KB per group, measured); the per-Event-object counts used for increases are a
+//! bounded LRU of `max_keys` entries. Open windows are flushed when the input closes (shutdown,
+//! or the stage removed by a reload).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use metrics::Counter;
+use moka::policy::EvictionPolicy;
+use moka::sync::Cache;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use tokio::time::Instant;
+
+use super::key::KeySpec;
+use super::{
+    BuildContext, BuildError, Stage, StageConfig, StageError, StageKind, StageType, Transform,
+    TransformContext,
+};
+use crate::config::types::Dur;
+use crate::engine::MAX_BATCH;
+use crate::engine::fanout::Batch;
+use crate::event::{Event, EventData, Field, Finalizers, Summary};
+
+/// Groups events by key over a window and emits one summary event per group.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateConfig {
+    /// The event fields that make a group. Default: cluster, namespace, kind, object_name,
+    /// reason, type (how Kubernetes itself groups similar events).
+    #[serde(default = "default_key")]
+    pub key: Vec<Field>,
+    /// How long a group collects events after its first one.
+    #[serde(default = "default_window")]
+    pub window: Dur,
+    /// The most groups open at once; when full, the oldest is closed early.
+    #[serde(default = "default_max_keys")]
+    pub max_keys: u64,
+    /// The most distinct messages kept per summary.
+    #[serde(default = "default_samples")]
+    pub max_samples: usize,
+}
+
+fn default_key() -> Vec<Field> {
+    vec![
+        Field::Cluster,
+        Field::Namespace,
+        Field::Kind,
+        Field::ObjectName,
+        Field::Reason,
+        Field::Type,
+    ]
+}
+
+fn default_window() -> Dur {
+    Dur::secs(300)
+}
+
+fn default_max_keys() -> u64 {
+    10_000
+}
+
+fn default_samples() -> usize {
+    5
+}
+
+impl StageConfig for AggregateConfig {
+    fn build<'a>(&'a self, cx: &'a BuildContext) -> BoxFuture<'a, Result<Stage, BuildError>> {
+        Box::pin(async move {
+            if self.key.is_empty() || self.window.0.is_zero() || self.max_keys == 0 {
+                return Err(BuildError {
+                    stage: cx.id.clone(),
+                    message: "`key` needs a field, `window` and `max_keys` must be above zero"
+                        .into(),
+                });
+            }
+            let t = Aggregator::new(self, &cx.id, cx.type_name);
+            Ok(Stage::Transform(Box::new(t) as Box<dyn Transform>))
+        })
+    }
+}
+
+struct Group {
+    first: EventData,
+    events: u64,
+    occurrences: i64,
+    first_seen: Option<chrono::DateTime<chrono::Utc>>,
+    last_seen: Option<chrono::DateTime<chrono::Utc>>,
+    last_rv: String,
+    last_message: String,
+    samples: Vec<String>,
+    finalizers: Vec<Finalizers>,
+}
+
+/// The aggregation state, usable on its own (benchmarks, tests).
+pub struct Aggregator {
+    key: KeySpec,
+    window: Duration,
+    window_text: String,
+    max_keys: usize,
+    max_samples: usize,
+    groups: HashMap<String, Group>,
+    /// Open groups by deadline (all windows have one length, so arrival order is deadline order).
+    order: VecDeque<(Instant, String)>,
+    last_counts: Cache<String, i64>,
+    buf: String,
+    merged: Counter,
+}
+
+impl Aggregator {
+    pub fn new(cfg: &AggregateConfig, stage: &str, type_name: &'static str) -> Aggregator {
+        Aggregator {
+            key: KeySpec(cfg.key.clone()),
+            window: cfg.window.0,
+            window_text: cfg.window.to_string(),
+            max_keys: usize::try_from(cfg.max_keys).unwrap_or(usize::MAX),
+            max_samples: cfg.max_samples,
+            groups: HashMap::new(),
+            order: VecDeque::new(),
+            last_counts: Cache::builder()
+                .max_capacity(cfg.max_keys)
+                .eviction_policy(EvictionPolicy::lru())
+                .build(),
+            buf: String::with_capacity(128),
+            merged: crate::metrics::discarded(stage, type_name, "aggregated"),
+        }
+    }
+
+    /// The number of open groups.
+    pub fn open_groups(&self) -> usize {
+        self.groups.len()
+    }
+
+    /// How much `e` adds to its Event object's occurrences.
+    fn increase(&self, e: &EventData) -> i64 {
+        let prev = self.last_counts.get(&e.uid);
+        self.last_counts
+            .insert(e.uid.clone(), e.count.max(prev.unwrap_or(0)));
+        match prev {
+            None => e.count,
+            Some(p) => (e.count - p).max(0),
+        }
+    }
+
+    /// Merges a batch; summaries of groups closed early (capacity) go into `out`.
+    pub fn ingest(&mut self, batch: Batch, now: Instant, out: &mut Batch) {
+        self.merged.increment(batch.len() as u64);
+        for e in batch {
+            let inc = self.increase(&e);
+            self.key.write(&e, &mut self.buf);
+            if let Some(g) = self.groups.get_mut(self.buf.as_str()) {
+                g.events += 1;
+                g.occurrences += inc;
+                g.first_seen = min_opt(g.first_seen, e.first_seen);
+                g.last_seen = g.last_seen.max(e.last_seen);
+                g.last_rv.clone_from(&e.resource_version);
+                if g.samples.len() < self.max_samples && !g.samples.iter().any(|m| *m == e.message)
+                {
+                    g.samples.push(e.message.clone());
+                }
+                g.last_message.clone_from(&e.message);
+                push_finalizers(&mut g.finalizers, e.finalizers());
+                continue;
+            }
+            if self.groups.len() >= self.max_keys
+                && let Some(s) = self.close_oldest()
+            {
+                out.push(s);
+            }
+            let deadline = now + self.window;
+            let mut finalizers = Vec::new();
+            push_finalizers(&mut finalizers, e.finalizers());
+            let mut first = e.data().clone();
+            first.summary = None;
+            // A summary is not the object as received; dropping it keeps a group small.
+            first.raw = None;
+            let group = Group {
+                events: 1,
+                occurrences: inc,
+                first_seen: e.first_seen,
+                last_seen: e.last_seen,
+                last_rv: e.resource_version.clone(),
+                last_message: e.message.clone(),
+                samples: if self.max_samples > 0 {
+                    vec![e.message.clone()]
+                } else {
+                    vec![]
+                },
+                finalizers,
+                first,
+            };
+            self.groups.insert(self.buf.clone(), group);
+            self.order.push_back((deadline, self.buf.clone()));
+        }
+    }
+
+    /// When the next window closes.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.order.front().map(|(d, _)| *d)
+    }
+
+    /// Summaries of every group whose window has closed by `now`.
+    pub fn close_due(&mut self, now: Instant, out: &mut Batch) {
+        while self.order.front().is_some_and(|(d, _)| *d <= now) {
+            if let Some(s) = self.close_oldest() {
+                out.push(s);
+            }
+        }
+    }
+
+    /// Summaries of every open group (shutdown, removal).
+    pub fn close_all(&mut self, out: &mut Batch) {
+        while !self.order.is_empty() {
+            if let Some(s) = self.close_oldest() {
+                out.push(s);
+            }
+        }
+    }
+
+    fn close_oldest(&mut self) -> Option<Event> {
+        let (_, key) = self.order.pop_front()?;
+        let g = self.groups.remove(&key)?;
+        Some(self.summarize(g))
+    }
+
+    fn summarize(&self, g: Group) -> Event {
+        let mut data = g.first;
+        let what = match (data.object_namespace.is_empty(), data.kind.is_empty()) {
+            (true, _) => format!("{}/{}", data.kind, data.object_name),
+            (false, false) => format!(
+                "{}/{}/{}",
+                data.object_namespace, data.kind, data.object_name
+            ),
+            (false, true) => format!("{}/{}", data.object_namespace, data.object_name),
+        };
+        let text = format!(
+            "{} x{} on {} in the last {}",
+            data.reason, g.occurrences, what, self.window_text
+        );
+        data.count = g.occurrences;
+        data.first_seen = g.first_seen;
+        data.last_seen = g.last_seen;
+        data.resource_version = g.last_rv;
+        data.message = g.last_message;
+        data.summary = Some(Arc::new(Summary {
+            by: "aggregate",
+            events: g.events,
+            occurrences: g.occurrences,
+            window: self.window_text.clone(),
+            first_seen: g.first_seen,
+            last_seen: g.last_seen,
+            samples: g.samples,
+            text,
+        }));
+        Event::new(data, Finalizers::merge(g.finalizers.iter()))
+    }
+}
+
+fn min_opt<T: Ord>(a: Option<T>, b: Option<T>) -> Option<T> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Keeps one handle per source batch: consecutive events of a batch share a finalizer.
+fn push_finalizers(list: &mut Vec<Finalizers>, f: &Finalizers) {
+    let same = match (list.last(), f) {
+        (Some(Finalizers::One(a)), Finalizers::One(b)) => Arc::ptr_eq(a, b),
+        (_, Finalizers::None) => true,
+        _ => false,
+    };
+    if !same {
+        list.push(f.clone());
+    }
+}
+
+impl Transform for Aggregator {
+    fn run(
+        mut self: Box<Self>,
+        mut cx: TransformContext,
+    ) -> BoxFuture<'static, Result<(), StageError>> {
+        Box::pin(async move {
+            let mut out: Batch = Vec::new();
+            loop {
+                let next = self.next_deadline();
+                tokio::select! {
+                    batch = cx.input.recv() => match batch {
+                        Some(b) => self.ingest(b, Instant::now(), &mut out),
+                        None => {
+                            self.close_all(&mut out);
+                            send_chunks(&mut cx, &mut out).await;
+                            return Ok(());
+                        }
+                    },
+                    _ = tokio::time::sleep_until(next.unwrap_or_else(Instant::now)), if next.is_some() => {
+                        self.close_due(Instant::now(), &mut out);
+                    }
+                }
+                send_chunks(&mut cx, &mut out).await;
+            }
+        })
+    }
+}
+
+async fn send_chunks(cx: &mut TransformContext, out: &mut Batch) {
+    while !out.is_empty() {
+        let rest = out.split_off(out.len().min(MAX_BATCH));
+        let chunk = std::mem::replace(out, rest);
+        cx.out.send(chunk).await;
+    }
+}
+
+pub const TYPE: StageType = StageType {
+    name: "aggregate",
+    kind: StageKind::Transform,
+    summary: "groups events by key over a window and emits one summary event per group",
+    parse: super::parse_config::<AggregateConfig>,
+    schema: super::schema_of::<AggregateConfig>,
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tree;
+    use crate::engine::ack::{Finalizer, Status};
+
+    fn agg(yaml: &str) -> Aggregator {
+        let cfg: AggregateConfig = tree::from_node(&tree::parse(yaml).unwrap()).unwrap();
+        Aggregator::new(&cfg, "a", "aggregate")
+    }
+
+    fn ev(uid: &str, object: &str, reason: &str, count: i64, msg: &str) -> Event {
+        Event::new(
+            EventData {
+                uid: uid.into(),
+                namespace: "shop".into(),
+                object_namespace: "shop".into(),
+                kind: "Pod".into(),
+                object_name: object.into(),
+                reason: reason.into(),
+                type_: "Warning".into(),
+                count,
+                message: msg.into(),
+                ..EventData::default()
+            },
+            Finalizers::None,
+        )
+    }
+
+    fn summary(e: &Event) -> &Summary {
+        e.summary.as_deref().unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_summary_per_group_when_the_window_closes() {
+        let mut a = agg("window: 10m\nmax_samples: 2");
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        // One BackOff Event object updated 35 -> 36 -> 37, plus a second object's BackOff.
+        a.ingest(
+            vec![
+                ev("u1", "web", "BackOff", 35, "back-off 1"),
+                ev("u1", "web", "BackOff", 36, "back-off 2"),
+                ev("u2", "db", "BackOff", 2, "db back-off"),
+                ev("u1", "web", "BackOff", 37, "back-off 3"),
+                ev("u3", "web", "Unhealthy", 1, "probe failed"),
+            ],
+            t0,
+            &mut out,
+        );
+        assert!(out.is_empty());
+        assert_eq!(a.open_groups(), 3);
+        a.close_due(t0 + Duration::from_secs(599), &mut out);
+        assert!(out.is_empty(), "windows still open");
+        a.close_due(t0 + Duration::from_secs(600), &mut out);
+        assert_eq!(out.len(), 3);
+        let web = out
+            .iter()
+            .find(|e| e.object_name == "web" && e.reason == "BackOff")
+            .unwrap();
+        let s = summary(web);
+        assert_eq!((s.events, s.occurrences, web.count), (3, 37, 37));
+        assert_eq!(
+            s.samples,
+            vec!["back-off 1", "back-off 2"],
+            "distinct, at most max_samples"
+        );
+        assert_eq!(s.text, "BackOff x37 on shop/Pod/web in the last 10m");
+        assert_eq!(web.uid, "u1", "the first event's identity");
+        // A later window counts only the increase.
+        a.ingest(
+            vec![ev("u1", "web", "BackOff", 40, "back-off 4")],
+            t0 + Duration::from_secs(700),
+            &mut out,
+        );
+        out.clear();
+        a.close_all(&mut out);
+        assert_eq!(summary(&out[0]).occurrences, 3);
+        assert_eq!(a.open_groups(), 0);
+    }
+
+    #[test]
+    fn keys_over_chosen_fields() {
+        let mut a = agg("key: [reason]\nwindow: 1m");
+        let mut out = Vec::new();
+        a.ingest(
+            vec![
+                ev("1", "a", "BackOff", 1, "m"),
+                ev("2", "b", "BackOff", 1, "m"),
+                ev("3", "c", "Pulled", 1, "m"),
+            ],
+            Instant::now(),
+            &mut out,
+        );
+        assert_eq!(a.open_groups(), 2);
+    }
+
+    #[test]
+    fn the_oldest_group_closes_early_at_max_keys() {
+        let mut a = agg("key: [uid]\nmax_keys: 2");
+        let mut out = Vec::new();
+        let now = Instant::now();
+        a.ingest(
+            vec![
+                ev("1", "a", "R", 1, "m"),
+                ev("2", "a", "R", 1, "m"),
+                ev("3", "a", "R", 1, "m"),
+            ],
+            now,
+            &mut out,
+        );
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].uid, "1");
+        assert_eq!(a.open_groups(), 2);
+    }
+
+    #[tokio::test]
+    async fn merged_events_are_acknowledged_with_their_summary() {
+        let mut a = agg("window: 1m");
+        let (f, rx) = Finalizer::new();
+        let batch: Batch = (0..3)
+            .map(|i| {
+                Event::new(
+                    ev("u", "web", "BackOff", i + 1, "m").data().clone(),
+                    Finalizers::One(f.clone()),
+                )
+            })
+            .collect();
+        drop(f);
+        let mut out = Vec::new();
+        a.ingest(batch, Instant::now(), &mut out);
+        a.close_all(&mut out);
+        let mut rx = rx;
+        assert!(rx.try_recv().is_err(), "the summary is still alive");
+        out[0].set_status(Status::Errored);
+        drop(out);
+        assert_eq!(rx.await.unwrap(), Status::Errored);
+    }
+}

@@ -1,0 +1,55 @@
+//! Keys made of event fields, shared by `dedup`, `aggregate` and `rate_limit`.
+
+use crate::event::{EventData, Field};
+
+/// A list of event fields whose values, joined, identify a group of events.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeySpec(pub Vec<Field>);
+
+impl KeySpec {
+    /// Writes the key of `e` into `buf` (cleared first). Values are separated by a byte that
+    /// cannot appear in Kubernetes names (0x1f), so `a/b` + `c` and `a` + `b/c` differ.
+    pub fn write(&self, e: &EventData, buf: &mut String) {
+        buf.clear();
+        for (i, f) in self.0.iter().enumerate() {
+            if i > 0 {
+                buf.push('\u{1f}');
+            }
+            buf.push_str(&e.get(*f));
+        }
+    }
+
+    /// The key of `e` as a new string.
+    pub fn of(&self, e: &EventData) -> String {
+        let mut s = String::new();
+        self.write(e, &mut s);
+        s
+    }
+
+    /// The key in a readable form (for logs and summaries).
+    pub fn display(&self, key: &str) -> String {
+        key.replace('\u{1f}', "/")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_over_several_fields_do_not_collide() {
+        let k = KeySpec(vec![Field::Namespace, Field::ObjectName]);
+        let a = EventData {
+            namespace: "a/b".into(),
+            object_name: "c".into(),
+            ..EventData::default()
+        };
+        let b = EventData {
+            namespace: "a".into(),
+            object_name: "b/c".into(),
+            ..EventData::default()
+        };
+        assert_ne!(k.of(&a), k.of(&b));
+        assert_eq!(k.display(&k.of(&a)), "a/b/c");
+    }
+}

@@ -1,0 +1,489 @@
+//! `rate_limit`: at most `limit` events per `per` for each key (GCRA, via governor).
+//!
+//! `key` names the event fields of a bucket (default: none, one global bucket). `burst` is how
+//! many may pass at once (default: `limit`). What happens to an event over the limit is
+//! `when_limited`:
+//! - `drop`: it is dropped and counted (`eventflow_events_discarded_total{reason="rate_limited"}`).
+//! - `wait`: it is held until its bucket allows it; the stage stops reading meanwhile, so the
+//!   source slows down (back-pressure) and nothing is dropped.
+//! - `summarize`: it is dropped (counted as `reason="suppressed"`) but remembered; when the
+//!   key's bucket allows again (checked on the next event of the key and on a timer), one
+//!   summary event goes on: "N more BackOff on shop/Pod/web suppressed since 10:02:11". Pending
+//!   summaries are flushed at shutdown. The suppressed events are acknowledged with their
+//!   summary.
+//!
+//! Memory: governor keeps one small state per key; `retain_recent()` runs every few seconds to
+//! forget keys whose buckets are full again, and if more than `max_keys` keys are still live
+//! the key table is reset (logged and counted in `eventflow_rate_limit_resets_total`), which
+//! lets each key start with a full bucket. Pending summaries are at most `max_keys`; past that
+//! the oldest is emitted early. Time comes from tokio's clock, so tests use paused time.
+
+use std::collections::{HashMap, VecDeque};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use governor::clock::Clock;
+use governor::{Quota, RateLimiter};
+use metrics::Counter;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use tokio::time::Instant;
+
+use super::key::KeySpec;
+use super::{
+    BuildContext, BuildError, Stage, StageConfig, StageError, StageKind, StageType, Transform,
+    TransformContext,
+};
+use crate::config::types::Dur;
+use crate::engine::fanout::Batch;
+use crate::event::{Event, EventData, Field, Finalizers, Summary};
+
+/// What to do with an event over the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenLimited {
+    /// Drop it and count it.
+    #[default]
+    Drop,
+    /// Hold it until the bucket allows it (back-pressure upstream; nothing dropped).
+    Wait,
+    /// Drop it, and emit one summary of what was suppressed when the bucket allows again.
+    Summarize,
+}
+
+/// Lets at most `limit` events per `per` through, per key.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// The event fields that make a bucket. Default: none (one global bucket).
+    #[serde(default)]
+    pub key: Vec<Field>,
+    /// How many events per `per`.
+    pub limit: u32,
+    /// The period of `limit`.
+    #[serde(default = "default_per")]
+    pub per: Dur,
+    /// How many may pass at once. Default: `limit`.
+    #[serde(default)]
+    pub burst: Option<u32>,
+    /// What happens to an event over the limit: `drop`, `wait` or `summarize`.
+    #[serde(default)]
+    pub when_limited: WhenLimited,
+    /// The most keys tracked at once.
+    #[serde(default = "default_max_keys")]
+    pub max_keys: usize,
+    /// Also count drops per key in `eventflow_key_discarded_total{stage,key}`.
+    #[serde(default)]
+    pub per_key_metrics: bool,
+}
+
+fn default_per() -> Dur {
+    Dur::secs(60)
+}
+
+fn default_max_keys() -> usize {
+    100_000
+}
+
+/// governor's clock, driven by tokio's (so paused time in tests moves it).
+#[derive(Debug, Clone)]
+pub struct TokioClock {
+    start: Instant,
+}
+
+impl Clock for TokioClock {
+    type Instant = Duration;
+    fn now(&self) -> Duration {
+        self.start.elapsed()
+    }
+}
+
+type Limiter = RateLimiter<
+    String,
+    governor::state::keyed::DefaultKeyedStateStore<String>,
+    TokioClock,
+    governor::middleware::NoOpMiddleware<Duration>,
+>;
+
+impl RateLimitConfig {
+    fn quota(&self) -> Result<Quota, String> {
+        let limit = NonZeroU32::new(self.limit).ok_or("field `limit`: must be at least 1")?;
+        let burst = NonZeroU32::new(self.burst.unwrap_or(self.limit))
+            .ok_or("field `burst`: must be at least 1")?;
+        let period = self.per.0 / limit.get();
+        Quota::with_period(period)
+            .map(|q| q.allow_burst(burst))
+            .ok_or_else(|| "field `per`: must be above zero".to_string())
+    }
+}
+
+impl StageConfig for RateLimitConfig {
+    fn build<'a>(&'a self, cx: &'a BuildContext) -> BoxFuture<'a, Result<Stage, BuildError>> {
+        Box::pin(async move {
+            let t = RateLimit::new(self, &cx.id, cx.type_name).map_err(|message| BuildError {
+                stage: cx.id.clone(),
+                message,
+            })?;
+            Ok(Stage::Transform(Box::new(t) as Box<dyn Transform>))
+        })
+    }
+}
+
+struct Suppressed {
+    first: EventData,
+    events: u64,
+    occurrences: i64,
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    last_seen: Option<chrono::DateTime<chrono::Utc>>,
+    samples: Vec<String>,
+    finalizers: Vec<Finalizers>,
+}
+
+/// The limiter and its pending summaries, usable on its own (benchmarks, tests).
+pub struct RateLimit {
+    cfg: RateLimitConfig,
+    quota: Quota,
+    clock: TokioClock,
+    limiter: Limiter,
+    key: KeySpec,
+    buf: String,
+    pending: HashMap<String, Suppressed>,
+    pending_order: VecDeque<String>,
+    stage: String,
+    dropped: Counter,
+    suppressed: Counter,
+    resets: Counter,
+}
+
+impl RateLimit {
+    pub fn new(
+        cfg: &RateLimitConfig,
+        stage: &str,
+        type_name: &'static str,
+    ) -> Result<RateLimit, String> {
+        let quota = cfg.quota()?;
+        let clock = TokioClock {
+            start: Instant::now(),
+        };
+        Ok(RateLimit {
+            limiter: RateLimiter::dashmap_with_clock(quota, clock.clone()),
+            quota,
+            clock,
+            cfg: cfg.clone(),
+            key: KeySpec(cfg.key.clone()),
+            buf: String::with_capacity(64),
+            pending: HashMap::new(),
+            pending_order: VecDeque::new(),
+            stage: stage.to_string(),
+            dropped: crate::metrics::discarded(stage, type_name, "rate_limited"),
+            suppressed: crate::metrics::discarded(stage, type_name, "suppressed"),
+            resets: crate::metrics::rate_limit_resets(stage),
+        })
+    }
+
+    /// True if the bucket of `e` allows it now (and takes a token).
+    pub fn check(&mut self, e: &EventData) -> bool {
+        self.key.write(e, &mut self.buf);
+        self.limiter.check_key(&self.buf).is_ok()
+    }
+
+    /// How long until the bucket of the last checked key allows an event.
+    fn wait_time(&self) -> Duration {
+        match self.limiter.check_key(&self.buf) {
+            Ok(()) => Duration::ZERO,
+            Err(nu) => nu.wait_time_from(self.clock.now()),
+        }
+    }
+
+    /// Forgets idle keys; resets the table if it is still over `max_keys`.
+    pub fn housekeeping(&mut self) {
+        self.limiter.retain_recent();
+        if self.limiter.len() > self.cfg.max_keys {
+            tracing::warn!(
+                keys = self.limiter.len(),
+                max_keys = self.cfg.max_keys,
+                "more live rate-limit keys than max_keys; resetting the key table"
+            );
+            self.limiter = RateLimiter::dashmap_with_clock(self.quota, self.clock.clone());
+            self.resets.increment(1);
+        }
+    }
+
+    /// Keys tracked by the limiter.
+    pub fn keys(&self) -> usize {
+        self.limiter.len()
+    }
+
+    fn count_drop(&self, c: &Counter) {
+        c.increment(1);
+        if self.cfg.per_key_metrics {
+            crate::metrics::key_discarded(&self.stage, &self.key.display(&self.buf)).increment(1);
+        }
+    }
+
+    /// Remembers a suppressed event under the current key.
+    fn suppress(&mut self, e: Event, out: &mut Batch) {
+        self.count_drop(&self.suppressed.clone());
+        if let Some(s) = self.pending.get_mut(self.buf.as_str()) {
+            s.events += 1;
+            s.occurrences += 1;
+            s.last_seen = s.last_seen.max(e.last_seen);
+            if s.samples.len() < 5 && !s.samples.contains(&e.message) {
+                s.samples.push(e.message.clone());
+            }
+            if !matches!(e.finalizers(), Finalizers::None) {
+                s.finalizers.push(e.finalizers().clone());
+            }
+            return;
+        }
+        if self.pending.len() >= self.cfg.max_keys
+            && let Some(k) = self.pending_order.pop_front()
+            && let Some(s) = self.pending.remove(&k)
+        {
+            out.push(self.summary(s));
+        }
+        let mut first = e.data().clone();
+        first.summary = None;
+        self.pending.insert(
+            self.buf.clone(),
+            Suppressed {
+                events: 1,
+                occurrences: 1,
+                since: e.last_seen,
+                last_seen: e.last_seen,
+                samples: vec![e.message.clone()],
+                finalizers: vec![e.finalizers().clone()],
+                first,
+            },
+        );
+        self.pending_order.push_back(self.buf.clone());
+    }
+
+    fn summary(&self, s: Suppressed) -> Event {
+        let mut data = s.first;
+        let since = s
+            .since
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            .unwrap_or_else(|| "the start".into());
+        let text = format!(
+            "{} more {} on {}/{}/{} suppressed since {since}",
+            s.events, data.reason, data.object_namespace, data.kind, data.object_name
+        );
+        data.count = s.occurrences;
+        data.last_seen = s.last_seen;
+        data.summary = Some(Arc::new(Summary {
+            by: "rate_limit",
+            events: s.events,
+            occurrences: s.occurrences,
+            window: self.cfg.per.to_string(),
+            first_seen: s.since,
+            last_seen: s.last_seen,
+            samples: s.samples,
+            text,
+        }));
+        Event::new(data, Finalizers::merge(s.finalizers.iter()))
+    }
+
+    /// Emits the pending summaries whose buckets allow one now (all of them if `force`).
+    pub fn release_summaries(&mut self, force: bool, out: &mut Batch) {
+        let keys: Vec<String> = self.pending_order.iter().cloned().collect();
+        for k in keys {
+            if force || self.limiter.check_key(&k).is_ok() {
+                self.pending_order.retain(|x| *x != k);
+                if let Some(s) = self.pending.remove(&k) {
+                    out.push(self.summary(s));
+                }
+            }
+        }
+    }
+
+    /// Applies `drop` or `summarize` to a batch.
+    pub fn process(&mut self, batch: Batch, out: &mut Batch) {
+        for e in batch {
+            if self.check(&e) {
+                if let Some(s) = self.pending.remove(self.buf.as_str()) {
+                    let k = self.buf.clone();
+                    self.pending_order.retain(|x| *x != k);
+                    out.push(self.summary(s));
+                }
+                out.push(e);
+            } else if self.cfg.when_limited == WhenLimited::Summarize {
+                self.suppress(e, out);
+            } else {
+                self.count_drop(&self.dropped.clone());
+            }
+        }
+    }
+
+    /// `wait` mode: passes every event, sending what is ready before each wait.
+    async fn process_waiting(&mut self, batch: Batch, cx: &mut TransformContext) {
+        let mut ready = Vec::with_capacity(batch.len());
+        for e in batch {
+            if !self.check(&e) {
+                cx.out.send(std::mem::take(&mut ready)).await;
+                loop {
+                    let wait = self.wait_time();
+                    if wait.is_zero() {
+                        break;
+                    }
+                    tokio::time::sleep(wait).await;
+                }
+            }
+            ready.push(e);
+        }
+        cx.out.send(ready).await;
+    }
+}
+
+const HOUSEKEEPING: Duration = Duration::from_secs(5);
+
+impl Transform for RateLimit {
+    fn run(
+        mut self: Box<Self>,
+        mut cx: TransformContext,
+    ) -> BoxFuture<'static, Result<(), StageError>> {
+        Box::pin(async move {
+            let mut housekeeping =
+                tokio::time::interval_at(Instant::now() + HOUSEKEEPING, HOUSEKEEPING);
+            // How often pending summaries are offered to their buckets.
+            let release_every = (self.cfg.per.0 / self.cfg.limit.max(1))
+                .clamp(Duration::from_millis(100), HOUSEKEEPING);
+            let mut release =
+                tokio::time::interval_at(Instant::now() + release_every, release_every);
+            let mut out: Batch = Vec::new();
+            loop {
+                tokio::select! {
+                    batch = cx.input.recv() => match batch {
+                        Some(b) if self.cfg.when_limited == WhenLimited::Wait => self.process_waiting(b, &mut cx).await,
+                        Some(b) => self.process(b, &mut out),
+                        None => {
+                            self.release_summaries(true, &mut out);
+                            cx.out.send(out).await;
+                            return Ok(());
+                        }
+                    },
+                    _ = housekeeping.tick() => self.housekeeping(),
+                    _ = release.tick(), if !self.pending.is_empty() => self.release_summaries(false, &mut out),
+                }
+                cx.out.send(std::mem::take(&mut out)).await;
+            }
+        })
+    }
+}
+
+pub const TYPE: StageType = StageType {
+    name: "rate_limit",
+    kind: StageKind::Transform,
+    summary: "lets at most `limit` events per `per` through for each key; drop, wait or summarize the rest",
+    parse: super::parse_config::<RateLimitConfig>,
+    schema: super::schema_of::<RateLimitConfig>,
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tree;
+
+    fn rl(yaml: &str) -> RateLimit {
+        let cfg: RateLimitConfig = tree::from_node(&tree::parse(yaml).unwrap()).unwrap();
+        RateLimit::new(&cfg, "r", "rate_limit").unwrap()
+    }
+
+    fn ev(ns: &str, i: u64) -> Event {
+        Event::new(
+            EventData {
+                uid: format!("{ns}-{i}"),
+                namespace: ns.into(),
+                object_namespace: ns.into(),
+                kind: "Pod".into(),
+                object_name: "web".into(),
+                reason: "BackOff".into(),
+                message: format!("m{}", i % 2),
+                ..EventData::default()
+            },
+            Finalizers::None,
+        )
+    }
+
+    fn uids(b: &Batch) -> Vec<String> {
+        b.iter().map(|e| e.uid.clone()).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drop_mode_lets_limit_per_period_through() {
+        let mut r = rl("limit: 2\nper: 1s");
+        let mut out = Vec::new();
+        r.process((0..5).map(|i| ev("a", i)).collect(), &mut out);
+        assert_eq!(uids(&out), vec!["a-0", "a-1"]);
+        out.clear();
+        tokio::time::advance(Duration::from_millis(500)).await;
+        r.process((5..8).map(|i| ev("a", i)).collect(), &mut out);
+        assert_eq!(
+            uids(&out),
+            vec!["a-5"],
+            "one token back after half the period"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keys_have_their_own_buckets() {
+        let mut r = rl("key: [namespace]\nlimit: 1\nper: 1m");
+        let mut out = Vec::new();
+        r.process(
+            vec![ev("a", 0), ev("b", 0), ev("a", 1), ev("c", 0), ev("b", 1)],
+            &mut out,
+        );
+        assert_eq!(uids(&out), vec!["a-0", "b-0", "c-0"]);
+        assert_eq!(r.keys(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn summarize_emits_the_suppressed_count_exactly_once() {
+        let mut r = rl("limit: 1\nper: 10s\nwhen_limited: summarize");
+        let mut out = Vec::new();
+        r.process((0..5).map(|i| ev("a", i)).collect(), &mut out);
+        assert_eq!(uids(&out), vec!["a-0"]);
+        out.clear();
+        r.release_summaries(false, &mut out);
+        assert!(out.is_empty(), "the bucket is still empty");
+        tokio::time::advance(Duration::from_secs(10)).await;
+        r.release_summaries(false, &mut out);
+        assert_eq!(out.len(), 1);
+        let s = out[0].summary.as_deref().unwrap();
+        assert_eq!((s.events, s.by), (4, "rate_limit"));
+        assert_eq!(s.samples, vec!["m1", "m0"]);
+        assert!(
+            s.text
+                .starts_with("4 more BackOff on a/Pod/web suppressed since"),
+            "{}",
+            s.text
+        );
+        out.clear();
+        r.release_summaries(true, &mut out);
+        assert!(out.is_empty(), "nothing pending twice");
+        // A suppressed run followed by an allowed event: the summary comes first.
+        r.process((5..8).map(|i| ev("a", i)).collect(), &mut out);
+        assert!(out.is_empty(), "the summary took the token");
+        tokio::time::advance(Duration::from_secs(10)).await;
+        r.process(vec![ev("a", 9)], &mut out);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].summary.as_deref().unwrap().events, 3);
+        assert_eq!(out[1].uid, "a-9");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_keys_are_forgotten_and_the_table_is_bounded() {
+        let mut r = rl("key: [uid]\nlimit: 1\nper: 1s\nmax_keys: 100");
+        let mut out = Vec::new();
+        r.process((0..1000).map(|i| ev("a", i)).collect(), &mut out);
+        assert_eq!(r.keys(), 1000);
+        r.housekeeping();
+        assert_eq!(r.keys(), 0, "over max_keys: reset");
+        r.process((0..50).map(|i| ev("b", i)).collect(), &mut out);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        r.housekeeping();
+        assert_eq!(r.keys(), 0, "idle keys are forgotten");
+    }
+}
