@@ -7,12 +7,16 @@
 //! - [`engine`]: stage tasks, bounded channels, fan-out, acknowledgements, apply/shutdown.
 //! - [`stages`]: the stage traits and one module per stage type.
 //! - [`metrics`]: metric names and descriptions.
-//! - [`run`]: what `eventflow run` does: start, wait for signals, drain.
+//! - [`run`]: what `eventflow run` does: start, serve the API, reload, drain on signals.
+//! - [`reload`]: reload triggers (file watch, SIGHUP, API) and outcomes.
+//! - [`api`]: `/metrics`, `/healthz`, `/readyz`, `POST /-/reload`.
 
+pub mod api;
 pub mod config;
 pub mod engine;
 pub mod event;
 pub mod metrics;
+pub mod reload;
 pub mod run;
 pub mod stages;
 #[doc(hidden)]

@@ -46,6 +46,12 @@ enum Command {
         /// How long shutdown may take to deliver in-flight events.
         #[arg(long, default_value = "60s", value_parser = parse_dur)]
         shutdown_timeout: Dur,
+        /// Do not reload when the file changes (SIGHUP and POST /-/reload still do).
+        #[arg(long)]
+        no_watch: bool,
+        /// Quiet time after a change to the file before it is reloaded.
+        #[arg(long, default_value = "200ms", value_parser = parse_dur)]
+        reload_debounce: Dur,
     },
     /// Check pipeline files; print every problem with its line and column.
     Validate {
@@ -83,11 +89,21 @@ fn init_logging(level: Option<&str>, format: LogFormat) {
     }
 }
 
-fn install_metrics() {
-    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-    if metrics::set_global_recorder(recorder).is_ok() {
-        eventflow::metrics::describe();
-    }
+fn install_metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
+    let builder = metrics_exporter_prometheus::PrometheusBuilder::new();
+    let builder = match builder.set_buckets(eventflow::metrics::BUCKETS) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(error = %e, "histogram buckets rejected; metrics disabled");
+            return None;
+        }
+    };
+    let recorder = builder.build_recorder();
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder).ok()?;
+    eventflow::metrics::describe();
+    eventflow::metrics::describe_engine();
+    Some(handle)
 }
 
 fn main() -> ExitCode {
@@ -107,6 +123,8 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Run {
             pipeline,
             shutdown_timeout,
+            no_watch,
+            reload_debounce,
         } => {
             let p = match config::load_file(&pipeline) {
                 Ok(p) => p,
@@ -115,9 +133,14 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::FAILURE);
                 }
             };
-            install_metrics();
+            let opts = eventflow::run::RunOptions {
+                shutdown_timeout: shutdown_timeout.0,
+                watch: !no_watch,
+                debounce: reload_debounce.0,
+                metrics: install_metrics(),
+            };
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-            let outcome = rt.block_on(eventflow::run::run(p, shutdown_timeout.0))?;
+            let outcome = rt.block_on(eventflow::run::run(p, opts))?;
             Ok(match outcome {
                 Outcome::Drained => ExitCode::SUCCESS,
                 Outcome::Incomplete(_) => ExitCode::FAILURE,

@@ -60,3 +60,102 @@ pub const RATE_LIMIT_RESETS: &str = "eventflow_rate_limit_resets_total";
 pub fn rate_limit_resets(stage: &str) -> Counter {
     metrics::counter!(RATE_LIMIT_RESETS, "stage" => stage.to_string())
 }
+
+pub const RELOADS: &str = "eventflow_reloads_total";
+pub const RELOAD_OK: &str = "eventflow_config_last_reload_successful";
+pub const RELOAD_OK_TIME: &str = "eventflow_config_last_reload_success_timestamp_seconds";
+pub const RELOAD_SECONDS: &str = "eventflow_reload_duration_seconds";
+pub const PROCESS_RSS: &str = "process_resident_memory_bytes";
+pub const PROCESS_CPU: &str = "process_cpu_seconds_total";
+pub const PROCESS_FDS: &str = "process_open_fds";
+
+/// Buckets for every histogram (seconds): 100 µs to 60 s.
+pub const BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0, 60.0,
+];
+
+/// Descriptions of the engine-level metrics (reload, process).
+pub fn describe_engine() {
+    use metrics::describe_histogram;
+    describe_counter!(
+        RELOADS,
+        Unit::Count,
+        "Pipeline reloads by outcome: applied, unchanged, rejected, rolled_back."
+    );
+    describe_gauge!(
+        RELOAD_OK,
+        "1 if the last reload was applied (or nothing changed), 0 if it was rejected or rolled back."
+    );
+    describe_gauge!(
+        RELOAD_OK_TIME,
+        Unit::Seconds,
+        "Unix time of the last successful reload (or of the start)."
+    );
+    describe_histogram!(
+        RELOAD_SECONDS,
+        Unit::Seconds,
+        "Time from a reload trigger to the new pipeline running."
+    );
+    describe_gauge!(
+        PROCESS_RSS,
+        Unit::Bytes,
+        "Resident memory of the eventflow process."
+    );
+    describe_counter!(
+        PROCESS_CPU,
+        Unit::Seconds,
+        "CPU time used by the eventflow process (user + system)."
+    );
+    describe_gauge!(
+        PROCESS_FDS,
+        Unit::Count,
+        "Open file descriptors of the eventflow process."
+    );
+}
+
+/// Records a reload's outcome.
+pub fn reload(outcome: &'static str, seconds: f64) {
+    metrics::counter!(RELOADS, "outcome" => outcome).increment(1);
+    let ok = matches!(outcome, "applied" | "unchanged");
+    metrics::gauge!(RELOAD_OK).set(if ok { 1.0 } else { 0.0 });
+    if ok {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        metrics::gauge!(RELOAD_OK_TIME).set(now);
+        metrics::histogram!(RELOAD_SECONDS).record(seconds);
+    }
+}
+
+/// Reads the process's memory, CPU time and open descriptors from /proc (Linux); elsewhere
+/// these metrics are absent.
+pub fn update_process() {
+    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+        // Fields after the command name (which may contain spaces) start after the last ')'.
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        // utime and stime are fields 14 and 15 of stat, i.e. 11 and 12 after the state field.
+        let ticks = 100.0; // USER_HZ on Linux
+        let cpu = fields
+            .get(11)
+            .and_then(|u| u.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            + fields
+                .get(12)
+                .and_then(|s| s.parse::<f64>().ok())
+                .unwrap_or(0.0);
+        metrics::counter!(PROCESS_CPU).absolute((cpu / ticks) as u64);
+        if let Some(rss_pages) = fields.get(21).and_then(|r| r.parse::<f64>().ok()) {
+            metrics::gauge!(PROCESS_RSS).set(rss_pages * 4096.0);
+        }
+    }
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        metrics::gauge!(PROCESS_FDS).set(dir.count() as f64);
+    }
+}

@@ -1,11 +1,18 @@
-//! What `eventflow run` does: start the pipeline, wait for a signal or for every source to
-//! finish, then drain: sources stop reading, every event already read flows through to the
-//! sinks, sinks flush.
+//! What `eventflow run` does: start the pipeline, serve the API endpoint, apply reloads, and
+//! on SIGINT/SIGTERM (or when every source has finished) drain: sources stop reading, every
+//! event already read flows through to the sinks, sinks flush.
 
-use std::time::Duration;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
-use crate::config::Pipeline;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::mpsc;
+
+use crate::config::{self, Pipeline};
 use crate::engine::Topology;
+use crate::reload::{ReloadOutcome, ReloadRequest};
 
 /// How a run ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -21,11 +28,78 @@ pub enum Outcome {
 pub enum RunError {
     #[error(transparent)]
     Build(#[from] crate::stages::BuildError),
+    #[error("cannot listen on {addr} for the API endpoint: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Settings of a run.
+#[derive(Clone)]
+pub struct RunOptions {
+    pub shutdown_timeout: Duration,
+    /// Reload when the pipeline file changes on disk.
+    pub watch: bool,
+    /// Quiet time after a file change before reloading.
+    pub debounce: Duration,
+    /// The Prometheus handle, if a recorder is installed.
+    pub metrics: Option<PrometheusHandle>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            shutdown_timeout: Duration::from_secs(60),
+            watch: true,
+            debounce: Duration::from_millis(200),
+            metrics: None,
+        }
+    }
 }
 
 /// Runs `pipeline` until SIGINT/SIGTERM or until every source has finished.
-pub async fn run(pipeline: Pipeline, shutdown_timeout: Duration) -> Result<Outcome, RunError> {
+pub async fn run(pipeline: Pipeline, opts: RunOptions) -> Result<Outcome, RunError> {
+    let path = pipeline.path.clone();
+    let api = pipeline.api.clone();
+    let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(4);
+    let ready = Arc::new(AtomicBool::new(false));
+    let _api = match api {
+        Some(a) => {
+            let state = crate::api::ApiState {
+                metrics: opts.metrics.clone(),
+                ready: ready.clone(),
+                reload: reload_tx.clone(),
+            };
+            let (_, task) =
+                crate::api::serve(a.listen, state)
+                    .await
+                    .map_err(|source| RunError::Listen {
+                        addr: a.listen,
+                        source,
+                    })?;
+            Some(AbortOnDrop(task))
+        }
+        None => None,
+    };
+    // Watch before starting, so that an edit made while the pipeline starts is not missed.
+    let digest = pipeline.digest;
+    let _watcher = match (&path, opts.watch) {
+        (Some(p), true) => {
+            match crate::reload::watch_file(p, digest, opts.debounce, reload_tx.clone()) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::warn!(file = %p.display(), error = %e, "cannot watch the pipeline file; reload with SIGHUP or POST /-/reload");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
     let mut topology = Topology::start(pipeline).await?;
+    crate::metrics::reload("applied", 0.0);
+    ready.store(true, Ordering::Release);
     tracing::info!(
         stages = topology.pipeline().stages.len(),
         "pipeline started"
@@ -37,53 +111,163 @@ pub async fn run(pipeline: Pipeline, shutdown_timeout: Duration) -> Result<Outco
             break;
         }
         tokio::select! {
-            sig = signals.next() => {
-                tracing::info!(signal = sig, "shutting down: sources stop reading, in-flight events are delivered");
-                break;
+            sig = signals.next() => match sig {
+                "SIGHUP" => {
+                    let outcome = reload(&mut topology, path.as_ref(), "SIGHUP").await;
+                    tracing::debug!(outcome = outcome.label(), "SIGHUP handled");
+                }
+                sig => {
+                    tracing::info!(signal = sig, "shutting down: sources stop reading, in-flight events are delivered");
+                    break;
+                }
+            },
+            Some(req) = reload_rx.recv() => {
+                let outcome = reload(&mut topology, path.as_ref(), req.trigger).await;
+                if let Some(reply) = req.reply {
+                    let _ = reply.send(outcome);
+                }
             }
             exit = topology.next_exit() => {
                 if exit.is_none() { break; }
             }
         }
     }
-    let stuck = topology.shutdown(shutdown_timeout).await;
+    ready.store(false, Ordering::Release);
+    let stuck = topology.shutdown(opts.shutdown_timeout).await;
     if stuck.is_empty() {
         tracing::info!("pipeline drained");
         Ok(Outcome::Drained)
     } else {
-        tracing::error!(stages = ?stuck, timeout = ?shutdown_timeout, "stages did not finish draining in time; their in-flight events were not delivered");
+        tracing::error!(stages = ?stuck, timeout = ?opts.shutdown_timeout, "stages did not finish draining in time; their in-flight events were not delivered");
         Ok(Outcome::Incomplete(stuck))
     }
 }
 
-/// SIGINT and SIGTERM as one stream.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Reads the pipeline file again and applies it. An invalid file or a stage that fails to
+/// build leaves the running pipeline as it was.
+pub async fn reload(
+    topology: &mut Topology,
+    path: Option<&PathBuf>,
+    trigger: &'static str,
+) -> ReloadOutcome {
+    let started = Instant::now();
+    let outcome = reload_inner(topology, path, trigger).await;
+    crate::metrics::reload(outcome.label(), started.elapsed().as_secs_f64());
+    outcome
+}
+
+async fn reload_inner(
+    topology: &mut Topology,
+    path: Option<&PathBuf>,
+    trigger: &'static str,
+) -> ReloadOutcome {
+    let Some(path) = path else {
+        return ReloadOutcome::Rejected("this pipeline was not loaded from a file".into());
+    };
+    let mut new = match config::load_file(path) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(
+                trigger,
+                "reload rejected, the running pipeline is unchanged:\n{e}"
+            );
+            return ReloadOutcome::Rejected(e.to_string());
+        }
+    };
+    let current = topology.pipeline();
+    if new.api != current.api {
+        tracing::warn!(
+            trigger,
+            "a change to `api` needs a restart; it was not applied (the rest of the file was)"
+        );
+        new.api = current.api.clone();
+    }
+    if new.state != current.state {
+        tracing::warn!(
+            trigger,
+            "a change to `state` needs a restart; it was not applied (the rest of the file was)"
+        );
+        new.state = current.state.clone();
+    }
+    match topology.apply(new).await {
+        Ok(report) => {
+            let d = &report.diff;
+            let summary = format!(
+                "kept: [{}]; rebuilt: [{}]; added: [{}]; removed: [{}]; took {:?}",
+                d.kept.join(", "),
+                d.changed.join(", "),
+                d.added.join(", "),
+                d.removed.join(", "),
+                report.elapsed
+            );
+            if d.is_empty() {
+                tracing::info!(trigger, "reload: nothing changed");
+                ReloadOutcome::Unchanged(summary)
+            } else {
+                tracing::info!(
+                    trigger,
+                    kept = ?d.kept,
+                    rebuilt = ?d.changed,
+                    added = ?d.added,
+                    removed = ?d.removed,
+                    elapsed_ms = report.elapsed.as_secs_f64() * 1000.0,
+                    "reload applied"
+                );
+                ReloadOutcome::Applied(summary)
+            }
+        }
+        Err(e) => {
+            tracing::error!(trigger, error = %e, "reload rolled back: a stage failed to build; the running pipeline is unchanged");
+            ReloadOutcome::RolledBack(e.to_string())
+        }
+    }
+}
+
+/// SIGINT, SIGTERM and SIGHUP as one stream.
 struct Signals {
     #[cfg(unix)]
     term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    hup: Option<tokio::signal::unix::Signal>,
 }
 
 impl Signals {
     fn new() -> Signals {
-        Signals {
-            #[cfg(unix)]
-            term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok(),
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Signals {
+                term: signal(SignalKind::terminate()).ok(),
+                hup: signal(SignalKind::hangup()).ok(),
+            }
         }
+        #[cfg(not(unix))]
+        Signals {}
     }
 
     async fn next(&mut self) -> &'static str {
         #[cfg(unix)]
         {
-            let term = async {
-                match &mut self.term {
+            async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+                match s {
                     Some(s) => {
                         s.recv().await;
                     }
                     None => std::future::pending::<()>().await,
                 }
-            };
+            }
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => "SIGINT",
-                _ = term => "SIGTERM",
+                _ = recv(&mut self.term) => "SIGTERM",
+                _ = recv(&mut self.hup) => "SIGHUP",
             }
         }
         #[cfg(not(unix))]

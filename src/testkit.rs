@@ -79,6 +79,7 @@ impl PipelineBuilder {
     pub fn build(self) -> Pipeline {
         Pipeline {
             path: None,
+            digest: None,
             version: 1,
             api: None,
             state: None,

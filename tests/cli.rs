@@ -1,6 +1,8 @@
 //! The `eventflow` binary as a user runs it: the demo, validate, schema, graph, signals, and
 //! the file source's formats, following and malformed records.
 
+mod support;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -102,7 +102,13 @@ pub fn check(stages: &IndexMap<String, StageSpec>, failed: &Failed, problems: &m
         }
     }
     for spec in stages.values() {
-        if spec.kind != StageKind::Sink && !stages.values().any(|s| s.inputs.contains(&spec.id)) {
+        let read_by_failed = failed
+            .values()
+            .any(|ins| ins.iter().any(|(i, _)| *i == spec.id));
+        if spec.kind != StageKind::Sink
+            && !read_by_failed
+            && !stages.values().any(|s| s.inputs.contains(&spec.id))
+        {
             problems.push(Problem::new(
                 Some(spec.pos),
                 Some(&spec.id),

@@ -107,6 +107,8 @@ pub struct StageSpec {
 #[derive(Debug, Clone)]
 pub struct Pipeline {
     pub path: Option<PathBuf>,
+    /// SHA-256 of the file's text as loaded (reload compares it to skip unchanged files).
+    pub digest: Option<[u8; 32]>,
     pub version: u32,
     pub api: Option<ApiConfig>,
     pub state: Option<StateConfig>,
@@ -191,6 +193,12 @@ pub fn load_file(path: &Path) -> Result<Pipeline, ConfigError> {
     })?;
     let mut p = load_str(&text, &file, &|name| std::env::var(name).ok())?;
     p.path = Some(path.to_path_buf());
+    p.digest = Some(
+        sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(
+            text.as_bytes(),
+        ))
+        .into(),
+    );
     Ok(p)
 }
 
@@ -253,6 +261,7 @@ pub fn load_str(
     let header = header.ok_or_else(|| fail(vec![]))?;
     Ok(Pipeline {
         path: None,
+        digest: None,
         version: header.version,
         api: header.api,
         state: header.state,

@@ -25,6 +25,9 @@ use crate::stages::{
     StageMetrics, TransformContext,
 };
 
+/// How long a reload waits for a replaced source to hand off what it read.
+const SOURCE_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// What an apply did.
 #[derive(Debug, Clone, Default)]
 pub struct ApplyReport {
@@ -66,6 +69,7 @@ pub struct Topology {
 fn empty_like(p: &Pipeline) -> Pipeline {
     Pipeline {
         path: p.path.clone(),
+        digest: p.digest,
         version: p.version,
         api: p.api.clone(),
         state: p.state.clone(),
@@ -148,8 +152,16 @@ impl Topology {
                     let _ = stop.send(true);
                 }
                 drop(r.control);
-                if let Err(e) = r.handle.await {
-                    tracing::error!(stage = %id, error = %e, "source task failed while stopping");
+                let mut handle = r.handle;
+                match tokio::time::timeout(SOURCE_STOP_TIMEOUT, &mut handle).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::error!(stage = %id, error = %e, "source task failed while stopping")
+                    }
+                    Err(_) => {
+                        tracing::warn!(stage = %id, timeout = ?SOURCE_STOP_TIMEOUT, "source did not stop in time; it keeps draining while the new pipeline starts");
+                        self.draining.push((id.clone(), handle));
+                    }
                 }
             }
         }

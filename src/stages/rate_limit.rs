@@ -303,7 +303,9 @@ impl RateLimit {
     pub fn process(&mut self, batch: Batch, out: &mut Batch) {
         for e in batch {
             if self.check(&e) {
-                if let Some(s) = self.pending.remove(self.buf.as_str()) {
+                if !self.pending.is_empty()
+                    && let Some(s) = self.pending.remove(self.buf.as_str())
+                {
                     let k = self.buf.clone();
                     self.pending_order.retain(|x| *x != k);
                     out.push(self.summary(s));

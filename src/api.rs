@@ -1,0 +1,101 @@
+//! The engine's HTTP endpoint: `GET /metrics` (Prometheus text), `GET /healthz` (alive),
+//! `GET /readyz` (the pipeline is running), `POST /-/reload` (reload the pipeline file now).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::reload::{ReloadOutcome, ReloadRequest};
+
+/// What the endpoint serves from.
+#[derive(Clone)]
+pub struct ApiState {
+    pub metrics: Option<PrometheusHandle>,
+    pub ready: Arc<AtomicBool>,
+    pub reload: mpsc::Sender<ReloadRequest>,
+}
+
+/// Binds `addr` and serves until the returned task is aborted.
+pub async fn serve(
+    addr: SocketAddr,
+    state: ApiState,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/-/reload", post(reload))
+        .with_state(state);
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "the API endpoint stopped");
+        }
+    });
+    tracing::info!(listen = %local, "API endpoint: /metrics /healthz /readyz /-/reload");
+    Ok((local, task))
+}
+
+async fn metrics(State(s): State<ApiState>) -> Response {
+    match &s.metrics {
+        Some(h) => {
+            crate::metrics::update_process();
+            (
+                [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+                h.render(),
+            )
+                .into_response()
+        }
+        None => (
+            StatusCode::NOT_FOUND,
+            "metrics are not enabled in this process\n",
+        )
+            .into_response(),
+    }
+}
+
+async fn readyz(State(s): State<ApiState>) -> Response {
+    if s.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    }
+}
+
+async fn reload(State(s): State<ApiState>) -> Response {
+    let (tx, rx) = oneshot::channel();
+    let req = ReloadRequest {
+        trigger: "api",
+        reply: Some(tx),
+    };
+    if s.reload.send(req).await.is_err() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the pipeline is shutting down\n",
+        )
+            .into_response();
+    }
+    match rx.await {
+        Ok(ReloadOutcome::Applied(summary)) | Ok(ReloadOutcome::Unchanged(summary)) => {
+            (StatusCode::OK, summary + "\n").into_response()
+        }
+        Ok(ReloadOutcome::Rejected(msg)) => (StatusCode::BAD_REQUEST, msg + "\n").into_response(),
+        Ok(ReloadOutcome::RolledBack(msg)) => {
+            (StatusCode::INTERNAL_SERVER_ERROR, msg + "\n").into_response()
+        }
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the pipeline is shutting down\n",
+        )
+            .into_response(),
+    }
+}

@@ -1,0 +1,367 @@
+//! Hot reload through the real binary: edits on disk, SIGHUP and `POST /-/reload`.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::Duration;
+
+use support::*;
+
+fn pipeline(events: &Path, middle: &str, sinks: &str) -> String {
+    format!(
+        "stages:\n  src:\n    type: file\n    path: {}\n    follow: true\n    poll_interval: 20ms\n{middle}{sinks}",
+        events.display()
+    )
+}
+
+const FILTER_WARN: &str = "  f:\n    type: filter\n    inputs: [src]\n    types: [Warning]\n";
+const FILTER_NORMAL: &str = "  f:\n    type: filter\n    inputs: [src]\n    types: [Normal]\n";
+const OUT: &str = "  out:\n    type: stdout\n    inputs: [f]\n";
+
+fn setup() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let events = write(dir.path(), "events.jsonl", "");
+    (dir, events)
+}
+
+#[test]
+fn changed_rules_apply_to_the_next_event() {
+    let (dir, events) = setup();
+    let p = write(dir.path(), "p.yaml", &pipeline(&events, FILTER_WARN, OUT));
+    let mut r = Running::start(&[], &p);
+    append(
+        &events,
+        &[sample_line(1, "Normal"), sample_line(2, "Warning")],
+    );
+    assert_eq!(r.next_event()["uid"], "uid-2");
+    replace(&p, &pipeline(&events, FILTER_NORMAL, OUT));
+    let log = r.wait_log("reload applied");
+    assert!(log.contains("\"rebuilt\":\"[\\\"f\\\"]\""), "{log}");
+    assert!(
+        log.contains("\"kept\":\"[\\\"src\\\", \\\"out\\\"]\""),
+        "{log}"
+    );
+    append(
+        &events,
+        &[sample_line(3, "Warning"), sample_line(4, "Normal")],
+    );
+    assert_eq!(r.next_event()["uid"], "uid-4");
+    let (status, rest) = r.stop();
+    assert!(status.success());
+    assert!(rest.is_empty(), "{rest:?}");
+}
+
+#[test]
+fn a_sink_added_then_removed() {
+    let (dir, events) = setup();
+    let p = write(dir.path(), "p.yaml", &pipeline(&events, FILTER_WARN, OUT));
+    let mut r = Running::start(&[], &p);
+    let two = format!("{OUT}  raw_out:\n    type: stdout\n    inputs: [f]\n    raw: true\n");
+    replace(&p, &pipeline(&events, FILTER_WARN, &two));
+    let log = r.wait_log("reload applied");
+    assert!(log.contains("\"added\":\"[\\\"raw_out\\\"]\""), "{log}");
+    append(&events, &[sample_line(1, "Warning")]);
+    let a = r.next_event();
+    let b = r.next_event();
+    assert_eq!(
+        (a["uid"].as_str(), b["uid"].as_str()),
+        (Some("uid-1"), Some("uid-1"))
+    );
+    assert_eq!(
+        [&a, &b].iter().filter(|e| e.get("raw").is_some()).count(),
+        1,
+        "one copy from each sink"
+    );
+    replace(&p, &pipeline(&events, FILTER_WARN, OUT));
+    let log = r.wait_log("reload applied");
+    assert!(log.contains("\"removed\":\"[\\\"raw_out\\\"]\""), "{log}");
+    append(&events, &[sample_line(2, "Warning")]);
+    let e = r.next_event();
+    assert!(e["uid"] == "uid-2" && e.get("raw").is_none());
+    r.no_event_within(Duration::from_millis(300));
+    assert!(r.stop().0.success());
+}
+
+#[test]
+fn an_unchanged_dedup_keeps_its_cache_while_its_neighbour_changes() {
+    let (dir, events) = setup();
+    let middle = |types: &str| {
+        format!(
+            "  d:\n    type: dedup\n    inputs: [src]\n    key: [uid]\n    window: 1h\n  f:\n    type: filter\n    inputs: [d]\n    types: {types}\n"
+        )
+    };
+    let p = write(
+        dir.path(),
+        "p.yaml",
+        &pipeline(&events, &middle("[Warning]"), OUT),
+    );
+    let mut r = Running::start(&[], &p);
+    append(&events, &[sample_line(1, "Warning")]);
+    assert_eq!(r.next_event()["uid"], "uid-1");
+    replace(&p, &pipeline(&events, &middle("[Warning, Normal]"), OUT));
+    let log = r.wait_log("reload applied");
+    assert!(
+        log.contains("\\\"d\\\"") && log.contains("\"rebuilt\":\"[\\\"f\\\"]\""),
+        "{log}"
+    );
+    // uid-1 again: still in the dedup cache, so dropped; uid-2 (Normal) passes the new filter.
+    append(
+        &events,
+        &[sample_line(1, "Warning"), sample_line(2, "Normal")],
+    );
+    assert_eq!(r.next_event()["uid"], "uid-2");
+    r.no_event_within(Duration::from_millis(300));
+    assert!(r.stop().0.success());
+}
+
+fn api_port(r: &mut Running) -> u16 {
+    let l = r
+        .seen_logs
+        .iter()
+        .find(|l| l.contains("API endpoint"))
+        .cloned()
+        .unwrap_or_else(|| r.wait_log("API endpoint"));
+    let v: serde_json::Value = serde_json::from_str(&l).expect("json log");
+    let listen = v["fields"]["listen"]
+        .as_str()
+        .expect("listen field")
+        .to_string();
+    listen
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port")
+}
+
+fn http(port: u16, method: &str, path: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").expect("send");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read");
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (code, body)
+}
+
+/// Waits until a metric has the expected value (the log line of a reload can be read before
+/// the scrape sees its counter).
+fn expect_metric(port: u16, name_and_labels: &str, want: f64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = metric(port, name_and_labels);
+        if got == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name_and_labels} = {got}, expected {want}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn metric(port: u16, name_and_labels: &str) -> f64 {
+    let (_, body) = http(port, "GET", "/metrics");
+    body.lines()
+        .find(|l| l.starts_with(name_and_labels))
+        .and_then(|l| l.rsplit(' ').next().and_then(|v| v.parse().ok()))
+        .unwrap_or(0.0)
+}
+
+const API: &str = "api:\n  listen: 127.0.0.1:0\n";
+
+#[test]
+fn an_invalid_edit_is_rejected_and_a_failed_build_is_rolled_back() {
+    let (dir, events) = setup();
+    let good = format!("{API}{}", pipeline(&events, FILTER_WARN, OUT));
+    let p = write(dir.path(), "p.yaml", &good);
+    let mut r = Running::start(&[], &p);
+    let port = api_port(&mut r);
+    // Invalid: an unknown field. Rejected with its position; the old pipeline runs on.
+    replace(
+        &p,
+        &good.replace("types: [Warning]", "types: [Warning]\n    tpyes: [Normal]"),
+    );
+    let log = r.wait_log("reload rejected");
+    assert!(
+        log.contains("p.yaml:13:5: stage `f`, field `tpyes`: unknown field"),
+        "{log}"
+    );
+    assert!(!log.contains("no stage reads"), "no knock-on errors: {log}");
+    expect_metric(port, "eventflow_reloads_total{outcome=\"rejected\"}", 1.0);
+    expect_metric(port, "eventflow_config_last_reload_successful", 0.0);
+    append(
+        &events,
+        &[sample_line(1, "Normal"), sample_line(2, "Warning")],
+    );
+    assert_eq!(r.next_event()["uid"], "uid-2");
+    // Valid, but a new stage cannot be built (its file does not exist): rolled back.
+    let broken = good.replace(
+        OUT,
+        "  out:\n    type: stdout\n    inputs: [f, other]\n  other:\n    type: file\n    path: /nonexistent/events.json\n",
+    );
+    replace(&p, &broken);
+    let log = r.wait_log("reload rolled back");
+    assert!(
+        log.contains("stage `other`") && log.contains("does not exist"),
+        "{log}"
+    );
+    expect_metric(
+        port,
+        "eventflow_reloads_total{outcome=\"rolled_back\"}",
+        1.0,
+    );
+    append(&events, &[sample_line(3, "Warning")]);
+    assert_eq!(r.next_event()["uid"], "uid-3");
+    // Fixed again: applied, and the gauge is back to 1.
+    replace(&p, &good.replace("[Warning]", "[Warning, Normal]"));
+    r.wait_log("reload applied");
+    expect_metric(port, "eventflow_config_last_reload_successful", 1.0);
+    assert!(r.stop().0.success());
+}
+
+#[test]
+fn a_configmap_style_symlink_swap_is_picked_up() {
+    let (dir, events) = setup();
+    let d = dir.path();
+    // kubelet's layout: p.yaml -> ..data/p.yaml, ..data -> ..2026_1, swapped atomically.
+    std::fs::create_dir(d.join("..2026_1")).expect("mkdir");
+    write(
+        &d.join("..2026_1"),
+        "p.yaml",
+        &pipeline(&events, FILTER_WARN, OUT),
+    );
+    std::os::unix::fs::symlink("..2026_1", d.join("..data")).expect("symlink");
+    std::os::unix::fs::symlink("..data/p.yaml", d.join("p.yaml")).expect("symlink");
+    let mut r = Running::start(&[], &d.join("p.yaml"));
+    std::fs::create_dir(d.join("..2026_2")).expect("mkdir");
+    write(
+        &d.join("..2026_2"),
+        "p.yaml",
+        &pipeline(&events, FILTER_NORMAL, OUT),
+    );
+    std::os::unix::fs::symlink("..2026_2", d.join("..data_tmp")).expect("symlink");
+    std::fs::rename(d.join("..data_tmp"), d.join("..data")).expect("swap");
+    r.wait_log("reload applied");
+    append(
+        &events,
+        &[sample_line(1, "Warning"), sample_line(2, "Normal")],
+    );
+    assert_eq!(r.next_event()["uid"], "uid-2");
+    assert!(r.stop().0.success());
+}
+
+#[test]
+fn sighup_and_post_reload_apply_the_file() {
+    let (dir, events) = setup();
+    let p = write(
+        dir.path(),
+        "p.yaml",
+        &format!("{API}{}", pipeline(&events, FILTER_WARN, OUT)),
+    );
+    let mut r = Running::start(&["--no-watch"], &p);
+    let port = api_port(&mut r);
+    replace(
+        &p,
+        &format!("{API}{}", pipeline(&events, FILTER_NORMAL, OUT)),
+    );
+    std::thread::sleep(Duration::from_millis(400));
+    append(
+        &events,
+        &[sample_line(1, "Normal"), sample_line(2, "Warning")],
+    );
+    assert_eq!(
+        r.next_event()["uid"],
+        "uid-2",
+        "--no-watch: the edit is not applied by itself"
+    );
+    r.signal("-HUP");
+    let log = r.wait_log("reload applied");
+    assert!(log.contains("SIGHUP"), "{log}");
+    append(
+        &events,
+        &[sample_line(3, "Warning"), sample_line(4, "Normal")],
+    );
+    assert_eq!(r.next_event()["uid"], "uid-4");
+    replace(&p, &format!("{API}{}", pipeline(&events, FILTER_WARN, OUT)));
+    let (code, body) = http(port, "POST", "/-/reload");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("rebuilt: [f]"), "{body}");
+    let (code, body) = http(port, "POST", "/-/reload");
+    assert_eq!(
+        (code, body.contains("rebuilt: []")),
+        (200, true),
+        "nothing changed: {body}"
+    );
+    append(
+        &events,
+        &[sample_line(5, "Normal"), sample_line(6, "Warning")],
+    );
+    assert_eq!(r.next_event()["uid"], "uid-6");
+    replace(&p, "stages: [oops");
+    let (code, body) = http(port, "POST", "/-/reload");
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("p.yaml:"), "{body}");
+    assert!(r.stop().0.success());
+}
+
+#[test]
+fn a_hundred_thousand_events_through_twenty_reloads_arrive_exactly_once() {
+    const N: usize = 100_000;
+    const RELOADS: usize = 20;
+    let (dir, events) = setup();
+    let middle = |i: usize| {
+        format!(
+            "  f:\n    type: filter\n    inputs: [src]\n    types: [Warning, Normal]\n    exclude:\n      namespaces: [never-{i}]\n  d:\n    type: dedup\n    inputs: [f]\n    window: {}s\n",
+            60 + i
+        )
+    };
+    let out = "  out:\n    type: stdout\n    inputs: [d]\n";
+    let p = write(dir.path(), "p.yaml", &pipeline(&events, &middle(0), out));
+    let mut r = Running::start(&["--reload-debounce=20ms"], &p);
+    let mut next = 0;
+    let mut received = Vec::with_capacity(N);
+    for reload in 1..=RELOADS {
+        let chunk: Vec<String> = (next..next + N / RELOADS)
+            .map(|i| sample_line(i, if i % 3 == 0 { "Normal" } else { "Warning" }))
+            .collect();
+        next += chunk.len();
+        append(&events, &chunk);
+        replace(&p, &pipeline(&events, &middle(reload), out));
+        r.wait_log("reload applied");
+        while let Ok(l) = r.out.try_recv() {
+            received.push(l);
+        }
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while received.len() < N && std::time::Instant::now() < deadline {
+        if let Ok(l) = r.out.recv_timeout(Duration::from_millis(200)) {
+            received.push(l);
+        }
+    }
+    let (status, rest) = r.stop();
+    assert!(status.success());
+    received.extend(rest);
+    let mut uids: Vec<String> = received
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).expect("json")["uid"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        uids.len(),
+        N,
+        "events lost or repeated across {RELOADS} reloads"
+    );
+    uids.sort();
+    uids.dedup();
+    assert_eq!(uids.len(), N, "an event arrived twice");
+}

@@ -1,0 +1,155 @@
+//! Helpers for tests that drive the real `eventflow` binary.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_eventflow"));
+    c.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("RUST_LOG");
+    c
+}
+
+pub fn repo(p: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
+}
+
+pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).expect("write");
+    p
+}
+
+/// Replaces a file the way editors do: write a temporary file, rename it over the old one.
+pub fn replace(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp-edit");
+    std::fs::write(&tmp, text).expect("write tmp");
+    std::fs::rename(&tmp, path).expect("rename");
+}
+
+pub fn sample_line(i: usize, ty: &str) -> String {
+    sample_line_ns(i, ty, "shop")
+}
+
+pub fn sample_line_ns(i: usize, ty: &str, ns: &str) -> String {
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"name": format!("web.{i:016x}"), "namespace": ns, "uid": format!("uid-{i}"),
+                     "resourceVersion": (1000 + i).to_string(), "creationTimestamp": "2026-11-27T10:00:00Z"},
+        "involvedObject": {"kind": "Pod", "namespace": ns, "name": "web"},
+        "reason": "BackOff", "message": format!("Back-off restarting failed container, round {i}"),
+        "source": {"component": "kubelet", "host": "worker-1"},
+        "firstTimestamp": "2026-11-27T10:00:00Z", "lastTimestamp": "2026-11-27T10:00:00Z",
+        "count": 1, "type": ty
+    })
+    .to_string()
+}
+
+pub fn lines_of(r: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(r).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// A running `eventflow run` with its stdout and stderr read line by line.
+pub struct Running {
+    pub child: Child,
+    pub out: mpsc::Receiver<String>,
+    pub logs: mpsc::Receiver<String>,
+    pub seen_logs: Vec<String>,
+}
+
+impl Running {
+    pub fn start(args: &[&str], pipeline: &Path) -> Running {
+        let mut child = bin()
+            .arg("--log-format=json")
+            .arg("run")
+            .args(args)
+            .arg(pipeline)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn eventflow");
+        let out = lines_of(child.stdout.take().expect("stdout"));
+        let logs = lines_of(child.stderr.take().expect("stderr"));
+        let mut r = Running {
+            child,
+            out,
+            logs,
+            seen_logs: Vec::new(),
+        };
+        r.wait_log("pipeline started");
+        r
+    }
+
+    /// Waits for a log line containing `needle`, returns it.
+    pub fn wait_log(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(l) = self.logs.recv_timeout(Duration::from_millis(50)) {
+                self.seen_logs.push(l.clone());
+                if l.contains(needle) {
+                    return l;
+                }
+            }
+        }
+        panic!(
+            "no log line with {needle:?}; saw:\n{}",
+            self.seen_logs.join("\n")
+        );
+    }
+
+    /// The next stdout line as JSON.
+    pub fn next_event(&mut self) -> serde_json::Value {
+        let l = self
+            .out
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("no output line; logs:\n{}", self.seen_logs.join("\n")));
+        serde_json::from_str(&l).expect("stdout line is JSON")
+    }
+
+    /// Asserts that no stdout line arrives within `d`.
+    pub fn no_event_within(&mut self, d: Duration) {
+        if let Ok(l) = self.out.recv_timeout(d) {
+            panic!("unexpected output: {l}");
+        }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+    }
+
+    /// SIGTERM, then the exit status and every remaining stdout line.
+    pub fn stop(mut self) -> (std::process::ExitStatus, Vec<String>) {
+        self.signal("-TERM");
+        let status = self.child.wait().expect("wait");
+        let rest: Vec<String> = self.out.iter().collect();
+        (status, rest)
+    }
+}
+
+pub fn append(path: &Path, lines: &[String]) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .expect("open for append");
+    for l in lines {
+        writeln!(f, "{l}").expect("append");
+    }
+    f.flush().expect("flush");
+}
