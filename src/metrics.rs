@@ -159,3 +159,9 @@ pub fn update_process() {
         metrics::gauge!(PROCESS_FDS).set(dir.count() as f64);
     }
 }
+
+pub const SQL_SECONDS: &str = "eventflow_sql_query_seconds";
+
+pub fn sql_latency(stage: &str, op: &'static str) -> metrics::Histogram {
+    metrics::histogram!(SQL_SECONDS, "stage" => stage.to_string(), "operation" => op)
+}

@@ -10,6 +10,7 @@ pub mod file;
 pub mod filter;
 pub mod key;
 pub mod rate_limit;
+pub mod sql;
 pub mod stdout;
 
 use std::fmt;
@@ -221,6 +222,7 @@ pub static TYPES: &[StageType] = &[
     dedup::TYPE,
     aggregate::TYPE,
     rate_limit::TYPE,
+    sql::TYPE,
     stdout::TYPE,
 ];
 

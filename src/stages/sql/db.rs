@@ -1,0 +1,524 @@
+//! One database, three backends: connecting, the `k8s_events` table (created or migrated),
+//! and the statements the sink runs. SQL comes from sea-query (values are always bound
+//! parameters); sqlx runs it. Introspection queries bind the table name too.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sea_query::{
+    Alias, ColumnDef, Expr, ExprTrait, Index, MysqlQueryBuilder, OnConflict, PostgresQueryBuilder, Query,
+    SqliteQueryBuilder, Table, Value,
+};
+use sea_query_sqlx::SqlxBinder;
+use sqlx::{AssertSqlSafe, Row};
+
+/// The schema version eventflow writes into `eventflow_schema`; bump it with a migration.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// Which server a URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+    MySql,
+}
+
+/// A connection pool to one of the backends.
+#[derive(Debug, Clone)]
+pub enum Db {
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool),
+    MySql(sqlx::MySqlPool),
+}
+
+/// A failure, classified by what the sink should do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The server is unreachable or overloaded, or the statement lost a race: retry later.
+    #[error("database unavailable: {0}")]
+    Transient(#[source] sqlx::Error),
+    /// The statement (or a value in it) is wrong: retrying the same thing will fail again.
+    #[error("{0}")]
+    Permanent(#[source] sqlx::Error),
+}
+
+impl DbError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, DbError::Transient(_))
+    }
+}
+
+fn classify(e: sqlx::Error) -> DbError {
+    use sqlx::Error as E;
+    let transient = match &e {
+        E::Io(_) | E::Tls(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed | E::Protocol(_) => true,
+        E::Database(db) => {
+            let code = db.code().map(|c| c.to_string()).unwrap_or_default();
+            // PostgreSQL: connection exceptions, shutdown, resources, serialization/deadlock.
+            code.starts_with("08")
+                || code.starts_with("57P")
+                || code.starts_with("53")
+                || code == "40001"
+                || code == "40P01"
+                // MySQL/MariaDB: lock wait, deadlock, gone away, lost, too many connections, shutdown.
+                || ["1205", "1213", "2006", "2013", "1040", "1053", "1927", "HY000"].contains(&code.as_str())
+                    && db.message().to_lowercase().contains("connection")
+                || ["1205", "1213", "2006", "2013", "1040", "1053", "1927"].contains(&code.as_str())
+                // SQLite: busy, locked.
+                || code == "5"
+                || code == "6"
+        }
+        _ => false,
+    };
+    if transient { DbError::Transient(e) } else { DbError::Permanent(e) }
+}
+
+/// Checks that a table name is a plain SQL identifier.
+pub fn valid_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && name.len() <= 63
+}
+
+/// Names the backend of a URL (`mariadb://` is MySQL).
+pub fn backend_of(url: &str) -> Option<Backend> {
+    let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or(url);
+    match scheme {
+        "sqlite" => Some(Backend::Sqlite),
+        "postgres" | "postgresql" => Some(Backend::Postgres),
+        "mysql" | "mariadb" => Some(Backend::MySql),
+        _ => None,
+    }
+}
+
+/// Hides the password of a URL for messages.
+pub fn redact(url: &str) -> String {
+    match (url.split_once("://"), url.rfind('@')) {
+        (Some((scheme, rest)), Some(at)) if at > scheme.len() + 3 => {
+            let userinfo = &rest[..at - scheme.len() - 3];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***@{}", &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+impl Db {
+    pub async fn connect(url: &str, max_conns: u32, timeout: Duration) -> Result<Db, String> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let err = |e: sqlx::Error| format!("cannot connect to {}: {e}", redact(url));
+        match backend_of(url) {
+            Some(Backend::Sqlite) => {
+                let opts = sqlx::sqlite::SqliteConnectOptions::from_str(url)
+                    .map_err(err)?
+                    .create_if_missing(true)
+                    .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+                    .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
+                    .busy_timeout(Duration::from_secs(5));
+                let pool = sqlx::sqlite::SqlitePoolOptions::new()
+                    .max_connections(std::cmp::Ord::max(max_conns, 1))
+                    .acquire_timeout(timeout)
+                    .connect_with(opts)
+                    .await
+                    .map_err(err)?;
+                Ok(Db::Sqlite(pool))
+            }
+            Some(Backend::Postgres) => sqlx::postgres::PgPoolOptions::new()
+                .max_connections(std::cmp::Ord::max(max_conns, 1))
+                .acquire_timeout(timeout)
+                .connect(url)
+                .await
+                .map(Db::Postgres)
+                .map_err(err),
+            Some(Backend::MySql) => {
+                let url = url.replacen("mariadb://", "mysql://", 1);
+                sqlx::mysql::MySqlPoolOptions::new()
+                    .max_connections(std::cmp::Ord::max(max_conns, 1))
+                    .acquire_timeout(timeout)
+                    .connect(&url)
+                    .await
+                    .map(Db::MySql)
+                    .map_err(err)
+            }
+            None => Err(format!(
+                "unsupported database URL `{}` (expected sqlite://, postgres://, mysql:// or mariadb://)",
+                redact(url)
+            )),
+        }
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self {
+            Db::Sqlite(_) => Backend::Sqlite,
+            Db::Postgres(_) => Backend::Postgres,
+            Db::MySql(_) => Backend::MySql,
+        }
+    }
+
+    /// Runs one statement (DDL or a query without parameters).
+    pub async fn execute_raw(&self, sql: String) -> Result<u64, DbError> {
+        let r = match self {
+            Db::Sqlite(p) => sqlx::raw_sql(AssertSqlSafe(sql)).execute(p).await.map(|r| r.rows_affected()),
+            Db::Postgres(p) => sqlx::raw_sql(AssertSqlSafe(sql)).execute(p).await.map(|r| r.rows_affected()),
+            Db::MySql(p) => sqlx::raw_sql(AssertSqlSafe(sql)).execute(p).await.map(|r| r.rows_affected()),
+        };
+        r.map_err(classify)
+    }
+
+    /// Runs statements built by sea-query in one transaction.
+    pub async fn execute_in_tx(&self, statements: &[(String, sea_query_sqlx::SqlxValues)]) -> Result<u64, DbError> {
+        macro_rules! run {
+            ($pool:expr) => {{
+                let mut tx = $pool.begin().await.map_err(classify)?;
+                let mut n = 0;
+                for (sql, values) in statements {
+                    n += sqlx::query_with(AssertSqlSafe(sql.clone()), values.clone())
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(classify)?
+                        .rows_affected();
+                }
+                tx.commit().await.map_err(classify)?;
+                Ok(n)
+            }};
+        }
+        match self {
+            Db::Sqlite(p) => run!(p),
+            Db::Postgres(p) => run!(p),
+            Db::MySql(p) => run!(p),
+        }
+    }
+
+    /// The column names of `table` (empty if it does not exist).
+    pub async fn columns(&self, table: &str) -> Result<Vec<String>, DbError> {
+        let rows: Vec<String> = match self {
+            Db::Sqlite(p) => sqlx::query("SELECT name FROM pragma_table_info(?)")
+                .bind(table)
+                .fetch_all(p)
+                .await
+                .map_err(classify)?
+                .iter()
+                .filter_map(|r| r.try_get::<String, _>(0).ok())
+                .collect(),
+            Db::Postgres(p) => sqlx::query(
+                "SELECT column_name::text FROM information_schema.columns WHERE table_name = $1 AND table_schema = current_schema()",
+            )
+            .bind(table)
+            .fetch_all(p)
+            .await
+            .map_err(classify)?
+            .iter()
+            .filter_map(|r| r.try_get::<String, _>(0).ok())
+            .collect(),
+            Db::MySql(p) => sqlx::query(
+                "SELECT CAST(column_name AS CHAR) FROM information_schema.columns WHERE table_name = ? AND table_schema = DATABASE()",
+            )
+            .bind(table)
+            .fetch_all(p)
+            .await
+            .map_err(classify)?
+            .iter()
+            .filter_map(|r| r.try_get::<String, _>(0).ok())
+            .collect(),
+        };
+        Ok(rows.into_iter().map(|c| c.to_lowercase()).collect())
+    }
+
+    fn build_insert(&self, q: &sea_query::InsertStatement) -> (String, sea_query_sqlx::SqlxValues) {
+        match self.backend() {
+            Backend::Sqlite => q.build_sqlx(SqliteQueryBuilder),
+            Backend::Postgres => q.build_sqlx(PostgresQueryBuilder),
+            Backend::MySql => q.build_sqlx(MysqlQueryBuilder),
+        }
+    }
+
+    fn build_delete(&self, q: &sea_query::DeleteStatement) -> (String, sea_query_sqlx::SqlxValues) {
+        match self.backend() {
+            Backend::Sqlite => q.build_sqlx(SqliteQueryBuilder),
+            Backend::Postgres => q.build_sqlx(PostgresQueryBuilder),
+            Backend::MySql => q.build_sqlx(MysqlQueryBuilder),
+        }
+    }
+
+    fn schema_sql(&self, t: &sea_query::TableCreateStatement) -> String {
+        match self.backend() {
+            Backend::Sqlite => t.to_string(SqliteQueryBuilder),
+            Backend::Postgres => t.to_string(PostgresQueryBuilder),
+            Backend::MySql => t.to_string(MysqlQueryBuilder),
+        }
+    }
+}
+
+/// A column of the events table: name and how to declare it on each backend.
+struct Col {
+    name: &'static str,
+    kind: ColKind,
+}
+
+#[derive(Clone, Copy)]
+enum ColKind {
+    Key,
+    Short,
+    Text,
+    LongText,
+    Time,
+    BigInt,
+    Bool,
+    Int,
+}
+
+/// Every column but `id`. The first block is the seed's table; the rest is eventflow's.
+const COLUMNS: &[Col] = &[
+    Col { name: "evt_key", kind: ColKind::Key },
+    Col { name: "cluster", kind: ColKind::Short },
+    Col { name: "namespace", kind: ColKind::Short },
+    Col { name: "name", kind: ColKind::Short },
+    Col { name: "type", kind: ColKind::Short },
+    Col { name: "reason", kind: ColKind::Short },
+    Col { name: "level", kind: ColKind::Short },
+    Col { name: "message", kind: ColKind::Text },
+    Col { name: "timestamp", kind: ColKind::Time },
+    Col { name: "processed", kind: ColKind::Bool },
+    Col { name: "attempts", kind: ColKind::Int },
+    Col { name: "created_at", kind: ColKind::Time },
+    Col { name: "updated_at", kind: ColKind::Time },
+    Col { name: "uid", kind: ColKind::Short },
+    Col { name: "kind", kind: ColKind::Short },
+    Col { name: "object_name", kind: ColKind::Short },
+    Col { name: "object_namespace", kind: ColKind::Short },
+    Col { name: "object_uid", kind: ColKind::Short },
+    Col { name: "count", kind: ColKind::BigInt },
+    Col { name: "first_seen", kind: ColKind::Time },
+    Col { name: "last_seen", kind: ColKind::Time },
+    Col { name: "source", kind: ColKind::Short },
+    Col { name: "host", kind: ColKind::Short },
+    Col { name: "resource_version", kind: ColKind::Short },
+    Col { name: "raw", kind: ColKind::LongText },
+];
+
+fn column_def(c: &Col, backend: Backend) -> ColumnDef {
+    let mut d = ColumnDef::new(Alias::new(c.name));
+    match c.kind {
+        ColKind::Key => d.string_len(255).not_null(),
+        ColKind::Short => d.string_len(255).null(),
+        ColKind::Text => match backend {
+            Backend::MySql => d.custom(Alias::new("MEDIUMTEXT")).null(),
+            _ => d.text().null(),
+        },
+        ColKind::LongText => match backend {
+            Backend::MySql => d.custom(Alias::new("LONGTEXT")).null(),
+            _ => d.text().null(),
+        },
+        ColKind::Time => match backend {
+            Backend::Postgres => d.timestamp_with_time_zone().null(),
+            Backend::MySql => d.custom(Alias::new("DATETIME(6)")).null(),
+            Backend::Sqlite => d.date_time().null(),
+        },
+        ColKind::BigInt => d.big_integer().not_null().default(1),
+        ColKind::Bool => d.boolean().not_null().default(false),
+        ColKind::Int => d.integer().not_null().default(0),
+    };
+    d.to_owned()
+}
+
+/// Creates the table and its indexes if missing, adds missing columns to an existing table
+/// (a table created by the seed keeps its rows), and records the schema version.
+pub async fn ensure_table(db: &Db, table: &str) -> Result<(), DbError> {
+    let backend = db.backend();
+    let existing = db.columns(table).await?;
+    if existing.is_empty() {
+        let mut t = Table::create();
+        t.table(Alias::new(table)).if_not_exists().col(
+            ColumnDef::new(Alias::new("id"))
+                .big_integer()
+                .not_null()
+                .auto_increment()
+                .primary_key(),
+        );
+        for c in COLUMNS {
+            t.col(column_def(c, backend));
+        }
+        if backend == Backend::MySql {
+            db.execute_raw(db.schema_sql(&t) + " DEFAULT CHARSET=utf8mb4").await?;
+        } else {
+            db.execute_raw(db.schema_sql(&t)).await?;
+        }
+    } else {
+        for c in COLUMNS.iter().filter(|c| !existing.iter().any(|e| e == c.name)) {
+            let mut def = column_def(c, backend);
+            if matches!(c.kind, ColKind::Key) {
+                def = ColumnDef::new(Alias::new(c.name)).string_len(255).null().to_owned();
+            }
+            let alter = Table::alter().table(Alias::new(table)).add_column(def).to_owned();
+            let sql = match backend {
+                Backend::Sqlite => alter.to_string(SqliteQueryBuilder),
+                Backend::Postgres => alter.to_string(PostgresQueryBuilder),
+                Backend::MySql => alter.to_string(MysqlQueryBuilder),
+            };
+            tracing::info!(table, column = c.name, "adding a missing column to an existing table");
+            db.execute_raw(sql).await?;
+        }
+    }
+    let indexes: [(&str, &[&str], bool); 6] = [
+        ("evt_key", &["evt_key"], true),
+        ("processed_ts", &["processed", "timestamp"], false),
+        ("namespace", &["namespace"], false),
+        ("type", &["type"], false),
+        ("reason", &["reason"], false),
+        ("last_seen", &["last_seen"], false),
+    ];
+    for (suffix, cols, unique) in indexes {
+        let mut i = Index::create();
+        i.name(format!("idx_{table}_{suffix}")).table(Alias::new(table));
+        for c in cols {
+            i.col(Alias::new(*c));
+        }
+        if unique {
+            i.unique();
+        }
+        let sql = match backend {
+            Backend::Sqlite => i.if_not_exists().to_string(SqliteQueryBuilder),
+            Backend::Postgres => i.if_not_exists().to_string(PostgresQueryBuilder),
+            // MySQL has no CREATE INDEX IF NOT EXISTS: an existing index is error 1061.
+            Backend::MySql => i.to_string(MysqlQueryBuilder),
+        };
+        match db.execute_raw(sql).await {
+            Ok(_) => {}
+            Err(DbError::Permanent(sqlx::Error::Database(e))) if e.code().as_deref() == Some("42000") && e.message().contains("Duplicate key name") => {}
+            Err(e) => return Err(e),
+        }
+    }
+    record_version(db, table).await
+}
+
+async fn record_version(db: &Db, table: &str) -> Result<(), DbError> {
+    let mut t = Table::create();
+    t.table(Alias::new("eventflow_schema"))
+        .if_not_exists()
+        .col(ColumnDef::new(Alias::new("table_name")).string_len(64).not_null().primary_key())
+        .col(ColumnDef::new(Alias::new("version")).big_integer().not_null());
+    db.execute_raw(db.schema_sql(&t)).await?;
+    let q = Query::insert()
+        .into_table(Alias::new("eventflow_schema"))
+        .columns([Alias::new("table_name"), Alias::new("version")])
+        .values_panic([table.into(), SCHEMA_VERSION.into()])
+        .on_conflict(OnConflict::column(Alias::new("table_name")).update_column(Alias::new("version")).to_owned())
+        .to_owned();
+    db.execute_in_tx(&[db.build_insert(&q)]).await.map(|_| ())
+}
+
+/// One row to upsert.
+pub struct RowValues {
+    pub evt_key: String,
+    pub values: Vec<Value>,
+}
+
+/// The columns an upsert writes, in order (the seed's `processed` and `attempts` keep their
+/// defaults on insert and are never overwritten).
+pub const WRITTEN: &[&str] = &[
+    "evt_key",
+    "cluster",
+    "namespace",
+    "name",
+    "type",
+    "reason",
+    "level",
+    "message",
+    "timestamp",
+    "created_at",
+    "updated_at",
+    "uid",
+    "kind",
+    "object_name",
+    "object_namespace",
+    "object_uid",
+    "count",
+    "first_seen",
+    "last_seen",
+    "source",
+    "host",
+    "resource_version",
+    "raw",
+];
+
+/// What a repeat of a known event updates.
+const UPDATED: &[&str] = &[
+    "name",
+    "type",
+    "reason",
+    "level",
+    "message",
+    "timestamp",
+    "updated_at",
+    "count",
+    "first_seen",
+    "last_seen",
+    "source",
+    "host",
+    "resource_version",
+    "raw",
+];
+
+/// A multi-row upsert keyed by `evt_key`.
+pub fn upsert(db: &Db, table: &str, rows: &[RowValues]) -> (String, sea_query_sqlx::SqlxValues) {
+    let mut q = Query::insert();
+    q.into_table(Alias::new(table)).columns(WRITTEN.iter().map(|c| Alias::new(*c)));
+    for r in rows {
+        q.values_panic(r.values.iter().cloned().map(Into::into));
+    }
+    q.on_conflict(
+        OnConflict::column(Alias::new("evt_key"))
+            .update_columns(UPDATED.iter().map(|c| Alias::new(*c)))
+            .to_owned(),
+    );
+    db.build_insert(&q)
+}
+
+/// Deletes up to `limit` rows last seen before `before`. Returns how many went.
+pub async fn delete_older(db: &Db, table: &str, before: DateTime<Utc>, limit: u64) -> Result<u64, DbError> {
+    let t = Alias::new(table);
+    let q = match db.backend() {
+        // MySQL cannot LIMIT inside IN (subquery), but has DELETE ... LIMIT.
+        Backend::MySql => Query::delete()
+            .from_table(t)
+            .and_where(Expr::col(Alias::new("last_seen")).lt(before))
+            .order_by(Alias::new("id"), sea_query::Order::Asc)
+            .limit(limit)
+            .to_owned(),
+        _ => Query::delete()
+            .from_table(t.clone())
+            .and_where(
+                Expr::col(Alias::new("id")).in_subquery(
+                    Query::select()
+                        .column(Alias::new("id"))
+                        .from(t)
+                        .and_where(Expr::col(Alias::new("last_seen")).lt(before))
+                        .order_by(Alias::new("id"), sea_query::Order::Asc)
+                        .limit(limit)
+                        .to_owned(),
+                ),
+            )
+            .to_owned(),
+    };
+    db.execute_in_tx(&[db.build_delete(&q)]).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_and_urls() {
+        assert!(valid_identifier("k8s_events"));
+        assert!(!valid_identifier("k8s-events"));
+        assert!(!valid_identifier("x; DROP TABLE y"));
+        assert!(!valid_identifier("1abc"));
+        assert_eq!(backend_of("mariadb://u:p@h/db"), Some(Backend::MySql));
+        assert_eq!(backend_of("sqlite://x.db"), Some(Backend::Sqlite));
+        assert_eq!(backend_of("redis://x"), None);
+        assert_eq!(redact("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(redact("sqlite://x.db"), "sqlite://x.db");
+    }
+}

@@ -1,0 +1,396 @@
+//! `sql`: stores events in SQLite, PostgreSQL or MySQL/MariaDB (chosen by the URL's scheme).
+//!
+//! The table (default `k8s_events`) is created if missing and keeps every column of the
+//! seed's table, so queries written for the seed still work, plus the involved object, count,
+//! first/last seen, reporting source and host, resourceVersion and the raw JSON. A table the
+//! seed created is migrated in place (missing columns added, rows kept); the schema version is
+//! recorded in `eventflow_schema`.
+//!
+//! Writes are batched (`batch.max_events`, `batch.max_wait`) into multi-row upserts keyed by
+//! `evt_key` (default `cluster/uid`) inside one transaction; a repeat of an event updates its
+//! count, last seen, message and resourceVersion. A batch is acknowledged only after commit.
+//! When the database is unreachable the sink keeps its batch and retries with exponential
+//! backoff and jitter, reading nothing meanwhile, so upstream slows down (back-pressure) and
+//! nothing is dropped or acknowledged early. A row the database refuses for good (e.g. a value
+//! too long) is found by retrying the batch row by row, logged with its key, counted
+//! (`eventflow_events_discarded_total{reason="rejected"}`) and acknowledged as rejected; the
+//! other rows are stored.
+
+pub mod db;
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use futures::future::BoxFuture;
+use metrics::{Counter, Histogram};
+use schemars::JsonSchema;
+use sea_query::Value;
+use serde::Deserialize;
+
+use super::key::KeySpec;
+use super::{BuildContext, BuildError, Sink, SinkContext, Stage, StageConfig, StageError, StageKind, StageType};
+use crate::config::types::Dur;
+use crate::engine::ack::Status;
+use crate::event::{Event, Field};
+use db::{Db, DbError, RowValues};
+
+/// How a sink groups events into writes.
+#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// The most events in one write.
+    #[serde(default = "default_max_events")]
+    pub max_events: usize,
+    /// The longest an event waits for its batch to fill.
+    #[serde(default = "default_max_wait")]
+    pub max_wait: Dur,
+}
+
+fn default_max_events() -> usize {
+    500
+}
+
+fn default_max_wait() -> Dur {
+    Dur::secs(1)
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_events: default_max_events(),
+            max_wait: default_max_wait(),
+        }
+    }
+}
+
+/// Retries of writes while the database is unavailable.
+#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BackoffConfig {
+    /// The first wait.
+    #[serde(default = "default_initial")]
+    pub initial: Dur,
+    /// The longest wait.
+    #[serde(default = "default_max")]
+    pub max: Dur,
+}
+
+fn default_initial() -> Dur {
+    Dur::millis(200)
+}
+
+fn default_max() -> Dur {
+    Dur::secs(30)
+}
+
+impl Default for BackoffConfig {
+    fn default() -> Self {
+        BackoffConfig {
+            initial: default_initial(),
+            max: default_max(),
+        }
+    }
+}
+
+/// Stores events in SQLite, PostgreSQL or MySQL/MariaDB.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SqlConfig {
+    /// `sqlite://path.db` (created if missing), `postgres://user:pass@host:5432/db`,
+    /// `mysql://user:pass@host:3306/db` or `mariadb://...`.
+    pub url: String,
+    /// The table name (a plain identifier).
+    #[serde(default = "default_table")]
+    pub table: String,
+    /// The most connections the pool opens.
+    #[serde(default = "default_conns")]
+    pub max_conns: u32,
+    /// Batching of writes.
+    #[serde(default)]
+    pub batch: BatchConfig,
+    /// Delete rows last seen longer ago than this (e.g. `7d`). Off when absent.
+    #[serde(default)]
+    pub retention: Option<Dur>,
+    /// The event fields whose values, joined with `/`, make `evt_key` (the upsert key).
+    #[serde(default = "default_key")]
+    pub key: Vec<Field>,
+    /// Retries while the database is unavailable.
+    #[serde(default)]
+    pub backoff: BackoffConfig,
+    /// How long connecting may take when the stage is built.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Dur,
+}
+
+fn default_table() -> String {
+    "k8s_events".into()
+}
+
+fn default_conns() -> u32 {
+    5
+}
+
+fn default_key() -> Vec<Field> {
+    vec![Field::Cluster, Field::Uid]
+}
+
+fn default_connect_timeout() -> Dur {
+    Dur::secs(10)
+}
+
+impl StageConfig for SqlConfig {
+    fn build<'a>(&'a self, cx: &'a BuildContext) -> BoxFuture<'a, Result<Stage, BuildError>> {
+        Box::pin(async move {
+            let fail = |message: String| BuildError {
+                stage: cx.id.clone(),
+                message,
+            };
+            if !db::valid_identifier(&self.table) {
+                return Err(fail(format!(
+                    "field `table`: `{}` is not a plain identifier (letters, digits, `_`)",
+                    self.table
+                )));
+            }
+            if self.batch.max_events == 0 || self.key.is_empty() {
+                return Err(fail("`batch.max_events` must be above zero and `key` name a field".into()));
+            }
+            let db = Db::connect(&self.url, self.max_conns, self.connect_timeout.0)
+                .await
+                .map_err(|m| fail(format!("field `url`: {m}")))?;
+            db::ensure_table(&db, &self.table)
+                .await
+                .map_err(|e| fail(format!("cannot prepare table `{}`: {e}", self.table)))?;
+            Ok(Stage::Sink(Box::new(SqlSink::new(self.clone(), db, &cx.id)) as Box<dyn Sink>))
+        })
+    }
+}
+
+/// The sink, usable on its own (benchmarks).
+pub struct SqlSink {
+    cfg: SqlConfig,
+    db: Db,
+    key: KeySpec,
+    rejected: Counter,
+    unavailable: Counter,
+    latency: Histogram,
+}
+
+impl SqlSink {
+    pub fn new(cfg: SqlConfig, db: Db, stage: &str) -> SqlSink {
+        SqlSink {
+            key: KeySpec(cfg.key.clone()),
+            rejected: crate::metrics::discarded(stage, "sql", "rejected"),
+            unavailable: crate::metrics::stage_errors(stage, "sql", "db_unavailable"),
+            latency: crate::metrics::sql_latency(stage, "upsert"),
+            cfg,
+            db,
+        }
+    }
+
+    fn row(&self, e: &Event) -> RowValues {
+        let now = Utc::now();
+        let mut evt_key = String::new();
+        self.key.write(e, &mut evt_key);
+        let evt_key = evt_key.replace('\u{1f}', "/");
+        let s = |v: &str| Value::from(v.to_string());
+        let t = |v: Option<chrono::DateTime<Utc>>| Value::from(v);
+        let level = match e.type_.as_str() {
+            "Warning" => "warning",
+            "Normal" => "info",
+            other => other,
+        };
+        let values = vec![
+            s(&evt_key),
+            s(&e.cluster),
+            s(&e.namespace),
+            s(&e.name),
+            s(&e.type_),
+            s(&e.reason),
+            s(level),
+            s(&e.message),
+            t(e.last_seen.or(Some(now))),
+            t(Some(now)),
+            t(Some(now)),
+            s(&e.uid),
+            s(&e.kind),
+            s(&e.object_name),
+            s(&e.object_namespace),
+            s(&e.object_uid),
+            Value::from(e.count),
+            t(e.first_seen),
+            t(e.last_seen),
+            s(&e.source),
+            s(&e.host),
+            s(&e.resource_version),
+            Value::from(e.raw.as_deref().map(str::to_string)),
+        ];
+        RowValues { evt_key, values }
+    }
+
+    /// Writes a batch, retrying while the database is unavailable. Returns the events with
+    /// the status each one gets.
+    pub async fn write(&self, batch: &[Event]) -> Vec<Status> {
+        // One row per key: the last version of an event in the batch wins (a multi-row
+        // upsert may not touch the same row twice).
+        let mut rows: Vec<RowValues> = Vec::with_capacity(batch.len());
+        let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::with_capacity(batch.len());
+        for e in batch {
+            let r = self.row(e);
+            match index.get(&r.evt_key) {
+                Some(&i) => rows[i] = r,
+                None => {
+                    index.insert(r.evt_key.clone(), rows.len());
+                    rows.push(r);
+                }
+            }
+        }
+        let mut statuses = vec![Status::Delivered; batch.len()];
+        let mut delay = self.cfg.backoff.initial.0;
+        loop {
+            let started = Instant::now();
+            match self.db.execute_in_tx(&[db::upsert(&self.db, &self.cfg.table, &rows)]).await {
+                Ok(_) => {
+                    self.latency.record(started.elapsed().as_secs_f64());
+                    return statuses;
+                }
+                Err(e) if e.is_transient() => {
+                    self.unavailable.increment(1);
+                    tracing::warn!(error = %e, retry_in = ?delay, events = batch.len(), "database write failed; keeping the batch and retrying");
+                    tokio::time::sleep(jitter(delay)).await;
+                    delay = (delay * 2).min(self.cfg.backoff.max.0);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "batch refused; writing its rows one by one to find the bad ones");
+                    let bad = self.write_one_by_one(&rows).await;
+                    for (i, ev) in batch.iter().enumerate() {
+                        let mut k = String::new();
+                        self.key.write(ev, &mut k);
+                        if bad.contains(&k.replace('\u{1f}', "/")) {
+                            statuses[i] = Status::Rejected;
+                        }
+                    }
+                    return statuses;
+                }
+            }
+        }
+    }
+
+    /// Returns the keys of the rows the database refused for good.
+    async fn write_one_by_one(&self, rows: &[RowValues]) -> Vec<String> {
+        let mut bad = Vec::new();
+        for r in rows {
+            let mut delay = self.cfg.backoff.initial.0;
+            loop {
+                let stmt = db::upsert(&self.db, &self.cfg.table, std::slice::from_ref(r));
+                match self.db.execute_in_tx(&[stmt]).await {
+                    Ok(_) => break,
+                    Err(DbError::Permanent(e)) => {
+                        tracing::error!(evt_key = %r.evt_key, error = %e, "the database refused this event; it is not stored");
+                        self.rejected.increment(1);
+                        bad.push(r.evt_key.clone());
+                        break;
+                    }
+                    Err(e) => {
+                        self.unavailable.increment(1);
+                        tracing::warn!(error = %e, retry_in = ?delay, "database write failed; retrying");
+                        tokio::time::sleep(jitter(delay)).await;
+                        delay = (delay * 2).min(self.cfg.backoff.max.0);
+                    }
+                }
+            }
+        }
+        bad
+    }
+}
+
+/// Full jitter: a random wait between half and all of `d`.
+fn jitter(d: Duration) -> Duration {
+    let f: f64 = rand::random_range(0.5..=1.0);
+    d.mul_f64(f)
+}
+
+impl Sink for SqlSink {
+    fn run(self: Box<Self>, mut cx: SinkContext) -> BoxFuture<'static, Result<(), StageError>> {
+        Box::pin(async move {
+            let retention = self.cfg.retention.map(|r| {
+                let db = self.db.clone();
+                let table = self.cfg.table.clone();
+                tokio::spawn(retention_loop(db, table, r.0))
+            });
+            let max = self.cfg.batch.max_events;
+            let mut buf: Vec<Event> = Vec::with_capacity(max);
+            let mut deadline: Option<tokio::time::Instant> = None;
+            let mut open = true;
+            while open || !buf.is_empty() {
+                let flush_now = buf.len() >= max || (!open && !buf.is_empty());
+                if !flush_now {
+                    tokio::select! {
+                        b = cx.input.recv() => match b {
+                            Some(b) => {
+                                if buf.is_empty() {
+                                    deadline = Some(tokio::time::Instant::now() + self.cfg.batch.max_wait.0);
+                                }
+                                buf.extend(b);
+                                if buf.len() < max { continue; }
+                            }
+                            None => { open = false; continue; }
+                        },
+                        _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {}
+                    }
+                }
+                while !buf.is_empty() && (buf.len() >= max || !open || deadline.is_some_and(|d| d <= tokio::time::Instant::now())) {
+                    let rest = buf.split_off(buf.len().min(max));
+                    let batch = std::mem::replace(&mut buf, rest);
+                    let statuses = self.write(&batch).await;
+                    for (e, s) in batch.iter().zip(statuses) {
+                        if s != Status::Delivered {
+                            e.set_status(s);
+                        }
+                    }
+                    drop(batch);
+                }
+                deadline = (!buf.is_empty()).then(|| tokio::time::Instant::now() + self.cfg.batch.max_wait.0);
+            }
+            if let Some(h) = retention {
+                h.abort();
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Deletes old rows in batches of 1,000, every tenth of the retention (at most every 5 min).
+async fn retention_loop(db: Db, table: String, retention: Duration) {
+    let every = (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(300));
+    loop {
+        let cutoff = Utc::now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+        let mut total = 0;
+        loop {
+            match db::delete_older(&db, &table, cutoff, 1000).await {
+                Ok(n) => {
+                    total += n;
+                    if n < 1000 {
+                        break;
+                    }
+                    tokio::task::yield_now().await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "retention: delete failed; will try again");
+                    break;
+                }
+            }
+        }
+        if total > 0 {
+            tracing::info!(table, rows = total, "retention: deleted rows last seen before the cutoff");
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+pub const TYPE: StageType = StageType {
+    name: "sql",
+    kind: StageKind::Sink,
+    summary: "stores events in SQLite, PostgreSQL or MySQL/MariaDB (batched upserts)",
+    parse: super::parse_config::<SqlConfig>,
+    schema: super::schema_of::<SqlConfig>,
+};
