@@ -35,14 +35,32 @@ fn lines_json(stdout: &[u8]) -> Vec<serde_json::Value> {
 
 #[test]
 fn the_demo_prints_the_warnings_outside_kube_system() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("demo.db");
     let out = bin()
         .args(["run", "pipelines/demo.yaml"])
+        .env("EVENTFLOW_DEMO_DB", &db)
         .output()
         .expect("run");
     assert!(
         out.status.success(),
         "stderr: {}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    // The same Warnings are in the SQLite table, one row per Event object, counts updated.
+    let rt = tokio::runtime::Runtime::new().expect("rt");
+    let (rows, backoff_count): (i64, i64) = rt.block_on(async {
+        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display())).await.expect("open demo db");
+        let rows = sqlx::query_scalar("SELECT COUNT(*) FROM k8s_events").fetch_one(&pool).await.expect("count");
+        let c = sqlx::query_scalar("SELECT count FROM k8s_events WHERE reason = 'BackOff' AND object_name = 'web-7d4b9c-x2x9q'")
+            .fetch_one(&pool)
+            .await
+            .expect("backoff row");
+        (rows, c)
+    });
+    assert_eq!(
+        backoff_count, 8,
+        "the repeated BackOff is one row with the latest count"
     );
     let samples: Vec<serde_json::Value> = serde_json::from_str(
         &std::fs::read_to_string(repo("pipelines/samples/events.json")).expect("samples"),
@@ -62,6 +80,9 @@ fn the_demo_prints_the_warnings_outside_kube_system() {
         got_rv, want,
         "the Warnings outside kube-system, in file order"
     );
+    let distinct: std::collections::HashSet<&str> =
+        got.iter().filter_map(|e| e["uid"].as_str()).collect();
+    assert_eq!(rows as usize, distinct.len(), "one row per Event object");
     assert!(want.len() >= 40);
     for e in &got {
         assert_eq!(e["cluster"], "demo");

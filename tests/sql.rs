@@ -8,13 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use eventflow::config;
-use eventflow::engine::ack::Status;
 use eventflow::engine::Topology;
+use eventflow::engine::ack::Status;
 use eventflow::event::EventData;
-use eventflow::stages::sql::db::Db;
-use eventflow::stages::sql::SqlConfig;
 use eventflow::stages::StageKind;
-use eventflow::testkit::{event, ChannelSource, PipelineBuilder};
+use eventflow::stages::sql::SqlConfig;
+use eventflow::stages::sql::db::Db;
+use eventflow::testkit::{ChannelSource, PipelineBuilder, event};
 
 struct Backend {
     name: &'static str,
@@ -29,10 +29,19 @@ fn backends(test: &str) -> Vec<Backend> {
         url: format!("sqlite://{}", dir.path().join("events.db").display()),
         _dir: Some(dir),
     }];
-    for (name, var) in [("postgres", "EVENTFLOW_TEST_POSTGRES_URL"), ("mysql", "EVENTFLOW_TEST_MYSQL_URL")] {
+    for (name, var) in [
+        ("postgres", "EVENTFLOW_TEST_POSTGRES_URL"),
+        ("mysql", "EVENTFLOW_TEST_MYSQL_URL"),
+    ] {
         match std::env::var(var) {
-            Ok(url) if !url.is_empty() => v.push(Backend { name, url, _dir: None }),
-            _ => eprintln!("{test}: SKIPPED on {name}: {var} is not set (CI sets it; see .ci/test-env.sh)"),
+            Ok(url) if !url.is_empty() => v.push(Backend {
+                name,
+                url,
+                _dir: None,
+            }),
+            _ => eprintln!(
+                "{test}: SKIPPED on {name}: {var} is not set (CI sets it; see .ci/test-env.sh)"
+            ),
         }
     }
     v
@@ -51,8 +60,11 @@ fn rand_suffix() -> String {
 }
 
 fn sql_config(url: &str, table: &str, extra: &str) -> Arc<SqlConfig> {
-    let yaml = format!("url: {url}\ntable: {table}\nbatch: {{max_events: 100, max_wait: 50ms}}\n{extra}");
-    Arc::new(config::tree::from_node(&config::tree::parse(&yaml).expect("yaml")).expect("sql config"))
+    let yaml =
+        format!("url: {url}\ntable: {table}\nbatch: {{max_events: 100, max_wait: 50ms}}\n{extra}");
+    Arc::new(
+        config::tree::from_node(&config::tree::parse(&yaml).expect("yaml")).expect("sql config"),
+    )
 }
 
 /// Runs events through channel source -> sql sink and returns each batch's final status.
@@ -60,7 +72,14 @@ async fn store(url: &str, table: &str, extra: &str, batches: Vec<Vec<EventData>>
     let (src, feed) = ChannelSource::new(4);
     let p = PipelineBuilder::new()
         .stage("src", "channel", StageKind::Source, &[], Arc::new(src), 0)
-        .stage("db", "sql", StageKind::Sink, &["src"], sql_config(url, table, extra), 0)
+        .stage(
+            "db",
+            "sql",
+            StageKind::Sink,
+            &["src"],
+            sql_config(url, table, extra),
+            0,
+        )
         .build();
     let topo = Topology::start(p).await.expect("start");
     let mut acks = Vec::new();
@@ -104,13 +123,28 @@ async fn rows(db: &Db, table: &str) -> Vec<Row> {
                 .map(|r| Row {
                     evt_key: r.try_get(0).expect("evt_key"),
                     count: r.try_get(1).expect("count"),
-                    message: r.try_get::<Option<String>, _>(2).expect("message").unwrap_or_default(),
-                    reason: r.try_get::<Option<String>, _>(3).expect("reason").unwrap_or_default(),
-                    level: r.try_get::<Option<String>, _>(4).expect("level").unwrap_or_default(),
-                    resource_version: r.try_get::<Option<String>, _>(5).expect("rv").unwrap_or_default(),
+                    message: r
+                        .try_get::<Option<String>, _>(2)
+                        .expect("message")
+                        .unwrap_or_default(),
+                    reason: r
+                        .try_get::<Option<String>, _>(3)
+                        .expect("reason")
+                        .unwrap_or_default(),
+                    level: r
+                        .try_get::<Option<String>, _>(4)
+                        .expect("level")
+                        .unwrap_or_default(),
+                    resource_version: r
+                        .try_get::<Option<String>, _>(5)
+                        .expect("rv")
+                        .unwrap_or_default(),
                     processed: r.try_get(6).expect("processed"),
                     attempts: r.try_get::<i32, _>(7).expect("attempts") as i64,
-                    kind: r.try_get::<Option<String>, _>(8).expect("kind").unwrap_or_default(),
+                    kind: r
+                        .try_get::<Option<String>, _>(8)
+                        .expect("kind")
+                        .unwrap_or_default(),
                 })
                 .collect()
         }};
@@ -123,7 +157,9 @@ async fn rows(db: &Db, table: &str) -> Vec<Row> {
 }
 
 async fn connect(url: &str) -> Db {
-    Db::connect(url, 2, Duration::from_secs(10)).await.expect("connect")
+    Db::connect(url, 2, Duration::from_secs(10))
+        .await
+        .expect("connect")
 }
 
 fn ev(uid: &str, count: i64, msg: &str) -> EventData {
@@ -155,12 +191,23 @@ async fn rows_columns_and_upserts_on_repeats() {
             ],
         )
         .await;
-        assert!(statuses.iter().all(|s| *s == Status::Delivered), "{}: {statuses:?}", b.name);
+        assert!(
+            statuses.iter().all(|s| *s == Status::Delivered),
+            "{}: {statuses:?}",
+            b.name
+        );
         let db = connect(&b.url).await;
         let got = rows(&db, &table).await;
         let summary: Vec<(String, i64, String, String)> = got
             .iter()
-            .map(|r| (r.evt_key.clone(), r.count, r.message.clone(), r.resource_version.clone()))
+            .map(|r| {
+                (
+                    r.evt_key.clone(),
+                    r.count,
+                    r.message.clone(),
+                    r.resource_version.clone(),
+                )
+            })
             .collect();
         assert_eq!(
             summary,
@@ -172,12 +219,45 @@ async fn rows_columns_and_upserts_on_repeats() {
             "{}",
             b.name
         );
-        assert!(got.iter().all(|r| !r.processed && r.attempts == 0 && r.level == "warning" && r.kind == "Pod"));
+        assert!(
+            got.iter().all(|r| !r.processed
+                && r.attempts == 0
+                && r.level == "warning"
+                && r.kind == "Pod")
+        );
         let cols = db.columns(&table).await.expect("columns");
-        for c in ["id", "evt_key", "cluster", "namespace", "name", "type", "reason", "level", "message", "timestamp",
-                  "processed", "attempts", "created_at", "updated_at", "kind", "object_name", "object_namespace",
-                  "object_uid", "count", "first_seen", "last_seen", "source", "host", "resource_version", "raw"] {
-            assert!(cols.iter().any(|x| x == c), "{}: column {c} missing", b.name);
+        for c in [
+            "id",
+            "evt_key",
+            "cluster",
+            "namespace",
+            "name",
+            "type",
+            "reason",
+            "level",
+            "message",
+            "timestamp",
+            "processed",
+            "attempts",
+            "created_at",
+            "updated_at",
+            "kind",
+            "object_name",
+            "object_namespace",
+            "object_uid",
+            "count",
+            "first_seen",
+            "last_seen",
+            "source",
+            "host",
+            "resource_version",
+            "raw",
+        ] {
+            assert!(
+                cols.iter().any(|x| x == c),
+                "{}: column {c} missing",
+                b.name
+            );
         }
     }
 }
@@ -185,7 +265,8 @@ async fn rows_columns_and_upserts_on_repeats() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_values_are_stored_intact() {
     let big: String = "0123456789abcdef".repeat(4096); // 64 KiB
-    let nasty = "quote ' double \" backslash \\ newline \n tab \t emoji 🔥🚀 nul-free; DROP TABLE x; --";
+    let nasty =
+        "quote ' double \" backslash \\ newline \n tab \t emoji 🔥🚀 nul-free; DROP TABLE x; --";
     for b in backends("hostile_values_are_stored_intact") {
         let table = table_name("hostile");
         let mut e1 = ev("q1", 1, nasty);
@@ -205,8 +286,16 @@ async fn hostile_values_are_stored_intact() {
 fn seed_ddl(backend: &str, table: &str) -> Vec<String> {
     let (id, ts, boolean) = match backend {
         "postgres" => ("id BIGSERIAL PRIMARY KEY", "TIMESTAMPTZ", "BOOLEAN"),
-        "mysql" => ("id BIGINT AUTO_INCREMENT PRIMARY KEY", "DATETIME(3)", "TINYINT(1)"),
-        _ => ("id INTEGER PRIMARY KEY AUTOINCREMENT", "DATETIME", "NUMERIC"),
+        "mysql" => (
+            "id BIGINT AUTO_INCREMENT PRIMARY KEY",
+            "DATETIME(3)",
+            "TINYINT(1)",
+        ),
+        _ => (
+            "id INTEGER PRIMARY KEY AUTOINCREMENT",
+            "DATETIME",
+            "NUMERIC",
+        ),
     };
     vec![
         format!(
@@ -227,16 +316,37 @@ async fn a_seed_created_table_is_migrated_with_its_rows() {
         for stmt in seed_ddl(b.name, &table) {
             db.execute_raw(stmt).await.expect("seed DDL");
         }
-        let statuses = store(&b.url, &table, "", vec![vec![ev("new", 3, "eventflow row")]]).await;
+        let statuses = store(
+            &b.url,
+            &table,
+            "",
+            vec![vec![ev("new", 3, "eventflow row")]],
+        )
+        .await;
         assert_eq!(statuses, vec![Status::Delivered], "{}", b.name);
         let got = rows(&db, &table).await;
         assert_eq!(got.len(), 3, "{}: {got:?}", b.name);
-        let seed1 = got.iter().find(|r| r.evt_key == "seed-1").expect("seed row kept");
-        assert_eq!((seed1.message.as_str(), seed1.processed, seed1.attempts), ("from the seed", true, 2));
+        let seed1 = got
+            .iter()
+            .find(|r| r.evt_key == "seed-1")
+            .expect("seed row kept");
+        assert_eq!(
+            (seed1.message.as_str(), seed1.processed, seed1.attempts),
+            ("from the seed", true, 2)
+        );
         assert_eq!(seed1.count, 1, "new NOT NULL columns get their default");
-        let new = got.iter().find(|r| r.evt_key == "test/new").expect("new row");
+        let new = got
+            .iter()
+            .find(|r| r.evt_key == "test/new")
+            .expect("new row");
         assert_eq!((new.count, new.kind.as_str()), (3, "Pod"));
-        assert!(db.columns(&table).await.expect("cols").iter().any(|c| c == "raw"));
+        assert!(
+            db.columns(&table)
+                .await
+                .expect("cols")
+                .iter()
+                .any(|c| c == "raw")
+        );
     }
 }
 
@@ -246,23 +356,44 @@ async fn retention_deletes_old_rows() {
         let table = table_name("retention");
         let mut old = ev("old", 1, "old");
         old.last_seen = Some(chrono::Utc::now() - chrono::Duration::days(30));
-        let statuses = store(&b.url, &table, "retention: 7d", vec![vec![old, ev("fresh", 1, "fresh")]]).await;
+        let statuses = store(
+            &b.url,
+            &table,
+            "retention: 7d",
+            vec![vec![old, ev("fresh", 1, "fresh")]],
+        )
+        .await;
         assert_eq!(statuses, vec![Status::Delivered]);
         // The retention pass runs while the sink runs: start it again and wait for the delete.
         let (src, _feed) = ChannelSource::new(1);
         let p = PipelineBuilder::new()
             .stage("src", "channel", StageKind::Source, &[], Arc::new(src), 0)
-            .stage("db", "sql", StageKind::Sink, &["src"], sql_config(&b.url, &table, "retention: 7d"), 0)
+            .stage(
+                "db",
+                "sql",
+                StageKind::Sink,
+                &["src"],
+                sql_config(&b.url, &table, "retention: 7d"),
+                0,
+            )
             .build();
         let topo = Topology::start(p).await.expect("start");
         let db = connect(&b.url).await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
-            let keys: Vec<String> = rows(&db, &table).await.into_iter().map(|r| r.evt_key).collect();
+            let keys: Vec<String> = rows(&db, &table)
+                .await
+                .into_iter()
+                .map(|r| r.evt_key)
+                .collect();
             if keys == vec!["test/fresh".to_string()] {
                 break;
             }
-            assert!(tokio::time::Instant::now() < deadline, "{}: old row not deleted: {keys:?}", b.name);
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{}: old row not deleted: {keys:?}",
+                b.name
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         topo.shutdown(Duration::from_secs(10)).await;
@@ -279,9 +410,24 @@ async fn a_row_the_database_refuses_is_rejected_and_the_rest_stored() {
         let table = table_name("refuse");
         let mut bad = ev("bad", 1, "too long reason");
         bad.reason = "R".repeat(300);
-        let statuses = store(&b.url, &table, "", vec![vec![ev("ok1", 1, "a")], vec![bad, ev("ok2", 1, "b")]]).await;
-        assert_eq!(statuses, vec![Status::Delivered, Status::Rejected], "{}", b.name);
-        let keys: Vec<String> = rows(&connect(&b.url).await, &table).await.into_iter().map(|r| r.evt_key).collect();
+        let statuses = store(
+            &b.url,
+            &table,
+            "",
+            vec![vec![ev("ok1", 1, "a")], vec![bad, ev("ok2", 1, "b")]],
+        )
+        .await;
+        assert_eq!(
+            statuses,
+            vec![Status::Delivered, Status::Rejected],
+            "{}",
+            b.name
+        );
+        let keys: Vec<String> = rows(&connect(&b.url).await, &table)
+            .await
+            .into_iter()
+            .map(|r| r.evt_key)
+            .collect();
         assert_eq!(keys, vec!["test/ok1", "test/ok2"], "{}", b.name);
     }
 }
@@ -290,19 +436,38 @@ async fn a_row_the_database_refuses_is_rejected_and_the_rest_stored() {
 async fn a_bad_url_or_table_fails_the_build_with_a_clear_error() {
     let dir = tempfile::tempdir().expect("tmp");
     let cases = [
-        ("redis://localhost", "k8s_events", "unsupported database URL"),
-        ("postgres://nobody:secret@127.0.0.1:1/db", "k8s_events", "cannot connect to postgres://nobody:***@127.0.0.1:1/db"),
-        (&*format!("sqlite://{}", dir.path().join("x.db").display()), "bad-name;", "not a plain identifier"),
+        (
+            "redis://localhost",
+            "k8s_events",
+            "unsupported database URL",
+        ),
+        (
+            "postgres://nobody:secret@127.0.0.1:1/db",
+            "k8s_events",
+            "cannot connect to postgres://nobody:***@127.0.0.1:1/db",
+        ),
+        (
+            &*format!("sqlite://{}", dir.path().join("x.db").display()),
+            "bad-name;",
+            "not a plain identifier",
+        ),
     ];
     for (url, table, want) in cases {
         let cfg = sql_config(url, table, "connect_timeout: 2s");
-        let cx = eventflow::stages::BuildContext { id: "db".into(), type_name: "sql", state: None };
+        let cx = eventflow::stages::BuildContext {
+            id: "db".into(),
+            type_name: "sql",
+            state: None,
+        };
         let err = match eventflow::stages::StageConfig::build(&*cfg, &cx).await {
             Ok(_) => panic!("{url} built"),
             Err(e) => e.to_string(),
         };
         assert!(err.contains(want), "{err}");
-        assert!(!err.contains("secret"), "the password is not printed: {err}");
+        assert!(
+            !err.contains("secret"),
+            "the password is not printed: {err}"
+        );
     }
 }
 
@@ -328,13 +493,22 @@ fn kill_9_mid_stream_loses_no_committed_row_and_a_replay_completes_the_table() {
         rt.block_on(async {
             let db = connect(conn).await;
             match &db {
-                Db::Sqlite(p) => sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM k8s_events").fetch_one(p).await.unwrap_or(0),
+                Db::Sqlite(p) => sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM k8s_events")
+                    .fetch_one(p)
+                    .await
+                    .unwrap_or(0),
                 _ => 0,
             }
         })
     };
     let url = format!("sqlite://{}", db_path.display());
-    let mut child = bin().arg("run").arg(&p).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().expect("spawn");
+    let mut child = bin()
+        .arg("run")
+        .arg(&p)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
     // Kill it once some rows are committed but (very likely) not all.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while !db_path.exists() || count(&url) < 500 {
@@ -344,9 +518,22 @@ fn kill_9_mid_stream_loses_no_committed_row_and_a_replay_completes_the_table() {
     child.kill().expect("kill -9");
     let _ = child.wait();
     let after_kill = count(&url);
-    assert!(after_kill >= 500, "committed rows survive a kill -9: {after_kill}");
+    assert!(
+        after_kill >= 500,
+        "committed rows survive a kill -9: {after_kill}"
+    );
     // The database is intact, and replaying the file completes it without duplicates.
-    let status = bin().arg("run").arg(&p).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status().expect("rerun");
+    let status = bin()
+        .arg("run")
+        .arg(&p)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("rerun");
     assert!(status.success());
-    assert_eq!(count(&url), N as i64, "every event once (upsert by key), none twice");
+    assert_eq!(
+        count(&url),
+        N as i64,
+        "every event once (upsert by key), none twice"
+    );
 }

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sea_query::{
-    Alias, ColumnDef, Expr, ExprTrait, Index, MysqlQueryBuilder, OnConflict, PostgresQueryBuilder, Query,
-    SqliteQueryBuilder, Table, Value,
+    Alias, ColumnDef, Expr, ExprTrait, Index, MysqlQueryBuilder, OnConflict, PostgresQueryBuilder,
+    Query, SqliteQueryBuilder, Table, Value,
 };
 use sea_query_sqlx::SqlxBinder;
 use sqlx::{AssertSqlSafe, Row};
@@ -52,7 +52,12 @@ impl DbError {
 fn classify(e: sqlx::Error) -> DbError {
     use sqlx::Error as E;
     let transient = match &e {
-        E::Io(_) | E::Tls(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed | E::Protocol(_) => true,
+        E::Io(_)
+        | E::Tls(_)
+        | E::PoolTimedOut
+        | E::PoolClosed
+        | E::WorkerCrashed
+        | E::Protocol(_) => true,
         E::Database(db) => {
             let code = db.code().map(|c| c.to_string()).unwrap_or_default();
             // PostgreSQL: connection exceptions, shutdown, resources, serialization/deadlock.
@@ -71,7 +76,11 @@ fn classify(e: sqlx::Error) -> DbError {
         }
         _ => false,
     };
-    if transient { DbError::Transient(e) } else { DbError::Permanent(e) }
+    if transient {
+        DbError::Transient(e)
+    } else {
+        DbError::Permanent(e)
+    }
 }
 
 /// Checks that a table name is a plain SQL identifier.
@@ -160,21 +169,33 @@ impl Db {
     /// Runs one statement (DDL or a query without parameters).
     pub async fn execute_raw(&self, sql: String) -> Result<u64, DbError> {
         let r = match self {
-            Db::Sqlite(p) => sqlx::raw_sql(AssertSqlSafe(sql)).execute(p).await.map(|r| r.rows_affected()),
-            Db::Postgres(p) => sqlx::raw_sql(AssertSqlSafe(sql)).execute(p).await.map(|r| r.rows_affected()),
-            Db::MySql(p) => sqlx::raw_sql(AssertSqlSafe(sql)).execute(p).await.map(|r| r.rows_affected()),
+            Db::Sqlite(p) => sqlx::raw_sql(AssertSqlSafe(sql))
+                .execute(p)
+                .await
+                .map(|r| r.rows_affected()),
+            Db::Postgres(p) => sqlx::raw_sql(AssertSqlSafe(sql))
+                .execute(p)
+                .await
+                .map(|r| r.rows_affected()),
+            Db::MySql(p) => sqlx::raw_sql(AssertSqlSafe(sql))
+                .execute(p)
+                .await
+                .map(|r| r.rows_affected()),
         };
         r.map_err(classify)
     }
 
     /// Runs statements built by sea-query in one transaction.
-    pub async fn execute_in_tx(&self, statements: &[(String, sea_query_sqlx::SqlxValues)]) -> Result<u64, DbError> {
+    pub async fn execute_in_tx(
+        &self,
+        statements: Vec<(String, sea_query_sqlx::SqlxValues)>,
+    ) -> Result<u64, DbError> {
         macro_rules! run {
             ($pool:expr) => {{
                 let mut tx = $pool.begin().await.map_err(classify)?;
                 let mut n = 0;
                 for (sql, values) in statements {
-                    n += sqlx::query_with(AssertSqlSafe(sql.clone()), values.clone())
+                    n += sqlx::query_with(AssertSqlSafe(sql), values)
                         .execute(&mut *tx)
                         .await
                         .map_err(classify)?
@@ -271,31 +292,106 @@ enum ColKind {
 
 /// Every column but `id`. The first block is the seed's table; the rest is eventflow's.
 const COLUMNS: &[Col] = &[
-    Col { name: "evt_key", kind: ColKind::Key },
-    Col { name: "cluster", kind: ColKind::Short },
-    Col { name: "namespace", kind: ColKind::Short },
-    Col { name: "name", kind: ColKind::Short },
-    Col { name: "type", kind: ColKind::Short },
-    Col { name: "reason", kind: ColKind::Short },
-    Col { name: "level", kind: ColKind::Short },
-    Col { name: "message", kind: ColKind::Text },
-    Col { name: "timestamp", kind: ColKind::Time },
-    Col { name: "processed", kind: ColKind::Bool },
-    Col { name: "attempts", kind: ColKind::Int },
-    Col { name: "created_at", kind: ColKind::Time },
-    Col { name: "updated_at", kind: ColKind::Time },
-    Col { name: "uid", kind: ColKind::Short },
-    Col { name: "kind", kind: ColKind::Short },
-    Col { name: "object_name", kind: ColKind::Short },
-    Col { name: "object_namespace", kind: ColKind::Short },
-    Col { name: "object_uid", kind: ColKind::Short },
-    Col { name: "count", kind: ColKind::BigInt },
-    Col { name: "first_seen", kind: ColKind::Time },
-    Col { name: "last_seen", kind: ColKind::Time },
-    Col { name: "source", kind: ColKind::Short },
-    Col { name: "host", kind: ColKind::Short },
-    Col { name: "resource_version", kind: ColKind::Short },
-    Col { name: "raw", kind: ColKind::LongText },
+    Col {
+        name: "evt_key",
+        kind: ColKind::Key,
+    },
+    Col {
+        name: "cluster",
+        kind: ColKind::Short,
+    },
+    Col {
+        name: "namespace",
+        kind: ColKind::Short,
+    },
+    Col {
+        name: "name",
+        kind: ColKind::Short,
+    },
+    Col {
+        name: "type",
+        kind: ColKind::Short,
+    },
+    Col {
+        name: "reason",
+        kind: ColKind::Short,
+    },
+    Col {
+        name: "level",
+        kind: ColKind::Short,
+    },
+    Col {
+        name: "message",
+        kind: ColKind::Text,
+    },
+    Col {
+        name: "timestamp",
+        kind: ColKind::Time,
+    },
+    Col {
+        name: "processed",
+        kind: ColKind::Bool,
+    },
+    Col {
+        name: "attempts",
+        kind: ColKind::Int,
+    },
+    Col {
+        name: "created_at",
+        kind: ColKind::Time,
+    },
+    Col {
+        name: "updated_at",
+        kind: ColKind::Time,
+    },
+    Col {
+        name: "uid",
+        kind: ColKind::Short,
+    },
+    Col {
+        name: "kind",
+        kind: ColKind::Short,
+    },
+    Col {
+        name: "object_name",
+        kind: ColKind::Short,
+    },
+    Col {
+        name: "object_namespace",
+        kind: ColKind::Short,
+    },
+    Col {
+        name: "object_uid",
+        kind: ColKind::Short,
+    },
+    Col {
+        name: "count",
+        kind: ColKind::BigInt,
+    },
+    Col {
+        name: "first_seen",
+        kind: ColKind::Time,
+    },
+    Col {
+        name: "last_seen",
+        kind: ColKind::Time,
+    },
+    Col {
+        name: "source",
+        kind: ColKind::Short,
+    },
+    Col {
+        name: "host",
+        kind: ColKind::Short,
+    },
+    Col {
+        name: "resource_version",
+        kind: ColKind::Short,
+    },
+    Col {
+        name: "raw",
+        kind: ColKind::LongText,
+    },
 ];
 
 fn column_def(c: &Col, backend: Backend) -> ColumnDef {
@@ -341,23 +437,37 @@ pub async fn ensure_table(db: &Db, table: &str) -> Result<(), DbError> {
             t.col(column_def(c, backend));
         }
         if backend == Backend::MySql {
-            db.execute_raw(db.schema_sql(&t) + " DEFAULT CHARSET=utf8mb4").await?;
+            db.execute_raw(db.schema_sql(&t) + " DEFAULT CHARSET=utf8mb4")
+                .await?;
         } else {
             db.execute_raw(db.schema_sql(&t)).await?;
         }
     } else {
-        for c in COLUMNS.iter().filter(|c| !existing.iter().any(|e| e == c.name)) {
+        for c in COLUMNS
+            .iter()
+            .filter(|c| !existing.iter().any(|e| e == c.name))
+        {
             let mut def = column_def(c, backend);
             if matches!(c.kind, ColKind::Key) {
-                def = ColumnDef::new(Alias::new(c.name)).string_len(255).null().to_owned();
+                def = ColumnDef::new(Alias::new(c.name))
+                    .string_len(255)
+                    .null()
+                    .to_owned();
             }
-            let alter = Table::alter().table(Alias::new(table)).add_column(def).to_owned();
+            let alter = Table::alter()
+                .table(Alias::new(table))
+                .add_column(def)
+                .to_owned();
             let sql = match backend {
                 Backend::Sqlite => alter.to_string(SqliteQueryBuilder),
                 Backend::Postgres => alter.to_string(PostgresQueryBuilder),
                 Backend::MySql => alter.to_string(MysqlQueryBuilder),
             };
-            tracing::info!(table, column = c.name, "adding a missing column to an existing table");
+            tracing::info!(
+                table,
+                column = c.name,
+                "adding a missing column to an existing table"
+            );
             db.execute_raw(sql).await?;
         }
     }
@@ -371,7 +481,8 @@ pub async fn ensure_table(db: &Db, table: &str) -> Result<(), DbError> {
     ];
     for (suffix, cols, unique) in indexes {
         let mut i = Index::create();
-        i.name(format!("idx_{table}_{suffix}")).table(Alias::new(table));
+        i.name(format!("idx_{table}_{suffix}"))
+            .table(Alias::new(table));
         for c in cols {
             i.col(Alias::new(*c));
         }
@@ -386,7 +497,9 @@ pub async fn ensure_table(db: &Db, table: &str) -> Result<(), DbError> {
         };
         match db.execute_raw(sql).await {
             Ok(_) => {}
-            Err(DbError::Permanent(sqlx::Error::Database(e))) if e.code().as_deref() == Some("42000") && e.message().contains("Duplicate key name") => {}
+            Err(DbError::Permanent(sqlx::Error::Database(e)))
+                if e.code().as_deref() == Some("42000")
+                    && e.message().contains("Duplicate key name") => {}
             Err(e) => return Err(e),
         }
     }
@@ -397,16 +510,31 @@ async fn record_version(db: &Db, table: &str) -> Result<(), DbError> {
     let mut t = Table::create();
     t.table(Alias::new("eventflow_schema"))
         .if_not_exists()
-        .col(ColumnDef::new(Alias::new("table_name")).string_len(64).not_null().primary_key())
-        .col(ColumnDef::new(Alias::new("version")).big_integer().not_null());
+        .col(
+            ColumnDef::new(Alias::new("table_name"))
+                .string_len(64)
+                .not_null()
+                .primary_key(),
+        )
+        .col(
+            ColumnDef::new(Alias::new("version"))
+                .big_integer()
+                .not_null(),
+        );
     db.execute_raw(db.schema_sql(&t)).await?;
     let q = Query::insert()
         .into_table(Alias::new("eventflow_schema"))
         .columns([Alias::new("table_name"), Alias::new("version")])
         .values_panic([table.into(), SCHEMA_VERSION.into()])
-        .on_conflict(OnConflict::column(Alias::new("table_name")).update_column(Alias::new("version")).to_owned())
+        .on_conflict(
+            OnConflict::column(Alias::new("table_name"))
+                .update_column(Alias::new("version"))
+                .to_owned(),
+        )
         .to_owned();
-    db.execute_in_tx(&[db.build_insert(&q)]).await.map(|_| ())
+    db.execute_in_tx(vec![db.build_insert(&q)])
+        .await
+        .map(|_| ())
 }
 
 /// One row to upsert.
@@ -464,7 +592,8 @@ const UPDATED: &[&str] = &[
 /// A multi-row upsert keyed by `evt_key`.
 pub fn upsert(db: &Db, table: &str, rows: &[RowValues]) -> (String, sea_query_sqlx::SqlxValues) {
     let mut q = Query::insert();
-    q.into_table(Alias::new(table)).columns(WRITTEN.iter().map(|c| Alias::new(*c)));
+    q.into_table(Alias::new(table))
+        .columns(WRITTEN.iter().map(|c| Alias::new(*c)));
     for r in rows {
         q.values_panic(r.values.iter().cloned().map(Into::into));
     }
@@ -477,7 +606,12 @@ pub fn upsert(db: &Db, table: &str, rows: &[RowValues]) -> (String, sea_query_sq
 }
 
 /// Deletes up to `limit` rows last seen before `before`. Returns how many went.
-pub async fn delete_older(db: &Db, table: &str, before: DateTime<Utc>, limit: u64) -> Result<u64, DbError> {
+pub async fn delete_older(
+    db: &Db,
+    table: &str,
+    before: DateTime<Utc>,
+    limit: u64,
+) -> Result<u64, DbError> {
     let t = Alias::new(table);
     let q = match db.backend() {
         // MySQL cannot LIMIT inside IN (subquery), but has DELETE ... LIMIT.
@@ -502,7 +636,7 @@ pub async fn delete_older(db: &Db, table: &str, before: DateTime<Utc>, limit: u6
             )
             .to_owned(),
     };
-    db.execute_in_tx(&[db.build_delete(&q)]).await
+    db.execute_in_tx(vec![db.build_delete(&q)]).await
 }
 
 #[cfg(test)]
@@ -518,7 +652,10 @@ mod tests {
         assert_eq!(backend_of("mariadb://u:p@h/db"), Some(Backend::MySql));
         assert_eq!(backend_of("sqlite://x.db"), Some(Backend::Sqlite));
         assert_eq!(backend_of("redis://x"), None);
-        assert_eq!(redact("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
         assert_eq!(redact("sqlite://x.db"), "sqlite://x.db");
     }
 }

@@ -28,7 +28,10 @@ use sea_query::Value;
 use serde::Deserialize;
 
 use super::key::KeySpec;
-use super::{BuildContext, BuildError, Sink, SinkContext, Stage, StageConfig, StageError, StageKind, StageType};
+use super::{
+    BuildContext, BuildError, Sink, SinkContext, Stage, StageConfig, StageError, StageKind,
+    StageType,
+};
 use crate::config::types::Dur;
 use crate::engine::ack::Status;
 use crate::event::{Event, Field};
@@ -152,7 +155,9 @@ impl StageConfig for SqlConfig {
                 )));
             }
             if self.batch.max_events == 0 || self.key.is_empty() {
-                return Err(fail("`batch.max_events` must be above zero and `key` name a field".into()));
+                return Err(fail(
+                    "`batch.max_events` must be above zero and `key` name a field".into(),
+                ));
             }
             let db = Db::connect(&self.url, self.max_conns, self.connect_timeout.0)
                 .await
@@ -160,7 +165,9 @@ impl StageConfig for SqlConfig {
             db::ensure_table(&db, &self.table)
                 .await
                 .map_err(|e| fail(format!("cannot prepare table `{}`: {e}", self.table)))?;
-            Ok(Stage::Sink(Box::new(SqlSink::new(self.clone(), db, &cx.id)) as Box<dyn Sink>))
+            Ok(Stage::Sink(
+                Box::new(SqlSink::new(self.clone(), db, &cx.id)) as Box<dyn Sink>,
+            ))
         })
     }
 }
@@ -233,7 +240,8 @@ impl SqlSink {
         // One row per key: the last version of an event in the batch wins (a multi-row
         // upsert may not touch the same row twice).
         let mut rows: Vec<RowValues> = Vec::with_capacity(batch.len());
-        let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::with_capacity(batch.len());
+        let mut index: std::collections::HashMap<String, usize> =
+            std::collections::HashMap::with_capacity(batch.len());
         for e in batch {
             let r = self.row(e);
             match index.get(&r.evt_key) {
@@ -248,7 +256,11 @@ impl SqlSink {
         let mut delay = self.cfg.backoff.initial.0;
         loop {
             let started = Instant::now();
-            match self.db.execute_in_tx(&[db::upsert(&self.db, &self.cfg.table, &rows)]).await {
+            match self
+                .db
+                .execute_in_tx(vec![db::upsert(&self.db, &self.cfg.table, &rows)])
+                .await
+            {
                 Ok(_) => {
                     self.latency.record(started.elapsed().as_secs_f64());
                     return statuses;
@@ -282,7 +294,7 @@ impl SqlSink {
             let mut delay = self.cfg.backoff.initial.0;
             loop {
                 let stmt = db::upsert(&self.db, &self.cfg.table, std::slice::from_ref(r));
-                match self.db.execute_in_tx(&[stmt]).await {
+                match self.db.execute_in_tx(vec![stmt]).await {
                     Ok(_) => break,
                     Err(DbError::Permanent(e)) => {
                         tracing::error!(evt_key = %r.evt_key, error = %e, "the database refused this event; it is not stored");
@@ -338,7 +350,11 @@ impl Sink for SqlSink {
                         _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {}
                     }
                 }
-                while !buf.is_empty() && (buf.len() >= max || !open || deadline.is_some_and(|d| d <= tokio::time::Instant::now())) {
+                while !buf.is_empty()
+                    && (buf.len() >= max
+                        || !open
+                        || deadline.is_some_and(|d| d <= tokio::time::Instant::now()))
+                {
                     let rest = buf.split_off(buf.len().min(max));
                     let batch = std::mem::replace(&mut buf, rest);
                     let statuses = self.write(&batch).await;
@@ -349,7 +365,8 @@ impl Sink for SqlSink {
                     }
                     drop(batch);
                 }
-                deadline = (!buf.is_empty()).then(|| tokio::time::Instant::now() + self.cfg.batch.max_wait.0);
+                deadline = (!buf.is_empty())
+                    .then(|| tokio::time::Instant::now() + self.cfg.batch.max_wait.0);
             }
             if let Some(h) = retention {
                 h.abort();
@@ -363,7 +380,8 @@ impl Sink for SqlSink {
 async fn retention_loop(db: Db, table: String, retention: Duration) {
     let every = (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(300));
     loop {
-        let cutoff = Utc::now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+        let cutoff =
+            Utc::now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
         let mut total = 0;
         loop {
             match db::delete_older(&db, &table, cutoff, 1000).await {
@@ -381,7 +399,11 @@ async fn retention_loop(db: Db, table: String, retention: Duration) {
             }
         }
         if total > 0 {
-            tracing::info!(table, rows = total, "retention: deleted rows last seen before the cutoff");
+            tracing::info!(
+                table,
+                rows = total,
+                "retention: deleted rows last seen before the cutoff"
+            );
         }
         tokio::time::sleep(every).await;
     }

@@ -1,0 +1,236 @@
+//! The sql sink fed from memory against a baseline of raw sqlx multi-row INSERTs of the same
+//! rows (same columns, 500 rows per statement, one transaction per statement), same run.
+//! SQLite always; PostgreSQL and MariaDB when EVENTFLOW_TEST_POSTGRES_URL /
+//! EVENTFLOW_TEST_MYSQL_URL are set. Ratios are printed at the end.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group};
+use eventflow::config;
+use eventflow::event::{Event, EventData, Finalizers};
+use eventflow::stages::sql::db::{self, Db};
+use eventflow::stages::sql::{SqlConfig, SqlSink};
+
+static RESULTS: Mutex<BTreeMap<String, (u64, Duration)>> = Mutex::new(BTreeMap::new());
+
+fn record(name: String, events: u64, d: Duration) {
+    if let Ok(mut r) = RESULTS.lock() {
+        let e = r.entry(name).or_insert((0, Duration::ZERO));
+        e.0 += events;
+        e.1 += d;
+    }
+}
+
+const N: usize = 20_000;
+const BATCH: usize = 500;
+
+fn events(tag: u64) -> Vec<Vec<Event>> {
+    let samples: Vec<serde_json::Value> = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/pipelines/samples/events.json"
+        ))
+        .expect("samples"),
+    )
+    .expect("json");
+    let cluster: Arc<str> = Arc::from("bench");
+    let all: Vec<Event> = (0..N)
+        .map(|i| {
+            let mut v = samples[i % samples.len()].clone();
+            v["metadata"]["uid"] = format!("{tag}-{i}").into();
+            let d: EventData = eventflow::event::decode(&v.to_string(), &cluster).expect("decode");
+            Event::new(d, Finalizers::None)
+        })
+        .collect();
+    all.chunks(BATCH).map(|c| c.to_vec()).collect()
+}
+
+/// The baseline: plain sqlx, multi-row INSERT with `?`/`$n` placeholders, same columns.
+async fn raw_insert(db: &Db, table: &str, batch: &[Event], tag: u64) {
+    let cols = db::WRITTEN;
+    let pg = matches!(db, Db::Postgres(_));
+    let mut sql = format!(
+        "INSERT INTO {table} ({}) VALUES ",
+        cols.join(", ")
+            .replace("type", "\"type\"")
+            .replace("timestamp", "\"timestamp\"")
+    );
+    if !pg {
+        sql = sql.replace('"', "`");
+        if matches!(db, Db::Sqlite(_)) {
+            sql = sql.replace('`', "\"");
+        }
+    }
+    let mut n = 0;
+    for (r, _) in batch.iter().enumerate() {
+        sql.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 0..cols.len() {
+            n += 1;
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            if pg {
+                sql.push_str(&format!("${n}"))
+            } else {
+                sql.push('?')
+            }
+        }
+        sql.push(')');
+    }
+    macro_rules! go {
+        ($pool:expr) => {{
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for e in batch {
+                let now = chrono::Utc::now();
+                q = q
+                    .bind(format!("raw/{tag}/{}", e.uid))
+                    .bind(e.cluster.to_string())
+                    .bind(e.namespace.clone())
+                    .bind(e.name.clone())
+                    .bind(e.type_.clone())
+                    .bind(e.reason.clone())
+                    .bind("warning")
+                    .bind(e.message.clone())
+                    .bind(e.last_seen)
+                    .bind(now)
+                    .bind(now)
+                    .bind(e.uid.clone())
+                    .bind(e.kind.clone())
+                    .bind(e.object_name.clone())
+                    .bind(e.object_namespace.clone())
+                    .bind(e.object_uid.clone())
+                    .bind(e.count)
+                    .bind(e.first_seen)
+                    .bind(e.last_seen)
+                    .bind(e.source.clone())
+                    .bind(e.host.clone())
+                    .bind(e.resource_version.clone())
+                    .bind(e.raw.as_deref().map(str::to_string));
+            }
+            let mut tx = $pool.begin().await.expect("begin");
+            q.execute(&mut *tx).await.expect("raw insert");
+            tx.commit().await.expect("commit");
+        }};
+    }
+    match db {
+        Db::Sqlite(p) => go!(p),
+        Db::Postgres(p) => go!(p),
+        Db::MySql(p) => go!(p),
+    }
+}
+
+fn bench_backend(c: &mut Criterion, name: &'static str, url: String) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    let table = format!("bench_{}", std::process::id());
+    let cfg: SqlConfig = config::tree::from_node(
+        &config::tree::parse(&format!(
+            "url: {url}\ntable: {table}\nbatch: {{max_events: {BATCH}}}"
+        ))
+        .expect("yaml"),
+    )
+    .expect("cfg");
+    let db = rt.block_on(async {
+        let db = Db::connect(&url, 2, Duration::from_secs(10))
+            .await
+            .expect("connect");
+        db::ensure_table(&db, &table).await.expect("table");
+        db
+    });
+    let sink = SqlSink::new(cfg, db.clone(), "bench");
+    let mut g = c.benchmark_group(format!("sql_{name}"));
+    g.throughput(Throughput::Elements(N as u64));
+    g.sample_size(10);
+    let mut tag = 0u64;
+    g.bench_function("baseline_raw_sqlx_multirow", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                tag += 1;
+                let batches = events(tag);
+                let start = Instant::now();
+                rt.block_on(async {
+                    for batch in &batches {
+                        raw_insert(&db, &table, batch, tag).await;
+                    }
+                });
+                total += start.elapsed();
+            }
+            record(
+                format!("{name} baseline: raw sqlx multi-row insert"),
+                N as u64 * iters,
+                total,
+            );
+            total
+        })
+    });
+    g.bench_function("sink_upsert_batches", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                tag += 1;
+                let batches = events(tag);
+                let start = Instant::now();
+                rt.block_on(async {
+                    for batch in &batches {
+                        let s = sink.write(batch).await;
+                        assert_eq!(s.len(), batch.len());
+                    }
+                });
+                total += start.elapsed();
+            }
+            record(
+                format!("{name} sql sink (batched upserts)"),
+                N as u64 * iters,
+                total,
+            );
+            total
+        })
+    });
+    g.finish();
+}
+
+fn sql(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tmp");
+    bench_backend(
+        c,
+        "sqlite",
+        format!("sqlite://{}", dir.path().join("bench.db").display()),
+    );
+    for (name, var) in [
+        ("postgres", "EVENTFLOW_TEST_POSTGRES_URL"),
+        ("mysql", "EVENTFLOW_TEST_MYSQL_URL"),
+    ] {
+        match std::env::var(var) {
+            Ok(url) => bench_backend(c, name, url),
+            Err(_) => eprintln!("{name}: skipped ({var} not set)"),
+        }
+    }
+}
+
+criterion_group!(benches, sql);
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    let r = RESULTS.lock().map(|r| r.clone()).unwrap_or_default();
+    if r.is_empty() {
+        return;
+    }
+    let rate = |(n, d): (u64, Duration)| n as f64 / d.as_secs_f64();
+    println!("\n== eventflow sql sink benchmark summary ==");
+    for (name, v) in &r {
+        println!("{name:<48} {:>10.0} events/s", rate(*v));
+    }
+    for b in ["sqlite", "postgres", "mysql"] {
+        let sink = r.get(&format!("{b} sql sink (batched upserts)"));
+        let base = r.get(&format!("{b} baseline: raw sqlx multi-row insert"));
+        if let (Some(s), Some(x)) = (sink, base) {
+            println!("ratio {b} sink / raw sqlx: {:.2}", rate(*s) / rate(*x));
+        }
+    }
+}

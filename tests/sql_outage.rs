@@ -1,0 +1,144 @@
+//! The database stops mid-stream and comes back: the sql sink keeps its batch, retries with
+//! backoff, acknowledges nothing early, and every event is in the table afterwards. This stops
+//! and starts the real PostgreSQL and MariaDB servers, so it runs as root with the server URLs
+//! set (CI); elsewhere it says on stderr what it skipped. One test binary, one test: nothing
+//! else uses the servers while they are down.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use eventflow::config;
+use eventflow::engine::Topology;
+use eventflow::engine::ack::Status;
+use eventflow::stages::StageKind;
+use eventflow::stages::sql::SqlConfig;
+use eventflow::stages::sql::db::Db;
+use eventflow::testkit::{ChannelSource, PipelineBuilder, event};
+
+fn run(cmd: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+fn pg_cluster() -> Option<String> {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("ls /etc/postgresql | sort -V | tail -1")
+        .output()
+        .ok()?;
+    let v = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (!v.is_empty()).then_some(v)
+}
+
+async fn count(url: &str, table: &str) -> i64 {
+    let db = Db::connect(url, 1, Duration::from_secs(10))
+        .await
+        .expect("connect");
+    let sql = format!("SELECT COUNT(*) FROM {table}");
+    match &db {
+        Db::Postgres(p) => sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
+            .fetch_one(p)
+            .await
+            .expect("count"),
+        Db::MySql(p) => sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
+            .fetch_one(p)
+            .await
+            .expect("count"),
+        Db::Sqlite(p) => sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
+            .fetch_one(p)
+            .await
+            .expect("count"),
+    }
+}
+
+async fn outage(name: &str, url: &str, stop: &str, start: &str) {
+    let table = format!("t_outage_{}", std::process::id());
+    let yaml = format!(
+        "url: {url}\ntable: {table}\nbatch: {{max_events: 50, max_wait: 20ms}}\nbackoff: {{initial: 100ms, max: 1s}}"
+    );
+    let cfg: Arc<SqlConfig> =
+        Arc::new(config::tree::from_node(&config::tree::parse(&yaml).expect("yaml")).expect("cfg"));
+    let (src, feed) = ChannelSource::new(4);
+    let p = PipelineBuilder::new()
+        .stage("src", "channel", StageKind::Source, &[], Arc::new(src), 0)
+        .stage("db", "sql", StageKind::Sink, &["src"], cfg, 0)
+        .build();
+    let topo = Topology::start(p).await.expect("start");
+    let first = feed
+        .send((0..100).map(|i| event(&format!("a{i}"))).collect())
+        .await;
+    assert_eq!(first.await.expect("ack"), Status::Delivered);
+    assert!(run(stop), "{name}: could not stop the server with `{stop}`");
+    let mut second = feed
+        .send((0..100).map(|i| event(&format!("b{i}"))).collect())
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        second.try_recv().is_err(),
+        "{name}: acknowledged while the database was down"
+    );
+    assert!(
+        run(start),
+        "{name}: could not start the server with `{start}`"
+    );
+    let status = tokio::time::timeout(Duration::from_secs(90), second)
+        .await
+        .expect("delivered after the restart");
+    assert_eq!(status.expect("ack"), Status::Delivered, "{name}");
+    drop(feed);
+    assert!(topo.shutdown(Duration::from_secs(30)).await.is_empty());
+    assert_eq!(
+        count(url, &table).await,
+        200,
+        "{name}: every event is in the table"
+    );
+    eprintln!("{name}: outage survived, 200 rows");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_stops_mid_stream_and_every_event_is_stored_after_it_returns() {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    let mut ran = 0;
+    match (
+        std::env::var("EVENTFLOW_TEST_POSTGRES_URL"),
+        pg_cluster(),
+        root,
+    ) {
+        (Ok(url), Some(v), true) => {
+            outage(
+                "postgres",
+                &url,
+                &format!("pg_ctlcluster {v} main stop -m fast"),
+                &format!("pg_ctlcluster {v} main start && for i in $(seq 1 100); do pg_isready -q -h 127.0.0.1 && break; sleep 0.1; done"),
+            )
+            .await;
+            ran += 1;
+        }
+        _ => eprintln!(
+            "SKIPPED postgres outage: needs root, a local cluster and EVENTFLOW_TEST_POSTGRES_URL"
+        ),
+    }
+    match (std::env::var("EVENTFLOW_TEST_MYSQL_URL"), root) {
+        (Ok(url), true) => {
+            outage(
+                "mariadb",
+                &url,
+                "service mariadb stop >/dev/null",
+                "service mariadb start >/dev/null && for i in $(seq 1 100); do mariadb-admin -s ping >/dev/null 2>&1 && break; sleep 0.1; done",
+            )
+            .await;
+            ran += 1;
+        }
+        _ => eprintln!("SKIPPED mariadb outage: needs root and EVENTFLOW_TEST_MYSQL_URL"),
+    }
+    eprintln!("outage scenarios run: {ran}");
+}
