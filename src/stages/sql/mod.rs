@@ -24,7 +24,6 @@ use chrono::Utc;
 use futures::future::BoxFuture;
 use metrics::{Counter, Histogram};
 use schemars::JsonSchema;
-use sea_query::Value;
 use serde::Deserialize;
 
 use super::key::KeySpec;
@@ -35,7 +34,7 @@ use super::{
 use crate::config::types::Dur;
 use crate::engine::ack::Status;
 use crate::event::{Event, Field};
-use db::{Db, DbError, RowValues};
+use db::{Db, DbError};
 
 /// How a sink groups events into writes.
 #[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
@@ -180,6 +179,7 @@ pub struct SqlSink {
     rejected: Counter,
     unavailable: Counter,
     latency: Histogram,
+    sql_cache: std::sync::Mutex<std::collections::HashMap<usize, std::sync::Arc<str>>>,
 }
 
 impl SqlSink {
@@ -189,78 +189,73 @@ impl SqlSink {
             rejected: crate::metrics::discarded(stage, "sql", "rejected"),
             unavailable: crate::metrics::stage_errors(stage, "sql", "db_unavailable"),
             latency: crate::metrics::sql_latency(stage, "upsert"),
+            sql_cache: std::sync::Mutex::new(std::collections::HashMap::new()),
             cfg,
             db,
         }
     }
 
-    fn row(&self, e: &Event) -> RowValues {
-        let now = Utc::now();
-        let mut evt_key = String::new();
-        self.key.write(e, &mut evt_key);
-        let evt_key = evt_key.replace('\u{1f}', "/");
-        let s = |v: &str| Value::from(v.to_string());
-        let t = |v: Option<chrono::DateTime<Utc>>| Value::from(v);
-        let level = match e.type_.as_str() {
-            "Warning" => "warning",
-            "Normal" => "info",
-            other => other,
-        };
-        let values = vec![
-            s(&evt_key),
-            s(&e.cluster),
-            s(&e.namespace),
-            s(&e.name),
-            s(&e.type_),
-            s(&e.reason),
-            s(level),
-            s(&e.message),
-            t(e.last_seen.or(Some(now))),
-            t(Some(now)),
-            t(Some(now)),
-            s(&e.uid),
-            s(&e.kind),
-            s(&e.object_name),
-            s(&e.object_namespace),
-            s(&e.object_uid),
-            Value::from(e.count),
-            t(e.first_seen),
-            t(e.last_seen),
-            s(&e.source),
-            s(&e.host),
-            s(&e.resource_version),
-            Value::from(e.raw.as_deref().map(str::to_string)),
-        ];
-        RowValues { evt_key, values }
+    fn evt_key(&self, e: &Event) -> String {
+        let mut k = String::new();
+        self.key.write(e, &mut k);
+        k.replace('\u{1f}', "/")
     }
 
-    /// Writes a batch, retrying while the database is unavailable. Returns the events with
-    /// the status each one gets.
+    fn rows<'a>(&self, events: impl Iterator<Item = &'a Event>) -> Vec<db::RowRef<'a>> {
+        let now = Utc::now();
+        events
+            .map(|e| db::RowRef {
+                evt_key: self.evt_key(e),
+                level: match e.type_.as_str() {
+                    "Warning" => "warning",
+                    "Normal" => "info",
+                    other => other,
+                },
+                e: e.data(),
+                now,
+            })
+            .collect()
+    }
+
+    /// The upsert text for `n` rows, generated once per row count.
+    fn sql_for(&self, n: usize) -> std::sync::Arc<str> {
+        let mut cache = self.sql_cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache
+            .entry(n)
+            .or_insert_with(|| {
+                std::sync::Arc::from(db::upsert_sql(self.db.backend(), &self.cfg.table, n))
+            })
+            .clone()
+    }
+
+    /// Writes a batch, retrying while the database is unavailable. Returns the status each
+    /// event gets.
     pub async fn write(&self, batch: &[Event]) -> Vec<Status> {
         // One row per key: the last version of an event in the batch wins (a multi-row
         // upsert may not touch the same row twice).
-        let mut rows: Vec<RowValues> = Vec::with_capacity(batch.len());
-        let mut index: std::collections::HashMap<String, usize> =
+        let mut last: std::collections::HashMap<String, usize> =
             std::collections::HashMap::with_capacity(batch.len());
-        for e in batch {
-            let r = self.row(e);
-            match index.get(&r.evt_key) {
-                Some(&i) => rows[i] = r,
-                None => {
-                    index.insert(r.evt_key.clone(), rows.len());
-                    rows.push(r);
-                }
-            }
+        for (i, e) in batch.iter().enumerate() {
+            last.insert(self.evt_key(e), i);
         }
+        let unique: Vec<&Event> = if last.len() == batch.len() {
+            batch.iter().collect()
+        } else {
+            let keep: std::collections::HashSet<usize> = last.into_values().collect();
+            batch
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| keep.contains(i))
+                .map(|(_, e)| e)
+                .collect()
+        };
+        let rows = self.rows(unique.iter().copied());
+        let sql = self.sql_for(rows.len());
         let mut statuses = vec![Status::Delivered; batch.len()];
         let mut delay = self.cfg.backoff.initial.0;
         loop {
             let started = Instant::now();
-            match self
-                .db
-                .execute_in_tx(vec![db::upsert(&self.db, &self.cfg.table, &rows)])
-                .await
-            {
+            match self.db.upsert(&sql, &rows).await {
                 Ok(_) => {
                     self.latency.record(started.elapsed().as_secs_f64());
                     return statuses;
@@ -275,9 +270,7 @@ impl SqlSink {
                     tracing::warn!(error = %e, "batch refused; writing its rows one by one to find the bad ones");
                     let bad = self.write_one_by_one(&rows).await;
                     for (i, ev) in batch.iter().enumerate() {
-                        let mut k = String::new();
-                        self.key.write(ev, &mut k);
-                        if bad.contains(&k.replace('\u{1f}', "/")) {
+                        if bad.contains(&self.evt_key(ev)) {
                             statuses[i] = Status::Rejected;
                         }
                     }
@@ -288,13 +281,13 @@ impl SqlSink {
     }
 
     /// Returns the keys of the rows the database refused for good.
-    async fn write_one_by_one(&self, rows: &[RowValues]) -> Vec<String> {
+    async fn write_one_by_one(&self, rows: &[db::RowRef<'_>]) -> Vec<String> {
+        let sql = self.sql_for(1);
         let mut bad = Vec::new();
         for r in rows {
             let mut delay = self.cfg.backoff.initial.0;
             loop {
-                let stmt = db::upsert(&self.db, &self.cfg.table, std::slice::from_ref(r));
-                match self.db.execute_in_tx(vec![stmt]).await {
+                match self.db.upsert(&sql, std::slice::from_ref(r)).await {
                     Ok(_) => break,
                     Err(DbError::Permanent(e)) => {
                         tracing::error!(evt_key = %r.evt_key, error = %e, "the database refused this event; it is not stored");
