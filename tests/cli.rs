@@ -4,27 +4,12 @@
 mod support;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
+
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_eventflow"));
-    c.current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env_remove("RUST_LOG");
-    c
-}
-
-fn repo(p: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, text).expect("write");
-    p
-}
+use support::*;
 
 fn lines_json(stdout: &[u8]) -> Vec<serde_json::Value> {
     String::from_utf8_lossy(stdout)
@@ -193,33 +178,12 @@ fn graph_prints_mermaid_and_dot() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("\"warnings\" -> \"print\";"));
 }
 
-fn sample_line(i: usize, ty: &str) -> String {
-    serde_json::json!({
-        "apiVersion": "v1", "kind": "Event",
-        "metadata": {"name": format!("web.{i:016x}"), "namespace": "shop", "uid": format!("uid-{i}"),
-                     "resourceVersion": (1000 + i).to_string(), "creationTimestamp": "2026-11-27T10:00:00Z"},
-        "involvedObject": {"kind": "Pod", "namespace": "shop", "name": "web"},
-        "reason": "BackOff", "message": format!("Back-off restarting failed container, round {i}"),
-        "source": {"component": "kubelet", "host": "worker-1"},
-        "firstTimestamp": "2026-11-27T10:00:00Z", "lastTimestamp": "2026-11-27T10:00:00Z",
-        "count": 1, "type": ty
-    })
-    .to_string()
-}
-
 /// Collects stderr lines in the background.
 fn stderr_lines(child: &mut std::process::Child) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    if let Some(err) = child.stderr.take() {
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+    match child.stderr.take() {
+        Some(err) => lines_of(err),
+        None => mpsc::channel().1,
     }
-    rx
 }
 
 fn wait_for_line(rx: &mpsc::Receiver<String>, needle: &str, seen: &mut Vec<String>) {
@@ -234,14 +198,6 @@ fn wait_for_line(rx: &mpsc::Receiver<String>, needle: &str, seen: &mut Vec<Strin
         }
     }
     panic!("no log line with {needle:?}; saw:\n{}", seen.join("\n"));
-}
-
-fn sigterm(pid: u32) {
-    let ok = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(ok.success());
 }
 
 #[test]
@@ -270,7 +226,10 @@ fn sigterm_delivers_every_event_already_read_then_exits_0() {
     let mut seen = Vec::new();
     // Nobody reads stdout yet, so most events are still inside the pipeline when we signal.
     wait_for_line(&logs, "reached the end of the file; following", &mut seen);
-    sigterm(child.id());
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
     let mut stdout = String::new();
     child
         .stdout
@@ -335,7 +294,10 @@ fn follow_reads_appended_lines_and_a_partial_line_when_it_completes() {
     line.clear();
     out.read_line(&mut line).expect("line 2");
     assert!(line.contains("\"uid\":\"uid-2\""), "{line}");
-    sigterm(child.id());
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
     assert!(child.wait().expect("wait").success());
 }
 
