@@ -365,3 +365,73 @@ fn a_hundred_thousand_events_through_twenty_reloads_arrive_exactly_once() {
     uids.dedup();
     assert_eq!(uids.len(), N, "an event arrived twice");
 }
+
+#[test]
+fn a_kept_sql_sink_keeps_writing_and_an_unreachable_database_rolls_back() {
+    let (dir, events) = setup();
+    let db_path = dir.path().join("r.db");
+    let sink = format!(
+        "  db:\n    type: sql\n    inputs: [f]\n    url: sqlite://{}\n    batch: {{max_events: 10, max_wait: 10ms}}\n",
+        db_path.display()
+    );
+    let p = write(dir.path(), "p.yaml", &pipeline(&events, FILTER_WARN, &sink));
+    let mut r = Running::start(&[], &p);
+    let rows = || -> Vec<String> {
+        let rt = tokio::runtime::Runtime::new().expect("rt");
+        rt.block_on(async {
+            let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db_path.display()))
+                .await
+                .expect("open");
+            sqlx::query_scalar::<_, String>("SELECT uid FROM k8s_events ORDER BY uid")
+                .fetch_all(&pool)
+                .await
+                .unwrap_or_default()
+        })
+    };
+    let wait_rows = |want: &[&str]| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let got = rows();
+            if got == want {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "rows {got:?}, expected {want:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    append(
+        &events,
+        &[sample_line(1, "Warning"), sample_line(2, "Normal")],
+    );
+    wait_rows(&["uid-1"]);
+    replace(&p, &pipeline(&events, FILTER_NORMAL, &sink));
+    let log = r.wait_log("reload applied");
+    assert!(
+        log.contains("\"kept\":\"[\\\"src\\\", \\\"db\\\"]\""),
+        "{log}"
+    );
+    append(
+        &events,
+        &[sample_line(3, "Warning"), sample_line(4, "Normal")],
+    );
+    wait_rows(&["uid-1", "uid-4"]);
+    // An added sink whose database cannot be reached: nothing changes.
+    let unreachable = format!(
+        "{sink}  pg:\n    type: sql\n    inputs: [f]\n    url: postgres://nobody:secret@127.0.0.1:1/nowhere\n    connect_timeout: 1s\n"
+    );
+    replace(&p, &pipeline(&events, FILTER_WARN, &unreachable));
+    let log = r.wait_log("reload rolled back");
+    assert!(
+        log.contains("stage `pg`") && log.contains("cannot connect") && !log.contains("secret"),
+        "{log}"
+    );
+    append(
+        &events,
+        &[sample_line(5, "Warning"), sample_line(6, "Normal")],
+    );
+    wait_rows(&["uid-1", "uid-4", "uid-6"]);
+    assert!(r.stop().0.success());
+}

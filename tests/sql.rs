@@ -475,65 +475,97 @@ async fn a_bad_url_or_table_fails_the_build_with_a_clear_error() {
 fn kill_9_mid_stream_loses_no_committed_row_and_a_replay_completes_the_table() {
     use support::*;
     const N: usize = 20_000;
-    let dir = tempfile::tempdir().expect("tmp");
-    let lines: String = (0..N).map(|i| sample_line(i, "Warning") + "\n").collect();
-    let events = write(dir.path(), "events.jsonl", &lines);
-    let db_path = dir.path().join("k.db");
-    let p = write(
-        dir.path(),
-        "p.yaml",
-        &format!(
-            "stages:\n  src:\n    type: file\n    path: {}\n  db:\n    type: sql\n    inputs: [src]\n    url: sqlite://{}\n    batch: {{max_events: 200, max_wait: 10ms}}\n",
-            events.display(),
-            db_path.display()
-        ),
-    );
-    let count = |conn: &str| -> i64 {
-        let rt = tokio::runtime::Runtime::new().expect("rt");
-        rt.block_on(async {
-            let db = connect(conn).await;
-            match &db {
-                Db::Sqlite(p) => sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM k8s_events")
-                    .fetch_one(p)
+    let rt = tokio::runtime::Runtime::new().expect("rt");
+    for b in backends("kill_9_mid_stream") {
+        let dir = tempfile::tempdir().expect("tmp");
+        let lines: String = (0..N).map(|i| sample_line(i, "Warning") + "\n").collect();
+        let events = write(dir.path(), "events.jsonl", &lines);
+        let table = table_name("kill");
+        let p = write(
+            dir.path(),
+            "p.yaml",
+            &format!(
+                "stages:\n  src:\n    type: file\n    path: {}\n  db:\n    type: sql\n    inputs: [src]\n    url: {}\n    table: {table}\n    batch: {{max_events: 200, max_wait: 10ms}}\n",
+                events.display(),
+                b.url
+            ),
+        );
+        let count = || -> i64 {
+            rt.block_on(async {
+                let db = connect(&b.url).await;
+                if db
+                    .columns(&table)
                     .await
-                    .unwrap_or(0),
-                _ => 0,
-            }
-        })
-    };
-    let url = format!("sqlite://{}", db_path.display());
-    let mut child = bin()
-        .arg("run")
-        .arg(&p)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn");
-    // Kill it once some rows are committed but (very likely) not all.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !db_path.exists() || count(&url) < 500 {
-        assert!(std::time::Instant::now() < deadline, "no rows written");
-        std::thread::sleep(Duration::from_millis(5));
+                    .map(|c| c.is_empty())
+                    .unwrap_or(true)
+                {
+                    return 0;
+                }
+                let sql = format!("SELECT COUNT(*) FROM {table}");
+                match &db {
+                    Db::Sqlite(p) => {
+                        sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
+                            .fetch_one(p)
+                            .await
+                    }
+                    Db::Postgres(p) => {
+                        sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
+                            .fetch_one(p)
+                            .await
+                    }
+                    Db::MySql(p) => {
+                        sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
+                            .fetch_one(p)
+                            .await
+                    }
+                }
+                .unwrap_or(0)
+            })
+        };
+        let quiet = || std::process::Stdio::null();
+        let mut child = bin()
+            .arg("run")
+            .arg(&p)
+            .stdout(quiet())
+            .stderr(quiet())
+            .spawn()
+            .expect("spawn");
+        // Kill it once some rows are committed but (very likely) not all.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while count() < 400 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{}: no rows written",
+                b.name
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        child.kill().expect("kill -9");
+        let _ = child.wait();
+        let after_kill = count();
+        assert!(
+            after_kill >= 400,
+            "{}: committed rows survive a kill -9: {after_kill}",
+            b.name
+        );
+        // The table is intact, and replaying the file completes it without duplicates.
+        let status = bin()
+            .arg("run")
+            .arg(&p)
+            .stdout(quiet())
+            .stderr(quiet())
+            .status()
+            .expect("rerun");
+        assert!(status.success(), "{}", b.name);
+        assert_eq!(
+            count(),
+            N as i64,
+            "{}: every event once (upsert by key), none twice",
+            b.name
+        );
+        eprintln!(
+            "{}: killed at {after_kill} of {N} rows; replay completed the table",
+            b.name
+        );
     }
-    child.kill().expect("kill -9");
-    let _ = child.wait();
-    let after_kill = count(&url);
-    assert!(
-        after_kill >= 500,
-        "committed rows survive a kill -9: {after_kill}"
-    );
-    // The database is intact, and replaying the file completes it without duplicates.
-    let status = bin()
-        .arg("run")
-        .arg(&p)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("rerun");
-    assert!(status.success());
-    assert_eq!(
-        count(&url),
-        N as i64,
-        "every event once (upsert by key), none twice"
-    );
 }
