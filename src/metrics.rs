@@ -29,6 +29,26 @@ pub fn describe() {
         Unit::Count,
         "Batches waiting in a stage's input queue."
     );
+    describe_counter!(
+        KEY_DISCARDED,
+        Unit::Count,
+        "Events dropped per key, for stages with per_key_metrics on."
+    );
+    describe_counter!(
+        RATE_LIMIT_RESETS,
+        Unit::Count,
+        "Times a rate_limit stage reset its key table because more than max_keys keys were live."
+    );
+    metrics::describe_histogram!(
+        PROCESSING,
+        Unit::Seconds,
+        "Time a stage spent processing one batch."
+    );
+    metrics::describe_histogram!(
+        SQL_SECONDS,
+        Unit::Seconds,
+        "SQL statement latency by operation."
+    );
 }
 
 pub fn received(stage: &str, ty: &'static str) -> Counter {
@@ -164,4 +184,10 @@ pub const SQL_SECONDS: &str = "eventflow_sql_query_seconds";
 
 pub fn sql_latency(stage: &str, op: &'static str) -> metrics::Histogram {
     metrics::histogram!(SQL_SECONDS, "stage" => stage.to_string(), "operation" => op)
+}
+
+pub const PROCESSING: &str = "eventflow_stage_processing_seconds";
+
+pub fn processing(stage: &str, ty: &'static str) -> metrics::Histogram {
+    metrics::histogram!(PROCESSING, "stage" => stage.to_string(), "type" => ty)
 }

@@ -115,25 +115,6 @@ fn an_unchanged_dedup_keeps_its_cache_while_its_neighbour_changes() {
     assert!(r.stop().0.success());
 }
 
-fn api_port(r: &mut Running) -> u16 {
-    let l = r
-        .seen_logs
-        .iter()
-        .find(|l| l.contains("API endpoint"))
-        .cloned()
-        .unwrap_or_else(|| r.wait_log("API endpoint"));
-    let v: serde_json::Value = serde_json::from_str(&l).expect("json log");
-    let listen = v["fields"]["listen"]
-        .as_str()
-        .expect("listen field")
-        .to_string();
-    listen
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("port")
-}
-
 fn http(port: u16, method: &str, path: &str) -> (u16, String) {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
     write!(s, "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").expect("send");
@@ -181,7 +162,7 @@ fn an_invalid_edit_is_rejected_and_a_failed_build_is_rolled_back() {
     let good = format!("{API}{}", pipeline(&events, FILTER_WARN, OUT));
     let p = write(dir.path(), "p.yaml", &good);
     let mut r = Running::start(&[], &p);
-    let port = api_port(&mut r);
+    let port = r.api_port();
     // Invalid: an unknown field. Rejected with its position; the old pipeline runs on.
     replace(
         &p,
@@ -265,7 +246,7 @@ fn sighup_and_post_reload_apply_the_file() {
         &format!("{API}{}", pipeline(&events, FILTER_WARN, OUT)),
     );
     let mut r = Running::start(&["--no-watch"], &p);
-    let port = api_port(&mut r);
+    let port = r.api_port();
     replace(
         &p,
         &format!("{API}{}", pipeline(&events, FILTER_NORMAL, OUT)),

@@ -302,7 +302,11 @@ impl Transform for Aggregator {
                 let next = self.next_deadline();
                 tokio::select! {
                     batch = cx.input.recv() => match batch {
-                        Some(b) => self.ingest(b, Instant::now(), &mut out),
+                        Some(b) => {
+                            let started = std::time::Instant::now();
+                            self.ingest(b, Instant::now(), &mut out);
+                            cx.metrics.processing.record(started.elapsed().as_secs_f64());
+                        }
                         None => {
                             self.close_all(&mut out);
                             send_chunks(&mut cx, &mut out).await;

@@ -78,6 +78,8 @@ pub struct StageMetrics {
     pub type_name: &'static str,
     pub received: Counter,
     pub errors_event: Counter,
+    /// Time spent processing one batch (transform work, or a sink's write and commit).
+    pub processing: metrics::Histogram,
 }
 
 impl StageMetrics {
@@ -87,6 +89,7 @@ impl StageMetrics {
             type_name,
             received: m::received(id, type_name),
             errors_event: m::stage_errors(id, type_name, "bad_event"),
+            processing: m::processing(id, type_name),
         }
     }
 
@@ -185,7 +188,11 @@ impl<T: FunctionTransform> Transform for Function<T> {
         let mut t = self.0;
         Box::pin(async move {
             while let Some(batch) = cx.input.recv().await {
+                let started = std::time::Instant::now();
                 let out = t.transform(batch);
+                cx.metrics
+                    .processing
+                    .record(started.elapsed().as_secs_f64());
                 cx.out.send(out).await;
             }
             Ok(())

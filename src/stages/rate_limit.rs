@@ -359,7 +359,11 @@ impl Transform for RateLimit {
                 tokio::select! {
                     batch = cx.input.recv() => match batch {
                         Some(b) if self.cfg.when_limited == WhenLimited::Wait => self.process_waiting(b, &mut cx).await,
-                        Some(b) => self.process(b, &mut out),
+                        Some(b) => {
+                            let started = std::time::Instant::now();
+                            self.process(b, &mut out);
+                            cx.metrics.processing.record(started.elapsed().as_secs_f64());
+                        }
                         None => {
                             self.release_summaries(true, &mut out);
                             cx.out.send(out).await;

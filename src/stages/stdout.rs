@@ -42,6 +42,7 @@ impl Sink for StdoutSink {
             let mut buf = Vec::with_capacity(64 * 1024);
             let bad = cx.metrics.errors_event.clone();
             while let Some(batch) = cx.input.recv().await {
+                let started = std::time::Instant::now();
                 buf.clear();
                 for e in &batch {
                     match crate::event::to_json(e, self.raw) {
@@ -67,6 +68,9 @@ impl Sink for StdoutSink {
                         "cannot write to standard output: {err}"
                     )));
                 }
+                cx.metrics
+                    .processing
+                    .record(started.elapsed().as_secs_f64());
             }
             Ok(())
         })

@@ -109,6 +109,26 @@ impl Running {
         );
     }
 
+    /// The port of the API endpoint (from its start-up log line).
+    pub fn api_port(&mut self) -> u16 {
+        let l = self
+            .seen_logs
+            .iter()
+            .find(|l| l.contains("API endpoint"))
+            .cloned()
+            .unwrap_or_else(|| self.wait_log("API endpoint"));
+        let v: serde_json::Value = serde_json::from_str(&l).expect("json log");
+        let listen = v["fields"]["listen"]
+            .as_str()
+            .expect("listen field")
+            .to_string();
+        listen
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port")
+    }
+
     /// The next stdout line as JSON.
     pub fn next_event(&mut self) -> serde_json::Value {
         let l = self

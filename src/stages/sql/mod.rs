@@ -350,7 +350,11 @@ impl Sink for SqlSink {
                 {
                     let rest = buf.split_off(buf.len().min(max));
                     let batch = std::mem::replace(&mut buf, rest);
+                    let started = Instant::now();
                     let statuses = self.write(&batch).await;
+                    cx.metrics
+                        .processing
+                        .record(started.elapsed().as_secs_f64());
                     for (e, s) in batch.iter().zip(statuses) {
                         if s != Status::Delivered {
                             e.set_status(s);
