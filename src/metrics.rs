@@ -27,7 +27,7 @@ pub fn describe() {
     describe_gauge!(
         QUEUE,
         Unit::Count,
-        "Batches waiting in a stage's input queue."
+        "Events waiting in a stage's input queue."
     );
     describe_counter!(
         KEY_DISCARDED,

@@ -105,6 +105,11 @@ fn counters_match_a_known_run_and_promtool_accepts_the_output() {
         7.0
     );
     assert!(body.contains("# HELP eventflow_events_received_total"));
+    // Every event sent to `warn` was received: nothing is left queued.
+    assert!(
+        body.contains("eventflow_stage_queue_events{stage=\"warn\",type=\"filter\"} 0"),
+        "{body}"
+    );
     assert!(
         body.contains("eventflow_stage_processing_seconds_bucket{stage=\"warn\""),
         "histograms have buckets"

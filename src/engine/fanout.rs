@@ -15,10 +15,18 @@ use crate::event::Event;
 /// What flows over every edge: a batch of events.
 pub type Batch = Vec<Event>;
 
+/// The sending end of an edge into a stage's input, with that stage's queue gauge.
+#[derive(Debug, Clone)]
+pub struct Edge {
+    pub tx: mpsc::Sender<Batch>,
+    /// `eventflow_stage_queue_events` of the receiving stage: raised here, lowered on receipt.
+    pub queued: metrics::Gauge,
+}
+
 /// A change to a fan-out's downstream set.
 #[derive(Debug)]
 pub enum Edit {
-    Set(String, mpsc::Sender<Batch>),
+    Set(String, Edge),
     Remove(String),
 }
 
@@ -27,7 +35,7 @@ pub type Control = mpsc::UnboundedSender<Vec<Edit>>;
 
 /// A stage's output.
 pub struct Fanout {
-    outs: Vec<(String, mpsc::Sender<Batch>)>,
+    outs: Vec<(String, Edge)>,
     control: mpsc::UnboundedReceiver<Vec<Edit>>,
     sent: Counter,
     lost: Counter,
@@ -35,11 +43,7 @@ pub struct Fanout {
 
 impl Fanout {
     /// A fan-out with initial downstreams and its control handle.
-    pub fn new(
-        outs: Vec<(String, mpsc::Sender<Batch>)>,
-        sent: Counter,
-        lost: Counter,
-    ) -> (Fanout, Control) {
+    pub fn new(outs: Vec<(String, Edge)>, sent: Counter, lost: Counter) -> (Fanout, Control) {
         let (tx, rx) = mpsc::unbounded_channel();
         (
             Fanout {
@@ -125,11 +129,17 @@ impl Fanout {
     /// Returns `None` if the downstream is gone.
     async fn send_one(&mut self, id: &str, mut payload: Batch) -> Option<()> {
         loop {
-            let tx = self.outs.iter().find(|(o, _)| o == id)?.1.clone();
+            let edge = self.outs.iter().find(|(o, _)| o == id)?.1.clone();
+            let tx = edge.tx;
+            let n = payload.len() as f64;
             tokio::select! {
                 biased;
                 permit = tx.reserve() => match permit {
-                    Ok(p) => { p.send(payload); return Some(()); }
+                    Ok(p) => {
+                        edge.queued.increment(n);
+                        p.send(payload);
+                        return Some(());
+                    }
                     Err(_) => return None,
                 },
                 edits = self.control.recv() => match edits {
@@ -144,6 +154,9 @@ impl Fanout {
                     None => {
                         // The engine dropped the control handle: no more edits; just send.
                         let r = tx.send(std::mem::take(&mut payload)).await;
+                        if r.is_ok() {
+                            edge.queued.increment(n);
+                        }
                         return r.ok();
                     }
                 },

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::CHANNEL_CAPACITY;
-use super::fanout::{Batch, Control, Edit, Fanout};
+use super::fanout::{Batch, Control, Edge, Edit, Fanout};
 use crate::config::diff::Diff;
 use crate::config::{Pipeline, graph};
 use crate::metrics as m;
@@ -47,7 +47,7 @@ struct Running {
     kind: StageKind,
     serial: u64,
     /// The engine's sender into the stage's input (transforms and sinks).
-    input: Option<mpsc::Sender<Batch>>,
+    input: Option<Edge>,
     /// Control over the stage's fan-out (sources and transforms).
     control: Option<Control>,
     /// Stop signal (sources).
@@ -168,21 +168,21 @@ impl Topology {
 
         // 3. Input channels for the new transforms and sinks.
         let mut receivers: HashMap<String, mpsc::Receiver<Batch>> = HashMap::new();
-        let mut new_inputs: HashMap<String, mpsc::Sender<Batch>> = HashMap::new();
+        let mut new_inputs: HashMap<String, Edge> = HashMap::new();
         for (id, stage) in &built {
             if !matches!(stage, Stage::Source(_)) {
                 let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
                 receivers.insert(id.clone(), rx);
-                new_inputs.insert(id.clone(), tx);
+                let queued = m::queue_depth(id, new.stages[id].type_name);
+                new_inputs.insert(id.clone(), Edge { tx, queued });
             }
         }
-        let input_of =
-            |id: &str, running: &HashMap<String, Running>| -> Option<mpsc::Sender<Batch>> {
-                new_inputs
-                    .get(id)
-                    .cloned()
-                    .or_else(|| running.get(id).and_then(|r| r.input.clone()))
-            };
+        let input_of = |id: &str, running: &HashMap<String, Running>| -> Option<Edge> {
+            new_inputs
+                .get(id)
+                .cloned()
+                .or_else(|| running.get(id).and_then(|r| r.input.clone()))
+        };
 
         // 4. Re-point the fan-outs of kept upstream stages, one atomic edit each.
         for id in &diff.kept {
@@ -223,7 +223,7 @@ impl Topology {
             };
             let spec = &new.stages[&id];
             let metrics = StageMetrics::new(&id, spec.type_name);
-            let outs: Vec<(String, mpsc::Sender<Batch>)> = new
+            let outs: Vec<(String, Edge)> = new
                 .consumers_of(&id)
                 .filter_map(|c| input_of(&c.id, &self.running).map(|tx| (c.id.clone(), tx)))
                 .collect();

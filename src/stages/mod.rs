@@ -119,7 +119,7 @@ impl Input {
     pub async fn recv(&mut self) -> Option<Batch> {
         let b = self.rx.recv().await?;
         self.received.increment(b.len() as u64);
-        self.depth.set(self.rx.len() as f64);
+        self.depth.decrement(b.len() as f64);
         Some(b)
     }
 }
