@@ -165,6 +165,15 @@ impl Db {
         }
     }
 
+    /// Closes every connection of the pool.
+    pub async fn close(&self) {
+        match self {
+            Db::Sqlite(p) => p.close().await,
+            Db::Postgres(p) => p.close().await,
+            Db::MySql(p) => p.close().await,
+        }
+    }
+
     pub fn backend(&self) -> Backend {
         match self {
             Db::Sqlite(_) => Backend::Sqlite,

@@ -368,6 +368,8 @@ impl Sink for SqlSink {
             if let Some(h) = retention {
                 h.abort();
             }
+            // Closing the pool lets SQLite fold its WAL back into the database file.
+            self.db.close().await;
             Ok(())
         })
     }
