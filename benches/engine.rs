@@ -14,8 +14,9 @@ use eventflow::engine::Topology;
 use eventflow::event::{Event, Finalizers, WireEvent};
 use eventflow::stages::StageKind;
 use eventflow::stages::file::FileConfig;
-use eventflow::stages::filter::FilterConfig;
-use eventflow::testkit::{ChannelSource, CountingSink, PipelineBuilder, event};
+use eventflow::testkit::{
+    ChannelSource, CountingSink, PipelineBuilder, event, filter, source_filter_sink,
+};
 
 static RESULTS: Mutex<BTreeMap<&'static str, (u64, Duration)>> = Mutex::new(BTreeMap::new());
 
@@ -32,10 +33,6 @@ fn rt() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("runtime")
-}
-
-fn filter(yaml: &str) -> Arc<FilterConfig> {
-    Arc::new(tree::from_node(&tree::parse(yaml).expect("yaml")).expect("filter"))
 }
 
 const N: usize = 200_000;
@@ -67,25 +64,8 @@ fn overhead(c: &mut Criterion) {
             for _ in 0..iters {
                 let (src, feed) = ChannelSource::new(8);
                 let sink = CountingSink::default();
-                let p = PipelineBuilder::new()
-                    .stage("src", "channel", StageKind::Source, &[], Arc::new(src), 0)
-                    .stage(
-                        "f",
-                        "filter",
-                        StageKind::Transform,
-                        &["src"],
-                        filter("types: [Warning]"),
-                        0,
-                    )
-                    .stage(
-                        "out",
-                        "counting",
-                        StageKind::Sink,
-                        &["f"],
-                        Arc::new(sink.clone()),
-                        0,
-                    )
-                    .build();
+                let p =
+                    source_filter_sink(Arc::new(src), "types: [Warning]", Arc::new(sink.clone()));
                 let pool = pool.clone();
                 total += rt.block_on(async move {
                     let topo = Topology::start(p).await.expect("start");

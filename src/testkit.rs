@@ -88,6 +88,33 @@ impl PipelineBuilder {
     }
 }
 
+/// A filter config from YAML (test input, so a bad one panics).
+pub fn filter(yaml: &str) -> Arc<crate::stages::filter::FilterConfig> {
+    let node = crate::config::tree::parse(yaml).expect("filter yaml");
+    Arc::new(crate::config::tree::from_node(&node).expect("filter config"))
+}
+
+/// The pipeline most engine tests and benchmarks use: `src` -> `f` (a filter with the given
+/// rules) -> `out`.
+pub fn source_filter_sink(
+    source: Arc<dyn StageConfig>,
+    rules: &str,
+    sink: Arc<dyn StageConfig>,
+) -> Pipeline {
+    PipelineBuilder::new()
+        .stage("src", "channel", StageKind::Source, &[], source, 0)
+        .stage(
+            "f",
+            "filter",
+            StageKind::Transform,
+            &["src"],
+            filter(rules),
+            0,
+        )
+        .stage("out", "counting", StageKind::Sink, &["f"], sink, 0)
+        .build()
+}
+
 /// A source that emits batches handed to it through a channel, each with its own finalizer;
 /// the status of every batch comes back on the returned receiver.
 #[derive(Debug, Clone)]

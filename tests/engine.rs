@@ -5,17 +5,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use eventflow::config::tree;
 use eventflow::engine::Topology;
 use eventflow::engine::ack::Status;
 use eventflow::stages::StageKind;
-use eventflow::stages::filter::FilterConfig;
-use eventflow::testkit::{ChannelSource, CountingSink, PipelineBuilder, event};
+use eventflow::testkit::{
+    ChannelSource, CountingSink, PipelineBuilder, event, filter, source_filter_sink,
+};
 use tokio::sync::Semaphore;
-
-fn filter(yaml: &str) -> Arc<FilterConfig> {
-    Arc::new(tree::from_node(&tree::parse(yaml).expect("yaml")).expect("filter config"))
-}
 
 async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -78,25 +74,7 @@ async fn an_event_fanned_out_to_two_sinks_is_acknowledged_after_both_commit() {
 async fn events_dropped_by_a_filter_are_acknowledged_as_done() {
     let (src, feed) = ChannelSource::new(4);
     let sink = CountingSink::recording();
-    let p = PipelineBuilder::new()
-        .stage("src", "channel", StageKind::Source, &[], Arc::new(src), 0)
-        .stage(
-            "f",
-            "filter",
-            StageKind::Transform,
-            &["src"],
-            filter("types: [Warning]"),
-            0,
-        )
-        .stage(
-            "out",
-            "counting",
-            StageKind::Sink,
-            &["f"],
-            Arc::new(sink.clone()),
-            0,
-        )
-        .build();
+    let p = source_filter_sink(Arc::new(src), "types: [Warning]", Arc::new(sink.clone()));
     let topo = Topology::start(p).await.expect("start");
     let ack = feed.send(vec![event("normal-only")]).await;
     let status = tokio::time::timeout(Duration::from_secs(5), ack)
@@ -140,25 +118,7 @@ async fn a_stuck_sink_slows_the_source_instead_of_growing_memory() {
     let (src, feed) = ChannelSource::new(1);
     let gate = Arc::new(Semaphore::new(0));
     let sink = CountingSink::gated(gate.clone());
-    let p = PipelineBuilder::new()
-        .stage("src", "channel", StageKind::Source, &[], Arc::new(src), 0)
-        .stage(
-            "f",
-            "filter",
-            StageKind::Transform,
-            &["src"],
-            filter("{}"),
-            0,
-        )
-        .stage(
-            "out",
-            "counting",
-            StageKind::Sink,
-            &["f"],
-            Arc::new(sink.clone()),
-            0,
-        )
-        .build();
+    let p = source_filter_sink(Arc::new(src), "{}", Arc::new(sink.clone()));
     let topo = Topology::start(p).await.expect("start");
     let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let acc = accepted.clone();
@@ -191,25 +151,7 @@ async fn shutdown_delivers_every_event_already_read() {
     let (src, feed) = ChannelSource::new(64);
     let gate = Arc::new(Semaphore::new(0));
     let sink = CountingSink::gated(gate.clone());
-    let p = PipelineBuilder::new()
-        .stage("src", "channel", StageKind::Source, &[], Arc::new(src), 0)
-        .stage(
-            "f",
-            "filter",
-            StageKind::Transform,
-            &["src"],
-            filter("{}"),
-            0,
-        )
-        .stage(
-            "out",
-            "counting",
-            StageKind::Sink,
-            &["f"],
-            Arc::new(sink.clone()),
-            0,
-        )
-        .build();
+    let p = source_filter_sink(Arc::new(src), "{}", Arc::new(sink.clone()));
     let topo = Topology::start(p).await.expect("start");
     let mut acks = Vec::new();
     for i in 0..10 {

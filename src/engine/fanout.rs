@@ -74,17 +74,6 @@ impl Fanout {
         }
     }
 
-    /// The number of downstream stages right now.
-    pub fn len(&mut self) -> usize {
-        self.apply_pending();
-        self.outs.len()
-    }
-
-    /// True when no stage reads this output.
-    pub fn is_empty(&mut self) -> bool {
-        self.len() == 0
-    }
-
     /// Sends a batch to every downstream stage, waiting for room (back-pressure).
     pub async fn send(&mut self, batch: Batch) {
         self.apply_pending();

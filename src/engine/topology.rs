@@ -106,7 +106,8 @@ impl Topology {
             .count()
     }
 
-    /// Waits for the next stage task to end; returns `true` if it was a current source.
+    /// Waits for the next current stage task to end (notices from instances a reload
+    /// replaced are skipped); a source that ended is no longer counted as running.
     pub async fn next_exit(&mut self) -> Option<Exited> {
         loop {
             let e = self.exits_rx.recv().await?;

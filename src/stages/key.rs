@@ -10,19 +10,24 @@ impl KeySpec {
     /// Writes the key of `e` into `buf` (cleared first). Values are separated by a byte that
     /// cannot appear in Kubernetes names (0x1f), so `a/b` + `c` and `a` + `b/c` differ.
     pub fn write(&self, e: &EventData, buf: &mut String) {
+        self.write_with(e, buf, '\u{1f}');
+    }
+
+    /// Writes the values of `e` joined with `sep` into `buf` (cleared first).
+    pub fn write_with(&self, e: &EventData, buf: &mut String, sep: char) {
         buf.clear();
         for (i, f) in self.0.iter().enumerate() {
             if i > 0 {
-                buf.push('\u{1f}');
+                buf.push(sep);
             }
             buf.push_str(&e.get(*f));
         }
     }
 
-    /// The key of `e` as a new string.
-    pub fn of(&self, e: &EventData) -> String {
+    /// The values of `e` joined with `sep`, as a new string.
+    pub fn joined(&self, e: &EventData, sep: char) -> String {
         let mut s = String::new();
-        self.write(e, &mut s);
+        self.write_with(e, &mut s, sep);
         s
     }
 
@@ -49,7 +54,8 @@ mod tests {
             object_name: "b/c".into(),
             ..EventData::default()
         };
-        assert_ne!(k.of(&a), k.of(&b));
-        assert_eq!(k.display(&k.of(&a)), "a/b/c");
+        assert_ne!(k.joined(&a, '\u{1f}'), k.joined(&b, '\u{1f}'));
+        assert_eq!(k.display(&k.joined(&a, '\u{1f}')), "a/b/c");
+        assert_eq!(k.joined(&a, '/'), "a/b/c");
     }
 }

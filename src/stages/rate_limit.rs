@@ -216,8 +216,13 @@ impl RateLimit {
         self.limiter.len()
     }
 
-    fn count_drop(&self, c: &Counter) {
-        c.increment(1);
+    /// Counts a dropped (`suppressed`: remembered for a summary) event.
+    fn count_drop(&self, suppressed: bool) {
+        if suppressed {
+            self.suppressed.increment(1);
+        } else {
+            self.dropped.increment(1);
+        }
         if self.cfg.per_key_metrics {
             crate::metrics::key_discarded(&self.stage, &self.key.display(&self.buf)).increment(1);
         }
@@ -225,7 +230,7 @@ impl RateLimit {
 
     /// Remembers a suppressed event under the current key.
     fn suppress(&mut self, e: Event, out: &mut Batch) {
-        self.count_drop(&self.suppressed.clone());
+        self.count_drop(true);
         if let Some(s) = self.pending.get_mut(self.buf.as_str()) {
             s.events += 1;
             s.occurrences += 1;
@@ -314,7 +319,7 @@ impl RateLimit {
             } else if self.cfg.when_limited == WhenLimited::Summarize {
                 self.suppress(e, out);
             } else {
-                self.count_drop(&self.dropped.clone());
+                self.count_drop(false);
             }
         }
     }

@@ -60,19 +60,21 @@ fn classify(e: sqlx::Error) -> DbError {
         | E::Protocol(_) => true,
         E::Database(db) => {
             let code = db.code().map(|c| c.to_string()).unwrap_or_default();
-            // PostgreSQL: connection exceptions, shutdown, resources, serialization/deadlock.
-            code.starts_with("08")
+            let code = code.as_str();
+            // PostgreSQL: connection exceptions, shutdown, out of resources,
+            // serialization failure, deadlock.
+            let pg = code.starts_with("08")
                 || code.starts_with("57P")
                 || code.starts_with("53")
                 || code == "40001"
-                || code == "40P01"
-                // MySQL/MariaDB: lock wait, deadlock, gone away, lost, too many connections, shutdown.
-                || ["1205", "1213", "2006", "2013", "1040", "1053", "1927", "HY000"].contains(&code.as_str())
-                    && db.message().to_lowercase().contains("connection")
-                || ["1205", "1213", "2006", "2013", "1040", "1053", "1927"].contains(&code.as_str())
-                // SQLite: busy, locked.
-                || code == "5"
-                || code == "6"
+                || code == "40P01";
+            // MySQL/MariaDB: lock wait, deadlock, gone away, lost connection, too many
+            // connections, shutdown, killed; and a generic HY000 about a connection.
+            let mysql = ["1205", "1213", "2006", "2013", "1040", "1053", "1927"].contains(&code)
+                || (code == "HY000" && db.message().to_lowercase().contains("connection"));
+            // SQLite: busy, locked.
+            let sqlite = code == "5" || code == "6";
+            pg || mysql || sqlite
         }
         _ => false,
     };
@@ -230,35 +232,28 @@ impl Db {
 
     /// The column names of `table` (empty if it does not exist).
     pub async fn columns(&self, table: &str) -> Result<Vec<String>, DbError> {
-        let rows: Vec<String> = match self {
-            Db::Sqlite(p) => sqlx::query("SELECT name FROM pragma_table_info(?)")
-                .bind(table)
-                .fetch_all(p)
-                .await
-                .map_err(classify)?
-                .iter()
-                .filter_map(|r| r.try_get::<String, _>(0).ok())
-                .collect(),
-            Db::Postgres(p) => sqlx::query(
-                "SELECT column_name::text FROM information_schema.columns WHERE table_name = $1 AND table_schema = current_schema()",
-            )
-            .bind(table)
-            .fetch_all(p)
-            .await
-            .map_err(classify)?
-            .iter()
-            .filter_map(|r| r.try_get::<String, _>(0).ok())
-            .collect(),
-            Db::MySql(p) => sqlx::query(
-                "SELECT CAST(column_name AS CHAR) FROM information_schema.columns WHERE table_name = ? AND table_schema = DATABASE()",
-            )
-            .bind(table)
-            .fetch_all(p)
-            .await
-            .map_err(classify)?
-            .iter()
-            .filter_map(|r| r.try_get::<String, _>(0).ok())
-            .collect(),
+        macro_rules! names {
+            ($pool:expr, $sql:expr) => {
+                sqlx::query($sql)
+                    .bind(table)
+                    .fetch_all($pool)
+                    .await
+                    .map_err(classify)?
+                    .iter()
+                    .filter_map(|r| r.try_get::<String, _>(0).ok())
+                    .collect::<Vec<String>>()
+            };
+        }
+        let rows = match self {
+            Db::Sqlite(p) => names!(p, "SELECT name FROM pragma_table_info(?)"),
+            Db::Postgres(p) => names!(
+                p,
+                "SELECT column_name::text FROM information_schema.columns WHERE table_name = $1 AND table_schema = current_schema()"
+            ),
+            Db::MySql(p) => names!(
+                p,
+                "SELECT CAST(column_name AS CHAR) FROM information_schema.columns WHERE table_name = ? AND table_schema = DATABASE()"
+            ),
         };
         Ok(rows.into_iter().map(|c| c.to_lowercase()).collect())
     }

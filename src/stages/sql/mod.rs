@@ -196,16 +196,15 @@ impl SqlSink {
     }
 
     fn evt_key(&self, e: &Event) -> String {
-        let mut k = String::new();
-        self.key.write(e, &mut k);
-        k.replace('\u{1f}', "/")
+        self.key.joined(e, '/')
     }
 
-    fn rows<'a>(&self, events: impl Iterator<Item = &'a Event>) -> Vec<db::RowRef<'a>> {
+    /// Rows for `(evt_key, event)` pairs.
+    fn rows<'a>(&self, events: impl Iterator<Item = (String, &'a Event)>) -> Vec<db::RowRef<'a>> {
         let now = Utc::now();
         events
-            .map(|e| db::RowRef {
-                evt_key: self.evt_key(e),
+            .map(|(evt_key, e)| db::RowRef {
+                evt_key,
                 level: match e.type_.as_str() {
                     "Warning" => "warning",
                     "Normal" => "info",
@@ -232,24 +231,20 @@ impl SqlSink {
     /// event gets.
     pub async fn write(&self, batch: &[Event]) -> Vec<Status> {
         // One row per key: the last version of an event in the batch wins (a multi-row
-        // upsert may not touch the same row twice).
-        let mut last: std::collections::HashMap<String, usize> =
+        // upsert may not touch the same row twice). Each key is computed once.
+        let keys: Vec<String> = batch.iter().map(|e| self.evt_key(e)).collect();
+        let mut last: std::collections::HashMap<&str, usize> =
             std::collections::HashMap::with_capacity(batch.len());
-        for (i, e) in batch.iter().enumerate() {
-            last.insert(self.evt_key(e), i);
+        for (i, k) in keys.iter().enumerate() {
+            last.insert(k.as_str(), i);
         }
-        let unique: Vec<&Event> = if last.len() == batch.len() {
-            batch.iter().collect()
-        } else {
-            let keep: std::collections::HashSet<usize> = last.into_values().collect();
-            batch
-                .iter()
+        let rows = self.rows(
+            keys.iter()
+                .zip(batch)
                 .enumerate()
-                .filter(|(i, _)| keep.contains(i))
-                .map(|(_, e)| e)
-                .collect()
-        };
-        let rows = self.rows(unique.iter().copied());
+                .filter(|(i, (k, _))| last.get(k.as_str()) == Some(i))
+                .map(|(_, (k, e))| (k.clone(), e)),
+        );
         let sql = self.sql_for(rows.len());
         let mut statuses = vec![Status::Delivered; batch.len()];
         let mut delay = self.cfg.backoff.initial.0;
@@ -269,9 +264,9 @@ impl SqlSink {
                 Err(e) => {
                     tracing::warn!(error = %e, "batch refused; writing its rows one by one to find the bad ones");
                     let bad = self.write_one_by_one(&rows).await;
-                    for (i, ev) in batch.iter().enumerate() {
-                        if bad.contains(&self.evt_key(ev)) {
-                            statuses[i] = Status::Rejected;
+                    for (status, k) in statuses.iter_mut().zip(&keys) {
+                        if bad.contains(k) {
+                            *status = Status::Rejected;
                         }
                     }
                     return statuses;
