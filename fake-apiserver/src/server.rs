@@ -1,0 +1,891 @@
+//! The HTTP side: routing on the path only (kube sends `?&...`), list, watch, writes, faults,
+//! and the admin API under `/__fake/`.
+#![allow(clippy::result_large_err)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::convert::{Flavor, Selector, from_flavor, status, to_flavor};
+use crate::{Change, CloseMode, Faults, Op, Recorded, Shared, WatcherInfo, WriteError};
+
+const MAX_RECORDED: usize = 100_000;
+const BACKLOG_CHUNK: usize = 64 * 1024;
+
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    Router::new().fallback(handle).with_state(shared)
+}
+
+fn json_response(code: u16, v: &Value) -> Response {
+    let code = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut r = (code, v.to_string()).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    if code == StatusCode::TOO_MANY_REQUESTS {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    }
+    r
+}
+
+fn error(code: u16, reason: &str, message: &str) -> Response {
+    json_response(code, &status(code, reason, message))
+}
+
+fn write_error(e: WriteError) -> Response {
+    error(e.code, e.reason, &e.message)
+}
+
+/// The parsed target of an API request.
+struct Target {
+    flavor: Flavor,
+    ns: Option<String>,
+    name: Option<String>,
+}
+
+fn parse_target(path: &str) -> Option<Target> {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (flavor, rest) = match segs.as_slice() {
+        ["api", "v1", rest @ ..] => (Flavor::Core, rest),
+        ["apis", "events.k8s.io", "v1", rest @ ..] => (Flavor::Events, rest),
+        _ => return None,
+    };
+    let owned = |s: &&str| Some(s.to_string());
+    match rest {
+        ["events"] => Some(Target {
+            flavor,
+            ns: None,
+            name: None,
+        }),
+        ["namespaces", ns, "events"] => Some(Target {
+            flavor,
+            ns: owned(ns),
+            name: None,
+        }),
+        ["namespaces", ns, "events", name] => Some(Target {
+            flavor,
+            ns: owned(ns),
+            name: owned(name),
+        }),
+        _ => None,
+    }
+}
+
+fn parse_query(q: &str) -> BTreeMap<String, String> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(v) => {
+                        out.push(v);
+                        i += 3;
+                        continue;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn verb_of(
+    method: &Method,
+    target: &Target,
+    params: &BTreeMap<String, String>,
+) -> (Op, &'static str) {
+    let watch = matches!(params.get("watch").map(String::as_str), Some("true" | "1"));
+    match (method.as_str(), target.name.is_some()) {
+        ("GET", false) if watch => (Op::Watch, "watch"),
+        ("GET", false) => (Op::List, "list"),
+        ("GET", true) => (Op::Get, "get"),
+        ("POST", _) => (Op::Create, "create"),
+        ("PATCH", _) => (Op::Patch, "patch"),
+        ("PUT", _) => (Op::Patch, "update"),
+        ("DELETE", _) => (Op::Delete, "delete"),
+        _ => (Op::Any, "unknown"),
+    }
+}
+
+async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().to_string();
+    let query = parts.uri.query().unwrap_or("").to_string();
+    let params = parse_query(&query);
+    let body = match axum::body::to_bytes(body, 64 * 1024 * 1024).await {
+        Ok(b) => b,
+        Err(e) => return error(400, "BadRequest", &format!("cannot read the body: {e}")),
+    };
+    if let Some(admin) = path.strip_prefix("/__fake/") {
+        return admin_api(&shared, &parts.method, admin, &params, &body);
+    }
+    match path.as_str() {
+        "/version" => {
+            return json_response(
+                200,
+                &json!({"major":"1","minor":"33","gitVersion":"v1.33.0-fake","platform":"linux/amd64"}),
+            );
+        }
+        "/healthz" | "/readyz" | "/livez" => return (StatusCode::OK, "ok").into_response(),
+        "/api" => {
+            return json_response(
+                200,
+                &json!({"kind":"APIVersions","versions":["v1"],"serverAddressByClientCIDRs":[]}),
+            );
+        }
+        "/apis" => {
+            return json_response(
+                200,
+                &json!({"kind":"APIGroupList","apiVersion":"v1","groups":[{"name":"events.k8s.io","versions":[{"groupVersion":"events.k8s.io/v1","version":"v1"}],"preferredVersion":{"groupVersion":"events.k8s.io/v1","version":"v1"}}]}),
+            );
+        }
+        "/api/v1" | "/apis/events.k8s.io/v1" => {
+            let gv = if path == "/api/v1" {
+                "v1"
+            } else {
+                "events.k8s.io/v1"
+            };
+            return json_response(
+                200,
+                &json!({"kind":"APIResourceList","groupVersion":gv,"resources":[{"name":"events","singularName":"event","namespaced":true,"kind":"Event","verbs":["create","delete","get","list","patch","update","watch"],"shortNames":["ev"]}]}),
+            );
+        }
+        _ => {}
+    }
+    let Some(target) = parse_target(&path) else {
+        return error(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        );
+    };
+    let (op, verb) = verb_of(&parts.method, &target, &params);
+    if let Some(r) = pre(
+        &shared,
+        &parts.method,
+        &path,
+        &query,
+        &params,
+        &parts.headers,
+        op,
+        verb,
+        &target,
+    )
+    .await
+    {
+        return r;
+    }
+    match op {
+        Op::List => list(&shared, &target, &params),
+        Op::Watch => watch(&shared, &target, &params),
+        Op::Get => get(&shared, &target),
+        Op::Create | Op::Patch | Op::Delete => write(&shared, &parts.method, &target, &body),
+        Op::Any => error(405, "MethodNotAllowed", "method not allowed"),
+    }
+}
+
+/// Records the request, then applies delay, auth, RBAC and injected failures.
+#[allow(clippy::too_many_arguments)]
+async fn pre(
+    shared: &Arc<Shared>,
+    method: &Method,
+    path: &str,
+    query: &str,
+    params: &BTreeMap<String, String>,
+    headers: &HeaderMap,
+    op: Op,
+    verb: &str,
+    target: &Target,
+) -> Option<Response> {
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let (delay, verdict) = {
+        let mut g = shared.lock();
+        if g.requests.len() >= MAX_RECORDED {
+            g.requests.drain(..MAX_RECORDED / 2);
+        }
+        g.requests.push(Recorded {
+            method: method.to_string(),
+            path: path.to_string(),
+            query: query.to_string(),
+            params: params.clone(),
+            authorization: authorization.clone(),
+            at_ms: shared.started.elapsed().as_millis() as u64,
+        });
+        let delay = g
+            .faults
+            .delay
+            .iter()
+            .find(|(o, _)| *o == op || *o == Op::Any)
+            .map(|(_, d)| *d);
+        let verdict = verdict(&mut g.faults, op, verb, target, authorization.as_deref());
+        (delay, verdict)
+    };
+    shared.changed.notify_waiters();
+    if let Some(d) = delay {
+        tokio::time::sleep(d).await;
+    }
+    verdict
+}
+
+fn verdict(
+    f: &mut Faults,
+    op: Op,
+    verb: &str,
+    target: &Target,
+    authorization: Option<&str>,
+) -> Option<Response> {
+    if let Some(token) = &f.require_bearer
+        && authorization != Some(&format!("Bearer {token}"))
+    {
+        return Some(error(401, "Unauthorized", "Unauthorized"));
+    }
+    if f.forbid.iter().any(|v| v == verb || v == "*") {
+        let group = match target.flavor {
+            Flavor::Core => "",
+            Flavor::Events => "events.k8s.io",
+        };
+        let scope = match &target.ns {
+            Some(ns) => format!("in the namespace \"{ns}\""),
+            None => "at the cluster scope".to_string(),
+        };
+        let mut s = status(
+            403,
+            "Forbidden",
+            &format!(
+                "events is forbidden: User \"system:serviceaccount:obs:watcher\" cannot {verb} resource \"events\" in API group \"{group}\" {scope}"
+            ),
+        );
+        s["details"] = json!({"kind": "events"});
+        return Some(json_response(403, &s));
+    }
+    let idx = f
+        .fail_next
+        .iter()
+        .position(|x| x.op == op || x.op == Op::Any)?;
+    let x = f.fail_next.remove(idx)?;
+    let code = StatusCode::from_u16(x.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    Some(match x.raw_body {
+        Some(text) => (code, text).into_response(),
+        None => {
+            let reason = if x.reason.is_empty() {
+                "InternalError"
+            } else {
+                &x.reason
+            };
+            let msg = if x.message.is_empty() {
+                "injected failure"
+            } else {
+                &x.message
+            };
+            error(x.status, reason, msg)
+        }
+    })
+}
+
+fn selectors(
+    target: &Target,
+    params: &BTreeMap<String, String>,
+) -> Result<(Selector, Selector), Response> {
+    let fields = Selector::fields(params.get("fieldSelector").map_or("", |s| s), target.flavor)
+        .map_err(|e| error(400, "BadRequest", &e))?;
+    let labels = Selector::labels(params.get("labelSelector").map_or("", |s| s))
+        .map_err(|e| error(400, "BadRequest", &e))?;
+    Ok((fields, labels))
+}
+
+fn matcher(
+    target: &Target,
+    fields: Selector,
+    labels: Selector,
+) -> impl Fn(&Value) -> bool + Send + 'static {
+    let ns = target.ns.clone();
+    move |o: &Value| {
+        ns.as_deref()
+            .is_none_or(|ns| o.pointer("/metadata/namespace").and_then(Value::as_str) == Some(ns))
+            && fields.matches(o)
+            && labels.matches(o)
+    }
+}
+
+fn list_kind(flavor: Flavor) -> &'static str {
+    match flavor {
+        Flavor::Core => "v1",
+        Flavor::Events => "events.k8s.io/v1",
+    }
+}
+
+fn list(shared: &Arc<Shared>, target: &Target, params: &BTreeMap<String, String>) -> Response {
+    let (fields, labels) = match selectors(target, params) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let matches = matcher(target, fields, labels);
+    let limit = params
+        .get("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .filter(|l| *l > 0);
+    let mut g = shared.lock();
+    let (snap_rv, items, offset) = match params.get("continue") {
+        Some(token) => {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(token)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .and_then(|s| {
+                    let (rv, off) = s.split_once(':')?;
+                    Some((rv.parse::<u64>().ok()?, off.parse::<usize>().ok()?))
+                });
+            let expired = std::mem::take(&mut g.faults.expire_continue_tokens);
+            match decoded {
+                Some((rv, off)) if !expired && rv >= g.compacted_rv => match g.snapshots.get(&rv) {
+                    Some(items) => (rv, items.clone(), off),
+                    None => return expired_continue(),
+                },
+                Some(_) => return expired_continue(),
+                None => return error(400, "BadRequest", "invalid continue token"),
+            }
+        }
+        None => {
+            let items: Vec<Value> = g
+                .objects
+                .values()
+                .filter(|o| matches(o))
+                .map(|o| to_flavor(o, target.flavor, false))
+                .collect();
+            let rv = g.rv;
+            let items = Arc::new(items);
+            if limit.is_some_and(|l| items.len() > l) {
+                g.snapshots.insert(rv, items.clone());
+                if g.snapshots.len() > 64 {
+                    let oldest = g.snapshots.keys().min().copied();
+                    if let Some(k) = oldest {
+                        g.snapshots.remove(&k);
+                    }
+                }
+            }
+            (rv, items, 0)
+        }
+    };
+    drop(g);
+    let end = limit.map_or(items.len(), |l| (offset + l).min(items.len()));
+    let page = &items[offset.min(end)..end];
+    let mut meta = json!({"resourceVersion": snap_rv.to_string()});
+    if end < items.len() {
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{snap_rv}:{end}"));
+        meta["continue"] = json!(token);
+        meta["remainingItemCount"] = json!(items.len() - end);
+    }
+    let mut out = String::with_capacity(page.len() * 900 + 128);
+    out.push_str(&format!(
+        "{{\"kind\":\"EventList\",\"apiVersion\":\"{}\",\"metadata\":{},\"items\":[",
+        list_kind(target.flavor),
+        meta
+    ));
+    for (i, item) in page.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&item.to_string());
+    }
+    out.push_str("]}");
+    let mut r = (StatusCode::OK, out).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn expired_continue() -> Response {
+    error(
+        410,
+        "Expired",
+        "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.",
+    )
+}
+
+fn get(shared: &Arc<Shared>, target: &Target) -> Response {
+    let (Some(ns), Some(name)) = (&target.ns, &target.name) else {
+        return error(404, "NotFound", "not found");
+    };
+    let g = shared.lock();
+    match g.objects.get(&(ns.clone(), name.clone())) {
+        Some(o) => json_response(200, &to_flavor(o, target.flavor, true)),
+        None => error(404, "NotFound", &format!("events \"{name}\" not found")),
+    }
+}
+
+fn write(shared: &Arc<Shared>, method: &Method, target: &Target, body: &Bytes) -> Response {
+    let Some(ns) = &target.ns else {
+        return error(405, "MethodNotAllowed", "writes need a namespace");
+    };
+    let parsed = || -> Result<Value, Response> {
+        serde_json::from_slice::<Value>(body)
+            .map_err(|e| error(400, "BadRequest", &format!("invalid JSON body: {e}")))
+    };
+    let result = {
+        let mut g = shared.lock();
+        match (method.as_str(), &target.name) {
+            ("POST", _) => match parsed() {
+                Ok(v) => g
+                    .create(&shared.tx, ns, from_flavor(v, target.flavor))
+                    .map(|o| (201, o)),
+                Err(r) => return r,
+            },
+            ("PATCH", Some(name)) => match parsed() {
+                Ok(v) => g
+                    .patch(&shared.tx, ns, name, &from_flavor(v, target.flavor))
+                    .map(|o| (200, o)),
+                Err(r) => return r,
+            },
+            ("PUT", Some(name)) => match parsed() {
+                Ok(v) => g
+                    .replace(&shared.tx, ns, name, from_flavor(v, target.flavor))
+                    .map(|o| (200, o)),
+                Err(r) => return r,
+            },
+            ("DELETE", Some(name)) => g.delete(&shared.tx, ns, name).map(|o| (200, o)),
+            _ => return error(405, "MethodNotAllowed", "method not allowed"),
+        }
+    };
+    shared.changed.notify_waiters();
+    match result {
+        Ok((code, o)) => json_response(code, &to_flavor(&o, target.flavor, true)),
+        Err(e) => write_error(e),
+    }
+}
+
+fn line(ty: &str, o: &Value) -> String {
+    let mut s = format!("{{\"type\":\"{ty}\",\"object\":");
+    s.push_str(&o.to_string());
+    s.push_str("}\n");
+    s
+}
+
+fn bookmark(flavor: Flavor, rv: u64, initial_end: bool) -> String {
+    let mut meta = json!({"resourceVersion": rv.to_string(), "creationTimestamp": null});
+    if initial_end {
+        meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+    }
+    line(
+        "BOOKMARK",
+        &json!({"kind": "Event", "apiVersion": list_kind(flavor), "metadata": meta}),
+    )
+}
+
+/// Removes the watch from the registry when its body task ends.
+struct WatchGuard {
+    shared: Arc<Shared>,
+    id: u64,
+}
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        self.shared.lock().watchers.remove(&self.id);
+        self.shared.changed.notify_waiters();
+    }
+}
+
+fn watch(shared: &Arc<Shared>, target: &Target, params: &BTreeMap<String, String>) -> Response {
+    let (fields, labels) = match selectors(target, params) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let matches = matcher(target, fields, labels);
+    let flavor = target.flavor;
+    let send_initial = params.get("sendInitialEvents").map(String::as_str) == Some("true");
+    let allow_bookmarks = params.get("allowWatchBookmarks").map(String::as_str) == Some("true");
+    if send_initial
+        && (!allow_bookmarks
+            || params.get("resourceVersionMatch").map(String::as_str) != Some("NotOlderThan"))
+    {
+        return error(
+            400,
+            "BadRequest",
+            "sendInitialEvents requires allowWatchBookmarks=true and resourceVersionMatch=NotOlderThan",
+        );
+    }
+    let timeout = params
+        .get("timeoutSeconds")
+        .and_then(|t| t.parse::<u64>().ok())
+        .unwrap_or(1800);
+    let rv_param = params.get("resourceVersion").cloned().unwrap_or_default();
+
+    let mut g = shared.lock();
+    if g.faults.watch_410_as_http > 0 {
+        g.faults.watch_410_as_http -= 1;
+        return error(410, "Expired", "too old resource version");
+    }
+    if g.faults.empty_watches > 0 {
+        g.faults.empty_watches -= 1;
+        return (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            "",
+        )
+            .into_response();
+    }
+    let rx = shared.tx.subscribe();
+    let kick = shared.kick.subscribe();
+    let mut backlog: Vec<String> = Vec::new();
+    let mut err410 = false;
+    if send_initial || rv_param.is_empty() || rv_param == "0" {
+        for o in g.objects.values().filter(|o| matches(o)) {
+            backlog.push(line("ADDED", &to_flavor(o, flavor, true)));
+        }
+        if send_initial {
+            backlog.push(bookmark(flavor, g.rv, true));
+        }
+    } else {
+        let from = rv_param.parse::<u64>().unwrap_or(0);
+        let expire = g.faults.expire_next_watch > 0;
+        if expire {
+            g.faults.expire_next_watch -= 1;
+        }
+        if expire || from + 1 < g.compacted_rv {
+            let cur = g.rv;
+            backlog.push(line(
+                "ERROR",
+                &status(
+                    410,
+                    "Expired",
+                    &format!("too old resource version: {from} ({cur})"),
+                ),
+            ));
+            err410 = true;
+        } else {
+            for (rv, ty, o) in g.history.iter() {
+                if *rv > from && matches(o) {
+                    backlog.push(line(ty, &to_flavor(o, flavor, true)));
+                }
+            }
+        }
+    }
+    let injected: Vec<String> = g.faults.inject_lines.drain(..).collect();
+    let stall = g.faults.stall_watch;
+    let close_after = g.faults.close_after_events;
+    let abort_after = g.faults.abort_after_events;
+    let event_delay = g.faults.event_delay;
+    let bookmark_every = allow_bookmarks.then(|| {
+        g.faults
+            .bookmark_interval
+            .unwrap_or(Duration::from_secs(60))
+    });
+    g.next_watcher += 1;
+    let id = g.next_watcher;
+    g.watchers.insert(
+        id,
+        WatcherInfo {
+            id,
+            query: params
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join("&"),
+            events_sent: 0,
+        },
+    );
+    drop(g);
+    shared.changed.notify_waiters();
+
+    let (tx, body_rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(64);
+    let guard = WatchGuard {
+        shared: shared.clone(),
+        id,
+    };
+    tokio::spawn(stream_watch(WatchTask {
+        guard,
+        tx,
+        rx,
+        kick,
+        backlog,
+        injected,
+        err410,
+        stall,
+        close_after,
+        abort_after,
+        event_delay,
+        bookmark_every,
+        timeout: Duration::from_secs(timeout),
+        flavor,
+        matches: Box::new(matches),
+    }));
+    Response::builder()
+        .status(200)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from_stream(ReceiverStream::new(body_rx)))
+        .unwrap_or_else(|_| error(500, "InternalError", "cannot build the response"))
+}
+
+struct WatchTask {
+    guard: WatchGuard,
+    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
+    rx: broadcast::Receiver<Change>,
+    kick: broadcast::Receiver<CloseMode>,
+    backlog: Vec<String>,
+    injected: Vec<String>,
+    err410: bool,
+    stall: bool,
+    close_after: Option<u32>,
+    abort_after: Option<u32>,
+    event_delay: Option<Duration>,
+    bookmark_every: Option<Duration>,
+    timeout: Duration,
+    flavor: Flavor,
+    matches: Box<dyn Fn(&Value) -> bool + Send>,
+}
+
+async fn abort(tx: &mpsc::Sender<Result<Bytes, std::io::Error>>) {
+    // Let hyper flush what was sent before dropping the connection.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let _ = tx.send(Err(std::io::Error::other("abort"))).await;
+}
+
+async fn stream_watch(mut t: WatchTask) {
+    let deadline = tokio::time::Instant::now() + t.timeout;
+    let mut sent: u32 = 0;
+    // Counts one sent event; says whether the watch must end now.
+    let after_event = |t: &WatchTask, sent: u32| -> Option<CloseMode> {
+        {
+            let mut g = t.guard.shared.lock();
+            if let Some(w) = g.watchers.get_mut(&t.guard.id) {
+                w.events_sent += 1;
+            }
+        }
+        if t.abort_after.is_some_and(|n| sent >= n) {
+            return Some(CloseMode::Abort);
+        }
+        if t.close_after.is_some_and(|n| sent >= n) {
+            return Some(CloseMode::Graceful);
+        }
+        None
+    };
+    if !t.stall {
+        let mut chunk = String::new();
+        for l in std::mem::take(&mut t.backlog) {
+            let is_event = !t.err410;
+            chunk.push_str(&l);
+            if is_event {
+                sent += 1;
+                if let Some(mode) = after_event(&t, sent) {
+                    let _ = t.tx.send(Ok(Bytes::from(std::mem::take(&mut chunk)))).await;
+                    if mode == CloseMode::Abort {
+                        abort(&t.tx).await;
+                    }
+                    return;
+                }
+            }
+            if chunk.len() >= BACKLOG_CHUNK || t.event_delay.is_some() {
+                if t.tx
+                    .send(Ok(Bytes::from(std::mem::take(&mut chunk))))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                if let Some(d) = t.event_delay {
+                    tokio::time::sleep(d).await;
+                }
+            }
+        }
+        if !chunk.is_empty() && t.tx.send(Ok(Bytes::from(chunk))).await.is_err() {
+            return;
+        }
+        if t.err410 {
+            return;
+        }
+        for l in std::mem::take(&mut t.injected) {
+            if t.tx.send(Ok(Bytes::from(l + "\n"))).await.is_err() {
+                return;
+            }
+        }
+    }
+    let mut bookmarks = t.bookmark_every.map(|d| {
+        let mut i = tokio::time::interval_at(tokio::time::Instant::now() + d, d);
+        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        i
+    });
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => {
+                if !t.stall && t.bookmark_every.is_some() {
+                    let rv = t.guard.shared.lock().rv;
+                    let _ = t.tx.send(Ok(Bytes::from(bookmark(t.flavor, rv, false)))).await;
+                }
+                return;
+            }
+            k = t.kick.recv() => {
+                if k == Ok(CloseMode::Abort) {
+                    abort(&t.tx).await;
+                }
+                return;
+            }
+            _ = async { match bookmarks.as_mut() { Some(i) => { i.tick().await; } None => std::future::pending::<()>().await } }, if !t.stall => {
+                let rv = t.guard.shared.lock().rv;
+                if t.tx.send(Ok(Bytes::from(bookmark(t.flavor, rv, false)))).await.is_err() {
+                    return;
+                }
+            }
+            ev = t.rx.recv() => match ev {
+                Ok(_) if t.stall => {}
+                Ok(Change::Line(l)) => {
+                    if t.tx.send(Ok(Bytes::from(format!("{l}\n")))).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(Change::Object(ty, o)) => {
+                    if !(t.matches)(&o) {
+                        continue;
+                    }
+                    if let Some(d) = t.event_delay {
+                        tokio::time::sleep(d).await;
+                    }
+                    if t.tx.send(Ok(Bytes::from(line(ty, &to_flavor(&o, t.flavor, true))))).await.is_err() {
+                        return;
+                    }
+                    sent += 1;
+                    if let Some(mode) = after_event(&t, sent) {
+                        if mode == CloseMode::Abort {
+                            abort(&t.tx).await;
+                        }
+                        return;
+                    }
+                }
+                // Lagged or closed: end the stream; the client resumes from its last rv.
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+/// Deletes Events older than the `event_ttl` knob, as the real API server does.
+pub(crate) fn expire_ttl(shared: &Arc<Shared>) {
+    let mut g = shared.lock();
+    let Some(ttl) = g.faults.event_ttl else {
+        return;
+    };
+    let old: Vec<(String, String)> = g
+        .created
+        .iter()
+        .filter(|(_, t)| t.elapsed() >= ttl)
+        .map(|(k, _)| k.clone())
+        .collect();
+    if old.is_empty() {
+        return;
+    }
+    for (ns, name) in old {
+        let _ = g.delete(&shared.tx, &ns, &name);
+    }
+    drop(g);
+    shared.changed.notify_waiters();
+}
+
+fn admin_api(
+    shared: &Arc<Shared>,
+    method: &Method,
+    path: &str,
+    params: &BTreeMap<String, String>,
+    body: &Bytes,
+) -> Response {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let parsed = || serde_json::from_slice::<Value>(body);
+    let done = |r: Result<Value, WriteError>, ok: u16| {
+        shared.changed.notify_waiters();
+        match r {
+            Ok(v) => json_response(ok, &v),
+            Err(e) => write_error(e),
+        }
+    };
+    match (method.as_str(), segs.as_slice()) {
+        ("POST", ["events", ns]) => match parsed() {
+            Ok(v) => {
+                let r = shared.lock().create(&shared.tx, ns, v);
+                done(r, 201)
+            }
+            Err(e) => error(400, "BadRequest", &e.to_string()),
+        },
+        ("PATCH", ["events", ns, name]) => match parsed() {
+            Ok(v) => {
+                let r = shared.lock().patch(&shared.tx, ns, name, &v);
+                done(r, 200)
+            }
+            Err(e) => error(400, "BadRequest", &e.to_string()),
+        },
+        ("DELETE", ["events", ns, name]) => {
+            let r = shared.lock().delete(&shared.tx, ns, name);
+            done(r, 200)
+        }
+        ("POST", ["faults"]) => {
+            let patch = match parsed() {
+                Ok(v) => v,
+                Err(e) => return error(400, "BadRequest", &e.to_string()),
+            };
+            let mut g = shared.lock();
+            let mut cur = serde_json::to_value(&g.faults).unwrap_or(Value::Null);
+            crate::convert::merge_patch(&mut cur, &patch);
+            match serde_json::from_value::<Faults>(cur) {
+                Ok(f) => {
+                    g.faults = f;
+                    json_response(200, &serde_json::to_value(&g.faults).unwrap_or(Value::Null))
+                }
+                Err(e) => error(400, "BadRequest", &format!("invalid faults: {e}")),
+            }
+        }
+        ("POST", ["compact"]) => {
+            let mut g = shared.lock();
+            g.history.clear();
+            g.compacted_rv = g.rv + 1;
+            json_response(200, &json!({"compactedRv": g.compacted_rv}))
+        }
+        ("POST", ["close-watches"]) => {
+            let mode = if params.get("abort").map(String::as_str) == Some("true") {
+                CloseMode::Abort
+            } else {
+                CloseMode::Graceful
+            };
+            let _ = shared.kick.send(mode);
+            json_response(200, &json!({"closed": true}))
+        }
+        ("GET", ["requests"]) => json_response(
+            200,
+            &serde_json::to_value(&shared.lock().requests).unwrap_or(Value::Null),
+        ),
+        ("GET", ["watchers"]) => {
+            let w: Vec<WatcherInfo> = shared.lock().watchers.values().cloned().collect();
+            json_response(200, &serde_json::to_value(w).unwrap_or(Value::Null))
+        }
+        _ => error(404, "NotFound", "unknown admin endpoint"),
+    }
+}
