@@ -64,10 +64,22 @@ async fn metrics(State(s): State<ApiState>) -> Response {
 }
 
 async fn readyz(State(s): State<ApiState>) -> Response {
-    if s.ready.load(Ordering::Acquire) {
+    if !s.ready.load(Ordering::Acquire) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the pipeline is not running\n",
+        )
+            .into_response();
+    }
+    let problems = crate::health::problems();
+    if problems.is_empty() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", problems.join("; ")),
+        )
+            .into_response()
     }
 }
 

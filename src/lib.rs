@@ -9,12 +9,14 @@
 //! - [`metrics`]: metric names and descriptions.
 //! - [`run`]: what `eventflow run` does: start, serve the API, reload, drain on signals.
 //! - [`reload`]: reload triggers (file watch, SIGHUP, API) and outcomes.
+//! - [`health`]: source readiness for `/readyz`.
 //! - [`api`]: `/metrics`, `/healthz`, `/readyz`, `POST /-/reload`.
 
 pub mod api;
 pub mod config;
 pub mod engine;
 pub mod event;
+pub mod health;
 pub mod metrics;
 pub mod reload;
 pub mod run;

@@ -103,6 +103,7 @@ fn install_metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
     metrics::set_global_recorder(recorder).ok()?;
     eventflow::metrics::describe();
     eventflow::metrics::describe_engine();
+    eventflow::metrics::describe_kube();
     Some(handle)
 }
 

@@ -23,6 +23,7 @@ use crate::stages::{
 #[derive(Default)]
 pub struct PipelineBuilder {
     stages: IndexMap<String, StageSpec>,
+    state: Option<crate::config::StateConfig>,
 }
 
 impl PipelineBuilder {
@@ -76,13 +77,21 @@ impl PipelineBuilder {
         self
     }
 
+    /// Sets the `state` database (checkpoints, durable queues).
+    pub fn state(mut self, url: &str) -> Self {
+        self.state = Some(crate::config::StateConfig {
+            url: url.to_string(),
+        });
+        self
+    }
+
     pub fn build(self) -> Pipeline {
         Pipeline {
             path: None,
             digest: None,
             version: 1,
             api: None,
-            state: None,
+            state: self.state,
             stages: self.stages,
         }
     }

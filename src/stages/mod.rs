@@ -9,6 +9,7 @@ pub mod dedup;
 pub mod file;
 pub mod filter;
 pub mod key;
+pub mod kube_events;
 pub mod rate_limit;
 pub mod sql;
 pub mod stdout;
@@ -224,6 +225,7 @@ pub fn schema_of<C: schemars::JsonSchema>(g: &mut schemars::SchemaGenerator) -> 
 
 /// Every stage type.
 pub static TYPES: &[StageType] = &[
+    kube_events::TYPE,
     file::TYPE,
     filter::TYPE,
     dedup::TYPE,

@@ -230,6 +230,28 @@ impl Db {
         }
     }
 
+    /// Rows of four columns (text, text, text, integer) selected by one text parameter.
+    pub async fn fetch_by_key(
+        &self,
+        sql: &str,
+        key: &str,
+    ) -> Result<Vec<(String, String, String, i64)>, DbError> {
+        macro_rules! fetch {
+            ($pool:expr) => {
+                sqlx::query_as::<_, (String, String, String, i64)>(AssertSqlSafe(sql.to_string()))
+                    .bind(key)
+                    .fetch_all($pool)
+                    .await
+                    .map_err(classify)
+            };
+        }
+        match self {
+            Db::Sqlite(p) => fetch!(p),
+            Db::Postgres(p) => fetch!(p),
+            Db::MySql(p) => fetch!(p),
+        }
+    }
+
     /// The column names of `table` (empty if it does not exist).
     pub async fn columns(&self, table: &str) -> Result<Vec<String>, DbError> {
         macro_rules! names {
@@ -258,7 +280,10 @@ impl Db {
         Ok(rows.into_iter().map(|c| c.to_lowercase()).collect())
     }
 
-    fn build_insert(&self, q: &sea_query::InsertStatement) -> (String, sea_query_sqlx::SqlxValues) {
+    pub(crate) fn build_insert(
+        &self,
+        q: &sea_query::InsertStatement,
+    ) -> (String, sea_query_sqlx::SqlxValues) {
         match self.backend() {
             Backend::Sqlite => q.build_sqlx(SqliteQueryBuilder),
             Backend::Postgres => q.build_sqlx(PostgresQueryBuilder),
@@ -266,7 +291,10 @@ impl Db {
         }
     }
 
-    fn build_delete(&self, q: &sea_query::DeleteStatement) -> (String, sea_query_sqlx::SqlxValues) {
+    pub(crate) fn build_delete(
+        &self,
+        q: &sea_query::DeleteStatement,
+    ) -> (String, sea_query_sqlx::SqlxValues) {
         match self.backend() {
             Backend::Sqlite => q.build_sqlx(SqliteQueryBuilder),
             Backend::Postgres => q.build_sqlx(PostgresQueryBuilder),
@@ -274,7 +302,7 @@ impl Db {
         }
     }
 
-    fn schema_sql(&self, t: &sea_query::TableCreateStatement) -> String {
+    pub(crate) fn schema_sql(&self, t: &sea_query::TableCreateStatement) -> String {
         match self.backend() {
             Backend::Sqlite => t.to_string(SqliteQueryBuilder),
             Backend::Postgres => t.to_string(PostgresQueryBuilder),

@@ -1,0 +1,92 @@
+//! Readiness of the running sources, read by `/readyz`.
+//!
+//! A source registers itself when it starts; it is ready once it has completed its initial
+//! sync (for `kube_events`: the first full list), and stops being ready when its connection has
+//! been failing for longer than its `unready_after`. A source that has stopped unregisters.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Debug)]
+struct State {
+    synced: bool,
+    failing_since: Option<Instant>,
+}
+
+/// The health of one source.
+#[derive(Debug)]
+pub struct SourceHealth {
+    id: String,
+    unready_after: Duration,
+    state: Mutex<State>,
+}
+
+static SOURCES: LazyLock<Mutex<BTreeMap<String, Arc<SourceHealth>>>> =
+    LazyLock::new(|| Mutex::new(BTreeMap::new()));
+
+fn registry() -> std::sync::MutexGuard<'static, BTreeMap<String, Arc<SourceHealth>>> {
+    SOURCES.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Registers (or replaces) the health of source `id`: not ready until [`SourceHealth::synced`].
+pub fn register(id: &str, unready_after: Duration) -> Arc<SourceHealth> {
+    let h = Arc::new(SourceHealth {
+        id: id.to_string(),
+        unready_after,
+        state: Mutex::new(State {
+            synced: false,
+            failing_since: None,
+        }),
+    });
+    registry().insert(id.to_string(), h.clone());
+    h
+}
+
+impl SourceHealth {
+    fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+        f(&mut self.state.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The source talks to its server successfully.
+    pub fn synced(&self) {
+        self.with(|s| {
+            s.synced = true;
+            s.failing_since = None;
+        });
+    }
+
+    /// A request failed; the first failure of a run starts the clock.
+    pub fn failing(&self) {
+        self.with(|s| {
+            s.failing_since.get_or_insert_with(Instant::now);
+        });
+    }
+
+    /// The source has stopped: it no longer counts.
+    pub fn stopped(self: &Arc<Self>) {
+        let mut r = registry();
+        if r.get(&self.id).is_some_and(|h| Arc::ptr_eq(h, self)) {
+            r.remove(&self.id);
+        }
+    }
+
+    /// Why the source is not ready, if it is not.
+    pub fn problem(&self) -> Option<String> {
+        self.with(|s| match s.failing_since {
+            Some(t) if t.elapsed() >= self.unready_after => Some(format!(
+                "source `{}`: failing for {}s",
+                self.id,
+                t.elapsed().as_secs()
+            )),
+            _ if !s.synced => Some(format!("source `{}`: initial sync not complete", self.id)),
+            _ => None,
+        })
+    }
+}
+
+/// Every registered source's problem, if any.
+pub fn problems() -> Vec<String> {
+    let sources: Vec<Arc<SourceHealth>> = registry().values().cloned().collect();
+    sources.iter().filter_map(|h| h.problem()).collect()
+}

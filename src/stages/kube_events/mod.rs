@@ -1,0 +1,944 @@
+//! `kube_events`: watches Events on an API server with the kube client.
+//!
+//! The list-then-watch loop is our own (over `Api::list` / `Api::watch`) rather than
+//! `kube::runtime::watcher`, because the guarantees need control the watcher does not give:
+//! - **each change once**: a map uid -> resourceVersion (see [`seen`]) suppresses versions
+//!   already handled, so a relist (after a 410, a restart, an expired continue token)
+//!   re-emits nothing unchanged;
+//! - **nothing lost across restarts**: the map is checkpointed in the `state` database, but only
+//!   for events whose batch was acknowledged by the sinks; after a restart the first list emits
+//!   exactly what changed while eventflow was down (plus what was in flight at a kill);
+//! - **never silently stopped**: every failure (list, watch start, a watch that closes at once
+//!   with nothing in it, an HTTP 410 on the watch request) is retried with exponential backoff
+//!   and jitter, counted, and logged; 401/403 name the permission that is missing; a watch that
+//!   sends nothing for longer than its timeout is treated as dead;
+//! - **TTL deletions are not user actions**: DELETED prunes the map and the checkpoint, and is
+//!   not emitted;
+//! - **bad data does not stop the stream**: an object that does not decode is logged and counted.
+
+mod resource;
+mod seen;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::{StreamExt, stream::FuturesOrdered};
+use kube::Api;
+use kube::api::{ListParams, WatchEvent, WatchParams};
+use rand::Rng;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use tokio::sync::{mpsc, oneshot};
+
+pub use resource::{Flavor, KubeEvent};
+pub use seen::{Checkpoint, Row, Seen};
+
+use super::{
+    BuildContext, BuildError, Shutdown, Source, SourceContext, Stage, StageConfig, StageError,
+    StageKind, StageMetrics, StageType,
+};
+use crate::config::types::Dur;
+use crate::engine::MAX_BATCH;
+use crate::engine::ack::{Finalizer, Status};
+use crate::event::{Event, EventData, Finalizers};
+use crate::metrics as m;
+
+/// Which Events API to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
+pub enum ApiName {
+    #[default]
+    #[serde(rename = "core/v1")]
+    CoreV1,
+    #[serde(rename = "events.k8s.io/v1")]
+    EventsV1,
+}
+
+/// Watches Kubernetes Events.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KubeEventsConfig {
+    /// The name given to every event's `cluster` field. Default: the kubeconfig context name,
+    /// or `in-cluster`.
+    #[serde(default)]
+    pub cluster: Option<String>,
+    /// A kubeconfig file. Default: in-cluster config, then `$KUBECONFIG`, then `~/.kube/config`.
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context. Default: its current context.
+    #[serde(default)]
+    pub context: Option<String>,
+    /// `core/v1` (default) or `events.k8s.io/v1`.
+    #[serde(default)]
+    pub api: ApiName,
+    /// Namespaces to watch (one watch each). Empty: all namespaces (one watch).
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    /// A label selector, e.g. `app=web`.
+    #[serde(default)]
+    pub label_selector: Option<String>,
+    /// A field selector, e.g. `type=Warning` or `involvedObject.kind=Pod`.
+    #[serde(default)]
+    pub field_selector: Option<String>,
+    /// At the first start without a checkpoint, skip events last seen longer ago than this.
+    /// Default: emit everything the API server holds.
+    #[serde(default)]
+    pub max_event_age: Option<Dur>,
+    /// Items per list page.
+    #[serde(default = "default_page_size")]
+    pub page_size: u32,
+    /// Upper bound of Event versions remembered (memory and checkpoint rows). Past it, the
+    /// tenth with the oldest last-seen times is forgotten.
+    #[serde(default = "default_max_tracked")]
+    pub max_tracked: usize,
+    /// The server-side timeout of each watch request; a watch silent for this long plus 10s
+    /// is treated as dead and restarted.
+    #[serde(default = "default_watch_timeout")]
+    pub watch_timeout: Dur,
+    /// Readiness: the source counts as not ready once its list or watch has been failing for
+    /// this long.
+    #[serde(default = "default_unready_after")]
+    pub unready_after: Dur,
+    /// First retry delay after a failure (doubles up to `backoff_max`, with jitter).
+    #[serde(default = "default_backoff_initial")]
+    pub backoff_initial: Dur,
+    /// Longest retry delay.
+    #[serde(default = "default_backoff_max")]
+    pub backoff_max: Dur,
+}
+
+fn default_page_size() -> u32 {
+    500
+}
+fn default_max_tracked() -> usize {
+    1_000_000
+}
+fn default_watch_timeout() -> Dur {
+    Dur::secs(290)
+}
+fn default_unready_after() -> Dur {
+    Dur::secs(30)
+}
+fn default_backoff_initial() -> Dur {
+    Dur::millis(500)
+}
+fn default_backoff_max() -> Dur {
+    Dur::secs(30)
+}
+
+pub const TYPE: StageType = StageType {
+    name: "kube_events",
+    kind: StageKind::Source,
+    summary: "Watches Kubernetes Events (core/v1 or events.k8s.io/v1); each change once, checkpointed",
+    parse: super::parse_config::<KubeEventsConfig>,
+    schema: super::schema_of::<KubeEventsConfig>,
+};
+
+/// Where the client configuration came from, for messages.
+fn kube_config_sources() -> String {
+    let kc = std::env::var("KUBECONFIG").unwrap_or_default();
+    format!(
+        "in-cluster service account (KUBERNETES_SERVICE_HOST {}), $KUBECONFIG ({}), ~/.kube/config",
+        if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
+            "set"
+        } else {
+            "not set"
+        },
+        if kc.is_empty() {
+            "not set"
+        } else {
+            kc.as_str()
+        }
+    )
+}
+
+/// Whether any Kubernetes client configuration can be found (for the embedded default pipeline).
+pub fn kube_config_available() -> Result<(), String> {
+    if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
+        return Ok(());
+    }
+    match kube::config::Kubeconfig::read() {
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!(
+            "no Kubernetes configuration found (looked for: {}): {e}",
+            kube_config_sources()
+        )),
+    }
+}
+
+/// Builds the client config and names the cluster.
+pub async fn client_config(
+    kubeconfig: Option<&std::path::Path>,
+    context: Option<&str>,
+) -> Result<(kube::Config, String), String> {
+    let opts = kube::config::KubeConfigOptions {
+        context: context.map(str::to_string),
+        ..Default::default()
+    };
+    let (mut cfg, name) = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| format!("field `kubeconfig`: cannot read {}: {e}", path.display()))?;
+            let name = context
+                .map(str::to_string)
+                .or_else(|| kc.current_context.clone())
+                .unwrap_or_else(|| "default".to_string());
+            let cfg = kube::Config::from_custom_kubeconfig(kc, &opts)
+                .await
+                .map_err(|e| format!("field `kubeconfig`: {}: {e}", path.display()))?;
+            (cfg, name)
+        }
+        None => {
+            let incluster = if context.is_none() {
+                kube::Config::incluster().ok()
+            } else {
+                None
+            };
+            match incluster {
+                Some(cfg) => (cfg, "in-cluster".to_string()),
+                None => {
+                    let kc = kube::config::Kubeconfig::read().map_err(|e| {
+                        format!(
+                            "no Kubernetes configuration found (looked for: {}): {e}",
+                            kube_config_sources()
+                        )
+                    })?;
+                    let name = context
+                        .map(str::to_string)
+                        .or_else(|| kc.current_context.clone())
+                        .unwrap_or_else(|| "default".to_string());
+                    let cfg = kube::Config::from_custom_kubeconfig(kc, &opts)
+                        .await
+                        .map_err(|e| format!("kubeconfig: {e}"))?;
+                    (cfg, name)
+                }
+            }
+        }
+    };
+    if let Some(p) = cfg.proxy_url.take() {
+        tracing::warn!(proxy = %p, "HTTPS_PROXY is ignored for the Kubernetes API (eventflow connects directly)");
+    }
+    Ok((cfg, name))
+}
+
+impl StageConfig for KubeEventsConfig {
+    fn build<'a>(&'a self, cx: &'a BuildContext) -> BoxFuture<'a, Result<Stage, BuildError>> {
+        Box::pin(async move {
+            let err = |message: String| BuildError {
+                stage: cx.id.clone(),
+                message,
+            };
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let (cfg, context_name) =
+                client_config(self.kubeconfig.as_deref(), self.context.as_deref())
+                    .await
+                    .map_err(&err)?;
+            let client = kube::Client::try_from(cfg)
+                .map_err(|e| err(format!("cannot build the Kubernetes client: {e}")))?;
+            let state = cx.state.clone().unwrap_or_default();
+            let checkpoint = Checkpoint::open(&state.url, &cx.id)
+                .await
+                .map_err(|e| err(format!("state database: {e}")))?;
+            Ok(Stage::Source(Box::new(KubeSource {
+                cfg: self.clone(),
+                client,
+                cluster: self.cluster.clone().unwrap_or(context_name),
+                checkpoint,
+            }) as Box<dyn Source>))
+        })
+    }
+}
+
+struct KubeSource {
+    cfg: KubeEventsConfig,
+    client: kube::Client,
+    cluster: String,
+    checkpoint: Checkpoint,
+}
+
+/// What a watch loop hands to the source task.
+enum Msg {
+    /// New versions to emit, with their checkpoint rows.
+    Emit(Vec<EventData>, Vec<Row>),
+    /// Versions handled without being emitted (skipped as too old).
+    Handled(Vec<Row>),
+    /// Uids to remove from the checkpoint.
+    Forget(Vec<String>),
+}
+
+/// Counters of one source.
+#[derive(Clone)]
+struct Counters {
+    read: metrics::Counter,
+    already_seen: metrics::Counter,
+    too_old: metrics::Counter,
+    deleted: metrics::Counter,
+    malformed: metrics::Counter,
+    evicted: metrics::Counter,
+    last_event: metrics::Gauge,
+    checkpoint_errors: metrics::Counter,
+}
+
+use crate::health::SourceHealth;
+
+impl Source for KubeSource {
+    fn run(self: Box<Self>, cx: SourceContext) -> BoxFuture<'static, Result<(), StageError>> {
+        Box::pin(run(*self, cx))
+    }
+}
+
+async fn run(src: KubeSource, cx: SourceContext) -> Result<(), StageError> {
+    let SourceContext {
+        metrics: sm,
+        mut out,
+        shutdown,
+    } = cx;
+    let counters = counters(&sm);
+    let health = crate::health::register(&sm.id, src.cfg.unready_after.0);
+    let loaded = match src.checkpoint.load().await {
+        Ok(rows) => rows,
+        Err(e) => {
+            return Err(StageError(format!("cannot read the checkpoint: {e}")));
+        }
+    };
+    let first_start = loaded.is_empty();
+    let slots: Vec<Option<String>> = if src.cfg.namespaces.is_empty() {
+        vec![None]
+    } else {
+        src.cfg.namespaces.iter().cloned().map(Some).collect()
+    };
+    let mut seen = Seen::new(src.cfg.max_tracked);
+    let mut stale = Vec::new();
+    for r in &loaded {
+        let slot = slots
+            .iter()
+            .position(|s| s.as_deref().is_none_or(|ns| ns == r.namespace));
+        match slot {
+            Some(i) => {
+                let _ = seen.mark(&r.uid, &r.resource_version, r.last_seen, i as u16, 0);
+            }
+            None => stale.push(r.uid.clone()),
+        }
+    }
+    if let Err(e) = src.checkpoint.forget(&stale).await {
+        tracing::warn!(error = %e, "cannot prune the checkpoint");
+    }
+    tracing::info!(
+        cluster = %src.cluster,
+        checkpointed = seen.len(),
+        namespaces = ?src.cfg.namespaces,
+        "watching Events"
+    );
+    let seen = Arc::new(Mutex::new(seen));
+    let cluster: Arc<str> = Arc::from(src.cluster.as_str());
+    let flavor = match src.cfg.api {
+        ApiName::CoreV1 => Flavor::CoreV1,
+        ApiName::EventsV1 => Flavor::EventsV1,
+    };
+    let (tx, mut rx) = mpsc::channel::<Msg>(4);
+    let mut loops = Vec::new();
+    for (i, ns) in slots.iter().enumerate() {
+        let api: Api<KubeEvent> = match ns {
+            Some(ns) => Api::namespaced_with(src.client.clone(), ns, &flavor),
+            None => Api::all_with(src.client.clone(), &flavor),
+        };
+        let w = WatchLoop {
+            api,
+            slot: i as u16,
+            namespace: ns.clone(),
+            cfg: src.cfg.clone(),
+            api_name: src.cfg.api,
+            cluster: cluster.clone(),
+            seen: seen.clone(),
+            tx: tx.clone(),
+            counters: counters.clone(),
+            first_start,
+            health: health.clone(),
+            errors: ErrorCounters::new(&sm),
+        };
+        loops.push(tokio::spawn(w.run(shutdown.clone())));
+    }
+    drop(tx);
+
+    // Acks are processed in emission order, so a uid's newest version is checkpointed last.
+    type Pending = BoxFuture<'static, (Status, Vec<Row>)>;
+    let mut pending: FuturesOrdered<Pending> = FuturesOrdered::new();
+    let mut to_save: Vec<Row> = Vec::new();
+    let mut flush = tokio::time::interval(Duration::from_millis(200));
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let ack = |rx: oneshot::Receiver<Status>, rows: Vec<Row>| -> Pending {
+        Box::pin(async move {
+            // A dropped finalizer sender without a status means the engine went away.
+            (rx.await.unwrap_or(Status::Errored), rows)
+        })
+    };
+    let mut msgs_open = true;
+    loop {
+        tokio::select! {
+            msg = rx.recv(), if msgs_open => match msg {
+                Some(Msg::Emit(events, rows)) => {
+                    let (fin, done) = Finalizer::new();
+                    let batch: Vec<Event> = events
+                        .into_iter()
+                        .map(|d| Event::new(d, Finalizers::One(fin.clone())))
+                        .collect();
+                    drop(fin);
+                    pending.push_back(ack(done, rows));
+                    out.send(batch).await;
+                }
+                Some(Msg::Handled(rows)) => to_save.extend(rows),
+                Some(Msg::Forget(uids)) => {
+                    save(&src.checkpoint, &mut to_save, &counters).await;
+                    if let Err(e) = src.checkpoint.forget(&uids).await {
+                        counters.checkpoint_errors.increment(1);
+                        tracing::warn!(error = %e, "cannot prune the checkpoint");
+                    }
+                }
+                None => msgs_open = false,
+            },
+            Some((status, rows)) = pending.next(), if !pending.is_empty() => {
+                match status {
+                    Status::Delivered | Status::Rejected => to_save.extend(rows),
+                    Status::Errored => {}
+                }
+                if to_save.len() >= 1000 {
+                    save(&src.checkpoint, &mut to_save, &counters).await;
+                }
+            }
+            _ = flush.tick() => save(&src.checkpoint, &mut to_save, &counters).await,
+        }
+        if !msgs_open {
+            break;
+        }
+    }
+    // The watch loops have stopped (shutdown): hand off, then record what the sinks commit.
+    drop(out);
+    for l in loops {
+        let _ = l.await;
+    }
+    while let Some((status, rows)) = pending.next().await {
+        if status != Status::Errored {
+            to_save.extend(rows);
+        }
+        if to_save.len() >= 1000 {
+            save(&src.checkpoint, &mut to_save, &counters).await;
+        }
+    }
+    save(&src.checkpoint, &mut to_save, &counters).await;
+    src.checkpoint.close().await;
+    health.stopped();
+    Ok(())
+}
+
+async fn save(cp: &Checkpoint, rows: &mut Vec<Row>, c: &Counters) {
+    if rows.is_empty() {
+        return;
+    }
+    let mut delay = Duration::from_millis(100);
+    for attempt in 0..5 {
+        match cp.save(rows).await {
+            Ok(()) => {
+                rows.clear();
+                return;
+            }
+            Err(e) => {
+                c.checkpoint_errors.increment(1);
+                tracing::warn!(error = %e, attempt, "cannot write the checkpoint; retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+        }
+    }
+    // Keep the rows for the next flush; bounded because we stop accumulating past this.
+    if rows.len() > 100_000 {
+        tracing::error!(
+            rows = rows.len(),
+            "checkpoint writes keep failing; dropping the oldest pending rows (those events may be emitted again after a restart)"
+        );
+        rows.drain(..rows.len() - 100_000);
+    }
+}
+
+fn counters(sm: &StageMetrics) -> Counters {
+    Counters {
+        read: m::received(&sm.id, sm.type_name),
+        already_seen: sm.discarded("already_seen"),
+        too_old: sm.discarded("too_old"),
+        deleted: sm.discarded("deleted"),
+        malformed: sm.discarded("malformed"),
+        evicted: m::kube_checkpoint_evicted(&sm.id),
+        last_event: m::last_event_time(&sm.id),
+        checkpoint_errors: m::stage_errors(&sm.id, sm.type_name, "checkpoint"),
+    }
+}
+
+/// Error counters by kind.
+#[derive(Clone)]
+struct ErrorCounters {
+    list: metrics::Counter,
+    watch: metrics::Counter,
+    forbidden: metrics::Counter,
+    unauthorized: metrics::Counter,
+    restarts_closed: metrics::Counter,
+    restarts_error: metrics::Counter,
+    restarts_empty: metrics::Counter,
+    relist_initial: metrics::Counter,
+    relist_expired: metrics::Counter,
+    relist_empty: metrics::Counter,
+    relist_error: metrics::Counter,
+}
+
+impl ErrorCounters {
+    fn new(sm: &StageMetrics) -> ErrorCounters {
+        ErrorCounters {
+            list: m::stage_errors(&sm.id, sm.type_name, "list"),
+            watch: m::stage_errors(&sm.id, sm.type_name, "watch"),
+            forbidden: m::stage_errors(&sm.id, sm.type_name, "forbidden"),
+            unauthorized: m::stage_errors(&sm.id, sm.type_name, "unauthorized"),
+            restarts_closed: m::watch_restarts(&sm.id, "closed"),
+            restarts_error: m::watch_restarts(&sm.id, "error"),
+            restarts_empty: m::watch_restarts(&sm.id, "empty"),
+            relist_initial: m::relists(&sm.id, "initial"),
+            relist_expired: m::relists(&sm.id, "expired"),
+            relist_empty: m::relists(&sm.id, "empty_watches"),
+            relist_error: m::relists(&sm.id, "error"),
+        }
+    }
+}
+
+/// Exponential backoff with jitter: the n-th delay is uniform in [d/2, d], d = initial * 2^n,
+/// capped at `max`.
+struct Backoff {
+    initial: Duration,
+    max: Duration,
+    n: u32,
+}
+
+impl Backoff {
+    fn next_delay(&mut self) -> Duration {
+        let d = self
+            .initial
+            .saturating_mul(1u32 << self.n.min(16))
+            .min(self.max);
+        self.n = self.n.saturating_add(1);
+        let half = d / 2;
+        half + half.mul_f64(rand::rng().random::<f64>())
+    }
+    fn reset(&mut self) {
+        self.n = 0;
+    }
+}
+
+struct WatchLoop {
+    api: Api<KubeEvent>,
+    slot: u16,
+    namespace: Option<String>,
+    cfg: KubeEventsConfig,
+    api_name: ApiName,
+    cluster: Arc<str>,
+    seen: Arc<Mutex<Seen>>,
+    tx: mpsc::Sender<Msg>,
+    counters: Counters,
+    first_start: bool,
+    health: Arc<SourceHealth>,
+    errors: ErrorCounters,
+}
+
+/// How one step of the loop ended.
+enum Next {
+    /// Watch again from this resourceVersion.
+    Watch(String),
+    /// List again (the resourceVersion is gone), after `delay`.
+    Relist(Duration),
+    /// Retry the watch from the same resourceVersion after `delay`.
+    Retry(String, Duration),
+}
+
+/// The accumulated output of a batch of items.
+#[derive(Default)]
+struct Out {
+    emit: Vec<EventData>,
+    rows: Vec<Row>,
+    handled: Vec<Row>,
+    forget: Vec<String>,
+}
+
+impl WatchLoop {
+    fn verb_target(&self) -> String {
+        let group = match self.api_name {
+            ApiName::CoreV1 => "\"\" (core)",
+            ApiName::EventsV1 => "\"events.k8s.io\"",
+        };
+        let scope = match &self.namespace {
+            Some(ns) => format!("in namespace `{ns}`"),
+            None => "cluster-wide (all namespaces)".to_string(),
+        };
+        format!("resource `events` in API group {group} {scope}")
+    }
+
+    /// Logs and counts an API error; returns true when it is a 410 Gone.
+    fn report(&self, what: &str, e: &kube::Error) -> bool {
+        if let kube::Error::Api(s) = e {
+            match s.code {
+                403 => {
+                    self.errors.forbidden.increment(1);
+                    tracing::error!(
+                        message = %s.message,
+                        "the API server refused to {what} Events (403 Forbidden): grant the verbs `list` and `watch` on {} to the identity eventflow runs as (its kubeconfig user or service account)",
+                        self.verb_target()
+                    );
+                    return false;
+                }
+                401 => {
+                    self.errors.unauthorized.increment(1);
+                    tracing::error!(message = %s.message, "the API server did not accept eventflow's credentials (401 Unauthorized) when trying to {what} Events: check the kubeconfig user's token or certificate");
+                    return false;
+                }
+                410 => return true,
+                _ => {}
+            }
+        }
+        tracing::warn!(error = %e, "cannot {what} Events; retrying with backoff");
+        false
+    }
+
+    async fn run(self, mut shutdown: Shutdown) {
+        let mut backoff = Backoff {
+            initial: self.cfg.backoff_initial.0,
+            max: self.cfg.backoff_max.0,
+            n: 0,
+        };
+        let mut generation: u32 = 0;
+        let mut next = Next::Relist(Duration::ZERO);
+        let mut empty_in_a_row = 0u32;
+        let mut listed_once = false;
+        loop {
+            if shutdown.is_requested() {
+                return;
+            }
+            next = match next {
+                Next::Relist(delay) | Next::Retry(_, delay) if !delay.is_zero() => {
+                    tokio::select! {
+                        _ = shutdown.requested() => return,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    match next {
+                        Next::Retry(rv, _) => Next::Retry(rv, Duration::ZERO),
+                        _ => Next::Relist(Duration::ZERO),
+                    }
+                }
+                Next::Relist(_) => {
+                    generation += 1;
+                    if !listed_once {
+                        self.errors.relist_initial.increment(1);
+                    }
+                    let initial = !listed_once;
+                    match self.list(generation, initial, &mut shutdown).await {
+                        Ok(Some(rv)) => {
+                            listed_once = true;
+                            self.health.synced();
+                            Next::Watch(rv)
+                        }
+                        Ok(None) => return,
+                        Err(e) => {
+                            self.errors.list.increment(1);
+                            self.health.failing();
+                            // A 410 here is an expired continue token: the list starts over.
+                            self.report("list", &e);
+                            self.errors.relist_error.increment(1);
+                            Next::Relist(backoff.next_delay())
+                        }
+                    }
+                }
+                Next::Watch(rv) | Next::Retry(rv, _) => {
+                    let started = tokio::time::Instant::now();
+                    match self.watch(&rv, &mut shutdown).await {
+                        WatchEnd::Shutdown => return,
+                        WatchEnd::StartFailed(e) => {
+                            self.errors.watch.increment(1);
+                            self.errors.restarts_error.increment(1);
+                            self.health.failing();
+                            if self.report("watch", &e) {
+                                // An HTTP 410 on the watch itself: kube would retry the same
+                                // resourceVersion forever; a relist is the way out.
+                                self.errors.relist_expired.increment(1);
+                                Next::Relist(backoff.next_delay())
+                            } else {
+                                Next::Retry(rv, backoff.next_delay())
+                            }
+                        }
+                        WatchEnd::Expired => {
+                            self.errors.relist_expired.increment(1);
+                            tracing::info!("the watch's resourceVersion expired (410); relisting");
+                            Next::Relist(Duration::ZERO)
+                        }
+                        WatchEnd::Ended { rv: last, items } => {
+                            self.health.synced();
+                            if items == 0 && started.elapsed() < Duration::from_secs(1) {
+                                // A watch that ends at once with nothing in it: something
+                                // between us and the server is closing it. Back off, and after
+                                // three in a row relist.
+                                empty_in_a_row += 1;
+                                self.errors.restarts_empty.increment(1);
+                                if empty_in_a_row >= 3 {
+                                    empty_in_a_row = 0;
+                                    self.errors.relist_empty.increment(1);
+                                    tracing::warn!(
+                                        "the watch keeps closing at once with no events; relisting"
+                                    );
+                                    Next::Relist(backoff.next_delay())
+                                } else {
+                                    Next::Retry(last, backoff.next_delay())
+                                }
+                            } else {
+                                empty_in_a_row = 0;
+                                backoff.reset();
+                                self.errors.restarts_closed.increment(1);
+                                Next::Watch(last)
+                            }
+                        }
+                    }
+                }
+            };
+        }
+    }
+
+    fn list_params(&self) -> ListParams {
+        let mut lp = ListParams::default().limit(self.cfg.page_size.max(1));
+        if let Some(l) = &self.cfg.label_selector {
+            lp = lp.labels(l);
+        }
+        if let Some(f) = &self.cfg.field_selector {
+            lp = lp.fields(f);
+        }
+        lp
+    }
+
+    /// Lists every page; emits what is new; forgets what is gone. Returns the list's rv.
+    async fn list(
+        &self,
+        generation: u32,
+        initial: bool,
+        shutdown: &mut Shutdown,
+    ) -> Result<Option<String>, kube::Error> {
+        let mut lp = self.list_params();
+        let mut list_rv: Option<String> = None;
+        loop {
+            let page = tokio::select! {
+                _ = shutdown.requested() => return Ok(None),
+                p = self.api.list(&lp) => p?,
+            };
+            if list_rv.is_none() {
+                list_rv = page.metadata.resource_version.clone();
+            }
+            let mut out = Out::default();
+            for item in page.items {
+                self.take(item, generation, initial, &mut out);
+            }
+            if !self.send(out).await {
+                return Ok(None);
+            }
+            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                Some(c) => lp.continue_token = Some(c),
+                None => break,
+            }
+        }
+        let gone = self
+            .seen
+            .lock()
+            .map(|mut s| s.sweep(self.slot, generation))
+            .unwrap_or_default();
+        if !gone.is_empty() && self.tx.send(Msg::Forget(gone)).await.is_err() {
+            return Ok(None);
+        }
+        Ok(Some(list_rv.unwrap_or_default()))
+    }
+
+    /// Decides what to do with one object.
+    fn take(&self, item: KubeEvent, generation: u32, initial_list: bool, out: &mut Out) {
+        self.counters.read.increment(1);
+        self.counters
+            .last_event
+            .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
+        let data = match item.data {
+            Ok(d) => d,
+            Err(e) => {
+                self.counters.malformed.increment(1);
+                tracing::warn!(
+                    namespace = item.meta.namespace.as_deref().unwrap_or(""),
+                    name = item.meta.name.as_deref().unwrap_or(""),
+                    error = %e,
+                    "skipping an Event that cannot be decoded"
+                );
+                return;
+            }
+        };
+        let last = data
+            .last_seen
+            .map(|t| t.timestamp())
+            .unwrap_or_else(|| chrono::Utc::now().timestamp());
+        let row = Row {
+            uid: data.uid.clone(),
+            namespace: data.namespace.clone(),
+            resource_version: data.resource_version.clone(),
+            last_seen: last,
+        };
+        let Ok(mut seen) = self.seen.lock() else {
+            return;
+        };
+        if seen.is_current(&data.uid, &data.resource_version, generation) {
+            self.counters.already_seen.increment(1);
+            return;
+        }
+        let evicted = seen.mark(
+            &data.uid,
+            &data.resource_version,
+            last,
+            self.slot,
+            generation,
+        );
+        drop(seen);
+        if !evicted.is_empty() {
+            self.counters.evicted.increment(evicted.len() as u64);
+            tracing::warn!(
+                evicted = evicted.len(),
+                max_tracked = self.cfg.max_tracked,
+                "more Event versions than `max_tracked`: forgot the oldest tenth"
+            );
+            out.forget.extend(evicted);
+        }
+        if initial_list
+            && self.first_start
+            && let Some(age) = self.cfg.max_event_age
+            && chrono::Utc::now().timestamp() - last > age.0.as_secs() as i64
+        {
+            self.counters.too_old.increment(1);
+            out.handled.push(row);
+            return;
+        }
+        let mut data = data;
+        data.cluster = self.cluster.clone();
+        out.emit.push(data);
+        out.rows.push(row);
+    }
+
+    /// Hands a batch to the source task; false once the source is gone.
+    async fn send(&self, out: Out) -> bool {
+        let Out {
+            mut emit,
+            mut rows,
+            handled,
+            forget,
+        } = out;
+        if !forget.is_empty() && self.tx.send(Msg::Forget(forget)).await.is_err() {
+            return false;
+        }
+        if !handled.is_empty() && self.tx.send(Msg::Handled(handled)).await.is_err() {
+            return false;
+        }
+        while !emit.is_empty() {
+            let n = emit.len().min(MAX_BATCH);
+            let rest_e = emit.split_off(n);
+            let rest_r = rows.split_off(n);
+            if self.tx.send(Msg::Emit(emit, rows)).await.is_err() {
+                return false;
+            }
+            emit = rest_e;
+            rows = rest_r;
+        }
+        true
+    }
+
+    async fn watch(&self, rv: &str, shutdown: &mut Shutdown) -> WatchEnd {
+        let timeout = self.cfg.watch_timeout.0.as_secs().clamp(1, u32::MAX as u64) as u32;
+        let mut wp = WatchParams::default().timeout(timeout);
+        if let Some(l) = &self.cfg.label_selector {
+            wp = wp.labels(l);
+        }
+        if let Some(f) = &self.cfg.field_selector {
+            wp = wp.fields(f);
+        }
+        let stream = tokio::select! {
+            _ = shutdown.requested() => return WatchEnd::Shutdown,
+            s = self.api.watch(&wp, rv) => match s {
+                Ok(s) => s,
+                Err(e) => return WatchEnd::StartFailed(e),
+            },
+        };
+        let idle = self.cfg.watch_timeout.0 + Duration::from_secs(10);
+        let mut stream = std::pin::pin!(stream.ready_chunks(MAX_BATCH));
+        let mut last = rv.to_string();
+        let mut items = 0u64;
+        loop {
+            let chunk = tokio::select! {
+                _ = shutdown.requested() => return WatchEnd::Shutdown,
+                c = tokio::time::timeout(idle, stream.next()) => match c {
+                    Ok(Some(c)) => c,
+                    Ok(None) => return WatchEnd::Ended { rv: last, items },
+                    Err(_) => {
+                        tracing::warn!(silent_for = ?idle, "the watch sent nothing for longer than its timeout; reconnecting");
+                        return WatchEnd::Ended { rv: last, items: 1 };
+                    }
+                },
+            };
+            let mut out = Out::default();
+            let mut expired = false;
+            for ev in chunk {
+                items += 1;
+                match ev {
+                    Ok(WatchEvent::Added(k)) | Ok(WatchEvent::Modified(k)) => {
+                        if let Some(v) = &k.meta.resource_version {
+                            last.clone_from(v);
+                        }
+                        self.take(k, 0, false, &mut out);
+                    }
+                    Ok(WatchEvent::Deleted(k)) => {
+                        if let Some(v) = &k.meta.resource_version {
+                            last.clone_from(v);
+                        }
+                        self.counters.read.increment(1);
+                        self.counters.deleted.increment(1);
+                        if let Some(uid) = k.meta.uid {
+                            if let Ok(mut s) = self.seen.lock() {
+                                s.remove(&uid);
+                            }
+                            out.forget.push(uid);
+                        }
+                    }
+                    Ok(WatchEvent::Bookmark(b)) => last = b.metadata.resource_version,
+                    Ok(WatchEvent::Error(s)) if s.code == 410 => {
+                        expired = true;
+                        break;
+                    }
+                    Ok(WatchEvent::Error(s)) => {
+                        self.errors.watch.increment(1);
+                        tracing::warn!(code = s.code, message = %s.message, "the watch reported an error");
+                    }
+                    Err(kube::Error::Api(s)) if s.code == 0 => {
+                        self.counters.malformed.increment(1);
+                        tracing::warn!(error = %s.message, "skipping a watch line that is not a valid Event");
+                    }
+                    Err(e) => {
+                        self.counters.malformed.increment(1);
+                        tracing::warn!(error = %e, "skipping a watch line that cannot be read");
+                    }
+                }
+            }
+            // A relisted generation starts from the list; watch items belong to no list.
+            if !self.send(out).await {
+                return WatchEnd::Shutdown;
+            }
+            if expired {
+                return WatchEnd::Expired;
+            }
+        }
+    }
+}
+
+enum WatchEnd {
+    Shutdown,
+    StartFailed(kube::Error),
+    Expired,
+    Ended { rv: String, items: u64 },
+}

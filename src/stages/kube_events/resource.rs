@@ -1,0 +1,114 @@
+//! The object type the kube client decodes Events into: our normalized event, decoded straight
+//! from the response bytes (the object's JSON text is captured once as `raw`), plus the
+//! metadata the client needs. An object that does not normalize still decodes: it carries its
+//! error, so one bad item cannot fail a whole list page.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::core::DynamicResourceScope;
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
+
+use crate::event::{EventData, WireEvent};
+
+/// Which Events API to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Flavor {
+    #[default]
+    CoreV1,
+    EventsV1,
+}
+
+/// One Event as received.
+#[derive(Debug, Clone)]
+pub struct KubeEvent {
+    pub meta: ObjectMeta,
+    /// The normalized event (cluster left empty), or why it could not be normalized.
+    pub data: Result<EventData, String>,
+}
+
+#[derive(Deserialize)]
+struct MetaOnly {
+    #[serde(default)]
+    metadata: MetaFields,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct MetaFields {
+    name: Option<String>,
+    namespace: Option<String>,
+    uid: Option<String>,
+    resource_version: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for KubeEvent {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = Box::<RawValue>::deserialize(d)?;
+        let text = raw.get();
+        let empty: Arc<str> = Arc::from("");
+        let parsed = serde_json::from_str::<WireEvent>(text)
+            .map_err(|e| e.to_string())
+            .and_then(|w| w.normalize(&empty, None).map_err(|e| e.to_string()));
+        match parsed {
+            Ok(mut data) => {
+                let meta = ObjectMeta {
+                    name: Some(data.name.clone()),
+                    namespace: Some(data.namespace.clone()),
+                    uid: Some(data.uid.clone()),
+                    resource_version: Some(data.resource_version.clone()),
+                    ..ObjectMeta::default()
+                };
+                data.raw = Some(Box::<str>::from(raw));
+                Ok(KubeEvent {
+                    meta,
+                    data: Ok(data),
+                })
+            }
+            Err(e) => {
+                let m = serde_json::from_str::<MetaOnly>(text)
+                    .map(|m| m.metadata)
+                    .unwrap_or_default();
+                Ok(KubeEvent {
+                    meta: ObjectMeta {
+                        name: m.name,
+                        namespace: m.namespace,
+                        uid: m.uid,
+                        resource_version: m.resource_version,
+                        ..ObjectMeta::default()
+                    },
+                    data: Err(e),
+                })
+            }
+        }
+    }
+}
+
+impl kube::Resource for KubeEvent {
+    type DynamicType = Flavor;
+    type Scope = DynamicResourceScope;
+
+    fn kind(_: &Flavor) -> Cow<'_, str> {
+        Cow::Borrowed("Event")
+    }
+    fn group(dt: &Flavor) -> Cow<'_, str> {
+        Cow::Borrowed(match dt {
+            Flavor::CoreV1 => "",
+            Flavor::EventsV1 => "events.k8s.io",
+        })
+    }
+    fn version(_: &Flavor) -> Cow<'_, str> {
+        Cow::Borrowed("v1")
+    }
+    fn plural(_: &Flavor) -> Cow<'_, str> {
+        Cow::Borrowed("events")
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.meta
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.meta
+    }
+}

@@ -1,0 +1,360 @@
+//! What the source has already handled: an in-memory map uid -> resourceVersion, and its
+//! durable copy (the checkpoint) in the `state` database.
+//!
+//! The map holds one small entry per Event the API server currently holds: entries are removed
+//! when the Event is deleted (TTL expiry), when a relist no longer shows it, and, past
+//! `max_tracked` entries, the tenth with the oldest last-seen times is evicted (counted).
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+
+use sea_query::{Alias, ColumnDef, Expr, ExprTrait, Index, OnConflict, Query, Table};
+
+use crate::stages::sql::db::{Db, DbError};
+
+pub const TABLE: &str = "eventflow_kube_checkpoint";
+
+/// One handled Event version, as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub uid: String,
+    pub namespace: String,
+    pub resource_version: String,
+    /// Unix seconds of the event's last-seen time.
+    pub last_seen: i64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    rv: u64,
+    last: u32,
+    generation: u32,
+    ns: u16,
+    /// The key is the UUID itself (it can be turned back into the uid text).
+    exact: bool,
+}
+
+/// The in-memory map.
+pub struct Seen {
+    map: HashMap<u128, Entry>,
+    max: usize,
+    hasher: std::hash::RandomState,
+}
+
+fn hash(h: &std::hash::RandomState, s: &str, salt: u8) -> u64 {
+    let mut x = h.build_hasher();
+    x.write_u8(salt);
+    x.write(s.as_bytes());
+    x.finish()
+}
+
+fn parse_uuid(uid: &str) -> Option<u128> {
+    if uid.len() != 36 || uid.bytes().any(|b| b.is_ascii_uppercase()) {
+        return None;
+    }
+    let hex: String = uid.chars().filter(|c| *c != '-').collect();
+    if hex.len() != 32 || format_uuid(u128::from_str_radix(&hex, 16).ok()?) != uid {
+        return None;
+    }
+    u128::from_str_radix(&hex, 16).ok()
+}
+
+fn format_uuid(v: u128) -> String {
+    let h = format!("{v:032x}");
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+impl Seen {
+    pub fn new(max: usize) -> Seen {
+        Seen {
+            map: HashMap::new(),
+            max: max.max(1),
+            hasher: std::hash::RandomState::new(),
+        }
+    }
+
+    fn key(&self, uid: &str) -> (u128, bool) {
+        match parse_uuid(uid) {
+            Some(k) => (k, true),
+            None => (
+                (u128::from(hash(&self.hasher, uid, 1)) << 64)
+                    | u128::from(hash(&self.hasher, uid, 2)),
+                false,
+            ),
+        }
+    }
+
+    fn rv_key(&self, rv: &str) -> u64 {
+        rv.parse::<u64>()
+            .unwrap_or_else(|_| hash(&self.hasher, rv, 3) | (1 << 63))
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Whether this exact version was handled; marks the entry as present in `generation`.
+    pub fn is_current(&mut self, uid: &str, rv: &str, generation: u32) -> bool {
+        let (k, _) = self.key(uid);
+        let rv = self.rv_key(rv);
+        match self.map.get_mut(&k) {
+            Some(e) if e.rv == rv => {
+                e.generation = generation;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Records a version as handled. Returns the uids evicted to stay within the bound.
+    pub fn mark(
+        &mut self,
+        uid: &str,
+        rv: &str,
+        last_seen: i64,
+        ns: u16,
+        generation: u32,
+    ) -> Vec<String> {
+        let (k, exact) = self.key(uid);
+        let e = Entry {
+            rv: self.rv_key(rv),
+            last: last_seen.clamp(0, i64::from(u32::MAX)) as u32,
+            generation,
+            ns,
+            exact,
+        };
+        self.map.insert(k, e);
+        if self.map.len() > self.max {
+            return self.evict_oldest();
+        }
+        Vec::new()
+    }
+
+    pub fn remove(&mut self, uid: &str) {
+        let (k, _) = self.key(uid);
+        self.map.remove(&k);
+    }
+
+    fn evict_oldest(&mut self) -> Vec<String> {
+        let mut lasts: Vec<u32> = self.map.values().map(|e| e.last).collect();
+        let n = (lasts.len() / 10).max(1);
+        let (_, cut, _) = lasts.select_nth_unstable(n - 1);
+        let cut = *cut;
+        let mut gone = Vec::new();
+        self.map.retain(|k, e| {
+            let keep = e.last > cut;
+            if !keep && e.exact {
+                gone.push(format_uuid(*k));
+            }
+            keep
+        });
+        gone
+    }
+
+    /// After a complete list of namespace slot `ns`: forgets what the list did not show.
+    pub fn sweep(&mut self, ns: u16, generation: u32) -> Vec<String> {
+        let mut gone = Vec::new();
+        self.map.retain(|k, e| {
+            let keep = e.ns != ns || e.generation == generation;
+            if !keep && e.exact {
+                gone.push(format_uuid(*k));
+            }
+            keep
+        });
+        gone
+    }
+}
+
+/// The checkpoint table of one source.
+pub struct Checkpoint {
+    db: Db,
+    source: String,
+}
+
+impl Checkpoint {
+    pub async fn open(url: &str, source: &str) -> Result<Checkpoint, String> {
+        let db = Db::connect(url, 2, std::time::Duration::from_secs(10)).await?;
+        let t = Table::create()
+            .table(Alias::new(TABLE))
+            .if_not_exists()
+            .col(
+                ColumnDef::new(Alias::new("source"))
+                    .string_len(191)
+                    .not_null(),
+            )
+            .col(ColumnDef::new(Alias::new("uid")).string_len(191).not_null())
+            .col(
+                ColumnDef::new(Alias::new("namespace"))
+                    .string_len(253)
+                    .not_null(),
+            )
+            .col(
+                ColumnDef::new(Alias::new("resource_version"))
+                    .string_len(64)
+                    .not_null(),
+            )
+            .col(
+                ColumnDef::new(Alias::new("last_seen"))
+                    .big_integer()
+                    .not_null(),
+            )
+            .primary_key(
+                Index::create()
+                    .col(Alias::new("source"))
+                    .col(Alias::new("uid")),
+            )
+            .to_owned();
+        db.execute_raw(db.schema_sql(&t))
+            .await
+            .map_err(|e| format!("cannot create the checkpoint table: {e}"))?;
+        Ok(Checkpoint {
+            db,
+            source: source.to_string(),
+        })
+    }
+
+    /// Every row of this source.
+    pub async fn load(&self) -> Result<Vec<Row>, DbError> {
+        let sql = match self.db.backend() {
+            crate::stages::sql::db::Backend::Postgres => format!(
+                "SELECT uid, namespace, resource_version, last_seen FROM {TABLE} WHERE source = $1"
+            ),
+            _ => format!(
+                "SELECT uid, namespace, resource_version, last_seen FROM {TABLE} WHERE source = ?"
+            ),
+        };
+        let rows: Vec<(String, String, String, i64)> =
+            self.db.fetch_by_key(&sql, &self.source).await?;
+        Ok(rows
+            .into_iter()
+            .map(|(uid, namespace, resource_version, last_seen)| Row {
+                uid,
+                namespace,
+                resource_version,
+                last_seen,
+            })
+            .collect())
+    }
+
+    /// Upserts rows (the latest version of each uid wins), in one transaction.
+    pub async fn save(&self, rows: &[Row]) -> Result<(), DbError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        // The last version of a uid in `rows` is the newest (acks are processed in order).
+        let mut latest: HashMap<&str, &Row> = HashMap::with_capacity(rows.len());
+        for r in rows {
+            latest.insert(&r.uid, r);
+        }
+        let mut stmts = Vec::new();
+        let list: Vec<&Row> = latest.into_values().collect();
+        for chunk in list.chunks(500) {
+            let mut q = Query::insert()
+                .into_table(Alias::new(TABLE))
+                .columns(
+                    [
+                        "source",
+                        "uid",
+                        "namespace",
+                        "resource_version",
+                        "last_seen",
+                    ]
+                    .map(Alias::new),
+                )
+                .on_conflict(
+                    OnConflict::columns([Alias::new("source"), Alias::new("uid")])
+                        .update_columns(
+                            ["namespace", "resource_version", "last_seen"].map(Alias::new),
+                        )
+                        .to_owned(),
+                )
+                .to_owned();
+            for r in chunk {
+                q.values_panic([
+                    self.source.clone().into(),
+                    r.uid.clone().into(),
+                    r.namespace.clone().into(),
+                    r.resource_version.clone().into(),
+                    r.last_seen.into(),
+                ]);
+            }
+            stmts.push(self.db.build_insert(&q));
+        }
+        self.db.execute_in_tx(stmts).await.map(|_| ())
+    }
+
+    /// Removes rows by uid.
+    pub async fn forget(&self, uids: &[String]) -> Result<(), DbError> {
+        if uids.is_empty() {
+            return Ok(());
+        }
+        let stmts = uids
+            .chunks(500)
+            .map(|chunk| {
+                let q = Query::delete()
+                    .from_table(Alias::new(TABLE))
+                    .and_where(Expr::col(Alias::new("source")).eq(self.source.clone()))
+                    .and_where(Expr::col(Alias::new("uid")).is_in(chunk.iter().cloned()))
+                    .to_owned();
+                self.db.build_delete(&q)
+            })
+            .collect();
+        self.db.execute_in_tx(stmts).await.map(|_| ())
+    }
+
+    pub async fn close(&self) {
+        self.db.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuids_round_trip_and_versions_compare_for_equality() {
+        let u = "0b6f3c52-8f0e-4d8a-9d5c-2f1e7a6b9c01";
+        assert_eq!(parse_uuid(u).map(format_uuid).as_deref(), Some(u));
+        assert_eq!(parse_uuid("not-a-uuid"), None);
+        let mut s = Seen::new(10);
+        assert!(!s.is_current(u, "5", 1));
+        s.mark(u, "5", 100, 0, 1);
+        assert!(s.is_current(u, "5", 1));
+        assert!(!s.is_current(u, "6", 1));
+        s.mark("plain-uid", "abc", 100, 0, 1);
+        assert!(s.is_current("plain-uid", "abc", 1));
+        assert!(!s.is_current("plain-uid", "abd", 1));
+    }
+
+    #[test]
+    fn sweep_forgets_what_a_relist_did_not_show_and_the_bound_holds() {
+        let mut s = Seen::new(100);
+        for i in 0..10 {
+            s.mark(&format!("00000000-0000-4000-8000-{i:012x}"), "1", i, 0, 1);
+        }
+        assert!(s.is_current("00000000-0000-4000-8000-000000000003", "1", 2));
+        let gone = s.sweep(0, 2);
+        assert_eq!(gone.len(), 9);
+        assert_eq!(s.len(), 1);
+        let mut s = Seen::new(50);
+        let mut evicted = 0;
+        for i in 0..1000 {
+            evicted += s
+                .mark(&format!("00000000-0000-4000-8000-{i:012x}"), "1", i, 0, 1)
+                .len();
+        }
+        assert!(s.len() <= 50);
+        assert_eq!(evicted + s.len(), 1000);
+    }
+}
