@@ -41,8 +41,10 @@ enum GraphFormat {
 enum Command {
     /// Run a pipeline until SIGINT/SIGTERM, or until every source has finished.
     Run {
-        /// The pipeline file.
-        pipeline: PathBuf,
+        /// The pipeline file. Without one: the embedded default pipeline (watch the current
+        /// kubeconfig context or the in-cluster service account, keep Warnings, store them in
+        /// ./eventflow.db, print them).
+        pipeline: Option<PathBuf>,
         /// How long shutdown may take to deliver in-flight events.
         #[arg(long, default_value = "60s", value_parser = parse_dur)]
         shutdown_timeout: Dur,
@@ -67,6 +69,9 @@ enum Command {
         format: GraphFormat,
     },
 }
+
+/// The pipeline `eventflow run` runs without a file.
+const DEFAULT_PIPELINE: &str = include_str!("../pipelines/default.yaml");
 
 fn parse_dur(s: &str) -> Result<Dur, String> {
     config::types::parse_duration(s).map(Dur)
@@ -127,7 +132,22 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             no_watch,
             reload_debounce,
         } => {
-            let p = match config::load_file(&pipeline) {
+            let loaded = match &pipeline {
+                Some(path) => config::load_file(path),
+                None => {
+                    if let Err(e) = eventflow::stages::kube_events::kube_config_available() {
+                        eprintln!(
+                            "{e}\n\nWithout a pipeline file, eventflow watches the current Kubernetes context. To try it without a cluster, run the bundled demo instead:\n    eventflow run pipelines/demo.yaml"
+                        );
+                        return Ok(ExitCode::FAILURE);
+                    }
+                    tracing::info!("no pipeline file given: running the embedded default pipeline");
+                    config::load_str(DEFAULT_PIPELINE, "<embedded default pipeline>", &|k| {
+                        std::env::var(k).ok()
+                    })
+                }
+            };
+            let p = match loaded {
                 Ok(p) => p,
                 Err(e) => {
                     eprintln!("{e}");

@@ -862,7 +862,10 @@ impl WatchLoop {
         let stream = tokio::select! {
             _ = shutdown.requested() => return WatchEnd::Shutdown,
             s = self.api.watch(&wp, rv) => match s {
-                Ok(s) => s,
+                Ok(s) => {
+                    self.health.synced();
+                    s
+                }
                 Err(e) => return WatchEnd::StartFailed(e),
             },
         };

@@ -1,0 +1,219 @@
+//! `eventflow run` as a process against the fake API server: a kill -9 loses nothing, a 403
+//! names the missing permission, readiness follows the API server's health, and `run` without
+//! a file explains what it looked for.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use fake_apiserver::{Failure, FakeApiServer, Op, sample_event};
+use support::*;
+
+fn get(port: u16, path: &str) -> (u16, String) {
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return (0, String::new());
+    };
+    let _ = write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (
+        code,
+        text.split("\r\n\r\n").nth(1).unwrap_or("").to_string(),
+    )
+}
+
+fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn pipeline(dir: &Path, kubeconfig: &Path, extra_source: &str) -> std::path::PathBuf {
+    write(
+        dir,
+        "pipeline.yaml",
+        &format!(
+            "api:\n  listen: 127.0.0.1:0\nstate:\n  url: sqlite://{state}\nstages:\n  k8s:\n    type: kube_events\n    kubeconfig: {kc}\n    backoff_initial: 100ms\n    backoff_max: 500ms\n{extra_source}  db:\n    type: sql\n    inputs: [k8s]\n    url: sqlite://{db}\n    batch: {{max_events: 50, max_wait: 20ms}}\n",
+            state = dir.join("state.db").display(),
+            kc = kubeconfig.display(),
+            db = dir.join("events.db").display(),
+        ),
+    )
+}
+
+fn uids_in(db: &Path) -> std::collections::BTreeSet<String> {
+    let out = std::process::Command::new("sqlite3")
+        .arg(db)
+        .arg("SELECT uid FROM k8s_events")
+        .output();
+    match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect(),
+        _ => {
+            // No sqlite3 CLI: read through sqlx in a small runtime.
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let Ok(pool) =
+                    sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display())).await
+                else {
+                    return Default::default();
+                };
+                let rows: Vec<(String,)> = sqlx::query_as("SELECT uid FROM k8s_events")
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap_or_default();
+                pool.close().await;
+                rows.into_iter().map(|(u,)| u).collect()
+            })
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_mid_stream_then_restart_loses_nothing() {
+    let fake = FakeApiServer::start().await.expect("fake");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kc = dir.path().join("kubeconfig");
+    fake.write_kubeconfig(&kc, None).expect("kubeconfig");
+    let p = pipeline(dir.path(), &kc, "");
+    let mut created = std::collections::BTreeSet::new();
+    let mut make = |i: usize| {
+        let o = fake
+            .create(
+                "default",
+                sample_event("default", &format!("e-{i}.1"), "BackOff", "Warning", "m"),
+            )
+            .expect("create");
+        created.insert(
+            o["metadata"]["uid"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
+    };
+    for i in 0..200 {
+        make(i);
+    }
+    let mut r = tokio::task::block_in_place(|| Running::start(&[], &p));
+    // Keep creating while it runs, and kill it in the middle.
+    for i in 200..400 {
+        make(i);
+        if i % 20 == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    r.child.kill().expect("kill -9");
+    let _ = r.child.wait();
+    let after_kill = uids_in(&dir.path().join("events.db")).len();
+    // While it is down, more events happen.
+    for i in 400..500 {
+        make(i);
+    }
+    let r = tokio::task::block_in_place(|| Running::start(&[], &p));
+    let db = dir.path().join("events.db");
+    tokio::task::block_in_place(|| {
+        wait_until("every event stored", Duration::from_secs(30), || {
+            uids_in(&db) == created
+        })
+    });
+    eprintln!(
+        "rows after the kill: {after_kill}; after the restart: {}",
+        created.len()
+    );
+    let (status, _) = tokio::task::block_in_place(|| r.stop());
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forbidden_names_the_permission_and_readiness_follows_the_api_server() {
+    let fake = FakeApiServer::start().await.expect("fake");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kc = dir.path().join("kubeconfig");
+    fake.write_kubeconfig(&kc, None).expect("kubeconfig");
+    fake.create(
+        "default",
+        sample_event("default", "x.1", "BackOff", "Warning", "m"),
+    )
+    .expect("create");
+    fake.faults(|f| f.forbid = vec!["list".into()]);
+    let p = pipeline(dir.path(), &kc, "    unready_after: 300ms\n");
+    let mut r = tokio::task::block_in_place(|| Running::start(&[], &p));
+    let line = tokio::task::block_in_place(|| r.wait_log("403 Forbidden"));
+    assert!(
+        line.contains("grant the verbs `list` and `watch` on resource `events` in API group \\\"\\\" (core) cluster-wide"),
+        "{line}"
+    );
+    let port = tokio::task::block_in_place(|| r.api_port());
+    let (code, body) = get(port, "/readyz");
+    assert_eq!(code, 503, "not ready before the initial sync: {body}");
+    fake.faults(|f| f.forbid.clear());
+    tokio::task::block_in_place(|| {
+        wait_until("ready", Duration::from_secs(10), || {
+            get(port, "/readyz").0 == 200
+        })
+    });
+
+    // The API server starts answering 500: after unready_after, not ready; then it recovers.
+    fake.faults(|f| {
+        for _ in 0..1000 {
+            f.fail_next.push_back(Failure {
+                op: Op::Any,
+                status: 500,
+                reason: "InternalError".into(),
+                message: "etcdserver: request timed out".into(),
+                raw_body: None,
+            });
+        }
+    });
+    fake.close_watches(fake_apiserver::CloseMode::Abort);
+    tokio::task::block_in_place(|| {
+        wait_until("not ready", Duration::from_secs(10), || {
+            get(port, "/readyz").0 == 503
+        })
+    });
+    let (_, body) = get(port, "/readyz");
+    assert!(body.contains("source `k8s`: failing for"), "{body}");
+    fake.faults(|f| f.fail_next.clear());
+    tokio::task::block_in_place(|| {
+        wait_until("ready again", Duration::from_secs(10), || {
+            get(port, "/readyz").0 == 200
+        })
+    });
+    let (status, _) = tokio::task::block_in_place(|| r.stop());
+    assert!(status.success());
+}
+
+#[test]
+fn run_without_a_file_or_a_cluster_explains_what_it_looked_for() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = bin()
+        .arg("run")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env("KUBECONFIG", dir.path().join("missing-kubeconfig"))
+        .env("HOME", dir.path())
+        .current_dir(dir.path())
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no Kubernetes configuration found"), "{err}");
+    assert!(err.contains("$KUBECONFIG"), "{err}");
+    assert!(err.contains("pipelines/demo.yaml"), "{err}");
+}
