@@ -15,7 +15,8 @@ const KEYS: usize = 1_000_000;
 /// The stated bounds on resident memory growth for 100,000 live keys (README, BENCHMARKS.md).
 fn bound_mb(stage: &str) -> u64 {
     match stage {
-        "aggregate" => 350, // a group keeps one event's fields and its samples
+        "aggregate" => 350,   // a group keeps one event's fields and its samples
+        "kube_events" => 120, // 1,000,000 tracked versions (its default max_tracked)
         _ => 100,
     }
 }
@@ -53,8 +54,13 @@ fn data(i: usize) -> EventData {
 
 fn report(stage: &str, before: u64, after: u64) {
     let grown_mb = after.saturating_sub(before) / 1024;
+    let bound_of = if stage == "kube_events" {
+        "max_tracked 1000000"
+    } else {
+        "max_keys 100000"
+    };
     eprintln!(
-        "{stage}: {KEYS} distinct keys, max_keys 100000: RSS {} MB -> {} MB (+{grown_mb} MB)",
+        "{stage}: {KEYS} distinct keys, {bound_of}: RSS {} MB -> {} MB (+{grown_mb} MB)",
         before / 1024,
         after / 1024
     );
@@ -67,25 +73,30 @@ fn report(stage: &str, before: u64, after: u64) {
 
 #[test]
 fn keyed_stages_stay_bounded_with_a_million_keys() {
-    let children: Vec<_> = ["child_dedup", "child_aggregate", "child_rate_limit"]
-        .iter()
-        .map(|name| {
-            let exe = std::env::current_exe().expect("test binary");
-            let child = std::process::Command::new(exe)
-                .args([
-                    "--exact",
-                    name,
-                    "--include-ignored",
-                    "--nocapture",
-                    "--test-threads=1",
-                ])
-                .stderr(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .spawn()
-                .expect("spawn");
-            (name, child)
-        })
-        .collect();
+    let children: Vec<_> = [
+        "child_dedup",
+        "child_aggregate",
+        "child_rate_limit",
+        "child_kube_seen",
+    ]
+    .iter()
+    .map(|name| {
+        let exe = std::env::current_exe().expect("test binary");
+        let child = std::process::Command::new(exe)
+            .args([
+                "--exact",
+                name,
+                "--include-ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        (name, child)
+    })
+    .collect();
     for (name, child) in children {
         let out = child.wait_with_output().expect("wait");
         let text = String::from_utf8_lossy(&out.stderr);
@@ -172,4 +183,24 @@ async fn child_rate_limit() {
     }
     assert!(r.keys() <= 100_000, "{} keys", r.keys());
     report("rate_limit", before, rss_kb());
+}
+
+#[test]
+#[ignore = "run by keyed_stages_stay_bounded_with_a_million_keys in its own process"]
+fn child_kube_seen() {
+    use eventflow::stages::kube_events::Seen;
+    let before = rss_kb();
+    // What the kube_events source remembers per Event version (uid -> resourceVersion), for
+    // 1,000,000 distinct Events, then 200,000 more past a bound of 1,000,000.
+    let mut seen = Seen::new(1_000_000);
+    let mut evicted = 0;
+    for i in 0..KEYS + 200_000 {
+        let uid = format!("0b6f3c52-8f0e-4d8a-9d5c-{i:012x}");
+        evicted += seen
+            .mark(&uid, &(48_000_000 + i).to_string(), i as i64, 0, 1)
+            .len();
+    }
+    assert!(seen.len() <= 1_000_000, "{} tracked", seen.len());
+    assert_eq!(seen.len() + evicted, KEYS + 200_000);
+    report("kube_events", before, rss_kb());
 }

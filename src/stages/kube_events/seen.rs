@@ -24,14 +24,27 @@ pub struct Row {
     pub last_seen: i64,
 }
 
+/// 16 bytes: with the 16-byte key, 32 bytes a slot.
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     rv: u64,
     last: u32,
-    generation: u32,
-    ns: u16,
-    /// The key is the UUID itself (it can be turned back into the uid text).
-    exact: bool,
+    /// The list generation that last showed it (compared for equality; wraps).
+    generation: u16,
+    /// The namespace slot; the high bit says the key is the UUID itself (it can be turned
+    /// back into the uid text).
+    slot: u16,
+}
+
+const EXACT: u16 = 0x8000;
+
+impl Entry {
+    fn ns(&self) -> u16 {
+        self.slot & !EXACT
+    }
+    fn exact(&self) -> bool {
+        self.slot & EXACT != 0
+    }
 }
 
 /// The in-memory map.
@@ -110,7 +123,7 @@ impl Seen {
         let rv = self.rv_key(rv);
         match self.map.get_mut(&k) {
             Some(e) if e.rv == rv => {
-                e.generation = generation;
+                e.generation = generation as u16;
                 true
             }
             _ => false,
@@ -130,9 +143,8 @@ impl Seen {
         let e = Entry {
             rv: self.rv_key(rv),
             last: last_seen.clamp(0, i64::from(u32::MAX)) as u32,
-            generation,
-            ns,
-            exact,
+            generation: generation as u16,
+            slot: (ns & !EXACT) | if exact { EXACT } else { 0 },
         };
         self.map.insert(k, e);
         if self.map.len() > self.max {
@@ -154,7 +166,7 @@ impl Seen {
         let mut gone = Vec::new();
         self.map.retain(|k, e| {
             let keep = e.last > cut;
-            if !keep && e.exact {
+            if !keep && e.exact() {
                 gone.push(format_uuid(*k));
             }
             keep
@@ -166,8 +178,8 @@ impl Seen {
     pub fn sweep(&mut self, ns: u16, generation: u32) -> Vec<String> {
         let mut gone = Vec::new();
         self.map.retain(|k, e| {
-            let keep = e.ns != ns || e.generation == generation;
-            if !keep && e.exact {
+            let keep = e.ns() != ns || e.generation == generation as u16;
+            if !keep && e.exact() {
                 gone.push(format_uuid(*k));
             }
             keep
