@@ -285,9 +285,11 @@ impl std::ops::Deref for Event {
 /// shape first, then [`WireEvent::normalize`] turns it into [`EventData`].
 #[derive(Debug, Deserialize, Default)]
 #[serde(rename_all = "camelCase", default)]
-pub struct WireEvent {
-    pub api_version: Option<String>,
-    pub metadata: WireMeta,
+pub struct WireEvent<'a> {
+    #[serde(borrow)]
+    pub api_version: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub metadata: WireMeta<'a>,
     pub involved_object: Option<WireRef>,
     pub regarding: Option<WireRef>,
     pub reason: Option<String>,
@@ -302,22 +304,30 @@ pub struct WireEvent {
     pub reporting_instance: Option<String>,
     pub count: Option<i64>,
     pub deprecated_count: Option<i64>,
-    pub series: Option<WireSeries>,
-    pub first_timestamp: Option<String>,
-    pub last_timestamp: Option<String>,
-    pub deprecated_first_timestamp: Option<String>,
-    pub deprecated_last_timestamp: Option<String>,
-    pub event_time: Option<String>,
+    #[serde(borrow)]
+    pub series: Option<WireSeries<'a>>,
+    // Timestamps are only parsed: borrowed from the input when they have no escapes.
+    #[serde(borrow)]
+    pub first_timestamp: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub last_timestamp: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub deprecated_first_timestamp: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub deprecated_last_timestamp: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub event_time: Option<Cow<'a, str>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(rename_all = "camelCase", default)]
-pub struct WireMeta {
+pub struct WireMeta<'a> {
     pub name: Option<String>,
     pub namespace: Option<String>,
     pub uid: Option<String>,
     pub resource_version: Option<String>,
-    pub creation_timestamp: Option<String>,
+    #[serde(borrow)]
+    pub creation_timestamp: Option<Cow<'a, str>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -339,9 +349,10 @@ pub struct WireSource {
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(rename_all = "camelCase", default)]
-pub struct WireSeries {
+pub struct WireSeries<'a> {
     pub count: Option<i64>,
-    pub last_observed_time: Option<String>,
+    #[serde(borrow)]
+    pub last_observed_time: Option<Cow<'a, str>>,
 }
 
 /// Why an object could not become an event.
@@ -366,7 +377,7 @@ fn non_empty(s: Option<String>) -> Option<String> {
     s.filter(|s| !s.is_empty())
 }
 
-impl WireEvent {
+impl WireEvent<'_> {
     /// Normalizes into [`EventData`], following the rules in the pipeline contract: message
     /// from `message` or `note`; count from `count`, else `series.count`, else 1; last seen
     /// from `lastTimestamp`, else `series.lastObservedTime`, else `eventTime`, else creation.

@@ -558,6 +558,8 @@ enum Next {
 /// The accumulated output of a batch of items.
 #[derive(Default)]
 struct Out {
+    /// Objects read (counted once per batch).
+    read: u64,
     emit: Vec<EventData>,
     rows: Vec<Row>,
     handled: Vec<Row>,
@@ -757,10 +759,7 @@ impl WatchLoop {
 
     /// Decides what to do with one object.
     fn take(&self, item: KubeEvent, generation: u32, initial_list: bool, out: &mut Out) {
-        self.counters.read.increment(1);
-        self.counters
-            .last_event
-            .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
+        out.read += 1;
         let data = match item.data {
             Ok(d) => d,
             Err(e) => {
@@ -825,7 +824,14 @@ impl WatchLoop {
 
     /// Hands a batch to the source task; false once the source is gone.
     async fn send(&self, out: Out) -> bool {
+        if out.read > 0 {
+            self.counters.read.increment(out.read);
+            self.counters
+                .last_event
+                .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
+        }
         let Out {
+            read: _,
             mut emit,
             mut rows,
             handled,
@@ -891,18 +897,18 @@ impl WatchLoop {
                 items += 1;
                 match ev {
                     Ok(WatchEvent::Added(k)) | Ok(WatchEvent::Modified(k)) => {
-                        if let Some(v) = &k.meta.resource_version {
-                            last.clone_from(v);
+                        if let Some(v) = k.resource_version() {
+                            v.clone_into(&mut last);
                         }
                         self.take(k, 0, false, &mut out);
                     }
                     Ok(WatchEvent::Deleted(k)) => {
-                        if let Some(v) = &k.meta.resource_version {
-                            last.clone_from(v);
+                        if let Some(v) = k.resource_version() {
+                            v.clone_into(&mut last);
                         }
-                        self.counters.read.increment(1);
+                        out.read += 1;
                         self.counters.deleted.increment(1);
-                        if let Some(uid) = k.meta.uid {
+                        if let Some(uid) = k.uid().map(str::to_string) {
                             if let Ok(mut s) = self.seen.lock() {
                                 s.remove(&uid);
                             }

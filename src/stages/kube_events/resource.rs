@@ -54,13 +54,9 @@ impl<'de> Deserialize<'de> for KubeEvent {
             .and_then(|w| w.normalize(&empty, None).map_err(|e| e.to_string()));
         match parsed {
             Ok(mut data) => {
-                let meta = ObjectMeta {
-                    name: Some(data.name.clone()),
-                    namespace: Some(data.namespace.clone()),
-                    uid: Some(data.uid.clone()),
-                    resource_version: Some(data.resource_version.clone()),
-                    ..ObjectMeta::default()
-                };
+                // The list-then-watch loop reads the resourceVersion and uid from `data`;
+                // `meta` is filled only for objects that do not decode.
+                let meta = ObjectMeta::default();
                 data.raw = Some(Box::<str>::from(raw));
                 Ok(KubeEvent {
                     meta,
@@ -82,6 +78,24 @@ impl<'de> Deserialize<'de> for KubeEvent {
                     data: Err(e),
                 })
             }
+        }
+    }
+}
+
+impl KubeEvent {
+    /// The object's resourceVersion.
+    pub fn resource_version(&self) -> Option<&str> {
+        match &self.data {
+            Ok(d) => Some(d.resource_version.as_str()),
+            Err(_) => self.meta.resource_version.as_deref(),
+        }
+    }
+
+    /// The object's uid.
+    pub fn uid(&self) -> Option<&str> {
+        match &self.data {
+            Ok(d) => Some(d.uid.as_str()),
+            Err(_) => self.meta.uid.as_deref(),
         }
     }
 }

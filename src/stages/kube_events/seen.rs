@@ -62,14 +62,27 @@ fn hash(h: &std::hash::RandomState, s: &str, salt: u8) -> u64 {
 }
 
 fn parse_uuid(uid: &str) -> Option<u128> {
-    if uid.len() != 36 || uid.bytes().any(|b| b.is_ascii_uppercase()) {
+    // Lowercase 8-4-4-4-12 hex only, so that `format_uuid` gives the same text back.
+    let b = uid.as_bytes();
+    if b.len() != 36 {
         return None;
     }
-    let hex: String = uid.chars().filter(|c| *c != '-').collect();
-    if hex.len() != 32 || format_uuid(u128::from_str_radix(&hex, 16).ok()?) != uid {
-        return None;
+    let mut v: u128 = 0;
+    for (i, &c) in b.iter().enumerate() {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            if c != b'-' {
+                return None;
+            }
+            continue;
+        }
+        let d = match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            _ => return None,
+        };
+        v = (v << 4) | u128::from(d);
     }
-    u128::from_str_radix(&hex, 16).ok()
+    Some(v)
 }
 
 fn format_uuid(v: u128) -> String {

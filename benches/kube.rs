@@ -1,0 +1,177 @@
+//! The kube_events source against a bare `kube::runtime::watcher`, same fake API server, same
+//! stream, same run: N pre-created Events listed (pages of 500) over HTTP on 127.0.0.1.
+//! - source: kube_events -> counting sink, through the engine, until the sink has N events
+//!   (decode into the normalized event with the raw JSON kept, dedupe map, batches, acks,
+//!   checkpoint writes to SQLite in the background);
+//! - baseline: `watcher(Api<core::v1::Event>)` until `InitDone` (k8s-openapi decoding).
+//!
+//! Both share the machine with the fake server. The ratio is printed at the end.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group};
+use eventflow::engine::Topology;
+use eventflow::stages::StageKind;
+use eventflow::stages::kube_events::KubeEventsConfig;
+use eventflow::testkit::{CountingSink, PipelineBuilder};
+use fake_apiserver::{FakeApiServer, sample_event};
+use futures::StreamExt;
+use kube::runtime::watcher;
+
+const N: usize = 20_000;
+
+static RESULTS: Mutex<BTreeMap<&'static str, (u64, Duration)>> = Mutex::new(BTreeMap::new());
+
+fn record(name: &'static str, events: u64, d: Duration) {
+    if let Ok(mut r) = RESULTS.lock() {
+        let e = r.entry(name).or_insert((0, Duration::ZERO));
+        e.0 += events;
+        e.1 += d;
+    }
+}
+
+struct Setup {
+    fake: FakeApiServer,
+    dir: tempfile::TempDir,
+    kubeconfig: std::path::PathBuf,
+}
+
+fn setup(rt: &tokio::runtime::Runtime) -> Setup {
+    rt.block_on(async {
+        let fake = FakeApiServer::start().await.expect("fake");
+        fake.history_len(10);
+        for i in 0..N {
+            let mut e = sample_event(
+                "shop",
+                &format!("web-7d4b9c-{i:08}.17d2f9e0a1b2c3d4"),
+                "BackOff",
+                if i % 3 == 0 { "Normal" } else { "Warning" },
+                "Back-off restarting failed container web in pod web-7d4b9c-x2x9q_shop(5f3b0c3e-9d2a-4c4c-9a9a-3b1d2c4e5f60)",
+            );
+            e["count"] = serde_json::json!(1 + i % 40);
+            fake.create("shop", e).expect("create");
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let kubeconfig = dir.path().join("kubeconfig");
+        fake.write_kubeconfig(&kubeconfig, None).expect("kubeconfig");
+        Setup {
+            fake,
+            dir,
+            kubeconfig,
+        }
+    })
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let s = setup(&rt);
+    let mut g = c.benchmark_group("kube");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(N as u64));
+    let run_no = std::sync::atomic::AtomicU64::new(0);
+    g.bench_function("source_to_counting_sink", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let n = run_no.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let cfg: KubeEventsConfig =
+                        serde_json::from_value(serde_json::json!({"kubeconfig": s.kubeconfig}))
+                            .expect("config");
+                    let sink = CountingSink::default();
+                    let state = format!(
+                        "sqlite://{}",
+                        s.dir.path().join(format!("state-{n}.db")).display()
+                    );
+                    let p = PipelineBuilder::new()
+                        .stage(
+                            "k8s",
+                            "kube_events",
+                            StageKind::Source,
+                            &[],
+                            Arc::new(cfg),
+                            0,
+                        )
+                        .stage(
+                            "out",
+                            "counting",
+                            StageKind::Sink,
+                            &["k8s"],
+                            Arc::new(sink.clone()),
+                            0,
+                        )
+                        .state(&state)
+                        .build();
+                    let started = Instant::now();
+                    let topo = Topology::start(p).await.expect("start");
+                    while sink.get() < N as u64 {
+                        tokio::time::sleep(Duration::from_micros(200)).await;
+                    }
+                    let d = started.elapsed();
+                    total += d;
+                    record("kube_events source -> counting sink", N as u64, d);
+                    topo.shutdown(Duration::from_secs(30)).await;
+                }
+                total
+            })
+        })
+    });
+    g.bench_function("bare_kube_watcher", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let api: kube::Api<k8s_openapi::api::core::v1::Event> =
+                        kube::Api::all(s.fake.client());
+                    let started = Instant::now();
+                    let mut w = watcher::watcher(api, watcher::Config::default()).boxed();
+                    let mut n = 0usize;
+                    while let Some(ev) = w.next().await {
+                        match ev {
+                            Ok(watcher::Event::InitApply(_)) => n += 1,
+                            Ok(watcher::Event::InitDone) => break,
+                            Ok(_) => {}
+                            Err(e) => panic!("watcher error: {e}"),
+                        }
+                    }
+                    assert_eq!(n, N);
+                    let d = started.elapsed();
+                    total += d;
+                    record("bare kube::runtime::watcher", N as u64, d);
+                }
+                total
+            })
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+
+fn main() {
+    benches();
+    criterion::Criterion::default()
+        .configure_from_args()
+        .final_summary();
+    let r = RESULTS.lock().map(|r| r.clone()).unwrap_or_default();
+    let rate = |(n, d): (u64, Duration)| n as f64 / d.as_secs_f64();
+    println!("\n== eventflow kube_events benchmark summary ({N} Events listed over HTTP) ==");
+    for (name, v) in &r {
+        println!("{name:<44} {:>12.0} events/s", rate(*v));
+    }
+    if let (Some(a), Some(b)) = (
+        r.get("kube_events source -> counting sink"),
+        r.get("bare kube::runtime::watcher"),
+    ) {
+        println!(
+            "ratio kube_events source / bare watcher: {:.2}",
+            rate(*a) / rate(*b)
+        );
+    }
+}
