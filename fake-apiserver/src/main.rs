@@ -67,14 +67,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 m.remove("resourceVersion");
             }
             let item = fake_apiserver::from_flavor(item, flavor);
-            match server.create(&ns, item) {
-                Ok(o) => loaded.push((
-                    ns,
-                    o.pointer("/metadata/name")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_string(),
-                )),
+            let name = item
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            // A later version of an Event already loaded (the same name) is a change to it.
+            let r = match server.create(&ns, item.clone()) {
+                Err(e) if e.code == 409 => server.patch(&ns, &name, item),
+                other => other,
+            };
+            match r {
+                Ok(_) => loaded.push((ns, name)),
                 Err(e) => eprintln!("skipped an event: {e}"),
             }
         }
