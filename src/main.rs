@@ -8,6 +8,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use eventflow::config::{self, graph, types::Dur};
 use eventflow::run::Outcome;
 
+// mimalloc: events are allocated on one worker thread and freed on another (the sink's);
+// glibc's malloc serializes those frees on arena locks.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "eventflow",

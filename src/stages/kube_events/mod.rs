@@ -313,12 +313,12 @@ async fn run(src: KubeSource, cx: SourceContext) -> Result<(), StageError> {
     for r in &loaded {
         let slot = slots
             .iter()
-            .position(|s| s.as_deref().is_none_or(|ns| ns == r.namespace));
+            .position(|s| s.as_deref().is_none_or(|ns| ns == r.namespace()));
         match slot {
             Some(i) => {
-                let _ = seen.mark(&r.uid, &r.resource_version, r.last_seen, i as u16, 0);
+                let _ = seen.mark(r.uid(), r.resource_version(), r.last_seen, i as u16, 0);
             }
-            None => stale.push(r.uid.clone()),
+            None => stale.push(r.uid().to_string()),
         }
     }
     if let Err(e) = src.checkpoint.forget(&stale).await {
@@ -362,17 +362,17 @@ async fn run(src: KubeSource, cx: SourceContext) -> Result<(), StageError> {
     drop(tx);
 
     // Acks are processed in emission order, so a uid's newest version is checkpointed last.
+    // Only this task turns statuses into checkpoint rows; the writer task just writes them.
     type Pending = BoxFuture<'static, (Status, Vec<Row>)>;
     let mut pending: FuturesOrdered<Pending> = FuturesOrdered::new();
-    let mut to_save: Vec<Row> = Vec::new();
-    let mut flush = tokio::time::interval(Duration::from_millis(200));
-    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let ack = |rx: oneshot::Receiver<Status>, rows: Vec<Row>| -> Pending {
         Box::pin(async move {
             // A dropped finalizer sender without a status means the engine went away.
             (rx.await.unwrap_or(Status::Errored), rows)
         })
     };
+    let (wtx, wrx) = mpsc::channel::<Write>(64);
+    let writer = tokio::spawn(write_checkpoint(src.checkpoint, wrx, counters.clone()));
     let mut msgs_open = true;
     loop {
         tokio::select! {
@@ -387,26 +387,19 @@ async fn run(src: KubeSource, cx: SourceContext) -> Result<(), StageError> {
                     pending.push_back(ack(done, rows));
                     out.send(batch).await;
                 }
-                Some(Msg::Handled(rows)) => to_save.extend(rows),
+                Some(Msg::Handled(rows)) => {
+                    let _ = wtx.send(Write::Save(rows)).await;
+                }
                 Some(Msg::Forget(uids)) => {
-                    save(&src.checkpoint, &mut to_save, &counters).await;
-                    if let Err(e) = src.checkpoint.forget(&uids).await {
-                        counters.checkpoint_errors.increment(1);
-                        tracing::warn!(error = %e, "cannot prune the checkpoint");
-                    }
+                    let _ = wtx.send(Write::Forget(uids)).await;
                 }
                 None => msgs_open = false,
             },
             Some((status, rows)) = pending.next(), if !pending.is_empty() => {
-                match status {
-                    Status::Delivered | Status::Rejected => to_save.extend(rows),
-                    Status::Errored => {}
-                }
-                if to_save.len() >= 1000 {
-                    save(&src.checkpoint, &mut to_save, &counters).await;
+                if status != Status::Errored {
+                    let _ = wtx.send(Write::Save(rows)).await;
                 }
             }
-            _ = flush.tick() => save(&src.checkpoint, &mut to_save, &counters).await,
         }
         if !msgs_open {
             break;
@@ -419,16 +412,45 @@ async fn run(src: KubeSource, cx: SourceContext) -> Result<(), StageError> {
     }
     while let Some((status, rows)) = pending.next().await {
         if status != Status::Errored {
-            to_save.extend(rows);
-        }
-        if to_save.len() >= 1000 {
-            save(&src.checkpoint, &mut to_save, &counters).await;
+            let _ = wtx.send(Write::Save(rows)).await;
         }
     }
-    save(&src.checkpoint, &mut to_save, &counters).await;
-    src.checkpoint.close().await;
+    drop(wtx);
+    let _ = writer.await;
     health.stopped();
     Ok(())
+}
+
+/// A change to the checkpoint.
+enum Write {
+    Save(Vec<Row>),
+    Forget(Vec<String>),
+}
+
+/// Writes checkpoint changes in order, coalescing what is queued into one transaction.
+async fn write_checkpoint(cp: Checkpoint, mut rx: mpsc::Receiver<Write>, c: Counters) {
+    let mut buf: Vec<Row> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some(w) = next.take() {
+            match w {
+                Write::Save(rows) => buf.extend(rows),
+                Write::Forget(uids) => {
+                    save(&cp, &mut buf, &c).await;
+                    if let Err(e) = cp.forget(&uids).await {
+                        c.checkpoint_errors.increment(1);
+                        tracing::warn!(error = %e, "cannot prune the checkpoint");
+                    }
+                }
+            }
+            if buf.len() < 5000 {
+                next = rx.try_recv().ok();
+            }
+        }
+        save(&cp, &mut buf, &c).await;
+    }
+    save(&cp, &mut buf, &c).await;
+    cp.close().await;
 }
 
 async fn save(cp: &Checkpoint, rows: &mut Vec<Row>, c: &Counters) {
@@ -450,7 +472,7 @@ async fn save(cp: &Checkpoint, rows: &mut Vec<Row>, c: &Counters) {
             }
         }
     }
-    // Keep the rows for the next flush; bounded because we stop accumulating past this.
+    // Keep the rows for the next write, within a bound.
     if rows.len() > 100_000 {
         tracing::error!(
             rows = rows.len(),
@@ -735,8 +757,11 @@ impl WatchLoop {
                 list_rv = page.metadata.resource_version.clone();
             }
             let mut out = Out::default();
-            for item in page.items {
-                self.take(item, generation, initial, &mut out);
+            {
+                let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+                for item in page.items {
+                    self.take(&mut seen, item, generation, initial, &mut out);
+                }
             }
             if !self.send(out).await {
                 return Ok(None);
@@ -758,7 +783,14 @@ impl WatchLoop {
     }
 
     /// Decides what to do with one object.
-    fn take(&self, item: KubeEvent, generation: u32, initial_list: bool, out: &mut Out) {
+    fn take(
+        &self,
+        seen: &mut Seen,
+        item: KubeEvent,
+        generation: u32,
+        initial_list: bool,
+        out: &mut Out,
+    ) {
         out.read += 1;
         let data = match item.data {
             Ok(d) => d,
@@ -777,27 +809,17 @@ impl WatchLoop {
             .last_seen
             .map(|t| t.timestamp())
             .unwrap_or_else(|| chrono::Utc::now().timestamp());
-        let row = Row {
-            uid: data.uid.clone(),
-            namespace: data.namespace.clone(),
-            resource_version: data.resource_version.clone(),
-            last_seen: last,
-        };
-        let Ok(mut seen) = self.seen.lock() else {
-            return;
-        };
-        if seen.is_current(&data.uid, &data.resource_version, generation) {
-            self.counters.already_seen.increment(1);
-            return;
-        }
-        let evicted = seen.mark(
+        let Some(evicted) = seen.admit(
             &data.uid,
             &data.resource_version,
             last,
             self.slot,
             generation,
-        );
-        drop(seen);
+        ) else {
+            self.counters.already_seen.increment(1);
+            return;
+        };
+        let row = Row::new(&data.uid, &data.namespace, &data.resource_version, last);
         if !evicted.is_empty() {
             self.counters.evicted.increment(evicted.len() as u64);
             tracing::warn!(
@@ -893,48 +915,48 @@ impl WatchLoop {
             };
             let mut out = Out::default();
             let mut expired = false;
-            for ev in chunk {
-                items += 1;
-                match ev {
-                    Ok(WatchEvent::Added(k)) | Ok(WatchEvent::Modified(k)) => {
-                        if let Some(v) = k.resource_version() {
-                            v.clone_into(&mut last);
-                        }
-                        self.take(k, 0, false, &mut out);
-                    }
-                    Ok(WatchEvent::Deleted(k)) => {
-                        if let Some(v) = k.resource_version() {
-                            v.clone_into(&mut last);
-                        }
-                        out.read += 1;
-                        self.counters.deleted.increment(1);
-                        if let Some(uid) = k.uid().map(str::to_string) {
-                            if let Ok(mut s) = self.seen.lock() {
-                                s.remove(&uid);
+            {
+                let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+                for ev in chunk {
+                    items += 1;
+                    match ev {
+                        Ok(WatchEvent::Added(k)) | Ok(WatchEvent::Modified(k)) => {
+                            if let Some(v) = k.resource_version() {
+                                v.clone_into(&mut last);
                             }
-                            out.forget.push(uid);
+                            self.take(&mut seen, k, 0, false, &mut out);
                         }
-                    }
-                    Ok(WatchEvent::Bookmark(b)) => last = b.metadata.resource_version,
-                    Ok(WatchEvent::Error(s)) if s.code == 410 => {
-                        expired = true;
-                        break;
-                    }
-                    Ok(WatchEvent::Error(s)) => {
-                        self.errors.watch.increment(1);
-                        tracing::warn!(code = s.code, message = %s.message, "the watch reported an error");
-                    }
-                    Err(kube::Error::Api(s)) if s.code == 0 => {
-                        self.counters.malformed.increment(1);
-                        tracing::warn!(error = %s.message, "skipping a watch line that is not a valid Event");
-                    }
-                    Err(e) => {
-                        self.counters.malformed.increment(1);
-                        tracing::warn!(error = %e, "skipping a watch line that cannot be read");
+                        Ok(WatchEvent::Deleted(k)) => {
+                            if let Some(v) = k.resource_version() {
+                                v.clone_into(&mut last);
+                            }
+                            out.read += 1;
+                            self.counters.deleted.increment(1);
+                            if let Some(uid) = k.uid().map(str::to_string) {
+                                seen.remove(&uid);
+                                out.forget.push(uid);
+                            }
+                        }
+                        Ok(WatchEvent::Bookmark(b)) => last = b.metadata.resource_version,
+                        Ok(WatchEvent::Error(s)) if s.code == 410 => {
+                            expired = true;
+                            break;
+                        }
+                        Ok(WatchEvent::Error(s)) => {
+                            self.errors.watch.increment(1);
+                            tracing::warn!(code = s.code, message = %s.message, "the watch reported an error");
+                        }
+                        Err(kube::Error::Api(s)) if s.code == 0 => {
+                            self.counters.malformed.increment(1);
+                            tracing::warn!(error = %s.message, "skipping a watch line that is not a valid Event");
+                        }
+                        Err(e) => {
+                            self.counters.malformed.increment(1);
+                            tracing::warn!(error = %e, "skipping a watch line that cannot be read");
+                        }
                     }
                 }
             }
-            // A relisted generation starts from the list; watch items belong to no list.
             if !self.send(out).await {
                 return WatchEnd::Shutdown;
             }

@@ -29,6 +29,9 @@ pub struct KubeEvent {
     pub data: Result<EventData, String>,
 }
 
+/// The cluster is set by the source after decoding.
+static NO_CLUSTER: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(""));
+
 #[derive(Deserialize)]
 struct MetaOnly {
     #[serde(default)]
@@ -48,10 +51,9 @@ impl<'de> Deserialize<'de> for KubeEvent {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let raw = Box::<RawValue>::deserialize(d)?;
         let text = raw.get();
-        let empty: Arc<str> = Arc::from("");
         let parsed = serde_json::from_str::<WireEvent>(text)
             .map_err(|e| e.to_string())
-            .and_then(|w| w.normalize(&empty, None).map_err(|e| e.to_string()));
+            .and_then(|w| w.normalize(&NO_CLUSTER, None).map_err(|e| e.to_string()));
         match parsed {
             Ok(mut data) => {
                 // The list-then-watch loop reads the resourceVersion and uid from `data`;

@@ -14,14 +14,38 @@ use crate::stages::sql::db::{Db, DbError};
 
 pub const TABLE: &str = "eventflow_kube_checkpoint";
 
-/// One handled Event version, as stored.
+/// One handled Event version, as stored. The three texts share one allocation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
-    pub uid: String,
-    pub namespace: String,
-    pub resource_version: String,
+    text: Box<str>,
+    uid_end: u32,
+    ns_end: u32,
     /// Unix seconds of the event's last-seen time.
     pub last_seen: i64,
+}
+
+impl Row {
+    pub fn new(uid: &str, namespace: &str, resource_version: &str, last_seen: i64) -> Row {
+        let mut text = String::with_capacity(uid.len() + namespace.len() + resource_version.len());
+        text.push_str(uid);
+        text.push_str(namespace);
+        text.push_str(resource_version);
+        Row {
+            text: text.into_boxed_str(),
+            uid_end: uid.len() as u32,
+            ns_end: (uid.len() + namespace.len()) as u32,
+            last_seen,
+        }
+    }
+    pub fn uid(&self) -> &str {
+        &self.text[..self.uid_end as usize]
+    }
+    pub fn namespace(&self) -> &str {
+        &self.text[self.uid_end as usize..self.ns_end as usize]
+    }
+    pub fn resource_version(&self) -> &str {
+        &self.text[self.ns_end as usize..]
+    }
 }
 
 /// 16 bytes: with the 16-byte key, 32 bytes a slot.
@@ -143,6 +167,43 @@ impl Seen {
         }
     }
 
+    /// One lookup: if this exact version was handled, marks it present in `generation` and
+    /// returns `None`; otherwise records it and returns the uids evicted to stay within the
+    /// bound.
+    pub fn admit(
+        &mut self,
+        uid: &str,
+        rv: &str,
+        last_seen: i64,
+        ns: u16,
+        generation: u32,
+    ) -> Option<Vec<String>> {
+        let (k, exact) = self.key(uid);
+        let rv = self.rv_key(rv);
+        let e = Entry {
+            rv,
+            last: last_seen.clamp(0, i64::from(u32::MAX)) as u32,
+            generation: generation as u16,
+            slot: (ns & !EXACT) | if exact { EXACT } else { 0 },
+        };
+        match self.map.entry(k) {
+            std::collections::hash_map::Entry::Occupied(mut o) => {
+                if o.get().rv == rv {
+                    o.get_mut().generation = generation as u16;
+                    return None;
+                }
+                o.insert(e);
+            }
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(e);
+            }
+        }
+        if self.map.len() > self.max {
+            return Some(self.evict_oldest());
+        }
+        Some(Vec::new())
+    }
+
     /// Records a version as handled. Returns the uids evicted to stay within the bound.
     pub fn mark(
         &mut self,
@@ -240,7 +301,12 @@ impl Checkpoint {
                     .col(Alias::new("uid")),
             )
             .to_owned();
-        db.execute_raw(db.schema_sql(&t))
+        let mut ddl = db.schema_sql(&t);
+        if db.backend() == crate::stages::sql::db::Backend::Sqlite {
+            // Rows live in the primary-key b-tree: one b-tree to update per upsert, not two.
+            ddl.push_str(" WITHOUT ROWID");
+        }
+        db.execute_raw(ddl)
             .await
             .map_err(|e| format!("cannot create the checkpoint table: {e}"))?;
         Ok(Checkpoint {
@@ -263,11 +329,8 @@ impl Checkpoint {
             self.db.fetch_by_key(&sql, &self.source).await?;
         Ok(rows
             .into_iter()
-            .map(|(uid, namespace, resource_version, last_seen)| Row {
-                uid,
-                namespace,
-                resource_version,
-                last_seen,
+            .map(|(uid, namespace, resource_version, last_seen)| {
+                Row::new(&uid, &namespace, &resource_version, last_seen)
             })
             .collect())
     }
@@ -280,7 +343,7 @@ impl Checkpoint {
         // The last version of a uid in `rows` is the newest (acks are processed in order).
         let mut latest: HashMap<&str, &Row> = HashMap::with_capacity(rows.len());
         for r in rows {
-            latest.insert(&r.uid, r);
+            latest.insert(r.uid(), r);
         }
         let mut stmts = Vec::new();
         let list: Vec<&Row> = latest.into_values().collect();
@@ -308,9 +371,9 @@ impl Checkpoint {
             for r in chunk {
                 q.values_panic([
                     self.source.clone().into(),
-                    r.uid.clone().into(),
-                    r.namespace.clone().into(),
-                    r.resource_version.clone().into(),
+                    r.uid().to_string().into(),
+                    r.namespace().to_string().into(),
+                    r.resource_version().to_string().into(),
                     r.last_seen.into(),
                 ]);
             }
