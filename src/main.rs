@@ -114,6 +114,7 @@ fn install_metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
     eventflow::metrics::describe();
     eventflow::metrics::describe_engine();
     eventflow::metrics::describe_kube();
+    eventflow::metrics::describe_webhook();
     Some(handle)
 }
 

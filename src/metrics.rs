@@ -236,3 +236,36 @@ pub fn last_event_time(stage: &str) -> Gauge {
 pub fn kube_checkpoint_evicted(stage: &str) -> Counter {
     metrics::counter!(CHECKPOINT_EVICTED, "stage" => stage.to_string())
 }
+
+pub const WEBHOOK_REQUESTS: &str = "eventflow_webhook_requests_total";
+pub const WEBHOOK_SECONDS: &str = "eventflow_webhook_request_seconds";
+pub const WEBHOOK_RETRIES: &str = "eventflow_webhook_retries_total";
+
+/// Descriptions of the webhook metrics.
+pub fn describe_webhook() {
+    describe_counter!(
+        WEBHOOK_REQUESTS,
+        Unit::Count,
+        "Webhook requests by outcome: 2xx, 3xx, 4xx, 5xx, timeout, connection_error."
+    );
+    metrics::describe_histogram!(
+        WEBHOOK_SECONDS,
+        Unit::Seconds,
+        "Webhook request latency (until the answer's headers)."
+    );
+    describe_counter!(
+        WEBHOOK_RETRIES,
+        Unit::Count,
+        "Webhook requests retried after a retryable failure."
+    );
+}
+
+pub fn webhook_request(stage: &str, class: &'static str, seconds: f64) {
+    metrics::counter!(WEBHOOK_REQUESTS, "stage" => stage.to_string(), "status_class" => class)
+        .increment(1);
+    metrics::histogram!(WEBHOOK_SECONDS, "stage" => stage.to_string()).record(seconds);
+}
+
+pub fn webhook_retry(stage: &str) {
+    metrics::counter!(WEBHOOK_RETRIES, "stage" => stage.to_string()).increment(1);
+}

@@ -5,6 +5,7 @@
 //! on every field) that implements [`StageConfig`], and one line in [`TYPES`].
 
 pub mod aggregate;
+pub mod batch;
 pub mod dedup;
 pub mod file;
 pub mod filter;
@@ -13,6 +14,7 @@ pub mod kube_events;
 pub mod rate_limit;
 pub mod sql;
 pub mod stdout;
+pub mod webhook;
 
 use std::fmt;
 use std::sync::Arc;
@@ -233,6 +235,7 @@ pub static TYPES: &[StageType] = &[
     rate_limit::TYPE,
     sql::TYPE,
     stdout::TYPE,
+    webhook::TYPE,
 ];
 
 pub fn lookup(name: &str) -> Option<&'static StageType> {

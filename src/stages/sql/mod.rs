@@ -318,48 +318,21 @@ impl Sink for SqlSink {
                 tokio::spawn(retention_loop(db, table, r.0))
             });
             let max = self.cfg.batch.max_events;
-            let mut buf: Vec<Event> = Vec::with_capacity(max);
-            let mut deadline: Option<tokio::time::Instant> = None;
-            let mut open = true;
-            while open || !buf.is_empty() {
-                let flush_now = buf.len() >= max || (!open && !buf.is_empty());
-                if !flush_now {
-                    tokio::select! {
-                        b = cx.input.recv() => match b {
-                            Some(b) => {
-                                if buf.is_empty() {
-                                    deadline = Some(tokio::time::Instant::now() + self.cfg.batch.max_wait.0);
-                                }
-                                buf.extend(b);
-                                if buf.len() < max { continue; }
-                            }
-                            None => { open = false; continue; }
-                        },
-                        _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {}
+            let max_wait = self.cfg.batch.max_wait.0;
+            let this = &self;
+            let processing = &cx.metrics.processing;
+            super::batch::run_batched(&mut cx.input, max, max_wait, |batch| async move {
+                let started = Instant::now();
+                let statuses = this.write(&batch).await;
+                processing.record(started.elapsed().as_secs_f64());
+                for (e, s) in batch.iter().zip(statuses) {
+                    if s != Status::Delivered {
+                        e.set_status(s);
                     }
                 }
-                while !buf.is_empty()
-                    && (buf.len() >= max
-                        || !open
-                        || deadline.is_some_and(|d| d <= tokio::time::Instant::now()))
-                {
-                    let rest = buf.split_off(buf.len().min(max));
-                    let batch = std::mem::replace(&mut buf, rest);
-                    let started = Instant::now();
-                    let statuses = self.write(&batch).await;
-                    cx.metrics
-                        .processing
-                        .record(started.elapsed().as_secs_f64());
-                    for (e, s) in batch.iter().zip(statuses) {
-                        if s != Status::Delivered {
-                            e.set_status(s);
-                        }
-                    }
-                    drop(batch);
-                }
-                deadline = (!buf.is_empty())
-                    .then(|| tokio::time::Instant::now() + self.cfg.batch.max_wait.0);
-            }
+                drop(batch);
+            })
+            .await;
             if let Some(h) = retention {
                 h.abort();
             }

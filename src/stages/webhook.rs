@@ -1,0 +1,387 @@
+//! `webhook`: posts events to an HTTP endpoint.
+//!
+//! Delivery rules: connection errors, timeouts, 408, 429 and 5xx are retried `retries` times
+//! with exponential backoff and jitter, honouring `Retry-After` (seconds or an HTTP date);
+//! other 4xx are permanent. A delivery that is permanent or out of retries is logged with the
+//! events' keys and the reason, counted (`eventflow_events_discarded_total{reason=
+//! "webhook_failed"}`), and its events are acknowledged as rejected. Events are acknowledged
+//! only after the receiver answered 2xx (or the delivery failed for good).
+//!
+//! Each request carries `X-Eventflow-Delivery-Id`, derived from the events' uids and
+//! resourceVersions: the same across retries and restarts, so receivers can drop repeats.
+//!
+//! Body (`format: json`): one event as a JSON object; with `batch.max_events` above 1, the
+//! seed's batch body `{"events": [...], "count": N, "timestamp": <unix seconds>}`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use super::sql::BatchConfig;
+use super::{
+    BuildContext, BuildError, Sink, SinkContext, Stage, StageConfig, StageError, StageKind,
+    StageType,
+};
+use crate::config::types::Dur;
+use crate::engine::ack::Status;
+use crate::event::Event;
+use crate::metrics as m;
+
+/// The body format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// One event as JSON; batches as `{"events": [...], "count": N, "timestamp": T}`.
+    #[default]
+    Json,
+}
+
+/// Retry delays.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BackoffConfig {
+    /// The first retry's delay.
+    #[serde(default = "default_initial")]
+    pub initial: Dur,
+    /// The longest delay.
+    #[serde(default = "default_max")]
+    pub max: Dur,
+}
+
+fn default_initial() -> Dur {
+    Dur::millis(500)
+}
+fn default_max() -> Dur {
+    Dur::secs(30)
+}
+
+impl Default for BackoffConfig {
+    fn default() -> Self {
+        BackoffConfig {
+            initial: default_initial(),
+            max: default_max(),
+        }
+    }
+}
+
+/// Posts events to an HTTP endpoint.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// The endpoint (`http://` or `https://`).
+    pub url: String,
+    /// The HTTP method.
+    #[serde(default = "default_method")]
+    pub method: String,
+    /// Extra request headers (values may use `${ENV}`; they are never logged).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Time limit of one request.
+    #[serde(default = "default_timeout")]
+    pub timeout: Dur,
+    /// Retries after the first attempt, for retryable failures.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// Exponential backoff between retries (each delay uniform in [d/2, d]).
+    #[serde(default)]
+    pub backoff: BackoffConfig,
+    /// Events per request (`max_events`, default 1) and the longest wait to fill a batch.
+    #[serde(default = "default_batch")]
+    pub batch: BatchConfig,
+    /// The body format.
+    #[serde(default)]
+    pub format: Format,
+    /// A PEM file of extra CA certificates to trust.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Accept any TLS certificate (dangerous; warned about at start).
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+}
+
+fn default_method() -> String {
+    "POST".to_string()
+}
+fn default_timeout() -> Dur {
+    Dur::secs(30)
+}
+fn default_retries() -> u32 {
+    3
+}
+fn default_batch() -> BatchConfig {
+    BatchConfig {
+        max_events: 1,
+        max_wait: Dur::secs(1),
+    }
+}
+
+pub const TYPE: StageType = StageType {
+    name: "webhook",
+    kind: StageKind::Sink,
+    summary: "posts events to an HTTP endpoint with retries, backoff and an idempotency header",
+    parse: super::parse_config::<WebhookConfig>,
+    schema: super::schema_of::<WebhookConfig>,
+};
+
+impl StageConfig for WebhookConfig {
+    fn build<'a>(&'a self, cx: &'a BuildContext) -> BoxFuture<'a, Result<Stage, BuildError>> {
+        Box::pin(async move {
+            let err = |message: String| BuildError {
+                stage: cx.id.clone(),
+                message,
+            };
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let url =
+                reqwest::Url::parse(&self.url).map_err(|e| err(format!("field `url`: {e}")))?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(err(format!(
+                    "field `url`: scheme `{}` is not http or https",
+                    url.scheme()
+                )));
+            }
+            let method = reqwest::Method::from_bytes(self.method.to_uppercase().as_bytes())
+                .map_err(|_| {
+                    err(format!(
+                        "field `method`: `{}` is not an HTTP method",
+                        self.method
+                    ))
+                })?;
+            let mut headers = reqwest::header::HeaderMap::new();
+            for (k, v) in &self.headers {
+                let name = reqwest::header::HeaderName::from_bytes(k.as_bytes())
+                    .map_err(|_| err(format!("field `headers`: `{k}` is not a header name")))?;
+                let value = reqwest::header::HeaderValue::from_str(v).map_err(|_| {
+                    err(format!(
+                        "field `headers`: the value of `{k}` is not a valid header value"
+                    ))
+                })?;
+                headers.insert(name, value);
+            }
+            let mut builder = reqwest::Client::builder()
+                .timeout(self.timeout.0)
+                .default_headers(headers);
+            if let Some(path) = &self.ca_file {
+                let pem = std::fs::read(path)
+                    .map_err(|e| err(format!("field `ca_file`: {}: {e}", path.display())))?;
+                for cert in reqwest::Certificate::from_pem_bundle(&pem)
+                    .map_err(|e| err(format!("field `ca_file`: {}: {e}", path.display())))?
+                {
+                    builder = builder.add_root_certificate(cert);
+                }
+            }
+            if self.insecure_skip_verify {
+                tracing::warn!(stage = %cx.id, "insecure_skip_verify: TLS certificates of the webhook are not checked");
+                builder = builder.danger_accept_invalid_certs(true);
+            }
+            let client = builder
+                .build()
+                .map_err(|e| err(format!("cannot build the HTTP client: {e}")))?;
+            Ok(Stage::Sink(Box::new(WebhookSink {
+                cfg: self.clone(),
+                client,
+                url,
+                method,
+            }) as Box<dyn Sink>))
+        })
+    }
+}
+
+struct WebhookSink {
+    cfg: WebhookConfig,
+    client: reqwest::Client,
+    url: reqwest::Url,
+    method: reqwest::Method,
+}
+
+/// How one attempt ended.
+enum Attempt {
+    Delivered,
+    Retry {
+        why: String,
+        after: Option<Duration>,
+    },
+    Permanent(String),
+}
+
+/// The body of a request for these events.
+pub fn body(events: &[Event], batched: bool) -> serde_json::Result<String> {
+    if !batched && events.len() == 1 {
+        return crate::event::to_json(&events[0], false);
+    }
+    let mut s = String::from("{\"events\":[");
+    for (i, e) in events.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(&crate::event::to_json(e, false)?);
+    }
+    let ts = chrono::Utc::now().timestamp();
+    s.push_str(&format!(
+        "],\"count\":{},\"timestamp\":{ts}}}",
+        events.len()
+    ));
+    Ok(s)
+}
+
+/// `X-Eventflow-Delivery-Id`: stable for the same event versions.
+pub fn delivery_id(events: &[Event]) -> String {
+    let mut h = Sha256::new();
+    for e in events {
+        h.update(e.uid.as_bytes());
+        h.update(b"/");
+        h.update(e.resource_version.as_bytes());
+        h.update(b"\n");
+    }
+    let d = h.finalize();
+    d.iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+/// A `Retry-After` value: seconds, or an HTTP date.
+pub fn retry_after(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    if let Ok(s) = v.parse::<u64>() {
+        return Some(Duration::from_secs(s));
+    }
+    let when = chrono::DateTime::parse_from_rfc2822(v).ok()?;
+    let secs = (when.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_milliseconds();
+    Some(Duration::from_millis(secs.max(0) as u64))
+}
+
+impl WebhookSink {
+    async fn attempt(&self, body: &str, id: &str, stage: &str) -> Attempt {
+        let started = Instant::now();
+        let r = self
+            .client
+            .request(self.method.clone(), self.url.clone())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header("X-Eventflow-Delivery-Id", id)
+            .body(body.to_string())
+            .send()
+            .await;
+        let class = match &r {
+            Ok(resp) => match resp.status().as_u16() {
+                200..=299 => "2xx",
+                300..=399 => "3xx",
+                400..=499 => "4xx",
+                _ => "5xx",
+            },
+            Err(e) if e.is_timeout() => "timeout",
+            Err(_) => "connection_error",
+        };
+        m::webhook_request(stage, class, started.elapsed().as_secs_f64());
+        match r {
+            Ok(resp) => {
+                let status = resp.status();
+                if status.is_success() {
+                    return Attempt::Delivered;
+                }
+                let after = resp
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(retry_after);
+                let text = resp.text().await.unwrap_or_default();
+                let why = format!(
+                    "HTTP {status}: {}",
+                    text.chars().take(200).collect::<String>()
+                );
+                let code = status.as_u16();
+                if code == 408 || code == 429 || status.is_server_error() {
+                    Attempt::Retry { why, after }
+                } else {
+                    Attempt::Permanent(why)
+                }
+            }
+            Err(e) => Attempt::Retry {
+                why: if e.is_timeout() {
+                    format!("timed out after {:?}", self.cfg.timeout.0)
+                } else {
+                    format!("cannot connect: {e}")
+                },
+                after: None,
+            },
+        }
+    }
+
+    /// Delivers one batch: Delivered, or Rejected after logging why.
+    async fn deliver(&self, events: &[Event], stage: &str) -> Status {
+        let body = match body(events, self.cfg.batch.max_events > 1) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(stage, error = %e, "cannot serialize events for the webhook");
+                return Status::Rejected;
+            }
+        };
+        let id = delivery_id(events);
+        let mut n = 0u32;
+        loop {
+            match self.attempt(&body, &id, stage).await {
+                Attempt::Delivered => return Status::Delivered,
+                Attempt::Permanent(why) => {
+                    tracing::error!(stage, delivery_id = %id, uids = ?uids(events), reason = %why, "webhook refused the delivery (permanent); not retried");
+                    return Status::Rejected;
+                }
+                Attempt::Retry { why, after } => {
+                    if n >= self.cfg.retries {
+                        tracing::error!(stage, delivery_id = %id, uids = ?uids(events), attempts = n + 1, reason = %why, "webhook delivery failed after all retries");
+                        return Status::Rejected;
+                    }
+                    let d = self
+                        .cfg
+                        .backoff
+                        .initial
+                        .0
+                        .saturating_mul(1u32 << n.min(16))
+                        .min(self.cfg.backoff.max.0);
+                    let jittered = d.mul_f64(rand::random_range(0.5..=1.0));
+                    let wait = after.map_or(jittered, |a| a.max(jittered));
+                    n += 1;
+                    m::webhook_retry(stage);
+                    tracing::warn!(stage, delivery_id = %id, attempt = n, reason = %why, wait = ?wait, "webhook delivery failed; retrying");
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+}
+
+fn uids(events: &[Event]) -> Vec<&str> {
+    events.iter().take(10).map(|e| e.uid.as_str()).collect()
+}
+
+impl Sink for WebhookSink {
+    fn run(self: Box<Self>, mut cx: SinkContext) -> BoxFuture<'static, Result<(), StageError>> {
+        Box::pin(async move {
+            let this = &self;
+            let processing = &cx.metrics.processing;
+            let failed = cx.metrics.discarded("webhook_failed");
+            let sent = m::sent(&cx.metrics.id, cx.metrics.type_name);
+            let stage = cx.metrics.id.clone();
+            let max = self.cfg.batch.max_events;
+            let wait = self.cfg.batch.max_wait.0;
+            super::batch::run_batched(&mut cx.input, max, wait, |batch| {
+                let failed = failed.clone();
+                let sent = sent.clone();
+                let stage = stage.clone();
+                async move {
+                    let started = Instant::now();
+                    match this.deliver(&batch, &stage).await {
+                        Status::Delivered => sent.increment(batch.len() as u64),
+                        s => {
+                            failed.increment(batch.len() as u64);
+                            batch.iter().for_each(|e| e.set_status(s));
+                        }
+                    }
+                    processing.record(started.elapsed().as_secs_f64());
+                }
+            })
+            .await;
+            Ok(())
+        })
+    }
+}
