@@ -22,6 +22,7 @@ use serde_json::{Value, json};
 #[derive(Clone, Debug)]
 struct Got {
     at: Instant,
+    query: String,
     delivery_id: String,
     body: Value,
 }
@@ -29,6 +30,7 @@ struct Got {
 /// What the receiver answers, in order; then 200.
 #[derive(Clone)]
 struct Answer {
+    body: &'static str,
     status: u16,
     retry_after: Option<&'static str>,
     delay: Duration,
@@ -45,7 +47,17 @@ impl Receiver {
         self.got.lock().unwrap().clone()
     }
     fn answer(&self, status: u16, retry_after: Option<&'static str>, delay: Duration) {
+        self.answer_body(status, retry_after, delay, "injected");
+    }
+    fn answer_body(
+        &self,
+        status: u16,
+        retry_after: Option<&'static str>,
+        delay: Duration,
+        body: &'static str,
+    ) {
         self.answers.lock().unwrap().push_back(Answer {
+            body,
             status,
             retry_after,
             delay,
@@ -53,13 +65,19 @@ impl Receiver {
     }
 }
 
-async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> Response {
+async fn receive(
+    State(r): State<Receiver>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let answer = r.answers.lock().unwrap().pop_front();
     if let Some(a) = &answer {
         tokio::time::sleep(a.delay).await;
     }
     r.got.lock().unwrap().push(Got {
         at: Instant::now(),
+        query: uri.query().unwrap_or_default().to_string(),
         delivery_id: headers
             .get("x-eventflow-delivery-id")
             .and_then(|v| v.to_str().ok())
@@ -69,7 +87,7 @@ async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> 
     });
     match answer {
         Some(a) => {
-            let mut resp = (StatusCode::from_u16(a.status).unwrap(), "injected").into_response();
+            let mut resp = (StatusCode::from_u16(a.status).unwrap(), a.body).into_response();
             if let Some(ra) = a.retry_after {
                 resp.headers_mut()
                     .insert("retry-after", ra.parse().unwrap());
@@ -254,6 +272,72 @@ async fn a_receiver_that_comes_up_late_gets_everything_once() {
         .unwrap();
     serve_on(l, r.clone()).await;
     assert_eq!(ack.await.unwrap(), Status::Delivered);
+    assert_eq!(r.got().len(), 1);
+    topo.shutdown(Duration::from_secs(10)).await;
+}
+
+#[tokio::test]
+async fn dingtalk_is_signed_and_its_error_codes_are_read() {
+    let (r, url) = receiver().await;
+    r.answer_body(
+        200,
+        None,
+        Duration::ZERO,
+        r#"{"errcode":130101,"errmsg":"send too fast"}"#,
+    );
+    let (topo, feed) = pipeline(
+        &format!("{url}?access_token=t0k"),
+        json!({"format": "dingtalk", "secret": "SECabc", "retries": 2}),
+    )
+    .await;
+    let ack = feed.send(vec![versioned("a", "1")]).await;
+    assert_eq!(
+        ack.await.unwrap(),
+        Status::Delivered,
+        "rate limit retried, then ok"
+    );
+    let got = r.got();
+    assert_eq!(got.len(), 2);
+    let q: std::collections::HashMap<String, String> = got[1]
+        .query
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    assert_eq!(q["access_token"], "t0k");
+    let ts: i64 = q["timestamp"].parse().unwrap();
+    let sign = eventflow::stages::webhook::format::dingtalk_sign("SECabc", ts);
+    assert_eq!(
+        q["sign"],
+        eventflow::stages::webhook::format::urlencode(&sign)
+    );
+    assert_eq!(got[1].body["msgtype"], "markdown");
+    assert!(
+        got[1].body["markdown"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("emoji 🚀")
+    );
+    topo.shutdown(Duration::from_secs(10)).await;
+
+    let (r, url) = receiver().await;
+    r.answer_body(
+        200,
+        None,
+        Duration::ZERO,
+        r#"{"errcode":310000,"errmsg":"sign not match"}"#,
+    );
+    let (topo, feed) = pipeline(
+        &url,
+        json!({"format": "dingtalk", "secret": "wrong", "retries": 2}),
+    )
+    .await;
+    let ack = feed.send(vec![versioned("a", "1")]).await;
+    assert_eq!(
+        ack.await.unwrap(),
+        Status::Rejected,
+        "a signature error is permanent"
+    );
     assert_eq!(r.got().len(), 1);
     topo.shutdown(Duration::from_secs(10)).await;
 }

@@ -11,7 +11,14 @@
 //! resourceVersions: the same across retries and restarts, so receivers can drop repeats.
 //!
 //! Body (`format: json`): one event as a JSON object; with `batch.max_events` above 1, the
-//! seed's batch body `{"events": [...], "count": N, "timestamp": <unix seconds>}`.
+//! seed's batch body `{"events": [...], "count": N, "timestamp": <unix seconds>}`. Chat formats
+//! (`slack`, `teams`, `dingtalk`, `feishu`, `wecom`) are in [`format`]; the chat platforms
+//! answer HTTP 200 with an error code in the body, which is read: a rate-limit code is retried,
+//! any other is permanent.
+
+pub mod format;
+
+use format::Chat;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -39,6 +46,29 @@ pub enum Format {
     /// One event as JSON; batches as `{"events": [...], "count": N, "timestamp": T}`.
     #[default]
     Json,
+    /// Slack incoming webhook (`text`, markdown).
+    Slack,
+    /// Microsoft Teams: a message with an Adaptive Card.
+    Teams,
+    /// DingTalk robot (markdown); signed with `secret` (timestamp and sign query parameters).
+    Dingtalk,
+    /// Feishu/Lark bot (text); signed with `secret` (timestamp and sign in the body).
+    Feishu,
+    /// WeCom (WeChat Work) robot (markdown, 4096 bytes at most).
+    Wecom,
+}
+
+impl Format {
+    fn chat(self) -> Option<Chat> {
+        match self {
+            Format::Json => None,
+            Format::Slack => Some(Chat::Slack),
+            Format::Teams => Some(Chat::Teams),
+            Format::Dingtalk => Some(Chat::DingTalk),
+            Format::Feishu => Some(Chat::Feishu),
+            Format::Wecom => Some(Chat::WeCom),
+        }
+    }
 }
 
 /// Retry delays.
@@ -96,6 +126,9 @@ pub struct WebhookConfig {
     /// The body format.
     #[serde(default)]
     pub format: Format,
+    /// The signing secret of a DingTalk or Feishu robot (never logged).
+    #[serde(default)]
+    pub secret: Option<String>,
     /// A PEM file of extra CA certificates to trust.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
@@ -253,14 +286,18 @@ pub fn retry_after(v: &str) -> Option<Duration> {
 }
 
 impl WebhookSink {
-    async fn attempt(&self, body: &str, id: &str, stage: &str) -> Attempt {
+    async fn attempt(&self, events: &[Event], id: &str, stage: &str) -> Attempt {
+        let (url, body) = match self.render(events) {
+            Ok(x) => x,
+            Err(e) => return Attempt::Permanent(format!("cannot render the body: {e}")),
+        };
         let started = Instant::now();
         let r = self
             .client
-            .request(self.method.clone(), self.url.clone())
+            .request(self.method.clone(), url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header("X-Eventflow-Delivery-Id", id)
-            .body(body.to_string())
+            .body(body)
             .send()
             .await;
         let class = match &r {
@@ -278,7 +315,15 @@ impl WebhookSink {
             Ok(resp) => {
                 let status = resp.status();
                 if status.is_success() {
-                    return Attempt::Delivered;
+                    let Some(chat) = self.cfg.format.chat() else {
+                        return Attempt::Delivered;
+                    };
+                    let text = resp.text().await.unwrap_or_default();
+                    return match format::answer_error(chat, &text) {
+                        None => Attempt::Delivered,
+                        Some((true, why)) => Attempt::Retry { why, after: None },
+                        Some((false, why)) => Attempt::Permanent(why),
+                    };
                 }
                 let after = resp
                     .headers()
@@ -308,19 +353,34 @@ impl WebhookSink {
         }
     }
 
+    /// The URL and body of one attempt (signatures carry the current time).
+    fn render(&self, events: &[Event]) -> serde_json::Result<(reqwest::Url, String)> {
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        match self.cfg.format.chat() {
+            None => Ok((
+                self.url.clone(),
+                body(events, self.cfg.batch.max_events > 1)?,
+            )),
+            Some(chat) => {
+                let mut url = self.url.clone();
+                if let (Chat::DingTalk, Some(secret)) = (chat, &self.cfg.secret) {
+                    let sign = format::dingtalk_sign(secret, now_ms);
+                    url.query_pairs_mut()
+                        .append_pair("timestamp", &now_ms.to_string())
+                        .append_pair("sign", &sign);
+                }
+                let b = format::body(events, chat, self.cfg.secret.as_deref(), now_ms);
+                Ok((url, serde_json::to_string(&b)?))
+            }
+        }
+    }
+
     /// Delivers one batch: Delivered, or Rejected after logging why.
     async fn deliver(&self, events: &[Event], stage: &str) -> Status {
-        let body = match body(events, self.cfg.batch.max_events > 1) {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::error!(stage, error = %e, "cannot serialize events for the webhook");
-                return Status::Rejected;
-            }
-        };
         let id = delivery_id(events);
         let mut n = 0u32;
         loop {
-            match self.attempt(&body, &id, stage).await {
+            match self.attempt(events, &id, stage).await {
                 Attempt::Delivered => return Status::Delivered,
                 Attempt::Permanent(why) => {
                     tracing::error!(stage, delivery_id = %id, uids = ?uids(events), reason = %why, "webhook refused the delivery (permanent); not retried");
