@@ -341,3 +341,14 @@ async fn dingtalk_is_signed_and_its_error_codes_are_read() {
     assert_eq!(r.got().len(), 1);
     topo.shutdown(Duration::from_secs(10)).await;
 }
+
+#[test]
+fn a_template_syntax_error_is_a_load_error_with_its_position() {
+    let yaml = "stages:\n  src:\n    type: file\n    path: x.json\n  hook:\n    type: webhook\n    inputs: [src]\n    url: http://127.0.0.1:1/x\n    format: template\n    template: '{\"text\": \"{{ msg \"}'\n";
+    let err = eventflow::config::load_str(yaml, "p.yaml", &|_| None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("p.yaml:10:"), "{err}");
+    assert!(err.contains("stage `hook`, field `template`"), "{err}");
+    assert!(err.contains("template line 1"), "{err}");
+}

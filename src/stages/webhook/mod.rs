@@ -17,6 +17,7 @@
 //! any other is permanent.
 
 pub mod format;
+pub mod template;
 
 use format::Chat;
 
@@ -56,12 +57,14 @@ pub enum Format {
     Feishu,
     /// WeCom (WeChat Work) robot (markdown, 4096 bytes at most).
     Wecom,
+    /// The body from `template` (minijinja, JSON-safe).
+    Template,
 }
 
 impl Format {
     fn chat(self) -> Option<Chat> {
         match self {
-            Format::Json => None,
+            Format::Json | Format::Template => None,
             Format::Slack => Some(Chat::Slack),
             Format::Teams => Some(Chat::Teams),
             Format::Dingtalk => Some(Chat::DingTalk),
@@ -126,6 +129,11 @@ pub struct WebhookConfig {
     /// The body format.
     #[serde(default)]
     pub format: Format,
+    /// With `format: template`: a minijinja template of the body (see the README); strings are
+    /// escaped for JSON string literals, lists and maps print as JSON, `tojson` prints any
+    /// value; the seed's `{{msg}}` and `{{raw}}` are available.
+    #[serde(default)]
+    pub template: Option<template::TemplateField>,
     /// The signing secret of a DingTalk or Feishu robot (never logged).
     #[serde(default)]
     pub secret: Option<String>,
@@ -354,12 +362,15 @@ impl WebhookSink {
     }
 
     /// The URL and body of one attempt (signatures carry the current time).
-    fn render(&self, events: &[Event]) -> serde_json::Result<(reqwest::Url, String)> {
+    fn render(&self, events: &[Event]) -> Result<(reqwest::Url, String), String> {
         let now_ms = chrono::Utc::now().timestamp_millis();
+        if let Some(t) = &self.cfg.template {
+            return Ok((self.url.clone(), t.compiled.render(events)?));
+        }
         match self.cfg.format.chat() {
             None => Ok((
                 self.url.clone(),
-                body(events, self.cfg.batch.max_events > 1)?,
+                body(events, self.cfg.batch.max_events > 1).map_err(|e| e.to_string())?,
             )),
             Some(chat) => {
                 let mut url = self.url.clone();
@@ -370,7 +381,7 @@ impl WebhookSink {
                         .append_pair("sign", &sign);
                 }
                 let b = format::body(events, chat, self.cfg.secret.as_deref(), now_ms);
-                Ok((url, serde_json::to_string(&b)?))
+                Ok((url, serde_json::to_string(&b).map_err(|e| e.to_string())?))
             }
         }
     }
