@@ -54,7 +54,9 @@ async fn receiver(hits: Arc<AtomicU64>) -> String {
             "ok"
         }
     });
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let url = format!("http://{}/hook", l.local_addr().expect("addr"));
     tokio::spawn(async move {
         let _ = axum::serve(l, app).await;
@@ -71,7 +73,14 @@ async fn run_sink(url: &str, events: usize, per_request: usize) -> Duration {
     let (src, feed) = ChannelSource::new(8);
     let p = PipelineBuilder::new()
         .stage("src", "channel", StageKind::Source, &[], Arc::new(src), 0)
-        .stage("hook", "webhook", StageKind::Sink, &["src"], Arc::new(cfg), 0)
+        .stage(
+            "hook",
+            "webhook",
+            StageKind::Sink,
+            &["src"],
+            Arc::new(cfg),
+            0,
+        )
         .build();
     let topo = Topology::start(p).await.expect("start");
     let started = Instant::now();
@@ -87,10 +96,18 @@ async fn run_sink(url: &str, events: usize, per_request: usize) -> Duration {
     d
 }
 
-async fn run_bare(client: &reqwest::Client, url: &str, events: usize, per_request: usize) -> Duration {
+async fn run_bare(
+    client: &reqwest::Client,
+    url: &str,
+    events: usize,
+    per_request: usize,
+) -> Duration {
     let started = Instant::now();
     for chunk in (0..events).collect::<Vec<_>>().chunks(per_request) {
-        let evs: Vec<Event> = chunk.iter().map(|i| Event::new(data(*i), Finalizers::None)).collect();
+        let evs: Vec<Event> = chunk
+            .iter()
+            .map(|i| Event::new(data(*i), Finalizers::None))
+            .collect();
         let b = body(&evs, per_request > 1).expect("body");
         let r = client
             .post(url)
@@ -146,7 +163,9 @@ fn main() {
         .final_summary();
     let r = RESULTS.lock().map(|r| r.clone()).unwrap_or_default();
     let rate = |(n, d): (u64, Duration)| n as f64 / d.as_secs_f64();
-    println!("\n== eventflow webhook benchmark summary (sequential requests to a local receiver) ==");
+    println!(
+        "\n== eventflow webhook benchmark summary (sequential requests to a local receiver) =="
+    );
     for (name, v) in &r {
         println!("{name:<40} {:>12.0} events/s", rate(*v));
     }
@@ -155,7 +174,10 @@ fn main() {
             r.get(&format!("webhook sink, {per} per request")),
             r.get(&format!("bare reqwest, {per} per request")),
         ) {
-            println!("ratio webhook sink / bare reqwest, {per} per request: {:.2}", rate(*a) / rate(*b));
+            println!(
+                "ratio webhook sink / bare reqwest, {per} per request: {:.2}",
+                rate(*a) / rate(*b)
+            );
         }
     }
 }

@@ -245,6 +245,8 @@ impl Finalizers {
 struct Inner {
     data: EventData,
     finalizers: Finalizers,
+    /// When the event entered the pipeline (end-to-end latency is measured from here).
+    born: std::time::Instant,
 }
 
 /// A shared, immutable event. Cloning it is one atomic increment.
@@ -253,7 +255,16 @@ pub struct Event(Arc<Inner>);
 
 impl Event {
     pub fn new(data: EventData, finalizers: Finalizers) -> Event {
-        Event(Arc::new(Inner { data, finalizers }))
+        Event(Arc::new(Inner {
+            data,
+            finalizers,
+            born: std::time::Instant::now(),
+        }))
+    }
+
+    /// When the event entered the pipeline.
+    pub fn born(&self) -> std::time::Instant {
+        self.0.born
     }
 
     pub fn data(&self) -> &EventData {

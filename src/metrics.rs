@@ -45,6 +45,11 @@ pub fn describe() {
         "Time a stage spent processing one batch."
     );
     metrics::describe_histogram!(
+        LATENCY,
+        Unit::Seconds,
+        "End-to-end latency: from the moment a source received an event to the moment this sink committed it."
+    );
+    metrics::describe_histogram!(
         SQL_SECONDS,
         Unit::Seconds,
         "SQL statement latency by operation."
@@ -268,4 +273,11 @@ pub fn webhook_request(stage: &str, class: &'static str, seconds: f64) {
 
 pub fn webhook_retry(stage: &str) {
     metrics::counter!(WEBHOOK_RETRIES, "stage" => stage.to_string()).increment(1);
+}
+
+pub const LATENCY: &str = "eventflow_event_latency_seconds";
+
+/// End-to-end latency, recorded by sinks when they commit.
+pub fn latency(stage: &str, ty: &'static str) -> metrics::Histogram {
+    metrics::histogram!(LATENCY, "stage" => stage.to_string(), "type" => ty)
 }

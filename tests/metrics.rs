@@ -27,18 +27,55 @@ fn value(body: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// A minimal HTTP receiver: answers 500 to the first `failures` requests, then 200.
+fn flaky_receiver(failures: usize) -> String {
+    use std::io::BufRead;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}/hook", l.local_addr().expect("addr"));
+    std::thread::spawn(move || {
+        for (n, stream) in l.incoming().enumerate() {
+            let Ok(mut s) = stream else { continue };
+            let mut reader = std::io::BufReader::new(s.try_clone().expect("clone"));
+            let mut len = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0u8; len];
+            let _ = std::io::Read::read_exact(&mut reader, &mut body);
+            let status = if n < failures {
+                "500 Internal Server Error"
+            } else {
+                "200 OK"
+            };
+            let _ = write!(
+                s,
+                "HTTP/1.1 {status}\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+            );
+        }
+    });
+    url
+}
+
 #[test]
 fn counters_match_a_known_run_and_promtool_accepts_the_output() {
     let dir = tempfile::tempdir().expect("tmp");
+    let hook = flaky_receiver(2);
     let events = write(dir.path(), "events.jsonl", "");
     let db = dir.path().join("m.db");
     let p = write(
         dir.path(),
         "p.yaml",
         &format!(
-            "api:\n  listen: 127.0.0.1:0\nstages:\n  src:\n    type: file\n    path: {}\n    follow: true\n    poll_interval: 20ms\n  warn:\n    type: filter\n    inputs: [src]\n    types: [Warning]\n  once:\n    type: dedup\n    inputs: [warn]\n    key: [uid]\n  agg:\n    type: aggregate\n    inputs: [once]\n    window: 1h\n  limit:\n    type: rate_limit\n    inputs: [agg]\n    limit: 100\n  out:\n    type: stdout\n    inputs: [limit]\n  db:\n    type: sql\n    inputs: [once]\n    url: sqlite://{}\n    batch: {{max_events: 10, max_wait: 10ms}}\n",
+            "api:\n  listen: 127.0.0.1:0\nstages:\n  src:\n    type: file\n    path: {}\n    follow: true\n    poll_interval: 20ms\n  warn:\n    type: filter\n    inputs: [src]\n    types: [Warning]\n  once:\n    type: dedup\n    inputs: [warn]\n    key: [uid]\n  agg:\n    type: aggregate\n    inputs: [once]\n    window: 1h\n  limit:\n    type: rate_limit\n    inputs: [agg]\n    limit: 100\n  out:\n    type: stdout\n    inputs: [limit]\n  db:\n    type: sql\n    inputs: [once]\n    url: sqlite://{}\n    batch: {{max_events: 10, max_wait: 10ms}}\n  hook:\n    type: webhook\n    inputs: [once]\n    url: {}\n    backoff: {{initial: 50ms, max: 200ms}}\n    batch: {{max_events: 100, max_wait: 300ms}}\n",
             events.display(),
-            db.display()
+            db.display(),
+            hook
         ),
     );
     let mut r = Running::start(&[], &p);
@@ -59,6 +96,10 @@ fn counters_match_a_known_run_and_promtool_accepts_the_output() {
             && value(
                 &body,
                 "eventflow_events_received_total{stage=\"db\",type=\"sql\"}",
+            ) == 7.0
+            && value(
+                &body,
+                "eventflow_events_sent_total{stage=\"hook\",type=\"webhook\"}",
             ) == 7.0
         {
             break body;
@@ -105,6 +146,22 @@ fn counters_match_a_known_run_and_promtool_accepts_the_output() {
         7.0
     );
     assert!(body.contains("# HELP eventflow_events_received_total"));
+    // The webhook failed twice, then delivered: two retries, two 5xx answers.
+    assert_eq!(
+        value(&body, "eventflow_webhook_retries_total{stage=\"hook\"}"),
+        2.0
+    );
+    assert_eq!(
+        value(
+            &body,
+            "eventflow_webhook_requests_total{stage=\"hook\",status_class=\"5xx\"}"
+        ),
+        2.0
+    );
+    assert!(body.contains("eventflow_event_latency_seconds_bucket{stage=\"db\",type=\"sql\""));
+    assert!(
+        body.contains("eventflow_event_latency_seconds_bucket{stage=\"hook\",type=\"webhook\"")
+    );
     // Every event sent to `warn` was received: nothing is left queued.
     assert!(
         body.contains("eventflow_stage_queue_events{stage=\"warn\",type=\"filter\"} 0"),

@@ -41,6 +41,7 @@ impl Sink for StdoutSink {
             let mut out = tokio::io::stdout();
             let mut buf = Vec::with_capacity(64 * 1024);
             let bad = cx.metrics.errors_event.clone();
+            let latency = crate::metrics::latency(&cx.metrics.id, cx.metrics.type_name);
             while let Some(batch) = cx.input.recv().await {
                 let started = std::time::Instant::now();
                 buf.clear();
@@ -71,6 +72,9 @@ impl Sink for StdoutSink {
                 cx.metrics
                     .processing
                     .record(started.elapsed().as_secs_f64());
+                batch
+                    .iter()
+                    .for_each(|e| latency.record(e.born().elapsed().as_secs_f64()));
             }
             Ok(())
         })

@@ -321,6 +321,7 @@ impl Sink for SqlSink {
             let max_wait = self.cfg.batch.max_wait.0;
             let this = &self;
             let processing = &cx.metrics.processing;
+            let latency = &crate::metrics::latency(&cx.metrics.id, cx.metrics.type_name);
             super::batch::run_batched(&mut cx.input, max, max_wait, |batch| async move {
                 let started = Instant::now();
                 let statuses = this.write(&batch).await;
@@ -328,6 +329,8 @@ impl Sink for SqlSink {
                 for (e, s) in batch.iter().zip(statuses) {
                     if s != Status::Delivered {
                         e.set_status(s);
+                    } else {
+                        latency.record(e.born().elapsed().as_secs_f64());
                     }
                 }
                 drop(batch);

@@ -430,6 +430,7 @@ impl Sink for WebhookSink {
         Box::pin(async move {
             let this = &self;
             let processing = &cx.metrics.processing;
+            let latency = &m::latency(&cx.metrics.id, cx.metrics.type_name);
             let failed = cx.metrics.discarded("webhook_failed");
             let sent = m::sent(&cx.metrics.id, cx.metrics.type_name);
             let stage = cx.metrics.id.clone();
@@ -442,7 +443,12 @@ impl Sink for WebhookSink {
                 async move {
                     let started = Instant::now();
                     match this.deliver(&batch, &stage).await {
-                        Status::Delivered => sent.increment(batch.len() as u64),
+                        Status::Delivered => {
+                            sent.increment(batch.len() as u64);
+                            batch
+                                .iter()
+                                .for_each(|e| latency.record(e.born().elapsed().as_secs_f64()));
+                        }
                         s => {
                             failed.increment(batch.len() as u64);
                             batch.iter().for_each(|e| e.set_status(s));
