@@ -62,27 +62,7 @@ fn overhead(c: &mut Criterion) {
             let rt = rt();
             let mut total = Duration::ZERO;
             for _ in 0..iters {
-                let (src, feed) = ChannelSource::new(8);
-                let sink = CountingSink::default();
-                let p =
-                    source_filter_sink(Arc::new(src), "types: [Warning]", Arc::new(sink.clone()));
-                let pool = pool.clone();
-                total += rt.block_on(async move {
-                    let topo = Topology::start(p).await.expect("start");
-                    let start = Instant::now();
-                    let mut sent = 0;
-                    while sent < N {
-                        for batch in &pool {
-                            feed.send_plain(batch.clone()).await;
-                            sent += batch.len();
-                        }
-                    }
-                    drop(feed);
-                    topo.shutdown(Duration::from_secs(60)).await;
-                    let d = start.elapsed();
-                    assert_eq!(sink.get() as usize, sent / 2);
-                    d
-                });
+                total += run_overhead(&rt, &pool);
             }
             record(
                 "engine overhead (in memory -> filter -> counting sink)",
@@ -92,7 +72,52 @@ fn overhead(c: &mut Criterion) {
             total
         })
     });
+    // Instrumentation overhead: the same run with a Prometheus recorder installed (every
+    // counter, gauge and histogram recorded as in `eventflow run`), interleaved with a run
+    // without one (metrics calls are no-ops then).
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets(eventflow::metrics::BUCKETS)
+        .expect("buckets")
+        .build_recorder();
+    g.bench_function("overhead_with_metrics_recorder", |b| {
+        b.iter_custom(|iters| {
+            let rt = rt();
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let off = run_overhead(&rt, &pool);
+                record("metrics off (same run)", N as u64, off);
+                let on = metrics::with_local_recorder(&recorder, || run_overhead(&rt, &pool));
+                record("metrics on (Prometheus recorder)", N as u64, on);
+                total += on;
+            }
+            total
+        })
+    });
     g.finish();
+}
+
+/// One run of N events through source -> filter -> counting sink.
+fn run_overhead(rt: &tokio::runtime::Runtime, pool: &[Vec<Event>]) -> Duration {
+    let (src, feed) = ChannelSource::new(8);
+    let sink = CountingSink::default();
+    let p = source_filter_sink(Arc::new(src), "types: [Warning]", Arc::new(sink.clone()));
+    let pool = pool.to_vec();
+    rt.block_on(async move {
+        let topo = Topology::start(p).await.expect("start");
+        let start = Instant::now();
+        let mut sent = 0;
+        while sent < N {
+            for batch in &pool {
+                feed.send_plain(batch.clone()).await;
+                sent += batch.len();
+            }
+        }
+        drop(feed);
+        topo.shutdown(Duration::from_secs(60)).await;
+        let d = start.elapsed();
+        assert_eq!(sink.get() as usize, sent / 2);
+        d
+    })
 }
 
 fn sample_lines(n: usize) -> Vec<u8> {
@@ -205,6 +230,15 @@ fn main() {
     let rate = |(n, d): (u64, Duration)| n as f64 / d.as_secs_f64();
     for (name, v) in &r {
         println!("{name:<58} {:>12.0} events/s", rate(*v));
+    }
+    if let (Some(on), Some(off)) = (
+        r.get("metrics on (Prometheus recorder)"),
+        r.get("metrics off (same run)"),
+    ) {
+        println!(
+            "ratio metrics on / metrics off: {:.2}",
+            rate(*on) / rate(*off)
+        );
     }
     let base = r.get("bare serde_json into WireEvent (baseline)").copied();
     let file = r.get("file source -> filter -> counting sink").copied();

@@ -1,8 +1,9 @@
-//! Readiness of the running sources, read by `/readyz`.
+//! Readiness of the running stages that talk to something outside, read by `/readyz`.
 //!
 //! A source registers itself when it starts; it is ready once it has completed its initial
-//! sync (for `kube_events`: the first full list), and stops being ready when its connection has
-//! been failing for longer than its `unready_after`. A source that has stopped unregisters.
+//! sync (for `kube_events`: the first full list). A sink (`sql`, `webhook`) registers ready and
+//! reports its writes. Either stops being ready when its target has been failing for longer
+//! than its `unready_after`. A stage that has stopped unregisters.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, LazyLock, Mutex};
@@ -75,11 +76,11 @@ impl SourceHealth {
     pub fn problem(&self) -> Option<String> {
         self.with(|s| match s.failing_since {
             Some(t) if t.elapsed() >= self.unready_after => Some(format!(
-                "source `{}`: failing for {}s",
+                "stage `{}`: failing for {}s",
                 self.id,
                 t.elapsed().as_secs()
             )),
-            _ if !s.synced => Some(format!("source `{}`: initial sync not complete", self.id)),
+            _ if !s.synced => Some(format!("stage `{}`: initial sync not complete", self.id)),
             _ => None,
         })
     }

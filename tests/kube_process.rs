@@ -189,7 +189,7 @@ async fn forbidden_names_the_permission_and_readiness_follows_the_api_server() {
         })
     });
     let (_, body) = get(port, "/readyz");
-    assert!(body.contains("source `k8s`: failing for"), "{body}");
+    assert!(body.contains("stage `k8s`: failing for"), "{body}");
     fake.faults(|f| f.fail_next.clear());
     tokio::task::block_in_place(|| {
         wait_until("ready again", Duration::from_secs(10), || {
@@ -216,4 +216,64 @@ fn run_without_a_file_or_a_cluster_explains_what_it_looked_for() {
     assert!(err.contains("no Kubernetes configuration found"), "{err}");
     assert!(err.contains("$KUBECONFIG"), "{err}");
     assert!(err.contains("pipelines/demo.yaml"), "{err}");
+}
+
+#[test]
+fn a_sink_that_cannot_reach_its_target_makes_the_process_not_ready() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let events = write(
+        dir.path(),
+        "events.jsonl",
+        &(0..3)
+            .map(|i| sample_line(i, "Warning") + "\n")
+            .collect::<String>(),
+    );
+    let p = write(
+        dir.path(),
+        "pipeline.yaml",
+        &format!(
+            "api:\n  listen: 127.0.0.1:0\nstages:\n  src:\n    type: file\n    follow: true\n    path: {}\n  hook:\n    type: webhook\n    inputs: [src]\n    url: http://127.0.0.1:{port}/down\n    retries: 1000\n    backoff: {{initial: 50ms, max: 100ms}}\n    unready_after: 300ms\n",
+            events.display()
+        ),
+    );
+    let mut r = Running::start(&[], &p);
+    let api = r.api_port();
+    wait_until("not ready", Duration::from_secs(10), || {
+        get(api, "/readyz").0 == 503
+    });
+    let (_, body) = get(api, "/readyz");
+    assert!(body.contains("stage `hook`: failing for"), "{body}");
+    // The receiver comes up: deliveries succeed, the process is ready again.
+    let l = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind the receiver");
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for stream in l.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let mut reader = std::io::BufReader::new(s.try_clone().expect("clone"));
+            let mut len = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0u8; len];
+            let _ = std::io::Read::read_exact(&mut reader, &mut body);
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+            );
+        }
+    });
+    wait_until("ready again", Duration::from_secs(10), || {
+        get(api, "/readyz").0 == 200
+    });
+    let _ = r.stop();
 }

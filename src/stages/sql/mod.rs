@@ -179,6 +179,8 @@ pub struct SqlSink {
     rejected: Counter,
     unavailable: Counter,
     latency: Histogram,
+    /// Readiness: set while the sink runs.
+    health: std::sync::OnceLock<std::sync::Arc<crate::health::SourceHealth>>,
     sql_cache: std::sync::Mutex<std::collections::HashMap<usize, std::sync::Arc<str>>>,
 }
 
@@ -189,6 +191,7 @@ impl SqlSink {
             rejected: crate::metrics::discarded(stage, "sql", "rejected"),
             unavailable: crate::metrics::stage_errors(stage, "sql", "db_unavailable"),
             latency: crate::metrics::sql_latency(stage, "upsert"),
+            health: std::sync::OnceLock::new(),
             sql_cache: std::sync::Mutex::new(std::collections::HashMap::new()),
             cfg,
             db,
@@ -253,10 +256,16 @@ impl SqlSink {
             match self.db.upsert(&sql, &rows).await {
                 Ok(_) => {
                     self.latency.record(started.elapsed().as_secs_f64());
+                    if let Some(h) = self.health.get() {
+                        h.synced();
+                    }
                     return statuses;
                 }
                 Err(e) if e.is_transient() => {
                     self.unavailable.increment(1);
+                    if let Some(h) = self.health.get() {
+                        h.failing();
+                    }
                     tracing::warn!(error = %e, retry_in = ?delay, events = batch.len(), "database write failed; keeping the batch and retrying");
                     tokio::time::sleep(jitter(delay)).await;
                     delay = (delay * 2).min(self.cfg.backoff.max.0);
@@ -317,6 +326,9 @@ impl Sink for SqlSink {
                 let table = self.cfg.table.clone();
                 tokio::spawn(retention_loop(db, table, r.0))
             });
+            let health = crate::health::register(&cx.metrics.id, Duration::from_secs(30));
+            health.synced(); // connected when it was built
+            let _ = self.health.set(health.clone());
             let max = self.cfg.batch.max_events;
             let max_wait = self.cfg.batch.max_wait.0;
             let this = &self;
@@ -339,6 +351,7 @@ impl Sink for SqlSink {
             if let Some(h) = retention {
                 h.abort();
             }
+            health.stopped();
             // Closing the pool lets SQLite fold its WAL back into the database file.
             self.db.close().await;
             Ok(())

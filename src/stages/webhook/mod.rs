@@ -134,6 +134,9 @@ pub struct WebhookConfig {
     /// value; the seed's `{{msg}}` and `{{raw}}` are available.
     #[serde(default)]
     pub template: Option<template::TemplateField>,
+    /// Readiness: not ready once deliveries have been failing (retryably) for this long.
+    #[serde(default = "default_unready_after")]
+    pub unready_after: Dur,
     /// The signing secret of a DingTalk or Feishu robot (never logged).
     #[serde(default)]
     pub secret: Option<String>,
@@ -150,6 +153,9 @@ fn default_method() -> String {
 }
 fn default_timeout() -> Dur {
     Dur::secs(30)
+}
+fn default_unready_after() -> Dur {
+    Dur::secs(60)
 }
 fn default_retries() -> u32 {
     3
@@ -387,17 +393,26 @@ impl WebhookSink {
     }
 
     /// Delivers one batch: Delivered, or Rejected after logging why.
-    async fn deliver(&self, events: &[Event], stage: &str) -> Status {
+    async fn deliver(
+        &self,
+        events: &[Event],
+        stage: &str,
+        health: &crate::health::SourceHealth,
+    ) -> Status {
         let id = delivery_id(events);
         let mut n = 0u32;
         loop {
             match self.attempt(events, &id, stage).await {
-                Attempt::Delivered => return Status::Delivered,
+                Attempt::Delivered => {
+                    health.synced();
+                    return Status::Delivered;
+                }
                 Attempt::Permanent(why) => {
                     tracing::error!(stage, delivery_id = %id, uids = ?uids(events), reason = %why, "webhook refused the delivery (permanent); not retried");
                     return Status::Rejected;
                 }
                 Attempt::Retry { why, after } => {
+                    health.failing();
                     if n >= self.cfg.retries {
                         tracing::error!(stage, delivery_id = %id, uids = ?uids(events), attempts = n + 1, reason = %why, "webhook delivery failed after all retries");
                         return Status::Rejected;
@@ -428,6 +443,9 @@ fn uids(events: &[Event]) -> Vec<&str> {
 impl Sink for WebhookSink {
     fn run(self: Box<Self>, mut cx: SinkContext) -> BoxFuture<'static, Result<(), StageError>> {
         Box::pin(async move {
+            let health = crate::health::register(&cx.metrics.id, self.cfg.unready_after.0);
+            health.synced();
+            let health = &health;
             let this = &self;
             let processing = &cx.metrics.processing;
             let latency = &m::latency(&cx.metrics.id, cx.metrics.type_name);
@@ -442,7 +460,7 @@ impl Sink for WebhookSink {
                 let stage = stage.clone();
                 async move {
                     let started = Instant::now();
-                    match this.deliver(&batch, &stage).await {
+                    match this.deliver(&batch, &stage, health).await {
                         Status::Delivered => {
                             sent.increment(batch.len() as u64);
                             batch
@@ -458,6 +476,7 @@ impl Sink for WebhookSink {
                 }
             })
             .await;
+            health.stopped();
             Ok(())
         })
     }
