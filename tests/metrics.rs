@@ -66,15 +66,30 @@ fn flaky_receiver(failures: usize) -> String {
 fn counters_match_a_known_run_and_promtool_accepts_the_output() {
     let dir = tempfile::tempdir().expect("tmp");
     let hook = flaky_receiver(2);
+    // A fake API server with two Events, for the kube_events source.
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let fake = rt.block_on(fake_apiserver::FakeApiServer::start()).expect("fake");
+    for i in 0..2 {
+        fake.create(
+            "default",
+            fake_apiserver::sample_event("default", &format!("k-{i}.1"), "BackOff", "Warning", "m"),
+        )
+        .expect("create");
+    }
+    let kubeconfig = dir.path().join("kubeconfig");
+    fake.write_kubeconfig(&kubeconfig, None).expect("kubeconfig");
     let events = write(dir.path(), "events.jsonl", "");
     let db = dir.path().join("m.db");
     let p = write(
         dir.path(),
         "p.yaml",
         &format!(
-            "api:\n  listen: 127.0.0.1:0\nstages:\n  src:\n    type: file\n    path: {}\n    follow: true\n    poll_interval: 20ms\n  warn:\n    type: filter\n    inputs: [src]\n    types: [Warning]\n  once:\n    type: dedup\n    inputs: [warn]\n    key: [uid]\n  agg:\n    type: aggregate\n    inputs: [once]\n    window: 1h\n  limit:\n    type: rate_limit\n    inputs: [agg]\n    limit: 100\n  out:\n    type: stdout\n    inputs: [limit]\n  db:\n    type: sql\n    inputs: [once]\n    url: sqlite://{}\n    batch: {{max_events: 10, max_wait: 10ms}}\n  hook:\n    type: webhook\n    inputs: [once]\n    url: {}\n    backoff: {{initial: 50ms, max: 200ms}}\n    batch: {{max_events: 100, max_wait: 300ms}}\n",
+            "api:\n  listen: 127.0.0.1:0\nstate:\n  url: sqlite://{}\nstages:\n  src:\n    type: file\n    path: {}\n    follow: true\n    poll_interval: 20ms\n  warn:\n    type: filter\n    inputs: [src]\n    types: [Warning]\n  once:\n    type: dedup\n    inputs: [warn]\n    key: [uid]\n  agg:\n    type: aggregate\n    inputs: [once]\n    window: 1h\n  limit:\n    type: rate_limit\n    inputs: [agg]\n    limit: 100\n  out:\n    type: stdout\n    inputs: [limit]\n  db:\n    type: sql\n    inputs: [once]\n    url: sqlite://{}\n    batch: {{max_events: 10, max_wait: 10ms}}\n  k8s:\n    type: kube_events\n    kubeconfig: {}\n  kdb:\n    type: sql\n    inputs: [k8s]\n    url: sqlite://{}\n  hook:\n    type: webhook\n    inputs: [once]\n    url: {}\n    backoff: {{initial: 50ms, max: 200ms}}\n    batch: {{max_events: 100, max_wait: 300ms}}\n",
+            dir.path().join("state.db").display(),
             events.display(),
             db.display(),
+            kubeconfig.display(),
+            dir.path().join("k.db").display(),
             hook
         ),
     );
@@ -101,6 +116,10 @@ fn counters_match_a_known_run_and_promtool_accepts_the_output() {
                 &body,
                 "eventflow_events_sent_total{stage=\"hook\",type=\"webhook\"}",
             ) == 7.0
+            && value(
+                &body,
+                "eventflow_events_received_total{stage=\"kdb\",type=\"sql\"}",
+            ) == 2.0
         {
             break body;
         }
@@ -159,6 +178,11 @@ fn counters_match_a_known_run_and_promtool_accepts_the_output() {
         2.0
     );
     assert!(body.contains("eventflow_event_latency_seconds_bucket{stage=\"db\",type=\"sql\""));
+    assert_eq!(
+        value(&body, "eventflow_kube_relists_total{stage=\"k8s\",reason=\"initial\"}"),
+        1.0
+    );
+    assert!(body.contains("eventflow_source_last_event_timestamp_seconds{stage=\"k8s\"}"));
     assert!(
         body.contains("eventflow_event_latency_seconds_bucket{stage=\"hook\",type=\"webhook\"")
     );
