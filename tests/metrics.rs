@@ -68,7 +68,9 @@ fn counters_match_a_known_run_and_promtool_accepts_the_output() {
     let hook = flaky_receiver(2);
     // A fake API server with two Events, for the kube_events source.
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let fake = rt.block_on(fake_apiserver::FakeApiServer::start()).expect("fake");
+    let fake = rt
+        .block_on(fake_apiserver::FakeApiServer::start())
+        .expect("fake");
     for i in 0..2 {
         fake.create(
             "default",
@@ -77,7 +79,8 @@ fn counters_match_a_known_run_and_promtool_accepts_the_output() {
         .expect("create");
     }
     let kubeconfig = dir.path().join("kubeconfig");
-    fake.write_kubeconfig(&kubeconfig, None).expect("kubeconfig");
+    fake.write_kubeconfig(&kubeconfig, None)
+        .expect("kubeconfig");
     let events = write(dir.path(), "events.jsonl", "");
     let db = dir.path().join("m.db");
     let p = write(
@@ -179,7 +182,10 @@ fn counters_match_a_known_run_and_promtool_accepts_the_output() {
     );
     assert!(body.contains("eventflow_event_latency_seconds_bucket{stage=\"db\",type=\"sql\""));
     assert_eq!(
-        value(&body, "eventflow_kube_relists_total{stage=\"k8s\",reason=\"initial\"}"),
+        value(
+            &body,
+            "eventflow_kube_relists_total{stage=\"k8s\",reason=\"initial\"}"
+        ),
         1.0
     );
     assert!(body.contains("eventflow_source_last_event_timestamp_seconds{stage=\"k8s\"}"));
