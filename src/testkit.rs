@@ -198,7 +198,16 @@ impl Source for ChannelSourceRun {
                         Some(batch) => cx.out.send(batch).await,
                         None => return Ok(()),
                     },
-                    _ = cx.shutdown.requested() => return Ok(()),
+                    _ = cx.shutdown.requested() => {
+                        // Stop taking new batches, but forward those already handed over:
+                        // their finalizers are live, and dropping them would report them
+                        // delivered.
+                        rx.close();
+                        while let Some(batch) = rx.recv().await {
+                            cx.out.send(batch).await;
+                        }
+                        return Ok(());
+                    }
                 }
             }
         })

@@ -47,10 +47,6 @@ fn backends(test: &str) -> Vec<Backend> {
     v
 }
 
-/// The tests share one PostgreSQL and one MariaDB database; they run one at a time (an
-/// intermittent failure seen when they ran in parallel is under investigation).
-static DB_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 fn table_name(test: &str) -> String {
     format!("t_{test}_{}", rand_suffix())
 }
@@ -181,7 +177,6 @@ fn ev(uid: &str, count: i64, msg: &str) -> EventData {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_columns_and_upserts_on_repeats() {
-    let _serial = DB_TESTS.lock().await;
     for b in backends("rows_columns_and_upserts_on_repeats") {
         let table = table_name("upsert");
         let statuses = store(
@@ -269,7 +264,6 @@ async fn rows_columns_and_upserts_on_repeats() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_values_are_stored_intact() {
-    let _serial = DB_TESTS.lock().await;
     let big: String = "0123456789abcdef".repeat(4096); // 64 KiB
     let nasty =
         "quote ' double \" backslash \\ newline \n tab \t emoji 🔥🚀 nul-free; DROP TABLE x; --";
@@ -316,7 +310,6 @@ fn seed_ddl(backend: &str, table: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_seed_created_table_is_migrated_with_its_rows() {
-    let _serial = DB_TESTS.lock().await;
     for b in backends("a_seed_created_table_is_migrated_with_its_rows") {
         let table = table_name("seed");
         let db = connect(&b.url).await;
@@ -359,7 +352,6 @@ async fn a_seed_created_table_is_migrated_with_its_rows() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_deletes_old_rows() {
-    let _serial = DB_TESTS.lock().await;
     for b in backends("retention_deletes_old_rows") {
         let table = table_name("retention");
         let mut old = ev("old", 1, "old");
@@ -410,7 +402,6 @@ async fn retention_deletes_old_rows() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_row_the_database_refuses_is_rejected_and_the_rest_stored() {
-    let _serial = DB_TESTS.lock().await;
     for b in backends("a_row_the_database_refuses_is_rejected_and_the_rest_stored") {
         if b.name == "sqlite" {
             // SQLite does not enforce VARCHAR lengths: nothing to refuse.
@@ -443,7 +434,6 @@ async fn a_row_the_database_refuses_is_rejected_and_the_rest_stored() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_url_or_table_fails_the_build_with_a_clear_error() {
-    let _serial = DB_TESTS.lock().await;
     let dir = tempfile::tempdir().expect("tmp");
     let cases = [
         (
