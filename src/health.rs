@@ -15,24 +15,24 @@ struct State {
     failing_since: Option<Instant>,
 }
 
-/// The health of one source.
+/// The health of one stage (a source, or a sink that talks to something outside).
 #[derive(Debug)]
-pub struct SourceHealth {
+pub struct StageHealth {
     id: String,
     unready_after: Duration,
     state: Mutex<State>,
 }
 
-static SOURCES: LazyLock<Mutex<BTreeMap<String, Arc<SourceHealth>>>> =
+static SOURCES: LazyLock<Mutex<BTreeMap<String, Arc<StageHealth>>>> =
     LazyLock::new(|| Mutex::new(BTreeMap::new()));
 
-fn registry() -> std::sync::MutexGuard<'static, BTreeMap<String, Arc<SourceHealth>>> {
+fn registry() -> std::sync::MutexGuard<'static, BTreeMap<String, Arc<StageHealth>>> {
     SOURCES.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Registers (or replaces) the health of source `id`: not ready until [`SourceHealth::synced`].
-pub fn register(id: &str, unready_after: Duration) -> Arc<SourceHealth> {
-    let h = Arc::new(SourceHealth {
+/// Registers (or replaces) the health of source `id`: not ready until [`StageHealth::synced`].
+pub fn register(id: &str, unready_after: Duration) -> Arc<StageHealth> {
+    let h = Arc::new(StageHealth {
         id: id.to_string(),
         unready_after,
         state: Mutex::new(State {
@@ -44,7 +44,7 @@ pub fn register(id: &str, unready_after: Duration) -> Arc<SourceHealth> {
     h
 }
 
-impl SourceHealth {
+impl StageHealth {
     fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
         f(&mut self.state.lock().unwrap_or_else(|e| e.into_inner()))
     }
@@ -88,6 +88,6 @@ impl SourceHealth {
 
 /// Every registered source's problem, if any.
 pub fn problems() -> Vec<String> {
-    let sources: Vec<Arc<SourceHealth>> = registry().values().cloned().collect();
+    let sources: Vec<Arc<StageHealth>> = registry().values().cloned().collect();
     sources.iter().filter_map(|h| h.problem()).collect()
 }

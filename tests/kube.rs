@@ -53,7 +53,7 @@ impl Env {
 }
 
 fn config(kubeconfig: &Path, extra: serde_json::Value) -> Arc<KubeEventsConfig> {
-    let mut v = json!({"kubeconfig": kubeconfig, "backoff_initial": "100ms", "backoff_max": "1s"});
+    let mut v = json!({"kubeconfig": kubeconfig, "backoff": {"initial": "100ms", "max": "1s"}});
     if let (Some(m), Some(e)) = (v.as_object_mut(), extra.as_object()) {
         m.extend(e.clone());
     }
@@ -206,7 +206,10 @@ async fn list_failures_are_retried_with_growing_backoff() {
     }
     let (topo, sink) = start(
         &env,
-        config(&env.kubeconfig, json!({"backoff_initial": "200ms"})),
+        config(
+            &env.kubeconfig,
+            json!({"backoff": {"initial": "200ms", "max": "1s"}}),
+        ),
     )
     .await;
     settle(&sink, 1).await;

@@ -45,7 +45,7 @@ fn pipeline(dir: &Path, kubeconfig: &Path, extra_source: &str) -> std::path::Pat
         dir,
         "pipeline.yaml",
         &format!(
-            "api:\n  listen: 127.0.0.1:0\nstate:\n  url: sqlite://{state}\nstages:\n  k8s:\n    type: kube_events\n    kubeconfig: {kc}\n    backoff_initial: 100ms\n    backoff_max: 500ms\n{extra_source}  db:\n    type: sql\n    inputs: [k8s]\n    url: sqlite://{db}\n    batch: {{max_events: 50, max_wait: 20ms}}\n",
+            "api:\n  listen: 127.0.0.1:0\nstate:\n  url: sqlite://{state}\nstages:\n  k8s:\n    type: kube_events\n    kubeconfig: {kc}\n    backoff: {{initial: 100ms, max: 500ms}}\n{extra_source}  db:\n    type: sql\n    inputs: [k8s]\n    url: sqlite://{db}\n    batch: {{max_events: 50, max_wait: 20ms}}\n",
             state = dir.join("state.db").display(),
             kc = kubeconfig.display(),
             db = dir.join("events.db").display(),

@@ -197,8 +197,8 @@ fn child_kube_seen() {
     for i in 0..KEYS + 200_000 {
         let uid = format!("0b6f3c52-8f0e-4d8a-9d5c-{i:012x}");
         evicted += seen
-            .mark(&uid, &(48_000_000 + i).to_string(), i as i64, 0, 1)
-            .len();
+            .admit(&uid, &(48_000_000 + i).to_string(), i as i64, 0, 1)
+            .map_or(0, |gone| gone.len());
     }
     assert!(seen.len() <= 1_000_000, "{} tracked", seen.len());
     assert_eq!(seen.len() + evicted, KEYS + 200_000);

@@ -5,6 +5,7 @@
 //! on every field) that implements [`StageConfig`], and one line in [`TYPES`].
 
 pub mod aggregate;
+pub mod backoff;
 pub mod batch;
 pub mod dedup;
 pub mod file;

@@ -27,7 +27,6 @@ use futures::future::BoxFuture;
 use futures::{StreamExt, stream::FuturesOrdered};
 use kube::Api;
 use kube::api::{ListParams, WatchEvent, WatchParams};
-use rand::Rng;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
@@ -35,6 +34,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use resource::{Flavor, KubeEvent};
 pub use seen::{Checkpoint, Row, Seen};
 
+use super::backoff::BackoffConfig;
 use super::{
     BuildContext, BuildError, Shutdown, Source, SourceContext, Stage, StageConfig, StageError,
     StageKind, StageMetrics, StageType,
@@ -44,16 +44,6 @@ use crate::engine::MAX_BATCH;
 use crate::engine::ack::{Finalizer, Status};
 use crate::event::{Event, EventData, Finalizers};
 use crate::metrics as m;
-
-/// Which Events API to read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
-pub enum ApiName {
-    #[default]
-    #[serde(rename = "core/v1")]
-    CoreV1,
-    #[serde(rename = "events.k8s.io/v1")]
-    EventsV1,
-}
 
 /// Watches Kubernetes Events.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -71,7 +61,7 @@ pub struct KubeEventsConfig {
     pub context: Option<String>,
     /// `core/v1` (default) or `events.k8s.io/v1`.
     #[serde(default)]
-    pub api: ApiName,
+    pub api: Flavor,
     /// Namespaces to watch (one watch each). Empty: all namespaces (one watch).
     #[serde(default)]
     pub namespaces: Vec<String>,
@@ -100,12 +90,9 @@ pub struct KubeEventsConfig {
     /// this long.
     #[serde(default = "default_unready_after")]
     pub unready_after: Dur,
-    /// First retry delay after a failure (doubles up to `backoff_max`, with jitter).
-    #[serde(default = "default_backoff_initial")]
-    pub backoff_initial: Dur,
-    /// Longest retry delay.
-    #[serde(default = "default_backoff_max")]
-    pub backoff_max: Dur,
+    /// Retries after a failed list or watch (reset after a watch that delivered something).
+    #[serde(default)]
+    pub backoff: BackoffConfig,
 }
 
 fn default_page_size() -> u32 {
@@ -118,12 +105,6 @@ fn default_watch_timeout() -> Dur {
     Dur::secs(290)
 }
 fn default_unready_after() -> Dur {
-    Dur::secs(30)
-}
-fn default_backoff_initial() -> Dur {
-    Dur::millis(500)
-}
-fn default_backoff_max() -> Dur {
     Dur::secs(30)
 }
 
@@ -278,9 +259,20 @@ struct Counters {
     evicted: metrics::Counter,
     last_event: metrics::Gauge,
     checkpoint_errors: metrics::Counter,
+    list_errors: metrics::Counter,
+    watch_errors: metrics::Counter,
+    forbidden: metrics::Counter,
+    unauthorized: metrics::Counter,
+    restarts_closed: metrics::Counter,
+    restarts_error: metrics::Counter,
+    restarts_empty: metrics::Counter,
+    relist_initial: metrics::Counter,
+    relist_expired: metrics::Counter,
+    relist_empty: metrics::Counter,
+    relist_error: metrics::Counter,
 }
 
-use crate::health::SourceHealth;
+use crate::health::StageHealth;
 
 impl Source for KubeSource {
     fn run(self: Box<Self>, cx: SourceContext) -> BoxFuture<'static, Result<(), StageError>> {
@@ -316,7 +308,7 @@ async fn run(src: KubeSource, cx: SourceContext) -> Result<(), StageError> {
             .position(|s| s.as_deref().is_none_or(|ns| ns == r.namespace()));
         match slot {
             Some(i) => {
-                let _ = seen.mark(r.uid(), r.resource_version(), r.last_seen, i as u16, 0);
+                let _ = seen.admit(r.uid(), r.resource_version(), r.last_seen, i as u16, 0);
             }
             None => stale.push(r.uid().to_string()),
         }
@@ -332,10 +324,7 @@ async fn run(src: KubeSource, cx: SourceContext) -> Result<(), StageError> {
     );
     let seen = Arc::new(Mutex::new(seen));
     let cluster: Arc<str> = Arc::from(src.cluster.as_str());
-    let flavor = match src.cfg.api {
-        ApiName::CoreV1 => Flavor::CoreV1,
-        ApiName::EventsV1 => Flavor::EventsV1,
-    };
+    let flavor = src.cfg.api;
     let (tx, mut rx) = mpsc::channel::<Msg>(4);
     let mut loops = Vec::new();
     for (i, ns) in slots.iter().enumerate() {
@@ -348,14 +337,12 @@ async fn run(src: KubeSource, cx: SourceContext) -> Result<(), StageError> {
             slot: i as u16,
             namespace: ns.clone(),
             cfg: src.cfg.clone(),
-            api_name: src.cfg.api,
             cluster: cluster.clone(),
             seen: seen.clone(),
             tx: tx.clone(),
             counters: counters.clone(),
             first_start,
             health: health.clone(),
-            errors: ErrorCounters::new(&sm),
         };
         loops.push(tokio::spawn(w.run(shutdown.clone())));
     }
@@ -374,7 +361,7 @@ async fn run(src: KubeSource, cx: SourceContext) -> Result<(), StageError> {
     let (wtx, wrx) = mpsc::channel::<Write>(64);
     let writer = tokio::spawn(write_checkpoint(src.checkpoint, wrx, counters.clone()));
     let mut msgs_open = true;
-    loop {
+    while msgs_open {
         tokio::select! {
             msg = rx.recv(), if msgs_open => match msg {
                 Some(Msg::Emit(events, rows)) => {
@@ -400,9 +387,6 @@ async fn run(src: KubeSource, cx: SourceContext) -> Result<(), StageError> {
                     let _ = wtx.send(Write::Save(rows)).await;
                 }
             }
-        }
-        if !msgs_open {
-            break;
         }
     }
     // The watch loops have stopped (shutdown): hand off, then record what the sinks commit.
@@ -457,7 +441,7 @@ async fn save(cp: &Checkpoint, rows: &mut Vec<Row>, c: &Counters) {
     if rows.is_empty() {
         return;
     }
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = BackoffConfig::new(Dur::millis(100), Dur::secs(2)).start();
     for attempt in 0..5 {
         match cp.save(rows).await {
             Ok(()) => {
@@ -467,8 +451,7 @@ async fn save(cp: &Checkpoint, rows: &mut Vec<Row>, c: &Counters) {
             Err(e) => {
                 c.checkpoint_errors.increment(1);
                 tracing::warn!(error = %e, attempt, "cannot write the checkpoint; retrying");
-                tokio::time::sleep(delay).await;
-                delay *= 2;
+                tokio::time::sleep(backoff.next_delay()).await;
             }
         }
     }
@@ -492,63 +475,17 @@ fn counters(sm: &StageMetrics) -> Counters {
         evicted: m::kube_checkpoint_evicted(&sm.id),
         last_event: m::last_event_time(&sm.id),
         checkpoint_errors: m::stage_errors(&sm.id, sm.type_name, "checkpoint"),
-    }
-}
-
-/// Error counters by kind.
-#[derive(Clone)]
-struct ErrorCounters {
-    list: metrics::Counter,
-    watch: metrics::Counter,
-    forbidden: metrics::Counter,
-    unauthorized: metrics::Counter,
-    restarts_closed: metrics::Counter,
-    restarts_error: metrics::Counter,
-    restarts_empty: metrics::Counter,
-    relist_initial: metrics::Counter,
-    relist_expired: metrics::Counter,
-    relist_empty: metrics::Counter,
-    relist_error: metrics::Counter,
-}
-
-impl ErrorCounters {
-    fn new(sm: &StageMetrics) -> ErrorCounters {
-        ErrorCounters {
-            list: m::stage_errors(&sm.id, sm.type_name, "list"),
-            watch: m::stage_errors(&sm.id, sm.type_name, "watch"),
-            forbidden: m::stage_errors(&sm.id, sm.type_name, "forbidden"),
-            unauthorized: m::stage_errors(&sm.id, sm.type_name, "unauthorized"),
-            restarts_closed: m::watch_restarts(&sm.id, "closed"),
-            restarts_error: m::watch_restarts(&sm.id, "error"),
-            restarts_empty: m::watch_restarts(&sm.id, "empty"),
-            relist_initial: m::relists(&sm.id, "initial"),
-            relist_expired: m::relists(&sm.id, "expired"),
-            relist_empty: m::relists(&sm.id, "empty_watches"),
-            relist_error: m::relists(&sm.id, "error"),
-        }
-    }
-}
-
-/// Exponential backoff with jitter: the n-th delay is uniform in [d/2, d], d = initial * 2^n,
-/// capped at `max`.
-struct Backoff {
-    initial: Duration,
-    max: Duration,
-    n: u32,
-}
-
-impl Backoff {
-    fn next_delay(&mut self) -> Duration {
-        let d = self
-            .initial
-            .saturating_mul(1u32 << self.n.min(16))
-            .min(self.max);
-        self.n = self.n.saturating_add(1);
-        let half = d / 2;
-        half + half.mul_f64(rand::rng().random::<f64>())
-    }
-    fn reset(&mut self) {
-        self.n = 0;
+        list_errors: m::stage_errors(&sm.id, sm.type_name, "list"),
+        watch_errors: m::stage_errors(&sm.id, sm.type_name, "watch"),
+        forbidden: m::stage_errors(&sm.id, sm.type_name, "forbidden"),
+        unauthorized: m::stage_errors(&sm.id, sm.type_name, "unauthorized"),
+        restarts_closed: m::watch_restarts(&sm.id, "closed"),
+        restarts_error: m::watch_restarts(&sm.id, "error"),
+        restarts_empty: m::watch_restarts(&sm.id, "empty"),
+        relist_initial: m::relists(&sm.id, "initial"),
+        relist_expired: m::relists(&sm.id, "expired"),
+        relist_empty: m::relists(&sm.id, "empty_watches"),
+        relist_error: m::relists(&sm.id, "error"),
     }
 }
 
@@ -557,24 +494,20 @@ struct WatchLoop {
     slot: u16,
     namespace: Option<String>,
     cfg: KubeEventsConfig,
-    api_name: ApiName,
     cluster: Arc<str>,
     seen: Arc<Mutex<Seen>>,
     tx: mpsc::Sender<Msg>,
     counters: Counters,
     first_start: bool,
-    health: Arc<SourceHealth>,
-    errors: ErrorCounters,
+    health: Arc<StageHealth>,
 }
 
-/// How one step of the loop ended.
+/// What the loop does next (after a delay).
 enum Next {
-    /// Watch again from this resourceVersion.
+    /// List (again): at the start, or when the resourceVersion is gone.
+    Relist,
+    /// Watch from this resourceVersion.
     Watch(String),
-    /// List again (the resourceVersion is gone), after `delay`.
-    Relist(Duration),
-    /// Retry the watch from the same resourceVersion after `delay`.
-    Retry(String, Duration),
 }
 
 /// The accumulated output of a batch of items.
@@ -590,9 +523,9 @@ struct Out {
 
 impl WatchLoop {
     fn verb_target(&self) -> String {
-        let group = match self.api_name {
-            ApiName::CoreV1 => "\"\" (core)",
-            ApiName::EventsV1 => "\"events.k8s.io\"",
+        let group = match self.cfg.api {
+            Flavor::CoreV1 => "\"\" (core)",
+            Flavor::EventsV1 => "\"events.k8s.io\"",
         };
         let scope = match &self.namespace {
             Some(ns) => format!("in namespace `{ns}`"),
@@ -606,7 +539,7 @@ impl WatchLoop {
         if let kube::Error::Api(s) = e {
             match s.code {
                 403 => {
-                    self.errors.forbidden.increment(1);
+                    self.counters.forbidden.increment(1);
                     tracing::error!(
                         message = %s.message,
                         "the API server refused to {what} Events (403 Forbidden): grant the verbs `list` and `watch` on {} to the identity eventflow runs as (its kubeconfig user or service account)",
@@ -615,7 +548,7 @@ impl WatchLoop {
                     return false;
                 }
                 401 => {
-                    self.errors.unauthorized.increment(1);
+                    self.counters.unauthorized.increment(1);
                     tracing::error!(message = %s.message, "the API server did not accept eventflow's credentials (401 Unauthorized) when trying to {what} Events: check the kubeconfig user's token or certificate");
                     return false;
                 }
@@ -628,99 +561,93 @@ impl WatchLoop {
     }
 
     async fn run(self, mut shutdown: Shutdown) {
-        let mut backoff = Backoff {
-            initial: self.cfg.backoff_initial.0,
-            max: self.cfg.backoff_max.0,
-            n: 0,
-        };
+        let mut backoff = self.cfg.backoff.start();
         let mut generation: u32 = 0;
-        let mut next = Next::Relist(Duration::ZERO);
+        let mut next = Next::Relist;
+        let mut delay = Duration::ZERO;
         let mut empty_in_a_row = 0u32;
         let mut listed_once = false;
         loop {
+            if !delay.is_zero() {
+                tokio::select! {
+                    _ = shutdown.requested() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
             if shutdown.is_requested() {
                 return;
             }
-            next = match next {
-                Next::Relist(delay) | Next::Retry(_, delay) if !delay.is_zero() => {
-                    tokio::select! {
-                        _ = shutdown.requested() => return,
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                    match next {
-                        Next::Retry(rv, _) => Next::Retry(rv, Duration::ZERO),
-                        _ => Next::Relist(Duration::ZERO),
-                    }
-                }
-                Next::Relist(_) => {
+            (next, delay) = match next {
+                Next::Relist => {
                     generation += 1;
                     if !listed_once {
-                        self.errors.relist_initial.increment(1);
+                        self.counters.relist_initial.increment(1);
                     }
-                    let initial = !listed_once;
-                    match self.list(generation, initial, &mut shutdown).await {
+                    match self.list(generation, !listed_once, &mut shutdown).await {
                         Ok(Some(rv)) => {
                             listed_once = true;
                             self.health.synced();
-                            Next::Watch(rv)
+                            (Next::Watch(rv), Duration::ZERO)
                         }
                         Ok(None) => return,
                         Err(e) => {
-                            self.errors.list.increment(1);
-                            self.health.failing();
                             // A 410 here is an expired continue token: the list starts over.
+                            self.counters.list_errors.increment(1);
+                            self.counters.relist_error.increment(1);
+                            self.health.failing();
                             self.report("list", &e);
-                            self.errors.relist_error.increment(1);
-                            Next::Relist(backoff.next_delay())
+                            (Next::Relist, backoff.next_delay())
                         }
                     }
                 }
-                Next::Watch(rv) | Next::Retry(rv, _) => {
+                Next::Watch(rv) => {
                     let started = tokio::time::Instant::now();
                     match self.watch(&rv, &mut shutdown).await {
                         WatchEnd::Shutdown => return,
                         WatchEnd::StartFailed(e) => {
-                            self.errors.watch.increment(1);
-                            self.errors.restarts_error.increment(1);
+                            self.counters.watch_errors.increment(1);
+                            self.counters.restarts_error.increment(1);
                             self.health.failing();
                             if self.report("watch", &e) {
                                 // An HTTP 410 on the watch itself: kube would retry the same
                                 // resourceVersion forever; a relist is the way out.
-                                self.errors.relist_expired.increment(1);
-                                Next::Relist(backoff.next_delay())
+                                self.counters.relist_expired.increment(1);
+                                (Next::Relist, backoff.next_delay())
                             } else {
-                                Next::Retry(rv, backoff.next_delay())
+                                (Next::Watch(rv), backoff.next_delay())
                             }
                         }
                         WatchEnd::Expired => {
-                            self.errors.relist_expired.increment(1);
+                            self.counters.relist_expired.increment(1);
                             tracing::info!("the watch's resourceVersion expired (410); relisting");
-                            Next::Relist(Duration::ZERO)
+                            (Next::Relist, Duration::ZERO)
                         }
-                        WatchEnd::Ended { rv: last, items } => {
+                        WatchEnd::Ended { rv: last, items }
+                            if items == 0 && started.elapsed() < Duration::from_secs(1) =>
+                        {
+                            // A watch that ends at once with nothing in it: something between
+                            // us and the server is closing it. Back off, and after three in a
+                            // row relist.
                             self.health.synced();
-                            if items == 0 && started.elapsed() < Duration::from_secs(1) {
-                                // A watch that ends at once with nothing in it: something
-                                // between us and the server is closing it. Back off, and after
-                                // three in a row relist.
-                                empty_in_a_row += 1;
-                                self.errors.restarts_empty.increment(1);
-                                if empty_in_a_row >= 3 {
-                                    empty_in_a_row = 0;
-                                    self.errors.relist_empty.increment(1);
-                                    tracing::warn!(
-                                        "the watch keeps closing at once with no events; relisting"
-                                    );
-                                    Next::Relist(backoff.next_delay())
-                                } else {
-                                    Next::Retry(last, backoff.next_delay())
-                                }
-                            } else {
+                            empty_in_a_row += 1;
+                            self.counters.restarts_empty.increment(1);
+                            if empty_in_a_row >= 3 {
                                 empty_in_a_row = 0;
-                                backoff.reset();
-                                self.errors.restarts_closed.increment(1);
-                                Next::Watch(last)
+                                self.counters.relist_empty.increment(1);
+                                tracing::warn!(
+                                    "the watch keeps closing at once with no events; relisting"
+                                );
+                                (Next::Relist, backoff.next_delay())
+                            } else {
+                                (Next::Watch(last), backoff.next_delay())
                             }
+                        }
+                        WatchEnd::Ended { rv: last, .. } => {
+                            self.health.synced();
+                            empty_in_a_row = 0;
+                            backoff.reset();
+                            self.counters.restarts_closed.increment(1);
+                            (Next::Watch(last), Duration::ZERO)
                         }
                     }
                 }
@@ -943,7 +870,7 @@ impl WatchLoop {
                             break;
                         }
                         Ok(WatchEvent::Error(s)) => {
-                            self.errors.watch.increment(1);
+                            self.counters.watch_errors.increment(1);
                             tracing::warn!(code = s.code, message = %s.message, "the watch reported an error");
                         }
                         Err(kube::Error::Api(s)) if s.code == 0 => {

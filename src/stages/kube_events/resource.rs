@@ -13,11 +13,13 @@ use serde_json::value::RawValue;
 
 use crate::event::{EventData, WireEvent};
 
-/// Which Events API to read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Which Events API to read (the `api` field of `kube_events`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, schemars::JsonSchema)]
 pub enum Flavor {
     #[default]
+    #[serde(rename = "core/v1")]
     CoreV1,
+    #[serde(rename = "events.k8s.io/v1")]
     EventsV1,
 }
 

@@ -154,19 +154,6 @@ impl Seen {
         self.map.is_empty()
     }
 
-    /// Whether this exact version was handled; marks the entry as present in `generation`.
-    pub fn is_current(&mut self, uid: &str, rv: &str, generation: u32) -> bool {
-        let (k, _) = self.key(uid);
-        let rv = self.rv_key(rv);
-        match self.map.get_mut(&k) {
-            Some(e) if e.rv == rv => {
-                e.generation = generation as u16;
-                true
-            }
-            _ => false,
-        }
-    }
-
     /// One lookup: if this exact version was handled, marks it present in `generation` and
     /// returns `None`; otherwise records it and returns the uids evicted to stay within the
     /// bound.
@@ -202,29 +189,6 @@ impl Seen {
             return Some(self.evict_oldest());
         }
         Some(Vec::new())
-    }
-
-    /// Records a version as handled. Returns the uids evicted to stay within the bound.
-    pub fn mark(
-        &mut self,
-        uid: &str,
-        rv: &str,
-        last_seen: i64,
-        ns: u16,
-        generation: u32,
-    ) -> Vec<String> {
-        let (k, exact) = self.key(uid);
-        let e = Entry {
-            rv: self.rv_key(rv),
-            last: last_seen.clamp(0, i64::from(u32::MAX)) as u32,
-            generation: generation as u16,
-            slot: (ns & !EXACT) | if exact { EXACT } else { 0 },
-        };
-        self.map.insert(k, e);
-        if self.map.len() > self.max {
-            return self.evict_oldest();
-        }
-        Vec::new()
     }
 
     pub fn remove(&mut self, uid: &str) {
@@ -416,22 +380,24 @@ mod tests {
         assert_eq!(parse_uuid(u).map(format_uuid).as_deref(), Some(u));
         assert_eq!(parse_uuid("not-a-uuid"), None);
         let mut s = Seen::new(10);
-        assert!(!s.is_current(u, "5", 1));
-        s.mark(u, "5", 100, 0, 1);
-        assert!(s.is_current(u, "5", 1));
-        assert!(!s.is_current(u, "6", 1));
-        s.mark("plain-uid", "abc", 100, 0, 1);
-        assert!(s.is_current("plain-uid", "abc", 1));
-        assert!(!s.is_current("plain-uid", "abd", 1));
+        assert!(s.admit(u, "5", 100, 0, 1).is_some(), "new");
+        assert!(s.admit(u, "5", 100, 0, 1).is_none(), "handled");
+        assert!(s.admit(u, "6", 100, 0, 1).is_some(), "a new version");
+        assert!(s.admit("plain-uid", "abc", 100, 0, 1).is_some());
+        assert!(s.admit("plain-uid", "abc", 100, 0, 1).is_none());
+        assert!(s.admit("plain-uid", "abd", 100, 0, 1).is_some());
     }
 
     #[test]
     fn sweep_forgets_what_a_relist_did_not_show_and_the_bound_holds() {
         let mut s = Seen::new(100);
         for i in 0..10 {
-            s.mark(&format!("00000000-0000-4000-8000-{i:012x}"), "1", i, 0, 1);
+            s.admit(&format!("00000000-0000-4000-8000-{i:012x}"), "1", i, 0, 1);
         }
-        assert!(s.is_current("00000000-0000-4000-8000-000000000003", "1", 2));
+        assert!(
+            s.admit("00000000-0000-4000-8000-000000000003", "1", 0, 0, 2)
+                .is_none()
+        );
         let gone = s.sweep(0, 2);
         assert_eq!(gone.len(), 9);
         assert_eq!(s.len(), 1);
@@ -439,8 +405,8 @@ mod tests {
         let mut evicted = 0;
         for i in 0..1000 {
             evicted += s
-                .mark(&format!("00000000-0000-4000-8000-{i:012x}"), "1", i, 0, 1)
-                .len();
+                .admit(&format!("00000000-0000-4000-8000-{i:012x}"), "1", i, 0, 1)
+                .map_or(0, |gone| gone.len());
         }
         assert!(s.len() <= 50);
         assert_eq!(evicted + s.len(), 1000);

@@ -26,6 +26,7 @@ use metrics::{Counter, Histogram};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+use super::backoff::{Backoff, BackoffConfig};
 use super::key::KeySpec;
 use super::{
     BuildContext, BuildError, Sink, SinkContext, Stage, StageConfig, StageError, StageKind,
@@ -65,33 +66,8 @@ impl Default for BatchConfig {
     }
 }
 
-/// Retries of writes while the database is unavailable.
-#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct BackoffConfig {
-    /// The first wait.
-    #[serde(default = "default_initial")]
-    pub initial: Dur,
-    /// The longest wait.
-    #[serde(default = "default_max")]
-    pub max: Dur,
-}
-
-fn default_initial() -> Dur {
-    Dur::millis(200)
-}
-
-fn default_max() -> Dur {
-    Dur::secs(30)
-}
-
-impl Default for BackoffConfig {
-    fn default() -> Self {
-        BackoffConfig {
-            initial: default_initial(),
-            max: default_max(),
-        }
-    }
+fn default_backoff() -> BackoffConfig {
+    BackoffConfig::new(Dur::millis(200), Dur::secs(30))
 }
 
 /// Stores events in SQLite, PostgreSQL or MySQL/MariaDB.
@@ -116,8 +92,8 @@ pub struct SqlConfig {
     /// The event fields whose values, joined with `/`, make `evt_key` (the upsert key).
     #[serde(default = "default_key")]
     pub key: Vec<Field>,
-    /// Retries while the database is unavailable.
-    #[serde(default)]
+    /// Retries while the database is unavailable. Default `{initial: 200ms, max: 30s}`.
+    #[serde(default = "default_backoff")]
     pub backoff: BackoffConfig,
     /// How long connecting may take when the stage is built.
     #[serde(default = "default_connect_timeout")]
@@ -180,7 +156,7 @@ pub struct SqlSink {
     unavailable: Counter,
     latency: Histogram,
     /// Readiness: set while the sink runs.
-    health: std::sync::OnceLock<std::sync::Arc<crate::health::SourceHealth>>,
+    health: std::sync::OnceLock<std::sync::Arc<crate::health::StageHealth>>,
     sql_cache: std::sync::Mutex<std::collections::HashMap<usize, std::sync::Arc<str>>>,
 }
 
@@ -250,7 +226,7 @@ impl SqlSink {
         );
         let sql = self.sql_for(rows.len());
         let mut statuses = vec![Status::Delivered; batch.len()];
-        let mut delay = self.cfg.backoff.initial.0;
+        let mut backoff = self.cfg.backoff.start();
         loop {
             let started = Instant::now();
             match self.db.upsert(&sql, &rows).await {
@@ -262,13 +238,9 @@ impl SqlSink {
                     return statuses;
                 }
                 Err(e) if e.is_transient() => {
-                    self.unavailable.increment(1);
-                    if let Some(h) = self.health.get() {
-                        h.failing();
-                    }
+                    let delay = self.retry_later(&mut backoff);
                     tracing::warn!(error = %e, retry_in = ?delay, events = batch.len(), "database write failed; keeping the batch and retrying");
-                    tokio::time::sleep(jitter(delay)).await;
-                    delay = (delay * 2).min(self.cfg.backoff.max.0);
+                    tokio::time::sleep(delay).await;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "batch refused; writing its rows one by one to find the bad ones");
@@ -289,7 +261,7 @@ impl SqlSink {
         let sql = self.sql_for(1);
         let mut bad = Vec::new();
         for r in rows {
-            let mut delay = self.cfg.backoff.initial.0;
+            let mut backoff = self.cfg.backoff.start();
             loop {
                 match self.db.upsert(&sql, std::slice::from_ref(r)).await {
                     Ok(_) => break,
@@ -300,22 +272,25 @@ impl SqlSink {
                         break;
                     }
                     Err(e) => {
-                        self.unavailable.increment(1);
+                        let delay = self.retry_later(&mut backoff);
                         tracing::warn!(error = %e, retry_in = ?delay, "database write failed; retrying");
-                        tokio::time::sleep(jitter(delay)).await;
-                        delay = (delay * 2).min(self.cfg.backoff.max.0);
+                        tokio::time::sleep(delay).await;
                     }
                 }
             }
         }
         bad
     }
-}
 
-/// Full jitter: a random wait between half and all of `d`.
-fn jitter(d: Duration) -> Duration {
-    let f: f64 = rand::random_range(0.5..=1.0);
-    d.mul_f64(f)
+    /// Counts a write the database could not take now, marks the sink failing for readiness,
+    /// and returns how long to wait before the retry.
+    fn retry_later(&self, backoff: &mut Backoff) -> Duration {
+        self.unavailable.increment(1);
+        if let Some(h) = self.health.get() {
+            h.failing();
+        }
+        backoff.next_delay()
+    }
 }
 
 impl Sink for SqlSink {

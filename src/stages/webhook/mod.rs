@@ -30,6 +30,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use super::backoff::BackoffConfig;
 use super::sql::BatchConfig;
 use super::{
     BuildContext, BuildError, Sink, SinkContext, Stage, StageConfig, StageError, StageKind,
@@ -70,34 +71,6 @@ impl Format {
             Format::Dingtalk => Some(Chat::DingTalk),
             Format::Feishu => Some(Chat::Feishu),
             Format::Wecom => Some(Chat::WeCom),
-        }
-    }
-}
-
-/// Retry delays.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct BackoffConfig {
-    /// The first retry's delay.
-    #[serde(default = "default_initial")]
-    pub initial: Dur,
-    /// The longest delay.
-    #[serde(default = "default_max")]
-    pub max: Dur,
-}
-
-fn default_initial() -> Dur {
-    Dur::millis(500)
-}
-fn default_max() -> Dur {
-    Dur::secs(30)
-}
-
-impl Default for BackoffConfig {
-    fn default() -> Self {
-        BackoffConfig {
-            initial: default_initial(),
-            max: default_max(),
         }
     }
 }
@@ -397,10 +370,11 @@ impl WebhookSink {
         &self,
         events: &[Event],
         stage: &str,
-        health: &crate::health::SourceHealth,
+        health: &crate::health::StageHealth,
     ) -> Status {
         let id = delivery_id(events);
         let mut n = 0u32;
+        let mut backoff = self.cfg.backoff.start();
         loop {
             match self.attempt(events, &id, stage).await {
                 Attempt::Delivered => {
@@ -417,14 +391,7 @@ impl WebhookSink {
                         tracing::error!(stage, delivery_id = %id, uids = ?uids(events), attempts = n + 1, reason = %why, "webhook delivery failed after all retries");
                         return Status::Rejected;
                     }
-                    let d = self
-                        .cfg
-                        .backoff
-                        .initial
-                        .0
-                        .saturating_mul(1u32 << n.min(16))
-                        .min(self.cfg.backoff.max.0);
-                    let jittered = d.mul_f64(rand::random_range(0.5..=1.0));
+                    let jittered = backoff.next_delay();
                     let wait = after.map_or(jittered, |a| a.max(jittered));
                     n += 1;
                     m::webhook_retry(stage);

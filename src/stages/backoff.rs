@@ -1,0 +1,95 @@
+//! Retry delays shared by every stage that retries (sql, webhook, kube_events): exponential
+//! with jitter. The n-th delay is uniform in [d/2, d], d = `initial` * 2^n, capped at `max`.
+
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use crate::config::types::Dur;
+
+/// Retry delays: exponential (doubling) with jitter.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BackoffConfig {
+    /// The first delay.
+    #[serde(default = "default_initial")]
+    pub initial: Dur,
+    /// The longest delay.
+    #[serde(default = "default_max")]
+    pub max: Dur,
+}
+
+fn default_initial() -> Dur {
+    Dur::millis(500)
+}
+
+fn default_max() -> Dur {
+    Dur::secs(30)
+}
+
+impl Default for BackoffConfig {
+    fn default() -> Self {
+        BackoffConfig {
+            initial: default_initial(),
+            max: default_max(),
+        }
+    }
+}
+
+impl BackoffConfig {
+    pub const fn new(initial: Dur, max: Dur) -> BackoffConfig {
+        BackoffConfig { initial, max }
+    }
+
+    /// A fresh sequence of delays.
+    pub fn start(&self) -> Backoff {
+        Backoff {
+            initial: self.initial.0,
+            max: self.max.0,
+            n: 0,
+        }
+    }
+}
+
+/// A sequence of retry delays.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    initial: Duration,
+    max: Duration,
+    n: u32,
+}
+
+impl Backoff {
+    /// The next delay (and the one after it doubles, up to `max`).
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self
+            .initial
+            .saturating_mul(1u32 << self.n.min(16))
+            .min(self.max);
+        self.n = self.n.saturating_add(1);
+        d.mul_f64(rand::random_range(0.5..=1.0))
+    }
+
+    /// Starts over from `initial` (after a success).
+    pub fn reset(&mut self) {
+        self.n = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_double_with_jitter_up_to_the_cap() {
+        let mut b = BackoffConfig::new(Dur::millis(100), Dur::millis(500)).start();
+        let bounds = [(50, 100), (100, 200), (200, 400), (250, 500), (250, 500)];
+        for (lo, hi) in bounds {
+            let d = b.next_delay().as_millis() as u64;
+            assert!((lo..=hi).contains(&d), "{d} not in [{lo}, {hi}]");
+        }
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+}
