@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::io::{Read, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -12,24 +11,7 @@ use fake_apiserver::{Failure, FakeApiServer, Op, sample_event};
 use support::*;
 
 fn get(port: u16, path: &str) -> (u16, String) {
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return (0, String::new());
-    };
-    let _ = write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    );
-    let mut text = String::new();
-    let _ = s.read_to_string(&mut text);
-    let code = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (
-        code,
-        text.split("\r\n\r\n").nth(1).unwrap_or("").to_string(),
-    )
+    http(port, "GET", path)
 }
 
 fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
@@ -249,29 +231,7 @@ fn a_sink_that_cannot_reach_its_target_makes_the_process_not_ready() {
     assert!(body.contains("stage `hook`: failing for"), "{body}");
     // The receiver comes up: deliveries succeed, the process is ready again.
     let l = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind the receiver");
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for stream in l.incoming() {
-            let Ok(mut s) = stream else { continue };
-            let mut reader = std::io::BufReader::new(s.try_clone().expect("clone"));
-            let mut len = 0usize;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap_or(0);
-                }
-            }
-            let mut body = vec![0u8; len];
-            let _ = std::io::Read::read_exact(&mut reader, &mut body);
-            let _ = write!(
-                s,
-                "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
-            );
-        }
-    });
+    serve_receiver(l, 0);
     wait_until("ready again", Duration::from_secs(10), || {
         get(api, "/readyz").0 == 200
     });

@@ -3,21 +3,12 @@
 
 mod support;
 
-use std::io::{Read, Write};
 use std::time::Duration;
 
 use support::*;
 
 fn scrape(port: u16) -> String {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send");
-    let mut text = String::new();
-    s.read_to_string(&mut text).expect("read");
-    text.split("\r\n\r\n").nth(1).unwrap_or("").to_string()
+    http(port, "GET", "/metrics").1
 }
 
 fn value(body: &str, series: &str) -> f64 {
@@ -27,45 +18,10 @@ fn value(body: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// A minimal HTTP receiver: answers 500 to the first `failures` requests, then 200.
-fn flaky_receiver(failures: usize) -> String {
-    use std::io::BufRead;
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let url = format!("http://{}/hook", l.local_addr().expect("addr"));
-    std::thread::spawn(move || {
-        for (n, stream) in l.incoming().enumerate() {
-            let Ok(mut s) = stream else { continue };
-            let mut reader = std::io::BufReader::new(s.try_clone().expect("clone"));
-            let mut len = 0usize;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap_or(0);
-                }
-            }
-            let mut body = vec![0u8; len];
-            let _ = std::io::Read::read_exact(&mut reader, &mut body);
-            let status = if n < failures {
-                "500 Internal Server Error"
-            } else {
-                "200 OK"
-            };
-            let _ = write!(
-                s,
-                "HTTP/1.1 {status}\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
-            );
-        }
-    });
-    url
-}
-
 #[test]
 fn counters_match_a_known_run_and_promtool_accepts_the_output() {
     let dir = tempfile::tempdir().expect("tmp");
-    let hook = flaky_receiver(2);
+    let hook = receiver(2);
     // A fake API server with two Events, for the kube_events source.
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let fake = rt

@@ -2,7 +2,6 @@
 
 mod support;
 
-use std::io::{Read, Write};
 use std::path::Path;
 use std::time::Duration;
 
@@ -113,20 +112,6 @@ fn an_unchanged_dedup_keeps_its_cache_while_its_neighbour_changes() {
     assert_eq!(r.next_event()["uid"], "uid-2");
     r.no_event_within(Duration::from_millis(300));
     assert!(r.stop().0.success());
-}
-
-fn http(port: u16, method: &str, path: &str) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").expect("send");
-    let mut text = String::new();
-    s.read_to_string(&mut text).expect("read");
-    let code = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-    (code, body)
 }
 
 /// Waits until a metric has the expected value (the log line of a reload can be read before
