@@ -4,8 +4,10 @@
 //!   sink, against a baseline of bare `serde_json` decoding of the same lines into the same
 //!   type, measured in the same run. The ratio is printed at the end.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+mod common;
+use common::record;
+
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group};
@@ -17,16 +19,6 @@ use eventflow::stages::file::FileConfig;
 use eventflow::testkit::{
     ChannelSource, CountingSink, PipelineBuilder, event, filter, source_filter_sink,
 };
-
-static RESULTS: Mutex<BTreeMap<&'static str, (u64, Duration)>> = Mutex::new(BTreeMap::new());
-
-fn record(name: &'static str, events: u64, d: Duration) {
-    if let Ok(mut r) = RESULTS.lock() {
-        let e = r.entry(name).or_insert((0, Duration::ZERO));
-        e.0 += events;
-        e.1 += d;
-    }
-}
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -222,30 +214,19 @@ criterion_group!(benches, overhead, decode);
 fn main() {
     benches();
     Criterion::default().configure_from_args().final_summary();
-    let r = RESULTS.lock().map(|r| r.clone()).unwrap_or_default();
-    if r.is_empty() {
-        return;
-    }
-    println!("\n== eventflow engine benchmark summary (one core) ==");
-    let rate = |(n, d): (u64, Duration)| n as f64 / d.as_secs_f64();
-    for (name, v) in &r {
-        println!("{name:<58} {:>12.0} events/s", rate(*v));
-    }
-    if let (Some(on), Some(off)) = (
-        r.get("metrics on (Prometheus recorder)"),
-        r.get("metrics off (same run)"),
-    ) {
-        println!(
-            "ratio metrics on / metrics off: {:.2}",
-            rate(*on) / rate(*off)
-        );
-    }
-    let base = r.get("bare serde_json into WireEvent (baseline)").copied();
-    let file = r.get("file source -> filter -> counting sink").copied();
-    if let (Some(b), Some(f)) = (base, file) {
-        println!(
-            "ratio file pipeline / bare serde_json: {:.2}",
-            rate(f) / rate(b)
-        );
-    }
+    common::summary(
+        "engine (one core)",
+        &[
+            common::ratio(
+                "metrics on / metrics off",
+                "metrics on (Prometheus recorder)",
+                "metrics off (same run)",
+            ),
+            common::ratio(
+                "file pipeline / bare serde_json",
+                "file source -> filter -> counting sink",
+                "bare serde_json into WireEvent (baseline)",
+            ),
+        ],
+    );
 }

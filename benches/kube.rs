@@ -9,8 +9,10 @@
 //! (mimalloc). The source is timed from the moment its pipeline runs (client built, checkpoint
 //! database open). The ratio is printed at the end.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+mod common;
+use common::record;
+
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group};
@@ -23,20 +25,6 @@ use futures::StreamExt;
 use kube::runtime::watcher;
 
 const N: usize = 20_000;
-
-// The allocator of the `eventflow` binary, for both sides.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-static RESULTS: Mutex<BTreeMap<&'static str, (u64, Duration)>> = Mutex::new(BTreeMap::new());
-
-fn record(name: &'static str, events: u64, d: Duration) {
-    if let Ok(mut r) = RESULTS.lock() {
-        let e = r.entry(name).or_insert((0, Duration::ZERO));
-        e.0 += events;
-        e.1 += d;
-    }
-}
 
 struct Setup {
     fake: FakeApiServer,
@@ -165,19 +153,12 @@ fn main() {
     criterion::Criterion::default()
         .configure_from_args()
         .final_summary();
-    let r = RESULTS.lock().map(|r| r.clone()).unwrap_or_default();
-    let rate = |(n, d): (u64, Duration)| n as f64 / d.as_secs_f64();
-    println!("\n== eventflow kube_events benchmark summary ({N} Events listed over HTTP) ==");
-    for (name, v) in &r {
-        println!("{name:<44} {:>12.0} events/s", rate(*v));
-    }
-    if let (Some(a), Some(b)) = (
-        r.get("kube_events source -> counting sink"),
-        r.get("bare kube::runtime::watcher"),
-    ) {
-        println!(
-            "ratio kube_events source / bare watcher: {:.2}",
-            rate(*a) / rate(*b)
-        );
-    }
+    common::summary(
+        &format!("kube_events ({N} Events listed over HTTP)"),
+        &[common::ratio(
+            "kube_events source / bare watcher",
+            "kube_events source -> counting sink",
+            "bare kube::runtime::watcher",
+        )],
+    );
 }

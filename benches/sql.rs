@@ -5,8 +5,10 @@
 //! table (dropping and creating it is not timed), so both sides see the same table sizes.
 //! Ratios are printed at the end.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+mod common;
+use common::record;
+
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group};
@@ -14,16 +16,6 @@ use eventflow::config;
 use eventflow::event::{Event, EventData, Finalizers};
 use eventflow::stages::sql::db::{self, Db};
 use eventflow::stages::sql::{SqlConfig, SqlSink};
-
-static RESULTS: Mutex<BTreeMap<String, (u64, Duration)>> = Mutex::new(BTreeMap::new());
-
-fn record(name: String, events: u64, d: Duration) {
-    if let Ok(mut r) = RESULTS.lock() {
-        let e = r.entry(name).or_insert((0, Duration::ZERO));
-        e.0 += events;
-        e.1 += d;
-    }
-}
 
 const N: usize = 20_000;
 const BATCH: usize = 500;
@@ -228,20 +220,15 @@ criterion_group!(benches, sql);
 fn main() {
     benches();
     Criterion::default().configure_from_args().final_summary();
-    let r = RESULTS.lock().map(|r| r.clone()).unwrap_or_default();
-    if r.is_empty() {
-        return;
-    }
-    let rate = |(n, d): (u64, Duration)| n as f64 / d.as_secs_f64();
-    println!("\n== eventflow sql sink benchmark summary ==");
-    for (name, v) in &r {
-        println!("{name:<48} {:>10.0} events/s", rate(*v));
-    }
-    for b in ["sqlite", "postgres", "mysql"] {
-        let sink = r.get(&format!("{b} sql sink (batched upserts)"));
-        let base = r.get(&format!("{b} baseline: raw sqlx multi-row insert"));
-        if let (Some(s), Some(x)) = (sink, base) {
-            println!("ratio {b} sink / raw sqlx: {:.2}", rate(*s) / rate(*x));
-        }
-    }
+    let ratios: Vec<_> = ["sqlite", "postgres", "mysql"]
+        .iter()
+        .map(|b| {
+            common::ratio(
+                &format!("{b} sink / raw sqlx"),
+                &format!("{b} sql sink (batched upserts)"),
+                &format!("{b} baseline: raw sqlx multi-row insert"),
+            )
+        })
+        .collect();
+    common::summary("sql sink", &ratios);
 }

@@ -5,9 +5,11 @@
 //!
 //! Ratios are printed at the end.
 
-use std::collections::BTreeMap;
+mod common;
+use common::record;
+
 use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group};
@@ -18,16 +20,6 @@ use eventflow::stages::FunctionTransform;
 use eventflow::stages::aggregate::{AggregateConfig, Aggregator};
 use eventflow::stages::dedup::{Dedup, DedupConfig};
 use eventflow::stages::rate_limit::{RateLimit, RateLimitConfig};
-
-static RESULTS: Mutex<BTreeMap<&'static str, (u64, Duration)>> = Mutex::new(BTreeMap::new());
-
-fn record(name: &'static str, events: u64, d: Duration) {
-    if let Ok(mut r) = RESULTS.lock() {
-        let e = r.entry(name).or_insert((0, Duration::ZERO));
-        e.0 += events;
-        e.1 += d;
-    }
-}
 
 fn cfg<T: serde::de::DeserializeOwned>(yaml: &str) -> T {
     tree::from_node(&tree::parse(yaml).expect("yaml")).expect("config")
@@ -200,26 +192,19 @@ criterion_group!(benches, dedup, rate_limit, aggregate);
 fn main() {
     benches();
     Criterion::default().configure_from_args().final_summary();
-    let r = RESULTS.lock().map(|r| r.clone()).unwrap_or_default();
-    if r.is_empty() {
-        return;
-    }
-    let rate = |(n, d): (u64, Duration)| n as f64 / d.as_secs_f64();
-    println!("\n== eventflow keyed stages benchmark summary (one core) ==");
-    for (name, v) in &r {
-        println!("{name:<52} {:>12.0} events/s", rate(*v));
-    }
-    let ratio = |a: &str, b: &str| Some(rate(*r.get(a)?) / rate(*r.get(b)?));
-    if let Some(x) = ratio(
-        "dedup stage (100k live keys)",
-        "dedup baseline: moka entry_by_ref().or_insert()",
-    ) {
-        println!("ratio dedup stage / bare moka: {x:.2}");
-    }
-    if let Some(x) = ratio(
-        "rate_limit stage (100k keys)",
-        "rate_limit baseline: governor check_key",
-    ) {
-        println!("ratio rate_limit stage / bare governor: {x:.2}");
-    }
+    common::summary(
+        "keyed stages (one core)",
+        &[
+            common::ratio(
+                "dedup stage / bare moka",
+                "dedup stage (100k live keys)",
+                "dedup baseline: moka entry_by_ref().or_insert()",
+            ),
+            common::ratio(
+                "rate_limit stage / bare governor",
+                "rate_limit stage (100k keys)",
+                "rate_limit baseline: governor check_key",
+            ),
+        ],
+    );
 }

@@ -4,9 +4,11 @@
 //! - one event per request (2,000 events);
 //! - 100 events per request (the seed's batch body; 100,000 events).
 
-use std::collections::BTreeMap;
+mod common;
+use common::record;
+
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group};
@@ -15,19 +17,6 @@ use eventflow::event::{Event, EventData, Finalizers};
 use eventflow::stages::StageKind;
 use eventflow::stages::webhook::{WebhookConfig, body};
 use eventflow::testkit::{ChannelSource, PipelineBuilder};
-
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-static RESULTS: Mutex<BTreeMap<String, (u64, Duration)>> = Mutex::new(BTreeMap::new());
-
-fn record(name: String, events: u64, d: Duration) {
-    if let Ok(mut r) = RESULTS.lock() {
-        let e = r.entry(name).or_insert((0, Duration::ZERO));
-        e.0 += events;
-        e.1 += d;
-    }
-}
 
 fn data(i: usize) -> EventData {
     EventData {
@@ -161,23 +150,15 @@ fn main() {
     criterion::Criterion::default()
         .configure_from_args()
         .final_summary();
-    let r = RESULTS.lock().map(|r| r.clone()).unwrap_or_default();
-    let rate = |(n, d): (u64, Duration)| n as f64 / d.as_secs_f64();
-    println!(
-        "\n== eventflow webhook benchmark summary (sequential requests to a local receiver) =="
-    );
-    for (name, v) in &r {
-        println!("{name:<40} {:>12.0} events/s", rate(*v));
-    }
-    for per in [1, 100] {
-        if let (Some(a), Some(b)) = (
-            r.get(&format!("webhook sink, {per} per request")),
-            r.get(&format!("bare reqwest, {per} per request")),
-        ) {
-            println!(
-                "ratio webhook sink / bare reqwest, {per} per request: {:.2}",
-                rate(*a) / rate(*b)
-            );
-        }
-    }
+    let ratios: Vec<_> = [1, 100]
+        .iter()
+        .map(|per| {
+            common::ratio(
+                &format!("webhook sink / bare reqwest, {per} per request"),
+                &format!("webhook sink, {per} per request"),
+                &format!("bare reqwest, {per} per request"),
+            )
+        })
+        .collect();
+    common::summary("webhook (sequential requests to a local receiver)", &ratios);
 }
