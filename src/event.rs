@@ -15,7 +15,7 @@ use serde_json::value::RawValue;
 use crate::engine::ack::{Finalizer, Status};
 
 /// The Kubernetes API an event was read through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum ApiVersion {
     #[default]
     #[serde(rename = "v1")]
@@ -25,7 +25,8 @@ pub enum ApiVersion {
 }
 
 /// A Kubernetes Event, normalized. Missing strings are empty, never absent.
-#[derive(Debug, Clone, Serialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
 pub struct EventData {
     /// The source's cluster name.
     pub cluster: Arc<str>,
@@ -63,10 +64,10 @@ pub struct EventData {
 }
 
 /// What a summary event stands for.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Summary {
-    /// `aggregate` or `rate_limit`.
-    pub by: &'static str,
+    /// The stage type that wrote it.
+    pub by: SummaryBy,
     /// How many events (updates) it stands for.
     pub events: u64,
     /// The sum of the count increases of those events (occurrences in Kubernetes' terms).
@@ -80,6 +81,14 @@ pub struct Summary {
     pub samples: Vec<String>,
     /// A one-line description, e.g. "BackOff x37 on shop/Pod/web-7d4b9c in the last 10m".
     pub text: String,
+}
+
+/// The stage types that write summary events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SummaryBy {
+    Aggregate,
+    RateLimit,
 }
 
 /// The fields that filters, keys and templates can name.
@@ -503,9 +512,60 @@ pub fn to_json(e: &EventData, with_raw: bool) -> serde_json::Result<String> {
     }
 }
 
+/// An event as kept in a durable queue or a dead-letter table: its fields and its `raw` text.
+#[derive(Serialize, Deserialize)]
+struct Stored<'a> {
+    event: Cow<'a, EventData>,
+    #[serde(borrow)]
+    raw: Option<&'a RawValue>,
+}
+
+/// Serializes an event for storage; [`from_stored`] gives it back, `raw` included.
+pub fn to_stored(e: &EventData) -> serde_json::Result<String> {
+    let raw = e
+        .raw
+        .as_deref()
+        .and_then(|r| serde_json::from_str::<&RawValue>(r).ok());
+    serde_json::to_string(&Stored {
+        event: Cow::Borrowed(e),
+        raw,
+    })
+}
+
+/// Reads an event written by [`to_stored`].
+pub fn from_stored(text: &str) -> serde_json::Result<EventData> {
+    let s: Stored = serde_json::from_str(text)?;
+    let mut e = s.event.into_owned();
+    e.raw = s.raw.map(|r| r.get().into());
+    Ok(e)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_events_round_trip_with_raw_and_summary() {
+        let j = r#"{"apiVersion":"v1","kind":"Event","metadata":{"name":"web.1","namespace":"shop","uid":"u9","resourceVersion":"7"},
+            "involvedObject":{"kind":"Pod","name":"web"},"reason":"BackOff","message":"quote \" and ✓","type":"Warning","count":4,
+            "lastTimestamp":"2024-05-01T10:09:42Z"}"#;
+        let mut e = decode(j, &cluster()).unwrap();
+        e.summary = Some(Arc::new(Summary {
+            by: SummaryBy::Aggregate,
+            events: 3,
+            occurrences: 9,
+            window: "10m".into(),
+            first_seen: None,
+            last_seen: e.last_seen,
+            samples: vec!["a".into()],
+            text: "BackOff x9".into(),
+        }));
+        let back = from_stored(&to_stored(&e).unwrap()).unwrap();
+        assert_eq!(to_json(&back, true).unwrap(), to_json(&e, true).unwrap());
+        assert_eq!(back.raw.as_deref(), Some(j.trim()));
+        let bogus = to_stored(&e).unwrap().replace("\"aggregate\"", "\"bogus\"");
+        assert!(from_stored(&bogus).is_err());
+    }
 
     fn cluster() -> Arc<str> {
         Arc::from("test")

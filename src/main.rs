@@ -73,6 +73,40 @@ enum Command {
         #[arg(long, value_enum, default_value_t = GraphFormat::Mermaid)]
         format: GraphFormat,
     },
+    /// Inspect, re-send or delete the deliveries durable webhooks gave up on (kept in the
+    /// pipeline's `state` database).
+    DeadLetter {
+        #[command(subcommand)]
+        action: DeadLetterAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeadLetterAction {
+    /// List the dead letters, oldest first.
+    List {
+        pipeline: PathBuf,
+        /// Only those of this webhook stage.
+        #[arg(long)]
+        stage: Option<String>,
+    },
+    /// Print one dead letter as JSON, with its events.
+    Show { pipeline: PathBuf, id: i64 },
+    /// Send dead letters again with the stage's current settings; delivered ones are deleted,
+    /// failed ones stay with the new reason. Exit 1 if any failed.
+    Resend {
+        pipeline: PathBuf,
+        /// The ids to send (all, or all of --stage, when none are given).
+        ids: Vec<i64>,
+        #[arg(long)]
+        stage: Option<String>,
+    },
+    /// Delete dead letters without sending them.
+    Delete {
+        pipeline: PathBuf,
+        #[arg(required = true)]
+        ids: Vec<i64>,
+    },
 }
 
 /// The pipeline `eventflow run` runs without a file.
@@ -207,6 +241,65 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                 GraphFormat::Dot => print!("{}", graph::dot(&p.stages)),
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::DeadLetter { action } => dead_letter(action),
+    }
+}
+
+fn dead_letter(action: DeadLetterAction) -> anyhow::Result<ExitCode> {
+    use eventflow::stages::webhook::dead_letter as dl;
+    let path = match &action {
+        DeadLetterAction::List { pipeline, .. }
+        | DeadLetterAction::Show { pipeline, .. }
+        | DeadLetterAction::Resend { pipeline, .. }
+        | DeadLetterAction::Delete { pipeline, .. } => pipeline,
+    };
+    let p = match config::load_file(path) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let result = rt.block_on(async {
+        match &action {
+            DeadLetterAction::List { stage, .. } => {
+                dl::list(&p, stage.as_deref()).await.map(|t| (t, true))
+            }
+            DeadLetterAction::Show { id, .. } => dl::show(&p, *id).await.map(|t| (t + "\n", true)),
+            DeadLetterAction::Resend { ids, stage, .. } => {
+                dl::resend(&p, stage.as_deref(), ids).await.map(|r| {
+                    let ok = r.failed == 0;
+                    (
+                        format!(
+                            "{}{} delivered, {} failed\n",
+                            r.report, r.delivered, r.failed
+                        ),
+                        ok,
+                    )
+                })
+            }
+            DeadLetterAction::Delete { ids, .. } => dl::delete(&p, ids).await.map(|n| {
+                (
+                    format!("{n} dead letters deleted\n"),
+                    n as usize == ids.len(),
+                )
+            }),
+        }
+    });
+    match result {
+        Ok((text, ok)) => {
+            print!("{text}");
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::FAILURE)
         }
     }
 }

@@ -245,6 +245,8 @@ pub fn kube_checkpoint_evicted(stage: &str) -> Counter {
 pub const WEBHOOK_REQUESTS: &str = "eventflow_webhook_requests_total";
 pub const WEBHOOK_SECONDS: &str = "eventflow_webhook_request_seconds";
 pub const WEBHOOK_RETRIES: &str = "eventflow_webhook_retries_total";
+pub const WEBHOOK_QUEUED: &str = "eventflow_webhook_queued_events";
+pub const WEBHOOK_DEAD_LETTERS: &str = "eventflow_webhook_dead_lettered_events_total";
 
 /// Descriptions of the webhook metrics.
 pub fn describe_webhook() {
@@ -263,12 +265,32 @@ pub fn describe_webhook() {
         Unit::Count,
         "Webhook requests retried after a retryable failure."
     );
+    describe_gauge!(
+        WEBHOOK_QUEUED,
+        Unit::Count,
+        "Events in a durable webhook queue (state database), accepted and not yet delivered."
+    );
+    describe_counter!(
+        WEBHOOK_DEAD_LETTERS,
+        Unit::Count,
+        "Events a durable webhook moved to its dead-letter table (see `eventflow dead-letter`)."
+    );
 }
 
 pub fn webhook_request(stage: &str, class: &'static str, seconds: f64) {
     metrics::counter!(WEBHOOK_REQUESTS, "stage" => stage.to_string(), "status_class" => class)
         .increment(1);
     metrics::histogram!(WEBHOOK_SECONDS, "stage" => stage.to_string()).record(seconds);
+}
+
+/// Events in a durable webhook queue, not yet delivered.
+pub fn webhook_queued(stage: &str) -> Gauge {
+    metrics::gauge!(WEBHOOK_QUEUED, "stage" => stage.to_string())
+}
+
+/// Events moved to the dead-letter table.
+pub fn webhook_dead_lettered(stage: &str) -> Counter {
+    metrics::counter!(WEBHOOK_DEAD_LETTERS, "stage" => stage.to_string())
 }
 
 pub fn webhook_retry(stage: &str) {

@@ -569,3 +569,93 @@ fn kill_9_mid_stream_loses_no_committed_row_and_a_replay_completes_the_table() {
         );
     }
 }
+
+/// The durable webhook's tables in the `state` database, on every backend: queue in order,
+/// batches pinned, delivered rows removed, a failed batch moved to the dead letters in one
+/// step, and dead letters read back with their events intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_queue_and_dead_letters_on_every_backend() {
+    use eventflow::event::{Event, Finalizers};
+    use eventflow::stages::webhook::queue::Store;
+    for b in backends("webhook_queue_and_dead_letters_on_every_backend") {
+        let sink = format!("hook_{}", rand_suffix());
+        let store = Store::open(&b.url).await.expect("open");
+        // Opening again (tables and index exist) is fine.
+        Store::open(&b.url).await.expect("open again").close().await;
+        let events: Vec<Event> = (0..5)
+            .map(|i| {
+                let mut e = event(&format!("q{i}"));
+                e.message = format!("quote \" and ✓ {i}");
+                Event::new(e, Finalizers::None)
+            })
+            .collect();
+        store.push(&sink, &events).await.expect("push");
+        assert_eq!(store.count(&sink).await.expect("count"), 5, "{}", b.name);
+        let head = store.head(&sink, 0, 3).await.expect("head");
+        assert_eq!(head.len(), 3, "{}", b.name);
+        assert!(head.windows(2).all(|w| w[0].id < w[1].id), "{}", b.name);
+        let e0 = eventflow::event::from_stored(&head[0].event).expect("decode");
+        assert_eq!(
+            (e0.uid.as_str(), e0.message.as_str()),
+            ("q0", "quote \" and ✓ 0")
+        );
+        store.pin(&sink, head[0].id, head[2].id).await.expect("pin");
+        let pinned = store.head(&sink, 0, 5).await.expect("head");
+        assert_eq!(
+            pinned.iter().map(|p| p.batch).collect::<Vec<_>>(),
+            [
+                Some(head[0].id),
+                Some(head[0].id),
+                Some(head[0].id),
+                None,
+                None
+            ],
+            "{}",
+            b.name
+        );
+        let after = store.head(&sink, head[2].id, 10).await.expect("head");
+        assert_eq!(after.len(), 2, "{}: rows after the cursor", b.name);
+        store
+            .remove(&sink, &[head[0].id, head[1].id])
+            .await
+            .expect("remove");
+        assert_eq!(store.count(&sink).await.expect("count"), 3, "{}", b.name);
+        let rest = store.head(&sink, 0, 10).await.expect("head");
+        store
+            .bury(&sink, &rest, "abc123", 4, "HTTP 500: down")
+            .await
+            .expect("bury");
+        assert_eq!(store.count(&sink).await.expect("count"), 0, "{}", b.name);
+        let dead = store.dead_letters(Some(&sink), &[]).await.expect("dead");
+        assert_eq!(dead.len(), 1, "{}", b.name);
+        let uids: Vec<String> = dead[0]
+            .decode_events()
+            .expect("events")
+            .into_iter()
+            .map(|e| e.uid)
+            .collect();
+        assert_eq!(uids, ["q2", "q3", "q4"], "{}", b.name);
+        assert_eq!(
+            (dead[0].attempts, dead[0].delivery_id.as_str()),
+            (4, "abc123")
+        );
+        store
+            .retried(dead[0].id, 6, "HTTP 503")
+            .await
+            .expect("retried");
+        let again = store.dead_letters(None, &[dead[0].id]).await.expect("dead");
+        assert_eq!(
+            (again[0].attempts, again[0].reason.as_str()),
+            (6, "HTTP 503")
+        );
+        assert_eq!(store.forget_dead(&[dead[0].id]).await.expect("forget"), 1);
+        assert!(
+            store
+                .dead_letters(Some(&sink), &[])
+                .await
+                .expect("dead")
+                .is_empty()
+        );
+        store.close().await;
+    }
+}

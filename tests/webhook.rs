@@ -1,9 +1,15 @@
 //! The webhook sink against a real local HTTP receiver (axum on 127.0.0.1) that records
 //! requests and injects faults: retries with backoff, Retry-After, permanent 4xx, timeouts,
-//! batching by count and by time, the idempotency header, a receiver that comes up late.
+//! batching by count and by time, the idempotency header, a receiver that comes up late,
+//! requests in flight at once, and the durable queue: events accepted while the receiver is
+//! down, kept across a restart, bounded (back-pressure), and dead letters inspected and re-sent
+//! with the `eventflow dead-letter` command.
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -40,6 +46,10 @@ struct Answer {
 struct Receiver {
     got: Arc<Mutex<Vec<Got>>>,
     answers: Arc<Mutex<VecDeque<Answer>>>,
+    /// Every answer waits this long (after any injected answer's own delay).
+    delay: Arc<Mutex<Duration>>,
+    active: Arc<AtomicUsize>,
+    peak: Arc<AtomicUsize>,
 }
 
 impl Receiver {
@@ -71,10 +81,15 @@ async fn receive(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let now = r.active.fetch_add(1, Ordering::SeqCst) + 1;
+    r.peak.fetch_max(now, Ordering::SeqCst);
     let answer = r.answers.lock().unwrap().pop_front();
     if let Some(a) = &answer {
         tokio::time::sleep(a.delay).await;
     }
+    let delay = *r.delay.lock().unwrap();
+    tokio::time::sleep(delay).await;
+    r.active.fetch_sub(1, Ordering::SeqCst);
     r.got.lock().unwrap().push(Got {
         at: Instant::now(),
         query: uri.query().unwrap_or_default().to_string(),
@@ -114,13 +129,17 @@ async fn receiver() -> (Receiver, String) {
 }
 
 async fn pipeline(url: &str, extra: Value) -> (Topology, Feeder) {
+    pipeline_with_state(url, extra, None).await
+}
+
+async fn pipeline_with_state(url: &str, extra: Value, state: Option<&str>) -> (Topology, Feeder) {
     let mut v = json!({"url": url, "backoff": {"initial": "100ms", "max": "1s"}});
     if let (Some(m), Some(e)) = (v.as_object_mut(), extra.as_object()) {
         m.extend(e.clone());
     }
     let cfg: WebhookConfig = serde_json::from_value(v).unwrap();
     let (src, feed) = ChannelSource::new(4);
-    let p = PipelineBuilder::new()
+    let mut b = PipelineBuilder::new()
         .stage("src", "channel", StageKind::Source, &[], Arc::new(src), 0)
         .stage(
             "hook",
@@ -129,9 +148,11 @@ async fn pipeline(url: &str, extra: Value) -> (Topology, Feeder) {
             &["src"],
             Arc::new(cfg),
             0,
-        )
-        .build();
-    (Topology::start(p).await.unwrap(), feed)
+        );
+    if let Some(url) = state {
+        b = b.state(url);
+    }
+    (Topology::start(b.build()).await.unwrap(), feed)
 }
 
 fn versioned(uid: &str, rv: &str) -> eventflow::event::EventData {
@@ -351,4 +372,284 @@ fn a_template_syntax_error_is_a_load_error_with_its_position() {
     assert!(err.contains("p.yaml:10:"), "{err}");
     assert!(err.contains("stage `hook`, field `template`"), "{err}");
     assert!(err.contains("template line 1"), "{err}");
+}
+
+/// A `state` database in a temporary directory, and a receiver URL with nothing listening yet
+/// on its port.
+fn down() -> (tempfile::TempDir, String, u16, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let state = format!("sqlite://{}", dir.path().join("state.db").display());
+    let port = closed_port();
+    (dir, state, port, format!("http://127.0.0.1:{port}/hook"))
+}
+
+/// A port with nothing listening (yet).
+fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+async fn receiver_on(port: u16) -> Receiver {
+    let r = Receiver::default();
+    let l = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    serve_on(l, r.clone()).await;
+    r
+}
+
+async fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn queued(state: &str) -> u64 {
+    let store = eventflow::stages::webhook::queue::Store::open(state)
+        .await
+        .unwrap();
+    let n = store.count("hook").await.unwrap();
+    store.close().await;
+    n
+}
+
+/// Waits until the queue is empty: its rows were delivered (or dead-lettered) and removed.
+async fn queue_empties(state: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while queued(state).await > 0 {
+        assert!(Instant::now() < deadline, "the queue did not empty");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn uids(got: &[Got]) -> Vec<String> {
+    got.iter()
+        .map(|g| g.body["uid"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+fn durable() -> Value {
+    json!({"durable": true, "retry_for": "1h", "backoff": {"initial": "50ms", "max": "200ms"}})
+}
+
+#[tokio::test]
+async fn requests_run_in_parallel_up_to_max_in_flight() {
+    let (r, url) = receiver().await;
+    *r.delay.lock().unwrap() = Duration::from_millis(300);
+    let (topo, feed) = pipeline(&url, json!({"max_in_flight": 4})).await;
+    let started = Instant::now();
+    let ack = feed
+        .send((0..8).map(|i| versioned(&format!("p{i}"), "1")).collect())
+        .await;
+    assert_eq!(ack.await.unwrap(), Status::Delivered);
+    let took = started.elapsed();
+    assert_eq!(r.got().len(), 8);
+    assert_eq!(
+        r.peak.load(Ordering::SeqCst),
+        4,
+        "at most 4 at once, and 4 used"
+    );
+    assert!(
+        took < Duration::from_millis(1500),
+        "8 requests of 300 ms, 4 at a time, took {took:?}"
+    );
+    topo.shutdown(Duration::from_secs(10)).await;
+}
+
+#[tokio::test]
+async fn durable_accepts_while_the_receiver_is_down_and_delivers_in_order_when_it_returns() {
+    let (_dir, state, port, url) = down();
+    let (topo, feed) = pipeline_with_state(&url, durable(), Some(&state)).await;
+    let sent: Vec<String> = (0..20).map(|i| format!("d{i:02}")).collect();
+    for uid in &sent {
+        let ack = feed.send(vec![versioned(uid, "1")]).await;
+        // Acknowledged once queued, although nothing can be delivered.
+        let status = tokio::time::timeout(Duration::from_secs(5), ack).await;
+        assert_eq!(status.unwrap().unwrap(), Status::Delivered);
+    }
+    assert_eq!(queued(&state).await, 20);
+    let r = receiver_on(port).await;
+    wait_for("all delivered", Duration::from_secs(10), || {
+        r.got().len() >= 20
+    })
+    .await;
+    assert_eq!(uids(&r.got()), sent, "each once, in order");
+    queue_empties(&state).await;
+    topo.shutdown(Duration::from_secs(10)).await;
+}
+
+#[tokio::test]
+async fn durable_deliveries_resume_after_a_restart_in_the_same_batches() {
+    let (_dir, state, port, url) = down();
+    let mut cfg = durable();
+    cfg["batch"] = json!({"max_events": 4, "max_wait": "50ms"});
+    let (topo, feed) = pipeline_with_state(&url, cfg.clone(), Some(&state)).await;
+    let ack = feed
+        .send((0..10).map(|i| versioned(&format!("r{i}"), "1")).collect())
+        .await;
+    assert_eq!(ack.await.unwrap(), Status::Delivered);
+    // Let the first batch be attempted (and pinned) against the closed port.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    topo.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(queued(&state).await, 10, "kept across the stop");
+
+    let r = receiver_on(port).await;
+    let (topo, _feed) = pipeline_with_state(&url, cfg, Some(&state)).await;
+    wait_for("the queued events", Duration::from_secs(10), || {
+        r.got()
+            .iter()
+            .map(|g| g.body["count"].as_u64().unwrap_or(0))
+            .sum::<u64>()
+            >= 10
+    })
+    .await;
+    let got = r.got();
+    let delivered: Vec<String> = got
+        .iter()
+        .flat_map(|g| g.body["events"].as_array().cloned().unwrap_or_default())
+        .map(|e| e["uid"].as_str().unwrap_or_default().to_string())
+        .collect();
+    let expected: Vec<String> = (0..10).map(|i| format!("r{i}")).collect();
+    assert_eq!(delivered, expected);
+    assert_eq!(got[0].body["count"], 4, "the pinned first batch");
+    let first: Vec<eventflow::event::Event> = (0..4)
+        .map(|i| {
+            eventflow::event::Event::new(
+                versioned(&format!("r{i}"), "1"),
+                eventflow::event::Finalizers::None,
+            )
+        })
+        .collect();
+    assert_eq!(
+        got[0].delivery_id,
+        eventflow::stages::webhook::delivery_id(&first),
+        "the id of those four events"
+    );
+    topo.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_full_durable_queue_holds_events_back_instead_of_dropping_them() {
+    let (_dir, state, port, url) = down();
+    let mut cfg = durable();
+    cfg["max_queued"] = json!(5);
+    let (topo, feed) = pipeline_with_state(&url, cfg, Some(&state)).await;
+    let acked = Arc::new(AtomicUsize::new(0));
+    let mut acks = Vec::new();
+    for i in 0..12 {
+        let feed = feed.clone();
+        let acked = acked.clone();
+        acks.push(tokio::spawn(async move {
+            let s = feed
+                .send(vec![versioned(&format!("b{i:02}"), "1")])
+                .await
+                .await;
+            acked.fetch_add(1, Ordering::SeqCst);
+            s.unwrap()
+        }));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(queued(&state).await, 5, "the bound holds");
+    assert_eq!(acked.load(Ordering::SeqCst), 5, "the rest wait upstream");
+    let r = receiver_on(port).await;
+    for a in acks {
+        assert_eq!(a.await.unwrap(), Status::Delivered);
+    }
+    wait_for("all twelve", Duration::from_secs(10), || {
+        r.got().len() >= 12
+    })
+    .await;
+    let mut got = uids(&r.got());
+    got.sort();
+    got.dedup();
+    assert_eq!(got.len(), 12);
+    topo.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_deliveries_go_to_dead_letters_that_the_cli_lists_shows_and_resends() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = format!("sqlite://{}", dir.path().join("state.db").display());
+    let (r, url) = receiver().await;
+    r.answer(400, None, Duration::ZERO);
+    // After the 400: only 500s, more than a 300 ms retry_for waits through.
+    for _ in 0..100 {
+        r.answer(500, None, Duration::ZERO);
+    }
+    let mut cfg = durable();
+    cfg["retry_for"] = json!("300ms");
+    let (topo, feed) = pipeline_with_state(&url, cfg, Some(&state)).await;
+    for uid in ["first", "second", "third"] {
+        let ack = feed.send(vec![versioned(uid, "1")]).await;
+        assert_eq!(ack.await.unwrap(), Status::Delivered, "queued");
+    }
+    queue_empties(&state).await;
+    topo.shutdown(Duration::from_secs(5)).await;
+    r.answers.lock().unwrap().clear();
+    let first_id = r.got()[0].delivery_id.clone();
+
+    let pipeline = support::write(
+        dir.path(),
+        "p.yaml",
+        &format!(
+            "state:\n  url: {state}\nstages:\n  src:\n    type: file\n    path: {}\n  hook:\n    type: webhook\n    inputs: [src]\n    url: {url}\n    durable: true\n",
+            dir.path().join("none.json").display()
+        ),
+    );
+    // The command runs while this runtime keeps serving the receiver.
+    let run = |args: &[&str]| {
+        let out = tokio::task::block_in_place(|| {
+            support::bin()
+                .arg("dead-letter")
+                .args(args)
+                .arg(&pipeline)
+                .output()
+                .unwrap()
+        });
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+    let (code, list) = run(&["list"]);
+    assert_eq!(code, Some(0), "{list}");
+    let lines: Vec<&str> = list.lines().collect();
+    assert_eq!(lines.len(), 4, "a header and three dead letters:\n{list}");
+    assert!(
+        lines[1].contains("hook") && lines[1].contains("HTTP 400"),
+        "{list}"
+    );
+    assert!(lines[2].contains("HTTP 500"), "out of retry time:\n{list}");
+    let attempts: u32 = lines[2].split_whitespace().nth(6).unwrap().parse().unwrap();
+    assert!(attempts > 1, "retried before giving up:\n{list}");
+    let id = lines[1].split_whitespace().next().unwrap().to_string();
+
+    let out = support::bin()
+        .args(["dead-letter", "show"])
+        .arg(&pipeline)
+        .arg(&id)
+        .output()
+        .unwrap();
+    let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["events"][0]["event"]["uid"], "first");
+    assert_eq!(
+        shown["events"][0]["event"]["message"],
+        "quote \" backslash \\ newline \n emoji 🚀"
+    );
+    assert_eq!(shown["delivery_id"], first_id.as_str());
+    assert_eq!(shown["attempts"], 1);
+    assert!(shown["reason"].as_str().unwrap().contains("HTTP 400"));
+
+    let before = r.got().len();
+    let (code, report) = run(&["resend"]);
+    assert_eq!(code, Some(0), "{report}");
+    assert!(report.contains("3 delivered, 0 failed"), "{report}");
+    let resent = &r.got()[before..];
+    assert_eq!(uids(resent), ["first", "second", "third"]);
+    assert_eq!(resent[0].delivery_id, first_id, "the same delivery id");
+    let (_, list) = run(&["list"]);
+    assert_eq!(list.trim(), "no dead letters");
 }

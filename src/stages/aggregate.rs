@@ -259,7 +259,7 @@ impl Aggregator {
         data.resource_version = g.last_rv;
         data.message = g.last_message;
         data.summary = Some(Arc::new(Summary {
-            by: "aggregate",
+            by: crate::event::SummaryBy::Aggregate,
             events: g.events,
             occurrences: g.occurrences,
             window: self.window_text.clone(),

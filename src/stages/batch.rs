@@ -4,19 +4,31 @@
 use std::future::Future;
 use std::time::Duration;
 
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use tokio::time::Instant;
 
 use super::Input;
 use crate::event::Event;
 
-/// Runs `write` on batches of at most `max` events, each sent at the latest `max_wait` after
-/// its first event arrived, until the input closes and everything has been written.
-pub async fn run_batched<F, Fut>(input: &mut Input, max: usize, max_wait: Duration, mut write: F)
-where
+/// Runs `write` on batches of at most `max` events, each started at the latest `max_wait`
+/// after its first event arrived, with at most `concurrency` writes running at once, until the
+/// input closes and every write has finished. While writes run, the input keeps being read
+/// into the next batch; once that batch is full, reading waits for a write to finish (so at
+/// most `concurrency + 1` batches are held).
+pub async fn run_batched<F, Fut>(
+    input: &mut Input,
+    max: usize,
+    max_wait: Duration,
+    concurrency: usize,
+    mut write: F,
+) where
     F: FnMut(Vec<Event>) -> Fut,
     Fut: Future<Output = ()>,
 {
     let max = max.max(1);
+    let concurrency = concurrency.max(1);
+    let mut running = FuturesUnordered::new();
     let mut buf: Vec<Event> = Vec::with_capacity(max.min(4096));
     let mut deadline: Option<Instant> = None;
     let mut open = true;
@@ -35,15 +47,20 @@ where
                     None => { open = false; continue; }
                 },
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {}
+                Some(()) = running.next(), if !running.is_empty() => continue,
             }
         }
         while !buf.is_empty()
             && (buf.len() >= max || !open || deadline.is_some_and(|d| d <= Instant::now()))
         {
+            while running.len() >= concurrency {
+                running.next().await;
+            }
             let rest = buf.split_off(buf.len().min(max));
             let batch = std::mem::replace(&mut buf, rest);
-            write(batch).await;
+            running.push(write(batch));
         }
         deadline = (!buf.is_empty()).then(|| Instant::now() + max_wait);
     }
+    while running.next().await.is_some() {}
 }

@@ -279,7 +279,7 @@ impl RateLimit {
         data.count = s.occurrences;
         data.last_seen = s.last_seen;
         data.summary = Some(Arc::new(Summary {
-            by: "rate_limit",
+            by: crate::event::SummaryBy::RateLimit,
             events: s.events,
             occurrences: s.occurrences,
             window: self.cfg.per.to_string(),
@@ -463,7 +463,7 @@ mod tests {
         r.release_summaries(false, &mut out);
         assert_eq!(out.len(), 1);
         let s = out[0].summary.as_deref().unwrap();
-        assert_eq!((s.events, s.by), (4, "rate_limit"));
+        assert_eq!((s.events, s.by), (4, crate::event::SummaryBy::RateLimit));
         assert_eq!(s.samples, vec!["m1", "m0"]);
         assert!(
             s.text

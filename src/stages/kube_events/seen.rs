@@ -341,7 +341,7 @@ impl Checkpoint {
                     r.last_seen.into(),
                 ]);
             }
-            stmts.push(self.db.build_insert(&q));
+            stmts.push(self.db.build(&q));
         }
         self.db.execute_in_tx(stmts).await.map(|_| ())
     }
@@ -359,7 +359,7 @@ impl Checkpoint {
                     .and_where(Expr::col(Alias::new("source")).eq(self.source.clone()))
                     .and_where(Expr::col(Alias::new("uid")).is_in(chunk.iter().cloned()))
                     .to_owned();
-                self.db.build_delete(&q)
+                self.db.build(&q)
             })
             .collect();
         self.db.execute_in_tx(stmts).await.map(|_| ())

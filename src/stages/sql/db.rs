@@ -70,7 +70,9 @@ fn classify(e: sqlx::Error) -> DbError {
                 || code == "40P01";
             // MySQL/MariaDB: lock wait, deadlock, gone away, lost connection, too many
             // connections, shutdown, killed; and a generic HY000 about a connection.
-            let mysql = ["1205", "1213", "2006", "2013", "1040", "1053", "1927"].contains(&code)
+            // (sqlx's `code()` is the SQLSTATE there; the server's error number is separate.)
+            let mysql = mysql_error_number(db.as_ref())
+                .is_some_and(|n| [1205, 1213, 2006, 2013, 1040, 1053, 1927].contains(&n))
                 || (code == "HY000" && db.message().to_lowercase().contains("connection"));
             // SQLite: busy, locked.
             let sqlite = code == "5" || code == "6";
@@ -83,6 +85,12 @@ fn classify(e: sqlx::Error) -> DbError {
     } else {
         DbError::Permanent(e)
     }
+}
+
+/// The MySQL/MariaDB server error number of a database error (None on other backends).
+pub fn mysql_error_number(e: &dyn sqlx::error::DatabaseError) -> Option<u16> {
+    e.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+        .map(|m| m.number())
 }
 
 /// Checks that a table name is a plain SQL identifier.
@@ -280,10 +288,8 @@ impl Db {
         Ok(rows.into_iter().map(|c| c.to_lowercase()).collect())
     }
 
-    pub(crate) fn build_insert(
-        &self,
-        q: &sea_query::InsertStatement,
-    ) -> (String, sea_query_sqlx::SqlxValues) {
+    /// A sea-query statement as SQL for this backend, with its bound values.
+    pub(crate) fn build<Q: SqlxBinder>(&self, q: &Q) -> (String, sea_query_sqlx::SqlxValues) {
         match self.backend() {
             Backend::Sqlite => q.build_sqlx(SqliteQueryBuilder),
             Backend::Postgres => q.build_sqlx(PostgresQueryBuilder),
@@ -291,15 +297,31 @@ impl Db {
         }
     }
 
-    pub(crate) fn build_delete(
+    /// Runs a query built by [`Db::build`] and decodes its rows.
+    pub(crate) async fn fetch_all<T>(
         &self,
-        q: &sea_query::DeleteStatement,
-    ) -> (String, sea_query_sqlx::SqlxValues) {
-        match self.backend() {
-            Backend::Sqlite => q.build_sqlx(SqliteQueryBuilder),
-            Backend::Postgres => q.build_sqlx(PostgresQueryBuilder),
-            Backend::MySql => q.build_sqlx(MysqlQueryBuilder),
+        (sql, values): (String, sea_query_sqlx::SqlxValues),
+    ) -> Result<Vec<T>, DbError>
+    where
+        T: Send
+            + Unpin
+            + for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>
+            + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
+            + for<'r> sqlx::FromRow<'r, sqlx::mysql::MySqlRow>,
+    {
+        macro_rules! fetch {
+            ($pool:expr) => {
+                sqlx::query_as_with(AssertSqlSafe(sql), values)
+                    .fetch_all($pool)
+                    .await
+            };
         }
+        match self {
+            Db::Sqlite(p) => fetch!(p),
+            Db::Postgres(p) => fetch!(p),
+            Db::MySql(p) => fetch!(p),
+        }
+        .map_err(classify)
     }
 
     pub(crate) fn schema_sql(&self, t: &sea_query::TableCreateStatement) -> String {
@@ -571,9 +593,7 @@ async fn record_version(db: &Db, table: &str) -> Result<(), DbError> {
                 .to_owned(),
         )
         .to_owned();
-    db.execute_in_tx(vec![db.build_insert(&q)])
-        .await
-        .map(|_| ())
+    db.execute_in_tx(vec![db.build(&q)]).await.map(|_| ())
 }
 
 /// The columns an upsert writes, in order (the seed's `processed` and `attempts` keep their
@@ -741,7 +761,7 @@ pub async fn delete_older(
             )
             .to_owned(),
     };
-    db.execute_in_tx(vec![db.build_delete(&q)]).await
+    db.execute_in_tx(vec![db.build(&q)]).await
 }
 
 #[cfg(test)]

@@ -309,7 +309,7 @@ impl Sink for SqlSink {
             let this = &self;
             let processing = &cx.metrics.processing;
             let latency = &crate::metrics::latency(&cx.metrics.id, cx.metrics.type_name);
-            super::batch::run_batched(&mut cx.input, max, max_wait, |batch| async move {
+            super::batch::run_batched(&mut cx.input, max, max_wait, 1, |batch| async move {
                 let started = Instant::now();
                 let statuses = this.write(&batch).await;
                 processing.record(started.elapsed().as_secs_f64());

@@ -1,11 +1,16 @@
 //! `webhook`: posts events to an HTTP endpoint.
 //!
-//! Delivery rules: connection errors, timeouts, 408, 429 and 5xx are retried `retries` times
-//! with exponential backoff and jitter, honouring `Retry-After` (seconds or an HTTP date);
-//! other 4xx are permanent. A delivery that is permanent or out of retries is logged with the
-//! events' keys and the reason, counted (`eventflow_events_discarded_total{reason=
-//! "webhook_failed"}`), and its events are acknowledged as rejected. Events are acknowledged
-//! only after the receiver answered 2xx (or the delivery failed for good).
+//! Delivery rules: connection errors, timeouts, 408, 429 and 5xx are retried with exponential
+//! backoff and jitter, honouring `Retry-After` (seconds or an HTTP date); other 4xx are
+//! permanent. A delivery that is permanent or out of retries is logged with the events' keys
+//! and the reason and counted (`eventflow_events_discarded_total{reason="webhook_failed"}`);
+//! its events are acknowledged as rejected. Events are acknowledged only after the receiver
+//! answered 2xx (or the delivery failed for good).
+//!
+//! With `durable: true` ([`durable`]) the sink writes events to a queue table in the `state`
+//! database and acknowledges them once written; a delivery loop sends them in order, retries a
+//! retryable failure for up to `retry_for`, and moves a delivery that failed for good to a
+//! dead-letter table ([`queue`]) that `eventflow dead-letter` lists and re-sends.
 //!
 //! Each request carries `X-Eventflow-Delivery-Id`, derived from the events' uids and
 //! resourceVersions: the same across retries and restarts, so receivers can drop repeats.
@@ -16,7 +21,10 @@
 //! answer HTTP 200 with an error code in the body, which is read: a rate-limit code is retried,
 //! any other is permanent.
 
+pub mod dead_letter;
+pub mod durable;
 pub mod format;
+pub mod queue;
 pub mod template;
 
 use format::Chat;
@@ -119,6 +127,22 @@ pub struct WebhookConfig {
     /// Accept any TLS certificate (dangerous; warned about at start).
     #[serde(default)]
     pub insecure_skip_verify: bool,
+    /// Requests in flight at once. Above 1, batches may reach the receiver out of order.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    /// Keep accepted events in a queue table in the `state` database until delivered: they
+    /// survive restarts and crashes, and a delivery that fails for good goes to a dead-letter
+    /// table (`eventflow dead-letter`).
+    #[serde(default)]
+    pub durable: bool,
+    /// With `durable`: the most events the queue holds. At the bound the sink stops taking
+    /// events, which slows the stages before it down (back-pressure) instead of dropping.
+    #[serde(default = "default_max_queued")]
+    pub max_queued: u64,
+    /// With `durable`: how long a delivery that keeps failing retryably (receiver down, 5xx,
+    /// 429, timeouts) is retried before it is dead-lettered. `retries` does not apply.
+    #[serde(default = "default_retry_for")]
+    pub retry_for: Dur,
 }
 
 fn default_method() -> String {
@@ -132,6 +156,15 @@ fn default_unready_after() -> Dur {
 }
 fn default_retries() -> u32 {
     3
+}
+fn default_max_in_flight() -> usize {
+    1
+}
+fn default_max_queued() -> u64 {
+    100_000
+}
+fn default_retry_for() -> Dur {
+    Dur::secs(24 * 3600)
 }
 fn default_batch() -> BatchConfig {
     BatchConfig {
@@ -148,6 +181,63 @@ pub const TYPE: StageType = StageType {
     schema: super::schema_of::<WebhookConfig>,
 };
 
+impl WebhookConfig {
+    /// The HTTP side of the stage (client, URL, method), checked. `stage` names it in logs.
+    pub fn delivery(&self, stage: &str) -> Result<Delivery, String> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let url = reqwest::Url::parse(&self.url).map_err(|e| format!("field `url`: {e}"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!(
+                "field `url`: scheme `{}` is not http or https",
+                url.scheme()
+            ));
+        }
+        let method = reqwest::Method::from_bytes(self.method.to_uppercase().as_bytes())
+            .map_err(|_| format!("field `method`: `{}` is not an HTTP method", self.method))?;
+        if self.max_in_flight == 0 {
+            return Err("field `max_in_flight`: must be at least 1".to_string());
+        }
+        let mut headers = reqwest::header::HeaderMap::new();
+        for (k, v) in &self.headers {
+            let name = reqwest::header::HeaderName::from_bytes(k.as_bytes())
+                .map_err(|_| format!("field `headers`: `{k}` is not a header name"))?;
+            let value = reqwest::header::HeaderValue::from_str(v).map_err(|_| {
+                format!("field `headers`: the value of `{k}` is not a valid header value")
+            })?;
+            headers.insert(name, value);
+        }
+        let mut builder = reqwest::Client::builder()
+            .timeout(self.timeout.0)
+            .default_headers(headers);
+        if let Some(path) = &self.ca_file {
+            let pem = std::fs::read(path)
+                .map_err(|e| format!("field `ca_file`: {}: {e}", path.display()))?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| format!("field `ca_file`: {}: {e}", path.display()))?
+            {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        if self.insecure_skip_verify {
+            tracing::warn!(
+                stage,
+                "insecure_skip_verify: TLS certificates of the webhook are not checked"
+            );
+            builder = builder.danger_accept_invalid_certs(true);
+        }
+        let client = builder
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        Ok(Delivery {
+            cfg: self.clone(),
+            client,
+            url,
+            method,
+            stage: stage.to_string(),
+        })
+    }
+}
+
 impl StageConfig for WebhookConfig {
     fn build<'a>(&'a self, cx: &'a BuildContext) -> BoxFuture<'a, Result<Stage, BuildError>> {
         Box::pin(async move {
@@ -155,67 +245,36 @@ impl StageConfig for WebhookConfig {
                 stage: cx.id.clone(),
                 message,
             };
-            let _ = rustls::crypto::ring::default_provider().install_default();
-            let url =
-                reqwest::Url::parse(&self.url).map_err(|e| err(format!("field `url`: {e}")))?;
-            if !matches!(url.scheme(), "http" | "https") {
-                return Err(err(format!(
-                    "field `url`: scheme `{}` is not http or https",
-                    url.scheme()
-                )));
-            }
-            let method = reqwest::Method::from_bytes(self.method.to_uppercase().as_bytes())
-                .map_err(|_| {
-                    err(format!(
-                        "field `method`: `{}` is not an HTTP method",
-                        self.method
-                    ))
-                })?;
-            let mut headers = reqwest::header::HeaderMap::new();
-            for (k, v) in &self.headers {
-                let name = reqwest::header::HeaderName::from_bytes(k.as_bytes())
-                    .map_err(|_| err(format!("field `headers`: `{k}` is not a header name")))?;
-                let value = reqwest::header::HeaderValue::from_str(v).map_err(|_| {
-                    err(format!(
-                        "field `headers`: the value of `{k}` is not a valid header value"
-                    ))
-                })?;
-                headers.insert(name, value);
-            }
-            let mut builder = reqwest::Client::builder()
-                .timeout(self.timeout.0)
-                .default_headers(headers);
-            if let Some(path) = &self.ca_file {
-                let pem = std::fs::read(path)
-                    .map_err(|e| err(format!("field `ca_file`: {}: {e}", path.display())))?;
-                for cert in reqwest::Certificate::from_pem_bundle(&pem)
-                    .map_err(|e| err(format!("field `ca_file`: {}: {e}", path.display())))?
-                {
-                    builder = builder.add_root_certificate(cert);
-                }
-            }
-            if self.insecure_skip_verify {
-                tracing::warn!(stage = %cx.id, "insecure_skip_verify: TLS certificates of the webhook are not checked");
-                builder = builder.danger_accept_invalid_certs(true);
-            }
-            let client = builder
-                .build()
-                .map_err(|e| err(format!("cannot build the HTTP client: {e}")))?;
-            Ok(Stage::Sink(Box::new(WebhookSink {
-                cfg: self.clone(),
-                client,
-                url,
-                method,
-            }) as Box<dyn Sink>))
+            let delivery = self.delivery(&cx.id).map_err(err)?;
+            let queue = if self.durable {
+                let state = cx.state.clone().unwrap_or_default();
+                let store = queue::Store::open(&state.url)
+                    .await
+                    .map_err(|e| err(format!("state database: {e}")))?;
+                Some((store, state.url))
+            } else {
+                None
+            };
+            Ok(Stage::Sink(
+                Box::new(WebhookSink { delivery, queue }) as Box<dyn Sink>
+            ))
         })
     }
 }
 
 struct WebhookSink {
+    delivery: Delivery,
+    /// With `durable`: the queue's store and the `state` URL it lives at.
+    queue: Option<(queue::Store, String)>,
+}
+
+/// Sends batches of events to one endpoint under the stage's rules.
+pub struct Delivery {
     cfg: WebhookConfig,
     client: reqwest::Client,
     url: reqwest::Url,
     method: reqwest::Method,
+    stage: String,
 }
 
 /// How one attempt ended.
@@ -226,6 +285,28 @@ enum Attempt {
         after: Option<Duration>,
     },
     Permanent(String),
+}
+
+/// How long a delivery keeps retrying retryable failures.
+#[derive(Debug, Clone, Copy)]
+pub enum Budget {
+    /// This many retries after the first attempt.
+    Retries(u32),
+    /// Until this moment.
+    Until(Instant),
+}
+
+/// How a delivery ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Delivered,
+    /// Refused for good, or out of retries: logged already.
+    Failed {
+        reason: String,
+        attempts: u32,
+    },
+    /// Stopped before the next retry because the stage is stopping.
+    Interrupted,
 }
 
 /// The body of a request for these events.
@@ -272,8 +353,13 @@ pub fn retry_after(v: &str) -> Option<Duration> {
     Some(Duration::from_millis(secs.max(0) as u64))
 }
 
-impl WebhookSink {
-    async fn attempt(&self, events: &[Event], id: &str, stage: &str) -> Attempt {
+impl Delivery {
+    pub fn config(&self) -> &WebhookConfig {
+        &self.cfg
+    }
+
+    async fn attempt(&self, events: &[Event], id: &str) -> Attempt {
+        let stage = self.stage.as_str();
         let (url, body) = match self.render(events) {
             Ok(x) => x,
             Err(e) => return Attempt::Permanent(format!("cannot render the body: {e}")),
@@ -365,38 +451,63 @@ impl WebhookSink {
         }
     }
 
-    /// Delivers one batch: Delivered, or Rejected after logging why.
-    async fn deliver(
+    /// Delivers one batch under `budget`; a failure for good is logged before it is returned.
+    /// With `stop`, a retry is not waited for once the stage is stopping.
+    pub async fn deliver(
         &self,
         events: &[Event],
-        stage: &str,
-        health: &crate::health::StageHealth,
-    ) -> Status {
+        health: Option<&crate::health::StageHealth>,
+        budget: Budget,
+        mut stop: Option<tokio::sync::watch::Receiver<bool>>,
+    ) -> Outcome {
+        let stage = self.stage.as_str();
         let id = delivery_id(events);
         let mut n = 0u32;
         let mut backoff = self.cfg.backoff.start();
         loop {
-            match self.attempt(events, &id, stage).await {
+            match self.attempt(events, &id).await {
                 Attempt::Delivered => {
-                    health.synced();
-                    return Status::Delivered;
+                    health.inspect(|h| h.synced());
+                    return Outcome::Delivered;
                 }
-                Attempt::Permanent(why) => {
-                    tracing::error!(stage, delivery_id = %id, uids = ?uids(events), reason = %why, "webhook refused the delivery (permanent); not retried");
-                    return Status::Rejected;
+                Attempt::Permanent(reason) => {
+                    tracing::error!(stage, delivery_id = %id, uids = ?uids(events), reason = %reason, "webhook refused the delivery (permanent); not retried");
+                    return Outcome::Failed {
+                        reason,
+                        attempts: n + 1,
+                    };
                 }
                 Attempt::Retry { why, after } => {
-                    health.failing();
-                    if n >= self.cfg.retries {
-                        tracing::error!(stage, delivery_id = %id, uids = ?uids(events), attempts = n + 1, reason = %why, "webhook delivery failed after all retries");
-                        return Status::Rejected;
-                    }
+                    health.inspect(|h| h.failing());
                     let jittered = backoff.next_delay();
                     let wait = after.map_or(jittered, |a| a.max(jittered));
+                    let out_of_budget = match budget {
+                        Budget::Retries(max) => n >= max,
+                        Budget::Until(t) => Instant::now() + wait > t,
+                    };
+                    if out_of_budget {
+                        tracing::error!(stage, delivery_id = %id, uids = ?uids(events), attempts = n + 1, reason = %why, "webhook delivery failed after all retries");
+                        return Outcome::Failed {
+                            reason: why,
+                            attempts: n + 1,
+                        };
+                    }
+                    if stop.as_ref().is_some_and(|s| *s.borrow()) {
+                        tracing::info!(stage, delivery_id = %id, reason = %why, "webhook delivery failed while stopping; it stays queued");
+                        return Outcome::Interrupted;
+                    }
                     n += 1;
                     m::webhook_retry(stage);
                     tracing::warn!(stage, delivery_id = %id, attempt = n, reason = %why, wait = ?wait, "webhook delivery failed; retrying");
-                    tokio::time::sleep(wait).await;
+                    match &mut stop {
+                        None => tokio::time::sleep(wait).await,
+                        Some(s) => {
+                            tokio::select! {
+                                _ = tokio::time::sleep(wait) => {}
+                                _ = s.wait_for(|stopping| *stopping) => return Outcome::Interrupted,
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -410,41 +521,54 @@ fn uids(events: &[Event]) -> Vec<&str> {
 impl Sink for WebhookSink {
     fn run(self: Box<Self>, mut cx: SinkContext) -> BoxFuture<'static, Result<(), StageError>> {
         Box::pin(async move {
-            let health = crate::health::register(&cx.metrics.id, self.cfg.unready_after.0);
+            let this = *self;
+            let health = crate::health::register(&cx.metrics.id, this.delivery.cfg.unready_after.0);
             health.synced();
-            let health = &health;
-            let this = &self;
-            let processing = &cx.metrics.processing;
-            let latency = &m::latency(&cx.metrics.id, cx.metrics.type_name);
-            let failed = cx.metrics.discarded("webhook_failed");
-            let sent = m::sent(&cx.metrics.id, cx.metrics.type_name);
-            let stage = cx.metrics.id.clone();
-            let max = self.cfg.batch.max_events;
-            let wait = self.cfg.batch.max_wait.0;
-            super::batch::run_batched(&mut cx.input, max, wait, |batch| {
-                let failed = failed.clone();
-                let sent = sent.clone();
-                let stage = stage.clone();
-                async move {
-                    let started = Instant::now();
-                    match this.deliver(&batch, &stage, health).await {
-                        Status::Delivered => {
-                            sent.increment(batch.len() as u64);
-                            batch
-                                .iter()
-                                .for_each(|e| latency.record(e.born().elapsed().as_secs_f64()));
-                        }
-                        s => {
-                            failed.increment(batch.len() as u64);
-                            batch.iter().for_each(|e| e.set_status(s));
-                        }
-                    }
-                    processing.record(started.elapsed().as_secs_f64());
+            match this.queue {
+                Some((store, url)) => {
+                    durable::run(&this.delivery, &store, &url, &mut cx, &health).await;
+                    store.close().await;
                 }
-            })
-            .await;
+                None => in_memory(&this.delivery, &mut cx, &health).await,
+            }
             health.stopped();
             Ok(())
         })
     }
+}
+
+/// Without `durable`: batches go out as they fill, `max_in_flight` at a time, each
+/// acknowledged when it is delivered or has failed for good.
+async fn in_memory(d: &Delivery, cx: &mut SinkContext, health: &crate::health::StageHealth) {
+    let processing = &cx.metrics.processing;
+    let latency = &m::latency(&cx.metrics.id, cx.metrics.type_name);
+    let failed = &cx.metrics.discarded("webhook_failed");
+    let sent = &m::sent(&cx.metrics.id, cx.metrics.type_name);
+    let cfg = &d.cfg;
+    super::batch::run_batched(
+        &mut cx.input,
+        cfg.batch.max_events,
+        cfg.batch.max_wait.0,
+        cfg.max_in_flight,
+        |batch| async move {
+            let started = Instant::now();
+            match d
+                .deliver(&batch, Some(health), Budget::Retries(cfg.retries), None)
+                .await
+            {
+                Outcome::Delivered => {
+                    sent.increment(batch.len() as u64);
+                    batch
+                        .iter()
+                        .for_each(|e| latency.record(e.born().elapsed().as_secs_f64()));
+                }
+                Outcome::Failed { .. } | Outcome::Interrupted => {
+                    failed.increment(batch.len() as u64);
+                    batch.iter().for_each(|e| e.set_status(Status::Rejected));
+                }
+            }
+            processing.record(started.elapsed().as_secs_f64());
+        },
+    )
+    .await;
 }

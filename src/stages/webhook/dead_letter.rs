@@ -1,0 +1,200 @@
+//! `eventflow dead-letter`: list, show, re-send and delete what durable webhooks gave up on.
+//! The pipeline file says where the `state` database is and how each webhook sends.
+
+use std::fmt::Write as _;
+
+use super::queue::{DeadLetter, Store};
+use super::{Budget, Outcome, WebhookConfig};
+use crate::config::Pipeline;
+use crate::config::tree;
+use crate::event::{Event, Finalizers};
+
+/// The webhook stages of a pipeline, with their configs.
+fn webhooks(p: &Pipeline) -> Result<Vec<(String, WebhookConfig)>, String> {
+    p.stages
+        .values()
+        .filter(|s| s.type_name == super::TYPE.name)
+        .map(|s| {
+            tree::from_node_skipping::<WebhookConfig>(&s.node, &["type", "inputs"])
+                .map(|c| (s.id.clone(), c))
+                .map_err(|e| format!("stage `{}`: {e}", s.id))
+        })
+        .collect()
+}
+
+async fn store(p: &Pipeline) -> Result<Store, String> {
+    let state = p.state.clone().unwrap_or_default();
+    Store::open(&state.url)
+        .await
+        .map_err(|e| format!("state database: {e}"))
+}
+
+fn time(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_default()
+}
+
+fn events_in(d: &DeadLetter) -> usize {
+    serde_json::from_str::<Vec<&serde_json::value::RawValue>>(&d.events).map_or(0, |v| v.len())
+}
+
+/// A table of the dead letters (of one stage, or all).
+pub async fn list(p: &Pipeline, stage: Option<&str>) -> Result<String, String> {
+    let store = store(p).await?;
+    let rows = store
+        .dead_letters(stage, &[])
+        .await
+        .map_err(|e| e.to_string());
+    store.close().await;
+    let rows = rows?;
+    let mut out = String::new();
+    if rows.is_empty() {
+        out.push_str("no dead letters\n");
+        return Ok(out);
+    }
+    let _ = writeln!(
+        out,
+        "{:>6}  {:<20}  {:<23}  {:>6}  {:>8}  REASON",
+        "ID", "STAGE", "FAILED AT", "EVENTS", "ATTEMPTS"
+    );
+    for d in &rows {
+        let reason: String = d.reason.chars().take(100).collect();
+        let _ = writeln!(
+            out,
+            "{:>6}  {:<20}  {:<23}  {:>6}  {:>8}  {}",
+            d.id,
+            d.sink,
+            time(d.failed_at),
+            events_in(d),
+            d.attempts,
+            reason.replace('\n', " ")
+        );
+    }
+    Ok(out)
+}
+
+/// One dead letter as JSON, its events included.
+pub async fn show(p: &Pipeline, id: i64) -> Result<String, String> {
+    let store = store(p).await?;
+    let rows = store
+        .dead_letters(None, &[id])
+        .await
+        .map_err(|e| e.to_string());
+    store.close().await;
+    let d = rows?
+        .into_iter()
+        .next()
+        .ok_or_else(|| format!("no dead letter with id {id}"))?;
+    let events: serde_json::Value =
+        serde_json::from_str(&d.events).map_err(|e| format!("dead letter {id}: {e}"))?;
+    let v = serde_json::json!({
+        "id": d.id,
+        "stage": d.sink,
+        "failed_at": time(d.failed_at),
+        "delivery_id": d.delivery_id,
+        "attempts": d.attempts,
+        "reason": d.reason,
+        "events": events,
+    });
+    serde_json::to_string_pretty(&v).map_err(|e| e.to_string())
+}
+
+/// What a re-send did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Resent {
+    pub delivered: usize,
+    pub failed: usize,
+    /// One line per dead letter.
+    pub report: String,
+}
+
+/// Sends dead letters again (the given ids, or all of `stage`, or all), with the stage's
+/// current config and retry rules. A delivered one is deleted; a failed one stays, with the new
+/// reason and attempt count.
+pub async fn resend(p: &Pipeline, stage: Option<&str>, ids: &[i64]) -> Result<Resent, String> {
+    let hooks = webhooks(p)?;
+    let store = store(p).await?;
+    let result = resend_with(&store, &hooks, stage, ids).await;
+    store.close().await;
+    result
+}
+
+async fn resend_with(
+    store: &Store,
+    hooks: &[(String, WebhookConfig)],
+    stage: Option<&str>,
+    ids: &[i64],
+) -> Result<Resent, String> {
+    let rows = store
+        .dead_letters(stage, ids)
+        .await
+        .map_err(|e| e.to_string())?;
+    if let Some(missing) = ids.iter().find(|i| !rows.iter().any(|d| d.id == **i)) {
+        return Err(format!("no dead letter with id {missing}"));
+    }
+    let mut r = Resent::default();
+    for d in rows {
+        let Some((_, cfg)) = hooks.iter().find(|(id, _)| *id == d.sink) else {
+            r.failed += 1;
+            let _ = writeln!(
+                r.report,
+                "{}: stage `{}` is not a webhook in this pipeline; not sent",
+                d.id, d.sink
+            );
+            continue;
+        };
+        let events: Vec<Event> = match d.decode_events() {
+            Ok(v) => v
+                .into_iter()
+                .map(|e| Event::new(e, Finalizers::None))
+                .collect(),
+            Err(e) => {
+                r.failed += 1;
+                let _ = writeln!(r.report, "{}: {e}", d.id);
+                continue;
+            }
+        };
+        let delivery = cfg
+            .delivery(&d.sink)
+            .map_err(|e| format!("stage `{}`: {e}", d.sink))?;
+        match delivery
+            .deliver(&events, None, Budget::Retries(cfg.retries), None)
+            .await
+        {
+            Outcome::Delivered => {
+                store
+                    .forget_dead(&[d.id])
+                    .await
+                    .map_err(|e| format!("{}: delivered, but cannot delete it: {e}", d.id))?;
+                r.delivered += 1;
+                let _ = writeln!(
+                    r.report,
+                    "{}: delivered {} events to `{}`",
+                    d.id,
+                    events.len(),
+                    d.sink
+                );
+            }
+            Outcome::Failed { reason, attempts } => {
+                r.failed += 1;
+                store
+                    .retried(d.id, d.attempts + i64::from(attempts), &reason)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let _ = writeln!(r.report, "{}: failed again: {reason}", d.id);
+            }
+            // Only a delivery given a stop signal is interrupted.
+            Outcome::Interrupted => r.failed += 1,
+        }
+    }
+    Ok(r)
+}
+
+/// Deletes dead letters by id.
+pub async fn delete(p: &Pipeline, ids: &[i64]) -> Result<u64, String> {
+    let store = store(p).await?;
+    let n = store.forget_dead(ids).await.map_err(|e| e.to_string());
+    store.close().await;
+    n
+}

@@ -1,0 +1,462 @@
+//! `durable: true`: a queue table in the `state` database between the pipeline and the
+//! receiver.
+//!
+//! Two loops run side by side:
+//! - **intake** writes each incoming batch to the queue in one transaction and only then lets
+//!   the events go (which acknowledges them to their source). At `max_queued` it stops reading
+//!   its input until deliveries make room: the stages before it slow down (back-pressure).
+//! - **delivery** reads the queue oldest first, `batch.max_events` rows at a time (a partial
+//!   batch waits until its oldest event is `batch.max_wait` old), up to `max_in_flight`
+//!   requests at once. A delivered batch is deleted; a retryable failure is retried for up to
+//!   `retry_for`; a batch that fails for good is moved to the dead-letter table in the same
+//!   transaction that deletes it from the queue. A batch is pinned in the table before its first
+//!   attempt, so after a crash the same events go out together with the same delivery id.
+//!
+//! When the input closes (shutdown, or a reload that replaced the stage) the intake has written
+//! everything; the delivery loop keeps delivering while the receiver accepts and stops at the
+//! first retryable failure, leaving the rest queued for the next start. If a newer instance of
+//! the same stage is waiting (a reload), it stops after its requests in flight instead: one
+//! instance delivers from a queue at a time, so a reload never sends a row twice. (Two
+//! processes must not share a `state` database with the same stage id.)
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+
+use super::queue::{Pending, Store};
+use super::{Budget, Delivery, Outcome, delivery_id};
+use crate::engine::ack::Status;
+use crate::event::{self, Event, Finalizers};
+use crate::health::StageHealth;
+use crate::metrics as m;
+use crate::stages::SinkContext;
+use crate::stages::backoff::BackoffConfig;
+
+/// One queue's delivery slot in this process: the newest instance of a stage waits for the
+/// previous one to stop delivering.
+struct Slot {
+    delivering: tokio::sync::Mutex<()>,
+    generation: AtomicU64,
+}
+
+fn slot(key: String) -> Arc<Slot> {
+    static SLOTS: OnceLock<Mutex<HashMap<String, Arc<Slot>>>> = OnceLock::new();
+    let mut slots = SLOTS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    slots
+        .entry(key)
+        .or_insert_with(|| {
+            Arc::new(Slot {
+                delivering: tokio::sync::Mutex::new(()),
+                generation: AtomicU64::new(0),
+            })
+        })
+        .clone()
+}
+
+/// What the two loops share.
+struct Shared<'a> {
+    delivery: &'a Delivery,
+    store: &'a Store,
+    stage: &'a str,
+    health: &'a StageHealth,
+    /// Events in the queue.
+    queued: AtomicU64,
+    gauge: metrics::Gauge,
+    /// Rows were added (wakes the delivery loop).
+    more: Notify,
+    /// Rows were removed (wakes an intake waiting at the bound).
+    room: Notify,
+    sent: metrics::Counter,
+    dead: metrics::Counter,
+    latency: metrics::Histogram,
+    processing: metrics::Histogram,
+}
+
+impl Shared<'_> {
+    fn add(&self, n: u64) {
+        let q = self.queued.fetch_add(n, Ordering::SeqCst) + n;
+        self.gauge.set(q as f64);
+        self.more.notify_one();
+    }
+
+    fn sub(&self, n: u64) {
+        let q = self
+            .queued
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |q| {
+                Some(q.saturating_sub(n))
+            })
+            .unwrap_or(0)
+            .saturating_sub(n);
+        self.gauge.set(q as f64);
+        self.room.notify_waiters();
+    }
+
+    /// Runs a database write until it succeeds, or gives up when `give_up` says so.
+    async fn persist<F, Fut>(&self, what: &str, give_up: impl Fn() -> bool, mut op: F) -> bool
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<(), crate::stages::sql::db::DbError>>,
+    {
+        let mut backoff = BackoffConfig::default().start();
+        loop {
+            match op().await {
+                Ok(()) => return true,
+                Err(e) => {
+                    self.health.failing();
+                    if give_up() {
+                        tracing::error!(stage = self.stage, error = %e, "state database: cannot {what}; giving up because the stage is stopping");
+                        return false;
+                    }
+                    let wait = backoff.next_delay();
+                    tracing::warn!(stage = self.stage, error = %e, wait = ?wait, "state database: cannot {what}; retrying");
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+}
+
+/// Runs a durable webhook sink until its input closes and its delivery loop has stopped.
+pub async fn run(
+    delivery: &Delivery,
+    store: &Store,
+    state_url: &str,
+    cx: &mut SinkContext,
+    health: &StageHealth,
+) {
+    let id = cx.metrics.id.clone();
+    let stage: &str = &id;
+    let slot = slot(format!("{state_url}\u{0}{stage}"));
+    let generation = slot.generation.fetch_add(1, Ordering::SeqCst) + 1;
+    let shared = Shared {
+        delivery,
+        store,
+        stage,
+        health,
+        queued: AtomicU64::new(0),
+        gauge: m::webhook_queued(stage),
+        more: Notify::new(),
+        room: Notify::new(),
+        sent: m::sent(stage, cx.metrics.type_name),
+        dead: m::webhook_dead_lettered(stage),
+        latency: m::latency(stage, cx.metrics.type_name),
+        processing: cx.metrics.processing.clone(),
+    };
+    match store.count(stage).await {
+        Ok(n) => {
+            if n > 0 {
+                tracing::info!(stage, queued = n, "resuming the deliveries queued before");
+            }
+            shared.add(n);
+        }
+        Err(e) => tracing::warn!(stage, error = %e, "state database: cannot count the queue"),
+    }
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let written = cx.metrics.discarded("queue_write_failed");
+    let intake = async {
+        intake(&shared, cx, &written).await;
+        let _ = stop_tx.send(true);
+    };
+    let deliveries = async {
+        let _turn = slot.delivering.lock().await;
+        deliver_loop(&shared, stop_rx, || {
+            slot.generation.load(Ordering::SeqCst) != generation
+        })
+        .await;
+    };
+    tokio::join!(intake, deliveries);
+    let left = shared.queued.load(Ordering::SeqCst);
+    if left > 0 {
+        tracing::info!(
+            stage,
+            queued = left,
+            "webhook stopped with events queued; they are delivered at the next start"
+        );
+    }
+}
+
+async fn intake(shared: &Shared<'_>, cx: &mut SinkContext, write_failed: &metrics::Counter) {
+    let max = shared.delivery.cfg.max_queued.max(1);
+    let warned = std::sync::atomic::AtomicBool::new(false);
+    super::super::batch::run_batched(
+        &mut cx.input,
+        1000,
+        Duration::from_millis(5),
+        1,
+        |batch| {
+            let warned = &warned;
+            async move {
+                let mut rest = batch;
+                while !rest.is_empty() {
+                    // Room for how many? At the bound, wait (back-pressure on the stages
+                    // before); never write past it.
+                    let room = loop {
+                        let notified = shared.room.notified();
+                        tokio::pin!(notified);
+                        notified.as_mut().enable();
+                        let queued = shared.queued.load(Ordering::SeqCst);
+                        if queued < max {
+                            break (max - queued).min(rest.len() as u64) as usize;
+                        }
+                        if !warned.swap(true, Ordering::Relaxed) {
+                            tracing::warn!(
+                                stage = shared.stage,
+                                max_queued = max,
+                                "webhook queue is full; holding back new events until deliveries make room"
+                            );
+                        }
+                        notified.await;
+                    };
+                    let tail = rest.split_off(room);
+                    write(shared, rest, write_failed).await;
+                    rest = tail;
+                }
+            }
+        },
+    )
+    .await;
+}
+
+/// Writes a batch to the queue, retrying while the database is unavailable. An event the
+/// database refuses for good is rejected (counted), not retried forever.
+async fn write(shared: &Shared<'_>, batch: Vec<Event>, write_failed: &metrics::Counter) {
+    let mut backoff = BackoffConfig::default().start();
+    loop {
+        match shared.store.push(shared.stage, &batch).await {
+            Ok(()) => {
+                shared.add(batch.len() as u64);
+                return;
+            }
+            Err(e) if e.is_transient() => {
+                shared.health.failing();
+                let wait = backoff.next_delay();
+                tracing::warn!(stage = shared.stage, error = %e, wait = ?wait, "state database: cannot queue events; retrying");
+                tokio::time::sleep(wait).await;
+            }
+            Err(e) if batch.len() > 1 => {
+                tracing::warn!(stage = shared.stage, error = %e, "state database refused a batch; queueing its events one by one");
+                for one in batch {
+                    Box::pin(write(shared, vec![one], write_failed)).await;
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::error!(stage = shared.stage, uid = %batch[0].uid, error = %e, "state database refused the event; it is not delivered");
+                write_failed.increment(1);
+                batch[0].set_status(Status::Rejected);
+                return;
+            }
+        }
+    }
+}
+
+/// The next batch at the head of the queue (after `cursor`), or when to look again.
+enum Next {
+    Batch(Vec<Pending>),
+    Empty,
+    WaitUntil(Instant),
+}
+
+async fn next_batch(
+    shared: &Shared<'_>,
+    cursor: i64,
+    stopping: bool,
+) -> Result<Next, crate::stages::sql::db::DbError> {
+    let cfg = &shared.delivery.cfg;
+    let max = cfg.batch.max_events.max(1);
+    let rows = shared.store.head(shared.stage, cursor, max).await?;
+    let Some(first) = rows.first() else {
+        return Ok(Next::Empty);
+    };
+    let pinned = first.batch;
+    let batch: Vec<Pending> = rows.into_iter().take_while(|r| r.batch == pinned).collect();
+    if pinned.is_none() && batch.len() < max && !stopping {
+        let due = batch[0].born_at + cfg.batch.max_wait.0.as_millis() as i64;
+        let now = chrono::Utc::now().timestamp_millis();
+        if now < due {
+            return Ok(Next::WaitUntil(
+                Instant::now() + Duration::from_millis((due - now) as u64),
+            ));
+        }
+    }
+    Ok(Next::Batch(batch))
+}
+
+async fn deliver_loop(
+    shared: &Shared<'_>,
+    mut stop: watch::Receiver<bool>,
+    superseded: impl Fn() -> bool,
+) {
+    let cfg = &shared.delivery.cfg;
+    let mut in_flight = FuturesUnordered::new();
+    let mut cursor = 0i64;
+    let mut halted = false;
+    let mut db_backoff = BackoffConfig::default().start();
+    loop {
+        let stopping = *stop.borrow();
+        let mut wake: Option<Instant> = None;
+        let mut empty = false;
+        if !(stopping && (halted || superseded())) {
+            while in_flight.len() < cfg.max_in_flight {
+                // Nothing in flight: look from the head again (a row committed late by a
+                // concurrent writer is not skipped for long).
+                if in_flight.is_empty() {
+                    cursor = 0;
+                }
+                match next_batch(shared, cursor, stopping).await {
+                    Ok(Next::Batch(rows)) => {
+                        db_backoff.reset();
+                        let (first, last) = (rows[0].id, rows[rows.len() - 1].id);
+                        if cfg.batch.max_events > 1
+                            && rows[0].batch.is_none()
+                            && let Err(e) = shared.store.pin(shared.stage, first, last).await
+                        {
+                            tracing::warn!(stage = shared.stage, error = %e, "state database: cannot pin a batch; sending it anyway");
+                        }
+                        cursor = last;
+                        in_flight.push(send(shared, rows, stop.clone()));
+                    }
+                    Ok(Next::Empty) => {
+                        empty = true;
+                        break;
+                    }
+                    Ok(Next::WaitUntil(t)) => {
+                        wake = Some(t);
+                        break;
+                    }
+                    Err(e) => {
+                        shared.health.failing();
+                        let wait = db_backoff.next_delay();
+                        tracing::warn!(stage = shared.stage, error = %e, wait = ?wait, "state database: cannot read the queue; retrying");
+                        wake = Some(Instant::now() + wait);
+                        break;
+                    }
+                }
+            }
+        }
+        if in_flight.is_empty() && stopping && (halted || empty || superseded()) {
+            return;
+        }
+        tokio::select! {
+            Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+                if done == Outcome::Interrupted {
+                    halted = true;
+                }
+            }
+            _ = shared.more.notified() => {}
+            _ = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {}
+            _ = stop.changed(), if !stopping => {}
+        }
+    }
+}
+
+/// Delivers one batch of queued rows and settles it in the queue.
+async fn send(shared: &Shared<'_>, rows: Vec<Pending>, stop: watch::Receiver<bool>) -> Outcome {
+    let started = std::time::Instant::now();
+    let mut events = Vec::with_capacity(rows.len());
+    let mut good = Vec::with_capacity(rows.len());
+    for r in rows {
+        match event::from_stored(&r.event) {
+            Ok(e) => {
+                events.push(Event::new(e, Finalizers::None));
+                good.push(r);
+            }
+            Err(e) => {
+                // Written by another version, or damaged: keep it for a person, go on.
+                let reason = format!("cannot read the queued event: {e}");
+                tracing::error!(stage = shared.stage, row = r.id, reason = %reason, "dead-lettering a queued event");
+                bury(shared, &[r], "", 0, &reason, &stop).await;
+            }
+        }
+    }
+    if events.is_empty() {
+        return Outcome::Delivered;
+    }
+    let cfg = &shared.delivery.cfg;
+    let outcome = shared
+        .delivery
+        .deliver(
+            &events,
+            Some(shared.health),
+            Budget::Until(Instant::now().into_std() + cfg.retry_for.0),
+            Some(stop.clone()),
+        )
+        .await;
+    let stopping = || *stop.borrow();
+    match &outcome {
+        Outcome::Delivered => {
+            let ids: Vec<i64> = good.iter().map(|r| r.id).collect();
+            let removed = shared
+                .persist("remove delivered events from the queue", stopping, || {
+                    shared.store.remove(shared.stage, &ids)
+                })
+                .await;
+            if !removed {
+                tracing::warn!(stage = shared.stage, delivery_id = %delivery_id(&events), "delivered events stay queued and are sent again at the next start (same delivery id)");
+            }
+            shared.sub(ids.len() as u64);
+            shared.sent.increment(events.len() as u64);
+            let now = chrono::Utc::now().timestamp_millis();
+            good.iter().for_each(|r| {
+                shared
+                    .latency
+                    .record((now - r.born_at).max(0) as f64 / 1000.0)
+            });
+        }
+        Outcome::Failed { reason, attempts } => {
+            bury(
+                shared,
+                &good,
+                &delivery_id(&events),
+                *attempts,
+                reason,
+                &stop,
+            )
+            .await;
+        }
+        Outcome::Interrupted => {}
+    }
+    shared.processing.record(started.elapsed().as_secs_f64());
+    outcome
+}
+
+/// Moves rows to the dead letters (counted).
+async fn bury(
+    shared: &Shared<'_>,
+    rows: &[Pending],
+    delivery_id: &str,
+    attempts: u32,
+    reason: &str,
+    stop: &watch::Receiver<bool>,
+) {
+    let moved = shared
+        .persist(
+            "move a failed delivery to the dead letters",
+            || *stop.borrow(),
+            || {
+                shared
+                    .store
+                    .bury(shared.stage, rows, delivery_id, attempts, reason)
+            },
+        )
+        .await;
+    if moved {
+        shared.sub(rows.len() as u64);
+        shared.dead.increment(rows.len() as u64);
+        tracing::error!(
+            stage = shared.stage,
+            delivery_id,
+            events = rows.len(),
+            "delivery moved to the dead-letter table (`eventflow dead-letter list`)"
+        );
+    }
+}

@@ -1,0 +1,357 @@
+//! The webhook's tables in the `state` database: the durable queue and the dead letters.
+//!
+//! `eventflow_webhook_queue` holds the events a `durable: true` sink has accepted and not yet
+//! delivered, in arrival order (`id`), one row per event, keyed by the stage id (`sink`). A
+//! batch that has been attempted is pinned (`batch` = its first row's id) so that after a
+//! restart the same events go out together under the same delivery id.
+//!
+//! `eventflow_webhook_dead_letter` holds deliveries that failed for good: the events, the
+//! delivery id, the reason and the number of attempts, for a person to inspect and re-send
+//! (`eventflow dead-letter`).
+
+use sea_query::{Alias, ColumnDef, Expr, ExprTrait, Func, Index, Order, Query, Table};
+
+use crate::event::{self, Event, EventData};
+use crate::stages::sql::db::{Backend, Db, DbError};
+
+pub const QUEUE: &str = "eventflow_webhook_queue";
+pub const DEAD: &str = "eventflow_webhook_dead_letter";
+/// The dead-letter table's columns, in [`DeadLetter`]'s order.
+const DEAD_COLUMNS: [&str; 7] = [
+    "id",
+    "sink",
+    "failed_at",
+    "delivery_id",
+    "attempts",
+    "reason",
+    "events",
+];
+
+/// One queued event.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    pub id: i64,
+    /// When the event entered the pipeline (unix milliseconds).
+    pub born_at: i64,
+    /// The first row id of the batch it was attempted in, once attempted.
+    pub batch: Option<i64>,
+    /// The event as written by [`event::to_stored`].
+    pub event: String,
+}
+
+/// One dead letter.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub id: i64,
+    pub sink: String,
+    /// When the delivery failed for good (unix milliseconds).
+    pub failed_at: i64,
+    pub delivery_id: String,
+    pub attempts: i64,
+    pub reason: String,
+    /// The events, a JSON array of [`event::to_stored`] objects.
+    pub events: String,
+}
+
+impl DeadLetter {
+    /// The events of this dead letter.
+    pub fn decode_events(&self) -> Result<Vec<EventData>, String> {
+        let items: Vec<&serde_json::value::RawValue> = serde_json::from_str(&self.events)
+            .map_err(|e| format!("dead letter {}: {e}", self.id))?;
+        items
+            .iter()
+            .map(|r| {
+                event::from_stored(r.get()).map_err(|e| format!("dead letter {}: {e}", self.id))
+            })
+            .collect()
+    }
+}
+
+/// The events of stored rows, as a JSON array.
+pub fn events_array<'a>(stored: impl IntoIterator<Item = &'a str>) -> String {
+    let mut s = String::from("[");
+    for (i, e) in stored.into_iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(e);
+    }
+    s.push(']');
+    s
+}
+
+/// The webhook tables of one `state` database.
+#[derive(Clone)]
+pub struct Store {
+    db: Db,
+}
+
+fn name(s: &str) -> Alias {
+    Alias::new(s)
+}
+
+impl Store {
+    /// Connects and creates the tables if they are missing.
+    pub async fn open(url: &str) -> Result<Store, String> {
+        let db = Db::connect(url, 4, std::time::Duration::from_secs(10)).await?;
+        let backend = db.backend();
+        let id = || {
+            let mut c = ColumnDef::new(name("id"));
+            // SQLite: AUTOINCREMENT (ids never reused) needs the INTEGER PRIMARY KEY type.
+            if backend == Backend::Sqlite {
+                c.integer();
+            } else {
+                c.big_integer();
+            }
+            c.not_null().auto_increment().primary_key();
+            c
+        };
+        let long_text = |n: &str| {
+            let mut c = ColumnDef::new(name(n));
+            if backend == Backend::MySql {
+                c.custom(name("LONGTEXT"));
+            } else {
+                c.text();
+            }
+            c.not_null();
+            c
+        };
+        let queue = Table::create()
+            .table(name(QUEUE))
+            .if_not_exists()
+            .col(id())
+            .col(ColumnDef::new(name("sink")).string_len(191).not_null())
+            .col(ColumnDef::new(name("born_at")).big_integer().not_null())
+            .col(ColumnDef::new(name("batch")).big_integer().null())
+            .col(long_text("event"))
+            .to_owned();
+        let dead = Table::create()
+            .table(name(DEAD))
+            .if_not_exists()
+            .col(id())
+            .col(ColumnDef::new(name("sink")).string_len(191).not_null())
+            .col(ColumnDef::new(name("failed_at")).big_integer().not_null())
+            .col(
+                ColumnDef::new(name("delivery_id"))
+                    .string_len(64)
+                    .not_null(),
+            )
+            .col(ColumnDef::new(name("attempts")).big_integer().not_null())
+            .col(long_text("reason"))
+            .col(long_text("events"))
+            .to_owned();
+        let index = Index::create()
+            .if_not_exists()
+            .name(format!("{QUEUE}_sink_id"))
+            .table(name(QUEUE))
+            .col(name("sink"))
+            .col(name("id"))
+            .to_owned();
+        let err = |e: DbError| format!("cannot create the webhook tables: {e}");
+        db.execute_raw(db.schema_sql(&queue)).await.map_err(err)?;
+        db.execute_raw(db.schema_sql(&dead)).await.map_err(err)?;
+        // MySQL has no CREATE INDEX IF NOT EXISTS (MariaDB has): an existing index (error
+        // 1061, duplicate key name) is what we wanted.
+        let sql = match backend {
+            Backend::MySql => index
+                .to_string(sea_query::MysqlQueryBuilder)
+                .replace(" IF NOT EXISTS", ""),
+            Backend::Postgres => index.to_string(sea_query::PostgresQueryBuilder),
+            Backend::Sqlite => index.to_string(sea_query::SqliteQueryBuilder),
+        };
+        match db.execute_raw(sql).await {
+            Err(DbError::Permanent(e))
+                if e.as_database_error()
+                    .and_then(crate::stages::sql::db::mysql_error_number)
+                    == Some(1061) => {}
+            r => {
+                r.map_err(err)?;
+            }
+        }
+        Ok(Store { db })
+    }
+
+    pub async fn close(&self) {
+        self.db.close().await;
+    }
+
+    /// How many events of `sink` are queued.
+    pub async fn count(&self, sink: &str) -> Result<u64, DbError> {
+        let q = Query::select()
+            .expr(Func::count(Expr::col(name("id"))))
+            .from(name(QUEUE))
+            .and_where(Expr::col(name("sink")).eq(sink))
+            .to_owned();
+        let n: Vec<(i64,)> = self.db.fetch_all(self.db.build(&q)).await?;
+        Ok(n.first().map_or(0, |(c,)| u64::try_from(*c).unwrap_or(0)))
+    }
+
+    /// Appends events to `sink`'s queue, in order, in one transaction.
+    pub async fn push(&self, sink: &str, events: &[Event]) -> Result<(), DbError> {
+        let now = chrono::Utc::now().timestamp_millis();
+        let mut stmts = Vec::new();
+        for chunk in events.chunks(200) {
+            let mut q = Query::insert()
+                .into_table(name(QUEUE))
+                .columns(["sink", "born_at", "event"].map(name))
+                .to_owned();
+            for e in chunk {
+                let age = e.born().elapsed().as_millis() as i64;
+                let stored = event::to_stored(e)
+                    .map_err(|e| DbError::Permanent(sqlx::Error::Encode(Box::new(e))))?;
+                q.values_panic([sink.into(), (now - age).into(), stored.into()]);
+            }
+            stmts.push(self.db.build(&q));
+        }
+        self.db.execute_in_tx(stmts).await.map(|_| ())
+    }
+
+    /// Up to `limit` queued events of `sink` with ids above `after`, oldest first.
+    pub async fn head(
+        &self,
+        sink: &str,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<Pending>, DbError> {
+        let q = Query::select()
+            .columns(["id", "born_at", "batch", "event"].map(name))
+            .from(name(QUEUE))
+            .and_where(Expr::col(name("sink")).eq(sink))
+            .and_where(Expr::col(name("id")).gt(after))
+            .order_by(name("id"), Order::Asc)
+            .limit(limit as u64)
+            .to_owned();
+        let rows: Vec<(i64, i64, Option<i64>, String)> =
+            self.db.fetch_all(self.db.build(&q)).await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, born_at, batch, event)| Pending {
+                id,
+                born_at,
+                batch,
+                event,
+            })
+            .collect())
+    }
+
+    /// Pins the rows `first..=last` of `sink` as one batch.
+    pub async fn pin(&self, sink: &str, first: i64, last: i64) -> Result<(), DbError> {
+        let q = Query::update()
+            .table(name(QUEUE))
+            .value(name("batch"), first)
+            .and_where(Expr::col(name("sink")).eq(sink))
+            .and_where(Expr::col(name("id")).between(first, last))
+            .to_owned();
+        self.db
+            .execute_in_tx(vec![self.db.build(&q)])
+            .await
+            .map(|_| ())
+    }
+
+    fn delete_rows(&self, sink: &str, ids: &[i64]) -> (String, sea_query_sqlx::SqlxValues) {
+        let q = Query::delete()
+            .from_table(name(QUEUE))
+            .and_where(Expr::col(name("sink")).eq(sink))
+            .and_where(Expr::col(name("id")).is_in(ids.iter().copied()))
+            .to_owned();
+        self.db.build(&q)
+    }
+
+    /// Removes delivered rows.
+    pub async fn remove(&self, sink: &str, ids: &[i64]) -> Result<(), DbError> {
+        self.db
+            .execute_in_tx(vec![self.delete_rows(sink, ids)])
+            .await
+            .map(|_| ())
+    }
+
+    /// Moves rows to the dead letters, in one transaction.
+    pub async fn bury(
+        &self,
+        sink: &str,
+        rows: &[Pending],
+        delivery_id: &str,
+        attempts: u32,
+        reason: &str,
+    ) -> Result<(), DbError> {
+        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        let insert = Query::insert()
+            .into_table(name(DEAD))
+            .columns(DEAD_COLUMNS[1..].iter().map(|c| name(c)))
+            .values_panic([
+                sink.into(),
+                chrono::Utc::now().timestamp_millis().into(),
+                delivery_id.into(),
+                i64::from(attempts).into(),
+                reason.into(),
+                events_array(rows.iter().map(|r| r.event.as_str())).into(),
+            ])
+            .to_owned();
+        self.db
+            .execute_in_tx(vec![self.db.build(&insert), self.delete_rows(sink, &ids)])
+            .await
+            .map(|_| ())
+    }
+
+    /// Dead letters, oldest first: of one sink, or all; with or without their events.
+    pub async fn dead_letters(
+        &self,
+        sink: Option<&str>,
+        ids: &[i64],
+    ) -> Result<Vec<DeadLetter>, DbError> {
+        let mut q = Query::select()
+            .columns(DEAD_COLUMNS.map(name))
+            .from(name(DEAD))
+            .order_by(name("id"), Order::Asc)
+            .to_owned();
+        if let Some(s) = sink {
+            q.and_where(Expr::col(name("sink")).eq(s));
+        }
+        if !ids.is_empty() {
+            q.and_where(Expr::col(name("id")).is_in(ids.iter().copied()));
+        }
+        type Row = (i64, String, i64, String, i64, String, String);
+        let rows: Vec<Row> = self.db.fetch_all(self.db.build(&q)).await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(id, sink, failed_at, delivery_id, attempts, reason, events)| DeadLetter {
+                    id,
+                    sink,
+                    failed_at,
+                    delivery_id,
+                    attempts,
+                    reason,
+                    events,
+                },
+            )
+            .collect())
+    }
+
+    /// Updates a dead letter after another failed attempt.
+    pub async fn retried(&self, id: i64, attempts: i64, reason: &str) -> Result<(), DbError> {
+        let q = Query::update()
+            .table(name(DEAD))
+            .value(name("attempts"), attempts)
+            .value(name("reason"), reason)
+            .value(name("failed_at"), chrono::Utc::now().timestamp_millis())
+            .and_where(Expr::col(name("id")).eq(id))
+            .to_owned();
+        self.db
+            .execute_in_tx(vec![self.db.build(&q)])
+            .await
+            .map(|_| ())
+    }
+
+    /// Deletes dead letters; returns how many there were.
+    pub async fn forget_dead(&self, ids: &[i64]) -> Result<u64, DbError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let q = Query::delete()
+            .from_table(name(DEAD))
+            .and_where(Expr::col(name("id")).is_in(ids.iter().copied()))
+            .to_owned();
+        self.db.execute_in_tx(vec![self.db.build(&q)]).await
+    }
+}
