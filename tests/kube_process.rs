@@ -1,4 +1,5 @@
-//! `eventflow run` as a process against the fake API server: a kill -9 loses nothing, a 403
+//! `eventflow run` as a process against the fake API server: a kill -9 loses nothing (with a
+//! SQL sink, and with a durable webhook whose receiver is down at the time), a 403
 //! names the missing permission, readiness follows the API server's health, and `run` without
 //! a file explains what it looked for.
 
@@ -231,9 +232,114 @@ fn a_sink_that_cannot_reach_its_target_makes_the_process_not_ready() {
     assert!(body.contains("stage `hook`: failing for"), "{body}");
     // The receiver comes up: deliveries succeed, the process is ready again.
     let l = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind the receiver");
-    serve_receiver(l, 0);
+    let _ = serve_receiver(l, 0);
     wait_until("ready again", Duration::from_secs(10), || {
         get(api, "/readyz").0 == 200
     });
     let _ = r.stop();
+}
+
+/// The size of a durable webhook's queue in the `state` database.
+fn queued(state: &str, stage: &str) -> u64 {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let Ok(store) = eventflow::stages::webhook::queue::Store::open(state).await else {
+            return 0;
+        };
+        let n = store.count(stage).await.unwrap_or(0);
+        store.close().await;
+        n
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_durable_webhook_killed_during_an_outage_delivers_everything_after_a_restart() {
+    let fake = FakeApiServer::start().await.expect("fake");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kc = dir.path().join("kubeconfig");
+    fake.write_kubeconfig(&kc, None).expect("kubeconfig");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let state = format!("sqlite://{}", dir.path().join("state.db").display());
+    let p = write(
+        dir.path(),
+        "pipeline.yaml",
+        &format!(
+            "state:\n  url: {state}\nstages:\n  k8s:\n    type: kube_events\n    kubeconfig: {kc}\n    backoff: {{initial: 100ms, max: 500ms}}\n  hook:\n    type: webhook\n    inputs: [k8s]\n    url: http://127.0.0.1:{port}/hook\n    durable: true\n    backoff: {{initial: 50ms, max: 200ms}}\n",
+            kc = kc.display(),
+        ),
+    );
+    let mut created = std::collections::BTreeSet::new();
+    let mut make = |i: usize| {
+        let o = fake
+            .create(
+                "default",
+                sample_event("default", &format!("w-{i}.1"), "BackOff", "Warning", "m"),
+            )
+            .expect("create");
+        created.insert(
+            o["metadata"]["uid"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
+    };
+    for i in 0..100 {
+        make(i);
+    }
+    let mut r = tokio::task::block_in_place(|| Running::start(&[], &p));
+    tokio::task::block_in_place(|| {
+        wait_until("100 events queued", Duration::from_secs(30), || {
+            queued(&state, "hook") == 100
+        })
+    });
+    // More events while the receiver is still down, then kill -9 in the middle of them.
+    for i in 100..150 {
+        make(i);
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    r.child.kill().expect("kill -9");
+    let _ = r.child.wait();
+    let at_kill = tokio::task::block_in_place(|| queued(&state, "hook"));
+    // The receiver comes back; eventflow starts again.
+    let l = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind the receiver");
+    let got = serve_receiver(l, 0);
+    let r = tokio::task::block_in_place(|| Running::start(&[], &p));
+    let received = || -> Vec<Received> { got.lock().map(|g| g.clone()).unwrap_or_default() };
+    let uid_of = |b: &Received| -> String {
+        serde_json::from_str::<serde_json::Value>(&b.body)
+            .ok()
+            .and_then(|v| v["uid"].as_str().map(str::to_string))
+            .unwrap_or_default()
+    };
+    tokio::task::block_in_place(|| {
+        wait_until("every event delivered", Duration::from_secs(30), || {
+            received()
+                .iter()
+                .map(uid_of)
+                .collect::<std::collections::BTreeSet<_>>()
+                == created
+        })
+    });
+    let all = received();
+    let ids: std::collections::BTreeSet<&str> =
+        all.iter().map(|r| r.delivery_id.as_str()).collect();
+    eprintln!(
+        "queued at the kill: {at_kill} of 150; requests after the restart: {}",
+        all.len()
+    );
+    assert_eq!(
+        ids.len(),
+        150,
+        "a receiver that drops repeats counts each event once"
+    );
+    assert!(all.len() <= 150 + 5, "few or no repeats: {}", all.len());
+    let (status, _) = tokio::task::block_in_place(|| r.stop());
+    assert!(status.success());
+    assert_eq!(tokio::task::block_in_place(|| queued(&state, "hook")), 0);
 }

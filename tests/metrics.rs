@@ -22,6 +22,13 @@ fn value(body: &str, series: &str) -> f64 {
 fn counters_match_a_known_run_and_promtool_accepts_the_output() {
     let dir = tempfile::tempdir().expect("tmp");
     let hook = receiver(2);
+    // A receiver that refuses the first request for good (the durable webhook dead-letters it).
+    let refusing = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}/hook", l.local_addr().expect("addr"));
+        let _ = serve_receiver_failing(l, 1, "400 Bad Request");
+        url
+    };
     // A fake API server with two Events, for the kube_events source.
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let fake = rt
@@ -43,13 +50,14 @@ fn counters_match_a_known_run_and_promtool_accepts_the_output() {
         dir.path(),
         "p.yaml",
         &format!(
-            "api:\n  listen: 127.0.0.1:0\nstate:\n  url: sqlite://{}\nstages:\n  src:\n    type: file\n    path: {}\n    follow: true\n    poll_interval: 20ms\n  warn:\n    type: filter\n    inputs: [src]\n    types: [Warning]\n  once:\n    type: dedup\n    inputs: [warn]\n    key: [uid]\n  agg:\n    type: aggregate\n    inputs: [once]\n    window: 1h\n  limit:\n    type: rate_limit\n    inputs: [agg]\n    limit: 100\n  out:\n    type: stdout\n    inputs: [limit]\n  db:\n    type: sql\n    inputs: [once]\n    url: sqlite://{}\n    batch: {{max_events: 10, max_wait: 10ms}}\n  k8s:\n    type: kube_events\n    kubeconfig: {}\n  kdb:\n    type: sql\n    inputs: [k8s]\n    url: sqlite://{}\n  hook:\n    type: webhook\n    inputs: [once]\n    url: {}\n    backoff: {{initial: 50ms, max: 200ms}}\n    batch: {{max_events: 100, max_wait: 300ms}}\n",
+            "api:\n  listen: 127.0.0.1:0\nstate:\n  url: sqlite://{}\nstages:\n  src:\n    type: file\n    path: {}\n    follow: true\n    poll_interval: 20ms\n  warn:\n    type: filter\n    inputs: [src]\n    types: [Warning]\n  once:\n    type: dedup\n    inputs: [warn]\n    key: [uid]\n  agg:\n    type: aggregate\n    inputs: [once]\n    window: 1h\n  limit:\n    type: rate_limit\n    inputs: [agg]\n    limit: 100\n  out:\n    type: stdout\n    inputs: [limit]\n  db:\n    type: sql\n    inputs: [once]\n    url: sqlite://{}\n    batch: {{max_events: 10, max_wait: 10ms}}\n  k8s:\n    type: kube_events\n    kubeconfig: {}\n  kdb:\n    type: sql\n    inputs: [k8s]\n    url: sqlite://{}\n  hook:\n    type: webhook\n    inputs: [once]\n    url: {}\n    backoff: {{initial: 50ms, max: 200ms}}\n    batch: {{max_events: 100, max_wait: 300ms}}\n  dhook:\n    type: webhook\n    inputs: [once]\n    url: {}\n    durable: true\n    batch: {{max_events: 100, max_wait: 300ms}}\n",
             dir.path().join("state.db").display(),
             events.display(),
             db.display(),
             kubeconfig.display(),
             dir.path().join("k.db").display(),
-            hook
+            hook,
+            refusing,
         ),
     );
     let mut r = Running::start(&[], &p);
@@ -79,6 +87,13 @@ fn counters_match_a_known_run_and_promtool_accepts_the_output() {
                 &body,
                 "eventflow_events_received_total{stage=\"kdb\",type=\"sql\"}",
             ) == 2.0
+            && value(
+                &body,
+                "eventflow_events_sent_total{stage=\"dhook\",type=\"webhook\"}",
+            ) + value(
+                &body,
+                "eventflow_webhook_dead_lettered_events_total{stage=\"dhook\"}",
+            ) == 7.0
         {
             break body;
         }
@@ -124,6 +139,17 @@ fn counters_match_a_known_run_and_promtool_accepts_the_output() {
         7.0
     );
     assert!(body.contains("# HELP eventflow_events_received_total"));
+    // The durable webhook: its first batch refused (dead-lettered), nothing left queued.
+    assert!(
+        value(
+            &body,
+            "eventflow_webhook_dead_lettered_events_total{stage=\"dhook\"}"
+        ) >= 1.0
+    );
+    assert_eq!(
+        value(&body, "eventflow_webhook_queued_events{stage=\"dhook\"}"),
+        0.0
+    );
     // The webhook failed twice, then delivered: two retries, two 5xx answers.
     assert_eq!(
         value(&body, "eventflow_webhook_retries_total{stage=\"hook\"}"),

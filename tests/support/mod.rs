@@ -195,10 +195,31 @@ pub fn http(port: u16, method: &str, path: &str) -> (u16, String) {
     (code, body)
 }
 
+/// A request a [`serve_receiver`] answered 200: its `X-Eventflow-Delivery-Id` and body.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub delivery_id: String,
+    pub body: String,
+}
+
 /// A minimal webhook receiver on `listener` (a thread): answers 500 to the first `failures`
-/// requests, then 200.
-pub fn serve_receiver(listener: std::net::TcpListener, failures: usize) {
+/// requests, then 200; returns the log of the requests it accepted.
+pub fn serve_receiver(
+    listener: std::net::TcpListener,
+    failures: usize,
+) -> std::sync::Arc<std::sync::Mutex<Vec<Received>>> {
+    serve_receiver_failing(listener, failures, "500 Internal Server Error")
+}
+
+/// [`serve_receiver`] answering `status` (e.g. "400 Bad Request") to the first `failures`.
+pub fn serve_receiver_failing(
+    listener: std::net::TcpListener,
+    failures: usize,
+    status: &'static str,
+) -> std::sync::Arc<std::sync::Mutex<Vec<Received>>> {
     use std::io::Write;
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let accepted = log.clone();
     std::thread::spawn(move || {
         for (n, stream) in listener.incoming().enumerate() {
             let Ok(mut s) = stream else { continue };
@@ -207,20 +228,31 @@ pub fn serve_receiver(listener: std::net::TcpListener, failures: usize) {
             };
             let mut reader = BufReader::new(read_half);
             let mut len = 0usize;
+            let mut delivery_id = String::new();
             loop {
                 let mut line = String::new();
                 if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
                     break;
                 }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                let lower = line.to_ascii_lowercase();
+                if let Some(v) = lower.strip_prefix("content-length:") {
                     len = v.trim().parse().unwrap_or(0);
+                }
+                if let Some(v) = lower.strip_prefix("x-eventflow-delivery-id:") {
+                    delivery_id = v.trim().to_string();
                 }
             }
             let mut body = vec![0u8; len];
             let _ = std::io::Read::read_exact(&mut reader, &mut body);
             let status = if n < failures {
-                "500 Internal Server Error"
+                status
             } else {
+                if let Ok(mut l) = accepted.lock() {
+                    l.push(Received {
+                        delivery_id,
+                        body: String::from_utf8_lossy(&body).to_string(),
+                    });
+                }
                 "200 OK"
             };
             let _ = write!(
@@ -229,12 +261,13 @@ pub fn serve_receiver(listener: std::net::TcpListener, failures: usize) {
             );
         }
     });
+    log
 }
 
 /// [`serve_receiver`] on a free port; returns its URL.
 pub fn receiver(failures: usize) -> String {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let url = format!("http://{}/hook", l.local_addr().expect("addr"));
-    serve_receiver(l, failures);
+    let _ = serve_receiver(l, failures);
     url
 }
