@@ -653,3 +653,61 @@ async fn failed_deliveries_go_to_dead_letters_that_the_cli_lists_shows_and_resen
     let (_, list) = run(&["list"]);
     assert_eq!(list.trim(), "no dead letters");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_changes_a_durable_webhook_sends_each_queued_event_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = format!("sqlite://{}", dir.path().join("state.db").display());
+    let (old, old_url) = receiver().await;
+    *old.delay.lock().unwrap() = Duration::from_millis(50);
+    let (new, new_url) = receiver().await;
+    let (src, feed) = ChannelSource::new(4);
+    let src: Arc<dyn eventflow::stages::StageConfig> = Arc::new(src);
+    let hook = |url: &str| -> Arc<dyn eventflow::stages::StageConfig> {
+        let mut v = durable();
+        v["url"] = json!(url);
+        Arc::new(serde_json::from_value::<WebhookConfig>(v).unwrap())
+    };
+    let pipeline = |url: &str, version: i64| {
+        PipelineBuilder::new()
+            .stage("src", "channel", StageKind::Source, &[], src.clone(), 0)
+            .stage(
+                "hook",
+                "webhook",
+                StageKind::Sink,
+                &["src"],
+                hook(url),
+                version,
+            )
+            .state(&state)
+            .build()
+    };
+    let mut topo = Topology::start(pipeline(&old_url, 0)).await.unwrap();
+    let sent: Vec<String> = (0..30).map(|i| format!("m{i:02}")).collect();
+    let ack = feed
+        .send(sent.iter().map(|u| versioned(u, "1")).collect())
+        .await;
+    assert_eq!(ack.await.unwrap(), Status::Delivered, "queued");
+    wait_for(
+        "a few delivered to the old URL",
+        Duration::from_secs(5),
+        || old.got().len() >= 3,
+    )
+    .await;
+    topo.apply(pipeline(&new_url, 1)).await.unwrap();
+    wait_for("the rest at the new URL", Duration::from_secs(10), || {
+        old.got().len() + new.got().len() >= 30
+    })
+    .await;
+    queue_empties(&state).await;
+    let mut all = uids(&old.got());
+    all.extend(uids(&new.got()));
+    assert_eq!(all, sent, "each once, in order, across the two instances");
+    assert!(
+        !new.got().is_empty(),
+        "the new instance took over: old {} new {}",
+        old.got().len(),
+        new.got().len()
+    );
+    topo.shutdown(Duration::from_secs(5)).await;
+}

@@ -12,12 +12,13 @@
 //!   transaction that deletes it from the queue. A batch is pinned in the table before its first
 //!   attempt, so after a crash the same events go out together with the same delivery id.
 //!
-//! When the input closes (shutdown, or a reload that replaced the stage) the intake has written
-//! everything; the delivery loop keeps delivering while the receiver accepts and stops at the
-//! first retryable failure, leaving the rest queued for the next start. If a newer instance of
-//! the same stage is waiting (a reload), it stops after its requests in flight instead: one
-//! instance delivers from a queue at a time, so a reload never sends a row twice. (Two
-//! processes must not share a `state` database with the same stage id.)
+//! When the input closes (shutdown) the intake has written everything; the delivery loop keeps
+//! delivering while the receiver accepts and stops at the first retryable failure, leaving the
+//! rest queued for the next start. When a reload starts a new instance of the stage, the old
+//! one stops delivering as soon as its requests in flight are answered (it no longer waits
+//! for retries) and the new one takes over the queue; the old intake keeps writing what still
+//! reaches it. One instance delivers from a queue at a time, so a reload never sends a row
+//! twice. (Two processes must not share a `state` database with the same stage id.)
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,11 +39,20 @@ use crate::metrics as m;
 use crate::stages::SinkContext;
 use crate::stages::backoff::BackoffConfig;
 
-/// One queue's delivery slot in this process: the newest instance of a stage waits for the
-/// previous one to stop delivering.
+/// One queue in this process, shared by the instances of its stage (a reload runs the old and
+/// the new one side by side for a while): the newest instance delivers, every instance's
+/// intake writes, and the count and wake-ups are common to all.
 struct Slot {
+    /// Held by the instance that delivers.
     delivering: tokio::sync::Mutex<()>,
-    generation: AtomicU64,
+    /// Bumped when an instance starts: older ones stop delivering.
+    generation: watch::Sender<u64>,
+    /// Bumped when rows are added (wakes the delivery loop).
+    added: watch::Sender<u64>,
+    /// Rows were removed (wakes an intake waiting at the bound).
+    room: Notify,
+    /// Events in the queue.
+    queued: AtomicU64,
 }
 
 fn slot(key: String) -> Arc<Slot> {
@@ -56,7 +66,10 @@ fn slot(key: String) -> Arc<Slot> {
         .or_insert_with(|| {
             Arc::new(Slot {
                 delivering: tokio::sync::Mutex::new(()),
-                generation: AtomicU64::new(0),
+                generation: watch::channel(0).0,
+                added: watch::channel(0).0,
+                room: Notify::new(),
+                queued: AtomicU64::new(0),
             })
         })
         .clone()
@@ -68,13 +81,8 @@ struct Shared<'a> {
     store: &'a Store,
     stage: &'a str,
     health: &'a StageHealth,
-    /// Events in the queue.
-    queued: AtomicU64,
+    slot: Arc<Slot>,
     gauge: metrics::Gauge,
-    /// Rows were added (wakes the delivery loop).
-    more: Notify,
-    /// Rows were removed (wakes an intake waiting at the bound).
-    room: Notify,
     sent: metrics::Counter,
     dead: metrics::Counter,
     latency: metrics::Histogram,
@@ -82,14 +90,19 @@ struct Shared<'a> {
 }
 
 impl Shared<'_> {
+    fn queued(&self) -> u64 {
+        self.slot.queued.load(Ordering::SeqCst)
+    }
+
     fn add(&self, n: u64) {
-        let q = self.queued.fetch_add(n, Ordering::SeqCst) + n;
+        let q = self.slot.queued.fetch_add(n, Ordering::SeqCst) + n;
         self.gauge.set(q as f64);
-        self.more.notify_one();
+        self.slot.added.send_modify(|v| *v += 1);
     }
 
     fn sub(&self, n: u64) {
         let q = self
+            .slot
             .queued
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |q| {
                 Some(q.saturating_sub(n))
@@ -97,7 +110,7 @@ impl Shared<'_> {
             .unwrap_or(0)
             .saturating_sub(n);
         self.gauge.set(q as f64);
-        self.room.notify_waiters();
+        self.slot.room.notify_waiters();
     }
 
     /// Runs a database write until it succeeds, or gives up when `give_up` says so.
@@ -136,16 +149,14 @@ pub async fn run(
     let id = cx.metrics.id.clone();
     let stage: &str = &id;
     let slot = slot(format!("{state_url}\u{0}{stage}"));
-    let generation = slot.generation.fetch_add(1, Ordering::SeqCst) + 1;
+    slot.generation.send_modify(|g| *g += 1);
     let shared = Shared {
         delivery,
         store,
         stage,
         health,
-        queued: AtomicU64::new(0),
+        slot: slot.clone(),
         gauge: m::webhook_queued(stage),
-        more: Notify::new(),
-        room: Notify::new(),
         sent: m::sent(stage, cx.metrics.type_name),
         dead: m::webhook_dead_lettered(stage),
         latency: m::latency(stage, cx.metrics.type_name),
@@ -156,7 +167,8 @@ pub async fn run(
             if n > 0 {
                 tracing::info!(stage, queued = n, "resuming the deliveries queued before");
             }
-            shared.add(n);
+            shared.slot.queued.store(n, Ordering::SeqCst);
+            shared.gauge.set(n as f64);
         }
         Err(e) => tracing::warn!(stage, error = %e, "state database: cannot count the queue"),
     }
@@ -166,15 +178,18 @@ pub async fn run(
         intake(&shared, cx, &written).await;
         let _ = stop_tx.send(true);
     };
+    let mut generation = slot.generation.subscribe();
     let deliveries = async {
-        let _turn = slot.delivering.lock().await;
-        deliver_loop(&shared, stop_rx, || {
-            slot.generation.load(Ordering::SeqCst) != generation
-        })
-        .await;
+        let turn = tokio::select! {
+            turn = slot.delivering.lock() => Some(turn),
+            _ = generation.changed() => None,
+        };
+        if turn.is_some() {
+            deliver_loop(&shared, stop_rx, generation).await;
+        }
     };
     tokio::join!(intake, deliveries);
-    let left = shared.queued.load(Ordering::SeqCst);
+    let left = shared.queued();
     if left > 0 {
         tracing::info!(
             stage,
@@ -200,10 +215,10 @@ async fn intake(shared: &Shared<'_>, cx: &mut SinkContext, write_failed: &metric
                     // Room for how many? At the bound, wait (back-pressure on the stages
                     // before); never write past it.
                     let room = loop {
-                        let notified = shared.room.notified();
+                        let notified = shared.slot.room.notified();
                         tokio::pin!(notified);
                         notified.as_mut().enable();
-                        let queued = shared.queued.load(Ordering::SeqCst);
+                        let queued = shared.queued();
                         if queued < max {
                             break (max - queued).min(rest.len() as u64) as usize;
                         }
@@ -291,21 +306,33 @@ async fn next_batch(
     Ok(Next::Batch(batch))
 }
 
+/// Delivers from the queue until the stage stops (see the module's notes) or a newer
+/// instance of it starts (`generation` changes), whichever comes first.
 async fn deliver_loop(
     shared: &Shared<'_>,
     mut stop: watch::Receiver<bool>,
-    superseded: impl Fn() -> bool,
+    mut generation: watch::Receiver<u64>,
 ) {
+    let mut added = shared.slot.added.subscribe();
+    // Deliveries in flight stop retrying once this instance stops or is superseded.
+    let (halt, halted_rx) = watch::channel(false);
     let cfg = &shared.delivery.cfg;
     let mut in_flight = FuturesUnordered::new();
     let mut cursor = 0i64;
     let mut halted = false;
+    let mut superseded = false;
     let mut db_backoff = BackoffConfig::default().start();
     loop {
         let stopping = *stop.borrow();
+        // Sticky: `changed()` below marks the new generation seen.
+        superseded |= generation.has_changed().unwrap_or(true);
+        added.borrow_and_update();
+        if stopping || superseded {
+            halt.send_replace(true);
+        }
         let mut wake: Option<Instant> = None;
         let mut empty = false;
-        if !(stopping && (halted || superseded())) {
+        if !(superseded || (stopping && halted)) {
             while in_flight.len() < cfg.max_in_flight {
                 // Nothing in flight: look from the head again (a row committed late by a
                 // concurrent writer is not skipped for long).
@@ -323,7 +350,7 @@ async fn deliver_loop(
                             tracing::warn!(stage = shared.stage, error = %e, "state database: cannot pin a batch; sending it anyway");
                         }
                         cursor = last;
-                        in_flight.push(send(shared, rows, stop.clone()));
+                        in_flight.push(send(shared, rows, halted_rx.clone()));
                     }
                     Ok(Next::Empty) => {
                         empty = true;
@@ -343,7 +370,7 @@ async fn deliver_loop(
                 }
             }
         }
-        if in_flight.is_empty() && stopping && (halted || empty || superseded()) {
+        if in_flight.is_empty() && (superseded || (stopping && (halted || empty))) {
             return;
         }
         tokio::select! {
@@ -352,7 +379,8 @@ async fn deliver_loop(
                     halted = true;
                 }
             }
-            _ = shared.more.notified() => {}
+            _ = added.changed() => {}
+            _ = generation.changed(), if !superseded => superseded = true,
             _ = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {}
             _ = stop.changed(), if !stopping => {}
         }
@@ -360,7 +388,7 @@ async fn deliver_loop(
 }
 
 /// Delivers one batch of queued rows and settles it in the queue.
-async fn send(shared: &Shared<'_>, rows: Vec<Pending>, stop: watch::Receiver<bool>) -> Outcome {
+async fn send(shared: &Shared<'_>, rows: Vec<Pending>, halt: watch::Receiver<bool>) -> Outcome {
     let started = std::time::Instant::now();
     let mut events = Vec::with_capacity(rows.len());
     let mut good = Vec::with_capacity(rows.len());
@@ -374,7 +402,7 @@ async fn send(shared: &Shared<'_>, rows: Vec<Pending>, stop: watch::Receiver<boo
                 // Written by another version, or damaged: keep it for a person, go on.
                 let reason = format!("cannot read the queued event: {e}");
                 tracing::error!(stage = shared.stage, row = r.id, reason = %reason, "dead-lettering a queued event");
-                bury(shared, &[r], "", 0, &reason, &stop).await;
+                bury(shared, &[r], "", 0, &reason, &halt).await;
             }
         }
     }
@@ -388,22 +416,23 @@ async fn send(shared: &Shared<'_>, rows: Vec<Pending>, stop: watch::Receiver<boo
             &events,
             Some(shared.health),
             Budget::Until(Instant::now().into_std() + cfg.retry_for.0),
-            Some(stop.clone()),
+            Some(halt.clone()),
         )
         .await;
-    let stopping = || *stop.borrow();
+    let halting = || *halt.borrow();
     match &outcome {
         Outcome::Delivered => {
             let ids: Vec<i64> = good.iter().map(|r| r.id).collect();
             let removed = shared
-                .persist("remove delivered events from the queue", stopping, || {
+                .persist("remove delivered events from the queue", halting, || {
                     shared.store.remove(shared.stage, &ids)
                 })
                 .await;
-            if !removed {
+            if removed {
+                shared.sub(ids.len() as u64);
+            } else {
                 tracing::warn!(stage = shared.stage, delivery_id = %delivery_id(&events), "delivered events stay queued and are sent again at the next start (same delivery id)");
             }
-            shared.sub(ids.len() as u64);
             shared.sent.increment(events.len() as u64);
             let now = chrono::Utc::now().timestamp_millis();
             good.iter().for_each(|r| {
@@ -419,7 +448,7 @@ async fn send(shared: &Shared<'_>, rows: Vec<Pending>, stop: watch::Receiver<boo
                 &delivery_id(&events),
                 *attempts,
                 reason,
-                &stop,
+                &halt,
             )
             .await;
         }
