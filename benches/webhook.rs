@@ -1,8 +1,9 @@
 //! The webhook sink against bare reqwest, same local receiver (axum on 127.0.0.1), same bodies,
-//! same concurrency (one request at a time: the sink delivers a stage's batches in order), each
-//! iteration running both back to back.
-//! - one event per request (2,000 events);
-//! - 100 events per request (the seed's batch body; 100,000 events).
+//! same concurrency (`max_in_flight` requests at once on both sides), each iteration running
+//! both back to back.
+//! - one event per request, one in flight (2,000 events);
+//! - 100 events per request (the seed's batch body; 100,000 events), 1 and 4 in flight;
+//! - the same with `durable: true` (SQLite queue in a temporary directory), 4 in flight.
 
 mod common;
 use common::record;
@@ -17,6 +18,7 @@ use eventflow::event::{Event, EventData, Finalizers};
 use eventflow::stages::StageKind;
 use eventflow::stages::webhook::{WebhookConfig, body};
 use eventflow::testkit::{ChannelSource, PipelineBuilder};
+use futures::StreamExt;
 
 fn data(i: usize) -> EventData {
     EventData {
@@ -35,11 +37,25 @@ fn data(i: usize) -> EventData {
     }
 }
 
+/// A receiver that counts the events of batch bodies (their `count`; meaningless for single
+/// events, which carry their own `count`).
 async fn receiver(hits: Arc<AtomicU64>) -> String {
-    let app = axum::Router::new().fallback(move |_body: axum::body::Bytes| {
+    let app = axum::Router::new().fallback(move |body: axum::body::Bytes| {
         let hits = hits.clone();
         async move {
-            hits.fetch_add(1, Ordering::Relaxed);
+            let n = body
+                .windows(8)
+                .rposition(|w| w == b"\"count\":")
+                .and_then(|at| {
+                    let digits: Vec<u8> = body[at + 8..]
+                        .iter()
+                        .take_while(|b| b.is_ascii_digit())
+                        .copied()
+                        .collect();
+                    std::str::from_utf8(&digits).ok()?.parse::<u64>().ok()
+                })
+                .unwrap_or(1);
+            hits.fetch_add(n, Ordering::Relaxed);
             "ok"
         }
     });
@@ -53,14 +69,47 @@ async fn receiver(hits: Arc<AtomicU64>) -> String {
     url
 }
 
-async fn run_sink(url: &str, events: usize, per_request: usize) -> Duration {
+/// One benchmark case.
+#[derive(Clone, Copy)]
+struct Case {
+    events: usize,
+    per_request: usize,
+    in_flight: usize,
+    durable: bool,
+}
+
+impl Case {
+    fn name(&self) -> String {
+        format!(
+            "{}{} per request, {} in flight",
+            if self.durable { "durable, " } else { "" },
+            self.per_request,
+            self.in_flight
+        )
+    }
+}
+
+async fn run_sink(url: &str, case: Case, hits: &AtomicU64) -> Duration {
+    let Case {
+        events,
+        per_request,
+        in_flight,
+        durable,
+    } = case;
+    let dir = tempfile::tempdir().expect("tmp");
     let cfg: WebhookConfig = serde_json::from_value(serde_json::json!({
         "url": url,
         "batch": {"max_events": per_request, "max_wait": "50ms"},
+        "max_in_flight": in_flight,
+        "durable": durable,
     }))
     .expect("config");
     let (src, feed) = ChannelSource::new(8);
     let p = PipelineBuilder::new()
+        .state(&format!(
+            "sqlite://{}",
+            dir.path().join("state.db").display()
+        ))
         .stage("src", "channel", StageKind::Source, &[], Arc::new(src), 0)
         .stage(
             "hook",
@@ -80,35 +129,68 @@ async fn run_sink(url: &str, events: usize, per_request: usize) -> Duration {
     for a in acks {
         let _ = a.await;
     }
+    if durable {
+        // Acknowledged once queued: wait for the receiver to have everything.
+        while hits.load(Ordering::Relaxed) < events as u64 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
     let d = started.elapsed();
     topo.shutdown(Duration::from_secs(30)).await;
     d
 }
 
-async fn run_bare(
-    client: &reqwest::Client,
-    url: &str,
-    events: usize,
-    per_request: usize,
-) -> Duration {
+async fn run_bare(client: &reqwest::Client, url: &str, case: Case) -> Duration {
     let started = Instant::now();
-    for chunk in (0..events).collect::<Vec<_>>().chunks(per_request) {
-        let evs: Vec<Event> = chunk
-            .iter()
-            .map(|i| Event::new(data(*i), Finalizers::None))
-            .collect();
-        let b = body(&evs, per_request > 1).expect("body");
-        let r = client
-            .post(url)
-            .header("content-type", "application/json")
-            .body(b)
-            .send()
-            .await
-            .expect("send");
-        assert!(r.status().is_success());
-    }
+    let ids: Vec<usize> = (0..case.events).collect();
+    futures::stream::iter(ids.chunks(case.per_request))
+        .map(|chunk| async move {
+            let evs: Vec<Event> = chunk
+                .iter()
+                .map(|i| Event::new(data(*i), Finalizers::None))
+                .collect();
+            let b = body(&evs, case.per_request > 1).expect("body");
+            let r = client
+                .post(url)
+                .header("content-type", "application/json")
+                .body(b)
+                .send()
+                .await
+                .expect("send");
+            assert!(r.status().is_success());
+        })
+        .buffer_unordered(case.in_flight)
+        .collect::<Vec<()>>()
+        .await;
     started.elapsed()
 }
+
+const CASES: [Case; 4] = [
+    Case {
+        events: 2_000,
+        per_request: 1,
+        in_flight: 1,
+        durable: false,
+    },
+    Case {
+        events: 100_000,
+        per_request: 100,
+        in_flight: 1,
+        durable: false,
+    },
+    Case {
+        events: 100_000,
+        per_request: 100,
+        in_flight: 4,
+        durable: false,
+    },
+    Case {
+        events: 100_000,
+        per_request: 100,
+        in_flight: 4,
+        durable: true,
+    },
+];
 
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -122,17 +204,19 @@ fn bench(c: &mut Criterion) {
     let client = reqwest::Client::new();
     let mut g = c.benchmark_group("webhook");
     g.sample_size(10);
-    for (events, per) in [(2_000usize, 1usize), (100_000, 100)] {
-        g.throughput(Throughput::Elements(events as u64));
-        g.bench_function(format!("{per}_per_request"), |b| {
+    for case in CASES {
+        let name = case.name();
+        g.throughput(Throughput::Elements(case.events as u64));
+        g.bench_function(name.replace([',', ' '], "_"), |b| {
             b.iter_custom(|iters| {
                 rt.block_on(async {
                     let mut total = Duration::ZERO;
                     for _ in 0..iters {
-                        let d = run_sink(&url, events, per).await;
-                        record(format!("webhook sink, {per} per request"), events as u64, d);
-                        let b = run_bare(&client, &url, events, per).await;
-                        record(format!("bare reqwest, {per} per request"), events as u64, b);
+                        hits.store(0, Ordering::Relaxed);
+                        let d = run_sink(&url, case, &hits).await;
+                        record(format!("webhook sink, {name}"), case.events as u64, d);
+                        let b = run_bare(&client, &url, case).await;
+                        record(format!("bare reqwest, {name}"), case.events as u64, b);
                         total += d;
                     }
                     total
@@ -150,15 +234,16 @@ fn main() {
     criterion::Criterion::default()
         .configure_from_args()
         .final_summary();
-    let ratios: Vec<_> = [1, 100]
+    let ratios: Vec<_> = CASES
         .iter()
-        .map(|per| {
+        .map(|c| {
+            let name = c.name();
             common::ratio(
-                &format!("webhook sink / bare reqwest, {per} per request"),
-                &format!("webhook sink, {per} per request"),
-                &format!("bare reqwest, {per} per request"),
+                &format!("webhook sink / bare reqwest, {name}"),
+                &format!("webhook sink, {name}"),
+                &format!("bare reqwest, {name}"),
             )
         })
         .collect();
-    common::summary("webhook (sequential requests to a local receiver)", &ratios);
+    common::summary("webhook (requests to a local receiver)", &ratios);
 }

@@ -711,3 +711,46 @@ async fn a_reload_that_changes_a_durable_webhook_sends_each_queued_event_once() 
     );
     topo.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_backlog_goes_out_with_several_requests_in_flight() {
+    // More batches in flight than the queue's database connections: each must still finish.
+    let dir = tempfile::tempdir().unwrap();
+    let state = format!("sqlite://{}", dir.path().join("state.db").display());
+    let (r, url) = receiver().await;
+    let mut cfg = durable();
+    cfg["max_in_flight"] = json!(8);
+    cfg["batch"] = json!({"max_events": 50, "max_wait": "20ms"});
+    let (topo, feed) = pipeline_with_state(&url, cfg, Some(&state)).await;
+    let mut acks = Vec::new();
+    for chunk in 0..40 {
+        let events = (0..500)
+            .map(|i| versioned(&format!("x{:05}", chunk * 500 + i), "1"))
+            .collect();
+        acks.push(feed.send(events).await);
+    }
+    for a in acks {
+        assert_eq!(a.await.unwrap(), Status::Delivered);
+    }
+    let count = |g: &[Got]| {
+        g.iter()
+            .map(|g| g.body["count"].as_u64().unwrap_or(0))
+            .sum::<u64>()
+    };
+    wait_for("20,000 events", Duration::from_secs(60), || {
+        count(&r.got()) >= 20_000
+    })
+    .await;
+    queue_empties(&state).await;
+    let mut all: Vec<String> = r
+        .got()
+        .iter()
+        .flat_map(|g| g.body["events"].as_array().cloned().unwrap_or_default())
+        .map(|e| e["uid"].as_str().unwrap_or_default().to_string())
+        .collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 20_000, "each event delivered");
+    assert!(r.peak.load(Ordering::SeqCst) > 1, "requests overlapped");
+    topo.shutdown(Duration::from_secs(5)).await;
+}

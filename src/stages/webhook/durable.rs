@@ -25,8 +25,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
@@ -76,11 +74,11 @@ fn slot(key: String) -> Arc<Slot> {
 }
 
 /// What the two loops share.
-struct Shared<'a> {
-    delivery: &'a Delivery,
-    store: &'a Store,
-    stage: &'a str,
-    health: &'a StageHealth,
+struct Shared {
+    delivery: Arc<Delivery>,
+    store: Store,
+    stage: String,
+    health: Arc<StageHealth>,
     slot: Arc<Slot>,
     gauge: metrics::Gauge,
     sent: metrics::Counter,
@@ -89,7 +87,7 @@ struct Shared<'a> {
     processing: metrics::Histogram,
 }
 
-impl Shared<'_> {
+impl Shared {
     fn queued(&self) -> u64 {
         self.slot.queued.load(Ordering::SeqCst)
     }
@@ -126,11 +124,11 @@ impl Shared<'_> {
                 Err(e) => {
                     self.health.failing();
                     if give_up() {
-                        tracing::error!(stage = self.stage, error = %e, "state database: cannot {what}; giving up because the stage is stopping");
+                        tracing::error!(stage = %self.stage, error = %e, "state database: cannot {what}; giving up because the stage is stopping");
                         return false;
                     }
                     let wait = backoff.next_delay();
-                    tracing::warn!(stage = self.stage, error = %e, wait = ?wait, "state database: cannot {what}; retrying");
+                    tracing::warn!(stage = %self.stage, error = %e, wait = ?wait, "state database: cannot {what}; retrying");
                     tokio::time::sleep(wait).await;
                 }
             }
@@ -140,20 +138,20 @@ impl Shared<'_> {
 
 /// Runs a durable webhook sink until its input closes and its delivery loop has stopped.
 pub async fn run(
-    delivery: &Delivery,
-    store: &Store,
+    delivery: Arc<Delivery>,
+    store: Store,
     state_url: &str,
     cx: &mut SinkContext,
-    health: &StageHealth,
+    health: Arc<StageHealth>,
 ) {
     let id = cx.metrics.id.clone();
     let stage: &str = &id;
     let slot = slot(format!("{state_url}\u{0}{stage}"));
     slot.generation.send_modify(|g| *g += 1);
-    let shared = Shared {
+    let shared = Arc::new(Shared {
         delivery,
         store,
-        stage,
+        stage: stage.to_string(),
         health,
         slot: slot.clone(),
         gauge: m::webhook_queued(stage),
@@ -161,8 +159,8 @@ pub async fn run(
         dead: m::webhook_dead_lettered(stage),
         latency: m::latency(stage, cx.metrics.type_name),
         processing: cx.metrics.processing.clone(),
-    };
-    match store.count(stage).await {
+    });
+    match shared.store.count(stage).await {
         Ok(n) => {
             if n > 0 {
                 tracing::info!(stage, queued = n, "resuming the deliveries queued before");
@@ -199,7 +197,7 @@ pub async fn run(
     }
 }
 
-async fn intake(shared: &Shared<'_>, cx: &mut SinkContext, write_failed: &metrics::Counter) {
+async fn intake(shared: &Shared, cx: &mut SinkContext, write_failed: &metrics::Counter) {
     let max = shared.delivery.cfg.max_queued.max(1);
     let warned = std::sync::atomic::AtomicBool::new(false);
     super::super::batch::run_batched(
@@ -224,7 +222,7 @@ async fn intake(shared: &Shared<'_>, cx: &mut SinkContext, write_failed: &metric
                         }
                         if !warned.swap(true, Ordering::Relaxed) {
                             tracing::warn!(
-                                stage = shared.stage,
+                                stage = %shared.stage,
                                 max_queued = max,
                                 "webhook queue is full; holding back new events until deliveries make room"
                             );
@@ -243,10 +241,10 @@ async fn intake(shared: &Shared<'_>, cx: &mut SinkContext, write_failed: &metric
 
 /// Writes a batch to the queue, retrying while the database is unavailable. An event the
 /// database refuses for good is rejected (counted), not retried forever.
-async fn write(shared: &Shared<'_>, batch: Vec<Event>, write_failed: &metrics::Counter) {
+async fn write(shared: &Shared, batch: Vec<Event>, write_failed: &metrics::Counter) {
     let mut backoff = BackoffConfig::default().start();
     loop {
-        match shared.store.push(shared.stage, &batch).await {
+        match shared.store.push(&shared.stage, &batch).await {
             Ok(()) => {
                 shared.add(batch.len() as u64);
                 return;
@@ -254,18 +252,18 @@ async fn write(shared: &Shared<'_>, batch: Vec<Event>, write_failed: &metrics::C
             Err(e) if e.is_transient() => {
                 shared.health.failing();
                 let wait = backoff.next_delay();
-                tracing::warn!(stage = shared.stage, error = %e, wait = ?wait, "state database: cannot queue events; retrying");
+                tracing::warn!(stage = %shared.stage, error = %e, wait = ?wait, "state database: cannot queue events; retrying");
                 tokio::time::sleep(wait).await;
             }
             Err(e) if batch.len() > 1 => {
-                tracing::warn!(stage = shared.stage, error = %e, "state database refused a batch; queueing its events one by one");
+                tracing::warn!(stage = %shared.stage, error = %e, "state database refused a batch; queueing its events one by one");
                 for one in batch {
                     Box::pin(write(shared, vec![one], write_failed)).await;
                 }
                 return;
             }
             Err(e) => {
-                tracing::error!(stage = shared.stage, uid = %batch[0].uid, error = %e, "state database refused the event; it is not delivered");
+                tracing::error!(stage = %shared.stage, uid = %batch[0].uid, error = %e, "state database refused the event; it is not delivered");
                 write_failed.increment(1);
                 batch[0].set_status(Status::Rejected);
                 return;
@@ -282,13 +280,13 @@ enum Next {
 }
 
 async fn next_batch(
-    shared: &Shared<'_>,
+    shared: &Shared,
     cursor: i64,
     stopping: bool,
 ) -> Result<Next, crate::stages::sql::db::DbError> {
     let cfg = &shared.delivery.cfg;
     let max = cfg.batch.max_events.max(1);
-    let rows = shared.store.head(shared.stage, cursor, max).await?;
+    let rows = shared.store.head(&shared.stage, cursor, max).await?;
     let Some(first) = rows.first() else {
         return Ok(Next::Empty);
     };
@@ -309,7 +307,7 @@ async fn next_batch(
 /// Delivers from the queue until the stage stops (see the module's notes) or a newer
 /// instance of it starts (`generation` changes), whichever comes first.
 async fn deliver_loop(
-    shared: &Shared<'_>,
+    shared: &Arc<Shared>,
     mut stop: watch::Receiver<bool>,
     mut generation: watch::Receiver<u64>,
 ) {
@@ -317,7 +315,9 @@ async fn deliver_loop(
     // Deliveries in flight stop retrying once this instance stops or is superseded.
     let (halt, halted_rx) = watch::channel(false);
     let cfg = &shared.delivery.cfg;
-    let mut in_flight = FuturesUnordered::new();
+    // Each batch in flight is a task of its own: it makes progress (and frees its database
+    // connection) while this loop waits on the database itself.
+    let mut in_flight = tokio::task::JoinSet::new();
     let mut cursor = 0i64;
     let mut halted = false;
     let mut superseded = false;
@@ -345,12 +345,12 @@ async fn deliver_loop(
                         let (first, last) = (rows[0].id, rows[rows.len() - 1].id);
                         if cfg.batch.max_events > 1
                             && rows[0].batch.is_none()
-                            && let Err(e) = shared.store.pin(shared.stage, first, last).await
+                            && let Err(e) = shared.store.pin(&shared.stage, first, last).await
                         {
-                            tracing::warn!(stage = shared.stage, error = %e, "state database: cannot pin a batch; sending it anyway");
+                            tracing::warn!(stage = %shared.stage, error = %e, "state database: cannot pin a batch; sending it anyway");
                         }
                         cursor = last;
-                        in_flight.push(send(shared, rows, halted_rx.clone()));
+                        in_flight.spawn(send(shared.clone(), rows, halted_rx.clone()));
                     }
                     Ok(Next::Empty) => {
                         empty = true;
@@ -363,7 +363,7 @@ async fn deliver_loop(
                     Err(e) => {
                         shared.health.failing();
                         let wait = db_backoff.next_delay();
-                        tracing::warn!(stage = shared.stage, error = %e, wait = ?wait, "state database: cannot read the queue; retrying");
+                        tracing::warn!(stage = %shared.stage, error = %e, wait = ?wait, "state database: cannot read the queue; retrying");
                         wake = Some(Instant::now() + wait);
                         break;
                     }
@@ -374,8 +374,8 @@ async fn deliver_loop(
             return;
         }
         tokio::select! {
-            Some(done) = in_flight.next(), if !in_flight.is_empty() => {
-                if done == Outcome::Interrupted {
+            Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
+                if matches!(done, Ok(Outcome::Interrupted)) {
                     halted = true;
                 }
             }
@@ -388,7 +388,8 @@ async fn deliver_loop(
 }
 
 /// Delivers one batch of queued rows and settles it in the queue.
-async fn send(shared: &Shared<'_>, rows: Vec<Pending>, halt: watch::Receiver<bool>) -> Outcome {
+async fn send(shared: Arc<Shared>, rows: Vec<Pending>, halt: watch::Receiver<bool>) -> Outcome {
+    let shared = &*shared;
     let started = std::time::Instant::now();
     let mut events = Vec::with_capacity(rows.len());
     let mut good = Vec::with_capacity(rows.len());
@@ -401,7 +402,7 @@ async fn send(shared: &Shared<'_>, rows: Vec<Pending>, halt: watch::Receiver<boo
             Err(e) => {
                 // Written by another version, or damaged: keep it for a person, go on.
                 let reason = format!("cannot read the queued event: {e}");
-                tracing::error!(stage = shared.stage, row = r.id, reason = %reason, "dead-lettering a queued event");
+                tracing::error!(stage = %shared.stage, row = r.id, reason = %reason, "dead-lettering a queued event");
                 bury(shared, &[r], "", 0, &reason, &halt).await;
             }
         }
@@ -414,7 +415,7 @@ async fn send(shared: &Shared<'_>, rows: Vec<Pending>, halt: watch::Receiver<boo
         .delivery
         .deliver(
             &events,
-            Some(shared.health),
+            Some(&shared.health),
             Budget::Until(Instant::now().into_std() + cfg.retry_for.0),
             Some(halt.clone()),
         )
@@ -425,13 +426,13 @@ async fn send(shared: &Shared<'_>, rows: Vec<Pending>, halt: watch::Receiver<boo
             let ids: Vec<i64> = good.iter().map(|r| r.id).collect();
             let removed = shared
                 .persist("remove delivered events from the queue", halting, || {
-                    shared.store.remove(shared.stage, &ids)
+                    shared.store.remove(&shared.stage, &ids)
                 })
                 .await;
             if removed {
                 shared.sub(ids.len() as u64);
             } else {
-                tracing::warn!(stage = shared.stage, delivery_id = %delivery_id(&events), "delivered events stay queued and are sent again at the next start (same delivery id)");
+                tracing::warn!(stage = %shared.stage, delivery_id = %delivery_id(&events), "delivered events stay queued and are sent again at the next start (same delivery id)");
             }
             shared.sent.increment(events.len() as u64);
             let now = chrono::Utc::now().timestamp_millis();
@@ -460,7 +461,7 @@ async fn send(shared: &Shared<'_>, rows: Vec<Pending>, halt: watch::Receiver<boo
 
 /// Moves rows to the dead letters (counted).
 async fn bury(
-    shared: &Shared<'_>,
+    shared: &Shared,
     rows: &[Pending],
     delivery_id: &str,
     attempts: u32,
@@ -474,7 +475,7 @@ async fn bury(
             || {
                 shared
                     .store
-                    .bury(shared.stage, rows, delivery_id, attempts, reason)
+                    .bury(&shared.stage, rows, delivery_id, attempts, reason)
             },
         )
         .await;
@@ -482,7 +483,7 @@ async fn bury(
         shared.sub(rows.len() as u64);
         shared.dead.increment(rows.len() as u64);
         tracing::error!(
-            stage = shared.stage,
+            stage = %shared.stage,
             delivery_id,
             events = rows.len(),
             "delivery moved to the dead-letter table (`eventflow dead-letter list`)"

@@ -31,6 +31,7 @@ use format::Chat;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
@@ -255,15 +256,16 @@ impl StageConfig for WebhookConfig {
             } else {
                 None
             };
-            Ok(Stage::Sink(
-                Box::new(WebhookSink { delivery, queue }) as Box<dyn Sink>
-            ))
+            Ok(Stage::Sink(Box::new(WebhookSink {
+                delivery: Arc::new(delivery),
+                queue,
+            }) as Box<dyn Sink>))
         })
     }
 }
 
 struct WebhookSink {
-    delivery: Delivery,
+    delivery: Arc<Delivery>,
     /// With `durable`: the queue's store and the `state` URL it lives at.
     queue: Option<(queue::Store, String)>,
 }
@@ -526,7 +528,14 @@ impl Sink for WebhookSink {
             health.synced();
             match this.queue {
                 Some((store, url)) => {
-                    durable::run(&this.delivery, &store, &url, &mut cx, &health).await;
+                    durable::run(
+                        this.delivery.clone(),
+                        store.clone(),
+                        &url,
+                        &mut cx,
+                        health.clone(),
+                    )
+                    .await;
                     store.close().await;
                 }
                 None => in_memory(&this.delivery, &mut cx, &health).await,
