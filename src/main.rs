@@ -73,6 +73,9 @@ enum Command {
         #[arg(long, value_enum, default_value_t = GraphFormat::Mermaid)]
         format: GraphFormat,
     },
+    /// Print the pipeline equivalent to a file in the seed's format (the k8m event handler's
+    /// eventhandler.yaml), with comments where eventflow behaves differently.
+    Migrate { file: PathBuf },
     /// Inspect, re-send or delete the deliveries durable webhooks gave up on (kept in the
     /// pipeline's `state` database).
     DeadLetter {
@@ -194,6 +197,10 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::FAILURE);
                 }
             };
+            if let Some(why) = &p.disabled {
+                tracing::info!("{why}; nothing to run");
+                return Ok(ExitCode::SUCCESS);
+            }
             let opts = eventflow::run::RunOptions {
                 shutdown_timeout: shutdown_timeout.0,
                 watch: !no_watch,
@@ -211,7 +218,10 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             let mut failed = false;
             for path in &pipelines {
                 match config::load_file(path) {
-                    Ok(p) => println!("{}: ok ({} stages)", path.display(), p.stages.len()),
+                    Ok(p) => match &p.disabled {
+                        Some(why) => println!("{}: ok ({why})", path.display()),
+                        None => println!("{}: ok ({} stages)", path.display(), p.stages.len()),
+                    },
                     Err(e) => {
                         failed = true;
                         eprintln!("{e}");
@@ -243,6 +253,46 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::DeadLetter { action } => dead_letter(action),
+        Command::Migrate { file } => migrate(&file),
+    }
+}
+
+fn migrate(path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    use eventflow::config::{seed, tree};
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {name}"))?;
+    let root = match tree::parse(&text) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{name}:{}: {}", e.pos, e.message);
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    if !seed::is_seed(&root) {
+        eprintln!(
+            "{name}: not in the seed format (it has `stages:` or none of database, watcher, worker, rule_config, webhook); it is a pipeline already"
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    match seed::translate(&root) {
+        Ok(seed::Translated::Pipeline(yaml)) => {
+            print!("{yaml}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(seed::Translated::Disabled(why)) => {
+            eprintln!("{name}: {why}; there is no pipeline to run");
+            Ok(ExitCode::FAILURE)
+        }
+        Err(problems) => {
+            eprintln!(
+                "{}",
+                config::ConfigError {
+                    file: name,
+                    problems
+                }
+            );
+            Ok(ExitCode::FAILURE)
+        }
     }
 }
 

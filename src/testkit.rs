@@ -93,6 +93,7 @@ impl PipelineBuilder {
             api: None,
             state: self.state,
             stages: self.stages,
+            disabled: None,
         }
     }
 }

@@ -282,38 +282,12 @@ async fn hostile_values_are_stored_intact() {
     }
 }
 
-/// The seed's table, as its GORM model creates it on each backend.
-fn seed_ddl(backend: &str, table: &str) -> Vec<String> {
-    let (id, ts, boolean) = match backend {
-        "postgres" => ("id BIGSERIAL PRIMARY KEY", "TIMESTAMPTZ", "BOOLEAN"),
-        "mysql" => (
-            "id BIGINT AUTO_INCREMENT PRIMARY KEY",
-            "DATETIME(3)",
-            "TINYINT(1)",
-        ),
-        _ => (
-            "id INTEGER PRIMARY KEY AUTOINCREMENT",
-            "DATETIME",
-            "NUMERIC",
-        ),
-    };
-    vec![
-        format!(
-            "CREATE TABLE {table} ({id}, evt_key VARCHAR(255) NOT NULL, cluster VARCHAR(255), namespace VARCHAR(255), name VARCHAR(255), type VARCHAR(50), reason VARCHAR(255), level VARCHAR(50), message TEXT, timestamp {ts}, processed {boolean} NOT NULL DEFAULT FALSE, attempts INTEGER NOT NULL DEFAULT 0, created_at {ts}, updated_at {ts})"
-        ),
-        format!("CREATE UNIQUE INDEX idx_seed_{table}_evt_key ON {table} (evt_key)"),
-        format!(
-            "INSERT INTO {table} (evt_key, cluster, namespace, name, type, reason, level, message, processed, attempts) VALUES ('seed-1', 'c', 'default', 'a', 'Warning', 'FailedMount', 'warning', 'from the seed', TRUE, 2), ('seed-2', 'c', 'default', 'b', 'Normal', 'Pulled', 'info', 'also seed', FALSE, 0)"
-        ),
-    ]
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_seed_created_table_is_migrated_with_its_rows() {
     for b in backends("a_seed_created_table_is_migrated_with_its_rows") {
         let table = table_name("seed");
         let db = connect(&b.url).await;
-        for stmt in seed_ddl(b.name, &table) {
+        for stmt in support::seed_ddl(b.name, &table) {
             db.execute_raw(stmt).await.expect("seed DDL");
         }
         let statuses = store(
@@ -657,5 +631,48 @@ async fn webhook_queue_and_dead_letters_on_every_backend() {
                 .is_empty()
         );
         store.close().await;
+    }
+}
+
+/// The seed's DSN forms reach the real servers: libpq's `key=value` form for PostgreSQL and
+/// the Go driver's `user:password@tcp(host:port)/db?params` for MySQL/MariaDB, built from the
+/// test servers' URLs, are translated and connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seeds_dsn_forms_connect_to_the_servers() {
+    use eventflow::config::seed::dsn_to_url;
+    for b in backends("the_seeds_dsn_forms_connect_to_the_servers") {
+        let u = reqwest::Url::parse(&b.url).expect("url");
+        let db = u.path().trim_start_matches('/');
+        let (ty, dsn) = match b.name {
+            "postgres" => (
+                "postgres",
+                format!(
+                    "host={} port={} user={} password='{}' dbname={db} sslmode=disable",
+                    u.host_str().unwrap_or("localhost"),
+                    u.port().unwrap_or(5432),
+                    u.username(),
+                    u.password().unwrap_or("")
+                ),
+            ),
+            "mysql" => (
+                "mysql",
+                format!(
+                    "{}:{}@tcp({}:{})/{db}?charset=utf8mb4&parseTime=True&loc=Local",
+                    u.username(),
+                    u.password().unwrap_or(""),
+                    u.host_str().unwrap_or("localhost"),
+                    u.port().unwrap_or(3306)
+                ),
+            ),
+            _ => ("sqlite", b.url.trim_start_matches("sqlite://").to_string()),
+        };
+        let url = dsn_to_url(ty, &dsn).expect("a seed DSN");
+        let conn = Db::connect(&url, 1, Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|e| panic!("{}: {dsn} -> {url}: {e}", b.name));
+        conn.execute_raw("SELECT 1".into())
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", b.name));
+        conn.close().await;
     }
 }

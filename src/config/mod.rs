@@ -8,6 +8,7 @@
 pub mod diff;
 pub mod graph;
 pub mod schema;
+pub mod seed;
 pub mod tree;
 pub mod types;
 
@@ -113,6 +114,8 @@ pub struct Pipeline {
     pub api: Option<ApiConfig>,
     pub state: Option<StateConfig>,
     pub stages: IndexMap<String, StageSpec>,
+    /// A seed-format file that turns everything off says so here (and has no stages).
+    pub disabled: Option<String>,
 }
 
 impl Pipeline {
@@ -219,6 +222,28 @@ pub fn load_str(
         .into_iter()
         .map(|(pos, m)| Problem::new(Some(pos), None, None, m))
         .collect();
+    if seed::is_seed(&root) {
+        if !problems.is_empty() {
+            return Err(fail(problems));
+        }
+        return match seed::translate(&root).map_err(fail)? {
+            seed::Translated::Disabled(why) => Ok(Pipeline {
+                path: None,
+                digest: None,
+                version: 1,
+                api: None,
+                state: None,
+                stages: IndexMap::new(),
+                disabled: Some(why),
+            }),
+            // Values are substituted already: the translation is loaded without `${...}`.
+            seed::Translated::Pipeline(text) => load_str(
+                &text,
+                &format!("{file} (as translated from the seed format; see `eventflow migrate`)"),
+                &|_| None,
+            ),
+        };
+    }
     if !matches!(root.value, tree::Value::Map(_)) {
         problems.push(Problem::new(
             Some(root.pos),
@@ -266,6 +291,7 @@ pub fn load_str(
         api: header.api,
         state: header.state,
         stages,
+        disabled: None,
     })
 }
 

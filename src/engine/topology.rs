@@ -74,6 +74,7 @@ fn empty_like(p: &Pipeline) -> Pipeline {
         api: p.api.clone(),
         state: p.state.clone(),
         stages: IndexMap::new(),
+        disabled: None,
     }
 }
 

@@ -71,7 +71,12 @@ pub struct Running {
 
 impl Running {
     pub fn start(args: &[&str], pipeline: &Path) -> Running {
-        let mut child = bin()
+        Running::start_cmd(bin(), args, pipeline)
+    }
+
+    /// [`Running::start`] with a command prepared by the caller (working directory, env).
+    pub fn start_cmd(mut cmd: Command, args: &[&str], pipeline: &Path) -> Running {
+        let mut child = cmd
             .arg("--log-format=json")
             .arg("run")
             .args(args)
@@ -270,4 +275,30 @@ pub fn receiver(failures: usize) -> String {
     let url = format!("http://{}/hook", l.local_addr().expect("addr"));
     let _ = serve_receiver(l, failures);
     url
+}
+
+/// The seed's table, as its GORM model creates it on each backend.
+pub fn seed_ddl(backend: &str, table: &str) -> Vec<String> {
+    let (id, ts, boolean) = match backend {
+        "postgres" => ("id BIGSERIAL PRIMARY KEY", "TIMESTAMPTZ", "BOOLEAN"),
+        "mysql" => (
+            "id BIGINT AUTO_INCREMENT PRIMARY KEY",
+            "DATETIME(3)",
+            "TINYINT(1)",
+        ),
+        _ => (
+            "id INTEGER PRIMARY KEY AUTOINCREMENT",
+            "DATETIME",
+            "NUMERIC",
+        ),
+    };
+    vec![
+        format!(
+            "CREATE TABLE {table} ({id}, evt_key VARCHAR(255) NOT NULL, cluster VARCHAR(255), namespace VARCHAR(255), name VARCHAR(255), type VARCHAR(50), reason VARCHAR(255), level VARCHAR(50), message TEXT, timestamp {ts}, processed {boolean} NOT NULL DEFAULT FALSE, attempts INTEGER NOT NULL DEFAULT 0, created_at {ts}, updated_at {ts})"
+        ),
+        format!("CREATE UNIQUE INDEX idx_seed_{table}_evt_key ON {table} (evt_key)"),
+        format!(
+            "INSERT INTO {table} (evt_key, cluster, namespace, name, type, reason, level, message, processed, attempts) VALUES ('seed-1', 'c', 'default', 'a', 'Warning', 'FailedMount', 'warning', 'from the seed', TRUE, 2), ('seed-2', 'c', 'default', 'b', 'Normal', 'Pulled', 'info', 'also seed', FALSE, 0)"
+        ),
+    ]
 }

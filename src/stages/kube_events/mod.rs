@@ -93,6 +93,20 @@ pub struct KubeEventsConfig {
     /// Retries after a failed list or watch (reset after a watch that delivered something).
     #[serde(default)]
     pub backoff: BackoffConfig,
+    /// The most events waiting between this source and the stages after it (the seed's
+    /// `watcher.buffer_size`): batches are cut to `buffer_size / 8` events, and an edge holds
+    /// 8 batches. Default: batches of up to 512 events (4,096 waiting).
+    #[serde(default)]
+    pub buffer_size: Option<usize>,
+}
+
+impl KubeEventsConfig {
+    /// The most events in one emitted batch.
+    fn max_batch(&self) -> usize {
+        self.buffer_size.map_or(MAX_BATCH, |b| {
+            (b / crate::engine::CHANNEL_CAPACITY).clamp(1, MAX_BATCH)
+        })
+    }
 }
 
 fn default_page_size() -> u32 {
@@ -793,7 +807,7 @@ impl WatchLoop {
             return false;
         }
         while !emit.is_empty() {
-            let n = emit.len().min(MAX_BATCH);
+            let n = emit.len().min(self.cfg.max_batch());
             let rest_e = emit.split_off(n);
             let rest_r = rows.split_off(n);
             if self.tx.send(Msg::Emit(emit, rows)).await.is_err() {
@@ -825,7 +839,7 @@ impl WatchLoop {
             },
         };
         let idle = self.cfg.watch_timeout.0 + Duration::from_secs(10);
-        let mut stream = std::pin::pin!(stream.ready_chunks(MAX_BATCH));
+        let mut stream = std::pin::pin!(stream.ready_chunks(self.cfg.max_batch()));
         let mut last = rv.to_string();
         let mut items = 0u64;
         loop {

@@ -675,6 +675,15 @@ pub fn upsert_sql(backend: Backend, table: &str, rows: usize) -> String {
     }
 }
 
+/// The seed's `level` column for an event type.
+pub fn level_of(ty: &str) -> &str {
+    match ty {
+        "Warning" => "warning",
+        "Normal" => "info",
+        other => other,
+    }
+}
+
 /// The values of one row, borrowed from an event where possible.
 pub struct RowRef<'a> {
     pub evt_key: String,

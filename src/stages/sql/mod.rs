@@ -184,11 +184,7 @@ impl SqlSink {
         events
             .map(|(evt_key, e)| db::RowRef {
                 evt_key,
-                level: match e.type_.as_str() {
-                    "Warning" => "warning",
-                    "Normal" => "info",
-                    other => other,
-                },
+                level: db::level_of(&e.type_),
                 e: e.data(),
                 now,
             })

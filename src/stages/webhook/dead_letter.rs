@@ -155,14 +155,21 @@ async fn resend_with(
                 continue;
             }
         };
-        let delivery = cfg
+        let mut delivery = cfg
             .delivery(&d.sink)
             .map_err(|e| format!("stage `{}`: {e}", d.sink))?;
-        match delivery
+        if let Some(m) = &cfg.mark_rows {
+            let marker = super::mark::Marker::open(m)
+                .await
+                .map_err(|e| format!("stage `{}`: {e}", d.sink))?;
+            delivery.marker = Some(std::sync::Arc::new(marker));
+        }
+        let outcome = delivery
             .deliver(&events, None, Budget::Retries(cfg.retries), None)
-            .await
-        {
-            Outcome::Delivered => {
+            .await;
+        delivery.mark(&events, &outcome).await;
+        match outcome {
+            Outcome::Delivered { .. } => {
                 store
                     .forget_dead(&[d.id])
                     .await

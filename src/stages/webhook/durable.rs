@@ -408,7 +408,7 @@ async fn send(shared: Arc<Shared>, rows: Vec<Pending>, halt: watch::Receiver<boo
         }
     }
     if events.is_empty() {
-        return Outcome::Delivered;
+        return Outcome::Delivered { attempts: 0 };
     }
     let cfg = &shared.delivery.cfg;
     let outcome = shared
@@ -420,9 +420,10 @@ async fn send(shared: Arc<Shared>, rows: Vec<Pending>, halt: watch::Receiver<boo
             Some(halt.clone()),
         )
         .await;
+    shared.delivery.mark(&events, &outcome).await;
     let halting = || *halt.borrow();
     match &outcome {
-        Outcome::Delivered => {
+        Outcome::Delivered { .. } => {
             let ids: Vec<i64> = good.iter().map(|r| r.id).collect();
             let removed = shared
                 .persist("remove delivered events from the queue", halting, || {

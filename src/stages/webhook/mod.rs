@@ -24,6 +24,7 @@
 pub mod dead_letter;
 pub mod durable;
 pub mod format;
+pub mod mark;
 pub mod queue;
 pub mod template;
 
@@ -69,12 +70,15 @@ pub enum Format {
     Wecom,
     /// The body from `template` (minijinja, JSON-safe).
     Template,
+    /// The seed's batch body `{"events": [...], "count": N, "timestamp": T}`, also for one
+    /// event (pipelines translated from the seed format use it).
+    Seed,
 }
 
 impl Format {
     fn chat(self) -> Option<Chat> {
         match self {
-            Format::Json | Format::Template => None,
+            Format::Json | Format::Template | Format::Seed => None,
             Format::Slack => Some(Chat::Slack),
             Format::Teams => Some(Chat::Teams),
             Format::Dingtalk => Some(Chat::DingTalk),
@@ -140,6 +144,10 @@ pub struct WebhookConfig {
     /// events, which slows the stages before it down (back-pressure) instead of dropping.
     #[serde(default = "default_max_queued")]
     pub max_queued: u64,
+    /// Keep the seed's `processed` and `attempts` columns of this table true to the
+    /// deliveries (set by pipelines translated from the seed format).
+    #[serde(default)]
+    pub mark_rows: Option<mark::MarkRows>,
     /// With `durable`: how long a delivery that keeps failing retryably (receiver down, 5xx,
     /// 429, timeouts) is retried before it is dead-lettered. `retries` does not apply.
     #[serde(default = "default_retry_for")]
@@ -235,6 +243,7 @@ impl WebhookConfig {
             url,
             method,
             stage: stage.to_string(),
+            marker: None,
         })
     }
 }
@@ -256,8 +265,15 @@ impl StageConfig for WebhookConfig {
             } else {
                 None
             };
+            let marker = match &self.mark_rows {
+                Some(m) => Some(mark::Marker::open(m).await.map_err(err)?),
+                None => None,
+            };
             Ok(Stage::Sink(Box::new(WebhookSink {
-                delivery: Arc::new(delivery),
+                delivery: Arc::new(Delivery {
+                    marker: marker.map(Arc::new),
+                    ..delivery
+                }),
                 queue,
             }) as Box<dyn Sink>))
         })
@@ -277,6 +293,8 @@ pub struct Delivery {
     url: reqwest::Url,
     method: reqwest::Method,
     stage: String,
+    /// `mark_rows`, opened.
+    marker: Option<Arc<mark::Marker>>,
 }
 
 /// How one attempt ended.
@@ -301,7 +319,9 @@ pub enum Budget {
 /// How a delivery ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    Delivered,
+    Delivered {
+        attempts: u32,
+    },
     /// Refused for good, or out of retries: logged already.
     Failed {
         reason: String,
@@ -358,6 +378,16 @@ pub fn retry_after(v: &str) -> Option<Duration> {
 impl Delivery {
     pub fn config(&self) -> &WebhookConfig {
         &self.cfg
+    }
+
+    /// With `mark_rows`: records how the delivery of `events` ended in the table.
+    pub async fn mark(&self, events: &[Event], outcome: &Outcome) {
+        let Some(m) = &self.marker else { return };
+        match outcome {
+            Outcome::Delivered { attempts } => m.mark(&self.stage, events, true, *attempts).await,
+            Outcome::Failed { attempts, .. } => m.mark(&self.stage, events, false, *attempts).await,
+            Outcome::Interrupted => {}
+        }
     }
 
     async fn attempt(&self, events: &[Event], id: &str) -> Attempt {
@@ -437,7 +467,11 @@ impl Delivery {
         match self.cfg.format.chat() {
             None => Ok((
                 self.url.clone(),
-                body(events, self.cfg.batch.max_events > 1).map_err(|e| e.to_string())?,
+                body(
+                    events,
+                    self.cfg.batch.max_events > 1 || self.cfg.format == Format::Seed,
+                )
+                .map_err(|e| e.to_string())?,
             )),
             Some(chat) => {
                 let mut url = self.url.clone();
@@ -470,7 +504,7 @@ impl Delivery {
             match self.attempt(events, &id).await {
                 Attempt::Delivered => {
                     health.inspect(|h| h.synced());
-                    return Outcome::Delivered;
+                    return Outcome::Delivered { attempts: n + 1 };
                 }
                 Attempt::Permanent(reason) => {
                     tracing::error!(stage, delivery_id = %id, uids = ?uids(events), reason = %reason, "webhook refused the delivery (permanent); not retried");
@@ -561,11 +595,12 @@ async fn in_memory(d: &Delivery, cx: &mut SinkContext, health: &crate::health::S
         cfg.max_in_flight,
         |batch| async move {
             let started = Instant::now();
-            match d
+            let outcome = d
                 .deliver(&batch, Some(health), Budget::Retries(cfg.retries), None)
-                .await
-            {
-                Outcome::Delivered => {
+                .await;
+            d.mark(&batch, &outcome).await;
+            match outcome {
+                Outcome::Delivered { .. } => {
                     sent.increment(batch.len() as u64);
                     batch
                         .iter()

@@ -1,0 +1,108 @@
+//! `mark_rows`: keeps the seed's `processed` and `attempts` columns of an events table true to
+//! the webhook's deliveries (pipelines translated from the seed format set it).
+//!
+//! After each delivery ends, the events' rows are upserted (so the order in which the `sql`
+//! sink and the webhook finish does not matter: the sink's upsert never touches these two
+//! columns), then `attempts` grows by the attempts made and `processed` is set when the
+//! receiver accepted them. A failure here is logged and does not affect the delivery.
+
+use schemars::JsonSchema;
+use sea_query::{Alias, Expr, ExprTrait, Query};
+use serde::Deserialize;
+
+use crate::event::{Event, Field};
+use crate::stages::key::KeySpec;
+use crate::stages::sql::db::{self, Db};
+
+/// The table whose `processed`/`attempts` columns follow the deliveries.
+#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MarkRows {
+    /// The database URL (as the `sql` sink's).
+    pub url: String,
+    /// The table (created or migrated like the `sql` sink's).
+    #[serde(default = "default_table")]
+    pub table: String,
+    /// The fields that make `evt_key` (as the `sql` sink's `key`).
+    #[serde(default = "default_key")]
+    pub key: Vec<Field>,
+}
+
+fn default_table() -> String {
+    "k8s_events".into()
+}
+
+fn default_key() -> Vec<Field> {
+    vec![Field::Cluster, Field::Uid]
+}
+
+/// An open [`MarkRows`].
+pub struct Marker {
+    db: Db,
+    table: String,
+    key: KeySpec,
+}
+
+impl Marker {
+    pub async fn open(cfg: &MarkRows) -> Result<Marker, String> {
+        if !db::valid_identifier(&cfg.table) {
+            return Err(format!(
+                "field `mark_rows.table`: `{}` is not a plain identifier",
+                cfg.table
+            ));
+        }
+        let db = Db::connect(&cfg.url, 2, std::time::Duration::from_secs(10)).await?;
+        db::ensure_table(&db, &cfg.table)
+            .await
+            .map_err(|e| format!("field `mark_rows`: {e}"))?;
+        Ok(Marker {
+            db,
+            table: cfg.table.clone(),
+            key: KeySpec(cfg.key.clone()),
+        })
+    }
+
+    /// Records how a delivery of `events` ended.
+    pub async fn mark(&self, stage: &str, events: &[Event], delivered: bool, attempts: u32) {
+        if let Err(e) = self.try_mark(events, delivered, attempts).await {
+            tracing::warn!(stage, table = %self.table, error = %e, "cannot update `processed`/`attempts` of the delivered events");
+        }
+    }
+
+    async fn try_mark(
+        &self,
+        events: &[Event],
+        delivered: bool,
+        attempts: u32,
+    ) -> Result<(), db::DbError> {
+        let now = chrono::Utc::now();
+        let rows: Vec<db::RowRef<'_>> = events
+            .iter()
+            .map(|e| db::RowRef {
+                evt_key: self.key.joined(e, '/'),
+                level: db::level_of(&e.type_),
+                e: e.data(),
+                now,
+            })
+            .collect();
+        let sql = db::upsert_sql(self.db.backend(), &self.table, rows.len());
+        self.db.upsert(&sql, &rows).await?;
+        let mut q = Query::update();
+        q.table(Alias::new(&self.table)).value(
+            Alias::new("attempts"),
+            Expr::col(Alias::new("attempts")).add(i64::from(attempts)),
+        );
+        if delivered {
+            q.value(Alias::new("processed"), true);
+        }
+        q.and_where(Expr::col(Alias::new("evt_key")).is_in(rows.iter().map(|r| r.evt_key.clone())));
+        self.db
+            .execute_in_tx(vec![self.db.build(&q)])
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn close(&self) {
+        self.db.close().await;
+    }
+}
