@@ -1,5 +1,6 @@
 //! Memory is bounded by configuration: 1,000,000 distinct keys through each keyed stage with
-//! `max_keys: 100000` keep the process's resident memory under a stated bound. Each stage is
+//! `max_keys: 100000` keep the process's resident memory under a stated bound, and a webhook
+//! whose receiver is down holds memory flat (in memory and `durable`). Each stage is
 //! measured in a process of its own (this test binary started again for one ignored test), so
 //! memory freed by one does not hide the growth of another.
 
@@ -72,12 +73,14 @@ fn report(stage: &str, before: u64, after: u64) {
 }
 
 #[test]
-fn keyed_stages_stay_bounded_with_a_million_keys() {
+fn memory_is_bounded_by_configuration() {
     let children: Vec<_> = [
         "child_dedup",
         "child_aggregate",
         "child_rate_limit",
         "child_kube_seen",
+        "child_webhook_down",
+        "child_webhook_durable_down",
     ]
     .iter()
     .map(|name| {
@@ -117,7 +120,7 @@ fn keyed_stages_stay_bounded_with_a_million_keys() {
 }
 
 #[tokio::test(start_paused = true)]
-#[ignore = "run by keyed_stages_stay_bounded_with_a_million_keys in its own process"]
+#[ignore = "run by memory_is_bounded_by_configuration in its own process"]
 async fn child_dedup() {
     let before = rss_kb();
     let mut d = Dedup::new(
@@ -134,7 +137,7 @@ async fn child_dedup() {
 }
 
 #[tokio::test(start_paused = true)]
-#[ignore = "run by keyed_stages_stay_bounded_with_a_million_keys in its own process"]
+#[ignore = "run by memory_is_bounded_by_configuration in its own process"]
 async fn child_aggregate() {
     let before = rss_kb();
     let mut a = Aggregator::new(
@@ -161,7 +164,7 @@ async fn child_aggregate() {
 }
 
 #[tokio::test(start_paused = true)]
-#[ignore = "run by keyed_stages_stay_bounded_with_a_million_keys in its own process"]
+#[ignore = "run by memory_is_bounded_by_configuration in its own process"]
 async fn child_rate_limit() {
     let before = rss_kb();
     let mut r = RateLimit::new(
@@ -186,7 +189,7 @@ async fn child_rate_limit() {
 }
 
 #[test]
-#[ignore = "run by keyed_stages_stay_bounded_with_a_million_keys in its own process"]
+#[ignore = "run by memory_is_bounded_by_configuration in its own process"]
 fn child_kube_seen() {
     use eventflow::stages::kube_events::Seen;
     let before = rss_kb();
@@ -203,4 +206,118 @@ fn child_kube_seen() {
     assert!(seen.len() <= 1_000_000, "{} tracked", seen.len());
     assert_eq!(seen.len() + evicted, KEYS + 200_000);
     report("kube_events", before, rss_kb());
+}
+
+/// A webhook whose receiver is down while 200,000 events are offered: without `durable`, the
+/// sink holds the batches it is retrying and the engine's bounded channels the rest of what
+/// was accepted, and the feeder is held back; with `durable`, events spill to the queue table
+/// up to `max_queued`, then the feeder is held back. Either way resident memory stays flat.
+async fn webhook_down(durable: bool) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+    let name = if durable {
+        "webhook durable"
+    } else {
+        "webhook"
+    };
+    let dir = tempfile::tempdir().expect("tmp");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let cfg: eventflow::stages::webhook::WebhookConfig =
+        serde_json::from_value(serde_json::json!({
+            "url": format!("http://127.0.0.1:{port}/down"),
+            "retries": 1_000_000,
+            "backoff": {"initial": "10ms", "max": "100ms"},
+            "batch": {"max_events": 100, "max_wait": "10ms"},
+            "max_in_flight": 4,
+            "durable": durable,
+            "max_queued": 50_000,
+            "retry_for": "1h",
+        }))
+        .expect("config");
+    let (src, feed) = eventflow::testkit::ChannelSource::new(8);
+    let p = eventflow::testkit::PipelineBuilder::new()
+        .state(&format!(
+            "sqlite://{}",
+            dir.path().join("state.db").display()
+        ))
+        .stage(
+            "src",
+            "channel",
+            eventflow::stages::StageKind::Source,
+            &[],
+            Arc::new(src),
+            0,
+        )
+        .stage(
+            "hook",
+            "webhook",
+            eventflow::stages::StageKind::Sink,
+            &["src"],
+            Arc::new(cfg),
+            0,
+        )
+        .build();
+    let before = rss_kb();
+    let topo = eventflow::engine::Topology::start(p).await.expect("start");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    let feeder = tokio::spawn(async move {
+        for chunk in 0..400 {
+            let batch = (0..500)
+                .map(|i| Event::new(data(chunk * 500 + i), Finalizers::None))
+                .collect();
+            feed.send_plain(batch).await;
+            counter.fetch_add(500, Ordering::SeqCst);
+        }
+    });
+    // Wait until the feeder is held back (nothing accepted for a second).
+    let started = std::time::Instant::now();
+    let mut last = usize::MAX;
+    while accepted.load(Ordering::SeqCst) != last {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{name}: never held back"
+        );
+        last = accepted.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let held = started.elapsed().as_secs();
+    let (a1, r1) = (accepted.load(Ordering::SeqCst), rss_kb());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (a2, r2) = (accepted.load(Ordering::SeqCst), rss_kb());
+    eprintln!(
+        "{name}: receiver down, 200000 events offered: held back after {held} s at {a1} accepted, {a2} 3 s later; RSS {} MB -> {} MB -> {} MB",
+        before / 1024,
+        r1 / 1024,
+        r2 / 1024
+    );
+    assert_eq!(a1, a2, "{name}: the feeder is held back");
+    assert!(a2 < 200_000, "{name}: not everything was taken in");
+    let grown_mb = r2.saturating_sub(before) / 1024;
+    let bound = if durable { 100 } else { 60 };
+    assert!(
+        r2.saturating_sub(r1) / 1024 < 8,
+        "{name}: RSS still growing while held back"
+    );
+    assert!(
+        grown_mb < bound,
+        "{name} grew {grown_mb} MB (bound {bound} MB)"
+    );
+    feeder.abort();
+    topo.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run by memory_is_bounded_by_configuration in its own process"]
+async fn child_webhook_down() {
+    webhook_down(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run by memory_is_bounded_by_configuration in its own process"]
+async fn child_webhook_durable_down() {
+    webhook_down(true).await;
 }

@@ -582,36 +582,55 @@ impl Sink for WebhookSink {
 
 /// Without `durable`: batches go out as they fill, `max_in_flight` at a time, each
 /// acknowledged when it is delivered or has failed for good.
-async fn in_memory(d: &Delivery, cx: &mut SinkContext, health: &crate::health::StageHealth) {
-    let processing = &cx.metrics.processing;
-    let latency = &m::latency(&cx.metrics.id, cx.metrics.type_name);
-    let failed = &cx.metrics.discarded("webhook_failed");
-    let sent = &m::sent(&cx.metrics.id, cx.metrics.type_name);
+async fn in_memory(
+    d: &Arc<Delivery>,
+    cx: &mut SinkContext,
+    health: &Arc<crate::health::StageHealth>,
+) {
+    let processing = cx.metrics.processing.clone();
+    let latency = m::latency(&cx.metrics.id, cx.metrics.type_name);
+    let failed = cx.metrics.discarded("webhook_failed");
+    let sent = m::sent(&cx.metrics.id, cx.metrics.type_name);
     let cfg = &d.cfg;
     super::batch::run_batched(
         &mut cx.input,
         cfg.batch.max_events,
         cfg.batch.max_wait.0,
         cfg.max_in_flight,
-        |batch| async move {
-            let started = Instant::now();
-            let outcome = d
-                .deliver(&batch, Some(health), Budget::Retries(cfg.retries), None)
-                .await;
-            d.mark(&batch, &outcome).await;
-            match outcome {
-                Outcome::Delivered { .. } => {
-                    sent.increment(batch.len() as u64);
-                    batch
-                        .iter()
-                        .for_each(|e| latency.record(e.born().elapsed().as_secs_f64()));
+        |batch| {
+            let (d, health) = (d.clone(), health.clone());
+            let (processing, latency, failed, sent) = (
+                processing.clone(),
+                latency.clone(),
+                failed.clone(),
+                sent.clone(),
+            );
+            // A task per batch: with several in flight, rendering bodies uses every worker.
+            let task = tokio::spawn(async move {
+                let started = Instant::now();
+                let outcome = d
+                    .deliver(&batch, Some(&health), Budget::Retries(d.cfg.retries), None)
+                    .await;
+                d.mark(&batch, &outcome).await;
+                match outcome {
+                    Outcome::Delivered { .. } => {
+                        sent.increment(batch.len() as u64);
+                        batch
+                            .iter()
+                            .for_each(|e| latency.record(e.born().elapsed().as_secs_f64()));
+                    }
+                    Outcome::Failed { .. } | Outcome::Interrupted => {
+                        failed.increment(batch.len() as u64);
+                        batch.iter().for_each(|e| e.set_status(Status::Rejected));
+                    }
                 }
-                Outcome::Failed { .. } | Outcome::Interrupted => {
-                    failed.increment(batch.len() as u64);
-                    batch.iter().for_each(|e| e.set_status(Status::Rejected));
+                processing.record(started.elapsed().as_secs_f64());
+            });
+            async move {
+                if let Err(e) = task.await {
+                    tracing::error!(error = %e, "webhook delivery task failed");
                 }
             }
-            processing.record(started.elapsed().as_secs_f64());
         },
     )
     .await;
