@@ -78,18 +78,13 @@ async fn kill_9_mid_stream_then_restart_loses_nothing() {
     let p = pipeline(dir.path(), &kc, "");
     let mut created = std::collections::BTreeSet::new();
     let mut make = |i: usize| {
-        let o = fake
-            .create(
-                "default",
-                sample_event("default", &format!("e-{i}.1"), "BackOff", "Warning", "m"),
-            )
-            .expect("create");
-        created.insert(
-            o["metadata"]["uid"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
-        );
+        created.insert(create_event(
+            &fake,
+            "default",
+            &format!("e-{i}.1"),
+            "BackOff",
+            "Warning",
+        ));
     };
     for i in 0..200 {
         make(i);
@@ -276,18 +271,13 @@ async fn a_durable_webhook_killed_during_an_outage_delivers_everything_after_a_r
     );
     let mut created = std::collections::BTreeSet::new();
     let mut make = |i: usize| {
-        let o = fake
-            .create(
-                "default",
-                sample_event("default", &format!("w-{i}.1"), "BackOff", "Warning", "m"),
-            )
-            .expect("create");
-        created.insert(
-            o["metadata"]["uid"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
-        );
+        created.insert(create_event(
+            &fake,
+            "default",
+            &format!("w-{i}.1"),
+            "BackOff",
+            "Warning",
+        ));
     };
     for i in 0..100 {
         make(i);

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use fake_apiserver::{FakeApiServer, sample_event};
+use fake_apiserver::FakeApiServer;
 use support::*;
 
 const EXAMPLE: &str = "tests/data/seed/eventhandler.yaml";
@@ -72,14 +72,6 @@ fn start_fake() -> (tokio::runtime::Runtime, FakeApiServer) {
     (rt, fake)
 }
 
-fn create(fake: &FakeApiServer, ns: &str, name: &str, reason: &str, ty: &str) -> String {
-    fake.create(ns, sample_event(ns, name, reason, ty, "m"))
-        .expect("create")["metadata"]["uid"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
-}
-
 fn selected(rows: &[SeedRow]) -> BTreeSet<(String, String, String)> {
     rows.iter()
         .filter(|r| !r.0.starts_with("seed-"))
@@ -103,11 +95,11 @@ fn the_seed_documents_example_runs_unchanged_and_keeps_the_seeds_rows() {
     std::fs::copy(repo(EXAMPLE), &file).expect("copy the example");
     // Rules: namespaces [default, kube-system], reasons [FailedMount, ImagePullBackOff],
     // types [Warning], forward.
-    create(&fake, "default", "a.1", "FailedMount", "Warning");
-    create(&fake, "kube-system", "b.1", "ImagePullBackOff", "Warning");
-    create(&fake, "default", "c.1", "FailedMount", "Normal");
-    create(&fake, "other", "d.1", "FailedMount", "Warning");
-    create(&fake, "default", "e.1", "BackOff", "Warning");
+    create_event(&fake, "default", "a.1", "FailedMount", "Warning");
+    create_event(&fake, "kube-system", "b.1", "ImagePullBackOff", "Warning");
+    create_event(&fake, "default", "c.1", "FailedMount", "Normal");
+    create_event(&fake, "other", "d.1", "FailedMount", "Warning");
+    create_event(&fake, "default", "e.1", "BackOff", "Warning");
     let mut cmd = bin();
     cmd.current_dir(dir.path()).env("KUBECONFIG", &kc);
     let r = Running::start_cmd(cmd, &[], &file);
@@ -123,8 +115,8 @@ fn the_seed_documents_example_runs_unchanged_and_keeps_the_seeds_rows() {
         || selected(&rows(&db)) == want,
     );
     // Later events go the same way.
-    create(&fake, "kube-system", "f.1", "FailedMount", "Warning");
-    create(&fake, "kube-system", "g.1", "Pulled", "Normal");
+    create_event(&fake, "kube-system", "f.1", "FailedMount", "Warning");
+    create_event(&fake, "kube-system", "g.1", "Pulled", "Normal");
     let mut want = want;
     want.insert(triple("kube-system", "FailedMount", "Warning"));
     wait_until("the later event stored", Duration::from_secs(20), || {
@@ -164,10 +156,10 @@ fn a_seed_webhook_gets_the_seed_body_marks_rows_and_follows_a_reloaded_file() {
     // The seed's reverse example: keep what matches none of the lists.
     let reverse = "rule_config:\n  reverse: true\n  namespaces: [\"kube-system\"]\n  reasons: [\"Scheduled\"]\n  types: [\"Normal\"]\n";
     let file = hook_file(dir.path(), &url, reverse);
-    let kept = create(&fake, "default", "a.1", "BackOff", "Warning");
-    create(&fake, "kube-system", "b.1", "BackOff", "Warning");
-    create(&fake, "default", "c.1", "Scheduled", "Warning");
-    create(&fake, "default", "d.1", "Pulled", "Normal");
+    let kept = create_event(&fake, "default", "a.1", "BackOff", "Warning");
+    create_event(&fake, "kube-system", "b.1", "BackOff", "Warning");
+    create_event(&fake, "default", "c.1", "Scheduled", "Warning");
+    create_event(&fake, "default", "d.1", "Pulled", "Normal");
     let mut cmd = bin();
     cmd.env("KUBECONFIG", &kc);
     let mut r = Running::start_cmd(cmd, &[], &file);
@@ -213,8 +205,8 @@ fn a_seed_webhook_gets_the_seed_body_marks_rows_and_follows_a_reloaded_file() {
         &std::fs::read_to_string(hook_file(dir.path(), &url, forward)).expect("read"),
     );
     r.wait_log("reload applied");
-    let mounted = create(&fake, "default", "e.1", "FailedMount", "Warning");
-    create(&fake, "default", "f.1", "BackOff", "Warning");
+    let mounted = create_event(&fake, "default", "e.1", "FailedMount", "Warning");
+    create_event(&fake, "default", "f.1", "BackOff", "Warning");
     wait_until("the newly selected event", Duration::from_secs(20), || {
         delivered().contains(&mounted)
     });

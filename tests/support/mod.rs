@@ -302,3 +302,18 @@ pub fn seed_ddl(backend: &str, table: &str) -> Vec<String> {
         ),
     ]
 }
+
+/// Creates an Event in the fake API server; returns its uid.
+pub fn create_event(
+    fake: &fake_apiserver::FakeApiServer,
+    ns: &str,
+    name: &str,
+    reason: &str,
+    ty: &str,
+) -> String {
+    fake.create(ns, fake_apiserver::sample_event(ns, name, reason, ty, "m"))
+        .expect("create")["metadata"]["uid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
