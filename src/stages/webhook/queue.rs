@@ -84,6 +84,9 @@ pub fn events_array<'a>(stored: impl IntoIterator<Item = &'a str>) -> String {
 #[derive(Clone)]
 pub struct Store {
     db: Db,
+    /// Writes go through here: on SQLite one connection, so writers queue in the pool instead
+    /// of sleeping in SQLite's busy handler; elsewhere the same pool.
+    writes: Db,
 }
 
 fn name(s: &str) -> Alias {
@@ -168,11 +171,16 @@ impl Store {
                 r.map_err(err)?;
             }
         }
-        Ok(Store { db })
+        let writes = match backend {
+            Backend::Sqlite => Db::connect(url, 1, std::time::Duration::from_secs(10)).await?,
+            _ => db.clone(),
+        };
+        Ok(Store { db, writes })
     }
 
     pub async fn close(&self) {
         self.db.close().await;
+        self.writes.close().await;
     }
 
     /// How many events of `sink` are queued.
@@ -203,7 +211,7 @@ impl Store {
             }
             stmts.push(self.db.build(&q));
         }
-        self.db.execute_in_tx(stmts).await.map(|_| ())
+        self.writes.execute_in_tx(stmts).await.map(|_| ())
     }
 
     /// Up to `limit` queued events of `sink` with ids above `after`, oldest first.
@@ -242,7 +250,7 @@ impl Store {
             .and_where(Expr::col(name("sink")).eq(sink))
             .and_where(Expr::col(name("id")).between(first, last))
             .to_owned();
-        self.db
+        self.writes
             .execute_in_tx(vec![self.db.build(&q)])
             .await
             .map(|_| ())
@@ -259,7 +267,7 @@ impl Store {
 
     /// Removes delivered rows.
     pub async fn remove(&self, sink: &str, ids: &[i64]) -> Result<(), DbError> {
-        self.db
+        self.writes
             .execute_in_tx(vec![self.delete_rows(sink, ids)])
             .await
             .map(|_| ())
@@ -287,7 +295,7 @@ impl Store {
                 events_array(rows.iter().map(|r| r.event.as_str())).into(),
             ])
             .to_owned();
-        self.db
+        self.writes
             .execute_in_tx(vec![self.db.build(&insert), self.delete_rows(sink, &ids)])
             .await
             .map(|_| ())
@@ -337,7 +345,7 @@ impl Store {
             .value(name("failed_at"), chrono::Utc::now().timestamp_millis())
             .and_where(Expr::col(name("id")).eq(id))
             .to_owned();
-        self.db
+        self.writes
             .execute_in_tx(vec![self.db.build(&q)])
             .await
             .map(|_| ())
@@ -352,6 +360,6 @@ impl Store {
             .from_table(name(DEAD))
             .and_where(Expr::col(name("id")).is_in(ids.iter().copied()))
             .to_owned();
-        self.db.execute_in_tx(vec![self.db.build(&q)]).await
+        self.writes.execute_in_tx(vec![self.db.build(&q)]).await
     }
 }
