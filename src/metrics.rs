@@ -277,10 +277,40 @@ pub fn describe_webhook() {
     );
 }
 
-pub fn webhook_request(stage: &str, class: &'static str, seconds: f64) {
-    metrics::counter!(WEBHOOK_REQUESTS, "stage" => stage.to_string(), "status_class" => class)
-        .increment(1);
-    metrics::histogram!(WEBHOOK_SECONDS, "stage" => stage.to_string()).record(seconds);
+/// The request metrics of one webhook stage, looked up once.
+pub struct WebhookMetrics {
+    /// Requests by status class, in [`WebhookMetrics::CLASSES`] order.
+    requests: Vec<Counter>,
+    seconds: metrics::Histogram,
+    retries: Counter,
+}
+
+impl WebhookMetrics {
+    pub const CLASSES: [&'static str; 6] =
+        ["2xx", "3xx", "4xx", "5xx", "timeout", "connection_error"];
+
+    pub fn new(stage: &str) -> WebhookMetrics {
+        WebhookMetrics {
+            requests: Self::CLASSES
+                .iter()
+                .map(|c| metrics::counter!(WEBHOOK_REQUESTS, "stage" => stage.to_string(), "status_class" => *c))
+                .collect(),
+            seconds: metrics::histogram!(WEBHOOK_SECONDS, "stage" => stage.to_string()),
+            retries: metrics::counter!(WEBHOOK_RETRIES, "stage" => stage.to_string()),
+        }
+    }
+
+    /// One request that ended in `class` (one of [`WebhookMetrics::CLASSES`]).
+    pub fn request(&self, class: &str, seconds: f64) {
+        if let Some(i) = Self::CLASSES.iter().position(|c| *c == class) {
+            self.requests[i].increment(1);
+        }
+        self.seconds.record(seconds);
+    }
+
+    pub fn retry(&self) {
+        self.retries.increment(1);
+    }
 }
 
 /// Events in a durable webhook queue, not yet delivered.
@@ -291,10 +321,6 @@ pub fn webhook_queued(stage: &str) -> Gauge {
 /// Events moved to the dead-letter table.
 pub fn webhook_dead_lettered(stage: &str) -> Counter {
     metrics::counter!(WEBHOOK_DEAD_LETTERS, "stage" => stage.to_string())
-}
-
-pub fn webhook_retry(stage: &str) {
-    metrics::counter!(WEBHOOK_RETRIES, "stage" => stage.to_string()).increment(1);
 }
 
 pub const LATENCY: &str = "eventflow_event_latency_seconds";

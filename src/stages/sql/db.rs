@@ -87,6 +87,32 @@ fn classify(e: sqlx::Error) -> DbError {
     }
 }
 
+/// Runs a database operation until it succeeds or fails for good. A transient failure is
+/// retried after the next delay of `backoff` if `retry` (told the error and the delay) agrees;
+/// otherwise, and on a permanent failure, the error is returned.
+pub async fn retrying<T, F, Fut>(
+    backoff: &mut crate::stages::backoff::Backoff,
+    mut retry: impl FnMut(&DbError, Duration) -> bool,
+    mut op: F,
+) -> Result<T, DbError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, DbError>>,
+{
+    loop {
+        match op().await {
+            Err(e) if e.is_transient() => {
+                let delay = backoff.next_delay();
+                if !retry(&e, delay) {
+                    return Err(e);
+                }
+                tokio::time::sleep(delay).await;
+            }
+            done => return done,
+        }
+    }
+}
+
 /// The MySQL/MariaDB server error number of a database error (None on other backends).
 pub fn mysql_error_number(e: &dyn sqlx::error::DatabaseError) -> Option<u16> {
     e.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
@@ -675,21 +701,30 @@ pub fn upsert_sql(backend: Backend, table: &str, rows: usize) -> String {
     }
 }
 
-/// The seed's `level` column for an event type.
-pub fn level_of(ty: &str) -> &str {
-    match ty {
-        "Warning" => "warning",
-        "Normal" => "info",
-        other => other,
-    }
-}
-
 /// The values of one row, borrowed from an event where possible.
 pub struct RowRef<'a> {
     pub evt_key: String,
     pub e: &'a crate::event::EventData,
     pub level: &'a str,
     pub now: DateTime<Utc>,
+}
+
+impl<'a> RowRef<'a> {
+    /// The row of `e` under `evt_key`, written at `now`; `level` is the seed's (`warning` for
+    /// Warning, `info` for Normal).
+    pub fn new(evt_key: String, e: &'a crate::event::EventData, now: DateTime<Utc>) -> Self {
+        let level = match e.type_.as_str() {
+            "Warning" => "warning",
+            "Normal" => "info",
+            other => other,
+        };
+        RowRef {
+            evt_key,
+            e,
+            level,
+            now,
+        }
+    }
 }
 
 impl Db {

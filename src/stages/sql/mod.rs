@@ -26,7 +26,7 @@ use metrics::{Counter, Histogram};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::backoff::{Backoff, BackoffConfig};
+use super::backoff::BackoffConfig;
 use super::key::KeySpec;
 use super::{
     BuildContext, BuildError, Sink, SinkContext, Stage, StageConfig, StageError, StageKind,
@@ -35,7 +35,7 @@ use super::{
 use crate::config::types::Dur;
 use crate::engine::ack::Status;
 use crate::event::{Event, Field};
-use db::{Db, DbError};
+use db::Db;
 
 /// How a sink groups events into writes.
 #[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
@@ -182,12 +182,7 @@ impl SqlSink {
     fn rows<'a>(&self, events: impl Iterator<Item = (String, &'a Event)>) -> Vec<db::RowRef<'a>> {
         let now = Utc::now();
         events
-            .map(|(evt_key, e)| db::RowRef {
-                evt_key,
-                level: db::level_of(&e.type_),
-                e: e.data(),
-                now,
-            })
+            .map(|(evt_key, e)| db::RowRef::new(evt_key, e.data(), now))
             .collect()
     }
 
@@ -223,33 +218,40 @@ impl SqlSink {
         let sql = self.sql_for(rows.len());
         let mut statuses = vec![Status::Delivered; batch.len()];
         let mut backoff = self.cfg.backoff.start();
-        loop {
-            let started = Instant::now();
-            match self.db.upsert(&sql, &rows).await {
-                Ok(_) => {
+        let written = db::retrying(
+            &mut backoff,
+            |e, delay| {
+                self.note_unavailable();
+                tracing::warn!(error = %e, retry_in = ?delay, events = batch.len(), "database write failed; keeping the batch and retrying");
+                true
+            },
+            || async {
+                let started = Instant::now();
+                let r = self.db.upsert(&sql, &rows).await;
+                if r.is_ok() {
                     self.latency.record(started.elapsed().as_secs_f64());
-                    if let Some(h) = self.health.get() {
-                        h.synced();
-                    }
-                    return statuses;
                 }
-                Err(e) if e.is_transient() => {
-                    let delay = self.retry_later(&mut backoff);
-                    tracing::warn!(error = %e, retry_in = ?delay, events = batch.len(), "database write failed; keeping the batch and retrying");
-                    tokio::time::sleep(delay).await;
+                r
+            },
+        )
+        .await;
+        match written {
+            Ok(_) => {
+                if let Some(h) = self.health.get() {
+                    h.synced();
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "batch refused; writing its rows one by one to find the bad ones");
-                    let bad = self.write_one_by_one(&rows).await;
-                    for (status, k) in statuses.iter_mut().zip(&keys) {
-                        if bad.contains(k) {
-                            *status = Status::Rejected;
-                        }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "batch refused; writing its rows one by one to find the bad ones");
+                let bad = self.write_one_by_one(&rows).await;
+                for (status, k) in statuses.iter_mut().zip(&keys) {
+                    if bad.contains(k) {
+                        *status = Status::Rejected;
                     }
-                    return statuses;
                 }
             }
         }
+        statuses
     }
 
     /// Returns the keys of the rows the database refused for good.
@@ -258,34 +260,32 @@ impl SqlSink {
         let mut bad = Vec::new();
         for r in rows {
             let mut backoff = self.cfg.backoff.start();
-            loop {
-                match self.db.upsert(&sql, std::slice::from_ref(r)).await {
-                    Ok(_) => break,
-                    Err(DbError::Permanent(e)) => {
-                        tracing::error!(evt_key = %r.evt_key, error = %e, "the database refused this event; it is not stored");
-                        self.rejected.increment(1);
-                        bad.push(r.evt_key.clone());
-                        break;
-                    }
-                    Err(e) => {
-                        let delay = self.retry_later(&mut backoff);
-                        tracing::warn!(error = %e, retry_in = ?delay, "database write failed; retrying");
-                        tokio::time::sleep(delay).await;
-                    }
-                }
+            let written = db::retrying(
+                &mut backoff,
+                |e, delay| {
+                    self.note_unavailable();
+                    tracing::warn!(error = %e, retry_in = ?delay, "database write failed; retrying");
+                    true
+                },
+                || self.db.upsert(&sql, std::slice::from_ref(r)),
+            )
+            .await;
+            if let Err(e) = written {
+                tracing::error!(evt_key = %r.evt_key, error = %e, "the database refused this event; it is not stored");
+                self.rejected.increment(1);
+                bad.push(r.evt_key.clone());
             }
         }
         bad
     }
 
-    /// Counts a write the database could not take now, marks the sink failing for readiness,
-    /// and returns how long to wait before the retry.
-    fn retry_later(&self, backoff: &mut Backoff) -> Duration {
+    /// Counts a write the database could not take now and marks the sink failing for
+    /// readiness.
+    fn note_unavailable(&self) {
         self.unavailable.increment(1);
         if let Some(h) = self.health.get() {
             h.failing();
         }
-        backoff.next_delay()
     }
 }
 

@@ -134,6 +134,8 @@ async fn resend_with(
         return Err(format!("no dead letter with id {missing}"));
     }
     let mut r = Resent::default();
+    // One sender per stage (its HTTP client and `mark_rows` connection), made when first needed.
+    let mut deliveries: std::collections::HashMap<String, super::Delivery> = Default::default();
     for d in rows {
         let Some((_, cfg)) = hooks.iter().find(|(id, _)| *id == d.sink) else {
             r.failed += 1;
@@ -155,19 +157,19 @@ async fn resend_with(
                 continue;
             }
         };
-        let mut delivery = cfg
-            .delivery(&d.sink)
-            .map_err(|e| format!("stage `{}`: {e}", d.sink))?;
-        if let Some(m) = &cfg.mark_rows {
-            let marker = super::mark::Marker::open(m)
+        if !deliveries.contains_key(&d.sink) {
+            let made = cfg
+                .delivery(&d.sink)
                 .await
                 .map_err(|e| format!("stage `{}`: {e}", d.sink))?;
-            delivery.marker = Some(std::sync::Arc::new(marker));
+            deliveries.insert(d.sink.clone(), made);
         }
+        let Some(delivery) = deliveries.get(&d.sink) else {
+            continue;
+        };
         let outcome = delivery
             .deliver(&events, None, Budget::Retries(cfg.retries), None)
             .await;
-        delivery.mark(&events, &outcome).await;
         match outcome {
             Outcome::Delivered { .. } => {
                 store

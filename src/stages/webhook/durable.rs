@@ -36,6 +36,7 @@ use crate::health::StageHealth;
 use crate::metrics as m;
 use crate::stages::SinkContext;
 use crate::stages::backoff::BackoffConfig;
+use crate::stages::sql::db::{DbError, retrying};
 
 /// One queue in this process, shared by the instances of its stage (a reload runs the old and
 /// the new one side by side for a while): the newest instance delivers, every instance's
@@ -77,7 +78,6 @@ fn slot(key: String) -> Arc<Slot> {
 struct Shared {
     delivery: Arc<Delivery>,
     store: Store,
-    stage: String,
     health: Arc<StageHealth>,
     slot: Arc<Slot>,
     gauge: metrics::Gauge,
@@ -88,6 +88,11 @@ struct Shared {
 }
 
 impl Shared {
+    /// The stage id.
+    fn stage(&self) -> &str {
+        &self.delivery.stage
+    }
+
     fn queued(&self) -> u64 {
         self.slot.queued.load(Ordering::SeqCst)
     }
@@ -111,26 +116,27 @@ impl Shared {
         self.slot.room.notify_waiters();
     }
 
-    /// Runs a database write until it succeeds, or gives up when `give_up` says so.
-    async fn persist<F, Fut>(&self, what: &str, give_up: impl Fn() -> bool, mut op: F) -> bool
+    /// Runs a database write, retrying while the database is unavailable unless `give_up`
+    /// says to stop; true when it was written.
+    async fn persist<F, Fut>(&self, what: &str, give_up: impl Fn() -> bool, op: F) -> bool
     where
         F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<(), crate::stages::sql::db::DbError>>,
+        Fut: std::future::Future<Output = Result<(), DbError>>,
     {
+        let retry = |e: &DbError, wait: Duration| {
+            self.health.failing();
+            if give_up() {
+                return false;
+            }
+            tracing::warn!(stage = %self.stage(), error = %e, wait = ?wait, "state database: cannot {what}; retrying");
+            true
+        };
         let mut backoff = BackoffConfig::default().start();
-        loop {
-            match op().await {
-                Ok(()) => return true,
-                Err(e) => {
-                    self.health.failing();
-                    if give_up() {
-                        tracing::error!(stage = %self.stage, error = %e, "state database: cannot {what}; giving up because the stage is stopping");
-                        return false;
-                    }
-                    let wait = backoff.next_delay();
-                    tracing::warn!(stage = %self.stage, error = %e, wait = ?wait, "state database: cannot {what}; retrying");
-                    tokio::time::sleep(wait).await;
-                }
+        match retrying(&mut backoff, retry, op).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(stage = %self.stage(), error = %e, "state database: cannot {what}");
+                false
             }
         }
     }
@@ -151,7 +157,6 @@ pub async fn run(
     let shared = Arc::new(Shared {
         delivery,
         store,
-        stage: stage.to_string(),
         health,
         slot: slot.clone(),
         gauge: m::webhook_queued(stage),
@@ -222,7 +227,7 @@ async fn intake(shared: &Shared, cx: &mut SinkContext, write_failed: &metrics::C
                         }
                         if !warned.swap(true, Ordering::Relaxed) {
                             tracing::warn!(
-                                stage = %shared.stage,
+                                stage = %shared.stage(),
                                 max_queued = max,
                                 "webhook queue is full; holding back new events until deliveries make room"
                             );
@@ -243,31 +248,27 @@ async fn intake(shared: &Shared, cx: &mut SinkContext, write_failed: &metrics::C
 /// database refuses for good is rejected (counted), not retried forever.
 async fn write(shared: &Shared, batch: Vec<Event>, write_failed: &metrics::Counter) {
     let mut backoff = BackoffConfig::default().start();
-    loop {
-        match shared.store.push(&shared.stage, &batch).await {
-            Ok(()) => {
-                shared.add(batch.len() as u64);
-                return;
+    let retry = |e: &DbError, wait: Duration| {
+        shared.health.failing();
+        tracing::warn!(stage = %shared.stage(), error = %e, wait = ?wait, "state database: cannot queue events; retrying");
+        true
+    };
+    match retrying(&mut backoff, retry, || {
+        shared.store.push(shared.stage(), &batch)
+    })
+    .await
+    {
+        Ok(()) => shared.add(batch.len() as u64),
+        Err(e) if batch.len() > 1 => {
+            tracing::warn!(stage = %shared.stage(), error = %e, "state database refused a batch; queueing its events one by one");
+            for one in batch {
+                Box::pin(write(shared, vec![one], write_failed)).await;
             }
-            Err(e) if e.is_transient() => {
-                shared.health.failing();
-                let wait = backoff.next_delay();
-                tracing::warn!(stage = %shared.stage, error = %e, wait = ?wait, "state database: cannot queue events; retrying");
-                tokio::time::sleep(wait).await;
-            }
-            Err(e) if batch.len() > 1 => {
-                tracing::warn!(stage = %shared.stage, error = %e, "state database refused a batch; queueing its events one by one");
-                for one in batch {
-                    Box::pin(write(shared, vec![one], write_failed)).await;
-                }
-                return;
-            }
-            Err(e) => {
-                tracing::error!(stage = %shared.stage, uid = %batch[0].uid, error = %e, "state database refused the event; it is not delivered");
-                write_failed.increment(1);
-                batch[0].set_status(Status::Rejected);
-                return;
-            }
+        }
+        Err(e) => {
+            tracing::error!(stage = %shared.stage(), uid = %batch[0].uid, error = %e, "state database refused the event; it is not delivered");
+            write_failed.increment(1);
+            batch[0].set_status(Status::Rejected);
         }
     }
 }
@@ -279,14 +280,10 @@ enum Next {
     WaitUntil(Instant),
 }
 
-async fn next_batch(
-    shared: &Shared,
-    cursor: i64,
-    stopping: bool,
-) -> Result<Next, crate::stages::sql::db::DbError> {
+async fn next_batch(shared: &Shared, cursor: i64, stopping: bool) -> Result<Next, DbError> {
     let cfg = &shared.delivery.cfg;
     let max = cfg.batch.max_events.max(1);
-    let rows = shared.store.head(&shared.stage, cursor, max).await?;
+    let rows = shared.store.head(shared.stage(), cursor, max).await?;
     let Some(first) = rows.first() else {
         return Ok(Next::Empty);
     };
@@ -345,9 +342,9 @@ async fn deliver_loop(
                         let (first, last) = (rows[0].id, rows[rows.len() - 1].id);
                         if cfg.batch.max_events > 1
                             && rows[0].batch.is_none()
-                            && let Err(e) = shared.store.pin(&shared.stage, first, last).await
+                            && let Err(e) = shared.store.pin(shared.stage(), first, last).await
                         {
-                            tracing::warn!(stage = %shared.stage, error = %e, "state database: cannot pin a batch; sending it anyway");
+                            tracing::warn!(stage = %shared.stage(), error = %e, "state database: cannot pin a batch; sending it anyway");
                         }
                         cursor = last;
                         in_flight.spawn(send(shared.clone(), rows, halted_rx.clone()));
@@ -363,7 +360,7 @@ async fn deliver_loop(
                     Err(e) => {
                         shared.health.failing();
                         let wait = db_backoff.next_delay();
-                        tracing::warn!(stage = %shared.stage, error = %e, wait = ?wait, "state database: cannot read the queue; retrying");
+                        tracing::warn!(stage = %shared.stage(), error = %e, wait = ?wait, "state database: cannot read the queue; retrying");
                         wake = Some(Instant::now() + wait);
                         break;
                     }
@@ -402,7 +399,7 @@ async fn send(shared: Arc<Shared>, rows: Vec<Pending>, halt: watch::Receiver<boo
             Err(e) => {
                 // Written by another version, or damaged: keep it for a person, go on.
                 let reason = format!("cannot read the queued event: {e}");
-                tracing::error!(stage = %shared.stage, row = r.id, reason = %reason, "dead-lettering a queued event");
+                tracing::error!(stage = %shared.stage(), row = r.id, reason = %reason, "dead-lettering a queued event");
                 bury(shared, &[r], "", 0, &reason, &halt).await;
             }
         }
@@ -420,20 +417,19 @@ async fn send(shared: Arc<Shared>, rows: Vec<Pending>, halt: watch::Receiver<boo
             Some(halt.clone()),
         )
         .await;
-    shared.delivery.mark(&events, &outcome).await;
     let halting = || *halt.borrow();
     match &outcome {
         Outcome::Delivered { .. } => {
             let ids: Vec<i64> = good.iter().map(|r| r.id).collect();
             let removed = shared
                 .persist("remove delivered events from the queue", halting, || {
-                    shared.store.remove(&shared.stage, &ids)
+                    shared.store.remove(shared.stage(), &ids)
                 })
                 .await;
             if removed {
                 shared.sub(ids.len() as u64);
             } else {
-                tracing::warn!(stage = %shared.stage, delivery_id = %delivery_id(&events), "delivered events stay queued and are sent again at the next start (same delivery id)");
+                tracing::warn!(stage = %shared.stage(), delivery_id = %delivery_id(&events), "delivered events stay queued and are sent again at the next start (same delivery id)");
             }
             shared.sent.increment(events.len() as u64);
             let now = chrono::Utc::now().timestamp_millis();
@@ -476,7 +472,7 @@ async fn bury(
             || {
                 shared
                     .store
-                    .bury(&shared.stage, rows, delivery_id, attempts, reason)
+                    .bury(shared.stage(), rows, delivery_id, attempts, reason)
             },
         )
         .await;
@@ -484,7 +480,7 @@ async fn bury(
         shared.sub(rows.len() as u64);
         shared.dead.increment(rows.len() as u64);
         tracing::error!(
-            stage = %shared.stage,
+            stage = %shared.stage(),
             delivery_id,
             events = rows.len(),
             "delivery moved to the dead-letter table (`eventflow dead-letter list`)"

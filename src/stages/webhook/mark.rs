@@ -78,12 +78,7 @@ impl Marker {
         let now = chrono::Utc::now();
         let rows: Vec<db::RowRef<'_>> = events
             .iter()
-            .map(|e| db::RowRef {
-                evt_key: self.key.joined(e, '/'),
-                level: db::level_of(&e.type_),
-                e: e.data(),
-                now,
-            })
+            .map(|e| db::RowRef::new(self.key.joined(e, '/'), e.data(), now))
             .collect();
         let sql = db::upsert_sql(self.db.backend(), &self.table, rows.len());
         self.db.upsert(&sql, &rows).await?;

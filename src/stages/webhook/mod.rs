@@ -191,8 +191,9 @@ pub const TYPE: StageType = StageType {
 };
 
 impl WebhookConfig {
-    /// The HTTP side of the stage (client, URL, method), checked. `stage` names it in logs.
-    pub fn delivery(&self, stage: &str) -> Result<Delivery, String> {
+    /// The sending side of the stage (client, URL, method, `mark_rows`), checked. `stage` names
+    /// it in logs.
+    pub async fn delivery(&self, stage: &str) -> Result<Delivery, String> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let url = reqwest::Url::parse(&self.url).map_err(|e| format!("field `url`: {e}"))?;
         if !matches!(url.scheme(), "http" | "https") {
@@ -237,13 +238,18 @@ impl WebhookConfig {
         let client = builder
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        let marker = match &self.mark_rows {
+            Some(m) => Some(mark::Marker::open(m).await?),
+            None => None,
+        };
         Ok(Delivery {
             cfg: self.clone(),
             client,
             url,
             method,
             stage: stage.to_string(),
-            marker: None,
+            marker,
+            metrics: m::WebhookMetrics::new(stage),
         })
     }
 }
@@ -255,7 +261,7 @@ impl StageConfig for WebhookConfig {
                 stage: cx.id.clone(),
                 message,
             };
-            let delivery = self.delivery(&cx.id).map_err(err)?;
+            let delivery = self.delivery(&cx.id).await.map_err(err)?;
             let queue = if self.durable {
                 let state = cx.state.clone().unwrap_or_default();
                 let store = queue::Store::open(&state.url)
@@ -265,15 +271,8 @@ impl StageConfig for WebhookConfig {
             } else {
                 None
             };
-            let marker = match &self.mark_rows {
-                Some(m) => Some(mark::Marker::open(m).await.map_err(err)?),
-                None => None,
-            };
             Ok(Stage::Sink(Box::new(WebhookSink {
-                delivery: Arc::new(Delivery {
-                    marker: marker.map(Arc::new),
-                    ..delivery
-                }),
+                delivery: Arc::new(delivery),
                 queue,
             }) as Box<dyn Sink>))
         })
@@ -294,7 +293,8 @@ pub struct Delivery {
     method: reqwest::Method,
     stage: String,
     /// `mark_rows`, opened.
-    marker: Option<Arc<mark::Marker>>,
+    marker: Option<mark::Marker>,
+    metrics: m::WebhookMetrics,
 }
 
 /// How one attempt ended.
@@ -376,12 +376,8 @@ pub fn retry_after(v: &str) -> Option<Duration> {
 }
 
 impl Delivery {
-    pub fn config(&self) -> &WebhookConfig {
-        &self.cfg
-    }
-
     /// With `mark_rows`: records how the delivery of `events` ended in the table.
-    pub async fn mark(&self, events: &[Event], outcome: &Outcome) {
+    async fn mark(&self, events: &[Event], outcome: &Outcome) {
         let Some(m) = &self.marker else { return };
         match outcome {
             Outcome::Delivered { attempts } => m.mark(&self.stage, events, true, *attempts).await,
@@ -391,7 +387,6 @@ impl Delivery {
     }
 
     async fn attempt(&self, events: &[Event], id: &str) -> Attempt {
-        let stage = self.stage.as_str();
         let (url, body) = match self.render(events) {
             Ok(x) => x,
             Err(e) => return Attempt::Permanent(format!("cannot render the body: {e}")),
@@ -415,7 +410,7 @@ impl Delivery {
             Err(e) if e.is_timeout() => "timeout",
             Err(_) => "connection_error",
         };
-        m::webhook_request(stage, class, started.elapsed().as_secs_f64());
+        self.metrics.request(class, started.elapsed().as_secs_f64());
         match r {
             Ok(resp) => {
                 let status = resp.status();
@@ -487,9 +482,22 @@ impl Delivery {
         }
     }
 
-    /// Delivers one batch under `budget`; a failure for good is logged before it is returned.
-    /// With `stop`, a retry is not waited for once the stage is stopping.
+    /// Delivers one batch under `budget`; a failure for good is logged before it is returned,
+    /// and with `mark_rows` the outcome is recorded in the table. With `stop`, a retry is not
+    /// waited for once the stage is stopping.
     pub async fn deliver(
+        &self,
+        events: &[Event],
+        health: Option<&crate::health::StageHealth>,
+        budget: Budget,
+        stop: Option<tokio::sync::watch::Receiver<bool>>,
+    ) -> Outcome {
+        let outcome = self.try_deliver(events, health, budget, stop).await;
+        self.mark(events, &outcome).await;
+        outcome
+    }
+
+    async fn try_deliver(
         &self,
         events: &[Event],
         health: Option<&crate::health::StageHealth>,
@@ -533,7 +541,7 @@ impl Delivery {
                         return Outcome::Interrupted;
                     }
                     n += 1;
-                    m::webhook_retry(stage);
+                    self.metrics.retry();
                     tracing::warn!(stage, delivery_id = %id, attempt = n, reason = %why, wait = ?wait, "webhook delivery failed; retrying");
                     match &mut stop {
                         None => tokio::time::sleep(wait).await,
@@ -611,7 +619,6 @@ async fn in_memory(
                 let outcome = d
                     .deliver(&batch, Some(&health), Budget::Retries(d.cfg.retries), None)
                     .await;
-                d.mark(&batch, &outcome).await;
                 match outcome {
                     Outcome::Delivered { .. } => {
                         sent.increment(batch.len() as u64);
