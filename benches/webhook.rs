@@ -15,9 +15,8 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput, criterion_group};
 use eventflow::engine::Topology;
 use eventflow::event::{Event, EventData, Finalizers};
-use eventflow::stages::StageKind;
 use eventflow::stages::webhook::{WebhookConfig, body};
-use eventflow::testkit::{ChannelSource, PipelineBuilder};
+use eventflow::testkit::{ChannelSource, source_to_sink};
 use futures::StreamExt;
 
 fn data(i: usize) -> EventData {
@@ -105,20 +104,11 @@ async fn run_sink(url: &str, case: Case, hits: &AtomicU64) -> Duration {
     }))
     .expect("config");
     let (src, feed) = ChannelSource::new(8);
-    let p = PipelineBuilder::new()
+    let p = source_to_sink(Arc::new(src), "hook", "webhook", Arc::new(cfg), 0)
         .state(&format!(
             "sqlite://{}",
             dir.path().join("state.db").display()
         ))
-        .stage("src", "channel", StageKind::Source, &[], Arc::new(src), 0)
-        .stage(
-            "hook",
-            "webhook",
-            StageKind::Sink,
-            &["src"],
-            Arc::new(cfg),
-            0,
-        )
         .build();
     let topo = Topology::start(p).await.expect("start");
     let started = Instant::now();

@@ -104,6 +104,21 @@ pub fn filter(yaml: &str) -> Arc<crate::stages::filter::FilterConfig> {
     Arc::new(crate::config::tree::from_node(&node).expect("filter config"))
 }
 
+/// `src` (a source, usually a [`ChannelSource`]) -> one sink `id` of type `type_name`; the
+/// builder takes more stages or a `state` database. `version` is the sink's (see
+/// [`PipelineBuilder::stage`]).
+pub fn source_to_sink(
+    source: Arc<dyn StageConfig>,
+    id: &str,
+    type_name: &'static str,
+    sink: Arc<dyn StageConfig>,
+    version: i64,
+) -> PipelineBuilder {
+    PipelineBuilder::new()
+        .stage("src", "channel", StageKind::Source, &[], source, 0)
+        .stage(id, type_name, StageKind::Sink, &["src"], sink, version)
+}
+
 /// The pipeline most engine tests and benchmarks use: `src` -> `f` (a filter with the given
 /// rules) -> `out`.
 pub fn source_filter_sink(

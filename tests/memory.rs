@@ -238,27 +238,11 @@ async fn webhook_down(durable: bool) {
         }))
         .expect("config");
     let (src, feed) = eventflow::testkit::ChannelSource::new(8);
-    let p = eventflow::testkit::PipelineBuilder::new()
+    let p = eventflow::testkit::source_to_sink(Arc::new(src), "hook", "webhook", Arc::new(cfg), 0)
         .state(&format!(
             "sqlite://{}",
             dir.path().join("state.db").display()
         ))
-        .stage(
-            "src",
-            "channel",
-            eventflow::stages::StageKind::Source,
-            &[],
-            Arc::new(src),
-            0,
-        )
-        .stage(
-            "hook",
-            "webhook",
-            eventflow::stages::StageKind::Sink,
-            &["src"],
-            Arc::new(cfg),
-            0,
-        )
         .build();
     let before = rss_kb();
     let topo = eventflow::engine::Topology::start(p).await.expect("start");

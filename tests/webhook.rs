@@ -20,9 +20,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use eventflow::engine::Topology;
 use eventflow::engine::ack::Status;
-use eventflow::stages::StageKind;
 use eventflow::stages::webhook::WebhookConfig;
-use eventflow::testkit::{ChannelSource, Feeder, PipelineBuilder, event};
+use eventflow::testkit::{ChannelSource, Feeder, event, source_to_sink};
 use serde_json::{Value, json};
 
 #[derive(Clone, Debug)]
@@ -139,16 +138,7 @@ async fn pipeline_with_state(url: &str, extra: Value, state: Option<&str>) -> (T
     }
     let cfg: WebhookConfig = serde_json::from_value(v).unwrap();
     let (src, feed) = ChannelSource::new(4);
-    let mut b = PipelineBuilder::new()
-        .stage("src", "channel", StageKind::Source, &[], Arc::new(src), 0)
-        .stage(
-            "hook",
-            "webhook",
-            StageKind::Sink,
-            &["src"],
-            Arc::new(cfg),
-            0,
-        );
+    let mut b = source_to_sink(Arc::new(src), "hook", "webhook", Arc::new(cfg), 0);
     if let Some(url) = state {
         b = b.state(url);
     }
@@ -669,16 +659,7 @@ async fn a_reload_that_changes_a_durable_webhook_sends_each_queued_event_once() 
         Arc::new(serde_json::from_value::<WebhookConfig>(v).unwrap())
     };
     let pipeline = |url: &str, version: i64| {
-        PipelineBuilder::new()
-            .stage("src", "channel", StageKind::Source, &[], src.clone(), 0)
-            .stage(
-                "hook",
-                "webhook",
-                StageKind::Sink,
-                &["src"],
-                hook(url),
-                version,
-            )
+        source_to_sink(src.clone(), "hook", "webhook", hook(url), version)
             .state(&state)
             .build()
     };
