@@ -10,7 +10,6 @@
 //! database open). The ratio is printed at the end.
 
 mod common;
-use common::record;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -129,18 +128,18 @@ fn bench(c: &mut Criterion) {
     // same stream, so that both see the same machine state (this VM drifts between runs).
     g.bench_function("source_then_bare_watcher", |b| {
         b.iter_custom(|iters| {
-            rt.block_on(async {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let n = run_no.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let d = run_source(&s, n).await;
-                    record("kube_events source -> counting sink", N as u64, d);
-                    let b = run_bare(&s).await;
-                    record("bare kube::runtime::watcher", N as u64, b);
-                    total += d;
-                }
-                total
-            })
+            common::interleaved(
+                &rt,
+                iters,
+                N as u64,
+                ("kube_events source -> counting sink", || {
+                    run_source(
+                        &s,
+                        run_no.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                    )
+                }),
+                ("bare kube::runtime::watcher", || run_bare(&s)),
+            )
         })
     });
     g.finish();

@@ -6,7 +6,6 @@
 //! - the same with `durable: true` (SQLite queue in a temporary directory), 4 in flight.
 
 mod common;
-use common::record;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -199,18 +198,20 @@ fn bench(c: &mut Criterion) {
         g.throughput(Throughput::Elements(case.events as u64));
         g.bench_function(name.replace([',', ' '], "_"), |b| {
             b.iter_custom(|iters| {
-                rt.block_on(async {
-                    let mut total = Duration::ZERO;
-                    for _ in 0..iters {
+                let (sink, bare) = (
+                    format!("webhook sink, {name}"),
+                    format!("bare reqwest, {name}"),
+                );
+                common::interleaved(
+                    &rt,
+                    iters,
+                    case.events as u64,
+                    (&sink, || {
                         hits.store(0, Ordering::Relaxed);
-                        let d = run_sink(&url, case, &hits).await;
-                        record(format!("webhook sink, {name}"), case.events as u64, d);
-                        let b = run_bare(&client, &url, case).await;
-                        record(format!("bare reqwest, {name}"), case.events as u64, b);
-                        total += d;
-                    }
-                    total
-                })
+                        run_sink(&url, case, &hits)
+                    }),
+                    (&bare, || run_bare(&client, &url, case)),
+                )
             })
         });
     }

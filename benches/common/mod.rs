@@ -36,6 +36,36 @@ pub fn summary(title: &str, ratios: &[(String, String, String)]) {
     }
 }
 
+/// The body of a criterion `iter_custom` that measures `subject` against `baseline` in the same
+/// run: each iteration runs one, then the other, so both see the same machine state; both are
+/// recorded (`events` each) under their names for [`summary`], and the subject's time is
+/// returned to criterion.
+#[allow(dead_code)] // not every benchmark compares this way
+pub fn interleaved<FS, FB, S, B>(
+    rt: &tokio::runtime::Runtime,
+    iters: u64,
+    events: u64,
+    (subject_name, mut subject): (&str, FS),
+    (baseline_name, mut baseline): (&str, FB),
+) -> Duration
+where
+    FS: FnMut() -> S,
+    FB: FnMut() -> B,
+    S: std::future::Future<Output = Duration>,
+    B: std::future::Future<Output = Duration>,
+{
+    rt.block_on(async {
+        let mut total = Duration::ZERO;
+        for _ in 0..iters {
+            let d = subject().await;
+            record(subject_name, events, d);
+            record(baseline_name, events, baseline().await);
+            total += d;
+        }
+        total
+    })
+}
+
 /// A ratio for [`summary`].
 pub fn ratio(label: &str, numerator: &str, denominator: &str) -> (String, String, String) {
     (label.into(), numerator.into(), denominator.into())
