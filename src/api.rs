@@ -1,5 +1,10 @@
 //! The engine's HTTP endpoint: `GET /metrics` (Prometheus text), `GET /healthz` (alive),
 //! `GET /readyz` (the pipeline is running), `POST /-/reload` (reload the pipeline file now).
+//!
+//! The endpoint has no authentication of its own: keep it on localhost (the default) or
+//! behind a NetworkPolicy. Mutating endpoints refuse requests that a web page could make (any
+//! `Origin` or `Sec-Fetch-Site` header: a browser sends one, curl and Prometheus do not), and
+//! with `EVENTFLOW_API_TOKEN` set they require `Authorization: Bearer <token>`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -7,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -21,6 +26,48 @@ pub struct ApiState {
     pub metrics: Option<PrometheusHandle>,
     pub ready: Arc<AtomicBool>,
     pub reload: mpsc::Sender<ReloadRequest>,
+    /// With a token, mutating endpoints require `Authorization: Bearer <token>`.
+    pub token: Option<Arc<str>>,
+}
+
+/// The environment variable that holds the bearer token of mutating endpoints.
+pub const TOKEN_ENV: &str = "EVENTFLOW_API_TOKEN";
+
+impl ApiState {
+    /// Why a mutating request is refused, if it is.
+    fn refuse(&self, headers: &HeaderMap) -> Option<Response> {
+        if headers.contains_key(header::ORIGIN) || headers.contains_key("sec-fetch-site") {
+            return Some(
+                (
+                    StatusCode::FORBIDDEN,
+                    "requests from web pages are refused (the request has an Origin header); use curl or a signal\n",
+                )
+                    .into_response(),
+            );
+        }
+        let token = self.token.as_deref()?;
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if constant_time_eq(given.as_bytes(), token.as_bytes()) {
+            return None;
+        }
+        Some(
+            (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                format!("this endpoint needs `Authorization: Bearer <token>` (the token is in ${TOKEN_ENV})\n"),
+            )
+                .into_response(),
+        )
+    }
+}
+
+/// Compares two secrets in a time that depends on their lengths only.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Binds `addr` and serves until the returned task is aborted.
@@ -83,7 +130,10 @@ async fn readyz(State(s): State<ApiState>) -> Response {
     }
 }
 
-async fn reload(State(s): State<ApiState>) -> Response {
+async fn reload(State(s): State<ApiState>, headers: HeaderMap) -> Response {
+    if let Some(refused) = s.refuse(&headers) {
+        return refused;
+    }
     let (tx, rx) = oneshot::channel();
     let req = ReloadRequest {
         trigger: "api",

@@ -7,6 +7,7 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -230,24 +231,6 @@ impl Finalizers {
         }
     }
 
-    /// Merges the finalizers of several events (for summaries of merged events).
-    pub fn merge<'a>(items: impl IntoIterator<Item = &'a Finalizers>) -> Finalizers {
-        let mut all: Vec<Arc<Finalizer>> = Vec::new();
-        for f in items {
-            match f {
-                Finalizers::None => {}
-                Finalizers::One(f) => all.push(f.clone()),
-                Finalizers::Many(fs) => all.extend(fs.iter().cloned()),
-            }
-        }
-        all.sort_by_key(|f| Arc::as_ptr(f) as usize);
-        all.dedup_by(|a, b| Arc::ptr_eq(a, b));
-        match all.len() {
-            0 => Finalizers::None,
-            1 => all.pop().map(Finalizers::One).unwrap_or_default(),
-            _ => Finalizers::Many(all.into()),
-        }
-    }
 }
 
 #[derive(Debug)]
@@ -258,43 +241,128 @@ struct Inner {
     born: std::time::Instant,
 }
 
-/// A shared, immutable event. Cloning it is one atomic increment.
-#[derive(Debug, Clone)]
-pub struct Event(Arc<Inner>);
+/// A shared, immutable event: one copy of it, as one stage holds it.
+///
+/// Each copy (a clone is a new copy: fan-out makes one per downstream stage) must be given an
+/// outcome before it is dropped: [`Event::ack`] by a sink after its commit, [`Event::discard`]
+/// by a stage that drops it on purpose, [`Merged::add`] by a stage that folds it into a
+/// summary. A copy dropped without one (a panic unwinding, a task gone, a channel closed with
+/// the copy in it, a shutdown timeout) fails its batch: the safe default, so that a source
+/// never checkpoints what nobody said was done.
+#[derive(Debug)]
+pub struct Event {
+    inner: Arc<Inner>,
+    /// This copy has an outcome.
+    done: AtomicBool,
+}
+
+impl Clone for Event {
+    /// A new copy, without an outcome yet. One atomic increment.
+    fn clone(&self) -> Event {
+        Event {
+            inner: self.inner.clone(),
+            done: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Drop for Event {
+    fn drop(&mut self) {
+        if !*self.done.get_mut() {
+            self.inner.finalizers.update(Status::Errored);
+        }
+    }
+}
 
 impl Event {
     pub fn new(data: EventData, finalizers: Finalizers) -> Event {
-        Event(Arc::new(Inner {
-            data,
-            finalizers,
-            born: std::time::Instant::now(),
-        }))
+        Event {
+            inner: Arc::new(Inner {
+                data,
+                finalizers,
+                born: std::time::Instant::now(),
+            }),
+            done: AtomicBool::new(false),
+        }
     }
 
     /// When the event entered the pipeline.
     pub fn born(&self) -> std::time::Instant {
-        self.0.born
+        self.inner.born
     }
 
     pub fn data(&self) -> &EventData {
-        &self.0.data
+        &self.inner.data
     }
 
     pub fn finalizers(&self) -> &Finalizers {
-        &self.0.finalizers
+        &self.inner.finalizers
     }
 
-    /// Records a delivery outcome; the worst outcome of all copies reaches the source.
-    /// Dropping a copy without calling this counts as delivered (an intentional drop).
-    pub fn set_status(&self, s: Status) {
-        self.0.finalizers.update(s);
+    /// Gives this copy its outcome (a sink, after its commit or its failure). The worst
+    /// outcome of all copies of a source batch is what the source learns.
+    pub fn ack(&self, s: Status) {
+        self.inner.finalizers.update(s);
+        self.done.store(true, Ordering::Relaxed);
+    }
+
+    /// This copy is dropped on purpose (filtered, deduplicated, rate-limited): done, and it
+    /// does not make its batch fail. The caller counts it by reason.
+    pub fn discard(&self) {
+        self.done.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Gives every copy in `events` the same outcome.
+pub fn ack_all(events: &[Event], s: Status) {
+    events.iter().for_each(|e| e.ack(s));
+}
+
+/// The acknowledgement handles of events folded into a summary that is not emitted yet
+/// (`aggregate`, `rate_limit` with `summarize`). The folded events themselves are done; their
+/// batches finish with the summary. Dropped before [`Merged::into_finalizers`] (a crash, a
+/// stage gone), every batch held here fails.
+#[derive(Debug, Default)]
+pub struct Merged(Vec<Arc<Finalizer>>);
+
+impl Merged {
+    /// Folds `e` in: its copy is done, its batch now waits for the summary.
+    pub fn add(&mut self, e: Event) {
+        match e.finalizers() {
+            Finalizers::None => {}
+            Finalizers::One(f) => {
+                if !self.0.last().is_some_and(|l| Arc::ptr_eq(l, f)) {
+                    self.0.push(f.clone());
+                }
+            }
+            Finalizers::Many(fs) => self.0.extend(fs.iter().cloned()),
+        }
+        e.discard();
+    }
+
+    /// The finalizers the summary event carries.
+    pub fn into_finalizers(mut self) -> Finalizers {
+        let mut all = std::mem::take(&mut self.0);
+        all.sort_by_key(|f| Arc::as_ptr(f) as usize);
+        all.dedup_by(|a, b| Arc::ptr_eq(a, b));
+        match all.len() {
+            0 => Finalizers::None,
+            1 => all.pop().map(Finalizers::One).unwrap_or_default(),
+            _ => Finalizers::Many(all.into()),
+        }
+    }
+}
+
+impl Drop for Merged {
+    fn drop(&mut self) {
+        self.0.iter().for_each(|f| f.update(Status::Errored));
     }
 }
 
 impl std::ops::Deref for Event {
     type Target = EventData;
     fn deref(&self) -> &EventData {
-        &self.0.data
+        &self.inner.data
     }
 }
 

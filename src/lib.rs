@@ -10,6 +10,7 @@
 //! - [`run`]: what `eventflow run` does: start, serve the API, reload, drain on signals.
 //! - [`reload`]: reload triggers (file watch, SIGHUP, API) and outcomes.
 //! - [`health`]: source readiness for `/readyz`.
+//! - [`redact`]: secrets out of URLs before they are logged, stored or printed.
 //! - [`api`]: `/metrics`, `/healthz`, `/readyz`, `POST /-/reload`.
 
 pub mod api;
@@ -18,6 +19,7 @@ pub mod engine;
 pub mod event;
 pub mod health;
 pub mod metrics;
+pub mod redact;
 pub mod reload;
 pub mod run;
 pub mod stages;

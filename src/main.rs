@@ -75,7 +75,13 @@ enum Command {
     },
     /// Print the pipeline equivalent to a file in the seed's format (the k8m event handler's
     /// eventhandler.yaml), with comments where eventflow behaves differently.
-    Migrate { file: PathBuf },
+    Migrate {
+        file: PathBuf,
+        /// Print passwords, tokens and header values in place (by default they become
+        /// `${EVENTFLOW_...}` references, listed at the top with redacted values).
+        #[arg(long)]
+        show_secrets: bool,
+    },
     /// Inspect, re-send or delete the deliveries durable webhooks gave up on (kept in the
     /// pipeline's `state` database).
     DeadLetter {
@@ -211,7 +217,7 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             let outcome = rt.block_on(eventflow::run::run(p, opts))?;
             Ok(match outcome {
                 Outcome::Drained => ExitCode::SUCCESS,
-                Outcome::Incomplete(_) => ExitCode::FAILURE,
+                Outcome::Incomplete(_) | Outcome::Failed(_) => ExitCode::FAILURE,
             })
         }
         Command::Validate { pipelines } => {
@@ -253,11 +259,11 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::DeadLetter { action } => dead_letter(action),
-        Command::Migrate { file } => migrate(&file),
+        Command::Migrate { file, show_secrets } => migrate(&file, show_secrets),
     }
 }
 
-fn migrate(path: &std::path::Path) -> anyhow::Result<ExitCode> {
+fn migrate(path: &std::path::Path, show_secrets: bool) -> anyhow::Result<ExitCode> {
     use eventflow::config::{seed, tree};
     let name = path.display().to_string();
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {name}"))?;
@@ -274,7 +280,12 @@ fn migrate(path: &std::path::Path) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::FAILURE);
     }
-    match seed::translate(&root) {
+    let mode = if show_secrets {
+        seed::Secrets::Inline
+    } else {
+        seed::Secrets::Env
+    };
+    match seed::translate_with(&root, mode) {
         Ok(seed::Translated::Pipeline(yaml)) => {
             print!("{yaml}");
             Ok(ExitCode::SUCCESS)

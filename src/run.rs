@@ -21,6 +21,9 @@ pub enum Outcome {
     Drained,
     /// Some stages did not finish within the shutdown timeout.
     Incomplete(Vec<String>),
+    /// Some stages failed (an error or a panic); the events they held were not acknowledged,
+    /// so their sources replay them at the next start.
+    Failed(Vec<(String, String)>),
 }
 
 /// Errors that stop `run` before the pipeline starts.
@@ -71,6 +74,10 @@ pub async fn run(pipeline: Pipeline, opts: RunOptions) -> Result<Outcome, RunErr
                 metrics: opts.metrics.clone(),
                 ready: ready.clone(),
                 reload: reload_tx.clone(),
+                token: std::env::var(crate::api::TOKEN_ENV)
+                    .ok()
+                    .filter(|t| !t.is_empty())
+                    .map(Arc::from),
             };
             let (_, task) =
                 crate::api::serve(a.listen, state)
@@ -127,19 +134,30 @@ pub async fn run(pipeline: Pipeline, opts: RunOptions) -> Result<Outcome, RunErr
                     let _ = reply.send(outcome);
                 }
             }
-            exit = topology.next_exit() => {
-                if exit.is_none() { break; }
+            exit = topology.next_exit() => match exit {
+                None => break,
+                Some(e) => if let Some(why) = e.failure {
+                    // A crashed stage stops the process rather than leaving it half-dead:
+                    // the rest drains, the exit code says it failed, and the orchestrator
+                    // restarts it (with its own backoff). Nothing it held was acknowledged.
+                    tracing::error!(stage = %e.id, error = %why, "a stage failed; shutting down the pipeline");
+                    break;
+                }
             }
         }
     }
     ready.store(false, Ordering::Release);
-    let stuck = topology.shutdown(opts.shutdown_timeout).await;
-    if stuck.is_empty() {
+    let report = topology.shutdown(opts.shutdown_timeout).await;
+    if !report.failed.is_empty() {
+        let stages: Vec<&str> = report.failed.iter().map(|(id, _)| id.as_str()).collect();
+        tracing::error!(stages = ?stages, "pipeline stopped after stage failures; events they held were not acknowledged and are replayed at the next start");
+        Ok(Outcome::Failed(report.failed))
+    } else if report.stuck.is_empty() {
         tracing::info!("pipeline drained");
         Ok(Outcome::Drained)
     } else {
-        tracing::error!(stages = ?stuck, timeout = ?opts.shutdown_timeout, "stages did not finish draining in time; their in-flight events were not delivered");
-        Ok(Outcome::Incomplete(stuck))
+        tracing::error!(stages = ?report.stuck, timeout = ?opts.shutdown_timeout, "stages did not finish draining in time; their in-flight events were not delivered");
+        Ok(Outcome::Incomplete(report.stuck))
     }
 }
 

@@ -309,6 +309,7 @@ impl Sink for CountingSink {
                     g.extend(batch.iter().map(|e| e.data().clone()));
                 }
                 self.count.fetch_add(batch.len() as u64, Ordering::AcqRel);
+                crate::event::ack_all(&batch, Status::Delivered);
             }
             Ok(())
         })

@@ -16,6 +16,26 @@ fn input_pos(spec: &StageSpec, index: usize) -> Option<Pos> {
     }
 }
 
+/// The most names a message lists.
+const MAX_LISTED: usize = 20;
+
+/// `items` joined by `sep`, the first [`MAX_LISTED`] of them and then how many more.
+fn shorten<T: std::fmt::Display>(items: &[T], sep: &str) -> String {
+    shorten_iter(items.iter(), items.len(), sep)
+}
+
+fn shorten_iter<T: std::fmt::Display>(
+    items: impl Iterator<Item = T>,
+    len: usize,
+    sep: &str,
+) -> String {
+    let mut out: Vec<String> = items.take(MAX_LISTED).map(|i| i.to_string()).collect();
+    if len > MAX_LISTED {
+        out.push(format!("... ({} more)", len - MAX_LISTED));
+    }
+    out.join(sep)
+}
+
 /// Stages that could not be parsed, with their inputs (and where each is written).
 pub type Failed = HashMap<String, Vec<(String, Option<Pos>)>>;
 
@@ -71,14 +91,13 @@ pub fn check(stages: &IndexMap<String, StageSpec>, failed: &Failed, problems: &m
             match stages.get(input) {
                 None if failed.contains_key(input) => {}
                 None => {
-                    let known: Vec<&str> = stages.keys().map(String::as_str).collect();
                     problems.push(Problem::new(
                         pos,
                         Some(&spec.id),
                         Some("inputs"),
                         format!(
                             "unknown input `{input}` (stages in this file: {})",
-                            known.join(", ")
+                            shorten_iter(stages.keys(), stages.len(), ", ")
                         ),
                     ))
                 }
@@ -101,14 +120,13 @@ pub fn check(stages: &IndexMap<String, StageSpec>, failed: &Failed, problems: &m
             }
         }
     }
+    let read: HashSet<&str> = stages
+        .values()
+        .flat_map(|s| s.inputs.iter().map(String::as_str))
+        .chain(failed.values().flatten().map(|(i, _)| i.as_str()))
+        .collect();
     for spec in stages.values() {
-        let read_by_failed = failed
-            .values()
-            .any(|ins| ins.iter().any(|(i, _)| *i == spec.id));
-        if spec.kind != StageKind::Sink
-            && !read_by_failed
-            && !stages.values().any(|s| s.inputs.contains(&spec.id))
-        {
+        if spec.kind != StageKind::Sink && !read.contains(spec.id.as_str()) {
             problems.push(Problem::new(
                 Some(spec.pos),
                 Some(&spec.id),
@@ -141,79 +159,85 @@ pub fn check(stages: &IndexMap<String, StageSpec>, failed: &Failed, problems: &m
             stages.get(first).map(|s| s.pos),
             Some(first),
             Some("inputs"),
-            format!("the stages form a cycle: {}", cycle.join(" -> ")),
+            format!("the stages form a cycle: {}", shorten(&cycle, " -> ")),
         ));
     }
 }
 
-/// Returns one cycle (as a path of ids that ends where it starts), if any.
+/// Returns one cycle (as a path of ids that ends where it starts), if any. Iterative: a
+/// pipeline of ten thousand chained stages does not exhaust a worker thread's stack.
 fn find_cycle(stages: &IndexMap<String, StageSpec>) -> Option<Vec<String>> {
     #[derive(Clone, Copy, PartialEq)]
     enum Mark {
         Open,
         Done,
     }
-    fn visit<'a>(
-        id: &'a str,
-        stages: &'a IndexMap<String, StageSpec>,
-        marks: &mut HashMap<&'a str, Mark>,
-        stack: &mut Vec<&'a str>,
-    ) -> Option<Vec<String>> {
-        match marks.get(id) {
-            Some(Mark::Done) => return None,
-            Some(Mark::Open) => {
-                let start = stack.iter().position(|s| *s == id).unwrap_or(0);
-                let mut cycle: Vec<String> = stack[start..].iter().map(|s| s.to_string()).collect();
-                cycle.push(id.to_string());
-                return Some(cycle);
-            }
-            None => {}
+    let mut marks: HashMap<&str, Mark> = HashMap::with_capacity(stages.len());
+    for root in stages.keys() {
+        if marks.contains_key(root.as_str()) {
+            continue;
         }
-        marks.insert(id, Mark::Open);
-        stack.push(id);
-        if let Some(spec) = stages.get(id) {
-            for input in &spec.inputs {
-                if input != id
-                    && stages.contains_key(input)
-                    && let Some(c) = visit(input, stages, marks, stack)
-                {
-                    return Some(c);
+        // The path from `root`, each with the index of the next input to follow.
+        let mut stack: Vec<(&str, usize)> = vec![(root.as_str(), 0)];
+        marks.insert(root, Mark::Open);
+        while let Some((id, next)) = stack.last_mut() {
+            let inputs = stages.get(*id).map(|s| s.inputs.as_slice()).unwrap_or(&[]);
+            let Some(input) = inputs.get(*next) else {
+                marks.insert(id, Mark::Done);
+                stack.pop();
+                continue;
+            };
+            *next += 1;
+            let input = input.as_str();
+            if input == *id || !stages.contains_key(input) {
+                continue; // reported as a self-read or an unknown input
+            }
+            match marks.get(input) {
+                Some(Mark::Done) => {}
+                Some(Mark::Open) => {
+                    let start = stack.iter().position(|(s, _)| *s == input).unwrap_or(0);
+                    let mut cycle: Vec<String> =
+                        stack[start..].iter().map(|(s, _)| s.to_string()).collect();
+                    cycle.push(input.to_string());
+                    return Some(cycle);
+                }
+                None => {
+                    marks.insert(input, Mark::Open);
+                    stack.push((input, 0));
                 }
             }
-        }
-        stack.pop();
-        marks.insert(id, Mark::Done);
-        None
-    }
-    let mut marks = HashMap::new();
-    for id in stages.keys() {
-        let mut stack = Vec::new();
-        if let Some(c) = visit(id, stages, &mut marks, &mut stack) {
-            return Some(c);
         }
     }
     None
 }
 
-/// Stage ids in an order where every stage comes after all of its inputs.
+/// Stage ids in an order where every stage comes after all of its inputs (file order among
+/// stages that are ready together). Stages on a cycle are left out; validation reports it.
 pub fn topological_order(stages: &IndexMap<String, StageSpec>) -> Vec<String> {
-    let mut done: HashSet<&str> = HashSet::new();
-    let mut order = Vec::new();
-    while order.len() < stages.len() {
-        let before = order.len();
-        for (id, spec) in stages {
-            if !done.contains(id.as_str())
-                && spec
-                    .inputs
-                    .iter()
-                    .all(|i| done.contains(i.as_str()) || !stages.contains_key(i))
-            {
-                done.insert(id);
-                order.push(id.clone());
+    let mut waiting: Vec<usize> = Vec::with_capacity(stages.len());
+    let mut consumers: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, spec) in stages.values().enumerate() {
+        let mut n = 0;
+        let mut seen = HashSet::new();
+        for input in &spec.inputs {
+            if stages.contains_key(input) && seen.insert(input) {
+                n += 1;
+                consumers.entry(input.as_str()).or_default().push(i);
             }
         }
-        if order.len() == before {
-            break; // a cycle; validation reports it
+        waiting.push(n);
+    }
+    let mut ready: std::collections::BTreeSet<usize> =
+        (0..stages.len()).filter(|i| waiting[*i] == 0).collect();
+    let mut order = Vec::with_capacity(stages.len());
+    while let Some(i) = ready.pop_first() {
+        let Some((id, _)) = stages.get_index(i) else { break };
+        order.push(id.clone());
+        for &c in consumers.get(id.as_str()).map(Vec::as_slice).unwrap_or(&[]) {
+            waiting[c] -= 1;
+            if waiting[c] == 0 {
+                ready.insert(c);
+            }
         }
     }
     order

@@ -159,26 +159,54 @@ pub struct ConfigError {
     pub problems: Vec<Problem>,
 }
 
+/// The most problems a [`ConfigError`] prints; the rest are counted.
+pub const MAX_PRINTED_PROBLEMS: usize = 50;
+
 impl fmt::Display for ConfigError {
+    /// One line per problem, in file order; the same message for the same stage and field
+    /// (e.g. one mistake repeated over many lines) once, with a count; at most
+    /// [`MAX_PRINTED_PROBLEMS`] lines, then how many more there are.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, p) in self.problems.iter().enumerate() {
+        let mut groups: IndexMap<(&Option<String>, &Option<String>, &str), (&Problem, usize)> =
+            IndexMap::new();
+        for p in &self.problems {
+            groups
+                .entry((&p.stage, &p.field, p.message.as_str()))
+                .or_insert((p, 0))
+                .1 += 1;
+        }
+        for (i, (p, n)) in groups.values().enumerate() {
+            if i == MAX_PRINTED_PROBLEMS {
+                let rest: usize = groups.values().skip(i).map(|(_, n)| n).sum();
+                write!(f, "\n{}: ... and {rest} more problems", self.file)?;
+                break;
+            }
             if i > 0 {
                 writeln!(f)?;
             }
-            write!(f, "{}", self.file)?;
-            if let Some(pos) = p.pos.filter(|p| p.line > 0) {
-                write!(f, ":{}:{}", pos.line, pos.column)?;
+            self.write_one(f, p)?;
+            if *n > 1 {
+                write!(f, " ({n} times)")?;
             }
-            f.write_str(": ")?;
-            match (&p.stage, &p.field) {
-                (Some(s), Some(fl)) => write!(f, "stage `{s}`, field `{fl}`: ")?,
-                (Some(s), None) => write!(f, "stage `{s}`: ")?,
-                (None, Some(fl)) => write!(f, "field `{fl}`: ")?,
-                (None, None) => {}
-            }
-            f.write_str(&p.message)?;
         }
         Ok(())
+    }
+}
+
+impl ConfigError {
+    fn write_one(&self, f: &mut fmt::Formatter<'_>, p: &Problem) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(pos) = p.pos.filter(|p| p.line > 0) {
+            write!(f, ":{}:{}", pos.line, pos.column)?;
+        }
+        f.write_str(": ")?;
+        match (&p.stage, &p.field) {
+            (Some(s), Some(fl)) => write!(f, "stage `{s}`, field `{fl}`: ")?,
+            (Some(s), None) => write!(f, "stage `{s}`: ")?,
+            (None, Some(fl)) => write!(f, "field `{fl}`: ")?,
+            (None, None) => {}
+        }
+        f.write_str(&p.message)
     }
 }
 
@@ -277,6 +305,12 @@ pub fn load_str(
             ),
         ));
     }
+    if let Some(Some(state)) = header.as_ref().map(|h| &h.state)
+        && let Err(e) = crate::stages::sql::db::check_url(&state.url)
+    {
+        let pos = root.get("state").and_then(|s| s.get("url")).map(|n| n.pos);
+        problems.push(Problem::new(pos, None, Some("state.url"), e));
+    }
     let mut failed = std::collections::HashMap::new();
     let stages = parse_stages(&root, &mut problems, &mut failed);
     graph::check(&stages, &failed, &mut problems);
@@ -327,8 +361,18 @@ fn parse_stages(
         ));
         return out;
     };
-    let Some(map) = stages_node.as_map() else {
-        if !matches!(stages_node.value, tree::Value::Null) {
+    let map = match stages_node.as_map() {
+        Some(m) if !m.is_empty() => m,
+        _ if matches!(stages_node.value, tree::Value::Null | tree::Value::Map(_)) => {
+            problems.push(Problem::new(
+                Some(stages_node.pos),
+                None,
+                Some("stages"),
+                "`stages:` is empty; a pipeline needs at least one source and one sink",
+            ));
+            return out;
+        }
+        _ => {
             problems.push(Problem::new(
                 Some(stages_node.pos),
                 None,
@@ -338,8 +382,8 @@ fn parse_stages(
                     stages_node.value.kind()
                 ),
             ));
+            return out;
         }
-        return out;
     };
     for (id, (kpos, node)) in map {
         if !valid_id(id) {
@@ -447,6 +491,14 @@ fn parse_stage(id: &str, kpos: Pos, node: &Node, problems: &mut Vec<Problem>) ->
             return None;
         }
     };
+    let invalid = config.validate();
+    if !invalid.is_empty() {
+        for i in invalid {
+            let pos = field_pos(node, &i.field).unwrap_or(kpos);
+            problems.push(Problem::new(Some(pos), Some(id), Some(&i.field), i.message));
+        }
+        return None;
+    }
     Some(StageSpec {
         id: id.to_string(),
         type_name: st.name,
@@ -456,6 +508,29 @@ fn parse_stage(id: &str, kpos: Pos, node: &Node, problems: &mut Vec<Problem>) ->
         node: node.clone(),
         pos: kpos,
     })
+}
+
+/// Where a field (a dotted path; `a.b`, `list[2]`) is written in a stage, or its nearest
+/// written parent (a defaulted field has no position of its own).
+fn field_pos(node: &Node, field: &str) -> Option<Pos> {
+    let mut at = node;
+    let mut pos = None;
+    for part in field.split('.') {
+        let (key, index) = match part.split_once('[') {
+            Some((k, i)) => (k, i.trim_end_matches(']').parse::<usize>().ok()),
+            None => (part, None),
+        };
+        let Some(next) = at.get(key) else { break };
+        at = next;
+        pos = Some(at.pos);
+        if let (Some(i), tree::Value::Seq(items)) = (index, &at.value)
+            && let Some(item) = items.get(i)
+        {
+            at = item;
+            pos = Some(at.pos);
+        }
+    }
+    pos
 }
 
 /// serde stops at a stage's first bad field. To show every bad field of the stage at once,

@@ -410,8 +410,53 @@ pub fn dsn_to_url(ty: &str, dsn: &str) -> Result<String, String> {
     }
 }
 
+/// How a translation writes secret values (database URLs with a password or a query,
+/// webhook URLs with a query or userinfo, header values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Secrets {
+    /// As they are (loading a seed file; `eventflow migrate --show-secrets`).
+    Inline,
+    /// As `${EVENTFLOW_...}` references, listed in a comment at the top with redacted values
+    /// (`eventflow migrate`).
+    Env,
+}
+
+/// Writes values into the translation, keeping secrets out of it in [`Secrets::Env`] mode.
+struct Writer {
+    mode: Secrets,
+    refs: Vec<(String, String)>,
+}
+
+impl Writer {
+    /// `value` quoted, or a `${name}` reference if it holds a secret and secrets stay out.
+    fn secret(&mut self, name: &str, value: &str, is_secret: bool) -> String {
+        if self.mode == Secrets::Inline || !is_secret {
+            return q(value);
+        }
+        if !self.refs.iter().any(|(n, _)| n == name) {
+            let shown = if value.contains("://") {
+                crate::redact::url(value)
+            } else {
+                "***".to_string()
+            };
+            self.refs.push((name.to_string(), shown));
+        }
+        format!("\"${{{name}}}\"")
+    }
+}
+
+/// A URL holds a secret if redacting it changes it.
+fn url_has_secret(url: &str) -> bool {
+    crate::redact::url(url) != url
+}
+
 /// Translates a seed file (parsed, `${ENV}` substituted or not) into pipeline YAML.
 pub fn translate(root: &Node) -> Result<Translated, Vec<Problem>> {
+    translate_with(root, Secrets::Inline)
+}
+
+/// [`translate`], writing secrets as `mode` says.
+pub fn translate_with(root: &Node, mode: Secrets) -> Result<Translated, Vec<Problem>> {
     let mut r = Reader {
         problems: Vec::new(),
         root,
@@ -562,13 +607,17 @@ pub fn translate(root: &Node) -> Result<Translated, Vec<Problem>> {
         ));
     }
 
+    let mut w = Writer {
+        mode,
+        refs: Vec::new(),
+    };
+    let db_url = w.secret("EVENTFLOW_DB_URL", &url, url_has_secret(&url));
     let mut y = String::new();
     let _ = writeln!(
         y,
         "# Translated by eventflow from the k8m event handler's format (eventhandler.yaml).\n\
          # The seed's database also keeps eventflow's state (watch checkpoint, webhook queue).\n\
-         version: 1\nstate:\n  url: {}\nstages:",
-        q(&url)
+         version: 1\nstate:\n  url: {db_url}\nstages:"
     );
     let _ = writeln!(
         y,
@@ -588,29 +637,39 @@ pub fn translate(root: &Node) -> Result<Translated, Vec<Problem>> {
     };
     let _ = writeln!(
         y,
-        "  store:\n    type: sql\n    inputs: [{upstream}]\n    url: {}\n    table: k8s_events\n    max_conns: {max_conns}\n    # A repeat of an event (same uid, higher count) updates its row (count, last seen, message)\n    # instead of being dropped by the unique key as in the seed.",
-        q(&url)
+        "  store:\n    type: sql\n    inputs: [{upstream}]\n    url: {db_url}\n    table: k8s_events\n    max_conns: {max_conns}\n    # A repeat of an event (same uid, higher count) updates its row (count, last seen, message)\n    # instead of being dropped by the unique key as in the seed."
     );
     if hook_on && worker_on {
         let hook_url = hook_url.map(|(_, u)| u).unwrap_or_default();
         let _ = writeln!(
             y,
             "  webhook:\n    type: webhook\n    inputs: [{upstream}]\n    url: {}\n    method: {}\n    timeout: {timeout}s",
-            q(&hook_url),
+            w.secret("EVENTFLOW_WEBHOOK_URL", &hook_url, url_has_secret(&hook_url)),
             q(&method)
         );
         if !headers.is_empty() {
             let _ = writeln!(y, "    headers:");
-            for (k, v) in &headers {
-                let _ = writeln!(y, "      {}: {}", q(k), q(v));
+            for (i, (k, v)) in headers.iter().enumerate() {
+                let name = format!("EVENTFLOW_WEBHOOK_HEADER_{}", i + 1);
+                let _ = writeln!(y, "      {}: {}", q(k), w.secret(&name, v, true));
             }
         }
         let _ = writeln!(
             y,
-            "    # The seed's batch body {{\"events\": [...], \"count\": N, \"timestamp\": T}}, also for one event.\n    format: seed\n    # worker.batch_size and worker.process_interval: events per request, longest wait to fill one.\n    batch: {{max_events: {batch_size}, max_wait: {interval}ms}}\n    # Differs from the seed: failed pushes are retried with exponential backoff (not once per\n    # worker tick) from a queue in the state database that survives restarts, for up to\n    # retry_for; what still fails goes to a dead-letter table (`eventflow dead-letter`)\n    # instead of being marked processed and dropped. `retries` (worker.max_retries\n    # {max_retries}, webhook.retries {retries}: the larger) applies to `eventflow dead-letter resend`.\n    retries: {}\n    durable: true\n    retry_for: 24h\n    # The seed's `processed` and `attempts` columns of k8s_events follow the deliveries.\n    mark_rows: {{url: {}, table: k8s_events}}",
+            "    # The seed's batch body {{\"events\": [...], \"count\": N, \"timestamp\": T}}, also for one event.\n    format: seed\n    # worker.batch_size and worker.process_interval: events per request, longest wait to fill one.\n    batch: {{max_events: {batch_size}, max_wait: {interval}ms}}\n    # Differs from the seed: failed pushes are retried with exponential backoff (not once per\n    # worker tick) from a queue in the state database that survives restarts, for up to\n    # retry_for; what still fails goes to a dead-letter table (`eventflow dead-letter`)\n    # instead of being marked processed and dropped. `retries` (worker.max_retries\n    # {max_retries}, webhook.retries {retries}: the larger) applies to `eventflow dead-letter resend`.\n    retries: {}\n    durable: true\n    retry_for: 24h\n    # The seed's `processed` and `attempts` columns of k8s_events follow the deliveries.\n    mark_rows: {{url: {db_url}, table: k8s_events}}",
             max_retries.max(retries),
-            q(&url)
         );
+    }
+    if !w.refs.is_empty() {
+        let mut head = String::from(
+            "# Secrets are not printed: the values below are read from the environment.\n\
+             # Set each variable to the value of the seed file (shown redacted), or run\n\
+             # `eventflow migrate --show-secrets` to print them in place.\n",
+        );
+        for (name, shown) in &w.refs {
+            let _ = writeln!(head, "#   {name}: {shown}");
+        }
+        y.insert_str(0, &head);
     }
     Ok(Translated::Pipeline(y))
 }

@@ -20,8 +20,24 @@ impl Dur {
     }
 }
 
-/// Parses `500ms`, `30s`, `5m`, `1h`, `7d`, `1h30m`.
+/// The longest duration a file may write: 100 years. Every duration is added to clocks and
+/// instants at run time; this bound keeps that arithmetic (and moka's and tokio's timers)
+/// far from overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// Parses `500ms`, `30s`, `5m`, `1h`, `7d`, `1h30m`; at most [`MAX_DURATION`].
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let d = parse_unbounded(text)?;
+    if d > MAX_DURATION {
+        return Err(format!(
+            "duration `{}` is too long: at most 100 years (36500d)",
+            text.trim()
+        ));
+    }
+    Ok(d)
+}
+
+fn parse_unbounded(text: &str) -> Result<Duration, String> {
     let s = text.trim();
     if s.is_empty() {
         return Err("empty duration: write a number with a unit, such as `30s`".into());
@@ -219,6 +235,24 @@ mod tests {
         }
         for bad in ["", "30", "5x", "s", "1.5s", "-1s"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn durations_are_bounded_at_100_years() {
+        assert_eq!(parse_duration("36500d").unwrap(), MAX_DURATION);
+        for big in [
+            "36501d",
+            "99999999999999999d",
+            "18446744073709551615s",
+            "99999999999999999999999ms",
+            "36500d1ms",
+        ] {
+            let e = parse_duration(big).unwrap_err();
+            assert!(
+                e.contains("too long") || e.contains("too large"),
+                "{big}: {e}"
+            );
         }
     }
 }

@@ -3,9 +3,10 @@
 //! A source makes one [`Finalizer`] per batch it emits and keeps the receiver. Every event of
 //! the batch holds the finalizer (an `Arc`), fan-out clones it with the event, and when the
 //! last copy of the last event is dropped the finalizer reports the batch's worst status.
-//! A sink drops events only after its commit, so a `Delivered` status means every sink that
-//! received a copy committed it; a stage that drops a copy on purpose (filtered, deduplicated,
-//! rate-limited) just drops it, which counts as done.
+//! Every copy must be given an outcome before it is dropped (see [`crate::event::Event`]): a
+//! sink acknowledges after its commit, a stage that drops a copy on purpose discards it. A
+//! copy dropped without an outcome fails its batch, so a `Delivered` status means every sink
+//! that received a copy committed it and every other copy was dropped on purpose.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -16,11 +17,14 @@ use tokio::sync::oneshot;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 #[repr(u8)]
 pub enum Status {
-    /// Committed by every sink that got a copy, or dropped on purpose.
+    /// Committed by every sink that got a copy (or kept explicitly: a durable queue), or
+    /// dropped on purpose. The only status that moves a source's checkpoint.
     Delivered = 0,
-    /// A sink failed in a way that may succeed later (e.g. shut down before its commit).
+    /// Not delivered, and it may succeed later: a copy dropped without an outcome (a stage
+    /// that crashed, a channel closed with it, a shutdown that timed out).
     Errored = 1,
-    /// A sink gave up on it for good (dead-lettered or permanently rejected).
+    /// A sink gave up on it (a row the database refused, a delivery that failed for good).
+    /// Not checkpointed either: a restart replays it once the cause is fixed.
     Rejected = 2,
 }
 
@@ -71,33 +75,75 @@ impl Drop for Finalizer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Event, EventData, Finalizers};
+    use crate::event::{Event, EventData, Finalizers, Merged};
+
+    fn one() -> (Event, oneshot::Receiver<Status>) {
+        let (f, rx) = Finalizer::new();
+        (Event::new(EventData::default(), Finalizers::One(f)), rx)
+    }
 
     #[tokio::test]
-    async fn completes_when_the_last_copy_is_dropped_with_the_worst_status() {
-        let (f, mut rx) = Finalizer::new();
-        let e = Event::new(EventData::default(), Finalizers::One(f));
+    async fn completes_when_the_last_copy_is_done_with_the_worst_status() {
+        let (e, mut rx) = one();
         let copy = e.clone();
+        e.ack(Status::Delivered);
         drop(e);
         assert!(rx.try_recv().is_err(), "one copy is still alive");
-        copy.set_status(Status::Errored);
-        copy.set_status(Status::Delivered);
+        copy.ack(Status::Errored);
         drop(copy);
         assert_eq!(rx.await.unwrap(), Status::Errored);
     }
 
     #[tokio::test]
+    async fn delivered_only_when_every_copy_is_delivered_or_discarded() {
+        let (e, rx) = one();
+        let copy = e.clone();
+        e.ack(Status::Delivered);
+        copy.discard();
+        drop((e, copy));
+        assert_eq!(rx.await.unwrap(), Status::Delivered);
+    }
+
+    #[tokio::test]
+    async fn a_copy_dropped_without_an_outcome_fails_the_batch() {
+        let (e, rx) = one();
+        let copy = e.clone();
+        e.ack(Status::Delivered);
+        drop((e, copy)); // the copy had no outcome: a crashed stage, a closed channel
+        assert_eq!(rx.await.unwrap(), Status::Errored);
+    }
+
+    #[tokio::test]
+    async fn a_copy_lost_in_a_panic_fails_the_batch() {
+        let (e, rx) = one();
+        let task = tokio::spawn(async move {
+            let _held = e;
+            panic!("injected");
+        });
+        assert!(task.await.is_err());
+        assert_eq!(rx.await.unwrap(), Status::Errored);
+    }
+
+    #[tokio::test]
     async fn merged_finalizers_complete_with_the_summary() {
-        let (f1, rx1) = Finalizer::new();
-        let (f2, rx2) = Finalizer::new();
-        let a = Event::new(EventData::default(), Finalizers::One(f1));
-        let b = Event::new(EventData::default(), Finalizers::One(f2));
-        let merged = Finalizers::merge([a.finalizers(), b.finalizers()]);
-        let summary = Event::new(EventData::default(), merged);
-        drop((a, b));
-        summary.set_status(Status::Rejected);
+        let (a, rx1) = one();
+        let (b, rx2) = one();
+        let mut merged = Merged::default();
+        merged.add(a);
+        merged.add(b);
+        let summary = Event::new(EventData::default(), merged.into_finalizers());
+        summary.ack(Status::Rejected);
         drop(summary);
         assert_eq!(rx1.await.unwrap(), Status::Rejected);
         assert_eq!(rx2.await.unwrap(), Status::Rejected);
+    }
+
+    #[tokio::test]
+    async fn merged_events_fail_when_their_summary_is_never_made() {
+        let (a, rx) = one();
+        let mut merged = Merged::default();
+        merged.add(a);
+        drop(merged); // the aggregating stage crashed with the group open
+        assert_eq!(rx.await.unwrap(), Status::Errored);
     }
 }

@@ -10,6 +10,7 @@
 use metrics::Counter;
 use tokio::sync::mpsc;
 
+use crate::engine::ack::Status;
 use crate::event::Event;
 
 /// What flows over every edge: a batch of events.
@@ -36,6 +37,10 @@ pub type Control = mpsc::UnboundedSender<Vec<Edit>>;
 /// A stage's output.
 pub struct Fanout {
     outs: Vec<(String, Edge)>,
+    /// Downstreams whose task ended without the engine detaching them (a crash). Until the
+    /// engine replaces or removes them, the copy each would have received fails: a batch
+    /// that a wanted stage never sees is not delivered.
+    gone: Vec<String>,
     control: mpsc::UnboundedReceiver<Vec<Edit>>,
     sent: Counter,
     lost: Counter,
@@ -48,6 +53,7 @@ impl Fanout {
         (
             Fanout {
                 outs,
+                gone: Vec::new(),
                 control: rx,
                 sent,
                 lost,
@@ -59,11 +65,17 @@ impl Fanout {
     fn apply(&mut self, edits: Vec<Edit>) {
         for e in edits {
             match e {
-                Edit::Set(id, tx) => match self.outs.iter_mut().find(|(i, _)| *i == id) {
-                    Some(slot) => slot.1 = tx,
-                    None => self.outs.push((id, tx)),
-                },
-                Edit::Remove(id) => self.outs.retain(|(i, _)| *i != id),
+                Edit::Set(id, tx) => {
+                    self.gone.retain(|g| *g != id);
+                    match self.outs.iter_mut().find(|(i, _)| *i == id) {
+                        Some(slot) => slot.1 = tx,
+                        None => self.outs.push((id, tx)),
+                    }
+                }
+                Edit::Remove(id) => {
+                    self.gone.retain(|g| *g != id);
+                    self.outs.retain(|(i, _)| *i != id);
+                }
             }
         }
     }
@@ -81,6 +93,15 @@ impl Fanout {
             return;
         }
         let n = batch.len() as u64;
+        if !self.gone.is_empty() {
+            // The copies for downstreams that are gone: made, and failed at once.
+            self.lost.increment(n * self.gone.len() as u64);
+            for e in &batch {
+                for _ in &self.gone {
+                    e.clone().ack(Status::Errored);
+                }
+            }
+        }
         let mut delivered_any = false;
         let mut i = 0;
         let mut batch = Some(batch);
@@ -92,10 +113,12 @@ impl Fanout {
             match self.send_one(&id, payload).await {
                 Some(()) => delivered_any = true,
                 None => {
-                    // The downstream is gone (its task ended). Count what it will never get.
-                    tracing::error!(downstream = %id, events = n, "downstream stage stopped; its copy of these events is lost");
+                    // The downstream is gone (its task ended). Count what it will never get;
+                    // the copies dropped here fail their batches (the source replays them).
+                    tracing::error!(downstream = %id, events = n, "downstream stage stopped; its copy of these events (and of every later batch) fails, so the source will replay them");
                     self.lost.increment(n);
                     self.outs.retain(|(o, _)| *o != id);
+                    self.gone.push(id);
                     continue;
                 }
             }
@@ -135,8 +158,9 @@ impl Fanout {
                     Some(e) => {
                         self.apply(e);
                         if !self.outs.iter().any(|(o, _)| o == id) {
-                            // Detached while we waited: this copy is no longer wanted there.
-                            // Dropping it is the detach itself, not a loss.
+                            // Detached while we waited (removed by a reload): this copy is no
+                            // longer wanted there. Dropping it is the detach itself, not a loss.
+                            payload.iter().for_each(Event::discard);
                             return Some(());
                         }
                     }

@@ -10,7 +10,7 @@ pub mod ack;
 pub mod fanout;
 pub mod topology;
 
-pub use topology::{ApplyReport, Topology};
+pub use topology::{ApplyReport, ShutdownReport, Topology};
 
 /// Batches an edge can hold. With batches of at most [`MAX_BATCH`] events, one edge buffers
 /// at most `CHANNEL_CAPACITY * MAX_BATCH` events.

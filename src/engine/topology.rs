@@ -9,6 +9,8 @@
 //! exits; and spawns the new instances. Startup is the same procedure from the empty pipeline.
 
 use std::collections::HashMap;
+
+use futures::FutureExt;
 use std::time::{Duration, Instant};
 
 use indexmap::IndexMap;
@@ -35,12 +37,30 @@ pub struct ApplyReport {
     pub elapsed: Duration,
 }
 
+/// How a shutdown ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Stages that did not finish within the timeout (their in-flight events failed).
+    pub stuck: Vec<String>,
+    /// Stages that failed (an error or a panic) at any time while the pipeline ran, with why.
+    pub failed: Vec<(String, String)>,
+}
+
+impl ShutdownReport {
+    /// Every stage finished, and none failed.
+    pub fn is_empty(&self) -> bool {
+        self.stuck.is_empty() && self.failed.is_empty()
+    }
+}
+
 /// A notice from a stage task that it ended.
 #[derive(Debug)]
 pub struct Exited {
     pub id: String,
     pub serial: u64,
     pub kind: StageKind,
+    /// Why it failed (it returned an error or panicked), or `None` if it finished.
+    pub failure: Option<String>,
 }
 
 struct Running {
@@ -64,6 +84,8 @@ pub struct Topology {
     next_serial: u64,
     exits_tx: mpsc::UnboundedSender<Exited>,
     exits_rx: mpsc::UnboundedReceiver<Exited>,
+    /// Stage instances (current or replaced) that failed, with why.
+    failed: Vec<(String, String)>,
 }
 
 fn empty_like(p: &Pipeline) -> Pipeline {
@@ -89,6 +111,7 @@ impl Topology {
             next_serial: 0,
             exits_tx,
             exits_rx,
+            failed: Vec::new(),
         };
         t.apply(pipeline).await?;
         Ok(t)
@@ -108,10 +131,14 @@ impl Topology {
     }
 
     /// Waits for the next current stage task to end (notices from instances a reload
-    /// replaced are skipped); a source that ended is no longer counted as running.
+    /// replaced are skipped, but their failures are recorded); a source that ended is no
+    /// longer counted as running.
     pub async fn next_exit(&mut self) -> Option<Exited> {
         loop {
             let e = self.exits_rx.recv().await?;
+            if let Some(why) = &e.failure {
+                self.failed.push((e.id.clone(), why.clone()));
+            }
             // Ignore notices from instances that a reload already replaced.
             if let Some(r) = self.running.get(&e.id)
                 && r.serial == e.serial
@@ -124,6 +151,11 @@ impl Topology {
         }
     }
 
+    /// The stages that have failed so far, with why.
+    pub fn failures(&self) -> &[(String, String)] {
+        &self.failed
+    }
+
     /// Moves the running pipeline to `new`, changing only the stages that differ.
     pub async fn apply(&mut self, new: Pipeline) -> Result<ApplyReport, BuildError> {
         let started = Instant::now();
@@ -133,12 +165,32 @@ impl Topology {
         let mut built: HashMap<String, Stage> = HashMap::new();
         for id in diff.to_build() {
             let spec = &new.stages[id];
+            // Loaded pipelines were validated already; pipelines assembled in code were not.
+            if let Some(i) = spec.config.validate().into_iter().next() {
+                return Err(BuildError {
+                    stage: id.clone(),
+                    message: format!("field `{}`: {}", i.field, i.message),
+                });
+            }
             let cx = BuildContext {
                 id: id.clone(),
                 type_name: spec.type_name,
                 state: new.state.clone(),
             };
-            let stage = spec.config.build(&cx).await?;
+            // A panic while building is a bug in that stage type, but it must not take the
+            // running pipeline down with it: nothing has been touched yet, so roll back.
+            let stage = std::panic::AssertUnwindSafe(spec.config.build(&cx))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|panic| {
+                    Err(BuildError {
+                        stage: id.clone(),
+                        message: format!(
+                            "panicked while building: {}",
+                            panic_message(&*panic)
+                        ),
+                    })
+                })?;
             built.insert(id.clone(), stage);
         }
 
@@ -242,6 +294,7 @@ impl Topology {
                 id: id.clone(),
                 serial,
                 kind: spec.kind,
+                failure: None,
             };
             let errors = m::stage_errors(&id, spec.type_name, "task_failed");
             let running = match stage {
@@ -307,8 +360,9 @@ impl Topology {
     }
 
     /// Stops every source, lets every event already read flow through to the sinks, and waits
-    /// for all stage tasks. Returns the ids of stages that did not finish within `timeout`.
-    pub async fn shutdown(mut self, timeout: Duration) -> Vec<String> {
+    /// for all stage tasks. Reports the stages that did not finish within `timeout` and those
+    /// that failed.
+    pub async fn shutdown(mut self, timeout: Duration) -> ShutdownReport {
         let deadline = tokio::time::Instant::now() + timeout;
         for r in self.running.values() {
             if let Some(stop) = &r.stop {
@@ -336,29 +390,56 @@ impl Topology {
                 Err(_) => stuck.push(id),
             }
         }
-        stuck
+        while let Ok(e) = self.exits_rx.try_recv() {
+            if let Some(why) = e.failure {
+                self.failed.push((e.id, why));
+            }
+        }
+        ShutdownReport {
+            stuck,
+            failed: self.failed,
+        }
     }
 }
 
+/// Runs a stage task. A stage that returns an error or panics is a failure of the pipeline:
+/// logged with its id (the span), counted in `eventflow_stage_errors_total{reason="task_failed"}`,
+/// and reported in its exit notice. Whatever it held is dropped without an outcome, so those
+/// batches fail at their sources instead of counting as delivered.
 fn spawn_stage(
     fut: futures::future::BoxFuture<'static, Result<(), crate::stages::StageError>>,
     span: tracing::Span,
     exits: mpsc::UnboundedSender<Exited>,
-    notice: Exited,
+    mut notice: Exited,
     errors: metrics::Counter,
 ) -> JoinHandle<()> {
     use tracing::Instrument;
     tokio::spawn(
         async move {
-            match fut.await {
-                Ok(()) => tracing::debug!("stage finished"),
-                Err(e) => {
-                    errors.increment(1);
-                    tracing::error!(error = %e, "stage stopped with an error");
+            let result = std::panic::AssertUnwindSafe(fut).catch_unwind().await;
+            notice.failure = match result {
+                Ok(Ok(())) => {
+                    tracing::debug!("stage finished");
+                    None
                 }
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(panic) => Some(format!("panicked: {}", panic_message(&*panic))),
+            };
+            if let Some(why) = &notice.failure {
+                errors.increment(1);
+                tracing::error!(error = %why, "stage failed; the events it held are not acknowledged and their sources will replay them");
             }
             let _ = exits.send(notice);
         }
         .instrument(span),
     )
+}
+
+/// The text of a panic's payload.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_string())
 }

@@ -29,14 +29,14 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use super::key::KeySpec;
-use super::{
+use super::{Invalid, 
     BuildContext, BuildError, Stage, StageConfig, StageError, StageKind, StageType, Transform,
     TransformContext,
 };
 use crate::config::types::Dur;
 use crate::engine::MAX_BATCH;
 use crate::engine::fanout::Batch;
-use crate::event::{Event, EventData, Field, Finalizers, Summary};
+use crate::event::{Event, EventData, Field, Merged, Summary};
 
 /// Groups events by key over a window and emits one summary event per group.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -81,15 +81,18 @@ fn default_samples() -> usize {
 }
 
 impl StageConfig for AggregateConfig {
+    fn validate(&self) -> Vec<Invalid> {
+        let mut out = Vec::new();
+        super::non_empty_key(&mut out, "key", &self.key);
+        super::at_least_one(&mut out, "max_keys", self.max_keys);
+        if self.window.0.is_zero() {
+            out.push(Invalid::new("window", "must be above zero"));
+        }
+        out
+    }
+
     fn build<'a>(&'a self, cx: &'a BuildContext) -> BoxFuture<'a, Result<Stage, BuildError>> {
         Box::pin(async move {
-            if self.key.is_empty() || self.window.0.is_zero() || self.max_keys == 0 {
-                return Err(BuildError {
-                    stage: cx.id.clone(),
-                    message: "`key` needs a field, `window` and `max_keys` must be above zero"
-                        .into(),
-                });
-            }
             let t = Aggregator::new(self, &cx.id, cx.type_name);
             Ok(Stage::Transform(Box::new(t) as Box<dyn Transform>))
         })
@@ -105,7 +108,7 @@ struct Group {
     last_rv: String,
     last_message: String,
     samples: Vec<String>,
-    finalizers: Vec<Finalizers>,
+    finalizers: Merged,
 }
 
 /// The aggregation state, usable on its own (benchmarks, tests).
@@ -175,7 +178,7 @@ impl Aggregator {
                     g.samples.push(e.message.clone());
                 }
                 g.last_message.clone_from(&e.message);
-                push_finalizers(&mut g.finalizers, e.finalizers());
+                g.finalizers.add(e);
                 continue;
             }
             if self.groups.len() >= self.max_keys
@@ -184,8 +187,6 @@ impl Aggregator {
                 out.push(s);
             }
             let deadline = now + self.window;
-            let mut finalizers = Vec::new();
-            push_finalizers(&mut finalizers, e.finalizers());
             let mut first = e.data().clone();
             first.summary = None;
             // A summary is not the object as received; dropping it keeps a group small.
@@ -202,10 +203,11 @@ impl Aggregator {
                 } else {
                     vec![]
                 },
-                finalizers,
+                finalizers: Merged::default(),
                 first,
             };
-            self.groups.insert(self.buf.clone(), group);
+            let group = self.groups.entry(self.buf.clone()).or_insert(group);
+            group.finalizers.add(e);
             self.order.push_back((deadline, self.buf.clone()));
         }
     }
@@ -268,7 +270,7 @@ impl Aggregator {
             samples: g.samples,
             text,
         }));
-        Event::new(data, Finalizers::merge(g.finalizers.iter()))
+        Event::new(data, g.finalizers.into_finalizers())
     }
 }
 
@@ -276,18 +278,6 @@ fn min_opt<T: Ord>(a: Option<T>, b: Option<T>) -> Option<T> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
-    }
-}
-
-/// Keeps one handle per source batch: consecutive events of a batch share a finalizer.
-fn push_finalizers(list: &mut Vec<Finalizers>, f: &Finalizers) {
-    let same = match (list.last(), f) {
-        (Some(Finalizers::One(a)), Finalizers::One(b)) => Arc::ptr_eq(a, b),
-        (_, Finalizers::None) => true,
-        _ => false,
-    };
-    if !same {
-        list.push(f.clone());
     }
 }
 
@@ -344,6 +334,7 @@ mod tests {
     use super::*;
     use crate::config::tree;
     use crate::engine::ack::{Finalizer, Status};
+    use crate::event::Finalizers;
 
     fn agg(yaml: &str) -> Aggregator {
         let cfg: AggregateConfig = tree::from_node(&tree::parse(yaml).unwrap()).unwrap();
@@ -473,8 +464,43 @@ mod tests {
         a.close_all(&mut out);
         let mut rx = rx;
         assert!(rx.try_recv().is_err(), "the summary is still alive");
-        out[0].set_status(Status::Errored);
+        out[0].ack(Status::Rejected);
         drop(out);
+        assert_eq!(rx.await.unwrap(), Status::Rejected);
+    }
+
+    #[tokio::test]
+    async fn merged_events_fail_when_the_stage_dies_with_their_group_open() {
+        let mut a = agg("window: 1m");
+        let (f, rx) = Finalizer::new();
+        let batch: Batch = vec![Event::new(
+            ev("u", "web", "BackOff", 1, "m").data().clone(),
+            Finalizers::One(f),
+        )];
+        let mut out = Vec::new();
+        a.ingest(batch, Instant::now(), &mut out);
+        drop(a); // a crash: the open group goes without a summary
         assert_eq!(rx.await.unwrap(), Status::Errored);
+    }
+
+    #[tokio::test]
+    async fn a_delivered_summary_delivers_what_it_merged() {
+        let mut a = agg("window: 1m");
+        let (f, rx) = Finalizer::new();
+        let batch: Batch = (0..3)
+            .map(|i| {
+                Event::new(
+                    ev("u", "web", "BackOff", i + 1, "m").data().clone(),
+                    Finalizers::One(f.clone()),
+                )
+            })
+            .collect();
+        drop(f);
+        let mut out = Vec::new();
+        a.ingest(batch, Instant::now(), &mut out);
+        a.close_all(&mut out);
+        crate::event::ack_all(&out, Status::Delivered);
+        drop(out);
+        assert_eq!(rx.await.unwrap(), Status::Delivered);
     }
 }

@@ -42,6 +42,24 @@ impl BackoffConfig {
         BackoffConfig { initial, max }
     }
 
+    /// Refuses a zero first delay (a retry loop that never waits) and a cap below it.
+    pub fn validate(&self, field: &str) -> Vec<super::Invalid> {
+        let mut out = Vec::new();
+        if self.initial.0.is_zero() {
+            out.push(super::Invalid::new(
+                format!("{field}.initial"),
+                "must be above zero",
+            ));
+        }
+        if self.max < self.initial {
+            out.push(super::Invalid::new(
+                format!("{field}.max"),
+                format!("`{}` is below `initial` ({})", self.max, self.initial),
+            ));
+        }
+        out
+    }
+
     /// A fresh sequence of delays.
     pub fn start(&self) -> Backoff {
         Backoff {

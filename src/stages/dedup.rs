@@ -18,7 +18,7 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use super::key::KeySpec;
-use super::{
+use super::{Invalid, 
     BuildContext, BuildError, Function, FunctionTransform, Stage, StageConfig, StageKind, StageType,
 };
 use crate::config::types::Dur;
@@ -58,14 +58,18 @@ fn default_max_keys() -> u64 {
 }
 
 impl StageConfig for DedupConfig {
+    fn validate(&self) -> Vec<Invalid> {
+        let mut out = Vec::new();
+        super::non_empty_key(&mut out, "key", &self.key);
+        super::at_least_one(&mut out, "max_keys", self.max_keys);
+        if self.window.0.is_zero() {
+            out.push(Invalid::new("window", "must be above zero"));
+        }
+        out
+    }
+
     fn build<'a>(&'a self, cx: &'a BuildContext) -> BoxFuture<'a, Result<Stage, BuildError>> {
         Box::pin(async move {
-            if self.key.is_empty() {
-                return Err(BuildError {
-                    stage: cx.id.clone(),
-                    message: "field `key`: name at least one event field".into(),
-                });
-            }
             let t = Dedup::new(self, &cx.id, cx.type_name);
             Ok(Stage::Transform(
                 Box::new(Function(t)) as Box<dyn super::Transform>
@@ -146,6 +150,7 @@ impl FunctionTransform for Dedup {
                     crate::metrics::key_discarded(&self.stage, &self.key.display(&self.buf))
                         .increment(1);
                 }
+                e.discard();
             }
         }
         let dropped = before - kept.len();

@@ -294,21 +294,25 @@ async fn run(cfg: FileConfig, mut cx: SourceContext) -> Result<(), StageError> {
             .await
             .map_err(|e| io_err(&path, e))?
         {
-            let mut text = String::new();
+            let mut bytes = Vec::new();
             reader
-                .read_to_string(&mut text)
+                .read_to_end(&mut bytes)
                 .await
                 .map_err(|e| io_err(&path, e))?;
+            // One document is one value: a bad byte anywhere makes the whole file unreadable,
+            // so the run fails (exit 1) naming where, and nothing of it is sent.
+            let text = document_text(&bytes).map_err(|e| StageError(format!("{}: {e}", path.display())))?;
             let mut batches = Vec::new();
-            decoder.decode_document(&text, &mut batches).map_err(|e| {
+            decoder.decode_document(text, &mut batches).map_err(|e| {
                 StageError(format!(
-                    "{}:{}:{}: invalid JSON: {e}",
+                    "{}:{}:{} (byte {}): invalid JSON: {e}",
                     path.display(),
                     e.line(),
-                    e.column()
+                    e.column(),
+                    byte_offset(text, e.line(), e.column())
                 ))
             })?;
-            drop(text);
+            drop(bytes);
             for b in batches {
                 if cx.shutdown.is_requested() {
                     break;
@@ -338,12 +342,46 @@ async fn run(cfg: FileConfig, mut cx: SourceContext) -> Result<(), StageError> {
     follow(cfg, decoder, cx).await
 }
 
+/// The UTF-8 byte order mark some editors write at the start of a file.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// Skips a byte order mark at the start of the reader.
+async fn skip_bom<R: AsyncBufRead + Unpin>(reader: &mut R) -> std::io::Result<()> {
+    if reader.fill_buf().await?.starts_with(BOM) {
+        reader.consume(BOM.len());
+    }
+    Ok(())
+}
+
 /// True if the content is one pretty-printed JSON document (first line is `{` or `[`).
+/// A byte order mark is skipped first.
 async fn is_document<R: AsyncBufRead + Unpin>(reader: &mut R) -> std::io::Result<bool> {
+    skip_bom(reader).await?;
     let buf = reader.fill_buf().await?;
     let first_line = buf.split(|b| *b == b'\n').next().unwrap_or(&[]);
     let t = first_line.trim_ascii();
     Ok(t == b"{" || t == b"[")
+}
+
+/// A whole document as text, or where its first byte that is not UTF-8 is.
+fn document_text(bytes: &[u8]) -> Result<&str, String> {
+    std::str::from_utf8(bytes).map_err(|e| {
+        let at = e.valid_up_to();
+        let line = memchr::memchr_iter(b'\n', &bytes[..at]).count() + 1;
+        format!("invalid UTF-8 at byte {at} (line {line})")
+    })
+}
+
+/// The byte offset of a 1-based line and column (serde_json's error position).
+fn byte_offset(text: &str, line: usize, column: usize) -> usize {
+    let start = if line <= 1 {
+        0
+    } else {
+        memchr::memchr_iter(b'\n', text.as_bytes())
+            .nth(line - 2)
+            .map_or(text.len(), |i| i + 1)
+    };
+    (start + column.saturating_sub(1)).min(text.len())
 }
 
 async fn follow(
@@ -368,6 +406,7 @@ async fn follow(
         };
         let identity = file_identity(&file).await;
         let mut reader = BufReader::with_capacity(1024 * 1024, file);
+        skip_bom(&mut reader).await.map_err(|e| io_err(&path, e))?;
         let mut lineno = 0usize;
         let mut partial = Vec::new();
         let mut pos: u64 = 0;

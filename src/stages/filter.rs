@@ -229,8 +229,11 @@ impl FunctionTransform for FilterTransform {
         let debug = tracing::enabled!(tracing::Level::DEBUG);
         batch.retain(|e| {
             let keep = self.matcher.keep(e);
-            if !keep && debug {
-                tracing::debug!(uid = %e.uid, namespace = %e.namespace, reason = %e.reason, r#type = %e.type_, "event filtered out by the rules");
+            if !keep {
+                if debug {
+                    tracing::debug!(uid = %e.uid, namespace = %e.namespace, reason = %e.reason, r#type = %e.type_, "event filtered out by the rules");
+                }
+                e.discard();
             }
             keep
         });

@@ -62,8 +62,47 @@ pub struct BuildError {
 #[error("{0}")]
 pub struct StageError(pub String);
 
+/// A value a stage config refuses: the field (a dotted path as written in the file, such as
+/// `batch.max_events` or `headers.X-Token`) and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    pub field: String,
+    pub message: String,
+}
+
+impl Invalid {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Invalid {
+        Invalid {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Refuses a count of zero.
+pub fn at_least_one(out: &mut Vec<Invalid>, field: &str, value: u64) {
+    if value == 0 {
+        out.push(Invalid::new(field, "must be at least 1"));
+    }
+}
+
+/// Refuses an empty key.
+pub fn non_empty_key(out: &mut Vec<Invalid>, field: &str, key: &[crate::event::Field]) {
+    if key.is_empty() {
+        out.push(Invalid::new(field, "name at least one event field"));
+    }
+}
+
 /// A parsed stage config.
 pub trait StageConfig: fmt::Debug + Send + Sync + 'static {
+    /// Every check of the config that needs no network: ranges, URL schemes, names,
+    /// templates, local certificate files. The loader calls it for every stage, so
+    /// `validate`, `run` and reload give the same answer; the engine calls it again before
+    /// building (pipelines assembled in code). Default: nothing to check beyond parsing.
+    fn validate(&self) -> Vec<Invalid> {
+        Vec::new()
+    }
+
     /// Builds a runnable instance.
     fn build<'a>(&'a self, cx: &'a BuildContext) -> BoxFuture<'a, Result<Stage, BuildError>>;
 }
@@ -108,6 +147,9 @@ pub struct Input {
     rx: mpsc::Receiver<Batch>,
     received: Counter,
     depth: metrics::Gauge,
+    /// Debug builds only: panic on receiving this batch (see [`fault_panic_at`]).
+    panic_at: Option<u64>,
+    batches: u64,
 }
 
 impl Input {
@@ -116,6 +158,8 @@ impl Input {
             rx,
             received: metrics.received.clone(),
             depth: m::queue_depth(&metrics.id, metrics.type_name),
+            panic_at: fault_panic_at(&metrics.id),
+            batches: 0,
         }
     }
 
@@ -124,8 +168,24 @@ impl Input {
         let b = self.rx.recv().await?;
         self.received.increment(b.len() as u64);
         self.depth.decrement(b.len() as f64);
+        self.batches += 1;
+        if self.panic_at == Some(self.batches) {
+            panic!("fault injected by EVENTFLOW_FAULT_PANIC at batch {}", self.batches);
+        }
         Some(b)
     }
+}
+
+/// A test-only hook, compiled into debug builds only: with `EVENTFLOW_FAULT_PANIC=ID:N`, the
+/// stage `ID` panics when it receives its N-th batch (N from 1), holding that batch and
+/// whatever it buffered. The tests use it to crash a real stage inside the real binary.
+fn fault_panic_at(stage: &str) -> Option<u64> {
+    if !cfg!(debug_assertions) {
+        return None;
+    }
+    let v = std::env::var("EVENTFLOW_FAULT_PANIC").ok()?;
+    let (id, n) = v.rsplit_once(':')?;
+    (id == stage).then(|| n.parse().ok()).flatten()
 }
 
 /// Tells a source to stop reading.

@@ -32,13 +32,13 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use super::key::KeySpec;
-use super::{
+use super::{Invalid, 
     BuildContext, BuildError, Stage, StageConfig, StageError, StageKind, StageType, Transform,
     TransformContext,
 };
 use crate::config::types::Dur;
 use crate::engine::fanout::Batch;
-use crate::event::{Event, EventData, Field, Finalizers, Summary};
+use crate::event::{Event, EventData, Field, Merged, Summary};
 
 /// What to do with an event over the limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
@@ -120,6 +120,27 @@ impl RateLimitConfig {
 }
 
 impl StageConfig for RateLimitConfig {
+    fn validate(&self) -> Vec<Invalid> {
+        let mut out = Vec::new();
+        super::at_least_one(&mut out, "limit", self.limit.into());
+        if let Some(b) = self.burst {
+            super::at_least_one(&mut out, "burst", b.into());
+        }
+        super::at_least_one(&mut out, "max_keys", self.max_keys as u64);
+        if self.per.0.is_zero() {
+            out.push(Invalid::new("per", "must be above zero"));
+        } else if self.limit > 0 && (self.per.0 / self.limit).is_zero() {
+            out.push(Invalid::new(
+                "per",
+                format!(
+                    "`limit: {}` per `{}` is more than one event per nanosecond",
+                    self.limit, self.per
+                ),
+            ));
+        }
+        out
+    }
+
     fn build<'a>(&'a self, cx: &'a BuildContext) -> BoxFuture<'a, Result<Stage, BuildError>> {
         Box::pin(async move {
             let t = RateLimit::new(self, &cx.id, cx.type_name).map_err(|message| BuildError {
@@ -138,7 +159,7 @@ struct Suppressed {
     since: Option<chrono::DateTime<chrono::Utc>>,
     last_seen: Option<chrono::DateTime<chrono::Utc>>,
     samples: Vec<String>,
-    finalizers: Vec<Finalizers>,
+    finalizers: Merged,
 }
 
 /// The limiter and its pending summaries, usable on its own (benchmarks, tests).
@@ -238,9 +259,7 @@ impl RateLimit {
             if s.samples.len() < 5 && !s.samples.contains(&e.message) {
                 s.samples.push(e.message.clone());
             }
-            if !matches!(e.finalizers(), Finalizers::None) {
-                s.finalizers.push(e.finalizers().clone());
-            }
+            s.finalizers.add(e);
             return;
         }
         if self.pending.len() >= self.cfg.max_keys
@@ -251,15 +270,18 @@ impl RateLimit {
         }
         let mut first = e.data().clone();
         first.summary = None;
+        let mut finalizers = Merged::default();
+        let (since, samples) = (e.last_seen, vec![e.message.clone()]);
+        finalizers.add(e);
         self.pending.insert(
             self.buf.clone(),
             Suppressed {
                 events: 1,
                 occurrences: 1,
-                since: e.last_seen,
-                last_seen: e.last_seen,
-                samples: vec![e.message.clone()],
-                finalizers: vec![e.finalizers().clone()],
+                since,
+                last_seen: since,
+                samples,
+                finalizers,
                 first,
             },
         );
@@ -288,7 +310,7 @@ impl RateLimit {
             samples: s.samples,
             text,
         }));
-        Event::new(data, Finalizers::merge(s.finalizers.iter()))
+        Event::new(data, s.finalizers.into_finalizers())
     }
 
     /// Emits the pending summaries whose buckets allow one now (all of them if `force`).
@@ -320,6 +342,7 @@ impl RateLimit {
                 self.suppress(e, out);
             } else {
                 self.count_drop(false);
+                e.discard();
             }
         }
     }
@@ -396,6 +419,7 @@ pub const TYPE: StageType = StageType {
 mod tests {
     use super::*;
     use crate::config::tree;
+    use crate::event::Finalizers;
 
     fn rl(yaml: &str) -> RateLimit {
         let cfg: RateLimitConfig = tree::from_node(&tree::parse(yaml).unwrap()).unwrap();

@@ -11,6 +11,7 @@ use super::{
     StageType,
 };
 use crate::engine::ack::Status;
+use crate::event::ack_all;
 
 /// Prints events as JSON lines on standard output.
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
@@ -53,7 +54,7 @@ impl Sink for StdoutSink {
                         }
                         Err(err) => {
                             bad.increment(1);
-                            e.set_status(Status::Rejected);
+                            e.ack(Status::Rejected);
                             tracing::error!(uid = %e.uid, error = %err, "cannot serialize event");
                         }
                     }
@@ -64,7 +65,7 @@ impl Sink for StdoutSink {
                 }
                 .await;
                 if let Err(err) = written {
-                    batch.iter().for_each(|e| e.set_status(Status::Errored));
+                    ack_all(&batch, Status::Errored);
                     return Err(StageError(format!(
                         "cannot write to standard output: {err}"
                     )));
@@ -72,9 +73,10 @@ impl Sink for StdoutSink {
                 cx.metrics
                     .processing
                     .record(started.elapsed().as_secs_f64());
-                batch
-                    .iter()
-                    .for_each(|e| latency.record(e.born().elapsed().as_secs_f64()));
+                for e in &batch {
+                    latency.record(e.born().elapsed().as_secs_f64());
+                    e.ack(Status::Delivered);
+                }
             }
             Ok(())
         })

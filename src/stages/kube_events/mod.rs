@@ -35,7 +35,7 @@ pub use resource::{Flavor, KubeEvent};
 pub use seen::{Checkpoint, Row, Seen};
 
 use super::backoff::BackoffConfig;
-use super::{
+use super::{Invalid, 
     BuildContext, BuildError, Shutdown, Source, SourceContext, Stage, StageConfig, StageError,
     StageKind, StageMetrics, StageType,
 };
@@ -174,14 +174,26 @@ pub async fn client_config(
     let (mut cfg, name) = match kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
-                .map_err(|e| format!("field `kubeconfig`: cannot read {}: {e}", path.display()))?;
+                .map_err(|e| {
+                    format!(
+                        "field `kubeconfig`: cannot read {}: {}",
+                        path.display(),
+                        crate::redact::quoted(&e.to_string())
+                    )
+                })?;
             let name = context
                 .map(str::to_string)
                 .or_else(|| kc.current_context.clone())
                 .unwrap_or_else(|| "default".to_string());
             let cfg = kube::Config::from_custom_kubeconfig(kc, &opts)
                 .await
-                .map_err(|e| format!("field `kubeconfig`: {}: {e}", path.display()))?;
+                .map_err(|e| {
+                    format!(
+                        "field `kubeconfig`: {}: {}",
+                        path.display(),
+                        crate::redact::quoted(&e.to_string())
+                    )
+                })?;
             (cfg, name)
         }
         None => {
@@ -195,8 +207,9 @@ pub async fn client_config(
                 None => {
                     let kc = kube::config::Kubeconfig::read().map_err(|e| {
                         format!(
-                            "no Kubernetes configuration found (looked for: {}): {e}",
-                            kube_config_sources()
+                            "no Kubernetes configuration found (looked for: {}): {}",
+                            kube_config_sources(),
+                            crate::redact::quoted(&e.to_string())
                         )
                     })?;
                     let name = context
@@ -205,19 +218,48 @@ pub async fn client_config(
                         .unwrap_or_else(|| "default".to_string());
                     let cfg = kube::Config::from_custom_kubeconfig(kc, &opts)
                         .await
-                        .map_err(|e| format!("kubeconfig: {e}"))?;
+                        .map_err(|e| {
+                            format!("kubeconfig: {}", crate::redact::quoted(&e.to_string()))
+                        })?;
                     (cfg, name)
                 }
             }
         }
     };
     if let Some(p) = cfg.proxy_url.take() {
-        tracing::warn!(proxy = %p, "HTTPS_PROXY is ignored for the Kubernetes API (eventflow connects directly)");
+        tracing::warn!(proxy = %crate::redact::url(&p.to_string()), "HTTPS_PROXY is ignored for the Kubernetes API (eventflow connects directly)");
     }
     Ok((cfg, name))
 }
 
 impl StageConfig for KubeEventsConfig {
+    fn validate(&self) -> Vec<Invalid> {
+        let mut out = Vec::new();
+        super::at_least_one(&mut out, "page_size", self.page_size.into());
+        super::at_least_one(&mut out, "max_tracked", self.max_tracked as u64);
+        if let Some(b) = self.buffer_size {
+            super::at_least_one(&mut out, "buffer_size", b as u64);
+        }
+        // The API server takes whole seconds; below one the watch would have no timeout.
+        if self.watch_timeout.0 < Duration::from_secs(1) {
+            out.push(Invalid::new("watch_timeout", "must be at least 1s"));
+        }
+        if self.unready_after.0.is_zero() {
+            out.push(Invalid::new("unready_after", "must be above zero"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, ns) in self.namespaces.iter().enumerate() {
+            let field = format!("namespaces[{i}]");
+            if ns.is_empty() {
+                out.push(Invalid::new(field, "an empty namespace name; omit `namespaces` to watch all"));
+            } else if !seen.insert(ns) {
+                out.push(Invalid::new(field, format!("`{ns}` is listed twice")));
+            }
+        }
+        out.extend(self.backoff.validate("backoff"));
+        out
+    }
+
     fn build<'a>(&'a self, cx: &'a BuildContext) -> BoxFuture<'a, Result<Stage, BuildError>> {
         Box::pin(async move {
             let err = |message: String| BuildError {
@@ -368,7 +410,9 @@ async fn run(src: KubeSource, cx: SourceContext) -> Result<(), StageError> {
     let mut pending: FuturesOrdered<Pending> = FuturesOrdered::new();
     let ack = |rx: oneshot::Receiver<Status>, rows: Vec<Row>| -> Pending {
         Box::pin(async move {
-            // A dropped finalizer sender without a status means the engine went away.
+            // A dropped finalizer sender without a status means the engine went away. Only a
+            // delivered batch moves the checkpoint: an errored or rejected one is replayed
+            // at the next start.
             (rx.await.unwrap_or(Status::Errored), rows)
         })
     };
@@ -397,7 +441,7 @@ async fn run(src: KubeSource, cx: SourceContext) -> Result<(), StageError> {
                 None => msgs_open = false,
             },
             Some((status, rows)) = pending.next(), if !pending.is_empty() => {
-                if status != Status::Errored {
+                if status == Status::Delivered {
                     let _ = wtx.send(Write::Save(rows)).await;
                 }
             }
@@ -409,7 +453,7 @@ async fn run(src: KubeSource, cx: SourceContext) -> Result<(), StageError> {
         let _ = l.await;
     }
     while let Some((status, rows)) = pending.next().await {
-        if status != Status::Errored {
+        if status == Status::Delivered {
             let _ = wtx.send(Write::Save(rows)).await;
         }
     }

@@ -138,15 +138,30 @@ pub fn backend_of(url: &str) -> Option<Backend> {
     }
 }
 
-/// Hides the password of a URL for messages.
+/// Hides the secrets of a URL for messages (see [`crate::redact::url`]).
 pub fn redact(url: &str) -> String {
-    match (url.split_once("://"), url.rfind('@')) {
-        (Some((scheme, rest)), Some(at)) if at > scheme.len() + 3 => {
-            let userinfo = &rest[..at - scheme.len() - 3];
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{scheme}://{user}:***@{}", &url[at + 1..])
+    crate::redact::url(url)
+}
+
+/// Checks a database URL without connecting: a known scheme, and options the driver parses.
+pub fn check_url(url: &str) -> Result<(), String> {
+    let bad = |e: sqlx::Error| format!("`{}` is not a valid URL: {e}", redact(url));
+    match backend_of(url) {
+        Some(Backend::Sqlite) => sqlx::sqlite::SqliteConnectOptions::from_str(url)
+            .map(drop)
+            .map_err(bad),
+        Some(Backend::Postgres) => sqlx::postgres::PgConnectOptions::from_str(url)
+            .map(drop)
+            .map_err(bad),
+        Some(Backend::MySql) => {
+            sqlx::mysql::MySqlConnectOptions::from_str(&url.replacen("mariadb://", "mysql://", 1))
+                .map(drop)
+                .map_err(bad)
         }
-        _ => url.to_string(),
+        None => Err(format!(
+            "unsupported database URL `{}` (expected sqlite://, postgres://, mysql:// or mariadb://)",
+            redact(url)
+        )),
     }
 }
 

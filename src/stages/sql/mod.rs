@@ -28,7 +28,7 @@ use serde::Deserialize;
 
 use super::backoff::BackoffConfig;
 use super::key::KeySpec;
-use super::{
+use super::{Invalid, 
     BuildContext, BuildError, Sink, SinkContext, Stage, StageConfig, StageError, StageKind,
     StageType,
 };
@@ -117,23 +117,36 @@ fn default_connect_timeout() -> Dur {
 }
 
 impl StageConfig for SqlConfig {
+    fn validate(&self) -> Vec<Invalid> {
+        let mut out = Vec::new();
+        if !db::valid_identifier(&self.table) {
+            out.push(Invalid::new(
+                "table",
+                format!(
+                    "`{}` is not a plain identifier (letters, digits, `_`)",
+                    self.table
+                ),
+            ));
+        }
+        super::non_empty_key(&mut out, "key", &self.key);
+        super::at_least_one(&mut out, "batch.max_events", self.batch.max_events as u64);
+        super::at_least_one(&mut out, "max_conns", self.max_conns.into());
+        if let Err(e) = db::check_url(&self.url) {
+            out.push(Invalid::new("url", e));
+        }
+        if self.connect_timeout.0.is_zero() {
+            out.push(Invalid::new("connect_timeout", "must be above zero"));
+        }
+        out.extend(self.backoff.validate("backoff"));
+        out
+    }
+
     fn build<'a>(&'a self, cx: &'a BuildContext) -> BoxFuture<'a, Result<Stage, BuildError>> {
         Box::pin(async move {
             let fail = |message: String| BuildError {
                 stage: cx.id.clone(),
                 message,
             };
-            if !db::valid_identifier(&self.table) {
-                return Err(fail(format!(
-                    "field `table`: `{}` is not a plain identifier (letters, digits, `_`)",
-                    self.table
-                )));
-            }
-            if self.batch.max_events == 0 || self.key.is_empty() {
-                return Err(fail(
-                    "`batch.max_events` must be above zero and `key` name a field".into(),
-                ));
-            }
             let db = Db::connect(&self.url, self.max_conns, self.connect_timeout.0)
                 .await
                 .map_err(|m| fail(format!("field `url`: {m}")))?;
@@ -310,11 +323,10 @@ impl Sink for SqlSink {
                 let statuses = this.write(&batch).await;
                 processing.record(started.elapsed().as_secs_f64());
                 for (e, s) in batch.iter().zip(statuses) {
-                    if s != Status::Delivered {
-                        e.set_status(s);
-                    } else {
+                    if s == Status::Delivered {
                         latency.record(e.born().elapsed().as_secs_f64());
                     }
+                    e.ack(s);
                 }
                 drop(batch);
             })

@@ -31,7 +31,7 @@ use tokio::time::Instant;
 use super::queue::{Pending, Store};
 use super::{Budget, Delivery, Outcome, delivery_id};
 use crate::engine::ack::Status;
-use crate::event::{self, Event, Finalizers};
+use crate::event::{self, Event, Finalizers, ack_all};
 use crate::health::StageHealth;
 use crate::metrics as m;
 use crate::stages::SinkContext;
@@ -258,7 +258,11 @@ async fn write(shared: &Shared, batch: Vec<Event>, write_failed: &metrics::Count
     })
     .await
     {
-        Ok(()) => shared.add(batch.len() as u64),
+        Ok(()) => {
+            shared.add(batch.len() as u64);
+            // Queued durably: from here on the queue (or the dead letters) keeps them.
+            ack_all(&batch, Status::Delivered);
+        }
         Err(e) if batch.len() > 1 => {
             tracing::warn!(stage = %shared.stage(), error = %e, "state database refused a batch; queueing its events one by one");
             for one in batch {
@@ -268,7 +272,7 @@ async fn write(shared: &Shared, batch: Vec<Event>, write_failed: &metrics::Count
         Err(e) => {
             tracing::error!(stage = %shared.stage(), uid = %batch[0].uid, error = %e, "state database refused the event; it is not delivered");
             write_failed.increment(1);
-            batch[0].set_status(Status::Rejected);
+            ack_all(&batch, Status::Rejected);
         }
     }
 }

@@ -42,13 +42,13 @@ use sha2::{Digest, Sha256};
 
 use super::backoff::BackoffConfig;
 use super::sql::BatchConfig;
-use super::{
+use super::{Invalid, 
     BuildContext, BuildError, Sink, SinkContext, Stage, StageConfig, StageError, StageKind,
     StageType,
 };
 use crate::config::types::Dur;
 use crate::engine::ack::Status;
-use crate::event::Event;
+use crate::event::{Event, ack_all};
 use crate::metrics as m;
 
 /// The body format.
@@ -191,40 +191,70 @@ pub const TYPE: StageType = StageType {
 };
 
 impl WebhookConfig {
+    /// The endpoint, checked: an absolute http(s) URL. Errors never show its secrets.
+    fn parsed_url(&self) -> Result<reqwest::Url, String> {
+        let url = reqwest::Url::parse(&self.url).map_err(|e| {
+            format!(
+                "`{}` is not a valid URL: {e}",
+                crate::redact::url(&self.url)
+            )
+        })?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!("scheme `{}` is not http or https", url.scheme()));
+        }
+        Ok(url)
+    }
+
+    fn parsed_method(&self) -> Result<reqwest::Method, String> {
+        reqwest::Method::from_bytes(self.method.to_uppercase().as_bytes())
+            .map_err(|_| format!("`{}` is not an HTTP method", self.method))
+    }
+
+    /// The request headers, checked; an error names the field (`headers.NAME`).
+    fn parsed_headers(&self) -> Result<reqwest::header::HeaderMap, Invalid> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        for (k, v) in &self.headers {
+            let field = format!("headers.{k}");
+            let name = reqwest::header::HeaderName::from_bytes(k.as_bytes())
+                .map_err(|_| Invalid::new(&field, format!("`{k}` is not a header name")))?;
+            // The value may hold a secret: never echoed.
+            let value = reqwest::header::HeaderValue::from_str(v)
+                .map_err(|_| Invalid::new(&field, "the value is not a valid header value"))?;
+            headers.insert(name, value);
+        }
+        Ok(headers)
+    }
+
+    /// The certificates of `ca_file`: at least one, or an error.
+    fn ca_certificates(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, String> {
+        let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "{} holds no PEM certificate (`-----BEGIN CERTIFICATE-----`)",
+                path.display()
+            ));
+        }
+        Ok(certs)
+    }
+
     /// The sending side of the stage (client, URL, method, `mark_rows`), checked. `stage` names
     /// it in logs.
     pub async fn delivery(&self, stage: &str) -> Result<Delivery, String> {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let url = reqwest::Url::parse(&self.url).map_err(|e| format!("field `url`: {e}"))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(format!(
-                "field `url`: scheme `{}` is not http or https",
-                url.scheme()
-            ));
-        }
-        let method = reqwest::Method::from_bytes(self.method.to_uppercase().as_bytes())
-            .map_err(|_| format!("field `method`: `{}` is not an HTTP method", self.method))?;
-        if self.max_in_flight == 0 {
-            return Err("field `max_in_flight`: must be at least 1".to_string());
-        }
-        let mut headers = reqwest::header::HeaderMap::new();
-        for (k, v) in &self.headers {
-            let name = reqwest::header::HeaderName::from_bytes(k.as_bytes())
-                .map_err(|_| format!("field `headers`: `{k}` is not a header name"))?;
-            let value = reqwest::header::HeaderValue::from_str(v).map_err(|_| {
-                format!("field `headers`: the value of `{k}` is not a valid header value")
-            })?;
-            headers.insert(name, value);
-        }
+        let url = self.parsed_url().map_err(|e| format!("field `url`: {e}"))?;
+        let method = self
+            .parsed_method()
+            .map_err(|e| format!("field `method`: {e}"))?;
+        let headers = self
+            .parsed_headers()
+            .map_err(|i| format!("field `{}`: {}", i.field, i.message))?;
         let mut builder = reqwest::Client::builder()
             .timeout(self.timeout.0)
             .default_headers(headers);
         if let Some(path) = &self.ca_file {
-            let pem = std::fs::read(path)
-                .map_err(|e| format!("field `ca_file`: {}: {e}", path.display()))?;
-            for cert in reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| format!("field `ca_file`: {}: {e}", path.display()))?
-            {
+            for cert in Self::ca_certificates(path).map_err(|e| format!("field `ca_file`: {e}"))? {
                 builder = builder.add_root_certificate(cert);
             }
         }
@@ -255,6 +285,53 @@ impl WebhookConfig {
 }
 
 impl StageConfig for WebhookConfig {
+    fn validate(&self) -> Vec<Invalid> {
+        let mut out = Vec::new();
+        if let Err(e) = self.parsed_url() {
+            out.push(Invalid::new("url", e));
+        }
+        if let Err(e) = self.parsed_method() {
+            out.push(Invalid::new("method", e));
+        }
+        if let Err(i) = self.parsed_headers() {
+            out.push(i);
+        }
+        if let Some(path) = &self.ca_file
+            && let Err(e) = Self::ca_certificates(path)
+        {
+            out.push(Invalid::new("ca_file", e));
+        }
+        super::at_least_one(&mut out, "batch.max_events", self.batch.max_events as u64);
+        super::at_least_one(&mut out, "max_in_flight", self.max_in_flight as u64);
+        super::at_least_one(&mut out, "max_queued", self.max_queued);
+        if self.timeout.0.is_zero() {
+            out.push(Invalid::new("timeout", "must be above zero"));
+        }
+        if self.retry_for.0.is_zero() {
+            out.push(Invalid::new("retry_for", "must be above zero"));
+        }
+        if self.format == Format::Template && self.template.is_none() {
+            out.push(Invalid::new(
+                "template",
+                "`format: template` needs a `template:` (the body to render)",
+            ));
+        }
+        if let Some(m) = &self.mark_rows {
+            if !super::sql::db::valid_identifier(&m.table) {
+                out.push(Invalid::new(
+                    "mark_rows.table",
+                    format!("`{}` is not a plain identifier (letters, digits, `_`)", m.table),
+                ));
+            }
+            super::non_empty_key(&mut out, "mark_rows.key", &m.key);
+            if let Err(e) = super::sql::db::check_url(&m.url) {
+                out.push(Invalid::new("mark_rows.url", e));
+            }
+        }
+        out.extend(self.backoff.validate("backoff"));
+        out
+    }
+
     fn build<'a>(&'a self, cx: &'a BuildContext) -> BoxFuture<'a, Result<Stage, BuildError>> {
         Box::pin(async move {
             let err = |message: String| BuildError {
@@ -386,6 +463,23 @@ impl Delivery {
         }
     }
 
+    /// A request error with its causes (refused, DNS, TLS: which certificate problem), and
+    /// without the URL, whose query may hold a token.
+    fn describe(&self, e: reqwest::Error) -> String {
+        let e = e.without_url();
+        let mut text = e.to_string();
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            let c_text = c.to_string();
+            if !text.contains(&c_text) {
+                text.push_str(": ");
+                text.push_str(&c_text);
+            }
+            cause = c.source();
+        }
+        crate::redact::in_text(&text, &[self.cfg.url.as_str(), self.url.as_str()])
+    }
+
     async fn attempt(&self, events: &[Event], id: &str) -> Attempt {
         let (url, body) = match self.render(events) {
             Ok(x) => x,
@@ -446,7 +540,7 @@ impl Delivery {
                 why: if e.is_timeout() {
                     format!("timed out after {:?}", self.cfg.timeout.0)
                 } else {
-                    format!("cannot connect: {e}")
+                    format!("cannot connect: {}", self.describe(e))
                 },
                 after: None,
             },
@@ -625,17 +719,26 @@ async fn in_memory(
                         batch
                             .iter()
                             .for_each(|e| latency.record(e.born().elapsed().as_secs_f64()));
+                        ack_all(&batch, Status::Delivered);
                     }
-                    Outcome::Failed { .. } | Outcome::Interrupted => {
+                    Outcome::Failed { .. } => {
                         failed.increment(batch.len() as u64);
-                        batch.iter().for_each(|e| e.set_status(Status::Rejected));
+                        ack_all(&batch, Status::Rejected);
+                    }
+                    Outcome::Interrupted => {
+                        // Not sent, not given up: the source sees it failed and replays it.
+                        failed.increment(batch.len() as u64);
+                        ack_all(&batch, Status::Errored);
                     }
                 }
                 processing.record(started.elapsed().as_secs_f64());
             });
             async move {
-                if let Err(e) = task.await {
-                    tracing::error!(error = %e, "webhook delivery task failed");
+                if let Err(e) = task.await
+                    && e.is_panic()
+                {
+                    // The stage fails with it (its events already failed with the task).
+                    std::panic::resume_unwind(e.into_panic());
                 }
             }
         },

@@ -98,7 +98,14 @@ impl BodyTemplate {
             .map_err(|e| format!("template: {e}"))?;
         let body = t.render(ctx).map_err(|e| format!("template render: {e}"))?;
         serde_json::from_str::<serde::de::IgnoredAny>(&body)
-            .map_err(|e| format!("the template did not produce valid JSON ({e}): {body}"))?;
+            .map_err(|e| {
+                // The body holds event data and maybe secrets: show only a short, redacted
+                // excerpt around the error, never the whole of it.
+                format!(
+                    "the template did not produce valid JSON ({e}); near: {}",
+                    excerpt(&body, e.line(), e.column())
+                )
+            })?;
         Ok(body)
     }
 }
@@ -126,6 +133,43 @@ impl schemars::JsonSchema for TemplateField {
     fn json_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
         String::json_schema(g)
     }
+}
+
+/// At most 40 characters of `body` before the error position (line, column; 1-based), with
+/// every run of letters and digits longer than 3 replaced by `***`: enough to see the JSON
+/// shape that broke, not the values.
+fn excerpt(body: &str, line: usize, column: usize) -> String {
+    let line_text = body.lines().nth(line.saturating_sub(1)).unwrap_or("");
+    let end = line_text
+        .char_indices()
+        .nth(column)
+        .map_or(line_text.len(), |(i, _)| i);
+    let before = &line_text[..end];
+    let start = before
+        .char_indices()
+        .rev()
+        .nth(39)
+        .map_or(0, |(i, _)| i);
+    let mut out = String::new();
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        if word.chars().count() > 3 {
+            out.push_str("***");
+        } else {
+            out.push_str(word);
+        }
+        word.clear();
+    };
+    for c in before[start..].chars() {
+        if c.is_alphanumeric() {
+            word.push(c);
+        } else {
+            flush(&mut word, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    format!("`{out}` (line {line}, column {column})")
 }
 
 #[cfg(test)]

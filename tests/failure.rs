@@ -1,0 +1,226 @@
+//! A stage that fails while the pipeline runs never acknowledges its events: the process stops
+//! with a non-zero exit, nothing it held is checkpointed, and a restart delivers every event.
+//! The crash is a real panic inside the real binary (`EVENTFLOW_FAULT_PANIC`, a hook compiled
+//! into debug builds only), with `kube_events` upstream against the fake API server, a SQLite
+//! sink and a webhook to a local receiver.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fake_apiserver::FakeApiServer;
+use support::*;
+
+fn query(db: &Path, sql: &'static str) -> BTreeSet<String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let Ok(pool) = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display())).await
+        else {
+            return BTreeSet::new();
+        };
+        let rows: Vec<(String,)> = sqlx::query_as(sql)
+            .fetch_all(&pool)
+            .await
+            .unwrap_or_default();
+        pool.close().await;
+        rows.into_iter().map(|(u,)| u).collect()
+    })
+}
+
+/// The uids in the bodies the receiver accepted.
+fn received(log: &Arc<Mutex<Vec<Received>>>) -> BTreeSet<String> {
+    let log = log.lock().map(|l| l.clone()).unwrap_or_default();
+    log.iter()
+        .filter_map(|r| serde_json::from_str::<serde_json::Value>(&r.body).ok())
+        .flat_map(|v| v["events"].as_array().cloned().unwrap_or_default())
+        .filter_map(|e| e["uid"].as_str().map(str::to_string))
+        .collect()
+}
+
+fn pipeline(dir: &Path, kubeconfig: &Path, hook: &str) -> std::path::PathBuf {
+    write(
+        dir,
+        "pipeline.yaml",
+        &format!(
+            "state:\n  url: sqlite://{state}\nstages:\n  k8s:\n    type: kube_events\n    kubeconfig: {kc}\n    buffer_size: 80\n    backoff: {{initial: 100ms, max: 500ms}}\n  keep:\n    type: filter\n    inputs: [k8s]\n    types: [Warning, Normal]\n  db:\n    type: sql\n    inputs: [keep]\n    url: sqlite://{db}\n    batch: {{max_events: 20, max_wait: 5ms}}\n  hook:\n    type: webhook\n    inputs: [keep]\n    url: {hook}\n    batch: {{max_events: 10, max_wait: 5ms}}\n",
+            state = dir.join("state.db").display(),
+            kc = kubeconfig.display(),
+            db = dir.join("events.db").display(),
+        ),
+    )
+}
+
+/// Runs the pipeline with stage `crash` panicking at its 3rd batch; the process must stop by
+/// itself with exit status 1. Returns its log.
+fn run_crashing(p: &Path, crash: &str) -> String {
+    let child = bin()
+        .env("EVENTFLOW_FAULT_PANIC", format!("{crash}:3"))
+        .arg("--log-format=json")
+        .args(["run", "--shutdown-timeout", "20s"])
+        .arg(p)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut child = child;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the process did not stop after stage `{crash}` failed");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut logs = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut logs);
+    }
+    assert_eq!(status.code(), Some(1), "exit status; logs:\n{logs}");
+    logs
+}
+
+fn crash_then_restart_delivers_everything(crash: &str) {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let fake = rt.block_on(FakeApiServer::start()).expect("fake");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kc = dir.path().join("kubeconfig");
+    fake.write_kubeconfig(&kc, None).expect("kubeconfig");
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let hook = format!("http://{}/hook", l.local_addr().expect("addr"));
+    let log = serve_receiver(l, 0);
+    let p = pipeline(dir.path(), &kc, &hook);
+    let created: BTreeSet<String> = (0..300)
+        .map(|i| {
+            let ty = if i % 2 == 0 { "Warning" } else { "Normal" };
+            create_event(&fake, "default", &format!("e-{i}.1"), "BackOff", ty)
+        })
+        .collect();
+
+    let logs = run_crashing(&p, crash);
+    assert!(
+        logs.contains("stage failed") && logs.contains(crash),
+        "the failure names the stage; logs:\n{logs}"
+    );
+    assert!(
+        logs.contains("fault injected"),
+        "the panic message is logged; logs:\n{logs}"
+    );
+    assert!(
+        !logs.contains("pipeline drained"),
+        "a failed run does not claim it drained; logs:\n{logs}"
+    );
+    let db = dir.path().join("events.db");
+    let state = dir.path().join("state.db");
+    let stored = query(&db, "SELECT uid FROM k8s_events");
+    let sent = received(&log);
+    let checkpointed = query(&state, "SELECT uid FROM eventflow_kube_checkpoint");
+    assert!(
+        stored.len() < created.len() || sent.len() < created.len(),
+        "the crash lost something in flight (stored {}, sent {})",
+        stored.len(),
+        sent.len()
+    );
+    let false_acks: Vec<&String> = checkpointed
+        .iter()
+        .filter(|u| !stored.contains(*u) || !sent.contains(*u))
+        .collect();
+    assert!(
+        false_acks.is_empty(),
+        "{} versions checkpointed that a sink never committed (crash of `{crash}`)",
+        false_acks.len()
+    );
+    eprintln!(
+        "crash of `{crash}`: stored {}, sent {}, checkpointed {} of {}",
+        stored.len(),
+        sent.len(),
+        checkpointed.len(),
+        created.len()
+    );
+
+    // Restart without the fault: every event reaches both sinks.
+    let r = Running::start(&[], &p);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while query(&db, "SELECT uid FROM k8s_events") != created || received(&log) != created {
+        assert!(
+            Instant::now() < deadline,
+            "after the restart: stored {} and sent {} of {}",
+            query(&db, "SELECT uid FROM k8s_events").len(),
+            received(&log).len(),
+            created.len()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, _) = r.stop();
+    assert!(status.success(), "a clean run exits 0");
+    drop(rt);
+}
+
+#[test]
+fn a_crashed_sql_sink_acknowledges_nothing_it_held() {
+    crash_then_restart_delivers_everything("db");
+}
+
+#[test]
+fn a_crashed_webhook_sink_acknowledges_nothing_it_held() {
+    crash_then_restart_delivers_everything("hook");
+}
+
+#[test]
+fn a_crashed_transform_acknowledges_nothing_it_held() {
+    crash_then_restart_delivers_everything("keep");
+}
+
+/// The reproduction: a `sql` sink whose `max_wait` overflowed the clock panicked, and
+/// `run` said "pipeline drained" and exited 0 with no rows. Such a value is now refused by
+/// `validate`; and a sink that fails for any reason makes `run` exit 1.
+#[test]
+fn a_file_run_whose_sink_fails_exits_non_zero() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = write(
+        dir.path(),
+        "p.yaml",
+        &format!(
+            "stages:\n  f:\n    type: file\n    path: {}\n  db:\n    type: sql\n    inputs: [f]\n    url: sqlite://{}\n    batch: {{max_events: 5, max_wait: 1s}}\n",
+            repo("pipelines/samples/events.json").display(),
+            dir.path().join("x.db").display()
+        ),
+    );
+    let out = bin()
+        .env("EVENTFLOW_FAULT_PANIC", "db:1")
+        .arg("run")
+        .arg(&p)
+        .output()
+        .expect("run");
+    let logs = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{logs}");
+    assert!(logs.contains("stage failed"), "{logs}");
+
+    let huge = write(
+        dir.path(),
+        "huge.yaml",
+        &format!(
+            "stages:\n  f:\n    type: file\n    path: {}\n  db:\n    type: sql\n    inputs: [f]\n    url: sqlite://{}\n    batch: {{max_events: 100000, max_wait: 99999999999999999d}}\n",
+            repo("pipelines/samples/events.json").display(),
+            dir.path().join("y.db").display()
+        ),
+    );
+    for cmd in ["validate", "run"] {
+        let out = bin().arg(cmd).arg(&huge).output().expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{cmd}: {err}");
+        assert!(
+            err.contains("huge.yaml:9:") && err.contains("too long"),
+            "{cmd}: {err}"
+        );
+    }
+}
