@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::engine::ack::{Finalizer, Status};
+use crate::engine::ack::{Finalizer, Seq, Status, WHOLE_BATCH};
 
 /// The Kubernetes API an event was read through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -223,14 +223,15 @@ pub enum Finalizers {
 }
 
 impl Finalizers {
-    fn update(&self, s: Status) {
+    /// Records the outcome of the event at `seq` of its batch. A summary's merged events have
+    /// no single position: their whole batches take the outcome.
+    fn update(&self, s: Status, seq: Seq) {
         match self {
             Finalizers::None => {}
-            Finalizers::One(f) => f.update(s),
-            Finalizers::Many(fs) => fs.iter().for_each(|f| f.update(s)),
+            Finalizers::One(f) => f.update(s, seq),
+            Finalizers::Many(fs) => fs.iter().for_each(|f| f.update(s, WHOLE_BATCH)),
         }
     }
-
 }
 
 #[derive(Debug)]
@@ -239,6 +240,8 @@ struct Inner {
     finalizers: Finalizers,
     /// When the event entered the pipeline (end-to-end latency is measured from here).
     born: std::time::Instant,
+    /// Its position in its source batch (for per-event reports), or [`WHOLE_BATCH`].
+    seq: Seq,
 }
 
 /// A shared, immutable event: one copy of it, as one stage holds it.
@@ -269,18 +272,27 @@ impl Clone for Event {
 impl Drop for Event {
     fn drop(&mut self) {
         if !*self.done.get_mut() {
-            self.inner.finalizers.update(Status::Errored);
+            self.inner
+                .finalizers
+                .update(Status::Errored, self.inner.seq);
         }
     }
 }
 
 impl Event {
     pub fn new(data: EventData, finalizers: Finalizers) -> Event {
+        Event::in_batch(data, finalizers, WHOLE_BATCH)
+    }
+
+    /// An event at position `seq` of its source batch: a failure of it is reported for it
+    /// alone (see [`crate::engine::ack::Report`]).
+    pub fn in_batch(data: EventData, finalizers: Finalizers, seq: Seq) -> Event {
         Event {
             inner: Arc::new(Inner {
                 data,
                 finalizers,
                 born: std::time::Instant::now(),
+                seq,
             }),
             done: AtomicBool::new(false),
         }
@@ -302,7 +314,7 @@ impl Event {
     /// Gives this copy its outcome (a sink, after its commit or its failure). The worst
     /// outcome of all copies of a source batch is what the source learns.
     pub fn ack(&self, s: Status) {
-        self.inner.finalizers.update(s);
+        self.inner.finalizers.update(s, self.inner.seq);
         self.done.store(true, Ordering::Relaxed);
     }
 
@@ -355,7 +367,9 @@ impl Merged {
 
 impl Drop for Merged {
     fn drop(&mut self) {
-        self.0.iter().for_each(|f| f.update(Status::Errored));
+        self.0
+            .iter()
+            .for_each(|f| f.update(Status::Errored, WHOLE_BATCH));
     }
 }
 

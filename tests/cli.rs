@@ -396,3 +396,107 @@ fn environment_variables_are_substituted_and_missing_ones_are_errors() {
             .contains(":4:11: environment variable `EVENTS_FILE` is not set")
     );
 }
+
+/// `file -> stdout` over `data`; (exit code, stdout lines, stderr).
+fn run_file(data: &[u8], name: &str) -> (Option<i32>, Vec<serde_json::Value>, String) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join(name);
+    std::fs::write(&path, data).expect("write");
+    let p = write(
+        dir.path(),
+        "p.yaml",
+        &format!(
+            "stages:\n  f:\n    type: file\n    path: {}\n  out:\n    type: stdout\n    inputs: [f]\n",
+            path.display()
+        ),
+    );
+    let out = bin().arg("run").arg(&p).output().expect("run");
+    let lines = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    (
+        out.status.code(),
+        lines,
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+fn sample_objects(n: usize) -> Vec<String> {
+    (0..n).map(|i| sample_line(i, "Warning")).collect()
+}
+
+#[test]
+fn a_byte_order_mark_is_skipped_in_both_modes() {
+    let lines = sample_objects(3);
+    let mut jsonl = b"\xEF\xBB\xBF".to_vec();
+    jsonl.extend_from_slice(lines.join("\n").as_bytes());
+    let (code, out, err) = run_file(&jsonl, "e.jsonl");
+    assert_eq!((code, out.len()), (Some(0), 3), "{err}");
+    let mut doc = b"\xEF\xBB\xBF[\n".to_vec();
+    doc.extend_from_slice(lines.join(",\n").as_bytes());
+    doc.extend_from_slice(b"\n]\n");
+    let (code, out, err) = run_file(&doc, "e.json");
+    assert_eq!((code, out.len()), (Some(0), 3), "{err}");
+}
+
+#[test]
+fn a_document_with_bad_bytes_fails_the_run_naming_the_byte_offset() {
+    let lines = sample_objects(3);
+    let good = format!("[\n{}\n]\n", lines.join(",\n"));
+    let bad_utf8 = {
+        let mut b = good.clone().into_bytes();
+        let at = good.find("BackOff").expect("a reason");
+        b[at] = 0xFF;
+        (b, at)
+    };
+    let nul = {
+        let at = good.find("BackOff").expect("a reason");
+        let mut b = good.clone().into_bytes();
+        b[at] = 0;
+        (b, at)
+    };
+    let truncated = (good.as_bytes()[..good.len() / 2].to_vec(), 0);
+    let trailing = (format!("{good}garbage").into_bytes(), good.len());
+    for (name, (bytes, at)) in [
+        ("invalid UTF-8", bad_utf8),
+        ("a NUL", nul),
+        ("truncation", truncated),
+        ("trailing garbage", trailing),
+    ] {
+        let (code, out, err) = run_file(&bytes, "e.json");
+        assert_eq!(code, Some(1), "{name}: exit code; {err}");
+        assert!(
+            out.is_empty(),
+            "{name}: nothing of a broken document is sent"
+        );
+        assert!(err.contains("byte "), "{name}: {err}");
+        if at > 0 {
+            assert!(err.contains(&format!("byte {at}")), "{name}: {err}");
+        }
+        assert!(err.contains("e.json"), "{name}: {err}");
+    }
+}
+
+#[test]
+fn json_lines_with_bad_bytes_deliver_every_good_line_and_count_the_rest() {
+    let lines = sample_objects(4);
+    let mut data = Vec::new();
+    data.extend_from_slice(lines[0].as_bytes());
+    data.extend_from_slice(b"\n\xFF\xFE not utf-8\n");
+    data.extend_from_slice(lines[1].as_bytes());
+    data.extend_from_slice(b"\n{\"metadata\": {\"uid\": \"x\0y\"}}\n");
+    data.extend_from_slice(lines[2].as_bytes());
+    data.extend_from_slice(b"\n{\"truncated\": \n");
+    data.extend_from_slice(lines[3].as_bytes());
+    data.extend_from_slice(b"\n");
+    let (code, out, err) = run_file(&data, "e.jsonl");
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out.len(), 4, "every good line; {err}");
+    assert_eq!(
+        err.matches("skipping a record that is not a valid Event")
+            .count(),
+        3,
+        "{err}"
+    );
+}

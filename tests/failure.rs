@@ -224,3 +224,135 @@ fn a_file_run_whose_sink_fails_exits_non_zero() {
         );
     }
 }
+
+fn exec(db: &Path, sql: &'static str) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .expect("connect");
+        sqlx::query(sql).execute(&pool).await.expect(sql);
+        pool.close().await;
+    })
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A row the database refuses is counted and the run goes on, but its version is not
+/// checkpointed: once the operator removes the cause, a restart stores it.
+#[test]
+fn a_refused_row_is_not_checkpointed_and_is_stored_after_the_fix() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let fake = rt.block_on(FakeApiServer::start()).expect("fake");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kc = dir.path().join("kubeconfig");
+    fake.write_kubeconfig(&kc, None).expect("kubeconfig");
+    let db = dir.path().join("events.db");
+    let state = dir.path().join("state.db");
+    let p = write(
+        dir.path(),
+        "pipeline.yaml",
+        &format!(
+            "state:\n  url: sqlite://{}\nstages:\n  k8s:\n    type: kube_events\n    kubeconfig: {}\n  db:\n    type: sql\n    inputs: [k8s]\n    url: sqlite://{}\n    batch: {{max_events: 50, max_wait: 5ms}}\n",
+            state.display(),
+            kc.display(),
+            db.display()
+        ),
+    );
+    // A first run creates the table; then a trigger refuses one reason.
+    let (status, _) = Running::start(&[], &p).stop();
+    assert!(status.success());
+    exec(
+        &db,
+        "CREATE TRIGGER refuse BEFORE INSERT ON k8s_events WHEN NEW.reason = 'Refused' BEGIN SELECT RAISE(ABORT, 'refused by a trigger'); END",
+    );
+    let good: BTreeSet<String> = (0..20)
+        .map(|i| create_event(&fake, "default", &format!("g-{i}.1"), "BackOff", "Warning"))
+        .collect();
+    let refused: BTreeSet<String> = (0..5)
+        .map(|i| create_event(&fake, "default", &format!("r-{i}.1"), "Refused", "Warning"))
+        .collect();
+
+    let mut r = Running::start(&[], &p);
+    wait_for("the good rows", || {
+        query(&db, "SELECT uid FROM k8s_events") == good
+    });
+    r.wait_log("the database refused this event");
+    let (status, _) = r.stop();
+    assert!(status.success(), "refused rows are counted, not a failure");
+    let checkpointed = query(&state, "SELECT uid FROM eventflow_kube_checkpoint");
+    assert!(
+        checkpointed.is_superset(&good),
+        "delivered versions move the checkpoint"
+    );
+    assert!(
+        checkpointed.is_disjoint(&refused),
+        "refused versions are not checkpointed"
+    );
+
+    exec(&db, "DROP TRIGGER refuse");
+    let r = Running::start(&[], &p);
+    let all: BTreeSet<String> = good.union(&refused).cloned().collect();
+    wait_for("the refused rows after the fix", || {
+        query(&db, "SELECT uid FROM k8s_events") == all
+    });
+    let (status, _) = r.stop();
+    assert!(status.success());
+    drop(rt);
+}
+
+/// A webhook delivery refused for good (a 4xx, without `durable`) is not checkpointed either:
+/// a restart sends it again.
+#[test]
+fn a_webhook_delivery_refused_for_good_is_sent_again_after_a_restart() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let fake = rt.block_on(FakeApiServer::start()).expect("fake");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kc = dir.path().join("kubeconfig");
+    fake.write_kubeconfig(&kc, None).expect("kubeconfig");
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let hook = format!("http://{}/hook", l.local_addr().expect("addr"));
+    // The first 3 requests are refused with a 400 (permanent), the rest accepted.
+    let log = serve_receiver_failing(l, 3, "400 Bad Request");
+    let p = write(
+        dir.path(),
+        "pipeline.yaml",
+        &format!(
+            "state:\n  url: sqlite://{}\nstages:\n  k8s:\n    type: kube_events\n    kubeconfig: {}\n  hook:\n    type: webhook\n    inputs: [k8s]\n    url: {hook}\n    batch: {{max_events: 1, max_wait: 1ms}}\n    format: seed\n",
+            dir.path().join("state.db").display(),
+            kc.display(),
+        ),
+    );
+    let created: BTreeSet<String> = (0..10)
+        .map(|i| create_event(&fake, "default", &format!("w-{i}.1"), "BackOff", "Warning"))
+        .collect();
+    let mut r = Running::start(&[], &p);
+    wait_for("7 accepted deliveries", || received(&log).len() == 7);
+    r.wait_log("permanent");
+    let (status, _) = r.stop();
+    assert!(status.success());
+    let checkpointed = query(
+        &dir.path().join("state.db"),
+        "SELECT uid FROM eventflow_kube_checkpoint",
+    );
+    assert_eq!(
+        checkpointed,
+        received(&log),
+        "only accepted versions are checkpointed"
+    );
+
+    let r = Running::start(&[], &p);
+    wait_for("every event accepted", || received(&log) == created);
+    let (status, _) = r.stop();
+    assert!(status.success());
+    drop(rt);
+}

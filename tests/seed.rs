@@ -283,7 +283,36 @@ fn migrate_prints_a_pipeline_that_loads_to_the_same_stages() {
         "eh.yaml",
         "database:\n  type: mysql\n  dsn: \"ev:pw@tcp(db:3306)/events?parseTime=true\"\n  max_conns: 4\nworker:\n  batch_size: 50\n  process_interval: 10000\n  max_retries: 5\nrule_config:\n  reverse: true\n  namespaces: [kube-system]\nwebhook:\n  enabled: true\n  url: \"https://hooks.example/e\"\n  headers: {X-Team: platform}\n  timeout: 10\n",
     );
+    // By default secrets stay out of the output: ${ENV} references, listed redacted.
     let out = bin().arg("migrate").arg(&seed).output().expect("migrate");
+    assert!(out.status.success());
+    let hidden = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        !hidden.contains(":pw@") && !hidden.contains("platform"),
+        "{hidden}"
+    );
+    assert!(hidden.contains("url: \"${EVENTFLOW_DB_URL}\""), "{hidden}");
+    assert!(
+        hidden.contains("#   EVENTFLOW_DB_URL: mysql://ev:***@db:3306/events"),
+        "{hidden}"
+    );
+    assert!(
+        hidden.contains("\"X-Team\": \"${EVENTFLOW_WEBHOOK_HEADER_1}\""),
+        "{hidden}"
+    );
+    // Given those variables, it loads to the same pipeline as with the values in place.
+    let env = |k: &str| match k {
+        "EVENTFLOW_DB_URL" => Some("mysql://ev:pw@db:3306/events".to_string()),
+        "EVENTFLOW_WEBHOOK_HEADER_1" => Some("platform".to_string()),
+        _ => None,
+    };
+    let from_env = eventflow::config::load_str(&hidden, "hidden.yaml", &env).expect("loads");
+
+    let out = bin()
+        .args(["migrate", "--show-secrets"])
+        .arg(&seed)
+        .output()
+        .expect("migrate");
     assert!(
         out.status.success(),
         "{}",
@@ -310,8 +339,10 @@ fn migrate_prints_a_pipeline_that_loads_to_the_same_stages() {
     );
     for (id, s) in &a.stages {
         assert_eq!(s.node, b.stages[id].node, "stage `{id}`");
+        assert_eq!(s.node, from_env.stages[id].node, "stage `{id}` (from env)");
     }
     assert_eq!(a.state, b.state);
+    assert_eq!(a.state, from_env.state);
     let out = bin()
         .arg("migrate")
         .arg(&migrated)

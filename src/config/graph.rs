@@ -90,17 +90,15 @@ pub fn check(stages: &IndexMap<String, StageSpec>, failed: &Failed, problems: &m
             }
             match stages.get(input) {
                 None if failed.contains_key(input) => {}
-                None => {
-                    problems.push(Problem::new(
-                        pos,
-                        Some(&spec.id),
-                        Some("inputs"),
-                        format!(
-                            "unknown input `{input}` (stages in this file: {})",
-                            shorten_iter(stages.keys(), stages.len(), ", ")
-                        ),
-                    ))
-                }
+                None => problems.push(Problem::new(
+                    pos,
+                    Some(&spec.id),
+                    Some("inputs"),
+                    format!(
+                        "unknown input `{input}` (stages in this file: {})",
+                        shorten_iter(stages.keys(), stages.len(), ", ")
+                    ),
+                )),
                 Some(up) if up.kind == StageKind::Sink => problems.push(Problem::new(
                     pos,
                     Some(&spec.id),
@@ -231,7 +229,9 @@ pub fn topological_order(stages: &IndexMap<String, StageSpec>) -> Vec<String> {
         (0..stages.len()).filter(|i| waiting[*i] == 0).collect();
     let mut order = Vec::with_capacity(stages.len());
     while let Some(i) = ready.pop_first() {
-        let Some((id, _)) = stages.get_index(i) else { break };
+        let Some((id, _)) = stages.get_index(i) else {
+            break;
+        };
         order.push(id.clone());
         for &c in consumers.get(id.as_str()).map(Vec::as_slice).unwrap_or(&[]) {
             waiting[c] -= 1;

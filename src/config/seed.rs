@@ -644,7 +644,11 @@ pub fn translate_with(root: &Node, mode: Secrets) -> Result<Translated, Vec<Prob
         let _ = writeln!(
             y,
             "  webhook:\n    type: webhook\n    inputs: [{upstream}]\n    url: {}\n    method: {}\n    timeout: {timeout}s",
-            w.secret("EVENTFLOW_WEBHOOK_URL", &hook_url, url_has_secret(&hook_url)),
+            w.secret(
+                "EVENTFLOW_WEBHOOK_URL",
+                &hook_url,
+                url_has_secret(&hook_url)
+            ),
             q(&method)
         );
         if !headers.is_empty() {

@@ -213,37 +213,157 @@ fn with_stage(stage: &str) -> String {
 #[test]
 fn what_would_fail_at_run_time_fails_validation_with_its_field_and_position() {
     let cases: &[(&str, &str, &str)] = &[
-        ("    type: dedup\n    max_keys: 0\n", "field `max_keys`", "p.yaml:8:15"),
+        (
+            "    type: dedup\n    max_keys: 0\n",
+            "field `max_keys`",
+            "p.yaml:8:15",
+        ),
         ("    type: dedup\n    key: []\n", "field `key`", "p.yaml:8:"),
-        ("    type: dedup\n    window: 0s\n", "field `window`", "p.yaml:8:"),
-        ("    type: aggregate\n    max_keys: 0\n", "field `max_keys`", "p.yaml:8:"),
-        ("    type: aggregate\n    window: 0ms\n", "field `window`", "p.yaml:8:"),
-        ("    type: rate_limit\n    limit: 0\n", "field `limit`", "p.yaml:8:"),
-        ("    type: rate_limit\n    limit: 5\n    burst: 0\n", "field `burst`", "p.yaml:9:"),
-        ("    type: rate_limit\n    limit: 5\n    per: 0s\n", "field `per`", "p.yaml:9:"),
-        ("    type: rate_limit\n    limit: 5\n    max_keys: 0\n", "field `max_keys`", "p.yaml:9:"),
-        ("    type: rate_limit\n    limit: 4000000000\n    per: 1ms\n", "field `per`", "p.yaml:9:"),
-        ("    type: sql\n    url: sqlite://x.db\n    batch: {max_events: 0}\n", "field `batch.max_events`", "p.yaml:9:"),
-        ("    type: sql\n    url: sqlite://x.db\n    table: x-y\n", "field `table`", "p.yaml:9:"),
-        ("    type: sql\n    url: sqlite://x.db\n    key: []\n", "field `key`", "p.yaml:9:"),
-        ("    type: sql\n    url: redis://x\n", "field `url`", "p.yaml:8:"),
-        ("    type: sql\n    url: postgres://u@h:notaport/db\n", "field `url`", "p.yaml:8:"),
-        ("    type: sql\n    url: sqlite://x.db\n    max_conns: 0\n", "field `max_conns`", "p.yaml:9:"),
-        ("    type: sql\n    url: sqlite://x.db\n    backoff: {initial: 0s}\n", "field `backoff.initial`", "p.yaml:9:"),
-        ("    type: sql\n    url: sqlite://x.db\n    backoff: {initial: 5s, max: 1s}\n", "field `backoff.max`", "p.yaml:9:"),
-        ("    type: webhook\n    url: ftp://h/x\n", "field `url`", "p.yaml:8:"),
-        ("    type: webhook\n    url: not a url\n", "field `url`", "p.yaml:8:"),
-        ("    type: webhook\n    url: http://h/x\n    method: 'GE T'\n", "field `method`", "p.yaml:9:"),
-        ("    type: webhook\n    url: http://h/x\n    headers: {'Bad Name': v}\n", "field `headers.Bad Name`", "p.yaml:9:"),
-        ("    type: webhook\n    url: http://h/x\n    max_in_flight: 0\n", "field `max_in_flight`", "p.yaml:9:"),
-        ("    type: webhook\n    url: http://h/x\n    batch: {max_events: 0}\n", "field `batch.max_events`", "p.yaml:9:"),
-        ("    type: webhook\n    url: http://h/x\n    max_queued: 0\n", "field `max_queued`", "p.yaml:9:"),
-        ("    type: webhook\n    url: http://h/x\n    timeout: 0s\n", "field `timeout`", "p.yaml:9:"),
-        ("    type: webhook\n    url: http://h/x\n    format: template\n", "field `template`", "p.yaml:5:"),
-        ("    type: webhook\n    url: http://h/x\n    ca_file: Cargo.toml\n", "holds no PEM certificate", "p.yaml:9:"),
-        ("    type: webhook\n    url: http://h/x\n    ca_file: /nonexistent/ca.pem\n", "field `ca_file`", "p.yaml:9:"),
-        ("    type: filter\n    names: ['[']\n", "field `names", "p.yaml:8:"),
-        ("    type: filter\n    message: '('\n", "field `message`", "p.yaml:8:"),
+        (
+            "    type: dedup\n    window: 0s\n",
+            "field `window`",
+            "p.yaml:8:",
+        ),
+        (
+            "    type: aggregate\n    max_keys: 0\n",
+            "field `max_keys`",
+            "p.yaml:8:",
+        ),
+        (
+            "    type: aggregate\n    window: 0ms\n",
+            "field `window`",
+            "p.yaml:8:",
+        ),
+        (
+            "    type: rate_limit\n    limit: 0\n",
+            "field `limit`",
+            "p.yaml:8:",
+        ),
+        (
+            "    type: rate_limit\n    limit: 5\n    burst: 0\n",
+            "field `burst`",
+            "p.yaml:9:",
+        ),
+        (
+            "    type: rate_limit\n    limit: 5\n    per: 0s\n",
+            "field `per`",
+            "p.yaml:9:",
+        ),
+        (
+            "    type: rate_limit\n    limit: 5\n    max_keys: 0\n",
+            "field `max_keys`",
+            "p.yaml:9:",
+        ),
+        (
+            "    type: rate_limit\n    limit: 4000000000\n    per: 1ms\n",
+            "field `per`",
+            "p.yaml:9:",
+        ),
+        (
+            "    type: sql\n    url: sqlite://x.db\n    batch: {max_events: 0}\n",
+            "field `batch.max_events`",
+            "p.yaml:9:",
+        ),
+        (
+            "    type: sql\n    url: sqlite://x.db\n    table: x-y\n",
+            "field `table`",
+            "p.yaml:9:",
+        ),
+        (
+            "    type: sql\n    url: sqlite://x.db\n    key: []\n",
+            "field `key`",
+            "p.yaml:9:",
+        ),
+        (
+            "    type: sql\n    url: redis://x\n",
+            "field `url`",
+            "p.yaml:8:",
+        ),
+        (
+            "    type: sql\n    url: postgres://u@h:notaport/db\n",
+            "field `url`",
+            "p.yaml:8:",
+        ),
+        (
+            "    type: sql\n    url: sqlite://x.db\n    max_conns: 0\n",
+            "field `max_conns`",
+            "p.yaml:9:",
+        ),
+        (
+            "    type: sql\n    url: sqlite://x.db\n    backoff: {initial: 0s}\n",
+            "field `backoff.initial`",
+            "p.yaml:9:",
+        ),
+        (
+            "    type: sql\n    url: sqlite://x.db\n    backoff: {initial: 5s, max: 1s}\n",
+            "field `backoff.max`",
+            "p.yaml:9:",
+        ),
+        (
+            "    type: webhook\n    url: ftp://h/x\n",
+            "field `url`",
+            "p.yaml:8:",
+        ),
+        (
+            "    type: webhook\n    url: not a url\n",
+            "field `url`",
+            "p.yaml:8:",
+        ),
+        (
+            "    type: webhook\n    url: http://h/x\n    method: 'GE T'\n",
+            "field `method`",
+            "p.yaml:9:",
+        ),
+        (
+            "    type: webhook\n    url: http://h/x\n    headers: {'Bad Name': v}\n",
+            "field `headers.Bad Name`",
+            "p.yaml:9:",
+        ),
+        (
+            "    type: webhook\n    url: http://h/x\n    max_in_flight: 0\n",
+            "field `max_in_flight`",
+            "p.yaml:9:",
+        ),
+        (
+            "    type: webhook\n    url: http://h/x\n    batch: {max_events: 0}\n",
+            "field `batch.max_events`",
+            "p.yaml:9:",
+        ),
+        (
+            "    type: webhook\n    url: http://h/x\n    max_queued: 0\n",
+            "field `max_queued`",
+            "p.yaml:9:",
+        ),
+        (
+            "    type: webhook\n    url: http://h/x\n    timeout: 0s\n",
+            "field `timeout`",
+            "p.yaml:9:",
+        ),
+        (
+            "    type: webhook\n    url: http://h/x\n    format: template\n",
+            "field `template`",
+            "p.yaml:5:",
+        ),
+        (
+            "    type: webhook\n    url: http://h/x\n    ca_file: Cargo.toml\n",
+            "holds no PEM certificate",
+            "p.yaml:9:",
+        ),
+        (
+            "    type: webhook\n    url: http://h/x\n    ca_file: /nonexistent/ca.pem\n",
+            "field `ca_file`",
+            "p.yaml:9:",
+        ),
+        (
+            "    type: filter\n    names: ['[']\n",
+            "field `names",
+            "p.yaml:8:",
+        ),
+        (
+            "    type: filter\n    message: '('\n",
+            "field `message`",
+            "p.yaml:8:",
+        ),
     ];
     for (stage, field, pos) in cases {
         let p = problems(&with_stage(stage));
@@ -275,7 +395,8 @@ fn durations_beyond_100_years_are_refused_where_they_are_written() {
         "    type: sql\n    url: sqlite://x.db\n    batch: {max_events: 10, max_wait: 99999999999999999d}\n",
     ));
     assert!(
-        p.iter().any(|l| l.starts_with("p.yaml:9:") && l.contains("too long")),
+        p.iter()
+            .any(|l| l.starts_with("p.yaml:9:") && l.contains("too long")),
         "{p:#?}"
     );
 }
@@ -296,10 +417,7 @@ fn a_pipeline_without_stages_is_an_error() {
 fn a_bad_state_url_is_an_error() {
     let text = GOOD.replace("version: 1\n", "version: 1\nstate:\n  url: redis://x\n");
     let p = problems(&text);
-    assert!(
-        p.iter().any(|l| l.contains("field `state.url`")),
-        "{p:#?}"
-    );
+    assert!(p.iter().any(|l| l.contains("field `state.url`")), "{p:#?}");
 }
 
 #[test]
@@ -308,10 +426,19 @@ fn ten_thousand_stages_with_one_mistake_give_one_short_message_quickly() {
     let mut text = String::from("stages:\n  src:\n    type: file\n    path: x.json\n");
     // A chain, written downstream first (the worst order for naive graph walks).
     for i in (0..n).rev() {
-        let input = if i == 0 { "src".to_string() } else { format!("t{}", i - 1) };
-        text.push_str(&format!("  t{i}:\n    type: filter\n    inputs: [{input}]\n"));
+        let input = if i == 0 {
+            "src".to_string()
+        } else {
+            format!("t{}", i - 1)
+        };
+        text.push_str(&format!(
+            "  t{i}:\n    type: filter\n    inputs: [{input}]\n"
+        ));
     }
-    text.push_str(&format!("  out:\n    type: stdout\n    inputs: [t{}, nope]\n", n - 1));
+    text.push_str(&format!(
+        "  out:\n    type: stdout\n    inputs: [t{}, nope]\n",
+        n - 1
+    ));
     let started = std::time::Instant::now();
     let err = load(&text).unwrap_err().to_string();
     let took = started.elapsed();
@@ -326,11 +453,22 @@ fn ten_thousand_stages_with_one_mistake_give_one_short_message_quickly() {
         text.push_str(&format!("  t{i}:\n    type: filter\n    inputs: [nope]\n"));
     }
     let err = load(&text).unwrap_err().to_string();
-    assert_eq!(err.lines().count(), MAX_PRINTED_PROBLEMS + 1, "{}", &err[..2000]);
-    assert!(err.ends_with("more problems"), "{}", &err[err.len() - 200..]);
+    assert_eq!(
+        err.lines().count(),
+        MAX_PRINTED_PROBLEMS + 1,
+        "{}",
+        &err[..2000]
+    );
+    assert!(
+        err.ends_with("more problems"),
+        "{}",
+        &err[err.len() - 200..]
+    );
 
     // A long cycle is named by its first stages only.
-    let mut text = String::from("stages:\n  src:\n    type: file\n    path: x.json\n  out:\n    type: stdout\n    inputs: [src]\n");
+    let mut text = String::from(
+        "stages:\n  src:\n    type: file\n    path: x.json\n  out:\n    type: stdout\n    inputs: [src]\n",
+    );
     for i in 0..n {
         text.push_str(&format!(
             "  c{i}:\n    type: filter\n    inputs: [c{}]\n",
@@ -338,7 +476,11 @@ fn ten_thousand_stages_with_one_mistake_give_one_short_message_quickly() {
         ));
     }
     let err = load(&text).unwrap_err().to_string();
-    assert!(err.contains("the stages form a cycle") && err.contains("more)"), "{}", &err[..err.len().min(3000)]);
+    assert!(
+        err.contains("the stages form a cycle") && err.contains("more)"),
+        "{}",
+        &err[..err.len().min(3000)]
+    );
     assert!(err.len() < 20_000, "{} bytes", err.len());
 }
 

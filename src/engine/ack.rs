@@ -8,8 +8,8 @@
 //! copy dropped without an outcome fails its batch, so a `Delivered` status means every sink
 //! that received a copy committed it and every other copy was dropped on purpose.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 
@@ -38,36 +38,102 @@ impl Status {
     }
 }
 
+/// The position of an event in its source batch, for [`Report::failed`]: which events of a
+/// batch did not finish delivered. [`WHOLE_BATCH`] where that is not known.
+pub type Seq = u32;
+
+/// Stands for every event of a batch (a summary that failed, an event without a position).
+pub const WHOLE_BATCH: Seq = Seq::MAX;
+
+/// What a source learns of a batch: its worst status, and which of its events did not finish
+/// delivered (so that a source can checkpoint the rest).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub status: Status,
+    /// Positions of the events that failed; [`WHOLE_BATCH`] among them means all.
+    pub failed: Vec<Seq>,
+}
+
+impl Report {
+    /// Every event failed (the engine went away without a report).
+    pub fn all_failed() -> Report {
+        Report {
+            status: Status::Errored,
+            failed: vec![WHOLE_BATCH],
+        }
+    }
+
+    /// True if the event at `seq` finished delivered.
+    pub fn delivered(&self, seq: Seq) -> bool {
+        self.status == Status::Delivered
+            || !self.failed.iter().any(|f| *f == seq || *f == WHOLE_BATCH)
+    }
+}
+
+#[derive(Debug)]
+enum Notify {
+    Status(oneshot::Sender<Status>),
+    Report(oneshot::Sender<Report>),
+}
+
 /// Reports a batch's final status to its source when the last event holding it is dropped.
 #[derive(Debug)]
 pub struct Finalizer {
     status: AtomicU8,
-    notify: Option<oneshot::Sender<Status>>,
+    /// Positions of failed events; touched only when something fails.
+    failed: Mutex<Vec<Seq>>,
+    notify: Option<Notify>,
 }
 
 impl Finalizer {
-    /// A new finalizer and the receiver its source waits on.
-    pub fn new() -> (Arc<Finalizer>, oneshot::Receiver<Status>) {
-        let (tx, rx) = oneshot::channel();
-        (
-            Arc::new(Finalizer {
-                status: AtomicU8::new(Status::Delivered as u8),
-                notify: Some(tx),
-            }),
-            rx,
-        )
+    fn with(notify: Notify) -> Arc<Finalizer> {
+        Arc::new(Finalizer {
+            status: AtomicU8::new(Status::Delivered as u8),
+            failed: Mutex::new(Vec::new()),
+            notify: Some(notify),
+        })
     }
 
-    /// Records an outcome; the worst recorded outcome is the one reported.
-    pub fn update(&self, s: Status) {
+    /// A new finalizer and the receiver of the batch's worst status.
+    pub fn new() -> (Arc<Finalizer>, oneshot::Receiver<Status>) {
+        let (tx, rx) = oneshot::channel();
+        (Finalizer::with(Notify::Status(tx)), rx)
+    }
+
+    /// A new finalizer and the receiver of the batch's [`Report`] (which events failed).
+    pub fn reporting() -> (Arc<Finalizer>, oneshot::Receiver<Report>) {
+        let (tx, rx) = oneshot::channel();
+        (Finalizer::with(Notify::Report(tx)), rx)
+    }
+
+    /// Records the outcome of the event at `seq`; the worst recorded outcome is the one
+    /// reported.
+    pub fn update(&self, s: Status, seq: Seq) {
         self.status.fetch_max(s as u8, Ordering::AcqRel);
+        if s != Status::Delivered {
+            self.failed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(seq);
+        }
     }
 }
 
 impl Drop for Finalizer {
     fn drop(&mut self) {
-        if let Some(tx) = self.notify.take() {
-            let _ = tx.send(Status::from_u8(self.status.load(Ordering::Acquire)));
+        let status = Status::from_u8(self.status.load(Ordering::Acquire));
+        match self.notify.take() {
+            Some(Notify::Status(tx)) => {
+                let _ = tx.send(status);
+            }
+            Some(Notify::Report(tx)) => {
+                let mut failed =
+                    std::mem::take(self.failed.get_mut().unwrap_or_else(|e| e.into_inner()));
+                failed.sort_unstable();
+                failed.dedup();
+                let _ = tx.send(Report { status, failed });
+            }
+            None => {}
         }
     }
 }
@@ -136,6 +202,40 @@ mod tests {
         drop(summary);
         assert_eq!(rx1.await.unwrap(), Status::Rejected);
         assert_eq!(rx2.await.unwrap(), Status::Rejected);
+    }
+
+    #[tokio::test]
+    async fn a_report_names_the_events_that_failed() {
+        let (f, rx) = Finalizer::reporting();
+        let events: Vec<Event> = (0..4)
+            .map(|i| Event::in_batch(EventData::default(), Finalizers::One(f.clone()), i))
+            .collect();
+        drop(f);
+        events[0].ack(Status::Delivered);
+        events[1].ack(Status::Rejected);
+        events[2].ack(Status::Delivered);
+        drop(events); // the 4th had no outcome
+        let r = rx.await.unwrap();
+        assert_eq!(r.status, Status::Rejected);
+        assert_eq!(r.failed, vec![1, 3]);
+        assert!(r.delivered(0) && !r.delivered(1) && r.delivered(2) && !r.delivered(3));
+    }
+
+    #[tokio::test]
+    async fn a_failed_summary_fails_every_event_it_merged() {
+        let (f, rx) = Finalizer::reporting();
+        let mut merged = Merged::default();
+        merged.add(Event::in_batch(
+            EventData::default(),
+            Finalizers::One(f.clone()),
+            0,
+        ));
+        merged.add(Event::in_batch(EventData::default(), Finalizers::One(f), 1));
+        let summary = Event::new(EventData::default(), merged.into_finalizers());
+        summary.ack(Status::Rejected);
+        drop(summary);
+        let r = rx.await.unwrap();
+        assert!(!r.delivered(0) && !r.delivered(1));
     }
 
     #[tokio::test]

@@ -185,10 +185,7 @@ impl Topology {
                 .unwrap_or_else(|panic| {
                     Err(BuildError {
                         stage: id.clone(),
-                        message: format!(
-                            "panicked while building: {}",
-                            panic_message(&*panic)
-                        ),
+                        message: format!("panicked while building: {}", panic_message(&*panic)),
                     })
                 })?;
             built.insert(id.clone(), stage);

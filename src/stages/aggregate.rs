@@ -29,9 +29,9 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use super::key::KeySpec;
-use super::{Invalid, 
-    BuildContext, BuildError, Stage, StageConfig, StageError, StageKind, StageType, Transform,
-    TransformContext,
+use super::{
+    BuildContext, BuildError, Invalid, Stage, StageConfig, StageError, StageKind, StageType,
+    Transform, TransformContext,
 };
 use crate::config::types::Dur;
 use crate::engine::MAX_BATCH;

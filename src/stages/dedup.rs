@@ -18,8 +18,9 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use super::key::KeySpec;
-use super::{Invalid, 
-    BuildContext, BuildError, Function, FunctionTransform, Stage, StageConfig, StageKind, StageType,
+use super::{
+    BuildContext, BuildError, Function, FunctionTransform, Invalid, Stage, StageConfig, StageKind,
+    StageType,
 };
 use crate::config::types::Dur;
 use crate::engine::fanout::Batch;

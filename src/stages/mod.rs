@@ -170,7 +170,10 @@ impl Input {
         self.depth.decrement(b.len() as f64);
         self.batches += 1;
         if self.panic_at == Some(self.batches) {
-            panic!("fault injected by EVENTFLOW_FAULT_PANIC at batch {}", self.batches);
+            panic!(
+                "fault injected by EVENTFLOW_FAULT_PANIC at batch {}",
+                self.batches
+            );
         }
         Some(b)
     }

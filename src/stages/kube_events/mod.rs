@@ -35,13 +35,13 @@ pub use resource::{Flavor, KubeEvent};
 pub use seen::{Checkpoint, Row, Seen};
 
 use super::backoff::BackoffConfig;
-use super::{Invalid, 
-    BuildContext, BuildError, Shutdown, Source, SourceContext, Stage, StageConfig, StageError,
-    StageKind, StageMetrics, StageType,
+use super::{
+    BuildContext, BuildError, Invalid, Shutdown, Source, SourceContext, Stage, StageConfig,
+    StageError, StageKind, StageMetrics, StageType,
 };
 use crate::config::types::Dur;
 use crate::engine::MAX_BATCH;
-use crate::engine::ack::{Finalizer, Status};
+use crate::engine::ack::{Finalizer, Report, Seq, Status};
 use crate::event::{Event, EventData, Finalizers};
 use crate::metrics as m;
 
@@ -173,14 +173,13 @@ pub async fn client_config(
     };
     let (mut cfg, name) = match kubeconfig {
         Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path)
-                .map_err(|e| {
-                    format!(
-                        "field `kubeconfig`: cannot read {}: {}",
-                        path.display(),
-                        crate::redact::quoted(&e.to_string())
-                    )
-                })?;
+            let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| {
+                format!(
+                    "field `kubeconfig`: cannot read {}: {}",
+                    path.display(),
+                    crate::redact::quoted(&e.to_string())
+                )
+            })?;
             let name = context
                 .map(str::to_string)
                 .or_else(|| kc.current_context.clone())
@@ -251,7 +250,10 @@ impl StageConfig for KubeEventsConfig {
         for (i, ns) in self.namespaces.iter().enumerate() {
             let field = format!("namespaces[{i}]");
             if ns.is_empty() {
-                out.push(Invalid::new(field, "an empty namespace name; omit `namespaces` to watch all"));
+                out.push(Invalid::new(
+                    field,
+                    "an empty namespace name; omit `namespaces` to watch all",
+                ));
             } else if !seen.insert(ns) {
                 out.push(Invalid::new(field, format!("`{ns}` is listed twice")));
             }
@@ -406,14 +408,22 @@ async fn run(src: KubeSource, cx: SourceContext) -> Result<(), StageError> {
 
     // Acks are processed in emission order, so a uid's newest version is checkpointed last.
     // Only this task turns statuses into checkpoint rows; the writer task just writes them.
-    type Pending = BoxFuture<'static, (Status, Vec<Row>)>;
+    type Pending = BoxFuture<'static, Vec<Row>>;
     let mut pending: FuturesOrdered<Pending> = FuturesOrdered::new();
-    let ack = |rx: oneshot::Receiver<Status>, rows: Vec<Row>| -> Pending {
+    let ack = |rx: oneshot::Receiver<Report>, rows: Vec<Row>| -> Pending {
         Box::pin(async move {
-            // A dropped finalizer sender without a status means the engine went away. Only a
-            // delivered batch moves the checkpoint: an errored or rejected one is replayed
-            // at the next start.
-            (rx.await.unwrap_or(Status::Errored), rows)
+            // Only delivered versions move the checkpoint: an errored or rejected one is
+            // replayed at the next start. A finalizer dropped without a report means the
+            // engine went away: nothing of the batch was delivered.
+            let report = rx.await.unwrap_or_else(|_| Report::all_failed());
+            if report.status == Status::Delivered {
+                return rows;
+            }
+            rows.into_iter()
+                .enumerate()
+                .filter(|(i, _)| report.delivered(*i as Seq))
+                .map(|(_, r)| r)
+                .collect()
         })
     };
     let (wtx, wrx) = mpsc::channel::<Write>(64);
@@ -423,10 +433,11 @@ async fn run(src: KubeSource, cx: SourceContext) -> Result<(), StageError> {
         tokio::select! {
             msg = rx.recv(), if msgs_open => match msg {
                 Some(Msg::Emit(events, rows)) => {
-                    let (fin, done) = Finalizer::new();
+                    let (fin, done) = Finalizer::reporting();
                     let batch: Vec<Event> = events
                         .into_iter()
-                        .map(|d| Event::new(d, Finalizers::One(fin.clone())))
+                        .enumerate()
+                        .map(|(i, d)| Event::in_batch(d, Finalizers::One(fin.clone()), i as Seq))
                         .collect();
                     drop(fin);
                     pending.push_back(ack(done, rows));
@@ -440,8 +451,8 @@ async fn run(src: KubeSource, cx: SourceContext) -> Result<(), StageError> {
                 }
                 None => msgs_open = false,
             },
-            Some((status, rows)) = pending.next(), if !pending.is_empty() => {
-                if status == Status::Delivered {
+            Some(rows) = pending.next(), if !pending.is_empty() => {
+                if !rows.is_empty() {
                     let _ = wtx.send(Write::Save(rows)).await;
                 }
             }
@@ -452,8 +463,8 @@ async fn run(src: KubeSource, cx: SourceContext) -> Result<(), StageError> {
     for l in loops {
         let _ = l.await;
     }
-    while let Some((status, rows)) = pending.next().await {
-        if status == Status::Delivered {
+    while let Some(rows) = pending.next().await {
+        if !rows.is_empty() {
             let _ = wtx.send(Write::Save(rows)).await;
         }
     }

@@ -28,9 +28,9 @@ use serde::Deserialize;
 
 use super::backoff::BackoffConfig;
 use super::key::KeySpec;
-use super::{Invalid, 
-    BuildContext, BuildError, Sink, SinkContext, Stage, StageConfig, StageError, StageKind,
-    StageType,
+use super::{
+    BuildContext, BuildError, Invalid, Sink, SinkContext, Stage, StageConfig, StageError,
+    StageKind, StageType,
 };
 use crate::config::types::Dur;
 use crate::engine::ack::Status;

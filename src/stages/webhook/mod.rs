@@ -42,9 +42,9 @@ use sha2::{Digest, Sha256};
 
 use super::backoff::BackoffConfig;
 use super::sql::BatchConfig;
-use super::{Invalid, 
-    BuildContext, BuildError, Sink, SinkContext, Stage, StageConfig, StageError, StageKind,
-    StageType,
+use super::{
+    BuildContext, BuildError, Invalid, Sink, SinkContext, Stage, StageConfig, StageError,
+    StageKind, StageType,
 };
 use crate::config::types::Dur;
 use crate::engine::ack::Status;
@@ -320,7 +320,10 @@ impl StageConfig for WebhookConfig {
             if !super::sql::db::valid_identifier(&m.table) {
                 out.push(Invalid::new(
                     "mark_rows.table",
-                    format!("`{}` is not a plain identifier (letters, digits, `_`)", m.table),
+                    format!(
+                        "`{}` is not a plain identifier (letters, digits, `_`)",
+                        m.table
+                    ),
                 ));
             }
             super::non_empty_key(&mut out, "mark_rows.key", &m.key);

@@ -97,15 +97,14 @@ impl BodyTemplate {
             .get_template("body")
             .map_err(|e| format!("template: {e}"))?;
         let body = t.render(ctx).map_err(|e| format!("template render: {e}"))?;
-        serde_json::from_str::<serde::de::IgnoredAny>(&body)
-            .map_err(|e| {
-                // The body holds event data and maybe secrets: show only a short, redacted
-                // excerpt around the error, never the whole of it.
-                format!(
-                    "the template did not produce valid JSON ({e}); near: {}",
-                    excerpt(&body, e.line(), e.column())
-                )
-            })?;
+        serde_json::from_str::<serde::de::IgnoredAny>(&body).map_err(|e| {
+            // The body holds event data and maybe secrets: show only a short, redacted
+            // excerpt around the error, never the whole of it.
+            format!(
+                "the template did not produce valid JSON ({e}); near: {}",
+                excerpt(&body, e.line(), e.column())
+            )
+        })?;
         Ok(body)
     }
 }
@@ -145,11 +144,7 @@ fn excerpt(body: &str, line: usize, column: usize) -> String {
         .nth(column)
         .map_or(line_text.len(), |(i, _)| i);
     let before = &line_text[..end];
-    let start = before
-        .char_indices()
-        .rev()
-        .nth(39)
-        .map_or(0, |(i, _)| i);
+    let start = before.char_indices().rev().nth(39).map_or(0, |(i, _)| i);
     let mut out = String::new();
     let mut word = String::new();
     let flush = |word: &mut String, out: &mut String| {
