@@ -97,6 +97,12 @@ pub fn quoted(text: &str) -> String {
     out
 }
 
+/// A parser's error about a file that holds secrets: its first line only (parsers print the
+/// offending lines of the file below it), with quoted values hidden.
+pub fn parse_error(text: &str) -> String {
+    quoted(text.lines().next().unwrap_or(""))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

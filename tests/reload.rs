@@ -401,3 +401,74 @@ fn a_kept_sql_sink_keeps_writing_and_an_unreachable_database_rolls_back() {
     wait_rows(&["uid-1", "uid-4", "uid-6"]);
     assert!(r.stop().0.success());
 }
+
+#[test]
+fn the_reload_endpoint_refuses_web_pages_and_takes_a_bearer_token() {
+    let (dir, events) = setup();
+    let p = write(
+        dir.path(),
+        "p.yaml",
+        &format!("{API}{}", pipeline(&events, FILTER_WARN, OUT)),
+    );
+    // Without a token: open to local tools, closed to browsers.
+    let mut r = Running::start(&[], &p);
+    let port = r.api_port();
+    for h in [
+        ("Origin", "http://evil.example"),
+        ("Sec-Fetch-Site", "cross-site"),
+    ] {
+        let (code, body) = http_with(port, "POST", "/-/reload", &[h]);
+        assert_eq!(code, 403, "{h:?}: {body}");
+    }
+    let (code, body) = http(port, "POST", "/-/reload");
+    assert_eq!(code, 200, "{body}");
+    let (code, _) = http_with(port, "GET", "/metrics", &[("Origin", "http://x")]);
+    assert_ne!(code, 403, "reading endpoints are not mutating");
+    assert!(r.stop().0.success());
+
+    // With EVENTFLOW_API_TOKEN: the token is required.
+    let mut cmd = bin();
+    cmd.env("EVENTFLOW_API_TOKEN", "t0ken");
+    let mut r = Running::start_cmd(cmd, &[], &p);
+    let port = r.api_port();
+    let (code, body) = http(port, "POST", "/-/reload");
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("EVENTFLOW_API_TOKEN"), "{body}");
+    let (code, _) = http_with(port, "POST", "/-/reload", &[("Authorization", "Bearer nope")]);
+    assert_eq!(code, 401);
+    let (code, body) = http_with(port, "POST", "/-/reload", &[("Authorization", "Bearer t0ken")]);
+    assert_eq!(code, 200, "{body}");
+    let (code, _) = http(port, "GET", "/readyz");
+    assert_eq!(code, 200, "reading endpoints need no token");
+    assert!(r.stop().0.success());
+}
+
+#[test]
+fn a_reloaded_file_that_cannot_run_is_refused_and_the_pipeline_keeps_running() {
+    let (dir, events) = setup();
+    let p = write(dir.path(), "p.yaml", &pipeline(&events, FILTER_WARN, OUT));
+    let mut r = Running::start(&[], &p);
+    append(&events, &[sample_line(1, "Warning")]);
+    assert_eq!(r.next_event()["uid"], "uid-1");
+    let dedup = |extra: &str| {
+        let middle = format!("{FILTER_WARN}  d:\n    type: dedup\n    inputs: [f]\n{extra}");
+        pipeline(&events, &middle, "  out:\n    type: stdout\n    inputs: [d]\n")
+    };
+    let cases = [
+        ("stages: {}\n".to_string(), "at least one source and one sink"),
+        (dedup("    max_keys: 0\n"), "must be at least 1"),
+        (dedup("    window: 99999999999999999d\n"), "too long"),
+    ];
+    for (i, (bad, says)) in cases.iter().enumerate() {
+        replace(&p, bad);
+        let log = r.wait_log("reload rejected");
+        assert!(log.contains(says), "{log}");
+        append(&events, &[sample_line(10 + i, "Warning")]);
+        assert_eq!(
+            r.next_event()["uid"],
+            format!("uid-{}", 10 + i).as_str(),
+            "still running the old pipeline"
+        );
+    }
+    assert!(r.stop().0.success());
+}

@@ -181,13 +181,19 @@ pub fn append(path: &Path, lines: &[String]) {
 
 /// One HTTP/1.1 request to `127.0.0.1:port`: (status, body). Status 0 when nothing answers.
 pub fn http(port: u16, method: &str, path: &str) -> (u16, String) {
+    http_with(port, method, path, &[])
+}
+
+/// [`http`] with extra request headers.
+pub fn http_with(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
     use std::io::{Read, Write};
     let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
         return (0, String::new());
     };
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
     let _ = write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n"
     );
     let mut text = String::new();
     let _ = s.read_to_string(&mut text);

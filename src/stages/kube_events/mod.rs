@@ -177,7 +177,7 @@ pub async fn client_config(
                 format!(
                     "field `kubeconfig`: cannot read {}: {}",
                     path.display(),
-                    crate::redact::quoted(&e.to_string())
+                    crate::redact::parse_error(&e.to_string())
                 )
             })?;
             let name = context
@@ -190,7 +190,7 @@ pub async fn client_config(
                     format!(
                         "field `kubeconfig`: {}: {}",
                         path.display(),
-                        crate::redact::quoted(&e.to_string())
+                        crate::redact::parse_error(&e.to_string())
                     )
                 })?;
             (cfg, name)
@@ -208,7 +208,7 @@ pub async fn client_config(
                         format!(
                             "no Kubernetes configuration found (looked for: {}): {}",
                             kube_config_sources(),
-                            crate::redact::quoted(&e.to_string())
+                            crate::redact::parse_error(&e.to_string())
                         )
                     })?;
                     let name = context
@@ -218,7 +218,7 @@ pub async fn client_config(
                     let cfg = kube::Config::from_custom_kubeconfig(kc, &opts)
                         .await
                         .map_err(|e| {
-                            format!("kubeconfig: {}", crate::redact::quoted(&e.to_string()))
+                            format!("kubeconfig: {}", crate::redact::parse_error(&e.to_string()))
                         })?;
                     (cfg, name)
                 }
