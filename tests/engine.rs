@@ -234,3 +234,86 @@ async fn replacing_a_middle_stage_while_events_flow_loses_and_repeats_nothing() 
     uids.dedup();
     assert_eq!(uids.len(), N, "some events arrived twice");
 }
+
+/// A stage type whose build panics (a bug), for the rollback test.
+#[derive(Debug)]
+struct PanicsWhenBuilt;
+
+impl eventflow::stages::StageConfig for PanicsWhenBuilt {
+    fn build<'a>(
+        &'a self,
+        _cx: &'a eventflow::stages::BuildContext,
+    ) -> futures::future::BoxFuture<
+        'a,
+        Result<eventflow::stages::Stage, eventflow::stages::BuildError>,
+    > {
+        Box::pin(async { panic!("a bug in a stage type's build") })
+    }
+}
+
+#[tokio::test]
+async fn a_panic_while_building_a_reloaded_stage_rolls_back_and_the_pipeline_keeps_running() {
+    let (src, feed) = ChannelSource::new(4);
+    let sink = CountingSink::recording();
+    let p = source_filter_sink(Arc::new(src), "types: [Normal]", Arc::new(sink.clone()));
+    let mut topo = Topology::start(p.clone()).await.expect("start");
+    let mut bad = p.clone();
+    let extra = PipelineBuilder::new()
+        .stage(
+            "extra",
+            "panics",
+            StageKind::Sink,
+            &["src"],
+            Arc::new(PanicsWhenBuilt),
+            0,
+        )
+        .build();
+    bad.stages.extend(extra.stages);
+    let err = topo.apply(bad).await.expect_err("the build panicked");
+    assert!(err.to_string().contains("panicked while building"), "{err}");
+    assert!(
+        err.to_string().contains("a bug in a stage type's build"),
+        "{err}"
+    );
+    // Untouched: events still flow, and nothing is reported failed.
+    let ack = feed.send(vec![event("after")]).await;
+    let status = tokio::time::timeout(Duration::from_secs(5), ack)
+        .await
+        .expect("acked")
+        .expect("status");
+    assert_eq!(status, Status::Delivered);
+    assert_eq!(sink.uids(), vec!["after"]);
+    assert!(topo.shutdown(Duration::from_secs(5)).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_batch_held_by_a_sink_that_stops_without_committing_fails() {
+    let (src, feed) = ChannelSource::new(4);
+    let gate = Arc::new(Semaphore::new(0));
+    let sink = CountingSink::gated(gate.clone());
+    let p = PipelineBuilder::new()
+        .stage("src", "channel", StageKind::Source, &[], Arc::new(src), 0)
+        .stage(
+            "a",
+            "counting",
+            StageKind::Sink,
+            &["src"],
+            Arc::new(sink),
+            0,
+        )
+        .build();
+    let topo = Topology::start(p).await.expect("start");
+    let ack = feed.send(vec![event("held")]).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    gate.close(); // the sink gives up before its commit: the batch is dropped unacknowledged
+    let status = tokio::time::timeout(Duration::from_secs(5), ack)
+        .await
+        .expect("acked")
+        .expect("status");
+    assert_eq!(
+        status,
+        Status::Errored,
+        "dropped without an outcome is a failure"
+    );
+    topo.shutdown(Duration::from_secs(5)).await;
+}

@@ -434,9 +434,19 @@ fn the_reload_endpoint_refuses_web_pages_and_takes_a_bearer_token() {
     let (code, body) = http(port, "POST", "/-/reload");
     assert_eq!(code, 401, "{body}");
     assert!(body.contains("EVENTFLOW_API_TOKEN"), "{body}");
-    let (code, _) = http_with(port, "POST", "/-/reload", &[("Authorization", "Bearer nope")]);
+    let (code, _) = http_with(
+        port,
+        "POST",
+        "/-/reload",
+        &[("Authorization", "Bearer nope")],
+    );
     assert_eq!(code, 401);
-    let (code, body) = http_with(port, "POST", "/-/reload", &[("Authorization", "Bearer t0ken")]);
+    let (code, body) = http_with(
+        port,
+        "POST",
+        "/-/reload",
+        &[("Authorization", "Bearer t0ken")],
+    );
     assert_eq!(code, 200, "{body}");
     let (code, _) = http(port, "GET", "/readyz");
     assert_eq!(code, 200, "reading endpoints need no token");
@@ -452,10 +462,17 @@ fn a_reloaded_file_that_cannot_run_is_refused_and_the_pipeline_keeps_running() {
     assert_eq!(r.next_event()["uid"], "uid-1");
     let dedup = |extra: &str| {
         let middle = format!("{FILTER_WARN}  d:\n    type: dedup\n    inputs: [f]\n{extra}");
-        pipeline(&events, &middle, "  out:\n    type: stdout\n    inputs: [d]\n")
+        pipeline(
+            &events,
+            &middle,
+            "  out:\n    type: stdout\n    inputs: [d]\n",
+        )
     };
     let cases = [
-        ("stages: {}\n".to_string(), "at least one source and one sink"),
+        (
+            "stages: {}\n".to_string(),
+            "at least one source and one sink",
+        ),
         (dedup("    max_keys: 0\n"), "must be at least 1"),
         (dedup("    window: 99999999999999999d\n"), "too long"),
     ];

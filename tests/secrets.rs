@@ -80,7 +80,10 @@ fn no_secret_in_any_log_error_or_output() {
                 text.contains("refused") || text.contains("400"),
                 "the run did fail deliveries"
             );
-            assert_clean(&format!("run with failing webhooks ({format}, {level})"), &text);
+            assert_clean(
+                &format!("run with failing webhooks ({format}, {level})"),
+                &text,
+            );
             let (code, text) = output(
                 bin()
                     .args(["--log-format", format, "--log-level", level])
@@ -88,8 +91,14 @@ fn no_secret_in_any_log_error_or_output() {
                     .arg(&db),
             );
             assert_eq!(code, Some(1), "{format}/{level}: {text}");
-            assert!(text.contains("127.0.0.1:1"), "the error names the server: {text}");
-            assert_clean(&format!("run with a failing database ({format}, {level})"), &text);
+            assert!(
+                text.contains("127.0.0.1:1"),
+                "the error names the server: {text}"
+            );
+            assert_clean(
+                &format!("run with a failing database ({format}, {level})"),
+                &text,
+            );
         }
     }
 
@@ -123,7 +132,10 @@ fn no_secret_in_any_log_error_or_output() {
     );
     let (code, text) = output(bin().arg("validate").arg(&bad));
     assert_eq!(code, Some(1), "{text}");
-    assert!(text.contains("field `url`") && text.contains("field `headers.X-Token`"), "{text}");
+    assert!(
+        text.contains("field `url`") && text.contains("field `headers.X-Token`"),
+        "{text}"
+    );
     assert_clean("validate", &text);
     let (_, text) = output(bin().arg("run").arg(&bad));
     assert_clean("run of an invalid file", &text);
@@ -147,6 +159,9 @@ fn a_kubeconfig_that_cannot_be_read_is_named_not_printed() {
     );
     let (code, text) = output(bin().arg("run").arg(&p));
     assert_eq!(code, Some(1), "{text}");
-    assert!(text.contains(&kc.display().to_string()), "names the file: {text}");
+    assert!(
+        text.contains(&kc.display().to_string()),
+        "names the file: {text}"
+    );
     assert_clean("a bad kubeconfig", &text);
 }

@@ -167,8 +167,9 @@ impl fmt::Display for ConfigError {
     /// (e.g. one mistake repeated over many lines) once, with a count; at most
     /// [`MAX_PRINTED_PROBLEMS`] lines, then how many more there are.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut groups: IndexMap<(&Option<String>, &Option<String>, &str), (&Problem, usize)> =
-            IndexMap::new();
+        // (stage, field, message) -> the first such problem and how many there are.
+        type Key<'a> = (&'a Option<String>, &'a Option<String>, &'a str);
+        let mut groups: IndexMap<Key, (&Problem, usize)> = IndexMap::new();
         for p in &self.problems {
             groups
                 .entry((&p.stage, &p.field, p.message.as_str()))

@@ -86,6 +86,17 @@ pub fn at_least_one(out: &mut Vec<Invalid>, field: &str, value: u64) {
     }
 }
 
+/// Refuses a count outside `min..=max` (bounds that keep allocations sized by configuration
+/// within reason).
+pub fn in_range(out: &mut Vec<Invalid>, field: &str, value: u64, min: u64, max: u64) {
+    if value < min || value > max {
+        out.push(Invalid::new(
+            field,
+            format!("{value} is out of range: from {min} to {max}"),
+        ));
+    }
+}
+
 /// Refuses an empty key.
 pub fn non_empty_key(out: &mut Vec<Invalid>, field: &str, key: &[crate::event::Field]) {
     if key.is_empty() {

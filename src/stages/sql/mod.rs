@@ -130,7 +130,8 @@ impl StageConfig for SqlConfig {
         }
         super::non_empty_key(&mut out, "key", &self.key);
         super::at_least_one(&mut out, "batch.max_events", self.batch.max_events as u64);
-        super::at_least_one(&mut out, "max_conns", self.max_conns.into());
+        // The pool sizes its slots by this number; no server takes more anyway.
+        super::in_range(&mut out, "max_conns", self.max_conns.into(), 1, 1000);
         if let Err(e) = db::check_url(&self.url) {
             out.push(Invalid::new("url", e));
         }
@@ -346,8 +347,11 @@ impl Sink for SqlSink {
 async fn retention_loop(db: Db, table: String, retention: Duration) {
     let every = (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(300));
     loop {
-        let cutoff =
-            Utc::now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+        // Checked: a retention longer than the calendar reaches back keeps everything.
+        let cutoff = chrono::Duration::from_std(retention)
+            .ok()
+            .and_then(|r| Utc::now().checked_sub_signed(r))
+            .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC);
         let mut total = 0;
         loop {
             match db::delete_older(&db, &table, cutoff, 1000).await {
