@@ -49,7 +49,7 @@ fn pipeline(dir: &Path, kubeconfig: &Path, hook: &str) -> std::path::PathBuf {
         dir,
         "pipeline.yaml",
         &format!(
-            "state:\n  url: sqlite://{state}\nstages:\n  k8s:\n    type: kube_events\n    kubeconfig: {kc}\n    buffer_size: 80\n    backoff: {{initial: 100ms, max: 500ms}}\n  keep:\n    type: filter\n    inputs: [k8s]\n    types: [Warning, Normal]\n  db:\n    type: sql\n    inputs: [keep]\n    url: sqlite://{db}\n    batch: {{max_events: 20, max_wait: 5ms}}\n  hook:\n    type: webhook\n    inputs: [keep]\n    url: {hook}\n    batch: {{max_events: 10, max_wait: 5ms}}\n",
+            "state:\n  url: sqlite://{state}\nstages:\n  k8s:\n    type: kube_events\n    kubeconfig: {kc}\n    buffer_size: 80\n    backoff: {{initial: 100ms, max: 500ms}}\n  keep:\n    type: filter\n    inputs: [k8s]\n    types: [Warning, Normal]\n  db:\n    type: sql\n    inputs: [keep]\n    url: sqlite://{db}\n    batch: {{max_events: 20, max_wait: 5ms}}\n  hook:\n    type: webhook\n    inputs: [keep]\n    url: {hook}\n    batch: {{max_events: 10, max_wait: 5ms}}\n  print:\n    type: stdout\n    inputs: [keep]\n",
             state = dir.join("state.db").display(),
             kc = kubeconfig.display(),
             db = dir.join("events.db").display(),
@@ -57,20 +57,29 @@ fn pipeline(dir: &Path, kubeconfig: &Path, hook: &str) -> std::path::PathBuf {
     )
 }
 
+/// The uids of the events a `stdout` sink printed.
+fn printed(lines: &[String]) -> BTreeSet<String> {
+    lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|e| e["uid"].as_str().map(str::to_string))
+        .collect()
+}
+
 /// Runs the pipeline with stage `crash` panicking at its 3rd batch; the process must stop by
-/// itself with exit status 1. Returns its log.
-fn run_crashing(p: &Path, crash: &str) -> String {
-    let child = bin()
+/// itself with exit status 1. Returns its log and what it printed.
+fn run_crashing(p: &Path, crash: &str) -> (String, BTreeSet<String>) {
+    let mut child = bin()
         .env("EVENTFLOW_FAULT_PANIC", format!("{crash}:3"))
         .arg("--log-format=json")
         .args(["run", "--shutdown-timeout", "20s"])
         .arg(p)
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
+    let out = lines_of(child.stdout.take().expect("stdout"));
     let deadline = Instant::now() + Duration::from_secs(60);
-    let mut child = child;
     let status = loop {
         if let Some(s) = child.try_wait().expect("wait") {
             break s;
@@ -86,7 +95,8 @@ fn run_crashing(p: &Path, crash: &str) -> String {
         let _ = std::io::Read::read_to_string(&mut e, &mut logs);
     }
     assert_eq!(status.code(), Some(1), "exit status; logs:\n{logs}");
-    logs
+    let lines: Vec<String> = out.iter().collect();
+    (logs, printed(&lines))
 }
 
 fn crash_then_restart_delivers_everything(crash: &str) {
@@ -106,7 +116,7 @@ fn crash_then_restart_delivers_everything(crash: &str) {
         })
         .collect();
 
-    let logs = run_crashing(&p, crash);
+    let (logs, mut shown) = run_crashing(&p, crash);
     assert!(
         logs.contains("stage failed") && logs.contains(crash),
         "the failure names the stage; logs:\n{logs}"
@@ -125,14 +135,15 @@ fn crash_then_restart_delivers_everything(crash: &str) {
     let sent = received(&log);
     let checkpointed = query(&state, "SELECT uid FROM eventflow_kube_checkpoint");
     assert!(
-        stored.len() < created.len() || sent.len() < created.len(),
-        "the crash lost something in flight (stored {}, sent {})",
+        stored.len() < created.len() || sent.len() < created.len() || shown.len() < created.len(),
+        "the crash lost something in flight (stored {}, sent {}, printed {})",
         stored.len(),
-        sent.len()
+        sent.len(),
+        shown.len()
     );
     let false_acks: Vec<&String> = checkpointed
         .iter()
-        .filter(|u| !stored.contains(*u) || !sent.contains(*u))
+        .filter(|u| !stored.contains(*u) || !sent.contains(*u) || !shown.contains(*u))
         .collect();
     assert!(
         false_acks.is_empty(),
@@ -140,25 +151,34 @@ fn crash_then_restart_delivers_everything(crash: &str) {
         false_acks.len()
     );
     eprintln!(
-        "crash of `{crash}`: stored {}, sent {}, checkpointed {} of {}",
+        "crash of `{crash}`: stored {}, sent {}, printed {}, checkpointed {} of {}",
         stored.len(),
         sent.len(),
+        shown.len(),
         checkpointed.len(),
         created.len()
     );
 
-    // Restart without the fault: every event reaches both sinks.
-    let r = Running::start(&[], &p);
+    // Restart without the fault: every event reaches every sink.
+    let mut r = Running::start(&[], &p);
     let deadline = Instant::now() + Duration::from_secs(60);
-    while query(&db, "SELECT uid FROM k8s_events") != created || received(&log) != created {
+    let mut lines = Vec::new();
+    while query(&db, "SELECT uid FROM k8s_events") != created
+        || received(&log) != created
+        || shown != created
+    {
         assert!(
             Instant::now() < deadline,
-            "after the restart: stored {} and sent {} of {}",
+            "after the restart: stored {}, sent {} and printed {} of {}",
             query(&db, "SELECT uid FROM k8s_events").len(),
             received(&log).len(),
+            shown.len(),
             created.len()
         );
-        std::thread::sleep(Duration::from_millis(50));
+        while let Ok(l) = r.out.recv_timeout(Duration::from_millis(50)) {
+            lines.push(l);
+        }
+        shown.extend(printed(&lines));
     }
     let (status, _) = r.stop();
     assert!(status.success(), "a clean run exits 0");
@@ -173,6 +193,11 @@ fn a_crashed_sql_sink_acknowledges_nothing_it_held() {
 #[test]
 fn a_crashed_webhook_sink_acknowledges_nothing_it_held() {
     crash_then_restart_delivers_everything("hook");
+}
+
+#[test]
+fn a_crashed_stdout_sink_acknowledges_nothing_it_held() {
+    crash_then_restart_delivers_everything("print");
 }
 
 #[test]
