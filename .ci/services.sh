@@ -6,6 +6,8 @@ need=()
 command -v pg_ctlcluster >/dev/null 2>&1 || need+=(postgresql)
 command -v mariadb-admin >/dev/null 2>&1 || need+=(mariadb-server)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+# buildah: the test that builds eventflow's OCI image without a Docker engine.
+command -v buildah >/dev/null 2>&1 || need+=(buildah)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq

@@ -96,6 +96,7 @@ async fn metrics(State(s): State<ApiState>) -> Response {
     match &s.metrics {
         Some(h) => {
             crate::metrics::update_process();
+            crate::metrics::ready(readiness(&s).is_ok());
             (
                 [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
                 h.render(),
@@ -110,23 +111,27 @@ async fn metrics(State(s): State<ApiState>) -> Response {
     }
 }
 
-async fn readyz(State(s): State<ApiState>) -> Response {
+/// Ready, or why not.
+fn readiness(s: &ApiState) -> Result<(), String> {
     if !s.ready.load(Ordering::Acquire) {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: the pipeline is not running\n",
-        )
-            .into_response();
+        return Err("the pipeline is not running".into());
     }
     let problems = crate::health::problems();
     if problems.is_empty() {
-        (StatusCode::OK, "ready\n").into_response()
+        Ok(())
     } else {
-        (
+        Err(problems.join("; "))
+    }
+}
+
+async fn readyz(State(s): State<ApiState>) -> Response {
+    match readiness(&s) {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {}\n", problems.join("; ")),
+            format!("not ready: {why}\n"),
         )
-            .into_response()
+            .into_response(),
     }
 }
 

@@ -93,6 +93,7 @@ pub const RELOAD_SECONDS: &str = "eventflow_reload_duration_seconds";
 pub const PROCESS_RSS: &str = "process_resident_memory_bytes";
 pub const PROCESS_CPU: &str = "process_cpu_seconds_total";
 pub const PROCESS_FDS: &str = "process_open_fds";
+pub const READY: &str = "eventflow_ready";
 
 /// Buckets for every histogram (seconds): 100 µs to 60 s.
 pub const BUCKETS: &[f64] = &[
@@ -123,6 +124,10 @@ pub fn describe_engine() {
         "Time from a reload trigger to the new pipeline running."
     );
     describe_gauge!(
+        READY,
+        "1 while /readyz answers 200 (the pipeline runs and no source or sink has been failing past its threshold), else 0; set when /metrics is scraped."
+    );
+    describe_gauge!(
         PROCESS_RSS,
         Unit::Bytes,
         "Resident memory of the eventflow process."
@@ -137,6 +142,11 @@ pub fn describe_engine() {
         Unit::Count,
         "Open file descriptors of the eventflow process."
     );
+}
+
+/// Records whether the process is ready (what `/readyz` answers).
+pub fn ready(ready: bool) {
+    metrics::gauge!(READY).set(if ready { 1.0 } else { 0.0 });
 }
 
 /// Records a reload's outcome.

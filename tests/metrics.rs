@@ -185,6 +185,11 @@ fn counters_match_a_known_run_and_promtool_accepts_the_output() {
     );
     assert!(body.contains("eventflow_sql_query_seconds_bucket"));
     assert!(value(&body, "process_resident_memory_bytes") > 0.0);
+    assert_eq!(
+        value(&body, "eventflow_ready"),
+        1.0,
+        "ready, as /readyz says"
+    );
     let file = dir.path().join("metrics.txt");
     std::fs::write(&file, &body).expect("write");
     match std::process::Command::new("promtool")

@@ -489,3 +489,78 @@ fn a_reloaded_file_that_cannot_run_is_refused_and_the_pipeline_keeps_running() {
     }
     assert!(r.stop().0.success());
 }
+
+/// The kubelet's update of a mounted ConfigMap, as it does it: a new timestamped directory,
+/// a new `..data` symlink renamed over the old one, the old directory removed. Ten updates
+/// while events flow: each is reloaded exactly once, the new config is in effect, and every
+/// event comes out exactly once.
+#[test]
+fn configmap_updates_reload_exactly_once_each_while_events_flow() {
+    const SWAPS: usize = 10;
+    const N: usize = 3_000;
+    let (dir, events) = setup();
+    let mount = dir.path().join("config");
+    std::fs::create_dir(&mount).expect("mkdir");
+    let version = |i: usize| {
+        let middle = format!(
+            "  f:\n    type: filter\n    inputs: [src]\n    types: [Warning, Normal]\n    exclude:\n      namespaces: [never-{i}]\n"
+        );
+        pipeline(&events, &middle, OUT)
+    };
+    let publish = |i: usize, first: bool| {
+        let ts = format!("..2026_12_01_10_00_{i:02}.{}", 100 + i);
+        std::fs::create_dir(mount.join(&ts)).expect("mkdir");
+        write(&mount.join(&ts), "pipeline.yaml", &version(i));
+        if first {
+            std::os::unix::fs::symlink(&ts, mount.join("..data")).expect("symlink");
+            std::os::unix::fs::symlink("..data/pipeline.yaml", mount.join("pipeline.yaml"))
+                .expect("symlink");
+        } else {
+            let old = std::fs::read_link(mount.join("..data")).expect("..data");
+            std::os::unix::fs::symlink(&ts, mount.join("..data_tmp")).expect("symlink");
+            std::fs::rename(mount.join("..data_tmp"), mount.join("..data")).expect("swap");
+            std::fs::remove_dir_all(mount.join(old)).expect("remove the old directory");
+        }
+    };
+    publish(0, true);
+    let mut r = Running::start(&[], &mount.join("pipeline.yaml"));
+    let feeder = {
+        let events = events.clone();
+        std::thread::spawn(move || {
+            for chunk in (0..N).collect::<Vec<_>>().chunks(100) {
+                let lines: Vec<String> = chunk
+                    .iter()
+                    .map(|i| sample_line(*i, if i % 2 == 0 { "Warning" } else { "Normal" }))
+                    .collect();
+                append(&events, &lines);
+                std::thread::sleep(Duration::from_millis(40));
+            }
+        })
+    };
+    for i in 1..=SWAPS {
+        publish(i, false);
+        let log = r.wait_log("reload applied");
+        assert!(log.contains("\\\"f\\\""), "the filter was rebuilt: {log}");
+    }
+    feeder.join().expect("feeder");
+    let mut uids = std::collections::BTreeMap::new();
+    for _ in 0..N {
+        let e = r.next_event();
+        *uids
+            .entry(e["uid"].as_str().unwrap_or_default().to_string())
+            .or_insert(0) += 1;
+    }
+    r.no_event_within(Duration::from_millis(500));
+    assert_eq!(uids.len(), N, "every event");
+    assert!(uids.values().all(|n| *n == 1), "none twice");
+    // Exactly one reload per update: read the rest of the log, then count.
+    while let Ok(l) = r.logs.recv_timeout(Duration::from_millis(300)) {
+        r.seen_logs.push(l);
+    }
+    let count = |needle: &str| r.seen_logs.iter().filter(|l| l.contains(needle)).count();
+    assert_eq!(count("pipeline file changed; reloading"), SWAPS);
+    assert_eq!(count("reload applied"), SWAPS);
+    assert_eq!(count("reload: nothing changed"), 0);
+    let (status, _) = r.stop();
+    assert!(status.success());
+}

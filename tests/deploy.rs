@@ -1,0 +1,344 @@
+//! What ships for running eventflow in a cluster: the Kubernetes manifests, the Dockerfile,
+//! and an OCI image built here (no Docker engine, no registry: buildah from scratch) in which
+//! the real binary validates the default pipeline as the non-root user.
+//! The manifests are also rendered and validated against the Kubernetes schemas by `.ci/run`.
+
+mod support;
+
+use std::process::Command;
+
+use support::*;
+
+/// The objects of a multi-document YAML text, as JSON values.
+fn documents(text: &str) -> Vec<serde_json::Value> {
+    text.split("\n---")
+        .filter(|d| !d.trim().is_empty())
+        .map(|d| serde_saphyr::from_str::<serde_json::Value>(d).expect("a YAML object"))
+        .collect()
+}
+
+/// The kustomize base as rendered by kubectl, or (without kubectl) its source files.
+fn rendered() -> Vec<serde_json::Value> {
+    match Command::new("kubectl")
+        .args(["kustomize", "deploy/kubernetes"])
+        .current_dir(repo(""))
+        .output()
+    {
+        Ok(out) if out.status.success() => documents(&String::from_utf8_lossy(&out.stdout)),
+        _ => {
+            eprintln!("kubectl not found: reading deploy/kubernetes/*.yaml without kustomize");
+            [
+                "namespace",
+                "rbac",
+                "secret",
+                "deployment",
+                "service",
+                "networkpolicy",
+            ]
+            .iter()
+            .flat_map(|f| {
+                documents(
+                    &std::fs::read_to_string(repo(&format!("deploy/kubernetes/{f}.yaml")))
+                        .expect("manifest"),
+                )
+            })
+            .collect()
+        }
+    }
+}
+
+fn of_kind<'a>(objs: &'a [serde_json::Value], kind: &str) -> Vec<&'a serde_json::Value> {
+    objs.iter().filter(|o| o["kind"] == kind).collect()
+}
+
+#[test]
+fn the_cluster_role_grants_what_the_sources_use_and_nothing_more() {
+    let objs = rendered();
+    let roles = of_kind(&objs, "ClusterRole");
+    assert_eq!(roles.len(), 1);
+    let mut grants: Vec<(String, String, Vec<String>)> = roles[0]["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .flat_map(|r| {
+            let verbs: Vec<String> = r["verbs"]
+                .as_array()
+                .expect("verbs")
+                .iter()
+                .map(|v| v.as_str().unwrap_or("").to_string())
+                .collect();
+            let groups = r["apiGroups"].as_array().cloned().unwrap_or_default();
+            let resources = r["resources"].as_array().cloned().unwrap_or_default();
+            groups.into_iter().flat_map(move |g| {
+                let verbs = verbs.clone();
+                resources.clone().into_iter().map(move |res| {
+                    (
+                        g.as_str().unwrap_or("").to_string(),
+                        res.as_str().unwrap_or("").to_string(),
+                        verbs.clone(),
+                    )
+                })
+            })
+        })
+        .collect();
+    grants.sort();
+    let rw = |g: &str| {
+        (
+            g.to_string(),
+            "events".to_string(),
+            vec!["get".into(), "list".into(), "watch".into()],
+        )
+    };
+    assert_eq!(grants, vec![rw(""), rw("events.k8s.io")]);
+    // The namespaced Role: leases only, for leader election.
+    let role = of_kind(&objs, "Role");
+    assert_eq!(role.len(), 1);
+    assert_eq!(
+        role[0]["rules"],
+        serde_json::json!([{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]}])
+    );
+    // Bound to the service account the Deployment runs as.
+    let sa = "eventflow";
+    for b in of_kind(&objs, "ClusterRoleBinding")
+        .iter()
+        .chain(&of_kind(&objs, "RoleBinding"))
+    {
+        assert_eq!(b["subjects"][0]["name"], sa);
+    }
+    let deploy = of_kind(&objs, "Deployment");
+    assert_eq!(
+        deploy[0]["spec"]["template"]["spec"]["serviceAccountName"],
+        sa
+    );
+}
+
+#[test]
+fn the_deployment_is_locked_down_and_drains_within_its_grace_period() {
+    let objs = rendered();
+    let d = of_kind(&objs, "Deployment")[0].clone();
+    let pod = &d["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(
+        c["securityContext"]["capabilities"]["drop"],
+        serde_json::json!(["ALL"])
+    );
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert!(c["resources"]["limits"]["memory"].is_string());
+    // The drain timeout stays below the grace period, or SIGKILL cuts the drain short.
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(|a| a.as_str())
+        .collect();
+    let i = args
+        .iter()
+        .position(|a| *a == "--shutdown-timeout")
+        .expect("--shutdown-timeout");
+    let drain = eventflow::config::types::parse_duration(args[i + 1]).expect("duration");
+    let grace = pod["terminationGracePeriodSeconds"]
+        .as_u64()
+        .expect("grace period");
+    assert!(
+        drain.as_secs() + 5 <= grace,
+        "drain {drain:?} vs grace {grace}s"
+    );
+    // State and the pipeline: the only writable path is the state volume.
+    let mounts = c["volumeMounts"].as_array().expect("mounts");
+    assert!(
+        mounts
+            .iter()
+            .any(|m| m["mountPath"] == "/var/lib/eventflow")
+    );
+    assert!(
+        mounts
+            .iter()
+            .any(|m| m["mountPath"] == "/etc/eventflow" && m["readOnly"] == true)
+    );
+    // The Service exposes the metrics port and nothing else.
+    let svc = of_kind(&objs, "Service")[0].clone();
+    assert_eq!(svc["spec"]["ports"].as_array().map(Vec::len), Some(1));
+    assert_eq!(svc["spec"]["ports"][0]["port"], 9464);
+    assert_eq!(
+        svc["metadata"]["annotations"]["prometheus.io/scrape"],
+        "true"
+    );
+}
+
+#[test]
+fn the_pipeline_in_the_config_map_validates_and_its_secret_comes_from_the_environment() {
+    let objs = rendered();
+    let cm = of_kind(&objs, "ConfigMap")[0].clone();
+    let text = cm["data"]["pipeline.yaml"]
+        .as_str()
+        .expect("pipeline.yaml")
+        .to_string();
+    let dir = tempfile::tempdir().expect("tmp");
+    let p = write(dir.path(), "pipeline.yaml", &text);
+    let out = bin()
+        .arg("validate")
+        .arg(&p)
+        .env("WEBHOOK_URL", "https://hooks.example.com/x?token=t")
+        .output()
+        .expect("validate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = bin()
+        .arg("validate")
+        .arg(&p)
+        .env_remove("WEBHOOK_URL")
+        .output()
+        .expect("validate");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("WEBHOOK_URL"),
+        "the webhook URL is not in the file: it comes from the Secret"
+    );
+    assert!(
+        !text.contains("hooks.slack.com"),
+        "no real endpoint in the manifests"
+    );
+}
+
+#[test]
+fn the_dockerfile_follows_the_rules_that_matter() {
+    let text = std::fs::read_to_string(repo("Dockerfile")).expect("Dockerfile");
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    let froms: Vec<&str> = lines
+        .iter()
+        .filter(|l| l.starts_with("FROM "))
+        .copied()
+        .collect();
+    assert_eq!(froms.len(), 2, "multi-stage");
+    for f in &froms {
+        let image = f.split_whitespace().nth(1).expect("an image");
+        assert!(
+            image.contains(':') && !image.ends_with(":latest"),
+            "pinned base: {f}"
+        );
+    }
+    let last_user = lines
+        .iter()
+        .rev()
+        .find(|l| l.starts_with("USER "))
+        .expect("a USER");
+    assert!(last_user.contains("65532"), "non-root: {last_user}");
+    assert!(text.contains("cargo build --locked --release"), "--locked");
+    assert!(lines.contains(&"ENTRYPOINT [\"eventflow\"]"));
+    assert!(lines.contains(&"CMD [\"run\", \"/etc/eventflow/pipeline.yaml\"]"));
+    assert!(text.contains("org.opencontainers.image.title"));
+    for l in &lines {
+        let upper = l.to_uppercase();
+        if upper.starts_with("ENV ") || upper.starts_with("ARG ") {
+            for word in ["SECRET", "TOKEN", "PASSWORD", "KEY"] {
+                assert!(!upper.contains(word), "no secret baked in: {l}");
+            }
+        }
+    }
+    let ignore = std::fs::read_to_string(repo(".dockerignore")).expect(".dockerignore");
+    assert!(ignore.lines().any(|l| l.trim() == "target/"));
+}
+
+#[test]
+fn an_oci_image_built_here_runs_the_binary_as_the_non_root_user() {
+    if Command::new("buildah").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: buildah is not installed (`.ci/services.sh` installs it)");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let tar = dir.path().join("eventflow.oci.tar");
+    let built = Command::new("bash")
+        .arg(repo("deploy/image/build-oci.sh"))
+        .arg(env!("CARGO_BIN_EXE_eventflow"))
+        .arg(&tar)
+        .arg("eventflow:test")
+        .output()
+        .expect("build-oci.sh");
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let buildah = |args: &[&str]| {
+        let out = Command::new("buildah")
+            .args(["--storage-driver", "vfs"])
+            .args(args)
+            .output()
+            .expect("buildah");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, ctr, err) = buildah(&["from", &format!("oci-archive:{}", tar.display())]);
+    assert!(ok, "{err}");
+    let (ok, config, err) = buildah(&["inspect", "--type", "container", &ctr]);
+    assert!(ok, "{err}");
+    let config: serde_json::Value = serde_json::from_str(&config).expect("inspect json");
+    let image = &config["OCIv1"]["config"];
+    assert_eq!(image["User"], "65532:65532");
+    assert_eq!(image["Entrypoint"], serde_json::json!(["eventflow"]));
+    assert_eq!(
+        image["Cmd"],
+        serde_json::json!(["run", "/etc/eventflow/pipeline.yaml"])
+    );
+    // The real binary, in the image, as its user: validates the pipeline the image carries.
+    let (ok, out, err) = buildah(&[
+        "run",
+        "--isolation",
+        "chroot",
+        "--user",
+        "65532:65532",
+        &ctr,
+        "--",
+        "/usr/local/bin/eventflow",
+        "validate",
+        "/etc/eventflow/pipeline.yaml",
+    ]);
+    assert!(ok, "validate in the image: {out}\n{err}");
+    assert!(out.contains("ok"), "{out}");
+    // And runs a pipeline that keeps its state and table under /var/lib/eventflow.
+    let p = write(
+        dir.path(),
+        "p.yaml",
+        "state:\n  url: sqlite:///var/lib/eventflow/state.db\nstages:\n  f:\n    type: file\n    path: /etc/eventflow/events.json\n  db:\n    type: sql\n    inputs: [f]\n    url: sqlite:///var/lib/eventflow/events.db\n",
+    );
+    let files = [
+        (p, "/etc/eventflow/p.yaml"),
+        (
+            repo("pipelines/samples/events.json"),
+            "/etc/eventflow/events.json",
+        ),
+    ];
+    for (from, to) in &files {
+        let (ok, _, err) = buildah(&["copy", &ctr, &from.display().to_string(), to]);
+        assert!(ok, "{err}");
+    }
+    let (ok, out, err) = buildah(&[
+        "run",
+        "--isolation",
+        "chroot",
+        "--user",
+        "65532:65532",
+        &ctr,
+        "--",
+        "/usr/local/bin/eventflow",
+        "run",
+        "--no-watch",
+        "/etc/eventflow/p.yaml",
+    ]);
+    let _ = buildah(&["rm", &ctr]);
+    assert!(ok, "run in the image as 65532: {out}\n{err}");
+    assert!(err.contains("pipeline drained"), "{err}");
+}
