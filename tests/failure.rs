@@ -12,26 +12,10 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fake_apiserver::FakeApiServer;
 use support::*;
 
 fn query(db: &Path, sql: &'static str) -> BTreeSet<String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let Ok(pool) = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display())).await
-        else {
-            return BTreeSet::new();
-        };
-        let rows: Vec<(String,)> = sqlx::query_as(sql)
-            .fetch_all(&pool)
-            .await
-            .unwrap_or_default();
-        pool.close().await;
-        rows.into_iter().map(|(u,)| u).collect()
-    })
+    sqlite_column(db, sql)
 }
 
 /// The uids in the bodies the receiver accepted.
@@ -100,11 +84,8 @@ fn run_crashing(p: &Path, crash: &str) -> (String, BTreeSet<String>) {
 }
 
 fn crash_then_restart_delivers_everything(crash: &str) {
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let fake = rt.block_on(FakeApiServer::start()).expect("fake");
     let dir = tempfile::tempdir().expect("tempdir");
-    let kc = dir.path().join("kubeconfig");
-    fake.write_kubeconfig(&kc, None).expect("kubeconfig");
+    let (rt, fake, kc) = fake_cluster(dir.path());
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let hook = format!("http://{}/hook", l.local_addr().expect("addr"));
     let log = serve_receiver(l, 0);
@@ -160,7 +141,7 @@ fn crash_then_restart_delivers_everything(crash: &str) {
     );
 
     // Restart without the fault: every event reaches every sink.
-    let mut r = Running::start(&[], &p);
+    let r = Running::start(&[], &p);
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut lines = Vec::new();
     while query(&db, "SELECT uid FROM k8s_events") != created
@@ -276,11 +257,8 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
 /// checkpointed: once the operator removes the cause, a restart stores it.
 #[test]
 fn a_refused_row_is_not_checkpointed_and_is_stored_after_the_fix() {
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let fake = rt.block_on(FakeApiServer::start()).expect("fake");
     let dir = tempfile::tempdir().expect("tempdir");
-    let kc = dir.path().join("kubeconfig");
-    fake.write_kubeconfig(&kc, None).expect("kubeconfig");
+    let (rt, fake, kc) = fake_cluster(dir.path());
     let db = dir.path().join("events.db");
     let state = dir.path().join("state.db");
     let p = write(
@@ -339,11 +317,8 @@ fn a_refused_row_is_not_checkpointed_and_is_stored_after_the_fix() {
 /// a restart sends it again.
 #[test]
 fn a_webhook_delivery_refused_for_good_is_sent_again_after_a_restart() {
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let fake = rt.block_on(FakeApiServer::start()).expect("fake");
     let dir = tempfile::tempdir().expect("tempdir");
-    let kc = dir.path().join("kubeconfig");
-    fake.write_kubeconfig(&kc, None).expect("kubeconfig");
+    let (rt, fake, kc) = fake_cluster(dir.path());
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let hook = format!("http://{}/hook", l.local_addr().expect("addr"));
     // The first 3 requests are refused with a 400 (permanent), the rest accepted.

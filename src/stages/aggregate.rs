@@ -82,13 +82,7 @@ fn default_samples() -> usize {
 
 impl StageConfig for AggregateConfig {
     fn validate(&self) -> Vec<Invalid> {
-        let mut out = Vec::new();
-        super::non_empty_key(&mut out, "key", &self.key);
-        super::at_least_one(&mut out, "max_keys", self.max_keys);
-        if self.window.0.is_zero() {
-            out.push(Invalid::new("window", "must be above zero"));
-        }
-        out
+        super::keyed_window(&self.key, self.max_keys, self.window.0)
     }
 
     fn build<'a>(&'a self, cx: &'a BuildContext) -> BoxFuture<'a, Result<Stage, BuildError>> {
@@ -446,11 +440,10 @@ mod tests {
         assert_eq!(a.open_groups(), 2);
     }
 
-    #[tokio::test]
-    async fn merged_events_are_acknowledged_with_their_summary() {
-        let mut a = agg("window: 1m");
+    /// `n` versions of one Event object in one source batch, and the batch's status receiver.
+    fn repeats_of_one_object(n: i64) -> (Batch, tokio::sync::oneshot::Receiver<Status>) {
         let (f, rx) = Finalizer::new();
-        let batch: Batch = (0..3)
+        let batch = (0..n)
             .map(|i| {
                 Event::new(
                     ev("u", "web", "BackOff", i + 1, "m").data().clone(),
@@ -458,7 +451,13 @@ mod tests {
                 )
             })
             .collect();
-        drop(f);
+        (batch, rx)
+    }
+
+    #[tokio::test]
+    async fn merged_events_are_acknowledged_with_their_summary() {
+        let mut a = agg("window: 1m");
+        let (batch, rx) = repeats_of_one_object(3);
         let mut out = Vec::new();
         a.ingest(batch, Instant::now(), &mut out);
         a.close_all(&mut out);
@@ -472,11 +471,7 @@ mod tests {
     #[tokio::test]
     async fn merged_events_fail_when_the_stage_dies_with_their_group_open() {
         let mut a = agg("window: 1m");
-        let (f, rx) = Finalizer::new();
-        let batch: Batch = vec![Event::new(
-            ev("u", "web", "BackOff", 1, "m").data().clone(),
-            Finalizers::One(f),
-        )];
+        let (batch, rx) = repeats_of_one_object(1);
         let mut out = Vec::new();
         a.ingest(batch, Instant::now(), &mut out);
         drop(a); // a crash: the open group goes without a summary
@@ -486,16 +481,7 @@ mod tests {
     #[tokio::test]
     async fn a_delivered_summary_delivers_what_it_merged() {
         let mut a = agg("window: 1m");
-        let (f, rx) = Finalizer::new();
-        let batch: Batch = (0..3)
-            .map(|i| {
-                Event::new(
-                    ev("u", "web", "BackOff", i + 1, "m").data().clone(),
-                    Finalizers::One(f.clone()),
-                )
-            })
-            .collect();
-        drop(f);
+        let (batch, rx) = repeats_of_one_object(3);
         let mut out = Vec::new();
         a.ingest(batch, Instant::now(), &mut out);
         a.close_all(&mut out);

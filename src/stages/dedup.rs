@@ -60,13 +60,7 @@ fn default_max_keys() -> u64 {
 
 impl StageConfig for DedupConfig {
     fn validate(&self) -> Vec<Invalid> {
-        let mut out = Vec::new();
-        super::non_empty_key(&mut out, "key", &self.key);
-        super::at_least_one(&mut out, "max_keys", self.max_keys);
-        if self.window.0.is_zero() {
-            out.push(Invalid::new("window", "must be above zero"));
-        }
-        out
+        super::keyed_window(&self.key, self.max_keys, self.window.0)
     }
 
     fn build<'a>(&'a self, cx: &'a BuildContext) -> BoxFuture<'a, Result<Stage, BuildError>> {

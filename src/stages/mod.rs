@@ -97,6 +97,22 @@ pub fn in_range(out: &mut Vec<Invalid>, field: &str, value: u64, min: u64, max: 
     }
 }
 
+/// The checks every keyed, windowed stage (`dedup`, `aggregate`) makes: a key, room for at
+/// least one key, a window above zero.
+pub fn keyed_window(
+    key: &[crate::event::Field],
+    max_keys: u64,
+    window: std::time::Duration,
+) -> Vec<Invalid> {
+    let mut out = Vec::new();
+    non_empty_key(&mut out, "key", key);
+    at_least_one(&mut out, "max_keys", max_keys);
+    if window.is_zero() {
+        out.push(Invalid::new("window", "must be above zero"));
+    }
+    out
+}
+
 /// Refuses an empty key.
 pub fn non_empty_key(out: &mut Vec<Invalid>, field: &str, key: &[crate::event::Field]) {
     if key.is_empty() {

@@ -312,6 +312,43 @@ pub fn seed_ddl(backend: &str, table: &str) -> Vec<String> {
     ]
 }
 
+/// The first column of `sql`'s rows in a SQLite file, as text (empty if it cannot be read).
+pub fn sqlite_column(db: &Path, sql: &'static str) -> std::collections::BTreeSet<String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let Ok(pool) = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display())).await
+        else {
+            return Default::default();
+        };
+        let rows: Vec<(String,)> = sqlx::query_as(sql)
+            .fetch_all(&pool)
+            .await
+            .unwrap_or_default();
+        pool.close().await;
+        rows.into_iter().map(|(u,)| u).collect()
+    })
+}
+
+/// A fake API server with a kubeconfig for it in `dir`, and the runtime that serves it.
+pub fn fake_cluster(
+    dir: &Path,
+) -> (
+    tokio::runtime::Runtime,
+    fake_apiserver::FakeApiServer,
+    PathBuf,
+) {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let fake = rt
+        .block_on(fake_apiserver::FakeApiServer::start())
+        .expect("fake API server");
+    let kc = dir.join("kubeconfig");
+    fake.write_kubeconfig(&kc, None).expect("kubeconfig");
+    (rt, fake, kc)
+}
+
 /// Creates an Event in the fake API server; returns its uid.
 pub fn create_event(
     fake: &fake_apiserver::FakeApiServer,
