@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group};
-use eventflow::config::tree;
 use eventflow::engine::Topology;
 use eventflow::event::{Event, Finalizers, WireEvent};
 use eventflow::stages::StageKind;
@@ -19,6 +18,7 @@ use eventflow::stages::file::FileConfig;
 use eventflow::testkit::{
     ChannelSource, CountingSink, PipelineBuilder, event, filter, source_filter_sink,
 };
+use eventflow::yaml;
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -158,7 +158,7 @@ fn decode(c: &mut Criterion) {
         })
     });
     let file_cfg: Arc<FileConfig> = Arc::new(
-        tree::from_node(&tree::parse(&format!("path: {}", path.display())).expect("yaml"))
+        yaml::from_node(&yaml::parse(&format!("path: {}", path.display())).expect("yaml"))
             .expect("file"),
     );
     g.bench_function("file_source_filter_counting_sink", |b| {

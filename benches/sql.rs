@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group};
-use eventflow::config;
+
 use eventflow::event::{Event, EventData, Finalizers};
 use eventflow::stages::sql::db::{self, Db};
 use eventflow::stages::sql::{SqlConfig, SqlSink};
@@ -128,8 +128,8 @@ fn bench_backend(c: &mut Criterion, name: &'static str, url: String) {
         .build()
         .expect("rt");
     let table = format!("bench_{}", std::process::id());
-    let cfg: SqlConfig = config::tree::from_node(
-        &config::tree::parse(&format!(
+    let cfg: SqlConfig = eventflow::yaml::from_node(
+        &eventflow::yaml::parse(&format!(
             "url: {url}\ntable: {table}\nbatch: {{max_events: {BATCH}}}"
         ))
         .expect("yaml"),

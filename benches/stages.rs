@@ -13,16 +13,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group};
-use eventflow::config::tree;
-use eventflow::engine::fanout::Batch;
+use eventflow::event::Batch;
 use eventflow::event::{Event, EventData, Finalizers};
 use eventflow::stages::FunctionTransform;
 use eventflow::stages::aggregate::{AggregateConfig, Aggregator};
 use eventflow::stages::dedup::{Dedup, DedupConfig};
 use eventflow::stages::rate_limit::{RateLimit, RateLimitConfig};
+use eventflow::yaml;
 
 fn cfg<T: serde::de::DeserializeOwned>(yaml: &str) -> T {
-    tree::from_node(&tree::parse(yaml).expect("yaml")).expect("config")
+    yaml::from_node(&yaml::parse(yaml).expect("yaml")).expect("config")
 }
 
 const KEYS: usize = 100_000;

@@ -25,3 +25,4 @@ pub mod run;
 pub mod stages;
 #[doc(hidden)]
 pub mod testkit;
+pub mod yaml;

@@ -264,7 +264,8 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
 }
 
 fn migrate(path: &std::path::Path, show_secrets: bool) -> anyhow::Result<ExitCode> {
-    use eventflow::config::{seed, tree};
+    use eventflow::config::seed;
+    use eventflow::yaml as tree;
     let name = path.display().to_string();
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {name}"))?;
     let root = match tree::parse(&text) {

@@ -9,15 +9,15 @@ use futures::future::BoxFuture;
 use indexmap::IndexMap;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use crate::config::tree::{Node, Pos, Value};
 use crate::config::{Pipeline, StageSpec};
-use crate::engine::ack::{Finalizer, Status};
-use crate::engine::fanout::Batch;
+use crate::event::Batch;
+use crate::event::ack::{Finalizer, Status};
 use crate::event::{Event, EventData, Finalizers};
 use crate::stages::{
     BuildContext, BuildError, Sink, SinkContext, Source, SourceContext, Stage, StageConfig,
     StageError, StageKind,
 };
+use crate::yaml::{Node, Pos, Value};
 
 /// Assembles a [`Pipeline`] from stage configs.
 #[derive(Default)]
@@ -100,8 +100,8 @@ impl PipelineBuilder {
 
 /// A filter config from YAML (test input, so a bad one panics).
 pub fn filter(yaml: &str) -> Arc<crate::stages::filter::FilterConfig> {
-    let node = crate::config::tree::parse(yaml).expect("filter yaml");
-    Arc::new(crate::config::tree::from_node(&node).expect("filter config"))
+    let node = crate::yaml::parse(yaml).expect("filter yaml");
+    Arc::new(crate::yaml::from_node(&node).expect("filter config"))
 }
 
 /// `src` (a source, usually a [`ChannelSource`]) -> one sink `id` of type `type_name`; the

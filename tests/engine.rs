@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use eventflow::engine::Topology;
-use eventflow::engine::ack::Status;
+use eventflow::event::ack::Status;
 use eventflow::stages::StageKind;
 use eventflow::testkit::{
     ChannelSource, CountingSink, PipelineBuilder, event, filter, source_filter_sink,

@@ -6,11 +6,11 @@
 
 use std::sync::Arc;
 
-use eventflow::config::tree;
 use eventflow::event::{Event, EventData, Finalizers};
 use eventflow::stages::aggregate::{AggregateConfig, Aggregator};
 use eventflow::stages::dedup::{Dedup, DedupConfig};
 use eventflow::stages::rate_limit::{RateLimit, RateLimitConfig};
+use eventflow::yaml;
 
 const KEYS: usize = 1_000_000;
 /// The stated bounds on resident memory growth for 100,000 live keys (README, BENCHMARKS.md).
@@ -34,7 +34,7 @@ fn rss_kb() -> u64 {
 }
 
 fn cfg<T: serde::de::DeserializeOwned>(yaml: &str) -> T {
-    tree::from_node(&tree::parse(yaml).expect("yaml")).expect("config")
+    yaml::from_node(&yaml::parse(yaml).expect("yaml")).expect("config")
 }
 
 fn data(i: usize) -> EventData {

@@ -7,10 +7,9 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use eventflow::config;
 use eventflow::engine::Topology;
-use eventflow::engine::ack::Status;
 use eventflow::event::EventData;
+use eventflow::event::ack::Status;
 use eventflow::stages::StageKind;
 use eventflow::stages::sql::SqlConfig;
 use eventflow::stages::sql::db::Db;
@@ -63,7 +62,8 @@ fn sql_config(url: &str, table: &str, extra: &str) -> Arc<SqlConfig> {
     let yaml =
         format!("url: {url}\ntable: {table}\nbatch: {{max_events: 100, max_wait: 50ms}}\n{extra}");
     Arc::new(
-        config::tree::from_node(&config::tree::parse(&yaml).expect("yaml")).expect("sql config"),
+        eventflow::yaml::from_node(&eventflow::yaml::parse(&yaml).expect("yaml"))
+            .expect("sql config"),
     )
 }
 

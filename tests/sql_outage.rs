@@ -8,9 +8,8 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use eventflow::config;
 use eventflow::engine::Topology;
-use eventflow::engine::ack::Status;
+use eventflow::event::ack::Status;
 use eventflow::stages::StageKind;
 use eventflow::stages::sql::SqlConfig;
 use eventflow::stages::sql::db::Db;
@@ -61,8 +60,9 @@ async fn outage(name: &str, url: &str, stop: &str, start: &str) {
     let yaml = format!(
         "url: {url}\ntable: {table}\nbatch: {{max_events: 50, max_wait: 20ms}}\nbackoff: {{initial: 100ms, max: 1s}}"
     );
-    let cfg: Arc<SqlConfig> =
-        Arc::new(config::tree::from_node(&config::tree::parse(&yaml).expect("yaml")).expect("cfg"));
+    let cfg: Arc<SqlConfig> = Arc::new(
+        eventflow::yaml::from_node(&eventflow::yaml::parse(&yaml).expect("yaml")).expect("cfg"),
+    );
     let (src, feed) = ChannelSource::new(4);
     let p = PipelineBuilder::new()
         .stage("src", "channel", StageKind::Source, &[], Arc::new(src), 0)

@@ -3,7 +3,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use eventflow::config::tree;
 use eventflow::engine::Topology;
 use eventflow::event::{Event, EventData, Finalizers};
 use eventflow::stages::StageKind;
@@ -11,9 +10,10 @@ use eventflow::stages::aggregate::AggregateConfig;
 use eventflow::stages::dedup::DedupConfig;
 use eventflow::stages::rate_limit::RateLimitConfig;
 use eventflow::testkit::{ChannelSource, CountingSink, PipelineBuilder, event};
+use eventflow::yaml;
 
 fn cfg<T: serde::de::DeserializeOwned>(yaml: &str) -> Arc<T> {
-    Arc::new(tree::from_node(&tree::parse(yaml).expect("yaml")).expect("config"))
+    Arc::new(yaml::from_node(&yaml::parse(yaml).expect("yaml")).expect("config"))
 }
 
 fn backoff(uid: &str, count: i64) -> EventData {
@@ -86,7 +86,7 @@ async fn aggregate_emits_on_window_close_and_flushes_open_windows_at_shutdown() 
     );
     assert_eq!(
         ack.await.expect("ack"),
-        eventflow::engine::ack::Status::Delivered
+        eventflow::event::ack::Status::Delivered
     );
 }
 
@@ -176,7 +176,7 @@ async fn dedup_drops_repeats_in_the_engine() {
     assert_eq!(sink.uids(), vec!["u1", "u2", "u1"]);
     assert_eq!(
         ack.await.expect("ack"),
-        eventflow::engine::ack::Status::Delivered,
+        eventflow::event::ack::Status::Delivered,
         "a dropped repeat is done"
     );
 }

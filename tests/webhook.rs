@@ -19,7 +19,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use eventflow::engine::Topology;
-use eventflow::engine::ack::Status;
+use eventflow::event::ack::Status;
 use eventflow::stages::webhook::WebhookConfig;
 use eventflow::testkit::{ChannelSource, Feeder, event, source_to_sink};
 use serde_json::{Value, json};

@@ -4,9 +4,9 @@ use std::collections::{HashMap, HashSet};
 
 use indexmap::IndexMap;
 
-use super::tree::{Pos, Value};
 use super::{Problem, StageSpec};
 use crate::stages::StageKind;
+use crate::yaml::{Pos, Value};
 
 fn input_pos(spec: &StageSpec, index: usize) -> Option<Pos> {
     let n = spec.node.get("inputs")?;

@@ -1,7 +1,7 @@
 //! Pipeline files: reading, validating and comparing them. Pure data: nothing in here spawns a
 //! task or touches the network.
 //!
-//! Loading goes YAML text -> [`tree::Node`] (positions kept) -> `${ENV}` substitution -> the
+//! Loading goes YAML text -> [`yaml::Node`] (positions kept) -> `${ENV}` substitution -> the
 //! header and each stage deserialized separately -> graph checks. Every problem found on the
 //! way is collected, so one `validate` run shows all of them, each with its line and column.
 
@@ -9,7 +9,6 @@ pub mod diff;
 pub mod graph;
 pub mod schema;
 pub mod seed;
-pub mod tree;
 pub mod types;
 
 use std::fmt;
@@ -22,7 +21,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::stages::{self, StageConfig, StageKind};
-use tree::{Node, Pos};
+use crate::yaml::{self, Node, Pos};
 
 /// The engine's own HTTP endpoint.
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
@@ -245,9 +244,9 @@ pub fn load_str(
         file: file.to_string(),
         problems,
     };
-    let mut root = tree::parse(text)
+    let mut root = yaml::parse(text)
         .map_err(|e| fail(vec![Problem::new(Some(e.pos), None, None, e.message)]))?;
-    let mut problems: Vec<Problem> = tree::substitute_env(&mut root, env)
+    let mut problems: Vec<Problem> = yaml::substitute_env(&mut root, env)
         .into_iter()
         .map(|(pos, m)| Problem::new(Some(pos), None, None, m))
         .collect();
@@ -273,7 +272,7 @@ pub fn load_str(
             ),
         };
     }
-    if !matches!(root.value, tree::Value::Map(_)) {
+    if !matches!(root.value, yaml::Value::Map(_)) {
         problems.push(Problem::new(
             Some(root.pos),
             None,
@@ -285,7 +284,7 @@ pub fn load_str(
         ));
         return Err(fail(problems));
     }
-    let header = match tree::from_node::<Header>(&root) {
+    let header = match yaml::from_node::<Header>(&root) {
         Ok(h) => Some(h),
         Err(e) => {
             problems.push(de_problem(None, e));
@@ -330,7 +329,7 @@ pub fn load_str(
     })
 }
 
-fn de_problem(stage: Option<&str>, e: tree::DeError) -> Problem {
+fn de_problem(stage: Option<&str>, e: yaml::DeError) -> Problem {
     let field = (!e.path.is_empty()).then(|| e.path.join(".").replace(".[", "["));
     Problem {
         pos: e.pos,
@@ -364,7 +363,7 @@ fn parse_stages(
     };
     let map = match stages_node.as_map() {
         Some(m) if !m.is_empty() => m,
-        _ if matches!(stages_node.value, tree::Value::Null | tree::Value::Map(_)) => {
+        _ if matches!(stages_node.value, yaml::Value::Null | yaml::Value::Map(_)) => {
             problems.push(Problem::new(
                 Some(stages_node.pos),
                 None,
@@ -412,8 +411,8 @@ fn parse_stages(
 /// stages are still reported.
 fn failed_inputs(node: &Node) -> Vec<(String, Option<Pos>)> {
     match node.get("inputs").map(|n| (n, &n.value)) {
-        Some((n, tree::Value::Str(s))) => vec![(s.clone(), Some(n.pos))],
-        Some((_, tree::Value::Seq(items))) => items
+        Some((n, yaml::Value::Str(s))) => vec![(s.clone(), Some(n.pos))],
+        Some((_, yaml::Value::Seq(items))) => items
             .iter()
             .filter_map(|i| i.as_str().map(|s| (s.to_string(), Some(i.pos))))
             .collect(),
@@ -448,7 +447,7 @@ fn parse_stage(id: &str, kpos: Pos, node: &Node, problems: &mut Vec<Problem>) ->
         ));
         return None;
     }
-    let head: StageHead = match tree::from_node_skipping(node, &[]) {
+    let head: StageHead = match yaml::from_node_skipping(node, &[]) {
         Ok(h) => h,
         Err(e) => {
             problems.push(de_problem(Some(id), e));
@@ -524,7 +523,7 @@ fn field_pos(node: &Node, field: &str) -> Option<Pos> {
         let Some(next) = at.get(key) else { break };
         at = next;
         pos = Some(at.pos);
-        if let (Some(i), tree::Value::Seq(items)) = (index, &at.value)
+        if let (Some(i), yaml::Value::Seq(items)) = (index, &at.value)
             && let Some(item) = items.get(i)
         {
             at = item;
@@ -541,7 +540,7 @@ fn collect_field_errors(
     id: &str,
     st: &stages::StageType,
     node: &Node,
-    first: tree::DeError,
+    first: yaml::DeError,
     problems: &mut Vec<Problem>,
 ) {
     let mut node = node.clone();
@@ -557,7 +556,7 @@ fn collect_field_errors(
         let Some(key) = err.path.first().cloned() else {
             return;
         };
-        let tree::Value::Map(m) = &mut node.value else {
+        let yaml::Value::Map(m) = &mut node.value else {
             return;
         };
         if m.shift_remove(&key).is_none() {

@@ -11,7 +11,7 @@
 use std::fmt::Write as _;
 
 use super::Problem;
-use super::tree::{Node, Pos, Value};
+use crate::yaml::{Node, Pos, Value};
 
 /// The seed's sections.
 const SECTIONS: &[&str] = &["database", "watcher", "worker", "rule_config", "webhook"];

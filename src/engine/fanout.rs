@@ -10,11 +10,10 @@
 use metrics::Counter;
 use tokio::sync::mpsc;
 
-use crate::engine::ack::Status;
 use crate::event::Event;
+use crate::event::ack::Status;
 
-/// What flows over every edge: a batch of events.
-pub type Batch = Vec<Event>;
+pub use crate::event::Batch;
 
 /// The sending end of an edge into a stage's input, with that stage's queue gauge.
 #[derive(Debug, Clone)]

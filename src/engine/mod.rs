@@ -1,12 +1,10 @@
 //! The runtime: stage tasks joined by bounded channels, changed stage by stage.
 //!
-//! - [`ack`]: end-to-end acknowledgements from sinks back to sources.
 //! - [`fanout`]: a stage's editable output.
 //! - [`topology`]: applies a [`crate::config::diff::Diff`]; startup is a diff from the empty
 //!   pipeline, reload is a diff between two pipelines, shutdown stops every source and waits
 //!   for the rest to drain.
 
-pub mod ack;
 pub mod fanout;
 pub mod topology;
 

@@ -35,7 +35,7 @@ use super::{
 };
 use crate::config::types::Dur;
 use crate::engine::MAX_BATCH;
-use crate::engine::fanout::Batch;
+use crate::event::Batch;
 use crate::event::{Event, EventData, Field, Merged, Summary};
 
 /// Groups events by key over a window and emits one summary event per group.
@@ -326,12 +326,12 @@ pub const TYPE: StageType = StageType {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::tree;
-    use crate::engine::ack::{Finalizer, Status};
     use crate::event::Finalizers;
+    use crate::event::ack::{Finalizer, Status};
+    use crate::yaml;
 
     fn agg(yaml: &str) -> Aggregator {
-        let cfg: AggregateConfig = tree::from_node(&tree::parse(yaml).unwrap()).unwrap();
+        let cfg: AggregateConfig = yaml::from_node(&yaml::parse(yaml).unwrap()).unwrap();
         Aggregator::new(&cfg, "a", "aggregate")
     }
 

@@ -23,7 +23,7 @@ use super::{
     StageType,
 };
 use crate::config::types::Dur;
-use crate::engine::fanout::Batch;
+use crate::event::Batch;
 use crate::event::Field;
 
 /// Drops repeats of the same key within a window.
@@ -167,11 +167,11 @@ pub const TYPE: StageType = StageType {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::tree;
     use crate::event::EventData;
+    use crate::yaml;
 
     fn dedup(yaml: &str) -> Dedup {
-        let cfg: DedupConfig = tree::from_node(&tree::parse(yaml).unwrap()).unwrap();
+        let cfg: DedupConfig = yaml::from_node(&yaml::parse(yaml).unwrap()).unwrap();
         Dedup::new(&cfg, "d", "dedup")
     }
 

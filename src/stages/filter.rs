@@ -19,7 +19,7 @@ use super::{
     BuildContext, BuildError, Function, FunctionTransform, Stage, StageConfig, StageKind, StageType,
 };
 use crate::config::types::{Glob, Pattern};
-use crate::engine::fanout::Batch;
+use crate::event::Batch;
 use crate::event::EventData;
 
 macro_rules! conditions {
@@ -256,11 +256,11 @@ pub const TYPE: StageType = StageType {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::tree;
+    use crate::yaml;
 
     fn matcher(yaml: &str) -> Matcher {
-        let node = tree::parse(yaml).unwrap();
-        Matcher::new(&tree::from_node::<FilterConfig>(&node).unwrap())
+        let node = yaml::parse(yaml).unwrap();
+        Matcher::new(&yaml::from_node::<FilterConfig>(&node).unwrap())
     }
 
     fn ev(ns: &str, reason: &str, ty: &str) -> EventData {

@@ -26,9 +26,9 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::StateConfig;
-use crate::config::tree::{self, DeError, Node};
 use crate::engine::fanout::{Batch, Fanout};
 use crate::metrics as m;
+use crate::yaml::{self, DeError, Node};
 
 /// Where a stage sits in the graph.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -307,7 +307,7 @@ pub struct StageType {
 pub fn parse_config<C: StageConfig + DeserializeOwned>(
     node: &Node,
 ) -> Result<Arc<dyn StageConfig>, DeError> {
-    tree::from_node_skipping::<C>(node, &["type", "inputs"])
+    yaml::from_node_skipping::<C>(node, &["type", "inputs"])
         .map(|c| Arc::new(c) as Arc<dyn StageConfig>)
 }
 

@@ -37,7 +37,7 @@ use super::{
     Transform, TransformContext,
 };
 use crate::config::types::Dur;
-use crate::engine::fanout::Batch;
+use crate::event::Batch;
 use crate::event::{Event, EventData, Field, Merged, Summary};
 
 /// What to do with an event over the limit.
@@ -418,11 +418,11 @@ pub const TYPE: StageType = StageType {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::tree;
     use crate::event::Finalizers;
+    use crate::yaml;
 
     fn rl(yaml: &str) -> RateLimit {
-        let cfg: RateLimitConfig = tree::from_node(&tree::parse(yaml).unwrap()).unwrap();
+        let cfg: RateLimitConfig = yaml::from_node(&yaml::parse(yaml).unwrap()).unwrap();
         RateLimit::new(&cfg, "r", "rate_limit").unwrap()
     }
 

@@ -10,7 +10,7 @@ use super::{
     BuildContext, BuildError, Sink, SinkContext, Stage, StageConfig, StageError, StageKind,
     StageType,
 };
-use crate::engine::ack::Status;
+use crate::event::ack::Status;
 use crate::event::ack_all;
 
 /// Prints events as JSON lines on standard output.

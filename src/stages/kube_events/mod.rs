@@ -41,7 +41,7 @@ use super::{
 };
 use crate::config::types::Dur;
 use crate::engine::MAX_BATCH;
-use crate::engine::ack::{Finalizer, Report, Seq, Status};
+use crate::event::ack::{Finalizer, Report, Seq, Status};
 use crate::event::{Event, EventData, Finalizers};
 use crate::metrics as m;
 

@@ -33,7 +33,7 @@ use super::{
     StageKind, StageType,
 };
 use crate::config::types::Dur;
-use crate::engine::ack::Status;
+use crate::event::ack::Status;
 use crate::event::{Event, Field};
 use db::Db;
 

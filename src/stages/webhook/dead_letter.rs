@@ -6,8 +6,8 @@ use std::fmt::Write as _;
 use super::queue::{DeadLetter, Store};
 use super::{Budget, Outcome, WebhookConfig};
 use crate::config::Pipeline;
-use crate::config::tree;
 use crate::event::{Event, Finalizers};
+use crate::yaml;
 
 /// The webhook stages of a pipeline, with their configs.
 fn webhooks(p: &Pipeline) -> Result<Vec<(String, WebhookConfig)>, String> {
@@ -15,7 +15,7 @@ fn webhooks(p: &Pipeline) -> Result<Vec<(String, WebhookConfig)>, String> {
         .values()
         .filter(|s| s.type_name == super::TYPE.name)
         .map(|s| {
-            tree::from_node_skipping::<WebhookConfig>(&s.node, &["type", "inputs"])
+            yaml::from_node_skipping::<WebhookConfig>(&s.node, &["type", "inputs"])
                 .map(|c| (s.id.clone(), c))
                 .map_err(|e| format!("stage `{}`: {e}", s.id))
         })

@@ -30,7 +30,7 @@ use tokio::time::Instant;
 
 use super::queue::{Pending, Store};
 use super::{Budget, Delivery, Outcome, delivery_id};
-use crate::engine::ack::Status;
+use crate::event::ack::Status;
 use crate::event::{self, Event, Finalizers, ack_all};
 use crate::health::StageHealth;
 use crate::metrics as m;

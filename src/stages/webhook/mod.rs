@@ -47,7 +47,7 @@ use super::{
     StageKind, StageType,
 };
 use crate::config::types::Dur;
-use crate::engine::ack::Status;
+use crate::event::ack::Status;
 use crate::event::{Event, ack_all};
 use crate::metrics as m;
 

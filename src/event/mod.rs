@@ -13,7 +13,12 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::engine::ack::{Finalizer, Seq, Status, WHOLE_BATCH};
+pub mod ack;
+pub mod batch;
+
+pub use batch::Batch;
+
+use ack::{Finalizer, Seq, Status, WHOLE_BATCH};
 
 /// The Kubernetes API an event was read through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -285,7 +290,7 @@ impl Event {
     }
 
     /// An event at position `seq` of its source batch: a failure of it is reported for it
-    /// alone (see [`crate::engine::ack::Report`]).
+    /// alone (see [`crate::event::ack::Report`]).
     pub fn in_batch(data: EventData, finalizers: Finalizers, seq: Seq) -> Event {
         Event {
             inner: Arc::new(Inner {
