@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput, criterion_group};
 
 use eventflow::event::{Event, EventData, Finalizers};
-use eventflow::stages::sql::db::{self, Db};
 use eventflow::stages::sql::{SqlConfig, SqlSink};
+use eventflow::state::db::Db;
+use eventflow::state::events;
 
 const N: usize = 20_000;
 const BATCH: usize = 500;
@@ -43,7 +44,7 @@ fn events(tag: u64) -> Vec<Vec<Event>> {
 
 /// The baseline: plain sqlx, multi-row INSERT with `?`/`$n` placeholders, same columns.
 async fn raw_insert(db: &Db, table: &str, batch: &[Event], tag: u64) {
-    let cols = db::WRITTEN;
+    let cols = events::WRITTEN;
     let pg = matches!(db, Db::Postgres(_));
     let mut sql = format!(
         "INSERT INTO {table} ({}) VALUES ",
@@ -119,7 +120,7 @@ async fn fresh_table(db: &Db, table: &str) {
     db.execute_raw(format!("DROP TABLE IF EXISTS {table}"))
         .await
         .expect("drop");
-    db::ensure_table(db, table).await.expect("create");
+    events::ensure_table(db, table).await.expect("create");
 }
 
 fn bench_backend(c: &mut Criterion, name: &'static str, url: String) {
@@ -139,7 +140,7 @@ fn bench_backend(c: &mut Criterion, name: &'static str, url: String) {
         let db = Db::connect(&url, 2, Duration::from_secs(10))
             .await
             .expect("connect");
-        db::ensure_table(&db, &table).await.expect("table");
+        events::ensure_table(&db, &table).await.expect("table");
         db
     });
     let sink = SqlSink::new(cfg, db.clone(), "bench");

@@ -23,6 +23,7 @@ pub mod redact;
 pub mod reload;
 pub mod run;
 pub mod stages;
+pub mod state;
 #[doc(hidden)]
 pub mod testkit;
 pub mod yaml;

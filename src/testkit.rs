@@ -23,7 +23,7 @@ use crate::yaml::{Node, Pos, Value};
 #[derive(Default)]
 pub struct PipelineBuilder {
     stages: IndexMap<String, StageSpec>,
-    state: Option<crate::config::StateConfig>,
+    state: Option<crate::state::StateConfig>,
 }
 
 impl PipelineBuilder {
@@ -79,7 +79,7 @@ impl PipelineBuilder {
 
     /// Sets the `state` database (checkpoints, durable queues).
     pub fn state(mut self, url: &str) -> Self {
-        self.state = Some(crate::config::StateConfig {
+        self.state = Some(crate::state::StateConfig {
             url: url.to_string(),
         });
         self

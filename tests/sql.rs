@@ -12,7 +12,7 @@ use eventflow::event::EventData;
 use eventflow::event::ack::Status;
 use eventflow::stages::StageKind;
 use eventflow::stages::sql::SqlConfig;
-use eventflow::stages::sql::db::Db;
+use eventflow::state::db::Db;
 use eventflow::testkit::{ChannelSource, PipelineBuilder, event};
 
 struct Backend {

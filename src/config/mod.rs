@@ -21,6 +21,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::stages::{self, StageConfig, StageKind};
+use crate::state::StateConfig;
 use crate::yaml::{self, Node, Pos};
 
 /// The engine's own HTTP endpoint.
@@ -42,27 +43,6 @@ impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {
             listen: default_listen(),
-        }
-    }
-}
-
-/// Where checkpoints and durable queues are kept.
-#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct StateConfig {
-    /// `sqlite://path.db`, `postgres://...` or `mysql://...`.
-    #[serde(default = "default_state_url")]
-    pub url: String,
-}
-
-fn default_state_url() -> String {
-    "sqlite://eventflow-state.db".to_string()
-}
-
-impl Default for StateConfig {
-    fn default() -> Self {
-        StateConfig {
-            url: default_state_url(),
         }
     }
 }
@@ -306,7 +286,7 @@ pub fn load_str(
         ));
     }
     if let Some(Some(state)) = header.as_ref().map(|h| &h.state)
-        && let Err(e) = crate::stages::sql::db::check_url(&state.url)
+        && let Err(e) = crate::state::db::check_url(&state.url)
     {
         let pos = root.get("state").and_then(|s| s.get("url")).map(|n| n.pos);
         problems.push(Problem::new(pos, None, Some("state.url"), e));

@@ -8,8 +8,41 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::time::Instant;
 
+use schemars::JsonSchema;
+use serde::Deserialize;
+
 use super::Input;
+use crate::config::types::Dur;
 use crate::event::Event;
+
+/// How a sink groups events into writes.
+#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// The most events in one write.
+    #[serde(default = "default_max_events")]
+    pub max_events: usize,
+    /// The longest an event waits for its batch to fill.
+    #[serde(default = "default_max_wait")]
+    pub max_wait: Dur,
+}
+
+fn default_max_events() -> usize {
+    500
+}
+
+fn default_max_wait() -> Dur {
+    Dur::secs(1)
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_events: default_max_events(),
+            max_wait: default_max_wait(),
+        }
+    }
+}
 
 /// Runs `write` on batches of at most `max` events, each started at the latest `max_wait`
 /// after its first event arrived, with at most `concurrency` writes running at once, until the

@@ -25,9 +25,9 @@ use metrics::Counter;
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, watch};
 
-use crate::config::StateConfig;
 use crate::engine::fanout::{Batch, Fanout};
 use crate::metrics as m;
+use crate::state::StateConfig;
 use crate::yaml::{self, DeError, Node};
 
 /// Where a stage sits in the graph.

@@ -10,7 +10,7 @@ use std::hash::{BuildHasher, Hasher};
 
 use sea_query::{Alias, ColumnDef, Expr, ExprTrait, Index, OnConflict, Query, Table};
 
-use crate::stages::sql::db::{Db, DbError};
+use crate::state::db::{Db, DbError};
 
 pub const TABLE: &str = "eventflow_kube_checkpoint";
 
@@ -266,7 +266,7 @@ impl Checkpoint {
             )
             .to_owned();
         let mut ddl = db.schema_sql(&t);
-        if db.backend() == crate::stages::sql::db::Backend::Sqlite {
+        if db.backend() == crate::state::db::Backend::Sqlite {
             // Rows live in the primary-key b-tree: one b-tree to update per upsert, not two.
             ddl.push_str(" WITHOUT ROWID");
         }
@@ -282,7 +282,7 @@ impl Checkpoint {
     /// Every row of this source.
     pub async fn load(&self) -> Result<Vec<Row>, DbError> {
         let sql = match self.db.backend() {
-            crate::stages::sql::db::Backend::Postgres => format!(
+            crate::state::db::Backend::Postgres => format!(
                 "SELECT uid, namespace, resource_version, last_seen FROM {TABLE} WHERE source = $1"
             ),
             _ => format!(

@@ -16,8 +16,6 @@
 //! (`eventflow_events_discarded_total{reason="rejected"}`) and acknowledged as rejected; the
 //! other rows are stored.
 
-pub mod db;
-
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -27,6 +25,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::backoff::BackoffConfig;
+use super::batch::BatchConfig;
 use super::key::KeySpec;
 use super::{
     BuildContext, BuildError, Invalid, Sink, SinkContext, Stage, StageConfig, StageError,
@@ -35,36 +34,8 @@ use super::{
 use crate::config::types::Dur;
 use crate::event::ack::Status;
 use crate::event::{Event, Field};
-use db::Db;
-
-/// How a sink groups events into writes.
-#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct BatchConfig {
-    /// The most events in one write.
-    #[serde(default = "default_max_events")]
-    pub max_events: usize,
-    /// The longest an event waits for its batch to fill.
-    #[serde(default = "default_max_wait")]
-    pub max_wait: Dur,
-}
-
-fn default_max_events() -> usize {
-    500
-}
-
-fn default_max_wait() -> Dur {
-    Dur::secs(1)
-}
-
-impl Default for BatchConfig {
-    fn default() -> Self {
-        BatchConfig {
-            max_events: default_max_events(),
-            max_wait: default_max_wait(),
-        }
-    }
-}
+use crate::state::db::{self, Db};
+use crate::state::events::{self as table, RowRef};
 
 fn default_backoff() -> BackoffConfig {
     BackoffConfig::new(Dur::millis(200), Dur::secs(30))
@@ -151,7 +122,7 @@ impl StageConfig for SqlConfig {
             let db = Db::connect(&self.url, self.max_conns, self.connect_timeout.0)
                 .await
                 .map_err(|m| fail(format!("field `url`: {m}")))?;
-            db::ensure_table(&db, &self.table)
+            table::ensure_table(&db, &self.table)
                 .await
                 .map_err(|e| fail(format!("cannot prepare table `{}`: {e}", self.table)))?;
             Ok(Stage::Sink(
@@ -193,10 +164,10 @@ impl SqlSink {
     }
 
     /// Rows for `(evt_key, event)` pairs.
-    fn rows<'a>(&self, events: impl Iterator<Item = (String, &'a Event)>) -> Vec<db::RowRef<'a>> {
+    fn rows<'a>(&self, events: impl Iterator<Item = (String, &'a Event)>) -> Vec<RowRef<'a>> {
         let now = Utc::now();
         events
-            .map(|(evt_key, e)| db::RowRef::new(evt_key, e.data(), now))
+            .map(|(evt_key, e)| RowRef::new(evt_key, e.data(), now))
             .collect()
     }
 
@@ -206,7 +177,7 @@ impl SqlSink {
         cache
             .entry(n)
             .or_insert_with(|| {
-                std::sync::Arc::from(db::upsert_sql(self.db.backend(), &self.cfg.table, n))
+                std::sync::Arc::from(table::upsert_sql(self.db.backend(), &self.cfg.table, n))
             })
             .clone()
     }
@@ -269,7 +240,7 @@ impl SqlSink {
     }
 
     /// Returns the keys of the rows the database refused for good.
-    async fn write_one_by_one(&self, rows: &[db::RowRef<'_>]) -> Vec<String> {
+    async fn write_one_by_one(&self, rows: &[RowRef<'_>]) -> Vec<String> {
         let sql = self.sql_for(1);
         let mut bad = Vec::new();
         for r in rows {
@@ -354,7 +325,7 @@ async fn retention_loop(db: Db, table: String, retention: Duration) {
             .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC);
         let mut total = 0;
         loop {
-            match db::delete_older(&db, &table, cutoff, 1000).await {
+            match table::delete_older(&db, &table, cutoff, 1000).await {
                 Ok(n) => {
                     total += n;
                     if n < 1000 {

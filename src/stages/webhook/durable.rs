@@ -36,7 +36,7 @@ use crate::health::StageHealth;
 use crate::metrics as m;
 use crate::stages::SinkContext;
 use crate::stages::backoff::BackoffConfig;
-use crate::stages::sql::db::{DbError, retrying};
+use crate::state::db::{DbError, retrying};
 
 /// One queue in this process, shared by the instances of its stage (a reload runs the old and
 /// the new one side by side for a while): the newest instance delivers, every instance's

@@ -12,7 +12,8 @@ use serde::Deserialize;
 
 use crate::event::{Event, Field};
 use crate::stages::key::KeySpec;
-use crate::stages::sql::db::{self, Db};
+use crate::state::db::{self, Db};
+use crate::state::events;
 
 /// The table whose `processed`/`attempts` columns follow the deliveries.
 #[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
@@ -52,7 +53,7 @@ impl Marker {
             ));
         }
         let db = Db::connect(&cfg.url, 2, std::time::Duration::from_secs(10)).await?;
-        db::ensure_table(&db, &cfg.table)
+        events::ensure_table(&db, &cfg.table)
             .await
             .map_err(|e| format!("field `mark_rows`: {e}"))?;
         Ok(Marker {
@@ -76,11 +77,11 @@ impl Marker {
         attempts: u32,
     ) -> Result<(), db::DbError> {
         let now = chrono::Utc::now();
-        let rows: Vec<db::RowRef<'_>> = events
+        let rows: Vec<events::RowRef<'_>> = events
             .iter()
-            .map(|e| db::RowRef::new(self.key.joined(e, '/'), e.data(), now))
+            .map(|e| events::RowRef::new(self.key.joined(e, '/'), e.data(), now))
             .collect();
-        let sql = db::upsert_sql(self.db.backend(), &self.table, rows.len());
+        let sql = events::upsert_sql(self.db.backend(), &self.table, rows.len());
         self.db.upsert(&sql, &rows).await?;
         let mut q = Query::update();
         q.table(Alias::new(&self.table)).value(

@@ -41,7 +41,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::backoff::BackoffConfig;
-use super::sql::BatchConfig;
+use super::batch::BatchConfig;
 use super::{
     BuildContext, BuildError, Invalid, Sink, SinkContext, Stage, StageConfig, StageError,
     StageKind, StageType,
@@ -317,7 +317,7 @@ impl StageConfig for WebhookConfig {
             ));
         }
         if let Some(m) = &self.mark_rows {
-            if !super::sql::db::valid_identifier(&m.table) {
+            if !crate::state::db::valid_identifier(&m.table) {
                 out.push(Invalid::new(
                     "mark_rows.table",
                     format!(
@@ -327,7 +327,7 @@ impl StageConfig for WebhookConfig {
                 ));
             }
             super::non_empty_key(&mut out, "mark_rows.key", &m.key);
-            if let Err(e) = super::sql::db::check_url(&m.url) {
+            if let Err(e) = crate::state::db::check_url(&m.url) {
                 out.push(Invalid::new("mark_rows.url", e));
             }
         }

@@ -12,7 +12,7 @@
 use sea_query::{Alias, ColumnDef, Expr, ExprTrait, Func, Index, Order, Query, Table};
 
 use crate::event::{self, Event, EventData};
-use crate::stages::sql::db::{Backend, Db, DbError};
+use crate::state::db::{Backend, Db, DbError};
 
 pub const QUEUE: &str = "eventflow_webhook_queue";
 pub const DEAD: &str = "eventflow_webhook_dead_letter";
@@ -165,7 +165,7 @@ impl Store {
         match db.execute_raw(sql).await {
             Err(DbError::Permanent(e))
                 if e.as_database_error()
-                    .and_then(crate::stages::sql::db::mysql_error_number)
+                    .and_then(crate::state::db::mysql_error_number)
                     == Some(1061) => {}
             r => {
                 r.map_err(err)?;

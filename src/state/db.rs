@@ -1,0 +1,392 @@
+//! One database, three backends: connecting, classifying failures (retry or give up), retrying
+//! with backoff, and running statements. Every part of eventflow that keeps something in a
+//! database goes through here: the `sql` sink, the `kube_events` checkpoint, the durable
+//! webhook's queue and dead letters, `mark_rows`. SQL comes from sea-query (values are always
+//! bound parameters); sqlx runs it. Introspection queries bind the table name too.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sea_query::{MysqlQueryBuilder, PostgresQueryBuilder, SqliteQueryBuilder};
+use sea_query_sqlx::SqlxBinder;
+use sqlx::{AssertSqlSafe, Row};
+
+/// Which server a URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+    MySql,
+}
+
+/// A connection pool to one of the backends.
+#[derive(Debug, Clone)]
+pub enum Db {
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool),
+    MySql(sqlx::MySqlPool),
+}
+
+/// A failure, classified by what the sink should do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The server is unreachable or overloaded, or the statement lost a race: retry later.
+    #[error("database unavailable: {0}")]
+    Transient(#[source] sqlx::Error),
+    /// The statement (or a value in it) is wrong: retrying the same thing will fail again.
+    #[error("{0}")]
+    Permanent(#[source] sqlx::Error),
+}
+
+impl DbError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, DbError::Transient(_))
+    }
+}
+
+/// Sorts a driver error into retry-later or give-up.
+pub(crate) fn classify(e: sqlx::Error) -> DbError {
+    use sqlx::Error as E;
+    let transient = match &e {
+        E::Io(_)
+        | E::Tls(_)
+        | E::PoolTimedOut
+        | E::PoolClosed
+        | E::WorkerCrashed
+        | E::Protocol(_) => true,
+        E::Database(db) => {
+            let code = db.code().map(|c| c.to_string()).unwrap_or_default();
+            let code = code.as_str();
+            // PostgreSQL: connection exceptions, shutdown, out of resources,
+            // serialization failure, deadlock.
+            let pg = code.starts_with("08")
+                || code.starts_with("57P")
+                || code.starts_with("53")
+                || code == "40001"
+                || code == "40P01";
+            // MySQL/MariaDB: lock wait, deadlock, gone away, lost connection, too many
+            // connections, shutdown, killed; and a generic HY000 about a connection.
+            // (sqlx's `code()` is the SQLSTATE there; the server's error number is separate.)
+            let mysql = mysql_error_number(db.as_ref())
+                .is_some_and(|n| [1205, 1213, 2006, 2013, 1040, 1053, 1927].contains(&n))
+                || (code == "HY000" && db.message().to_lowercase().contains("connection"));
+            // SQLite: busy, locked.
+            let sqlite = code == "5" || code == "6";
+            pg || mysql || sqlite
+        }
+        _ => false,
+    };
+    if transient {
+        DbError::Transient(e)
+    } else {
+        DbError::Permanent(e)
+    }
+}
+
+/// Runs a database operation until it succeeds or fails for good. A transient failure is
+/// retried after the next delay of `backoff` if `retry` (told the error and the delay) agrees;
+/// otherwise, and on a permanent failure, the error is returned.
+pub async fn retrying<T, F, Fut>(
+    backoff: &mut crate::stages::backoff::Backoff,
+    mut retry: impl FnMut(&DbError, Duration) -> bool,
+    mut op: F,
+) -> Result<T, DbError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, DbError>>,
+{
+    loop {
+        match op().await {
+            Err(e) if e.is_transient() => {
+                let delay = backoff.next_delay();
+                if !retry(&e, delay) {
+                    return Err(e);
+                }
+                tokio::time::sleep(delay).await;
+            }
+            done => return done,
+        }
+    }
+}
+
+/// The MySQL/MariaDB server error number of a database error (None on other backends).
+pub fn mysql_error_number(e: &dyn sqlx::error::DatabaseError) -> Option<u16> {
+    e.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+        .map(|m| m.number())
+}
+
+/// Checks that a table name is a plain SQL identifier.
+pub fn valid_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && name.len() <= 63
+}
+
+/// Names the backend of a URL (`mariadb://` is MySQL).
+pub fn backend_of(url: &str) -> Option<Backend> {
+    let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or(url);
+    match scheme {
+        "sqlite" => Some(Backend::Sqlite),
+        "postgres" | "postgresql" => Some(Backend::Postgres),
+        "mysql" | "mariadb" => Some(Backend::MySql),
+        _ => None,
+    }
+}
+
+/// Hides the secrets of a URL for messages (see [`crate::redact::url`]).
+pub fn redact(url: &str) -> String {
+    crate::redact::url(url)
+}
+
+/// Checks a database URL without connecting: a known scheme, and options the driver parses.
+pub fn check_url(url: &str) -> Result<(), String> {
+    let bad = |e: sqlx::Error| format!("`{}` is not a valid URL: {e}", redact(url));
+    match backend_of(url) {
+        Some(Backend::Sqlite) => sqlx::sqlite::SqliteConnectOptions::from_str(url)
+            .map(drop)
+            .map_err(bad),
+        Some(Backend::Postgres) => sqlx::postgres::PgConnectOptions::from_str(url)
+            .map(drop)
+            .map_err(bad),
+        Some(Backend::MySql) => {
+            sqlx::mysql::MySqlConnectOptions::from_str(&url.replacen("mariadb://", "mysql://", 1))
+                .map(drop)
+                .map_err(bad)
+        }
+        None => Err(format!(
+            "unsupported database URL `{}` (expected sqlite://, postgres://, mysql:// or mariadb://)",
+            redact(url)
+        )),
+    }
+}
+
+impl Db {
+    pub async fn connect(url: &str, max_conns: u32, timeout: Duration) -> Result<Db, String> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let err = |e: sqlx::Error| format!("cannot connect to {}: {e}", redact(url));
+        match backend_of(url) {
+            Some(Backend::Sqlite) => {
+                let opts = sqlx::sqlite::SqliteConnectOptions::from_str(url)
+                    .map_err(err)?
+                    .create_if_missing(true)
+                    .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+                    .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
+                    // 64 MiB of page cache per connection: index updates on a large table stay
+                    // in memory (SQLite's default is 2 MB).
+                    .pragma("cache_size", "-65536")
+                    // Checkpoint the WAL every ~40 MB instead of every 4 MB: a checkpoint
+                    // fsyncs the database file, and at a few thousand events a second the
+                    // default checkpoints (and stalls) many times a second.
+                    .pragma("wal_autocheckpoint", "10000")
+                    .busy_timeout(Duration::from_secs(5));
+                let pool = sqlx::sqlite::SqlitePoolOptions::new()
+                    .max_connections(std::cmp::Ord::max(max_conns, 1))
+                    .acquire_timeout(timeout)
+                    .connect_with(opts)
+                    .await
+                    .map_err(err)?;
+                Ok(Db::Sqlite(pool))
+            }
+            Some(Backend::Postgres) => sqlx::postgres::PgPoolOptions::new()
+                .max_connections(std::cmp::Ord::max(max_conns, 1))
+                .acquire_timeout(timeout)
+                .connect(url)
+                .await
+                .map(Db::Postgres)
+                .map_err(err),
+            Some(Backend::MySql) => {
+                let url = url.replacen("mariadb://", "mysql://", 1);
+                sqlx::mysql::MySqlPoolOptions::new()
+                    .max_connections(std::cmp::Ord::max(max_conns, 1))
+                    .acquire_timeout(timeout)
+                    .connect(&url)
+                    .await
+                    .map(Db::MySql)
+                    .map_err(err)
+            }
+            None => Err(format!(
+                "unsupported database URL `{}` (expected sqlite://, postgres://, mysql:// or mariadb://)",
+                redact(url)
+            )),
+        }
+    }
+
+    /// Closes every connection of the pool.
+    pub async fn close(&self) {
+        match self {
+            Db::Sqlite(p) => p.close().await,
+            Db::Postgres(p) => p.close().await,
+            Db::MySql(p) => p.close().await,
+        }
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self {
+            Db::Sqlite(_) => Backend::Sqlite,
+            Db::Postgres(_) => Backend::Postgres,
+            Db::MySql(_) => Backend::MySql,
+        }
+    }
+
+    /// Runs one statement (DDL or a query without parameters).
+    pub async fn execute_raw(&self, sql: String) -> Result<u64, DbError> {
+        let r = match self {
+            Db::Sqlite(p) => sqlx::raw_sql(AssertSqlSafe(sql))
+                .execute(p)
+                .await
+                .map(|r| r.rows_affected()),
+            Db::Postgres(p) => sqlx::raw_sql(AssertSqlSafe(sql))
+                .execute(p)
+                .await
+                .map(|r| r.rows_affected()),
+            Db::MySql(p) => sqlx::raw_sql(AssertSqlSafe(sql))
+                .execute(p)
+                .await
+                .map(|r| r.rows_affected()),
+        };
+        r.map_err(classify)
+    }
+
+    /// Runs statements built by sea-query in one transaction.
+    pub async fn execute_in_tx(
+        &self,
+        statements: Vec<(String, sea_query_sqlx::SqlxValues)>,
+    ) -> Result<u64, DbError> {
+        macro_rules! run {
+            ($pool:expr) => {{
+                let mut tx = $pool.begin().await.map_err(classify)?;
+                let mut n = 0;
+                for (sql, values) in statements {
+                    n += sqlx::query_with(AssertSqlSafe(sql), values)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(classify)?
+                        .rows_affected();
+                }
+                tx.commit().await.map_err(classify)?;
+                Ok(n)
+            }};
+        }
+        match self {
+            Db::Sqlite(p) => run!(p),
+            Db::Postgres(p) => run!(p),
+            Db::MySql(p) => run!(p),
+        }
+    }
+
+    /// Rows of four columns (text, text, text, integer) selected by one text parameter.
+    pub async fn fetch_by_key(
+        &self,
+        sql: &str,
+        key: &str,
+    ) -> Result<Vec<(String, String, String, i64)>, DbError> {
+        macro_rules! fetch {
+            ($pool:expr) => {
+                sqlx::query_as::<_, (String, String, String, i64)>(AssertSqlSafe(sql.to_string()))
+                    .bind(key)
+                    .fetch_all($pool)
+                    .await
+                    .map_err(classify)
+            };
+        }
+        match self {
+            Db::Sqlite(p) => fetch!(p),
+            Db::Postgres(p) => fetch!(p),
+            Db::MySql(p) => fetch!(p),
+        }
+    }
+
+    /// The column names of `table` (empty if it does not exist).
+    pub async fn columns(&self, table: &str) -> Result<Vec<String>, DbError> {
+        macro_rules! names {
+            ($pool:expr, $sql:expr) => {
+                sqlx::query($sql)
+                    .bind(table)
+                    .fetch_all($pool)
+                    .await
+                    .map_err(classify)?
+                    .iter()
+                    .filter_map(|r| r.try_get::<String, _>(0).ok())
+                    .collect::<Vec<String>>()
+            };
+        }
+        let rows = match self {
+            Db::Sqlite(p) => names!(p, "SELECT name FROM pragma_table_info(?)"),
+            Db::Postgres(p) => names!(
+                p,
+                "SELECT column_name::text FROM information_schema.columns WHERE table_name = $1 AND table_schema = current_schema()"
+            ),
+            Db::MySql(p) => names!(
+                p,
+                "SELECT CAST(column_name AS CHAR) FROM information_schema.columns WHERE table_name = ? AND table_schema = DATABASE()"
+            ),
+        };
+        Ok(rows.into_iter().map(|c| c.to_lowercase()).collect())
+    }
+
+    /// A sea-query statement as SQL for this backend, with its bound values.
+    pub(crate) fn build<Q: SqlxBinder>(&self, q: &Q) -> (String, sea_query_sqlx::SqlxValues) {
+        match self.backend() {
+            Backend::Sqlite => q.build_sqlx(SqliteQueryBuilder),
+            Backend::Postgres => q.build_sqlx(PostgresQueryBuilder),
+            Backend::MySql => q.build_sqlx(MysqlQueryBuilder),
+        }
+    }
+
+    /// Runs a query built by [`Db::build`] and decodes its rows.
+    pub(crate) async fn fetch_all<T>(
+        &self,
+        (sql, values): (String, sea_query_sqlx::SqlxValues),
+    ) -> Result<Vec<T>, DbError>
+    where
+        T: Send
+            + Unpin
+            + for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>
+            + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
+            + for<'r> sqlx::FromRow<'r, sqlx::mysql::MySqlRow>,
+    {
+        macro_rules! fetch {
+            ($pool:expr) => {
+                sqlx::query_as_with(AssertSqlSafe(sql), values)
+                    .fetch_all($pool)
+                    .await
+            };
+        }
+        match self {
+            Db::Sqlite(p) => fetch!(p),
+            Db::Postgres(p) => fetch!(p),
+            Db::MySql(p) => fetch!(p),
+        }
+        .map_err(classify)
+    }
+
+    pub(crate) fn schema_sql(&self, t: &sea_query::TableCreateStatement) -> String {
+        match self.backend() {
+            Backend::Sqlite => t.to_string(SqliteQueryBuilder),
+            Backend::Postgres => t.to_string(PostgresQueryBuilder),
+            Backend::MySql => t.to_string(MysqlQueryBuilder),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_and_urls() {
+        assert!(valid_identifier("k8s_events"));
+        assert!(!valid_identifier("k8s-events"));
+        assert!(!valid_identifier("x; DROP TABLE y"));
+        assert!(!valid_identifier("1abc"));
+        assert_eq!(backend_of("mariadb://u:p@h/db"), Some(Backend::MySql));
+        assert_eq!(backend_of("sqlite://x.db"), Some(Backend::Sqlite));
+        assert_eq!(backend_of("redis://x"), None);
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact("sqlite://x.db"), "sqlite://x.db");
+    }
+}
