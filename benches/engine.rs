@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group};
+use eventflow::component::StageKind;
 use eventflow::engine::Topology;
 use eventflow::event::{Event, Finalizers, WireEvent};
-use eventflow::stages::StageKind;
 use eventflow::stages::file::FileConfig;
 use eventflow::testkit::{
     ChannelSource, CountingSink, PipelineBuilder, event, filter, source_filter_sink,

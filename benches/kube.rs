@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group};
+use eventflow::component::StageKind;
 use eventflow::engine::Topology;
-use eventflow::stages::StageKind;
 use eventflow::stages::kube_events::KubeEventsConfig;
 use eventflow::testkit::{CountingSink, PipelineBuilder};
 use fake_apiserver::{FakeApiServer, sample_event};

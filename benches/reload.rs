@@ -38,7 +38,7 @@ fn reload(c: &mut Criterion) {
         .build()
         .expect("rt");
     let mut topo = rt.block_on(async {
-        Topology::start(eventflow::config::load_file(&path).expect("load"))
+        Topology::start(eventflow::load_file(&path).expect("load"))
             .await
             .expect("start")
     });

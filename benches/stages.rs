@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group};
+use eventflow::component::FunctionTransform;
 use eventflow::event::Batch;
 use eventflow::event::{Event, EventData, Finalizers};
-use eventflow::stages::FunctionTransform;
 use eventflow::stages::aggregate::{AggregateConfig, Aggregator};
 use eventflow::stages::dedup::{Dedup, DedupConfig};
 use eventflow::stages::rate_limit::{RateLimit, RateLimitConfig};

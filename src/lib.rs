@@ -14,6 +14,8 @@
 //! - [`api`]: `/metrics`, `/healthz`, `/readyz`, `POST /-/reload`.
 
 pub mod api;
+pub mod backoff;
+pub mod component;
 pub mod config;
 pub mod engine;
 pub mod event;
@@ -26,4 +28,25 @@ pub mod stages;
 pub mod state;
 #[doc(hidden)]
 pub mod testkit;
+pub mod types;
+
+/// Reads and validates a pipeline file with every built-in stage type.
+pub fn load_file(path: &std::path::Path) -> Result<config::Pipeline, config::ConfigError> {
+    config::load_file(path, stages::REGISTRY)
+}
+
+/// Parses and validates pipeline text with every built-in stage type (`file` names it in
+/// messages; `env` looks up `${NAME}` references).
+pub fn load_str(
+    text: &str,
+    file: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<config::Pipeline, config::ConfigError> {
+    config::load_str(text, file, env, stages::REGISTRY)
+}
+
+/// The JSON Schema of pipeline files with every built-in stage type.
+pub fn pipeline_schema() -> String {
+    config::schema::pipeline_schema(stages::REGISTRY)
+}
 pub mod yaml;

@@ -5,8 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use eventflow::config::{self, graph, types::Dur};
+use eventflow::config::{self, graph};
 use eventflow::run::Outcome;
+use eventflow::types::Dur;
 
 // mimalloc: events are allocated on one worker thread and freed on another (the sink's);
 // glibc's malloc serializes those frees on arena locks.
@@ -122,7 +123,7 @@ enum DeadLetterAction {
 const DEFAULT_PIPELINE: &str = include_str!("../pipelines/default.yaml");
 
 fn parse_dur(s: &str) -> Result<Dur, String> {
-    config::types::parse_duration(s).map(Dur)
+    eventflow::types::parse_duration(s).map(Dur)
 }
 
 fn init_logging(level: Option<&str>, format: LogFormat) {
@@ -182,7 +183,7 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             reload_debounce,
         } => {
             let loaded = match &pipeline {
-                Some(path) => config::load_file(path),
+                Some(path) => eventflow::load_file(path),
                 None => {
                     if let Err(e) = eventflow::stages::kube_events::kube_config_available() {
                         eprintln!(
@@ -191,7 +192,7 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                         return Ok(ExitCode::FAILURE);
                     }
                     tracing::info!("no pipeline file given: running the embedded default pipeline");
-                    config::load_str(DEFAULT_PIPELINE, "<embedded default pipeline>", &|k| {
+                    eventflow::load_str(DEFAULT_PIPELINE, "<embedded default pipeline>", &|k| {
                         std::env::var(k).ok()
                     })
                 }
@@ -223,7 +224,7 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Validate { pipelines } => {
             let mut failed = false;
             for path in &pipelines {
-                match config::load_file(path) {
+                match eventflow::load_file(path) {
                     Ok(p) => match &p.disabled {
                         Some(why) => println!("{}: ok ({why})", path.display()),
                         None => println!("{}: ok ({} stages)", path.display(), p.stages.len()),
@@ -241,11 +242,11 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Schema => {
-            print!("{}", config::schema::pipeline_schema());
+            print!("{}", eventflow::pipeline_schema());
             Ok(ExitCode::SUCCESS)
         }
         Command::Graph { pipeline, format } => {
-            let p = match config::load_file(&pipeline) {
+            let p = match eventflow::load_file(&pipeline) {
                 Ok(p) => p,
                 Err(e) => {
                     eprintln!("{e}");
@@ -316,7 +317,7 @@ fn dead_letter(action: DeadLetterAction) -> anyhow::Result<ExitCode> {
         | DeadLetterAction::Resend { pipeline, .. }
         | DeadLetterAction::Delete { pipeline, .. } => pipeline,
     };
-    let p = match config::load_file(path) {
+    let p = match eventflow::load_file(path) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("{e}");

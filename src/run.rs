@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::mpsc;
 
-use crate::config::{self, Pipeline};
+use crate::config::Pipeline;
 use crate::engine::Topology;
 use crate::reload::{ReloadOutcome, ReloadRequest};
 
@@ -30,7 +30,7 @@ pub enum Outcome {
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error(transparent)]
-    Build(#[from] crate::stages::BuildError),
+    Build(#[from] crate::component::BuildError),
     #[error("cannot listen on {addr} for the API endpoint: {source}")]
     Listen {
         addr: std::net::SocketAddr,
@@ -190,7 +190,7 @@ async fn reload_inner(
     let Some(path) = path else {
         return ReloadOutcome::Rejected("this pipeline was not loaded from a file".into());
     };
-    let mut new = match config::load_file(path) {
+    let mut new = match crate::load_file(path) {
         Ok(p) => p,
         Err(e) => {
             tracing::error!(

@@ -9,14 +9,14 @@ use futures::future::BoxFuture;
 use indexmap::IndexMap;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
+use crate::component::{
+    BuildContext, BuildError, Sink, SinkContext, Source, SourceContext, Stage, StageConfig,
+    StageError, StageKind,
+};
 use crate::config::{Pipeline, StageSpec};
 use crate::event::Batch;
 use crate::event::ack::{Finalizer, Status};
 use crate::event::{Event, EventData, Finalizers};
-use crate::stages::{
-    BuildContext, BuildError, Sink, SinkContext, Source, SourceContext, Stage, StageConfig,
-    StageError, StageKind,
-};
 use crate::yaml::{Node, Pos, Value};
 
 /// Assembles a [`Pipeline`] from stage configs.

@@ -143,7 +143,7 @@ fn the_deployment_is_locked_down_and_drains_within_its_grace_period() {
         .iter()
         .position(|a| *a == "--shutdown-timeout")
         .expect("--shutdown-timeout");
-    let drain = eventflow::config::types::parse_duration(args[i + 1]).expect("duration");
+    let drain = eventflow::types::parse_duration(args[i + 1]).expect("duration");
     let grace = pod["terminationGracePeriodSeconds"]
         .as_u64()
         .expect("grace period");

@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use eventflow::component::StageKind;
 use eventflow::engine::Topology;
 use eventflow::event::ack::Status;
-use eventflow::stages::StageKind;
 use eventflow::testkit::{
     ChannelSource, CountingSink, PipelineBuilder, event, filter, source_filter_sink,
 };
@@ -135,7 +135,7 @@ async fn a_stuck_sink_slows_the_source_instead_of_growing_memory() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let n = accepted.load(std::sync::atomic::Ordering::SeqCst);
     // Source queue (1) + two edges of CHANNEL_CAPACITY batches + one batch held in each task.
-    let bound = 1 + 2 * eventflow::engine::CHANNEL_CAPACITY + 4;
+    let bound = 1 + 2 * eventflow::component::CHANNEL_CAPACITY + 4;
     assert!(
         n <= bound,
         "{n} batches accepted while the sink was stuck (bound {bound})"
@@ -239,13 +239,13 @@ async fn replacing_a_middle_stage_while_events_flow_loses_and_repeats_nothing() 
 #[derive(Debug)]
 struct PanicsWhenBuilt;
 
-impl eventflow::stages::StageConfig for PanicsWhenBuilt {
+impl eventflow::component::StageConfig for PanicsWhenBuilt {
     fn build<'a>(
         &'a self,
-        _cx: &'a eventflow::stages::BuildContext,
+        _cx: &'a eventflow::component::BuildContext,
     ) -> futures::future::BoxFuture<
         'a,
-        Result<eventflow::stages::Stage, eventflow::stages::BuildError>,
+        Result<eventflow::component::Stage, eventflow::component::BuildError>,
     > {
         Box::pin(async { panic!("a bug in a stage type's build") })
     }

@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use eventflow::component::StageKind;
 use eventflow::engine::Topology;
 use eventflow::event::EventData;
-use eventflow::stages::StageKind;
 use eventflow::stages::kube_events::KubeEventsConfig;
 use eventflow::testkit::{CountingSink, PipelineBuilder};
 use fake_apiserver::{CloseMode, FakeApiServer, Op, sample_event};

@@ -254,9 +254,8 @@ fn the_seeds_validation_and_enabled_switches() {
     let out = bin().arg("run").arg(&f).output().expect("run");
     assert!(out.status.success());
     // Each section's switch.
-    let load = |text: &str| {
-        eventflow::config::load_str(text, "eh.yaml", &|_| None).expect("valid seed file")
-    };
+    let load =
+        |text: &str| eventflow::load_str(text, "eh.yaml", &|_| None).expect("valid seed file");
     let ids = |text: &str| load(text).stages.keys().cloned().collect::<Vec<_>>();
     assert_eq!(
         ids("database: {type: sqlite}\n"),
@@ -306,7 +305,7 @@ fn migrate_prints_a_pipeline_that_loads_to_the_same_stages() {
         "EVENTFLOW_WEBHOOK_HEADER_1" => Some("platform".to_string()),
         _ => None,
     };
-    let from_env = eventflow::config::load_str(&hidden, "hidden.yaml", &env).expect("loads");
+    let from_env = eventflow::load_str(&hidden, "hidden.yaml", &env).expect("loads");
 
     let out = bin()
         .args(["migrate", "--show-secrets"])
@@ -331,8 +330,8 @@ fn migrate_prints_a_pipeline_that_loads_to_the_same_stages() {
     assert!(yaml.contains("durable: true"), "{yaml}");
     assert!(yaml.contains("# Differs from the seed"), "{yaml}");
     let migrated = write(dir.path(), "pipeline.yaml", &yaml);
-    let a = eventflow::config::load_file(&seed).expect("seed file");
-    let b = eventflow::config::load_file(&migrated).expect("migrated file");
+    let a = eventflow::load_file(&seed).expect("seed file");
+    let b = eventflow::load_file(&migrated).expect("migrated file");
     assert_eq!(
         a.stages.keys().collect::<Vec<_>>(),
         b.stages.keys().collect::<Vec<_>>()

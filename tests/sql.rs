@@ -7,10 +7,10 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use eventflow::component::StageKind;
 use eventflow::engine::Topology;
 use eventflow::event::EventData;
 use eventflow::event::ack::Status;
-use eventflow::stages::StageKind;
 use eventflow::stages::sql::SqlConfig;
 use eventflow::state::db::Db;
 use eventflow::testkit::{ChannelSource, PipelineBuilder, event};
@@ -428,17 +428,17 @@ async fn a_bad_url_or_table_fails_the_build_with_a_clear_error() {
     ];
     for (url, table, want) in cases {
         let cfg = sql_config(url, table, "connect_timeout: 2s");
-        let cx = eventflow::stages::BuildContext {
+        let cx = eventflow::component::BuildContext {
             id: "db".into(),
             type_name: "sql",
             state: None,
         };
         // What needs no I/O is refused by validation (as `validate`, `run` and reload do);
         // the rest by the build.
-        let invalid = eventflow::stages::StageConfig::validate(&*cfg);
+        let invalid = eventflow::component::StageConfig::validate(&*cfg);
         let err = match invalid.first() {
             Some(i) => format!("field `{}`: {}", i.field, i.message),
-            None => match eventflow::stages::StageConfig::build(&*cfg, &cx).await {
+            None => match eventflow::component::StageConfig::build(&*cfg, &cx).await {
                 Ok(_) => panic!("{url} built"),
                 Err(e) => e.to_string(),
             },

@@ -8,9 +8,9 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
+use eventflow::component::StageKind;
 use eventflow::engine::Topology;
 use eventflow::event::ack::Status;
-use eventflow::stages::StageKind;
 use eventflow::stages::sql::SqlConfig;
 use eventflow::state::db::Db;
 use eventflow::testkit::{ChannelSource, PipelineBuilder, event};

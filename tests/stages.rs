@@ -3,9 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use eventflow::component::StageKind;
 use eventflow::engine::Topology;
 use eventflow::event::{Event, EventData, Finalizers};
-use eventflow::stages::StageKind;
 use eventflow::stages::aggregate::AggregateConfig;
 use eventflow::stages::dedup::DedupConfig;
 use eventflow::stages::rate_limit::RateLimitConfig;

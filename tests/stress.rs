@@ -210,7 +210,7 @@ impl Tally {
 fn load(t: &mut Tally, text: &str, name: &str) -> Option<Pipeline> {
     t.files += 1;
     let env = |_: &str| None;
-    match std::panic::catch_unwind(|| config::load_str(text, name, &env)) {
+    match std::panic::catch_unwind(|| eventflow::load_str(text, name, &env)) {
         Err(_) => {
             t.problem(format!("{name}: the loader panicked on:\n{text}"));
             None
@@ -417,7 +417,7 @@ fn every_boundary_value_of_every_numeric_field_is_refused_or_runs() {
 /// A refused boundary value is refused for its own field (not for something else).
 fn check_named(t: &mut Tally, text: &str, name: &str, field: &str) {
     let env = |_: &str| None;
-    let Err(e) = config::load_str(text, name, &env) else {
+    let Err(e) = eventflow::load_str(text, name, &env) else {
         return;
     };
     let msg = e.to_string();

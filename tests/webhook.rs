@@ -356,7 +356,7 @@ async fn dingtalk_is_signed_and_its_error_codes_are_read() {
 #[test]
 fn a_template_syntax_error_is_a_load_error_with_its_position() {
     let yaml = "stages:\n  src:\n    type: file\n    path: x.json\n  hook:\n    type: webhook\n    inputs: [src]\n    url: http://127.0.0.1:1/x\n    format: template\n    template: '{\"text\": \"{{ msg \"}'\n";
-    let err = eventflow::config::load_str(yaml, "p.yaml", &|_| None)
+    let err = eventflow::load_str(yaml, "p.yaml", &|_| None)
         .unwrap_err()
         .to_string();
     assert!(err.contains("p.yaml:10:"), "{err}");
@@ -652,8 +652,8 @@ async fn a_reload_that_changes_a_durable_webhook_sends_each_queued_event_once() 
     *old.delay.lock().unwrap() = Duration::from_millis(50);
     let (new, new_url) = receiver().await;
     let (src, feed) = ChannelSource::new(4);
-    let src: Arc<dyn eventflow::stages::StageConfig> = Arc::new(src);
-    let hook = |url: &str| -> Arc<dyn eventflow::stages::StageConfig> {
+    let src: Arc<dyn eventflow::component::StageConfig> = Arc::new(src);
+    let hook = |url: &str| -> Arc<dyn eventflow::component::StageConfig> {
         let mut v = durable();
         v["url"] = json!(url);
         Arc::new(serde_json::from_value::<WebhookConfig>(v).unwrap())

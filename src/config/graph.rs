@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use indexmap::IndexMap;
 
 use super::{Problem, StageSpec};
-use crate::stages::StageKind;
+use crate::component::StageKind;
 use crate::yaml::{Pos, Value};
 
 fn input_pos(spec: &StageSpec, index: usize) -> Option<Pos> {

@@ -9,7 +9,6 @@ pub mod diff;
 pub mod graph;
 pub mod schema;
 pub mod seed;
-pub mod types;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -20,7 +19,7 @@ use indexmap::IndexMap;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use crate::stages::{self, StageConfig, StageKind};
+use crate::component::{Registry, StageConfig, StageKind, StageType};
 use crate::state::StateConfig;
 use crate::yaml::{self, Node, Pos};
 
@@ -190,8 +189,8 @@ impl ConfigError {
     }
 }
 
-/// Reads and validates a pipeline file.
-pub fn load_file(path: &Path) -> Result<Pipeline, ConfigError> {
+/// Reads and validates a pipeline file whose stages are of the types in `types`.
+pub fn load_file(path: &Path, types: Registry) -> Result<Pipeline, ConfigError> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
         file: file.clone(),
@@ -202,7 +201,7 @@ pub fn load_file(path: &Path) -> Result<Pipeline, ConfigError> {
             format!("cannot read the file: {e}"),
         )],
     })?;
-    let mut p = load_str(&text, &file, &|name| std::env::var(name).ok())?;
+    let mut p = load_str(&text, &file, &|name| std::env::var(name).ok(), types)?;
     p.path = Some(path.to_path_buf());
     p.digest = Some(
         sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(
@@ -219,6 +218,7 @@ pub fn load_str(
     text: &str,
     file: &str,
     env: &dyn Fn(&str) -> Option<String>,
+    types: Registry,
 ) -> Result<Pipeline, ConfigError> {
     let fail = |problems| ConfigError {
         file: file.to_string(),
@@ -249,6 +249,7 @@ pub fn load_str(
                 &text,
                 &format!("{file} (as translated from the seed format; see `eventflow migrate`)"),
                 &|_| None,
+                types,
             ),
         };
     }
@@ -292,7 +293,7 @@ pub fn load_str(
         problems.push(Problem::new(pos, None, Some("state.url"), e));
     }
     let mut failed = std::collections::HashMap::new();
-    let stages = parse_stages(&root, &mut problems, &mut failed);
+    let stages = parse_stages(&root, &mut problems, &mut failed, types);
     graph::check(&stages, &failed, &mut problems);
     if !problems.is_empty() {
         return Err(fail(problems));
@@ -330,6 +331,7 @@ fn parse_stages(
     root: &Node,
     problems: &mut Vec<Problem>,
     failed: &mut graph::Failed,
+    types: Registry,
 ) -> IndexMap<String, StageSpec> {
     let mut out = IndexMap::new();
     let Some(stages_node) = root.get("stages") else {
@@ -375,7 +377,7 @@ fn parse_stages(
             ));
             continue;
         }
-        match parse_stage(id, *kpos, node, problems) {
+        match parse_stage(id, *kpos, node, problems, types) {
             Some(spec) => {
                 out.insert(id.clone(), spec);
             }
@@ -414,7 +416,13 @@ enum InputsField {
     Many(Vec<String>),
 }
 
-fn parse_stage(id: &str, kpos: Pos, node: &Node, problems: &mut Vec<Problem>) -> Option<StageSpec> {
+fn parse_stage(
+    id: &str,
+    kpos: Pos,
+    node: &Node,
+    problems: &mut Vec<Problem>,
+    types: Registry,
+) -> Option<StageSpec> {
     if node.as_map().is_none() {
         problems.push(Problem::new(
             Some(node.pos),
@@ -439,22 +447,19 @@ fn parse_stage(id: &str, kpos: Pos, node: &Node, problems: &mut Vec<Problem>) ->
             Some(kpos),
             Some(id),
             Some("type"),
-            format!(
-                "missing `type:` (one of: {})",
-                stages::type_names().join(", ")
-            ),
+            format!("missing `type:` (one of: {})", types.names().join(", ")),
         ));
         return None;
     };
     let type_pos = node.get("type").map(|n| n.pos);
-    let Some(st) = stages::lookup(&type_name) else {
+    let Some(st) = types.lookup(&type_name) else {
         problems.push(Problem::new(
             type_pos,
             Some(id),
             Some("type"),
             format!(
                 "unknown stage type `{type_name}` (expected one of: {})",
-                stages::type_names().join(", ")
+                types.names().join(", ")
             ),
         ));
         return None;
@@ -518,7 +523,7 @@ fn field_pos(node: &Node, field: &str) -> Option<Pos> {
 /// keys we removed ourselves are not the user's problem and are skipped.
 fn collect_field_errors(
     id: &str,
-    st: &stages::StageType,
+    st: &StageType,
     node: &Node,
     first: yaml::DeError,
     problems: &mut Vec<Problem>,

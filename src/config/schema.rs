@@ -4,15 +4,15 @@
 use serde_json::{Map, Value, json};
 
 use super::Header;
-use crate::stages::{StageKind, TYPES};
+use crate::component::{Registry, StageKind};
 
-/// The pipeline schema as pretty-printed JSON.
-pub fn pipeline_schema() -> String {
+/// The schema of pipelines made of the stage types in `types`, as pretty-printed JSON.
+pub fn pipeline_schema(types: Registry) -> String {
     let mut g = schemars::generate::SchemaSettings::draft2020_12().into_generator();
     let header = serde_json::to_value(g.root_schema_for::<Header>()).unwrap_or_default();
     let mut defs = Map::new();
     let mut variants = Vec::new();
-    for t in TYPES {
+    for t in types.types() {
         let mut s = serde_json::to_value((t.schema)(&mut g)).unwrap_or_default();
         if let Some(Value::Object(d)) = s.as_object_mut().and_then(|o| o.remove("$defs")) {
             defs.extend(d);
@@ -63,11 +63,11 @@ pub fn pipeline_schema() -> String {
             defs.extend(d);
         }
         o.insert("title".into(), json!("eventflow pipeline"));
-        let types: Vec<&str> = TYPES.iter().map(|t| t.name).collect();
+        let type_names: Vec<&str> = types.names();
         let stage = json!({
             "type": "object",
             "required": ["type"],
-            "properties": {"type": {"enum": types}},
+            "properties": {"type": {"enum": type_names}},
             "allOf": variants
         });
         if let Some(props) = o.get_mut("properties").and_then(Value::as_object_mut) {

@@ -8,7 +8,7 @@ fn env(name: &str) -> Option<String> {
 }
 
 fn load(text: &str) -> Result<Pipeline, ConfigError> {
-    load_str(text, "p.yaml", &env)
+    load_str(text, "p.yaml", &env, crate::stages::REGISTRY)
 }
 
 fn problems(text: &str) -> Vec<String> {

@@ -18,14 +18,15 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::CHANNEL_CAPACITY;
-use super::fanout::{Batch, Control, Edge, Edit, Fanout};
-use crate::config::diff::Diff;
-use crate::config::{Pipeline, graph};
-use crate::metrics as m;
-use crate::stages::{
+use crate::component::fanout::{Control, Edge, Edit, Fanout};
+use crate::component::{
     BuildContext, BuildError, Input, Shutdown, SinkContext, SourceContext, Stage, StageKind,
     StageMetrics, TransformContext,
 };
+use crate::config::diff::Diff;
+use crate::config::{Pipeline, graph};
+use crate::event::Batch;
+use crate::metrics as m;
 
 /// How long a reload waits for a replaced source to hand off what it read.
 const SOURCE_STOP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -404,7 +405,7 @@ impl Topology {
 /// and reported in its exit notice. Whatever it held is dropped without an outcome, so those
 /// batches fail at their sources instead of counting as delivered.
 fn spawn_stage(
-    fut: futures::future::BoxFuture<'static, Result<(), crate::stages::StageError>>,
+    fut: futures::future::BoxFuture<'static, Result<(), crate::component::StageError>>,
     span: tracing::Span,
     exits: mpsc::UnboundedSender<Exited>,
     mut notice: Exited,

@@ -29,14 +29,14 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use super::key::KeySpec;
-use super::{
+use crate::component::MAX_BATCH;
+use crate::component::{
     BuildContext, BuildError, Invalid, Stage, StageConfig, StageError, StageKind, StageType,
     Transform, TransformContext,
 };
-use crate::config::types::Dur;
-use crate::engine::MAX_BATCH;
 use crate::event::Batch;
 use crate::event::{Event, EventData, Field, Merged, Summary};
+use crate::types::Dur;
 
 /// Groups events by key over a window and emits one summary event per group.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -82,7 +82,7 @@ fn default_samples() -> usize {
 
 impl StageConfig for AggregateConfig {
     fn validate(&self) -> Vec<Invalid> {
-        super::keyed_window(&self.key, self.max_keys, self.window.0)
+        crate::component::keyed_window(&self.key, self.max_keys, self.window.0)
     }
 
     fn build<'a>(&'a self, cx: &'a BuildContext) -> BoxFuture<'a, Result<Stage, BuildError>> {
@@ -319,8 +319,8 @@ pub const TYPE: StageType = StageType {
     name: "aggregate",
     kind: StageKind::Transform,
     summary: "groups events by key over a window and emits one summary event per group",
-    parse: super::parse_config::<AggregateConfig>,
-    schema: super::schema_of::<AggregateConfig>,
+    parse: crate::component::parse_config::<AggregateConfig>,
+    schema: crate::component::schema_of::<AggregateConfig>,
 };
 
 #[cfg(test)]

@@ -11,9 +11,9 @@ use tokio::time::Instant;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::Input;
-use crate::config::types::Dur;
+use crate::component::Input;
 use crate::event::Event;
+use crate::types::Dur;
 
 /// How a sink groups events into writes.
 #[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]

@@ -18,13 +18,13 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use super::key::KeySpec;
-use super::{
+use crate::component::{
     BuildContext, BuildError, Function, FunctionTransform, Invalid, Stage, StageConfig, StageKind,
     StageType,
 };
-use crate::config::types::Dur;
 use crate::event::Batch;
 use crate::event::Field;
+use crate::types::Dur;
 
 /// Drops repeats of the same key within a window.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -60,14 +60,14 @@ fn default_max_keys() -> u64 {
 
 impl StageConfig for DedupConfig {
     fn validate(&self) -> Vec<Invalid> {
-        super::keyed_window(&self.key, self.max_keys, self.window.0)
+        crate::component::keyed_window(&self.key, self.max_keys, self.window.0)
     }
 
     fn build<'a>(&'a self, cx: &'a BuildContext) -> BoxFuture<'a, Result<Stage, BuildError>> {
         Box::pin(async move {
             let t = Dedup::new(self, &cx.id, cx.type_name);
             Ok(Stage::Transform(
-                Box::new(Function(t)) as Box<dyn super::Transform>
+                Box::new(Function(t)) as Box<dyn crate::component::Transform>
             ))
         })
     }
@@ -160,8 +160,8 @@ pub const TYPE: StageType = StageType {
     name: "dedup",
     kind: StageKind::Transform,
     summary: "drops repeats of the same key within a window, in bounded memory",
-    parse: super::parse_config::<DedupConfig>,
-    schema: super::schema_of::<DedupConfig>,
+    parse: crate::component::parse_config::<DedupConfig>,
+    schema: crate::component::schema_of::<DedupConfig>,
 };
 
 #[cfg(test)]

@@ -21,14 +21,15 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncSeekExt, BufReader};
 
-use super::{
+use crate::component::Fanout;
+use crate::component::MAX_BATCH;
+use crate::component::{
     BuildContext, BuildError, Shutdown, Source, SourceContext, Stage, StageConfig, StageError,
     StageKind, StageType,
 };
-use crate::config::types::Dur;
-use crate::engine::MAX_BATCH;
-use crate::engine::fanout::{Batch, Fanout};
+use crate::event::Batch;
 use crate::event::{DecodeError, Event, EventData, Finalizers, WireEvent};
+use crate::types::Dur;
 
 /// Replays Events from a file (JSON EventList, JSON array, or JSON lines).
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -475,6 +476,6 @@ pub const TYPE: StageType = StageType {
     name: "file",
     kind: StageKind::Source,
     summary: "replays Events from a JSON EventList, JSON array or JSON lines file; follow: true tails it",
-    parse: super::parse_config::<FileConfig>,
-    schema: super::schema_of::<FileConfig>,
+    parse: crate::component::parse_config::<FileConfig>,
+    schema: crate::component::schema_of::<FileConfig>,
 };

@@ -15,12 +15,12 @@ use metrics::Counter;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::{
+use crate::component::{
     BuildContext, BuildError, Function, FunctionTransform, Stage, StageConfig, StageKind, StageType,
 };
-use crate::config::types::{Glob, Pattern};
 use crate::event::Batch;
 use crate::event::EventData;
+use crate::types::{Glob, Pattern};
 
 macro_rules! conditions {
     ($(#[$m:meta])* $name:ident { $($extra:tt)* }) => {
@@ -209,7 +209,7 @@ impl Matcher {
 impl StageConfig for FilterConfig {
     fn build<'a>(&'a self, cx: &'a BuildContext) -> BoxFuture<'a, Result<Stage, BuildError>> {
         Box::pin(async move {
-            let t: Box<dyn super::Transform> = Box::new(Function(FilterTransform {
+            let t: Box<dyn crate::component::Transform> = Box::new(Function(FilterTransform {
                 matcher: Matcher::new(self),
                 filtered: crate::metrics::discarded(&cx.id, cx.type_name, "filtered"),
             }));
@@ -249,8 +249,8 @@ pub const TYPE: StageType = StageType {
     name: "filter",
     kind: StageKind::Transform,
     summary: "keeps or drops events by namespace, reason, type, kind, name, message, source and cluster",
-    parse: super::parse_config::<FilterConfig>,
-    schema: super::schema_of::<FilterConfig>,
+    parse: crate::component::parse_config::<FilterConfig>,
+    schema: crate::component::schema_of::<FilterConfig>,
 };
 
 #[cfg(test)]

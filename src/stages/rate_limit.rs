@@ -32,13 +32,13 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use super::key::KeySpec;
-use super::{
+use crate::component::{
     BuildContext, BuildError, Invalid, Stage, StageConfig, StageError, StageKind, StageType,
     Transform, TransformContext,
 };
-use crate::config::types::Dur;
 use crate::event::Batch;
 use crate::event::{Event, EventData, Field, Merged, Summary};
+use crate::types::Dur;
 
 /// What to do with an event over the limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
@@ -122,11 +122,11 @@ impl RateLimitConfig {
 impl StageConfig for RateLimitConfig {
     fn validate(&self) -> Vec<Invalid> {
         let mut out = Vec::new();
-        super::at_least_one(&mut out, "limit", self.limit.into());
+        crate::component::at_least_one(&mut out, "limit", self.limit.into());
         if let Some(b) = self.burst {
-            super::at_least_one(&mut out, "burst", b.into());
+            crate::component::at_least_one(&mut out, "burst", b.into());
         }
-        super::at_least_one(&mut out, "max_keys", self.max_keys as u64);
+        crate::component::at_least_one(&mut out, "max_keys", self.max_keys as u64);
         if self.per.0.is_zero() {
             out.push(Invalid::new("per", "must be above zero"));
         } else if self.limit > 0 && (self.per.0 / self.limit).is_zero() {
@@ -411,8 +411,8 @@ pub const TYPE: StageType = StageType {
     name: "rate_limit",
     kind: StageKind::Transform,
     summary: "lets at most `limit` events per `per` through for each key; drop, wait or summarize the rest",
-    parse: super::parse_config::<RateLimitConfig>,
-    schema: super::schema_of::<RateLimitConfig>,
+    parse: crate::component::parse_config::<RateLimitConfig>,
+    schema: crate::component::schema_of::<RateLimitConfig>,
 };
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use tokio::io::AsyncWriteExt;
 
-use super::{
+use crate::component::{
     BuildContext, BuildError, Sink, SinkContext, Stage, StageConfig, StageError, StageKind,
     StageType,
 };
@@ -87,6 +87,6 @@ pub const TYPE: StageType = StageType {
     name: "stdout",
     kind: StageKind::Sink,
     summary: "prints events as JSON lines",
-    parse: super::parse_config::<StdoutConfig>,
-    schema: super::schema_of::<StdoutConfig>,
+    parse: crate::component::parse_config::<StdoutConfig>,
+    schema: crate::component::schema_of::<StdoutConfig>,
 };

@@ -87,7 +87,7 @@ pub(crate) fn classify(e: sqlx::Error) -> DbError {
 /// retried after the next delay of `backoff` if `retry` (told the error and the delay) agrees;
 /// otherwise, and on a permanent failure, the error is returned.
 pub async fn retrying<T, F, Fut>(
-    backoff: &mut crate::stages::backoff::Backoff,
+    backoff: &mut crate::backoff::Backoff,
     mut retry: impl FnMut(&DbError, Duration) -> bool,
     mut op: F,
 ) -> Result<T, DbError>

@@ -34,16 +34,16 @@ use tokio::sync::{mpsc, oneshot};
 pub use resource::{Flavor, KubeEvent};
 pub use seen::{Checkpoint, Row, Seen};
 
-use super::backoff::BackoffConfig;
-use super::{
+use crate::backoff::BackoffConfig;
+use crate::component::MAX_BATCH;
+use crate::component::{
     BuildContext, BuildError, Invalid, Shutdown, Source, SourceContext, Stage, StageConfig,
     StageError, StageKind, StageMetrics, StageType,
 };
-use crate::config::types::Dur;
-use crate::engine::MAX_BATCH;
 use crate::event::ack::{Finalizer, Report, Seq, Status};
 use crate::event::{Event, EventData, Finalizers};
 use crate::metrics as m;
+use crate::types::Dur;
 
 /// Watches Kubernetes Events.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -104,7 +104,7 @@ impl KubeEventsConfig {
     /// The most events in one emitted batch.
     fn max_batch(&self) -> usize {
         self.buffer_size.map_or(MAX_BATCH, |b| {
-            (b / crate::engine::CHANNEL_CAPACITY).clamp(1, MAX_BATCH)
+            (b / crate::component::CHANNEL_CAPACITY).clamp(1, MAX_BATCH)
         })
     }
 }
@@ -126,8 +126,8 @@ pub const TYPE: StageType = StageType {
     name: "kube_events",
     kind: StageKind::Source,
     summary: "Watches Kubernetes Events (core/v1 or events.k8s.io/v1); each change once, checkpointed",
-    parse: super::parse_config::<KubeEventsConfig>,
-    schema: super::schema_of::<KubeEventsConfig>,
+    parse: crate::component::parse_config::<KubeEventsConfig>,
+    schema: crate::component::schema_of::<KubeEventsConfig>,
 };
 
 /// Where the client configuration came from, for messages.
@@ -234,10 +234,10 @@ pub async fn client_config(
 impl StageConfig for KubeEventsConfig {
     fn validate(&self) -> Vec<Invalid> {
         let mut out = Vec::new();
-        super::at_least_one(&mut out, "page_size", self.page_size.into());
-        super::at_least_one(&mut out, "max_tracked", self.max_tracked as u64);
+        crate::component::at_least_one(&mut out, "page_size", self.page_size.into());
+        crate::component::at_least_one(&mut out, "max_tracked", self.max_tracked as u64);
         if let Some(b) = self.buffer_size {
-            super::at_least_one(&mut out, "buffer_size", b as u64);
+            crate::component::at_least_one(&mut out, "buffer_size", b as u64);
         }
         // The API server takes whole seconds; below one the watch would have no timeout.
         if self.watch_timeout.0 < Duration::from_secs(1) {

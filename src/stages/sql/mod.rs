@@ -24,18 +24,18 @@ use metrics::{Counter, Histogram};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::backoff::BackoffConfig;
 use super::batch::BatchConfig;
 use super::key::KeySpec;
-use super::{
+use crate::backoff::BackoffConfig;
+use crate::component::{
     BuildContext, BuildError, Invalid, Sink, SinkContext, Stage, StageConfig, StageError,
     StageKind, StageType,
 };
-use crate::config::types::Dur;
 use crate::event::ack::Status;
 use crate::event::{Event, Field};
 use crate::state::db::{self, Db};
 use crate::state::events::{self as table, RowRef};
+use crate::types::Dur;
 
 fn default_backoff() -> BackoffConfig {
     BackoffConfig::new(Dur::millis(200), Dur::secs(30))
@@ -99,10 +99,10 @@ impl StageConfig for SqlConfig {
                 ),
             ));
         }
-        super::non_empty_key(&mut out, "key", &self.key);
-        super::at_least_one(&mut out, "batch.max_events", self.batch.max_events as u64);
+        crate::component::non_empty_key(&mut out, "key", &self.key);
+        crate::component::at_least_one(&mut out, "batch.max_events", self.batch.max_events as u64);
         // The pool sizes its slots by this number; no server takes more anyway.
-        super::in_range(&mut out, "max_conns", self.max_conns.into(), 1, 1000);
+        crate::component::in_range(&mut out, "max_conns", self.max_conns.into(), 1, 1000);
         if let Err(e) = db::check_url(&self.url) {
             out.push(Invalid::new("url", e));
         }
@@ -354,6 +354,6 @@ pub const TYPE: StageType = StageType {
     name: "sql",
     kind: StageKind::Sink,
     summary: "stores events in SQLite, PostgreSQL or MySQL/MariaDB (batched upserts)",
-    parse: super::parse_config::<SqlConfig>,
-    schema: super::schema_of::<SqlConfig>,
+    parse: crate::component::parse_config::<SqlConfig>,
+    schema: crate::component::schema_of::<SqlConfig>,
 };

@@ -30,12 +30,12 @@ use tokio::time::Instant;
 
 use super::queue::{Pending, Store};
 use super::{Budget, Delivery, Outcome, delivery_id};
+use crate::backoff::BackoffConfig;
+use crate::component::SinkContext;
 use crate::event::ack::Status;
 use crate::event::{self, Event, Finalizers, ack_all};
 use crate::health::StageHealth;
 use crate::metrics as m;
-use crate::stages::SinkContext;
-use crate::stages::backoff::BackoffConfig;
 use crate::state::db::{DbError, retrying};
 
 /// One queue in this process, shared by the instances of its stage (a reload runs the old and

@@ -40,16 +40,16 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::backoff::BackoffConfig;
 use super::batch::BatchConfig;
-use super::{
+use crate::backoff::BackoffConfig;
+use crate::component::{
     BuildContext, BuildError, Invalid, Sink, SinkContext, Stage, StageConfig, StageError,
     StageKind, StageType,
 };
-use crate::config::types::Dur;
 use crate::event::ack::Status;
 use crate::event::{Event, ack_all};
 use crate::metrics as m;
+use crate::types::Dur;
 
 /// The body format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
@@ -186,8 +186,8 @@ pub const TYPE: StageType = StageType {
     name: "webhook",
     kind: StageKind::Sink,
     summary: "posts events to an HTTP endpoint with retries, backoff and an idempotency header",
-    parse: super::parse_config::<WebhookConfig>,
-    schema: super::schema_of::<WebhookConfig>,
+    parse: crate::component::parse_config::<WebhookConfig>,
+    schema: crate::component::schema_of::<WebhookConfig>,
 };
 
 impl WebhookConfig {
@@ -301,9 +301,9 @@ impl StageConfig for WebhookConfig {
         {
             out.push(Invalid::new("ca_file", e));
         }
-        super::at_least_one(&mut out, "batch.max_events", self.batch.max_events as u64);
-        super::at_least_one(&mut out, "max_in_flight", self.max_in_flight as u64);
-        super::at_least_one(&mut out, "max_queued", self.max_queued);
+        crate::component::at_least_one(&mut out, "batch.max_events", self.batch.max_events as u64);
+        crate::component::at_least_one(&mut out, "max_in_flight", self.max_in_flight as u64);
+        crate::component::at_least_one(&mut out, "max_queued", self.max_queued);
         if self.timeout.0.is_zero() {
             out.push(Invalid::new("timeout", "must be above zero"));
         }
@@ -326,7 +326,7 @@ impl StageConfig for WebhookConfig {
                     ),
                 ));
             }
-            super::non_empty_key(&mut out, "mark_rows.key", &m.key);
+            crate::component::non_empty_key(&mut out, "mark_rows.key", &m.key);
             if let Err(e) = crate::state::db::check_url(&m.url) {
                 out.push(Invalid::new("mark_rows.url", e));
             }

@@ -128,6 +128,23 @@ impl JsonSchema for Dur {
     }
 }
 
+/// A value a stage config refuses: the field (a dotted path as written in the file, such as
+/// `batch.max_events` or `headers.X-Token`) and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    pub field: String,
+    pub message: String,
+}
+
+impl Invalid {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Invalid {
+        Invalid {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
 /// A regular expression (Rust `regex` syntax), compiled when the file is loaded.
 #[derive(Clone)]
 pub struct Pattern(pub regex::Regex);

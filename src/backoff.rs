@@ -6,7 +6,7 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use crate::config::types::Dur;
+use crate::types::Dur;
 
 /// Retry delays: exponential (doubling) with jitter.
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
@@ -43,16 +43,16 @@ impl BackoffConfig {
     }
 
     /// Refuses a zero first delay (a retry loop that never waits) and a cap below it.
-    pub fn validate(&self, field: &str) -> Vec<super::Invalid> {
+    pub fn validate(&self, field: &str) -> Vec<crate::types::Invalid> {
         let mut out = Vec::new();
         if self.initial.0.is_zero() {
-            out.push(super::Invalid::new(
+            out.push(crate::types::Invalid::new(
                 format!("{field}.initial"),
                 "must be above zero",
             ));
         }
         if self.max < self.initial {
-            out.push(super::Invalid::new(
+            out.push(crate::types::Invalid::new(
                 format!("{field}.max"),
                 format!("`{}` is below `initial` ({})", self.max, self.initial),
             ));

@@ -1,0 +1,322 @@
+//! The component layer: what a stage is to the engine and what the engine is to a stage.
+//!
+//! The stage traits ([`Source`], [`Transform`], [`Sink`]) and their contexts (an [`Input`], an
+//! output [`Fanout`], a [`Shutdown`] signal, [`StageMetrics`]), a parsed config
+//! ([`StageConfig`]: validate, then build), and one row of the type table ([`StageType`]) with
+//! the [`Registry`] of them. Stage types depend on this module; the engine runs stages
+//! through it; `config` parses with a registry it is handed. Nothing here knows a stage type.
+
+pub mod fanout;
+
+/// Batches an edge can hold. With batches of at most [`MAX_BATCH`] events, one edge buffers
+/// at most `CHANNEL_CAPACITY * MAX_BATCH` events.
+pub const CHANNEL_CAPACITY: usize = 8;
+
+/// The largest batch a built-in source emits.
+pub const MAX_BATCH: usize = 512;
+
+use std::fmt;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use metrics::Counter;
+use serde::de::DeserializeOwned;
+use tokio::sync::{mpsc, watch};
+
+use crate::event::Batch;
+use crate::metrics as m;
+use crate::state::StateConfig;
+use crate::yaml::{self, DeError, Node};
+pub use fanout::Fanout;
+
+/// Where a stage sits in the graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StageKind {
+    /// Reads from outside; has no inputs.
+    Source,
+    /// Reads from inputs and writes to its output.
+    Transform,
+    /// Reads from inputs; has no output.
+    Sink,
+}
+
+/// Everything a stage needs to know when it is built.
+#[derive(Debug, Clone)]
+pub struct BuildContext {
+    pub id: String,
+    pub type_name: &'static str,
+    pub state: Option<StateConfig>,
+}
+
+/// A failure to build a stage (bad runtime input such as an unreachable database).
+#[derive(Debug, thiserror::Error)]
+#[error("stage `{stage}`: {message}")]
+pub struct BuildError {
+    pub stage: String,
+    pub message: String,
+}
+
+/// A failure that ended a running stage.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StageError(pub String);
+
+pub use crate::types::Invalid;
+
+/// Refuses a count of zero.
+pub fn at_least_one(out: &mut Vec<Invalid>, field: &str, value: u64) {
+    if value == 0 {
+        out.push(Invalid::new(field, "must be at least 1"));
+    }
+}
+
+/// Refuses a count outside `min..=max` (bounds that keep allocations sized by configuration
+/// within reason).
+pub fn in_range(out: &mut Vec<Invalid>, field: &str, value: u64, min: u64, max: u64) {
+    if value < min || value > max {
+        out.push(Invalid::new(
+            field,
+            format!("{value} is out of range: from {min} to {max}"),
+        ));
+    }
+}
+
+/// The checks every keyed, windowed stage (`dedup`, `aggregate`) makes: a key, room for at
+/// least one key, a window above zero.
+pub fn keyed_window(
+    key: &[crate::event::Field],
+    max_keys: u64,
+    window: std::time::Duration,
+) -> Vec<Invalid> {
+    let mut out = Vec::new();
+    non_empty_key(&mut out, "key", key);
+    at_least_one(&mut out, "max_keys", max_keys);
+    if window.is_zero() {
+        out.push(Invalid::new("window", "must be above zero"));
+    }
+    out
+}
+
+/// Refuses an empty key.
+pub fn non_empty_key(out: &mut Vec<Invalid>, field: &str, key: &[crate::event::Field]) {
+    if key.is_empty() {
+        out.push(Invalid::new(field, "name at least one event field"));
+    }
+}
+
+/// A parsed stage config.
+pub trait StageConfig: fmt::Debug + Send + Sync + 'static {
+    /// Every check of the config that needs no network: ranges, URL schemes, names,
+    /// templates, local certificate files. The loader calls it for every stage, so
+    /// `validate`, `run` and reload give the same answer; the engine calls it again before
+    /// building (pipelines assembled in code). Default: nothing to check beyond parsing.
+    fn validate(&self) -> Vec<Invalid> {
+        Vec::new()
+    }
+
+    /// Builds a runnable instance.
+    fn build<'a>(&'a self, cx: &'a BuildContext) -> BoxFuture<'a, Result<Stage, BuildError>>;
+}
+
+/// A built, not yet running, stage.
+pub enum Stage {
+    Source(Box<dyn Source>),
+    Transform(Box<dyn Transform>),
+    Sink(Box<dyn Sink>),
+}
+
+/// The per-stage metrics every stage type shares.
+#[derive(Clone)]
+pub struct StageMetrics {
+    pub id: Arc<str>,
+    pub type_name: &'static str,
+    pub received: Counter,
+    pub errors_event: Counter,
+    /// Time spent processing one batch (transform work, or a sink's write and commit).
+    pub processing: metrics::Histogram,
+}
+
+impl StageMetrics {
+    pub fn new(id: &str, type_name: &'static str) -> Self {
+        StageMetrics {
+            id: Arc::from(id),
+            type_name,
+            received: m::received(id, type_name),
+            errors_event: m::stage_errors(id, type_name, "bad_event"),
+            processing: m::processing(id, type_name),
+        }
+    }
+
+    /// The counter for events this stage drops on purpose, by reason.
+    pub fn discarded(&self, reason: &'static str) -> Counter {
+        m::discarded(&self.id, self.type_name, reason)
+    }
+}
+
+/// A stage's input: a bounded receiver that counts what arrives.
+pub struct Input {
+    rx: mpsc::Receiver<Batch>,
+    received: Counter,
+    depth: metrics::Gauge,
+    /// Debug builds only: panic on receiving this batch (see [`fault_panic_at`]).
+    panic_at: Option<u64>,
+    batches: u64,
+}
+
+impl Input {
+    pub fn new(rx: mpsc::Receiver<Batch>, metrics: &StageMetrics) -> Input {
+        Input {
+            rx,
+            received: metrics.received.clone(),
+            depth: m::queue_depth(&metrics.id, metrics.type_name),
+            panic_at: fault_panic_at(&metrics.id),
+            batches: 0,
+        }
+    }
+
+    /// The next batch, or `None` once every upstream is gone and the queue is drained.
+    pub async fn recv(&mut self) -> Option<Batch> {
+        let b = self.rx.recv().await?;
+        self.received.increment(b.len() as u64);
+        self.depth.decrement(b.len() as f64);
+        self.batches += 1;
+        if self.panic_at == Some(self.batches) {
+            panic!(
+                "fault injected by EVENTFLOW_FAULT_PANIC at batch {}",
+                self.batches
+            );
+        }
+        Some(b)
+    }
+}
+
+/// A test-only hook, compiled into debug builds only: with `EVENTFLOW_FAULT_PANIC=ID:N`, the
+/// stage `ID` panics when it receives its N-th batch (N from 1), holding that batch and
+/// whatever it buffered. The tests use it to crash a real stage inside the real binary.
+fn fault_panic_at(stage: &str) -> Option<u64> {
+    if !cfg!(debug_assertions) {
+        return None;
+    }
+    let v = std::env::var("EVENTFLOW_FAULT_PANIC").ok()?;
+    let (id, n) = v.rsplit_once(':')?;
+    (id == stage).then(|| n.parse().ok()).flatten()
+}
+
+/// Tells a source to stop reading.
+#[derive(Clone)]
+pub struct Shutdown(pub watch::Receiver<bool>);
+
+impl Shutdown {
+    /// Resolves once shutdown is requested.
+    pub async fn requested(&mut self) {
+        let _ = self.0.wait_for(|s| *s).await;
+    }
+
+    pub fn is_requested(&self) -> bool {
+        *self.0.borrow()
+    }
+}
+
+pub struct SourceContext {
+    pub metrics: StageMetrics,
+    pub out: Fanout,
+    pub shutdown: Shutdown,
+}
+
+pub struct TransformContext {
+    pub metrics: StageMetrics,
+    pub input: Input,
+    pub out: Fanout,
+}
+
+pub struct SinkContext {
+    pub metrics: StageMetrics,
+    pub input: Input,
+}
+
+pub trait Source: Send + 'static {
+    /// Reads until the input ends or shutdown is requested, sending batches to `cx.out`.
+    fn run(self: Box<Self>, cx: SourceContext) -> BoxFuture<'static, Result<(), StageError>>;
+}
+
+pub trait Transform: Send + 'static {
+    /// Processes batches until the input closes, then flushes and returns.
+    fn run(self: Box<Self>, cx: TransformContext) -> BoxFuture<'static, Result<(), StageError>>;
+}
+
+pub trait Sink: Send + 'static {
+    /// Commits batches until the input closes, then flushes and returns.
+    fn run(self: Box<Self>, cx: SinkContext) -> BoxFuture<'static, Result<(), StageError>>;
+}
+
+/// A transform that maps each batch synchronously (filter and the like).
+pub trait FunctionTransform: Send + 'static {
+    /// Keeps, drops or rewrites the events of one batch.
+    fn transform(&mut self, batch: Batch) -> Batch;
+}
+
+/// Runs a [`FunctionTransform`] as a [`Transform`].
+pub struct Function<T>(pub T);
+
+impl<T: FunctionTransform> Transform for Function<T> {
+    fn run(
+        self: Box<Self>,
+        mut cx: TransformContext,
+    ) -> BoxFuture<'static, Result<(), StageError>> {
+        let mut t = self.0;
+        Box::pin(async move {
+            while let Some(batch) = cx.input.recv().await {
+                let started = std::time::Instant::now();
+                let out = t.transform(batch);
+                cx.metrics
+                    .processing
+                    .record(started.elapsed().as_secs_f64());
+                cx.out.send(out).await;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// One row of the stage type table.
+pub struct StageType {
+    pub name: &'static str,
+    pub kind: StageKind,
+    pub summary: &'static str,
+    pub parse: fn(&Node) -> Result<Arc<dyn StageConfig>, DeError>,
+    pub schema: fn(&mut schemars::SchemaGenerator) -> schemars::Schema,
+}
+
+/// Deserializes a stage's config, without the `type` and `inputs` keys every stage has.
+pub fn parse_config<C: StageConfig + DeserializeOwned>(
+    node: &Node,
+) -> Result<Arc<dyn StageConfig>, DeError> {
+    yaml::from_node_skipping::<C>(node, &["type", "inputs"])
+        .map(|c| Arc::new(c) as Arc<dyn StageConfig>)
+}
+
+/// The schema of a stage's config.
+pub fn schema_of<C: schemars::JsonSchema>(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    g.root_schema_for::<C>()
+}
+
+/// The stage types a pipeline may use, looked up by their `type:` name.
+#[derive(Clone, Copy)]
+pub struct Registry(pub &'static [StageType]);
+
+impl Registry {
+    /// The type named `name`.
+    pub fn lookup(&self, name: &str) -> Option<&'static StageType> {
+        self.0.iter().find(|t| t.name == name)
+    }
+
+    /// Every type's name, in table order.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.0.iter().map(|t| t.name).collect()
+    }
+
+    /// Every type.
+    pub fn types(&self) -> &'static [StageType] {
+        self.0
+    }
+}
