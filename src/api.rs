@@ -28,6 +28,8 @@ pub struct ApiState {
     pub reload: mpsc::Sender<ReloadRequest>,
     /// With a token, mutating endpoints require `Authorization: Bearer <token>`.
     pub token: Option<Arc<str>>,
+    /// The running pipeline's health registry.
+    pub health: crate::health::Health,
 }
 
 /// The environment variable that holds the bearer token of mutating endpoints.
@@ -116,7 +118,7 @@ fn readiness(s: &ApiState) -> Result<(), String> {
     if !s.ready.load(Ordering::Acquire) {
         return Err("the pipeline is not running".into());
     }
-    let problems = crate::health::problems();
+    let problems = s.health.problems();
     if problems.is_empty() {
         Ok(())
     } else {

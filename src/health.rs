@@ -4,9 +4,13 @@
 //! sync (for `kube_events`: the first full list). A sink (`sql`, `webhook`) registers ready and
 //! reports its writes. Either stops being ready when its target has been failing for longer
 //! than its `unready_after`. A stage that has stopped unregisters.
+//!
+//! The registry ([`Health`]) belongs to the running pipeline: the engine hands it to stages
+//! through their build context and the API reads it, so two pipelines in one process (tests)
+//! do not see each other.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 #[derive(Debug)]
@@ -15,33 +19,47 @@ struct State {
     failing_since: Option<Instant>,
 }
 
+type Map = Mutex<BTreeMap<String, Arc<StageHealth>>>;
+
 /// The health of one stage (a source, or a sink that talks to something outside).
 #[derive(Debug)]
 pub struct StageHealth {
     id: String,
     unready_after: Duration,
     state: Mutex<State>,
+    registry: Weak<Map>,
 }
 
-static SOURCES: LazyLock<Mutex<BTreeMap<String, Arc<StageHealth>>>> =
-    LazyLock::new(|| Mutex::new(BTreeMap::new()));
+/// The stages of one running pipeline that report their health.
+#[derive(Debug, Clone, Default)]
+pub struct Health(Arc<Map>);
 
-fn registry() -> std::sync::MutexGuard<'static, BTreeMap<String, Arc<StageHealth>>> {
-    SOURCES.lock().unwrap_or_else(|e| e.into_inner())
+fn lock(m: &Map) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<StageHealth>>> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Registers (or replaces) the health of source `id`: not ready until [`StageHealth::synced`].
-pub fn register(id: &str, unready_after: Duration) -> Arc<StageHealth> {
-    let h = Arc::new(StageHealth {
-        id: id.to_string(),
-        unready_after,
-        state: Mutex::new(State {
-            synced: false,
-            failing_since: None,
-        }),
-    });
-    registry().insert(id.to_string(), h.clone());
-    h
+impl Health {
+    /// Registers (or replaces) the health of stage `id`: not ready until
+    /// [`StageHealth::synced`].
+    pub fn register(&self, id: &str, unready_after: Duration) -> Arc<StageHealth> {
+        let h = Arc::new(StageHealth {
+            id: id.to_string(),
+            unready_after,
+            state: Mutex::new(State {
+                synced: false,
+                failing_since: None,
+            }),
+            registry: Arc::downgrade(&self.0),
+        });
+        lock(&self.0).insert(id.to_string(), h.clone());
+        h
+    }
+
+    /// Every registered stage's problem, if any.
+    pub fn problems(&self) -> Vec<String> {
+        let stages: Vec<Arc<StageHealth>> = lock(&self.0).values().cloned().collect();
+        stages.iter().filter_map(|h| h.problem()).collect()
+    }
 }
 
 impl StageHealth {
@@ -64,9 +82,12 @@ impl StageHealth {
         });
     }
 
-    /// The source has stopped: it no longer counts.
+    /// The stage has stopped: it no longer counts.
     pub fn stopped(self: &Arc<Self>) {
-        let mut r = registry();
+        let Some(registry) = self.registry.upgrade() else {
+            return;
+        };
+        let mut r = lock(&registry);
         if r.get(&self.id).is_some_and(|h| Arc::ptr_eq(h, self)) {
             r.remove(&self.id);
         }
@@ -84,10 +105,4 @@ impl StageHealth {
             _ => None,
         })
     }
-}
-
-/// Every registered source's problem, if any.
-pub fn problems() -> Vec<String> {
-    let sources: Vec<Arc<StageHealth>> = registry().values().cloned().collect();
-    sources.iter().filter_map(|h| h.problem()).collect()
 }

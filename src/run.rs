@@ -68,6 +68,7 @@ pub async fn run(pipeline: Pipeline, opts: RunOptions) -> Result<Outcome, RunErr
     let api = pipeline.api.clone();
     let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(4);
     let ready = Arc::new(AtomicBool::new(false));
+    let health = crate::health::Health::default();
     let _api = match api {
         Some(a) => {
             let state = crate::api::ApiState {
@@ -78,6 +79,7 @@ pub async fn run(pipeline: Pipeline, opts: RunOptions) -> Result<Outcome, RunErr
                     .ok()
                     .filter(|t| !t.is_empty())
                     .map(Arc::from),
+                health: health.clone(),
             };
             let (_, task) =
                 crate::api::serve(a.listen, state)
@@ -104,7 +106,7 @@ pub async fn run(pipeline: Pipeline, opts: RunOptions) -> Result<Outcome, RunErr
         }
         _ => None,
     };
-    let mut topology = Topology::start(pipeline).await?;
+    let mut topology = Topology::start_with(pipeline, health).await?;
     crate::metrics::reload("applied", 0.0);
     ready.store(true, Ordering::Release);
     tracing::info!(

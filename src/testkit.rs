@@ -190,10 +190,7 @@ impl StageConfig for ChannelSource {
                 .lock()
                 .ok()
                 .and_then(|mut g| g.take())
-                .ok_or_else(|| BuildError {
-                    stage: cx.id.clone(),
-                    message: "a ChannelSource can be built once".into(),
-                })?;
+                .ok_or_else(|| cx.error("a ChannelSource can be built once"))?;
             Ok(Stage::Source(
                 Box::new(ChannelSourceRun(rx)) as Box<dyn Source>
             ))

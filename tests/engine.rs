@@ -317,3 +317,73 @@ async fn a_batch_held_by_a_sink_that_stops_without_committing_fails() {
     );
     topo.shutdown(Duration::from_secs(5)).await;
 }
+
+/// Two pipelines in one process, each with a webhook stage `hook`: the one whose receiver is
+/// down is not ready; the other one does not see that (health belongs to its pipeline).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_pipelines_in_one_process_keep_their_health_apart() {
+    let hook = |url: &str| -> Arc<dyn eventflow::component::StageConfig> {
+        let yaml = format!(
+            "url: {url}\nunready_after: 100ms\nretries: 1000\nbackoff: {{initial: 10ms, max: 20ms}}\n"
+        );
+        Arc::new(
+            eventflow::yaml::from_node::<eventflow::stages::webhook::WebhookConfig>(
+                &eventflow::yaml::parse(&yaml).expect("yaml"),
+            )
+            .expect("webhook config"),
+        )
+    };
+    let good = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let good_url = format!("http://{}/hook", good.local_addr().expect("addr"));
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for s in good.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ =
+                s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        }
+    });
+    let (src_a, feed_a) = ChannelSource::new(4);
+    let (src_b, feed_b) = ChannelSource::new(4);
+    let a = eventflow::testkit::source_to_sink(
+        Arc::new(src_a),
+        "hook",
+        "webhook",
+        hook("http://127.0.0.1:1/down"),
+        0,
+    )
+    .build();
+    let b =
+        eventflow::testkit::source_to_sink(Arc::new(src_b), "hook", "webhook", hook(&good_url), 0)
+            .build();
+    let ta = Topology::start(a).await.expect("start a");
+    let tb = Topology::start(b).await.expect("start b");
+    let _ack_a = feed_a.send(vec![event("a1")]).await;
+    let ack_b = feed_b.send(vec![event("b1")]).await;
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(10), ack_b)
+            .await
+            .expect("b delivers")
+            .expect("status"),
+        Status::Delivered
+    );
+    wait_for("pipeline a not ready", || {
+        !ta.health().problems().is_empty()
+    })
+    .await;
+    assert!(
+        ta.health().problems()[0].contains("stage `hook`"),
+        "{:?}",
+        ta.health().problems()
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        tb.health().problems().is_empty(),
+        "b sees only its own stages: {:?}",
+        tb.health().problems()
+    );
+    tb.shutdown(Duration::from_secs(5)).await;
+    ta.shutdown(Duration::from_millis(200)).await;
+}

@@ -431,7 +431,7 @@ async fn a_bad_url_or_table_fails_the_build_with_a_clear_error() {
         let cx = eventflow::component::BuildContext {
             id: "db".into(),
             type_name: "sql",
-            state: None,
+            ..Default::default()
         };
         // What needs no I/O is refused by validation (as `validate`, `run` and reload do);
         // the rest by the build.

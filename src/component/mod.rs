@@ -41,11 +41,57 @@ pub enum StageKind {
 }
 
 /// Everything a stage needs to know when it is built.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct BuildContext {
     pub id: String,
     pub type_name: &'static str,
     pub state: Option<StateConfig>,
+    /// The running pipeline's health registry (for `/readyz`).
+    pub health: crate::health::Health,
+    /// State the instances of one stage share across reloads (e.g. a durable queue's slot).
+    pub shared: Shared,
+}
+
+impl BuildContext {
+    /// A stage error with this stage's id.
+    pub fn error(&self, message: impl Into<String>) -> BuildError {
+        BuildError {
+            stage: self.id.clone(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Values the instances of a stage share while a reload runs the old and the new one side by
+/// side, owned by the running pipeline (not the process: two pipelines never share them).
+#[derive(Clone, Default)]
+pub struct Shared(
+    Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<dyn std::any::Any + Send + Sync>>>>,
+);
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Shared")
+    }
+}
+
+impl Shared {
+    /// The value under `key`, made by `make` the first time (or if it was of another type).
+    pub fn get_or_insert_with<T: std::any::Any + Send + Sync>(
+        &self,
+        key: &str,
+        make: impl FnOnce() -> T,
+    ) -> Arc<T> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(v) = map.get(key).cloned()
+            && let Ok(t) = v.downcast::<T>()
+        {
+            return t;
+        }
+        let t = Arc::new(make());
+        map.insert(key.to_string(), t.clone());
+        t
+    }
 }
 
 /// A failure to build a stage (bad runtime input such as an unreachable database).

@@ -20,12 +20,13 @@ use tokio::task::JoinHandle;
 use super::CHANNEL_CAPACITY;
 use crate::component::fanout::{Control, Edge, Edit, Fanout};
 use crate::component::{
-    BuildContext, BuildError, Input, Shutdown, SinkContext, SourceContext, Stage, StageKind,
-    StageMetrics, TransformContext,
+    BuildContext, BuildError, Input, Shared, Shutdown, SinkContext, SourceContext, Stage,
+    StageKind, StageMetrics, TransformContext,
 };
 use crate::config::diff::Diff;
 use crate::config::{Pipeline, graph};
 use crate::event::Batch;
+use crate::health::Health;
 use crate::metrics as m;
 
 /// How long a reload waits for a replaced source to hand off what it read.
@@ -87,6 +88,10 @@ pub struct Topology {
     exits_rx: mpsc::UnboundedReceiver<Exited>,
     /// Stage instances (current or replaced) that failed, with why.
     failed: Vec<(String, String)>,
+    /// The health of the stages that report it (read by `/readyz`).
+    health: Health,
+    /// What instances of a stage share across reloads.
+    shared: Shared,
 }
 
 fn empty_like(p: &Pipeline) -> Pipeline {
@@ -102,8 +107,13 @@ fn empty_like(p: &Pipeline) -> Pipeline {
 }
 
 impl Topology {
-    /// Builds and starts every stage of `pipeline`.
+    /// Builds and starts every stage of `pipeline`, with a health registry of its own.
     pub async fn start(pipeline: Pipeline) -> Result<Topology, BuildError> {
+        Topology::start_with(pipeline, Health::default()).await
+    }
+
+    /// Builds and starts every stage of `pipeline`; its stages report to `health`.
+    pub async fn start_with(pipeline: Pipeline, health: Health) -> Result<Topology, BuildError> {
         let (exits_tx, exits_rx) = mpsc::unbounded_channel();
         let mut t = Topology {
             current: empty_like(&pipeline),
@@ -113,9 +123,16 @@ impl Topology {
             exits_tx,
             exits_rx,
             failed: Vec::new(),
+            health,
+            shared: Shared::default(),
         };
         t.apply(pipeline).await?;
         Ok(t)
+    }
+
+    /// The health registry its stages report to.
+    pub fn health(&self) -> &Health {
+        &self.health
     }
 
     /// The pipeline that is running.
@@ -177,6 +194,8 @@ impl Topology {
                 id: id.clone(),
                 type_name: spec.type_name,
                 state: new.state.clone(),
+                health: self.health.clone(),
+                shared: self.shared.clone(),
             };
             // A panic while building is a bug in that stage type, but it must not take the
             // running pipeline down with it: nothing has been touched yet, so roll back.

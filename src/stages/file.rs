@@ -60,10 +60,10 @@ impl StageConfig for FileConfig {
     fn build<'a>(&'a self, cx: &'a BuildContext) -> BoxFuture<'a, Result<Stage, BuildError>> {
         Box::pin(async move {
             if !self.follow && !self.path.exists() {
-                return Err(BuildError {
-                    stage: cx.id.clone(),
-                    message: format!("field `path`: {} does not exist", self.path.display()),
-                });
+                return Err(cx.error(format!(
+                    "field `path`: {} does not exist",
+                    self.path.display()
+                )));
             }
             Ok(Stage::Source(
                 Box::new(FileSource { cfg: self.clone() }) as Box<dyn Source>

@@ -143,10 +143,7 @@ impl StageConfig for RateLimitConfig {
 
     fn build<'a>(&'a self, cx: &'a BuildContext) -> BoxFuture<'a, Result<Stage, BuildError>> {
         Box::pin(async move {
-            let t = RateLimit::new(self, &cx.id, cx.type_name).map_err(|message| BuildError {
-                stage: cx.id.clone(),
-                message,
-            })?;
+            let t = RateLimit::new(self, &cx.id, cx.type_name).map_err(|m| cx.error(m))?;
             Ok(Stage::Transform(Box::new(t) as Box<dyn Transform>))
         })
     }

@@ -264,10 +264,7 @@ impl StageConfig for KubeEventsConfig {
 
     fn build<'a>(&'a self, cx: &'a BuildContext) -> BoxFuture<'a, Result<Stage, BuildError>> {
         Box::pin(async move {
-            let err = |message: String| BuildError {
-                stage: cx.id.clone(),
-                message,
-            };
+            let err = |message: String| cx.error(message);
             let _ = rustls::crypto::ring::default_provider().install_default();
             let (cfg, context_name) =
                 client_config(self.kubeconfig.as_deref(), self.context.as_deref())
@@ -284,6 +281,7 @@ impl StageConfig for KubeEventsConfig {
                 client,
                 cluster: self.cluster.clone().unwrap_or(context_name),
                 checkpoint,
+                health: cx.health.clone(),
             }) as Box<dyn Source>))
         })
     }
@@ -294,6 +292,7 @@ struct KubeSource {
     client: kube::Client,
     cluster: String,
     checkpoint: Checkpoint,
+    health: crate::health::Health,
 }
 
 /// What a watch loop hands to the source task.
@@ -345,7 +344,7 @@ async fn run(src: KubeSource, cx: SourceContext) -> Result<(), StageError> {
         shutdown,
     } = cx;
     let counters = counters(&sm);
-    let health = crate::health::register(&sm.id, src.cfg.unready_after.0);
+    let health = src.health.register(&sm.id, src.cfg.unready_after.0);
     let loaded = match src.checkpoint.load().await {
         Ok(rows) => rows,
         Err(e) => {

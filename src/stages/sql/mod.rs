@@ -115,10 +115,7 @@ impl StageConfig for SqlConfig {
 
     fn build<'a>(&'a self, cx: &'a BuildContext) -> BoxFuture<'a, Result<Stage, BuildError>> {
         Box::pin(async move {
-            let fail = |message: String| BuildError {
-                stage: cx.id.clone(),
-                message,
-            };
+            let fail = |message: String| cx.error(message);
             let db = Db::connect(&self.url, self.max_conns, self.connect_timeout.0)
                 .await
                 .map_err(|m| fail(format!("field `url`: {m}")))?;
@@ -126,7 +123,8 @@ impl StageConfig for SqlConfig {
                 .await
                 .map_err(|e| fail(format!("cannot prepare table `{}`: {e}", self.table)))?;
             Ok(Stage::Sink(
-                Box::new(SqlSink::new(self.clone(), db, &cx.id)) as Box<dyn Sink>,
+                Box::new(SqlSink::new(self.clone(), db, &cx.id).reporting_to(&cx.health))
+                    as Box<dyn Sink>,
             ))
         })
     }
@@ -142,6 +140,8 @@ pub struct SqlSink {
     latency: Histogram,
     /// Readiness: set while the sink runs.
     health: std::sync::OnceLock<std::sync::Arc<crate::health::StageHealth>>,
+    /// Where it registers its health (the running pipeline's).
+    registry: crate::health::Health,
     sql_cache: std::sync::Mutex<std::collections::HashMap<usize, std::sync::Arc<str>>>,
 }
 
@@ -153,10 +153,17 @@ impl SqlSink {
             unavailable: crate::metrics::stage_errors(stage, "sql", "db_unavailable"),
             latency: crate::metrics::sql_latency(stage, "upsert"),
             health: std::sync::OnceLock::new(),
+            registry: crate::health::Health::default(),
             sql_cache: std::sync::Mutex::new(std::collections::HashMap::new()),
             cfg,
             db,
         }
+    }
+
+    /// Reports its health to `registry` (the running pipeline's) instead of a private one.
+    pub fn reporting_to(mut self, registry: &crate::health::Health) -> SqlSink {
+        self.registry = registry.clone();
+        self
     }
 
     fn evt_key(&self, e: &Event) -> String {
@@ -282,7 +289,9 @@ impl Sink for SqlSink {
                 let table = self.cfg.table.clone();
                 tokio::spawn(retention_loop(db, table, r.0))
             });
-            let health = crate::health::register(&cx.metrics.id, Duration::from_secs(30));
+            let health = self
+                .registry
+                .register(&cx.metrics.id, Duration::from_secs(30));
             health.synced(); // connected when it was built
             let _ = self.health.set(health.clone());
             let max = self.cfg.batch.max_events;

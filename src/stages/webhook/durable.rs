@@ -20,9 +20,8 @@
 //! reaches it. One instance delivers from a queue at a time, so a reload never sends a row
 //! twice. (Two processes must not share a `state` database with the same stage id.)
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
@@ -41,7 +40,7 @@ use crate::state::db::{DbError, retrying};
 /// One queue in this process, shared by the instances of its stage (a reload runs the old and
 /// the new one side by side for a while): the newest instance delivers, every instance's
 /// intake writes, and the count and wake-ups are common to all.
-struct Slot {
+pub struct Slot {
     /// Held by the instance that delivers.
     delivering: tokio::sync::Mutex<()>,
     /// Bumped when an instance starts: older ones stop delivering.
@@ -54,28 +53,23 @@ struct Slot {
     queued: AtomicU64,
 }
 
-fn slot(key: String) -> Arc<Slot> {
-    static SLOTS: OnceLock<Mutex<HashMap<String, Arc<Slot>>>> = OnceLock::new();
-    let mut slots = SLOTS
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    slots
-        .entry(key)
-        .or_insert_with(|| {
-            Arc::new(Slot {
-                delivering: tokio::sync::Mutex::new(()),
-                generation: watch::channel(0).0,
-                added: watch::channel(0).0,
-                room: Notify::new(),
-                queued: AtomicU64::new(0),
-            })
-        })
-        .clone()
+/// The slot of the queue of `stage` in the state database at `state_url`, shared by the
+/// instances of the stage in this running pipeline.
+pub fn slot(shared: &crate::component::Shared, state_url: &str, stage: &str) -> Arc<Slot> {
+    shared.get_or_insert_with(
+        &format!("webhook-queue\u{0}{state_url}\u{0}{stage}"),
+        || Slot {
+            delivering: tokio::sync::Mutex::new(()),
+            generation: watch::channel(0).0,
+            added: watch::channel(0).0,
+            room: Notify::new(),
+            queued: AtomicU64::new(0),
+        },
+    )
 }
 
-/// What the two loops share.
-struct Shared {
+/// One running durable webhook: what its intake and its delivery loop share.
+struct Durable {
     delivery: Arc<Delivery>,
     store: Store,
     health: Arc<StageHealth>,
@@ -87,7 +81,7 @@ struct Shared {
     processing: metrics::Histogram,
 }
 
-impl Shared {
+impl Durable {
     /// The stage id.
     fn stage(&self) -> &str {
         &self.delivery.stage
@@ -146,15 +140,14 @@ impl Shared {
 pub async fn run(
     delivery: Arc<Delivery>,
     store: Store,
-    state_url: &str,
+    slot: Arc<Slot>,
     cx: &mut SinkContext,
     health: Arc<StageHealth>,
 ) {
     let id = cx.metrics.id.clone();
     let stage: &str = &id;
-    let slot = slot(format!("{state_url}\u{0}{stage}"));
     slot.generation.send_modify(|g| *g += 1);
-    let shared = Arc::new(Shared {
+    let shared = Arc::new(Durable {
         delivery,
         store,
         health,
@@ -202,7 +195,7 @@ pub async fn run(
     }
 }
 
-async fn intake(shared: &Shared, cx: &mut SinkContext, write_failed: &metrics::Counter) {
+async fn intake(shared: &Durable, cx: &mut SinkContext, write_failed: &metrics::Counter) {
     let max = shared.delivery.cfg.max_queued.max(1);
     let warned = std::sync::atomic::AtomicBool::new(false);
     super::super::batch::run_batched(
@@ -246,7 +239,7 @@ async fn intake(shared: &Shared, cx: &mut SinkContext, write_failed: &metrics::C
 
 /// Writes a batch to the queue, retrying while the database is unavailable. An event the
 /// database refuses for good is rejected (counted), not retried forever.
-async fn write(shared: &Shared, batch: Vec<Event>, write_failed: &metrics::Counter) {
+async fn write(shared: &Durable, batch: Vec<Event>, write_failed: &metrics::Counter) {
     let mut backoff = BackoffConfig::default().start();
     let retry = |e: &DbError, wait: Duration| {
         shared.health.failing();
@@ -284,7 +277,7 @@ enum Next {
     WaitUntil(Instant),
 }
 
-async fn next_batch(shared: &Shared, cursor: i64, stopping: bool) -> Result<Next, DbError> {
+async fn next_batch(shared: &Durable, cursor: i64, stopping: bool) -> Result<Next, DbError> {
     let cfg = &shared.delivery.cfg;
     let max = cfg.batch.max_events.max(1);
     let rows = shared.store.head(shared.stage(), cursor, max).await?;
@@ -308,7 +301,7 @@ async fn next_batch(shared: &Shared, cursor: i64, stopping: bool) -> Result<Next
 /// Delivers from the queue until the stage stops (see the module's notes) or a newer
 /// instance of it starts (`generation` changes), whichever comes first.
 async fn deliver_loop(
-    shared: &Arc<Shared>,
+    shared: &Arc<Durable>,
     mut stop: watch::Receiver<bool>,
     mut generation: watch::Receiver<u64>,
 ) {
@@ -389,7 +382,7 @@ async fn deliver_loop(
 }
 
 /// Delivers one batch of queued rows and settles it in the queue.
-async fn send(shared: Arc<Shared>, rows: Vec<Pending>, halt: watch::Receiver<bool>) -> Outcome {
+async fn send(shared: Arc<Durable>, rows: Vec<Pending>, halt: watch::Receiver<bool>) -> Outcome {
     let shared = &*shared;
     let started = std::time::Instant::now();
     let mut events = Vec::with_capacity(rows.len());
@@ -462,7 +455,7 @@ async fn send(shared: Arc<Shared>, rows: Vec<Pending>, halt: watch::Receiver<boo
 
 /// Moves rows to the dead letters (counted).
 async fn bury(
-    shared: &Shared,
+    shared: &Durable,
     rows: &[Pending],
     delivery_id: &str,
     attempts: u32,

@@ -337,10 +337,7 @@ impl StageConfig for WebhookConfig {
 
     fn build<'a>(&'a self, cx: &'a BuildContext) -> BoxFuture<'a, Result<Stage, BuildError>> {
         Box::pin(async move {
-            let err = |message: String| BuildError {
-                stage: cx.id.clone(),
-                message,
-            };
+            let err = |message: String| cx.error(message);
             let delivery = self.delivery(&cx.id).await.map_err(err)?;
             let queue = if self.durable {
                 let state = cx.state.clone().unwrap_or_default();
@@ -354,6 +351,8 @@ impl StageConfig for WebhookConfig {
             Ok(Stage::Sink(Box::new(WebhookSink {
                 delivery: Arc::new(delivery),
                 queue,
+                health: cx.health.clone(),
+                shared: cx.shared.clone(),
             }) as Box<dyn Sink>))
         })
     }
@@ -363,6 +362,9 @@ struct WebhookSink {
     delivery: Arc<Delivery>,
     /// With `durable`: the queue's store and the `state` URL it lives at.
     queue: Option<(queue::Store, String)>,
+    health: crate::health::Health,
+    /// Where the instances of this stage find their common queue slot.
+    shared: crate::component::Shared,
 }
 
 /// Sends batches of events to one endpoint under the stage's rules.
@@ -663,14 +665,17 @@ impl Sink for WebhookSink {
     fn run(self: Box<Self>, mut cx: SinkContext) -> BoxFuture<'static, Result<(), StageError>> {
         Box::pin(async move {
             let this = *self;
-            let health = crate::health::register(&cx.metrics.id, this.delivery.cfg.unready_after.0);
+            let health = this
+                .health
+                .register(&cx.metrics.id, this.delivery.cfg.unready_after.0);
             health.synced();
             match this.queue {
                 Some((store, url)) => {
+                    let slot = durable::slot(&this.shared, &url, &cx.metrics.id);
                     durable::run(
                         this.delivery.clone(),
                         store.clone(),
-                        &url,
+                        slot,
                         &mut cx,
                         health.clone(),
                     )
