@@ -157,8 +157,9 @@ fn install_metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
     metrics::set_global_recorder(recorder).ok()?;
     eventflow::metrics::describe();
     eventflow::metrics::describe_engine();
-    eventflow::metrics::describe_kube();
-    eventflow::metrics::describe_webhook();
+    for t in eventflow::stages::REGISTRY.types() {
+        (t.describe)();
+    }
     Some(handle)
 }
 

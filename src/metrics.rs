@@ -1,5 +1,7 @@
-//! Metric names, descriptions and label sets. Every metric is described here once so that the
-//! Prometheus output has HELP lines; label values are bounded (stage ids, types, reasons).
+//! The metrics every stage and the engine share: names, descriptions and label sets. Metrics
+//! of one stage type live with it and are described through its `StageType::describe`. Every
+//! metric is described once so that the Prometheus output has HELP lines; label values are
+//! bounded (stage ids, types, reasons).
 
 use metrics::{Counter, Gauge, Unit, describe_counter, describe_gauge};
 
@@ -34,11 +36,6 @@ pub fn describe() {
         Unit::Count,
         "Events dropped per key, for stages with per_key_metrics on."
     );
-    describe_counter!(
-        RATE_LIMIT_RESETS,
-        Unit::Count,
-        "Times a rate_limit stage reset its key table because more than max_keys keys were live."
-    );
     metrics::describe_histogram!(
         PROCESSING,
         Unit::Seconds,
@@ -49,10 +46,10 @@ pub fn describe() {
         Unit::Seconds,
         "End-to-end latency: from the moment a source received an event to the moment this sink committed it."
     );
-    metrics::describe_histogram!(
-        SQL_SECONDS,
+    describe_gauge!(
+        LAST_EVENT,
         Unit::Seconds,
-        "SQL statement latency by operation."
+        "Unix time at which a source last received an event."
     );
 }
 
@@ -78,12 +75,6 @@ pub fn queue_depth(stage: &str, ty: &'static str) -> Gauge {
 
 pub fn key_discarded(stage: &str, key: &str) -> Counter {
     metrics::counter!(KEY_DISCARDED, "stage" => stage.to_string(), "key" => key.to_string())
-}
-
-pub const RATE_LIMIT_RESETS: &str = "eventflow_rate_limit_resets_total";
-
-pub fn rate_limit_resets(stage: &str) -> Counter {
-    metrics::counter!(RATE_LIMIT_RESETS, "stage" => stage.to_string())
 }
 
 pub const RELOADS: &str = "eventflow_reloads_total";
@@ -195,142 +186,16 @@ pub fn update_process() {
     }
 }
 
-pub const SQL_SECONDS: &str = "eventflow_sql_query_seconds";
-
-pub fn sql_latency(stage: &str, op: &'static str) -> metrics::Histogram {
-    metrics::histogram!(SQL_SECONDS, "stage" => stage.to_string(), "operation" => op)
-}
-
 pub const PROCESSING: &str = "eventflow_stage_processing_seconds";
 
 pub fn processing(stage: &str, ty: &'static str) -> metrics::Histogram {
     metrics::histogram!(PROCESSING, "stage" => stage.to_string(), "type" => ty)
 }
 
-pub const WATCH_RESTARTS: &str = "eventflow_kube_watch_restarts_total";
-pub const RELISTS: &str = "eventflow_kube_relists_total";
 pub const LAST_EVENT: &str = "eventflow_source_last_event_timestamp_seconds";
-pub const CHECKPOINT_EVICTED: &str = "eventflow_kube_checkpoint_evicted_total";
-
-/// Descriptions of the kube_events metrics.
-pub fn describe_kube() {
-    describe_counter!(
-        WATCH_RESTARTS,
-        Unit::Count,
-        "Watch requests started again, by reason: closed (ended normally), error, empty (closed at once with nothing)."
-    );
-    describe_counter!(
-        RELISTS,
-        Unit::Count,
-        "Full lists of Events, by reason: initial, expired (410), empty_watches, error."
-    );
-    describe_gauge!(
-        LAST_EVENT,
-        Unit::Seconds,
-        "Unix time at which a source last received an event."
-    );
-    describe_counter!(
-        CHECKPOINT_EVICTED,
-        Unit::Count,
-        "Event versions forgotten because a kube_events source tracked more than max_tracked."
-    );
-}
-
-pub fn watch_restarts(stage: &str, reason: &'static str) -> Counter {
-    metrics::counter!(WATCH_RESTARTS, "stage" => stage.to_string(), "reason" => reason)
-}
-
-pub fn relists(stage: &str, reason: &'static str) -> Counter {
-    metrics::counter!(RELISTS, "stage" => stage.to_string(), "reason" => reason)
-}
 
 pub fn last_event_time(stage: &str) -> Gauge {
     metrics::gauge!(LAST_EVENT, "stage" => stage.to_string())
-}
-
-pub fn kube_checkpoint_evicted(stage: &str) -> Counter {
-    metrics::counter!(CHECKPOINT_EVICTED, "stage" => stage.to_string())
-}
-
-pub const WEBHOOK_REQUESTS: &str = "eventflow_webhook_requests_total";
-pub const WEBHOOK_SECONDS: &str = "eventflow_webhook_request_seconds";
-pub const WEBHOOK_RETRIES: &str = "eventflow_webhook_retries_total";
-pub const WEBHOOK_QUEUED: &str = "eventflow_webhook_queued_events";
-pub const WEBHOOK_DEAD_LETTERS: &str = "eventflow_webhook_dead_lettered_events_total";
-
-/// Descriptions of the webhook metrics.
-pub fn describe_webhook() {
-    describe_counter!(
-        WEBHOOK_REQUESTS,
-        Unit::Count,
-        "Webhook requests by outcome: 2xx, 3xx, 4xx, 5xx, timeout, connection_error."
-    );
-    metrics::describe_histogram!(
-        WEBHOOK_SECONDS,
-        Unit::Seconds,
-        "Webhook request latency (until the answer's headers)."
-    );
-    describe_counter!(
-        WEBHOOK_RETRIES,
-        Unit::Count,
-        "Webhook requests retried after a retryable failure."
-    );
-    describe_gauge!(
-        WEBHOOK_QUEUED,
-        Unit::Count,
-        "Events in a durable webhook queue (state database), accepted and not yet delivered."
-    );
-    describe_counter!(
-        WEBHOOK_DEAD_LETTERS,
-        Unit::Count,
-        "Events a durable webhook moved to its dead-letter table (see `eventflow dead-letter`)."
-    );
-}
-
-/// The request metrics of one webhook stage, looked up once.
-pub struct WebhookMetrics {
-    /// Requests by status class, in [`WebhookMetrics::CLASSES`] order.
-    requests: Vec<Counter>,
-    seconds: metrics::Histogram,
-    retries: Counter,
-}
-
-impl WebhookMetrics {
-    pub const CLASSES: [&'static str; 6] =
-        ["2xx", "3xx", "4xx", "5xx", "timeout", "connection_error"];
-
-    pub fn new(stage: &str) -> WebhookMetrics {
-        WebhookMetrics {
-            requests: Self::CLASSES
-                .iter()
-                .map(|c| metrics::counter!(WEBHOOK_REQUESTS, "stage" => stage.to_string(), "status_class" => *c))
-                .collect(),
-            seconds: metrics::histogram!(WEBHOOK_SECONDS, "stage" => stage.to_string()),
-            retries: metrics::counter!(WEBHOOK_RETRIES, "stage" => stage.to_string()),
-        }
-    }
-
-    /// One request that ended in `class` (one of [`WebhookMetrics::CLASSES`]).
-    pub fn request(&self, class: &str, seconds: f64) {
-        if let Some(i) = Self::CLASSES.iter().position(|c| *c == class) {
-            self.requests[i].increment(1);
-        }
-        self.seconds.record(seconds);
-    }
-
-    pub fn retry(&self) {
-        self.retries.increment(1);
-    }
-}
-
-/// Events in a durable webhook queue, not yet delivered.
-pub fn webhook_queued(stage: &str) -> Gauge {
-    metrics::gauge!(WEBHOOK_QUEUED, "stage" => stage.to_string())
-}
-
-/// Events moved to the dead-letter table.
-pub fn webhook_dead_lettered(stage: &str) -> Counter {
-    metrics::counter!(WEBHOOK_DEAD_LETTERS, "stage" => stage.to_string())
 }
 
 pub const LATENCY: &str = "eventflow_event_latency_seconds";

@@ -331,7 +331,13 @@ pub struct StageType {
     pub summary: &'static str,
     pub parse: fn(&Node) -> Result<Arc<dyn StageConfig>, DeError>,
     pub schema: fn(&mut schemars::SchemaGenerator) -> schemars::Schema,
+    /// Describes the metrics of this type (HELP lines); [`no_metrics`] if it has none of its
+    /// own beyond the ones every stage has.
+    pub describe: fn(),
 }
+
+/// For [`StageType::describe`]: a stage type without metrics of its own.
+pub fn no_metrics() {}
 
 /// Deserializes a stage's config, without the `type` and `inputs` keys every stage has.
 pub fn parse_config<C: StageConfig + DeserializeOwned>(

@@ -321,6 +321,7 @@ pub const TYPE: StageType = StageType {
     summary: "groups events by key over a window and emits one summary event per group",
     parse: crate::component::parse_config::<AggregateConfig>,
     schema: crate::component::schema_of::<AggregateConfig>,
+    describe: crate::component::no_metrics,
 };
 
 #[cfg(test)]

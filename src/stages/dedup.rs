@@ -162,6 +162,7 @@ pub const TYPE: StageType = StageType {
     summary: "drops repeats of the same key within a window, in bounded memory",
     parse: crate::component::parse_config::<DedupConfig>,
     schema: crate::component::schema_of::<DedupConfig>,
+    describe: crate::component::no_metrics,
 };
 
 #[cfg(test)]

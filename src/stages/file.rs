@@ -478,4 +478,5 @@ pub const TYPE: StageType = StageType {
     summary: "replays Events from a JSON EventList, JSON array or JSON lines file; follow: true tails it",
     parse: crate::component::parse_config::<FileConfig>,
     schema: crate::component::schema_of::<FileConfig>,
+    describe: crate::component::no_metrics,
 };

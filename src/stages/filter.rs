@@ -251,6 +251,7 @@ pub const TYPE: StageType = StageType {
     summary: "keeps or drops events by namespace, reason, type, kind, name, message, source and cluster",
     parse: crate::component::parse_config::<FilterConfig>,
     schema: crate::component::schema_of::<FilterConfig>,
+    describe: crate::component::no_metrics,
 };
 
 #[cfg(test)]

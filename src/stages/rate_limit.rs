@@ -197,7 +197,7 @@ impl RateLimit {
             stage: stage.to_string(),
             dropped: crate::metrics::discarded(stage, type_name, "rate_limited"),
             suppressed: crate::metrics::discarded(stage, type_name, "suppressed"),
-            resets: crate::metrics::rate_limit_resets(stage),
+            resets: rate_limit_resets(stage),
         })
     }
 
@@ -410,7 +410,23 @@ pub const TYPE: StageType = StageType {
     summary: "lets at most `limit` events per `per` through for each key; drop, wait or summarize the rest",
     parse: crate::component::parse_config::<RateLimitConfig>,
     schema: crate::component::schema_of::<RateLimitConfig>,
+    describe: describe_metrics,
 };
+
+pub const RATE_LIMIT_RESETS: &str = "eventflow_rate_limit_resets_total";
+
+fn rate_limit_resets(stage: &str) -> Counter {
+    metrics::counter!(RATE_LIMIT_RESETS, "stage" => stage.to_string())
+}
+
+/// Descriptions of the rate_limit stage's metrics.
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        RATE_LIMIT_RESETS,
+        metrics::Unit::Count,
+        "Times a rate_limit stage reset its key table because more than max_keys keys were live."
+    );
+}
 
 #[cfg(test)]
 mod tests {

@@ -89,4 +89,5 @@ pub const TYPE: StageType = StageType {
     summary: "prints events as JSON lines",
     parse: crate::component::parse_config::<StdoutConfig>,
     schema: crate::component::schema_of::<StdoutConfig>,
+    describe: crate::component::no_metrics,
 };

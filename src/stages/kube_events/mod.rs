@@ -18,6 +18,7 @@
 
 mod resource;
 mod seen;
+mod telemetry;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -128,6 +129,7 @@ pub const TYPE: StageType = StageType {
     summary: "Watches Kubernetes Events (core/v1 or events.k8s.io/v1); each change once, checkpointed",
     parse: crate::component::parse_config::<KubeEventsConfig>,
     schema: crate::component::schema_of::<KubeEventsConfig>,
+    describe: telemetry::describe,
 };
 
 /// Where the client configuration came from, for messages.
@@ -540,20 +542,20 @@ fn counters(sm: &StageMetrics) -> Counters {
         too_old: sm.discarded("too_old"),
         deleted: sm.discarded("deleted"),
         malformed: sm.discarded("malformed"),
-        evicted: m::kube_checkpoint_evicted(&sm.id),
+        evicted: telemetry::kube_checkpoint_evicted(&sm.id),
         last_event: m::last_event_time(&sm.id),
         checkpoint_errors: m::stage_errors(&sm.id, sm.type_name, "checkpoint"),
         list_errors: m::stage_errors(&sm.id, sm.type_name, "list"),
         watch_errors: m::stage_errors(&sm.id, sm.type_name, "watch"),
         forbidden: m::stage_errors(&sm.id, sm.type_name, "forbidden"),
         unauthorized: m::stage_errors(&sm.id, sm.type_name, "unauthorized"),
-        restarts_closed: m::watch_restarts(&sm.id, "closed"),
-        restarts_error: m::watch_restarts(&sm.id, "error"),
-        restarts_empty: m::watch_restarts(&sm.id, "empty"),
-        relist_initial: m::relists(&sm.id, "initial"),
-        relist_expired: m::relists(&sm.id, "expired"),
-        relist_empty: m::relists(&sm.id, "empty_watches"),
-        relist_error: m::relists(&sm.id, "error"),
+        restarts_closed: telemetry::watch_restarts(&sm.id, "closed"),
+        restarts_error: telemetry::watch_restarts(&sm.id, "error"),
+        restarts_empty: telemetry::watch_restarts(&sm.id, "empty"),
+        relist_initial: telemetry::relists(&sm.id, "initial"),
+        relist_expired: telemetry::relists(&sm.id, "expired"),
+        relist_empty: telemetry::relists(&sm.id, "empty_watches"),
+        relist_error: telemetry::relists(&sm.id, "error"),
     }
 }
 

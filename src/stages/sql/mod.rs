@@ -151,7 +151,7 @@ impl SqlSink {
             key: KeySpec(cfg.key.clone()),
             rejected: crate::metrics::discarded(stage, "sql", "rejected"),
             unavailable: crate::metrics::stage_errors(stage, "sql", "db_unavailable"),
-            latency: crate::metrics::sql_latency(stage, "upsert"),
+            latency: sql_latency(stage, "upsert"),
             health: std::sync::OnceLock::new(),
             registry: crate::health::Health::default(),
             sql_cache: std::sync::Mutex::new(std::collections::HashMap::new()),
@@ -365,4 +365,21 @@ pub const TYPE: StageType = StageType {
     summary: "stores events in SQLite, PostgreSQL or MySQL/MariaDB (batched upserts)",
     parse: crate::component::parse_config::<SqlConfig>,
     schema: crate::component::schema_of::<SqlConfig>,
+    describe: describe_metrics,
 };
+
+pub const SQL_SECONDS: &str = "eventflow_sql_query_seconds";
+
+/// SQL statement latency of a stage, by operation.
+pub fn sql_latency(stage: &str, op: &'static str) -> metrics::Histogram {
+    metrics::histogram!(SQL_SECONDS, "stage" => stage.to_string(), "operation" => op)
+}
+
+/// Descriptions of the sql sink's metrics.
+pub fn describe_metrics() {
+    metrics::describe_histogram!(
+        SQL_SECONDS,
+        metrics::Unit::Seconds,
+        "SQL statement latency by operation."
+    );
+}

@@ -152,9 +152,9 @@ pub async fn run(
         store,
         health,
         slot: slot.clone(),
-        gauge: m::webhook_queued(stage),
+        gauge: super::telemetry::webhook_queued(stage),
         sent: m::sent(stage, cx.metrics.type_name),
-        dead: m::webhook_dead_lettered(stage),
+        dead: super::telemetry::webhook_dead_lettered(stage),
         latency: m::latency(stage, cx.metrics.type_name),
         processing: cx.metrics.processing.clone(),
     });

@@ -26,6 +26,7 @@ pub mod durable;
 pub mod format;
 pub mod mark;
 pub mod queue;
+pub mod telemetry;
 pub mod template;
 
 use format::Chat;
@@ -188,6 +189,7 @@ pub const TYPE: StageType = StageType {
     summary: "posts events to an HTTP endpoint with retries, backoff and an idempotency header",
     parse: crate::component::parse_config::<WebhookConfig>,
     schema: crate::component::schema_of::<WebhookConfig>,
+    describe: telemetry::describe,
 };
 
 impl WebhookConfig {
@@ -279,7 +281,7 @@ impl WebhookConfig {
             method,
             stage: stage.to_string(),
             marker,
-            metrics: m::WebhookMetrics::new(stage),
+            metrics: telemetry::WebhookMetrics::new(stage),
         })
     }
 }
@@ -376,7 +378,7 @@ pub struct Delivery {
     stage: String,
     /// `mark_rows`, opened.
     marker: Option<mark::Marker>,
-    metrics: m::WebhookMetrics,
+    metrics: telemetry::WebhookMetrics,
 }
 
 /// How one attempt ended.
