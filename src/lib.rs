@@ -1,17 +1,31 @@
 //! eventflow turns Kubernetes Events into actions through a declarative pipeline.
 //!
-//! A map of the crate:
-//! - [`config`]: pipeline files: YAML with positions, `${ENV}`, validation, the stage diff,
-//!   the JSON Schema. Pure data.
-//! - [`event`]: the normalized event and how core/v1 and events.k8s.io/v1 JSON become one.
-//! - [`engine`]: stage tasks, bounded channels, fan-out, acknowledgements, apply/shutdown.
-//! - [`stages`]: the stage traits and one module per stage type.
-//! - [`metrics`]: metric names and descriptions.
+//! A map of the crate, top to bottom; every module imports only modules below it:
+//!
+//! ```text
+//! main.rs (CLI) -> run -> engine -> component + config -> event
+//!                     \-> api     stages/<type> -> component, state, event
+//! ```
+//!
 //! - [`run`]: what `eventflow run` does: start, serve the API, reload, drain on signals.
-//! - [`reload`]: reload triggers (file watch, SIGHUP, API) and outcomes.
-//! - [`health`]: source readiness for `/readyz`.
-//! - [`redact`]: secrets out of URLs before they are logged, stored or printed.
 //! - [`api`]: `/metrics`, `/healthz`, `/readyz`, `POST /-/reload`.
+//! - [`reload`]: reload triggers (file watch, SIGHUP, API) and outcomes.
+//! - [`engine`]: the running topology: builds stages, wires bounded channels, applies a diff
+//!   (startup is a diff from the empty pipeline), shuts down; owns the pipeline's health
+//!   registry and what stage instances share across reloads.
+//! - [`stages`]: one module per stage type and the [`stages::REGISTRY`] that names them.
+//! - [`config`]: pipeline files: validation (with the registry it is handed), the stage diff,
+//!   the graph checks, the JSON Schema, the k8m event handler's format. Pure data.
+//! - [`component`]: what a stage is to the engine: the stage traits, their contexts (input,
+//!   fan-out, shutdown, metrics), `StageConfig` (validate, build), `StageType`, `Registry`.
+//! - [`state`]: the state database (checkpoints, queues) and the database layer every SQL
+//!   writer uses; the events table the `sql` sink and `mark_rows` share.
+//! - [`event`]: the normalized event, its acknowledgement ([`event::ack`]) and [`Batch`].
+//! - Leaves: [`yaml`] (YAML with positions, `${ENV}`), [`types`] (durations, regexes, globs,
+//!   `Invalid`), [`backoff`] (retry delays), [`health`] (readiness), [`metrics`] (shared
+//!   metric names), [`redact`] (secrets out of URLs).
+//!
+//! [`Batch`]: event::Batch
 
 pub mod api;
 pub mod backoff;
