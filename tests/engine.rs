@@ -2,6 +2,8 @@
 //! fan-out and fan-in deliver every event, a slow sink slows the source, shutdown drains, and
 //! a middle stage replaced many times while events flow loses and repeats nothing.
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,18 +13,8 @@ use eventflow::event::ack::Status;
 use eventflow::testkit::{
     ChannelSource, CountingSink, PipelineBuilder, event, filter, source_filter_sink,
 };
+use support::wait_for;
 use tokio::sync::Semaphore;
-
-async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
 
 #[tokio::test]
 async fn an_event_fanned_out_to_two_sinks_is_acknowledged_after_both_commit() {
@@ -57,7 +49,7 @@ async fn an_event_fanned_out_to_two_sinks_is_acknowledged_after_both_commit() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(ack.try_recv().is_err(), "nothing committed yet");
     gate_a.add_permits(1);
-    wait_for("sink a", || a.get() == 2).await;
+    wait_for("sink a", Duration::from_secs(20), || a.get() == 2).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(ack.try_recv().is_err(), "only one of two sinks committed");
     gate_b.add_permits(1);
@@ -106,7 +98,7 @@ async fn fan_in_delivers_the_union() {
     let topo = Topology::start(p).await.expect("start");
     f1.send(vec![event("a"), event("b")]).await;
     f2.send(vec![event("c")]).await;
-    wait_for("3 events", || sink.get() == 3).await;
+    wait_for("3 events", Duration::from_secs(20), || sink.get() == 3).await;
     let mut got = sink.uids();
     got.sort();
     assert_eq!(got, vec!["a", "b", "c"]);
@@ -142,7 +134,7 @@ async fn a_stuck_sink_slows_the_source_instead_of_growing_memory() {
     );
     gate.add_permits(10_000);
     feeder.await.expect("feeder");
-    wait_for("all 1000", || sink.get() == 1000).await;
+    wait_for("all 1000", Duration::from_secs(20), || sink.get() == 1000).await;
     topo.shutdown(Duration::from_secs(5)).await;
 }
 
@@ -369,7 +361,7 @@ async fn two_pipelines_in_one_process_keep_their_health_apart() {
             .expect("status"),
         Status::Delivered
     );
-    wait_for("pipeline a not ready", || {
+    wait_for("pipeline a not ready", Duration::from_secs(20), || {
         !ta.health().problems().is_empty()
     })
     .await;

@@ -245,14 +245,6 @@ fn exec(db: &Path, sql: &'static str) {
     })
 }
 
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// A row the database refuses is counted and the run goes on, but its version is not
 /// checkpointed: once the operator removes the cause, a restart stores it.
 #[test]
@@ -286,7 +278,7 @@ fn a_refused_row_is_not_checkpointed_and_is_stored_after_the_fix() {
         .collect();
 
     let mut r = Running::start(&[], &p);
-    wait_for("the good rows", || {
+    wait_until("the good rows", Duration::from_secs(60), || {
         query(&db, "SELECT uid FROM k8s_events") == good
     });
     r.wait_log("the database refused this event");
@@ -305,9 +297,11 @@ fn a_refused_row_is_not_checkpointed_and_is_stored_after_the_fix() {
     exec(&db, "DROP TRIGGER refuse");
     let r = Running::start(&[], &p);
     let all: BTreeSet<String> = good.union(&refused).cloned().collect();
-    wait_for("the refused rows after the fix", || {
-        query(&db, "SELECT uid FROM k8s_events") == all
-    });
+    wait_until(
+        "the refused rows after the fix",
+        Duration::from_secs(60),
+        || query(&db, "SELECT uid FROM k8s_events") == all,
+    );
     let (status, _) = r.stop();
     assert!(status.success());
     drop(rt);
@@ -336,7 +330,9 @@ fn a_webhook_delivery_refused_for_good_is_sent_again_after_a_restart() {
         .map(|i| create_event(&fake, "default", &format!("w-{i}.1"), "BackOff", "Warning"))
         .collect();
     let mut r = Running::start(&[], &p);
-    wait_for("7 accepted deliveries", || received(&log).len() == 7);
+    wait_until("7 accepted deliveries", Duration::from_secs(60), || {
+        received(&log).len() == 7
+    });
     r.wait_log("permanent");
     let (status, _) = r.stop();
     assert!(status.success());
@@ -351,7 +347,9 @@ fn a_webhook_delivery_refused_for_good_is_sent_again_after_a_restart() {
     );
 
     let r = Running::start(&[], &p);
-    wait_for("every event accepted", || received(&log) == created);
+    wait_until("every event accepted", Duration::from_secs(60), || {
+        received(&log) == created
+    });
     let (status, _) = r.stop();
     assert!(status.success());
     drop(rt);

@@ -3,6 +3,7 @@
 //! bad data skipped, both APIs, token auth, several clusters.
 
 mod support;
+use support::wait_for;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -77,17 +78,6 @@ async fn start(env: &Env, cfg: Arc<KubeEventsConfig>) -> (Topology, CountingSink
     (Topology::start(p).await.expect("start"), sink)
 }
 
-async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + T;
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// (name, resourceVersion) of what the sink got, in order.
 fn versions(sink: &CountingSink) -> Vec<(String, String)> {
     sink.events()
@@ -111,7 +101,7 @@ fn assert_no_duplicates(sink: &CountingSink) {
 
 /// Waits for the sink to hold exactly `n` events, then checks nothing more arrives shortly.
 async fn settle(sink: &CountingSink, n: u64) {
-    wait_for(&format!("{n} events"), || sink.get() >= n).await;
+    wait_for(&format!("{n} events"), T, || sink.get() >= n).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(sink.get(), n, "events: {:?}", versions(sink));
 }
@@ -355,7 +345,7 @@ async fn ttl_deletions_are_not_emitted_and_prune_the_checkpoint() {
     let (topo, sink) = start(&env, config(&env.kubeconfig, json!({}))).await;
     settle(&sink, 3).await;
     let fake = &env.fake;
-    wait_for("TTL expiry", || fake.objects().is_empty()).await;
+    wait_for("TTL expiry", T, || fake.objects().is_empty()).await;
     settle(&sink, 3).await;
     topo.shutdown(T).await;
     let pool = sqlx::SqlitePool::connect(&env.state())

@@ -6,21 +6,13 @@
 mod support;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fake_apiserver::{Failure, FakeApiServer, Op, sample_event};
 use support::*;
 
 fn get(port: u16, path: &str) -> (u16, String) {
     http(port, "GET", path)
-}
-
-fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn pipeline(dir: &Path, kubeconfig: &Path, extra_source: &str) -> std::path::PathBuf {

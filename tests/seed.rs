@@ -8,20 +8,12 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fake_apiserver::FakeApiServer;
 use support::*;
 
 const EXAMPLE: &str = "tests/data/seed/eventhandler.yaml";
-
-fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// (evt_key, namespace, reason, type, processed, attempts) of every row.
 type SeedRow = (String, String, String, String, bool, i64);

@@ -17,14 +17,6 @@ pub struct Diff {
 }
 
 impl Diff {
-    /// Startup: everything in `new` is added.
-    pub fn initial(new: &Pipeline) -> Diff {
-        Diff {
-            added: new.stages.keys().cloned().collect(),
-            ..Diff::default()
-        }
-    }
-
     /// Compares two pipelines by stage id. Stages are compared by their substituted YAML
     /// value, so reordering keys or moving a stage in the file changes nothing.
     pub fn between(old: &Pipeline, new: &Pipeline) -> Diff {

@@ -312,6 +312,24 @@ pub fn seed_ddl(backend: &str, table: &str) -> Vec<String> {
     ]
 }
 
+/// Waits (polling) until `cond` holds; fails the test after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// [`wait_until`] for async tests: sleeps on the runtime between checks.
+pub async fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// The first column of `sql`'s rows in a SQLite file, as text (empty if it cannot be read).
 pub fn sqlite_column(db: &Path, sql: &'static str) -> std::collections::BTreeSet<String> {
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -173,20 +173,6 @@ pub fn feishu_sign(secret: &str, timestamp_s: i64) -> String {
     base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
 }
 
-/// Percent-encodes a query value.
-pub fn urlencode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() * 3);
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                out.push(b as char)
-            }
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
-}
-
 /// What a chat platform's answer body says: `None` = accepted, `Some(true)` = retry (rate
 /// limited), `Some(false)` = refused for good. The platforms answer HTTP 200 with an error code.
 pub fn answer_error(chat: Chat, body: &str) -> Option<(bool, String)> {
@@ -275,7 +261,6 @@ mod tests {
             feishu_sign("abc123", 1_700_000_000),
             "J0suvZQ7pBIXibHw5hyQvuZiXVa3ct5lilLN472FoLk="
         );
-        assert_eq!(urlencode("a+b/c="), "a%2Bb%2Fc%3D");
     }
 
     #[test]
