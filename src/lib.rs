@@ -40,7 +40,7 @@ pub mod reload;
 pub mod run;
 pub mod stages;
 pub mod state;
-#[doc(hidden)]
+#[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 pub mod types;
 

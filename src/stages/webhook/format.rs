@@ -5,7 +5,7 @@
 //! Signing (DingTalk, Feishu) follows each platform's documentation.
 
 use base64::Engine as _;
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
