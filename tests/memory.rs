@@ -199,9 +199,11 @@ fn child_kube_seen() {
     let mut evicted = 0;
     for i in 0..KEYS + 200_000 {
         let uid = format!("0b6f3c52-8f0e-4d8a-9d5c-{i:012x}");
-        evicted += seen
-            .admit(&uid, &(48_000_000 + i).to_string(), i as i64, 0, 1)
-            .map_or(0, |gone| gone.len());
+        if let eventflow::stages::kube_events::Admission::New { evicted: gone } =
+            seen.admit(&uid, &(48_000_000 + i).to_string(), i as i64, 0, 1)
+        {
+            evicted += gone.len();
+        }
     }
     assert!(seen.len() <= 1_000_000, "{} tracked", seen.len());
     assert_eq!(seen.len() + evicted, KEYS + 200_000);

@@ -24,7 +24,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, watch};
 
 use crate::event::Batch;
-use crate::metrics as m;
+use crate::metrics as shared_metrics;
 use crate::state::StateConfig;
 use crate::yaml::{self, DeError, Node};
 pub use fanout::Fanout;
@@ -177,7 +177,7 @@ pub struct StageMetrics {
     pub id: Arc<str>,
     pub type_name: &'static str,
     pub received: Counter,
-    pub errors_event: Counter,
+    pub bad_events: Counter,
     /// Time spent processing one batch (transform work, or a sink's write and commit).
     pub processing: metrics::Histogram,
 }
@@ -187,15 +187,15 @@ impl StageMetrics {
         StageMetrics {
             id: Arc::from(id),
             type_name,
-            received: m::received(id, type_name),
-            errors_event: m::stage_errors(id, type_name, "bad_event"),
-            processing: m::processing(id, type_name),
+            received: shared_metrics::received(id, type_name),
+            bad_events: shared_metrics::stage_errors(id, type_name, "bad_event"),
+            processing: shared_metrics::processing(id, type_name),
         }
     }
 
     /// The counter for events this stage drops on purpose, by reason.
     pub fn discarded(&self, reason: &'static str) -> Counter {
-        m::discarded(&self.id, self.type_name, reason)
+        shared_metrics::discarded(&self.id, self.type_name, reason)
     }
 }
 
@@ -214,7 +214,7 @@ impl Input {
         Input {
             rx,
             received: metrics.received.clone(),
-            depth: m::queue_depth(&metrics.id, metrics.type_name),
+            depth: shared_metrics::queue_depth(&metrics.id, metrics.type_name),
             panic_at: fault_panic_at(&metrics.id),
             batches: 0,
         }

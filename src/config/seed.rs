@@ -194,14 +194,18 @@ fn field(path: &str, key: &str) -> String {
 }
 
 /// A YAML scalar for any string (JSON's string syntax is YAML's double-quoted style).
-fn q(s: &str) -> String {
+fn yaml_string(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_string())
 }
 
 fn list(items: &[String]) -> String {
     format!(
         "[{}]",
-        items.iter().map(|s| q(s)).collect::<Vec<_>>().join(", ")
+        items
+            .iter()
+            .map(|s| yaml_string(s))
+            .collect::<Vec<_>>()
+            .join(", ")
     )
 }
 
@@ -220,7 +224,8 @@ const DSN_FORMS: &str = "accepted forms: sqlite: a file path (k8s_events.db) or 
 postgres: `host=... port=... user=... password=... dbname=... sslmode=...` or postgres://...; \
 mysql: `user:password@tcp(host:port)/dbname?params` (the Go driver's form) or mysql://...";
 
-fn pct(s: &str) -> String {
+/// Percent-encodes a URL component (userinfo, query values).
+fn percent_encode(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
@@ -314,10 +319,10 @@ pub fn dsn_to_url(ty: &str, dsn: &str) -> Result<String, String> {
             }
             let mut url = String::from("postgres://");
             if let Some(user) = get("user") {
-                url.push_str(&pct(user));
+                url.push_str(&percent_encode(user));
                 if let Some(pw) = get("password") {
                     url.push(':');
-                    url.push_str(&pct(pw));
+                    url.push_str(&percent_encode(pw));
                 }
                 url.push('@');
             }
@@ -325,10 +330,10 @@ pub fn dsn_to_url(ty: &str, dsn: &str) -> Result<String, String> {
             url.push(':');
             url.push_str(get("port").unwrap_or("5432"));
             url.push('/');
-            url.push_str(&pct(get("dbname").unwrap_or("postgres")));
+            url.push_str(&percent_encode(get("dbname").unwrap_or("postgres")));
             if let Some(mode) = get("sslmode") {
                 url.push_str("?sslmode=");
-                url.push_str(&pct(mode));
+                url.push_str(&percent_encode(mode));
             }
             Ok(url)
         }
@@ -358,7 +363,7 @@ pub fn dsn_to_url(ty: &str, dsn: &str) -> Result<String, String> {
             } else if net == "tcp" {
                 "localhost:3306".to_string()
             } else if let Some(sock) = net.strip_prefix("unix(").and_then(|r| r.strip_suffix(')')) {
-                query.push(format!("socket={}", pct(sock)));
+                query.push(format!("socket={}", percent_encode(sock)));
                 "localhost".to_string()
             } else {
                 return bad(&format!(
@@ -390,10 +395,10 @@ pub fn dsn_to_url(ty: &str, dsn: &str) -> Result<String, String> {
             let mut url = String::from("mysql://");
             if let Some(c) = creds {
                 let (user, pw) = c.split_once(':').unwrap_or((c, ""));
-                url.push_str(&pct(user));
+                url.push_str(&percent_encode(user));
                 if !pw.is_empty() {
                     url.push(':');
-                    url.push_str(&pct(pw));
+                    url.push_str(&percent_encode(pw));
                 }
                 url.push('@');
             }
@@ -431,7 +436,7 @@ impl Writer {
     /// `value` quoted, or a `${name}` reference if it holds a secret and secrets stay out.
     fn secret(&mut self, name: &str, value: &str, is_secret: bool) -> String {
         if self.mode == Secrets::Inline || !is_secret {
-            return q(value);
+            return yaml_string(value);
         }
         if !self.refs.iter().any(|(n, _)| n == name) {
             let shown = if value.contains("://") {
@@ -649,13 +654,13 @@ pub fn translate_with(root: &Node, mode: Secrets) -> Result<Translated, Vec<Prob
                 &hook_url,
                 url_has_secret(&hook_url)
             ),
-            q(&method)
+            yaml_string(&method)
         );
         if !headers.is_empty() {
             let _ = writeln!(y, "    headers:");
             for (i, (k, v)) in headers.iter().enumerate() {
                 let name = format!("EVENTFLOW_WEBHOOK_HEADER_{}", i + 1);
-                let _ = writeln!(y, "      {}: {}", q(k), w.secret(&name, v, true));
+                let _ = writeln!(y, "      {}: {}", yaml_string(k), w.secret(&name, v, true));
             }
         }
         let _ = writeln!(

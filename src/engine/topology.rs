@@ -27,7 +27,7 @@ use crate::config::diff::Diff;
 use crate::config::{Pipeline, graph};
 use crate::event::Batch;
 use crate::health::Health;
-use crate::metrics as m;
+use crate::metrics as shared_metrics;
 
 /// How long a reload waits for a replaced source to hand off what it read.
 const SOURCE_STOP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -244,7 +244,7 @@ impl Topology {
             if !matches!(stage, Stage::Source(_)) {
                 let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
                 receivers.insert(id.clone(), rx);
-                let queued = m::queue_depth(id, new.stages[id].type_name);
+                let queued = shared_metrics::queue_depth(id, new.stages[id].type_name);
                 new_inputs.insert(id.clone(), Edge { tx, queued });
             }
         }
@@ -300,8 +300,8 @@ impl Topology {
                 .collect();
             let (fanout, control) = Fanout::new(
                 outs,
-                m::sent(&id, spec.type_name),
-                m::discarded(&id, spec.type_name, "downstream_stopped"),
+                shared_metrics::sent(&id, spec.type_name),
+                shared_metrics::discarded(&id, spec.type_name, "downstream_stopped"),
             );
             let serial = self.next_serial;
             self.next_serial += 1;
@@ -313,7 +313,7 @@ impl Topology {
                 kind: spec.kind,
                 failure: None,
             };
-            let errors = m::stage_errors(&id, spec.type_name, "task_failed");
+            let errors = shared_metrics::stage_errors(&id, spec.type_name, "task_failed");
             let running = match stage {
                 Stage::Source(s) => {
                     let (stop_tx, stop_rx) = watch::channel(false);

@@ -41,7 +41,7 @@ impl Sink for StdoutSink {
         Box::pin(async move {
             let mut out = tokio::io::stdout();
             let mut buf = Vec::with_capacity(64 * 1024);
-            let bad = cx.metrics.errors_event.clone();
+            let bad = cx.metrics.bad_events.clone();
             let latency = crate::metrics::latency(&cx.metrics.id, cx.metrics.type_name);
             while let Some(batch) = cx.input.recv().await {
                 let started = std::time::Instant::now();

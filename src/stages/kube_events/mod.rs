@@ -33,7 +33,7 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 
 pub use resource::{Flavor, KubeEvent};
-pub use seen::{Checkpoint, Row, Seen};
+pub use seen::{Admission, Checkpoint, Row, Seen};
 
 use crate::backoff::BackoffConfig;
 use crate::component::MAX_BATCH;
@@ -43,7 +43,7 @@ use crate::component::{
 };
 use crate::event::ack::{Finalizer, Report, Seq, Status};
 use crate::event::{Event, EventData, Finalizers};
-use crate::metrics as m;
+use crate::metrics as shared_metrics;
 use crate::types::Dur;
 
 /// Watches Kubernetes Events.
@@ -298,7 +298,7 @@ struct KubeSource {
 }
 
 /// What a watch loop hands to the source task.
-enum Msg {
+enum FromWatch {
     /// New versions to emit, with their checkpoint rows.
     Emit(Vec<EventData>, Vec<Row>),
     /// Versions handled without being emitted (skipped as too old).
@@ -384,7 +384,7 @@ async fn run(src: KubeSource, cx: SourceContext) -> Result<(), StageError> {
     let seen = Arc::new(Mutex::new(seen));
     let cluster: Arc<str> = Arc::from(src.cluster.as_str());
     let flavor = src.cfg.api;
-    let (tx, mut rx) = mpsc::channel::<Msg>(4);
+    let (tx, mut rx) = mpsc::channel::<FromWatch>(4);
     let mut loops = Vec::new();
     for (i, ns) in slots.iter().enumerate() {
         let api: Api<KubeEvent> = match ns {
@@ -427,13 +427,13 @@ async fn run(src: KubeSource, cx: SourceContext) -> Result<(), StageError> {
                 .collect()
         })
     };
-    let (wtx, wrx) = mpsc::channel::<Write>(64);
+    let (wtx, wrx) = mpsc::channel::<CheckpointChange>(64);
     let writer = tokio::spawn(write_checkpoint(src.checkpoint, wrx, counters.clone()));
     let mut msgs_open = true;
     while msgs_open {
         tokio::select! {
             msg = rx.recv(), if msgs_open => match msg {
-                Some(Msg::Emit(events, rows)) => {
+                Some(FromWatch::Emit(events, rows)) => {
                     let (fin, done) = Finalizer::reporting();
                     let batch: Vec<Event> = events
                         .into_iter()
@@ -444,17 +444,17 @@ async fn run(src: KubeSource, cx: SourceContext) -> Result<(), StageError> {
                     pending.push_back(ack(done, rows));
                     out.send(batch).await;
                 }
-                Some(Msg::Handled(rows)) => {
-                    let _ = wtx.send(Write::Save(rows)).await;
+                Some(FromWatch::Handled(rows)) => {
+                    let _ = wtx.send(CheckpointChange::Save(rows)).await;
                 }
-                Some(Msg::Forget(uids)) => {
-                    let _ = wtx.send(Write::Forget(uids)).await;
+                Some(FromWatch::Forget(uids)) => {
+                    let _ = wtx.send(CheckpointChange::Forget(uids)).await;
                 }
                 None => msgs_open = false,
             },
             Some(rows) = pending.next(), if !pending.is_empty() => {
                 if !rows.is_empty() {
-                    let _ = wtx.send(Write::Save(rows)).await;
+                    let _ = wtx.send(CheckpointChange::Save(rows)).await;
                 }
             }
         }
@@ -466,7 +466,7 @@ async fn run(src: KubeSource, cx: SourceContext) -> Result<(), StageError> {
     }
     while let Some(rows) = pending.next().await {
         if !rows.is_empty() {
-            let _ = wtx.send(Write::Save(rows)).await;
+            let _ = wtx.send(CheckpointChange::Save(rows)).await;
         }
     }
     drop(wtx);
@@ -476,20 +476,20 @@ async fn run(src: KubeSource, cx: SourceContext) -> Result<(), StageError> {
 }
 
 /// A change to the checkpoint.
-enum Write {
+enum CheckpointChange {
     Save(Vec<Row>),
     Forget(Vec<String>),
 }
 
 /// Writes checkpoint changes in order, coalescing what is queued into one transaction.
-async fn write_checkpoint(cp: Checkpoint, mut rx: mpsc::Receiver<Write>, c: Counters) {
+async fn write_checkpoint(cp: Checkpoint, mut rx: mpsc::Receiver<CheckpointChange>, c: Counters) {
     let mut buf: Vec<Row> = Vec::new();
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
         while let Some(w) = next.take() {
             match w {
-                Write::Save(rows) => buf.extend(rows),
-                Write::Forget(uids) => {
+                CheckpointChange::Save(rows) => buf.extend(rows),
+                CheckpointChange::Forget(uids) => {
                     save(&cp, &mut buf, &c).await;
                     if let Err(e) = cp.forget(&uids).await {
                         c.checkpoint_errors.increment(1);
@@ -537,18 +537,18 @@ async fn save(cp: &Checkpoint, rows: &mut Vec<Row>, c: &Counters) {
 
 fn counters(sm: &StageMetrics) -> Counters {
     Counters {
-        read: m::received(&sm.id, sm.type_name),
+        read: shared_metrics::received(&sm.id, sm.type_name),
         already_seen: sm.discarded("already_seen"),
         too_old: sm.discarded("too_old"),
         deleted: sm.discarded("deleted"),
         malformed: sm.discarded("malformed"),
         evicted: telemetry::kube_checkpoint_evicted(&sm.id),
-        last_event: m::last_event_time(&sm.id),
-        checkpoint_errors: m::stage_errors(&sm.id, sm.type_name, "checkpoint"),
-        list_errors: m::stage_errors(&sm.id, sm.type_name, "list"),
-        watch_errors: m::stage_errors(&sm.id, sm.type_name, "watch"),
-        forbidden: m::stage_errors(&sm.id, sm.type_name, "forbidden"),
-        unauthorized: m::stage_errors(&sm.id, sm.type_name, "unauthorized"),
+        last_event: shared_metrics::last_event_time(&sm.id),
+        checkpoint_errors: shared_metrics::stage_errors(&sm.id, sm.type_name, "checkpoint"),
+        list_errors: shared_metrics::stage_errors(&sm.id, sm.type_name, "list"),
+        watch_errors: shared_metrics::stage_errors(&sm.id, sm.type_name, "watch"),
+        forbidden: shared_metrics::stage_errors(&sm.id, sm.type_name, "forbidden"),
+        unauthorized: shared_metrics::stage_errors(&sm.id, sm.type_name, "unauthorized"),
         restarts_closed: telemetry::watch_restarts(&sm.id, "closed"),
         restarts_error: telemetry::watch_restarts(&sm.id, "error"),
         restarts_empty: telemetry::watch_restarts(&sm.id, "empty"),
@@ -566,7 +566,7 @@ struct WatchLoop {
     cfg: KubeEventsConfig,
     cluster: Arc<str>,
     seen: Arc<Mutex<Seen>>,
-    tx: mpsc::Sender<Msg>,
+    tx: mpsc::Sender<FromWatch>,
     counters: Counters,
     first_start: bool,
     health: Arc<StageHealth>,
@@ -582,7 +582,7 @@ enum Next {
 
 /// The accumulated output of a batch of items.
 #[derive(Default)]
-struct Out {
+struct PageOut {
     /// Objects read (counted once per batch).
     read: u64,
     emit: Vec<EventData>,
@@ -753,7 +753,7 @@ impl WatchLoop {
             if list_rv.is_none() {
                 list_rv = page.metadata.resource_version.clone();
             }
-            let mut out = Out::default();
+            let mut out = PageOut::default();
             {
                 let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
                 for item in page.items {
@@ -773,7 +773,7 @@ impl WatchLoop {
             .lock()
             .map(|mut s| s.sweep(self.slot, generation))
             .unwrap_or_default();
-        if !gone.is_empty() && self.tx.send(Msg::Forget(gone)).await.is_err() {
+        if !gone.is_empty() && self.tx.send(FromWatch::Forget(gone)).await.is_err() {
             return Ok(None);
         }
         Ok(Some(list_rv.unwrap_or_default()))
@@ -786,7 +786,7 @@ impl WatchLoop {
         item: KubeEvent,
         generation: u32,
         initial_list: bool,
-        out: &mut Out,
+        out: &mut PageOut,
     ) {
         out.read += 1;
         let data = match item.data {
@@ -806,15 +806,18 @@ impl WatchLoop {
             .last_seen
             .map(|t| t.timestamp())
             .unwrap_or_else(|| chrono::Utc::now().timestamp());
-        let Some(evicted) = seen.admit(
+        let evicted = match seen.admit(
             &data.uid,
             &data.resource_version,
             last,
             self.slot,
             generation,
-        ) else {
-            self.counters.already_seen.increment(1);
-            return;
+        ) {
+            Admission::AlreadySeen => {
+                self.counters.already_seen.increment(1);
+                return;
+            }
+            Admission::New { evicted } => evicted,
         };
         let row = Row::new(&data.uid, &data.namespace, &data.resource_version, last);
         if !evicted.is_empty() {
@@ -842,31 +845,31 @@ impl WatchLoop {
     }
 
     /// Hands a batch to the source task; false once the source is gone.
-    async fn send(&self, out: Out) -> bool {
+    async fn send(&self, out: PageOut) -> bool {
         if out.read > 0 {
             self.counters.read.increment(out.read);
             self.counters
                 .last_event
                 .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
         }
-        let Out {
+        let PageOut {
             read: _,
             mut emit,
             mut rows,
             handled,
             forget,
         } = out;
-        if !forget.is_empty() && self.tx.send(Msg::Forget(forget)).await.is_err() {
+        if !forget.is_empty() && self.tx.send(FromWatch::Forget(forget)).await.is_err() {
             return false;
         }
-        if !handled.is_empty() && self.tx.send(Msg::Handled(handled)).await.is_err() {
+        if !handled.is_empty() && self.tx.send(FromWatch::Handled(handled)).await.is_err() {
             return false;
         }
         while !emit.is_empty() {
             let n = emit.len().min(self.cfg.max_batch());
             let rest_e = emit.split_off(n);
             let rest_r = rows.split_off(n);
-            if self.tx.send(Msg::Emit(emit, rows)).await.is_err() {
+            if self.tx.send(FromWatch::Emit(emit, rows)).await.is_err() {
                 return false;
             }
             emit = rest_e;
@@ -910,7 +913,7 @@ impl WatchLoop {
                     }
                 },
             };
-            let mut out = Out::default();
+            let mut out = PageOut::default();
             let mut expired = false;
             {
                 let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());

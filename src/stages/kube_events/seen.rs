@@ -71,6 +71,16 @@ impl Entry {
     }
 }
 
+/// What [`Seen::admit`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// This exact version was handled before: do not emit it again.
+    AlreadySeen,
+    /// A new Event or a new version of one, now recorded; `evicted` are the uids forgotten to
+    /// stay within `max_tracked` (usually none).
+    New { evicted: Vec<String> },
+}
+
 /// The in-memory map.
 pub struct Seen {
     map: HashMap<u128, Entry>,
@@ -154,9 +164,9 @@ impl Seen {
         self.map.is_empty()
     }
 
-    /// One lookup: if this exact version was handled, marks it present in `generation` and
-    /// returns `None`; otherwise records it and returns the uids evicted to stay within the
-    /// bound.
+    /// One lookup: if this exact version was handled, marks it present in `generation`
+    /// ([`Admission::AlreadySeen`]); otherwise records it ([`Admission::New`], with the uids
+    /// evicted to stay within the bound).
     pub fn admit(
         &mut self,
         uid: &str,
@@ -164,7 +174,7 @@ impl Seen {
         last_seen: i64,
         ns: u16,
         generation: u32,
-    ) -> Option<Vec<String>> {
+    ) -> Admission {
         let (k, exact) = self.key(uid);
         let rv = self.rv_key(rv);
         let e = Entry {
@@ -177,7 +187,7 @@ impl Seen {
             std::collections::hash_map::Entry::Occupied(mut o) => {
                 if o.get().rv == rv {
                     o.get_mut().generation = generation as u16;
-                    return None;
+                    return Admission::AlreadySeen;
                 }
                 o.insert(e);
             }
@@ -186,9 +196,13 @@ impl Seen {
             }
         }
         if self.map.len() > self.max {
-            return Some(self.evict_oldest());
+            return Admission::New {
+                evicted: self.evict_oldest(),
+            };
         }
-        Some(Vec::new())
+        Admission::New {
+            evicted: Vec::new(),
+        }
     }
 
     pub fn remove(&mut self, uid: &str) {
@@ -380,12 +394,29 @@ mod tests {
         assert_eq!(parse_uuid(u).map(format_uuid).as_deref(), Some(u));
         assert_eq!(parse_uuid("not-a-uuid"), None);
         let mut s = Seen::new(10);
-        assert!(s.admit(u, "5", 100, 0, 1).is_some(), "new");
-        assert!(s.admit(u, "5", 100, 0, 1).is_none(), "handled");
-        assert!(s.admit(u, "6", 100, 0, 1).is_some(), "a new version");
-        assert!(s.admit("plain-uid", "abc", 100, 0, 1).is_some());
-        assert!(s.admit("plain-uid", "abc", 100, 0, 1).is_none());
-        assert!(s.admit("plain-uid", "abd", 100, 0, 1).is_some());
+        assert_ne!(s.admit(u, "5", 100, 0, 1), Admission::AlreadySeen, "new");
+        assert_eq!(
+            s.admit(u, "5", 100, 0, 1),
+            Admission::AlreadySeen,
+            "handled"
+        );
+        assert_ne!(
+            s.admit(u, "6", 100, 0, 1),
+            Admission::AlreadySeen,
+            "a new version"
+        );
+        assert_ne!(
+            s.admit("plain-uid", "abc", 100, 0, 1),
+            Admission::AlreadySeen
+        );
+        assert_eq!(
+            s.admit("plain-uid", "abc", 100, 0, 1),
+            Admission::AlreadySeen
+        );
+        assert_ne!(
+            s.admit("plain-uid", "abd", 100, 0, 1),
+            Admission::AlreadySeen
+        );
     }
 
     #[test]
@@ -394,9 +425,9 @@ mod tests {
         for i in 0..10 {
             s.admit(&format!("00000000-0000-4000-8000-{i:012x}"), "1", i, 0, 1);
         }
-        assert!(
-            s.admit("00000000-0000-4000-8000-000000000003", "1", 0, 0, 2)
-                .is_none()
+        assert_eq!(
+            s.admit("00000000-0000-4000-8000-000000000003", "1", 0, 0, 2),
+            Admission::AlreadySeen
         );
         let gone = s.sweep(0, 2);
         assert_eq!(gone.len(), 9);
@@ -404,9 +435,11 @@ mod tests {
         let mut s = Seen::new(50);
         let mut evicted = 0;
         for i in 0..1000 {
-            evicted += s
-                .admit(&format!("00000000-0000-4000-8000-{i:012x}"), "1", i, 0, 1)
-                .map_or(0, |gone| gone.len());
+            if let Admission::New { evicted: gone } =
+                s.admit(&format!("00000000-0000-4000-8000-{i:012x}"), "1", i, 0, 1)
+            {
+                evicted += gone.len();
+            }
         }
         assert!(s.len() <= 50);
         assert_eq!(evicted + s.len(), 1000);

@@ -34,7 +34,7 @@ use crate::component::SinkContext;
 use crate::event::ack::Status;
 use crate::event::{self, Event, Finalizers, ack_all};
 use crate::health::StageHealth;
-use crate::metrics as m;
+use crate::metrics as shared_metrics;
 use crate::state::db::{DbError, retrying};
 
 /// One queue in this process, shared by the instances of its stage (a reload runs the old and
@@ -153,9 +153,9 @@ pub async fn run(
         health,
         slot: slot.clone(),
         gauge: super::telemetry::webhook_queued(stage),
-        sent: m::sent(stage, cx.metrics.type_name),
+        sent: shared_metrics::sent(stage, cx.metrics.type_name),
         dead: super::telemetry::webhook_dead_lettered(stage),
-        latency: m::latency(stage, cx.metrics.type_name),
+        latency: shared_metrics::latency(stage, cx.metrics.type_name),
         processing: cx.metrics.processing.clone(),
     });
     match shared.store.count(stage).await {

@@ -49,7 +49,7 @@ use crate::component::{
 };
 use crate::event::ack::Status;
 use crate::event::{Event, ack_all};
-use crate::metrics as m;
+use crate::metrics as shared_metrics;
 use crate::types::Dur;
 
 /// The body format.
@@ -700,9 +700,9 @@ async fn in_memory(
     health: &Arc<crate::health::StageHealth>,
 ) {
     let processing = cx.metrics.processing.clone();
-    let latency = m::latency(&cx.metrics.id, cx.metrics.type_name);
+    let latency = shared_metrics::latency(&cx.metrics.id, cx.metrics.type_name);
     let failed = cx.metrics.discarded("webhook_failed");
-    let sent = m::sent(&cx.metrics.id, cx.metrics.type_name);
+    let sent = shared_metrics::sent(&cx.metrics.id, cx.metrics.type_name);
     let cfg = &d.cfg;
     super::batch::run_batched(
         &mut cx.input,
