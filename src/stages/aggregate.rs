@@ -29,13 +29,14 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use super::key::KeySpec;
+use super::summarize::Accumulator;
 use crate::component::MAX_BATCH;
 use crate::component::{
     BuildContext, BuildError, Invalid, Stage, StageConfig, StageError, StageKind, StageType,
     Transform, TransformContext,
 };
 use crate::event::Batch;
-use crate::event::{Event, EventData, Field, Merged, Summary};
+use crate::event::{Event, EventData, Field, Summary};
 use crate::types::Dur;
 
 /// Groups events by key over a window and emits one summary event per group.
@@ -93,18 +94,6 @@ impl StageConfig for AggregateConfig {
     }
 }
 
-struct Group {
-    first: EventData,
-    events: u64,
-    occurrences: i64,
-    first_seen: Option<chrono::DateTime<chrono::Utc>>,
-    last_seen: Option<chrono::DateTime<chrono::Utc>>,
-    last_rv: String,
-    last_message: String,
-    samples: Vec<String>,
-    finalizers: Merged,
-}
-
 /// The aggregation state, usable on its own (benchmarks, tests).
 pub struct Aggregator {
     key: KeySpec,
@@ -112,7 +101,7 @@ pub struct Aggregator {
     window_text: String,
     max_keys: usize,
     max_samples: usize,
-    groups: HashMap<String, Group>,
+    groups: HashMap<String, Accumulator>,
     /// Open groups by deadline (all windows have one length, so arrival order is deadline order).
     order: VecDeque<(Instant, String)>,
     last_counts: Cache<String, i64>,
@@ -162,17 +151,7 @@ impl Aggregator {
             let inc = self.increase(&e);
             self.key.write(&e, &mut self.buf);
             if let Some(g) = self.groups.get_mut(self.buf.as_str()) {
-                g.events += 1;
-                g.occurrences += inc;
-                g.first_seen = min_opt(g.first_seen, e.first_seen);
-                g.last_seen = g.last_seen.max(e.last_seen);
-                g.last_rv.clone_from(&e.resource_version);
-                if g.samples.len() < self.max_samples && !g.samples.iter().any(|m| *m == e.message)
-                {
-                    g.samples.push(e.message.clone());
-                }
-                g.last_message.clone_from(&e.message);
-                g.finalizers.add(e);
+                g.add(e, inc);
                 continue;
             }
             if self.groups.len() >= self.max_keys
@@ -181,27 +160,10 @@ impl Aggregator {
                 out.push(s);
             }
             let deadline = now + self.window;
-            let mut first = e.data().clone();
-            first.summary = None;
-            // A summary is not the object as received; dropping it keeps a group small.
-            first.raw = None;
-            let group = Group {
-                events: 1,
-                occurrences: inc,
-                first_seen: e.first_seen,
-                last_seen: e.last_seen,
-                last_rv: e.resource_version.clone(),
-                last_message: e.message.clone(),
-                samples: if self.max_samples > 0 {
-                    vec![e.message.clone()]
-                } else {
-                    vec![]
-                },
-                finalizers: Merged::default(),
-                first,
-            };
-            let group = self.groups.entry(self.buf.clone()).or_insert(group);
-            group.finalizers.add(e);
+            self.groups.insert(
+                self.buf.clone(),
+                Accumulator::new(e, inc, self.max_samples, false),
+            );
             self.order.push_back((deadline, self.buf.clone()));
         }
     }
@@ -235,43 +197,38 @@ impl Aggregator {
         Some(self.summarize(g))
     }
 
-    fn summarize(&self, g: Group) -> Event {
-        let mut data = g.first;
-        let what = match (data.object_namespace.is_empty(), data.kind.is_empty()) {
-            (true, _) => format!("{}/{}", data.kind, data.object_name),
-            (false, false) => format!(
-                "{}/{}/{}",
-                data.object_namespace, data.kind, data.object_name
-            ),
-            (false, true) => format!("{}/{}", data.object_namespace, data.object_name),
-        };
-        let text = format!(
-            "{} x{} on {} in the last {}",
-            data.reason, g.occurrences, what, self.window_text
-        );
-        data.count = g.occurrences;
-        data.first_seen = g.first_seen;
-        data.last_seen = g.last_seen;
-        data.resource_version = g.last_rv;
-        data.message = g.last_message;
-        data.summary = Some(Arc::new(Summary {
-            by: crate::event::SummaryBy::Aggregate,
-            events: g.events,
-            occurrences: g.occurrences,
-            window: self.window_text.clone(),
-            first_seen: g.first_seen,
-            last_seen: g.last_seen,
-            samples: g.samples,
-            text,
-        }));
-        Event::new(data, g.finalizers.into_finalizers())
-    }
-}
-
-fn min_opt<T: Ord>(a: Option<T>, b: Option<T>) -> Option<T> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
+    fn summarize(&self, g: Accumulator) -> Event {
+        g.finish(|f| {
+            let mut data = f.first;
+            let what = match (data.object_namespace.is_empty(), data.kind.is_empty()) {
+                (true, _) => format!("{}/{}", data.kind, data.object_name),
+                (false, false) => format!(
+                    "{}/{}/{}",
+                    data.object_namespace, data.kind, data.object_name
+                ),
+                (false, true) => format!("{}/{}", data.object_namespace, data.object_name),
+            };
+            let text = format!(
+                "{} x{} on {} in the last {}",
+                data.reason, f.occurrences, what, self.window_text
+            );
+            data.count = f.occurrences;
+            data.first_seen = f.first_seen;
+            data.last_seen = f.last_seen;
+            data.resource_version = f.last_rv;
+            data.message = f.last_message;
+            data.summary = Some(Arc::new(Summary {
+                by: crate::event::SummaryBy::Aggregate,
+                events: f.events,
+                occurrences: f.occurrences,
+                window: self.window_text.clone(),
+                first_seen: f.first_seen,
+                last_seen: f.last_seen,
+                samples: f.samples,
+                text,
+            }));
+            data
+        })
     }
 }
 

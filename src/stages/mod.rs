@@ -3,7 +3,7 @@
 //! Adding a stage type = a module here with a config struct (serde + schemars, a doc comment
 //! on every field) that implements [`crate::component::StageConfig`], and one line in
 //! [`REGISTRY`]. Shared pieces of several stage types: [`batch`] (batching for sinks),
-//! [`key`] (event keys).
+//! [`key`] (event keys), [`summarize`] (folding events into a summary).
 
 pub mod aggregate;
 pub mod batch;
@@ -15,6 +15,7 @@ pub mod kube_events;
 pub mod rate_limit;
 pub mod sql;
 pub mod stdout;
+pub mod summarize;
 pub mod webhook;
 
 use crate::component::Registry;

@@ -32,12 +32,13 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use super::key::KeySpec;
+use super::summarize::Accumulator;
 use crate::component::{
     BuildContext, BuildError, Invalid, Stage, StageConfig, StageError, StageKind, StageType,
     Transform, TransformContext,
 };
 use crate::event::Batch;
-use crate::event::{Event, EventData, Field, Merged, Summary};
+use crate::event::{Event, EventData, Field, Summary};
 use crate::types::Dur;
 
 /// What to do with an event over the limit.
@@ -74,6 +75,9 @@ pub struct RateLimitConfig {
     /// The most keys tracked at once.
     #[serde(default = "default_max_keys")]
     pub max_keys: usize,
+    /// With `summarize`: the most distinct messages kept per summary (as `aggregate`'s).
+    #[serde(default = "default_max_samples")]
+    pub max_samples: usize,
     /// Also count drops per key in `eventflow_key_discarded_total{stage,key}`.
     #[serde(default)]
     pub per_key_metrics: bool,
@@ -85,6 +89,10 @@ fn default_per() -> Dur {
 
 fn default_max_keys() -> usize {
     100_000
+}
+
+fn default_max_samples() -> usize {
+    5
 }
 
 /// governor's clock, driven by tokio's (so paused time in tests moves it).
@@ -149,14 +157,13 @@ impl StageConfig for RateLimitConfig {
     }
 }
 
+/// What was suppressed under one key since it was last let through.
 struct Suppressed {
-    first: EventData,
-    events: u64,
-    occurrences: i64,
+    acc: Accumulator,
+    /// When the first of them was last seen.
     since: Option<chrono::DateTime<chrono::Utc>>,
-    last_seen: Option<chrono::DateTime<chrono::Utc>>,
-    samples: Vec<String>,
-    finalizers: Merged,
+    /// Its place in `pending_order` (an entry there with another number is stale).
+    order: u64,
 }
 
 /// The limiter and its pending summaries, usable on its own (benchmarks, tests).
@@ -168,7 +175,11 @@ pub struct RateLimit {
     key: KeySpec,
     buf: String,
     pending: HashMap<String, Suppressed>,
-    pending_order: VecDeque<String>,
+    /// Keys in the order their summaries were started, each with its `Suppressed::order`.
+    /// Entries of keys summarized since are skipped (and swept when they pile up), so no
+    /// removal scans the queue.
+    pending_order: VecDeque<(String, u64)>,
+    next_order: u64,
     stage: String,
     dropped: Counter,
     suppressed: Counter,
@@ -194,6 +205,7 @@ impl RateLimit {
             buf: String::with_capacity(64),
             pending: HashMap::new(),
             pending_order: VecDeque::new(),
+            next_order: 0,
             stage: stage.to_string(),
             dropped: crate::metrics::discarded(stage, type_name, "rate_limited"),
             suppressed: crate::metrics::discarded(stage, type_name, "suppressed"),
@@ -250,75 +262,91 @@ impl RateLimit {
     fn suppress(&mut self, e: Event, out: &mut Batch) {
         self.count_drop(true);
         if let Some(s) = self.pending.get_mut(self.buf.as_str()) {
-            s.events += 1;
-            s.occurrences += 1;
-            s.last_seen = s.last_seen.max(e.last_seen);
-            if s.samples.len() < 5 && !s.samples.contains(&e.message) {
-                s.samples.push(e.message.clone());
-            }
-            s.finalizers.add(e);
+            s.acc.add(e, 1);
             return;
         }
         if self.pending.len() >= self.cfg.max_keys
-            && let Some(k) = self.pending_order.pop_front()
-            && let Some(s) = self.pending.remove(&k)
+            && let Some(s) = self.take_oldest()
         {
             out.push(self.summary(s));
         }
-        let mut first = e.data().clone();
-        first.summary = None;
-        let mut finalizers = Merged::default();
-        let (since, samples) = (e.last_seen, vec![e.message.clone()]);
-        finalizers.add(e);
+        let since = e.last_seen;
+        let order = self.next_order;
+        self.next_order += 1;
         self.pending.insert(
             self.buf.clone(),
             Suppressed {
-                events: 1,
-                occurrences: 1,
+                acc: Accumulator::new(e, 1, self.cfg.max_samples, true),
                 since,
-                last_seen: since,
-                samples,
-                finalizers,
-                first,
+                order,
             },
         );
-        self.pending_order.push_back(self.buf.clone());
+        self.pending_order.push_back((self.buf.clone(), order));
+    }
+
+    /// The pending summary started longest ago.
+    fn take_oldest(&mut self) -> Option<Suppressed> {
+        while let Some((k, order)) = self.pending_order.pop_front() {
+            if self.pending.get(&k).is_some_and(|s| s.order == order) {
+                return self.pending.remove(&k);
+            }
+        }
+        None
+    }
+
+    /// Takes the pending summary of `key`, if any; its entry in the order goes stale.
+    fn take(&mut self, key: &str) -> Option<Suppressed> {
+        let s = self.pending.remove(key)?;
+        if self.pending_order.len() > 2 * self.pending.len() + 64 {
+            let pending = &self.pending;
+            self.pending_order
+                .retain(|(k, o)| pending.get(k).is_some_and(|s| s.order == *o));
+        }
+        Some(s)
     }
 
     fn summary(&self, s: Suppressed) -> Event {
-        let mut data = s.first;
-        let since = s
+        let since_text = s
             .since
             .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
             .unwrap_or_else(|| "the start".into());
-        let text = format!(
-            "{} more {} on {}/{}/{} suppressed since {since}",
-            s.events, data.reason, data.object_namespace, data.kind, data.object_name
-        );
-        data.count = s.occurrences;
-        data.last_seen = s.last_seen;
-        data.summary = Some(Arc::new(Summary {
-            by: crate::event::SummaryBy::RateLimit,
-            events: s.events,
-            occurrences: s.occurrences,
-            window: self.cfg.per.to_string(),
-            first_seen: s.since,
-            last_seen: s.last_seen,
-            samples: s.samples,
-            text,
-        }));
-        Event::new(data, s.finalizers.into_finalizers())
+        let window = self.cfg.per.to_string();
+        s.acc.finish(|f| {
+            let mut data = f.first;
+            let text = format!(
+                "{} more {} on {}/{}/{} suppressed since {since_text}",
+                f.events, data.reason, data.object_namespace, data.kind, data.object_name
+            );
+            data.count = f.occurrences;
+            data.last_seen = f.last_seen;
+            data.summary = Some(Arc::new(Summary {
+                by: crate::event::SummaryBy::RateLimit,
+                events: f.events,
+                occurrences: f.occurrences,
+                window,
+                first_seen: s.since,
+                last_seen: f.last_seen,
+                samples: f.samples,
+                text,
+            }));
+            data
+        })
     }
 
-    /// Emits the pending summaries whose buckets allow one now (all of them if `force`).
+    /// Emits the pending summaries whose buckets allow one now (all of them if `force`), in
+    /// the order they were started. One pass over the pending keys.
     pub fn release_summaries(&mut self, force: bool, out: &mut Batch) {
-        let keys: Vec<String> = self.pending_order.iter().cloned().collect();
-        for k in keys {
+        let order = std::mem::take(&mut self.pending_order);
+        for (k, o) in order {
+            if self.pending.get(&k).is_none_or(|s| s.order != o) {
+                continue; // stale
+            }
             if force || self.limiter.check_key(&k).is_ok() {
-                self.pending_order.retain(|x| *x != k);
                 if let Some(s) = self.pending.remove(&k) {
                     out.push(self.summary(s));
                 }
+            } else {
+                self.pending_order.push_back((k, o));
             }
         }
     }
@@ -327,12 +355,11 @@ impl RateLimit {
     pub fn process(&mut self, batch: Batch, out: &mut Batch) {
         for e in batch {
             if self.check(&e) {
-                if !self.pending.is_empty()
-                    && let Some(s) = self.pending.remove(self.buf.as_str())
-                {
-                    let k = self.buf.clone();
-                    self.pending_order.retain(|x| *x != k);
-                    out.push(self.summary(s));
+                if !self.pending.is_empty() {
+                    let key = self.buf.clone();
+                    if let Some(s) = self.take(&key) {
+                        out.push(self.summary(s));
+                    }
                 }
                 out.push(e);
             } else if self.cfg.when_limited == WhenLimited::Summarize {
