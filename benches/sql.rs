@@ -44,7 +44,7 @@ fn events(tag: u64) -> Vec<Vec<Event>> {
 
 /// The baseline: plain sqlx, multi-row INSERT with `?`/`$n` placeholders, same columns.
 async fn raw_insert(db: &Db, table: &str, batch: &[Event], tag: u64) {
-    let cols = events::WRITTEN;
+    let cols = events::written_columns();
     let pg = matches!(db, Db::Postgres(_));
     let mut sql = format!(
         "INSERT INTO {table} ({}) VALUES ",

@@ -15,10 +15,15 @@ use crate::state::db::{Backend, Db, DbError, classify};
 /// The schema version eventflow writes into `eventflow_schema`; bump it with a migration.
 pub const SCHEMA_VERSION: i64 = 1;
 
-/// A column of the events table: name and how to declare it on each backend.
+/// A column of the events table: its name, how to declare it on each backend, what an
+/// upsert writes into it (nothing: it keeps its default), and whether a repeat of a known
+/// event overwrites it. [`COLUMNS`] is the one list: the declared columns, the written ones,
+/// the updated ones and the bind order all come from it.
 struct Col {
     name: &'static str,
     kind: ColKind,
+    value: Option<Val>,
+    updated: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -33,109 +38,96 @@ enum ColKind {
     Int,
 }
 
-/// Every column but `id`. The first block is the seed's table; the rest is eventflow's.
+/// Where a written column's value comes from.
+#[derive(Clone, Copy)]
+enum Val {
+    EvtKey,
+    Cluster,
+    Namespace,
+    Name,
+    Type,
+    Reason,
+    Level,
+    Message,
+    /// The event's `last_seen`, or the write time.
+    Timestamp,
+    /// The write time.
+    Now,
+    Uid,
+    Kind,
+    ObjectName,
+    ObjectNamespace,
+    ObjectUid,
+    Count,
+    FirstSeen,
+    LastSeen,
+    Source,
+    Host,
+    ResourceVersion,
+    Raw,
+}
+
+const fn col(name: &'static str, kind: ColKind, value: Option<Val>, updated: bool) -> Col {
+    Col {
+        name,
+        kind,
+        value,
+        updated,
+    }
+}
+
+use ColKind as K;
+
+/// Every column but `id`. The first block is the k8m event handler's table (its `processed`
+/// and `attempts` keep their defaults on insert and are never overwritten); the rest is
+/// eventflow's.
 const COLUMNS: &[Col] = &[
-    Col {
-        name: "evt_key",
-        kind: ColKind::Key,
-    },
-    Col {
-        name: "cluster",
-        kind: ColKind::Short,
-    },
-    Col {
-        name: "namespace",
-        kind: ColKind::Short,
-    },
-    Col {
-        name: "name",
-        kind: ColKind::Short,
-    },
-    Col {
-        name: "type",
-        kind: ColKind::Short,
-    },
-    Col {
-        name: "reason",
-        kind: ColKind::Short,
-    },
-    Col {
-        name: "level",
-        kind: ColKind::Short,
-    },
-    Col {
-        name: "message",
-        kind: ColKind::Text,
-    },
-    Col {
-        name: "timestamp",
-        kind: ColKind::Time,
-    },
-    Col {
-        name: "processed",
-        kind: ColKind::Bool,
-    },
-    Col {
-        name: "attempts",
-        kind: ColKind::Int,
-    },
-    Col {
-        name: "created_at",
-        kind: ColKind::Time,
-    },
-    Col {
-        name: "updated_at",
-        kind: ColKind::Time,
-    },
-    Col {
-        name: "uid",
-        kind: ColKind::Short,
-    },
-    Col {
-        name: "kind",
-        kind: ColKind::Short,
-    },
-    Col {
-        name: "object_name",
-        kind: ColKind::Short,
-    },
-    Col {
-        name: "object_namespace",
-        kind: ColKind::Short,
-    },
-    Col {
-        name: "object_uid",
-        kind: ColKind::Short,
-    },
-    Col {
-        name: "count",
-        kind: ColKind::BigInt,
-    },
-    Col {
-        name: "first_seen",
-        kind: ColKind::Time,
-    },
-    Col {
-        name: "last_seen",
-        kind: ColKind::Time,
-    },
-    Col {
-        name: "source",
-        kind: ColKind::Short,
-    },
-    Col {
-        name: "host",
-        kind: ColKind::Short,
-    },
-    Col {
-        name: "resource_version",
-        kind: ColKind::Short,
-    },
-    Col {
-        name: "raw",
-        kind: ColKind::LongText,
-    },
+    col("evt_key", K::Key, Some(Val::EvtKey), false),
+    col("cluster", K::Short, Some(Val::Cluster), false),
+    col("namespace", K::Short, Some(Val::Namespace), false),
+    col("name", K::Short, Some(Val::Name), true),
+    col("type", K::Short, Some(Val::Type), true),
+    col("reason", K::Short, Some(Val::Reason), true),
+    col("level", K::Short, Some(Val::Level), true),
+    col("message", K::Text, Some(Val::Message), true),
+    col("timestamp", K::Time, Some(Val::Timestamp), true),
+    col("processed", K::Bool, None, false),
+    col("attempts", K::Int, None, false),
+    col("created_at", K::Time, Some(Val::Now), false),
+    col("updated_at", K::Time, Some(Val::Now), true),
+    col("uid", K::Short, Some(Val::Uid), false),
+    col("kind", K::Short, Some(Val::Kind), false),
+    col("object_name", K::Short, Some(Val::ObjectName), false),
+    col(
+        "object_namespace",
+        K::Short,
+        Some(Val::ObjectNamespace),
+        false,
+    ),
+    col("object_uid", K::Short, Some(Val::ObjectUid), false),
+    col("count", K::BigInt, Some(Val::Count), true),
+    col("first_seen", K::Time, Some(Val::FirstSeen), true),
+    col("last_seen", K::Time, Some(Val::LastSeen), true),
+    col("source", K::Short, Some(Val::Source), true),
+    col("host", K::Short, Some(Val::Host), true),
+    col(
+        "resource_version",
+        K::Short,
+        Some(Val::ResourceVersion),
+        true,
+    ),
+    col("raw", K::LongText, Some(Val::Raw), true),
 ];
+
+/// The columns an upsert writes, in bind order.
+fn written() -> impl Iterator<Item = (&'static Col, Val)> {
+    COLUMNS.iter().filter_map(|c| c.value.map(|v| (c, v)))
+}
+
+/// The names of the columns an upsert writes, in bind order.
+pub fn written_columns() -> Vec<&'static str> {
+    written().map(|(c, _)| c.name).collect()
+}
 
 fn column_def(c: &Col, backend: Backend) -> ColumnDef {
     let mut d = ColumnDef::new(Alias::new(c.name));
@@ -278,67 +270,18 @@ async fn record_version(db: &Db, table: &str) -> Result<(), DbError> {
     db.execute_in_tx(vec![db.build(&q)]).await.map(|_| ())
 }
 
-/// The columns an upsert writes, in order (the seed's `processed` and `attempts` keep their
-/// defaults on insert and are never overwritten).
-pub const WRITTEN: &[&str] = &[
-    "evt_key",
-    "cluster",
-    "namespace",
-    "name",
-    "type",
-    "reason",
-    "level",
-    "message",
-    "timestamp",
-    "created_at",
-    "updated_at",
-    "uid",
-    "kind",
-    "object_name",
-    "object_namespace",
-    "object_uid",
-    "count",
-    "first_seen",
-    "last_seen",
-    "source",
-    "host",
-    "resource_version",
-    "raw",
-];
-
-/// What a repeat of a known event updates.
-const UPDATED: &[&str] = &[
-    "name",
-    "type",
-    "reason",
-    "level",
-    "message",
-    "timestamp",
-    "updated_at",
-    "count",
-    "first_seen",
-    "last_seen",
-    "source",
-    "host",
-    "resource_version",
-    "raw",
-];
-
 /// The text of a multi-row upsert of `rows` rows keyed by `evt_key`, generated by sea-query
-/// (placeholders for every value, in `WRITTEN` order row by row). The sink caches it per row
+/// (placeholders for every value, in bind order row by row). The sink caches it per row
 /// count and binds the values itself, straight from the events.
 pub fn upsert_sql(backend: Backend, table: &str, rows: usize) -> String {
     let mut q = Query::insert();
     q.into_table(Alias::new(table))
-        .columns(WRITTEN.iter().map(|c| Alias::new(*c)));
+        .columns(written().map(|(c, _)| Alias::new(c.name)));
     let now = Utc::now();
-    let placeholder_row: Vec<Value> = WRITTEN
-        .iter()
-        .map(|c| match *c {
-            "count" => Value::from(0i64),
-            "timestamp" | "created_at" | "updated_at" | "first_seen" | "last_seen" => {
-                Value::from(now)
-            }
+    let placeholder_row: Vec<Value> = written()
+        .map(|(c, _)| match c.kind {
+            ColKind::BigInt => Value::from(0i64),
+            ColKind::Time => Value::from(now),
             _ => Value::from(String::new()),
         })
         .collect();
@@ -347,7 +290,12 @@ pub fn upsert_sql(backend: Backend, table: &str, rows: usize) -> String {
     }
     q.on_conflict(
         OnConflict::column(Alias::new("evt_key"))
-            .update_columns(UPDATED.iter().map(|c| Alias::new(*c)))
+            .update_columns(
+                COLUMNS
+                    .iter()
+                    .filter(|c| c.updated)
+                    .map(|c| Alias::new(c.name)),
+            )
             .to_owned(),
     );
     match backend {
@@ -391,30 +339,32 @@ impl Db {
                 let mut q = sqlx::query(AssertSqlSafe(sql.to_string()));
                 for r in rows {
                     let e = r.e;
-                    q = q
-                        .bind(r.evt_key.as_str())
-                        .bind(&*e.cluster)
-                        .bind(e.namespace.as_str())
-                        .bind(e.name.as_str())
-                        .bind(e.type_.as_str())
-                        .bind(e.reason.as_str())
-                        .bind(r.level)
-                        .bind(e.message.as_str())
-                        .bind(e.last_seen.unwrap_or(r.now))
-                        .bind(r.now)
-                        .bind(r.now)
-                        .bind(e.uid.as_str())
-                        .bind(e.kind.as_str())
-                        .bind(e.object_name.as_str())
-                        .bind(e.object_namespace.as_str())
-                        .bind(e.object_uid.as_str())
-                        .bind(e.count)
-                        .bind(e.first_seen)
-                        .bind(e.last_seen)
-                        .bind(e.source.as_str())
-                        .bind(e.host.as_str())
-                        .bind(e.resource_version.as_str())
-                        .bind(e.raw.as_deref());
+                    for (_, v) in written() {
+                        q = match v {
+                            Val::EvtKey => q.bind(r.evt_key.as_str()),
+                            Val::Cluster => q.bind(&*e.cluster),
+                            Val::Namespace => q.bind(e.namespace.as_str()),
+                            Val::Name => q.bind(e.name.as_str()),
+                            Val::Type => q.bind(e.type_.as_str()),
+                            Val::Reason => q.bind(e.reason.as_str()),
+                            Val::Level => q.bind(r.level),
+                            Val::Message => q.bind(e.message.as_str()),
+                            Val::Timestamp => q.bind(e.last_seen.unwrap_or(r.now)),
+                            Val::Now => q.bind(r.now),
+                            Val::Uid => q.bind(e.uid.as_str()),
+                            Val::Kind => q.bind(e.kind.as_str()),
+                            Val::ObjectName => q.bind(e.object_name.as_str()),
+                            Val::ObjectNamespace => q.bind(e.object_namespace.as_str()),
+                            Val::ObjectUid => q.bind(e.object_uid.as_str()),
+                            Val::Count => q.bind(e.count),
+                            Val::FirstSeen => q.bind(e.first_seen),
+                            Val::LastSeen => q.bind(e.last_seen),
+                            Val::Source => q.bind(e.source.as_str()),
+                            Val::Host => q.bind(e.host.as_str()),
+                            Val::ResourceVersion => q.bind(e.resource_version.as_str()),
+                            Val::Raw => q.bind(e.raw.as_deref()),
+                        };
+                    }
                 }
                 let mut tx = $pool.begin().await.map_err(classify)?;
                 let n = q.execute(&mut *tx).await.map_err(classify)?.rows_affected();
