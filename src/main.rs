@@ -74,7 +74,7 @@ enum Command {
         #[arg(long, value_enum, default_value_t = GraphFormat::Mermaid)]
         format: GraphFormat,
     },
-    /// Print the pipeline equivalent to a file in the seed's format (the k8m event handler's
+    /// Print the pipeline equivalent to a file in the k8m event handler's format (the k8m event handler's
     /// eventhandler.yaml), with comments where eventflow behaves differently.
     Migrate {
         file: PathBuf,
@@ -266,7 +266,7 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
 }
 
 fn migrate(path: &std::path::Path, show_secrets: bool) -> anyhow::Result<ExitCode> {
-    use eventflow::config::seed;
+    use eventflow::config::k8m;
     use eventflow::yaml as tree;
     let name = path.display().to_string();
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {name}"))?;
@@ -277,23 +277,23 @@ fn migrate(path: &std::path::Path, show_secrets: bool) -> anyhow::Result<ExitCod
             return Ok(ExitCode::FAILURE);
         }
     };
-    if !seed::is_seed(&root) {
+    if !k8m::is_k8m_format(&root) {
         eprintln!(
-            "{name}: not in the seed format (it has `stages:` or none of database, watcher, worker, rule_config, webhook); it is a pipeline already"
+            "{name}: not in the k8m event handler's format (it has `stages:` or none of database, watcher, worker, rule_config, webhook); it is a pipeline already"
         );
         return Ok(ExitCode::FAILURE);
     }
     let mode = if show_secrets {
-        seed::Secrets::Inline
+        k8m::Secrets::Inline
     } else {
-        seed::Secrets::Env
+        k8m::Secrets::Env
     };
-    match seed::translate_with(&root, mode) {
-        Ok(seed::Translated::Pipeline(yaml)) => {
+    match k8m::translate_with(&root, mode) {
+        Ok(k8m::Translated::Pipeline(yaml)) => {
             print!("{yaml}");
             Ok(ExitCode::SUCCESS)
         }
-        Ok(seed::Translated::Disabled(why)) => {
+        Ok(k8m::Translated::Disabled(why)) => {
             eprintln!("{name}: {why}; there is no pipeline to run");
             Ok(ExitCode::FAILURE)
         }

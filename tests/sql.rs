@@ -645,7 +645,7 @@ async fn webhook_queue_and_dead_letters_on_every_backend() {
 /// test servers' URLs, are translated and connect.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_seeds_dsn_forms_connect_to_the_servers() {
-    use eventflow::config::seed::dsn_to_url;
+    use eventflow::config::k8m::dsn_to_url;
     for b in backends("the_seeds_dsn_forms_connect_to_the_servers") {
         let u = reqwest::Url::parse(&b.url).expect("url");
         let db = u.path().trim_start_matches('/');

@@ -7,8 +7,8 @@
 
 pub mod diff;
 pub mod graph;
+pub mod k8m;
 pub mod schema;
-pub mod seed;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -92,7 +92,7 @@ pub struct Pipeline {
     pub api: Option<ApiConfig>,
     pub state: Option<StateConfig>,
     pub stages: IndexMap<String, StageSpec>,
-    /// A seed-format file that turns everything off says so here (and has no stages).
+    /// A file in the k8m event handler's format that turns everything off says so here (and has no stages).
     pub disabled: Option<String>,
 }
 
@@ -230,12 +230,12 @@ pub fn load_str(
         .into_iter()
         .map(|(pos, m)| Problem::new(Some(pos), None, None, m))
         .collect();
-    if seed::is_seed(&root) {
+    if k8m::is_k8m_format(&root) {
         if !problems.is_empty() {
             return Err(fail(problems));
         }
-        return match seed::translate(&root).map_err(fail)? {
-            seed::Translated::Disabled(why) => Ok(Pipeline {
+        return match k8m::translate(&root).map_err(fail)? {
+            k8m::Translated::Disabled(why) => Ok(Pipeline {
                 path: None,
                 digest: None,
                 version: 1,
@@ -245,9 +245,11 @@ pub fn load_str(
                 disabled: Some(why),
             }),
             // Values are substituted already: the translation is loaded without `${...}`.
-            seed::Translated::Pipeline(text) => load_str(
+            k8m::Translated::Pipeline(text) => load_str(
                 &text,
-                &format!("{file} (as translated from the seed format; see `eventflow migrate`)"),
+                &format!(
+                    "{file} (as translated from the k8m event handler's format; see `eventflow migrate`)"
+                ),
                 &|_| None,
                 types,
             ),

@@ -1,10 +1,10 @@
 //! `filter`: keeps or drops events by rules.
 //!
-//! The seed's rules, as its documentation states them: `namespaces`, `reasons` and `types` are
+//! The k8m event handler's rules, as its documentation states them: `namespaces`, `reasons` and `types` are
 //! whitelists matched exactly; an event matches when it is in every non-empty list (OR inside
 //! a list, AND across lists); an empty or missing list is no condition. `reverse: true` keeps
 //! exactly the events that match *none* of the non-empty lists. A filter with no conditions
-//! keeps everything, reversed or not. Beyond the seed: `kinds`, `sources`, `clusters` (exact),
+//! keeps everything, reversed or not. Beyond the k8m event handler: `kinds`, `sources`, `clusters` (exact),
 //! `names` (globs on the involved object's name), `message` (a regex searched in the message),
 //! and an `exclude:` block with the same fields, which drops what matches all of its non-empty
 //! conditions and wins over everything else. Dropped events are counted as
@@ -58,9 +58,9 @@ macro_rules! conditions {
 }
 
 conditions!(
-    /// Keeps or drops events by rules (the seed's `rule_config`, and more).
+    /// Keeps or drops events by rules (the k8m event handler's `rule_config`, and more).
     FilterConfig {
-        /// Keep the events that match none of the non-empty conditions above (the seed's
+        /// Keep the events that match none of the non-empty conditions above (the k8m event handler's
         /// documented `reverse`). A filter with no conditions keeps everything either way.
         #[serde(default)]
         pub reverse: bool,
@@ -287,18 +287,18 @@ mod tests {
             "reverse: true\nnamespaces: [kube-system]\nreasons: [Scheduled]\ntypes: [Normal]";
         let seed_example = "namespaces: [default, kube-system]\nreasons: [FailedMount, ImagePullBackOff]\ntypes: [Warning]";
         let cases: &[(&str, &str, &str, &str, bool)] = &[
-            // The seed's forward example: all three conditions must hold.
+            // The k8m event handler's forward example: all three conditions must hold.
             (forward, "default", "FailedMount", "Warning", true),
             (forward, "default", "FailedMount", "Normal", false),
             (forward, "shop", "FailedMount", "Warning", false),
             (forward, "default", "BackOff", "Warning", false),
-            // The seed's reverse example: kept only if it matches none of the lists.
+            // The k8m event handler's reverse example: kept only if it matches none of the lists.
             (reverse, "default", "BackOff", "Warning", true),
             (reverse, "kube-system", "BackOff", "Warning", false),
             (reverse, "default", "Scheduled", "Warning", false),
             (reverse, "default", "BackOff", "Normal", false),
             (reverse, "kube-system", "Scheduled", "Normal", false),
-            // The seed's example file: OR inside a list, AND across lists.
+            // The k8m event handler's example file: OR inside a list, AND across lists.
             (
                 seed_example,
                 "kube-system",

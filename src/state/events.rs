@@ -155,7 +155,7 @@ fn column_def(c: &Col, backend: Backend) -> ColumnDef {
 }
 
 /// Creates the table and its indexes if missing, adds missing columns to an existing table
-/// (a table created by the seed keeps its rows), and records the schema version.
+/// (a table created by the k8m event handler keeps its rows), and records the schema version.
 pub async fn ensure_table(db: &Db, table: &str) -> Result<(), DbError> {
     let backend = db.backend();
     let existing = db.columns(table).await?;
@@ -314,7 +314,7 @@ pub struct RowRef<'a> {
 }
 
 impl<'a> RowRef<'a> {
-    /// The row of `e` under `evt_key`, written at `now`; `level` is the seed's (`warning` for
+    /// The row of `e` under `evt_key`, written at `now`; `level` is the k8m event handler's (`warning` for
     /// Warning, `info` for Normal).
     pub fn new(evt_key: String, e: &'a crate::event::EventData, now: DateTime<Utc>) -> Self {
         let level = match e.type_.as_str() {

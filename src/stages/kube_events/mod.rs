@@ -94,7 +94,7 @@ pub struct KubeEventsConfig {
     /// Retries after a failed list or watch (reset after a watch that delivered something).
     #[serde(default)]
     pub backoff: BackoffConfig,
-    /// The most events waiting between this source and the stages after it (the seed's
+    /// The most events waiting between this source and the stages after it (the k8m event handler's
     /// `watcher.buffer_size`): batches are cut to `buffer_size / 8` events, and an edge holds
     /// 8 batches. Default: batches of up to 512 events (4,096 waiting).
     #[serde(default)]

@@ -1,9 +1,9 @@
 //! `sql`: stores events in SQLite, PostgreSQL or MySQL/MariaDB (chosen by the URL's scheme).
 //!
 //! The table (default `k8s_events`) is created if missing and keeps every column of the
-//! seed's table, so queries written for the seed still work, plus the involved object, count,
+//! k8m event handler's table, so queries written for it still work, plus the involved object, count,
 //! first/last seen, reporting source and host, resourceVersion and the raw JSON. A table the
-//! seed created is migrated in place (missing columns added, rows kept); the schema version is
+//! k8m event handler created is migrated in place (missing columns added, rows kept); the schema version is
 //! recorded in `eventflow_schema`.
 //!
 //! Writes are batched (`batch.max_events`, `batch.max_wait`) into multi-row upserts keyed by

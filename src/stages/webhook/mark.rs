@@ -1,5 +1,5 @@
-//! `mark_rows`: keeps the seed's `processed` and `attempts` columns of an events table true to
-//! the webhook's deliveries (pipelines translated from the seed format set it).
+//! `mark_rows`: keeps the k8m event handler's `processed` and `attempts` columns of an events table true to
+//! the webhook's deliveries (pipelines translated from the k8m event handler's format set it).
 //!
 //! After each delivery ends, the events' rows are upserted (so the order in which the `sql`
 //! sink and the webhook finish does not matter: the sink's upsert never touches these two

@@ -16,7 +16,7 @@
 //! resourceVersions: the same across retries and restarts, so receivers can drop repeats.
 //!
 //! Body (`format: json`): one event as a JSON object; with `batch.max_events` above 1, the
-//! seed's batch body `{"events": [...], "count": N, "timestamp": <unix seconds>}`. Chat formats
+//! k8m event handler's batch body `{"events": [...], "count": N, "timestamp": <unix seconds>}`. Chat formats
 //! (`slack`, `teams`, `dingtalk`, `feishu`, `wecom`) are in [`format`]; the chat platforms
 //! answer HTTP 200 with an error code in the body, which is read: a rate-limit code is retried,
 //! any other is permanent.
@@ -71,8 +71,8 @@ pub enum Format {
     Wecom,
     /// The body from `template` (minijinja, JSON-safe).
     Template,
-    /// The seed's batch body `{"events": [...], "count": N, "timestamp": T}`, also for one
-    /// event (pipelines translated from the seed format use it).
+    /// The k8m event handler's batch body `{"events": [...], "count": N, "timestamp": T}`, also for one
+    /// event (pipelines translated from the k8m event handler's format use it).
     Seed,
 }
 
@@ -118,7 +118,7 @@ pub struct WebhookConfig {
     pub format: Format,
     /// With `format: template`: a minijinja template of the body (see the README); strings are
     /// escaped for JSON string literals, lists and maps print as JSON, `tojson` prints any
-    /// value; the seed's `{{msg}}` and `{{raw}}` are available.
+    /// value; the k8m event handler's `{{msg}}` and `{{raw}}` are available.
     #[serde(default)]
     pub template: Option<template::TemplateField>,
     /// Readiness: not ready once deliveries have been failing (retryably) for this long.
@@ -145,8 +145,8 @@ pub struct WebhookConfig {
     /// events, which slows the stages before it down (back-pressure) instead of dropping.
     #[serde(default = "default_max_queued")]
     pub max_queued: u64,
-    /// Keep the seed's `processed` and `attempts` columns of this table true to the
-    /// deliveries (set by pipelines translated from the seed format).
+    /// Keep the k8m event handler's `processed` and `attempts` columns of this table true to the
+    /// deliveries (set by pipelines translated from the k8m event handler's format).
     #[serde(default)]
     pub mark_rows: Option<mark::MarkRows>,
     /// With `durable`: how long a delivery that keeps failing retryably (receiver down, 5xx,

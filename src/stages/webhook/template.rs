@@ -2,13 +2,13 @@
 //!
 //! The rule that keeps the output valid JSON: a **string** value is printed escaped for use
 //! inside a JSON string literal (quotes, backslashes, newlines, control characters), so the
-//! seed's style `"content": "{{msg}}"` works with any message; **lists, maps and numbers**
+//! k8m event handler's style `"content": "{{msg}}"` works with any message; **lists, maps and numbers**
 //! print as JSON (`{{raw}}` is a JSON array). `{{ x | tojson }}` prints any value as a complete
 //! JSON value (a string with its quotes). The rendered body must parse as JSON, or the
 //! delivery fails for good (counted) rather than sending an invalid request.
 //!
 //! Variables: `events` (the batch, as objects with the event fields), `event` (the first),
-//! `count`, `timestamp` (unix seconds), and the seed's `msg` (a text summary of the batch) and
+//! `count`, `timestamp` (unix seconds), and the k8m event handler's `msg` (a text summary of the batch) and
 //! `raw` (the events as a JSON array).
 
 use std::sync::Arc;

@@ -13,7 +13,7 @@ use std::time::Duration;
 use fake_apiserver::FakeApiServer;
 use support::*;
 
-const EXAMPLE: &str = "tests/data/seed/eventhandler.yaml";
+const EXAMPLE: &str = "tests/data/k8m/eventhandler.yaml";
 
 /// (evt_key, namespace, reason, type, processed, attempts) of every row.
 type SeedRow = (String, String, String, String, bool, i64);
@@ -320,7 +320,7 @@ fn migrate_prints_a_pipeline_that_loads_to_the_same_stages() {
     );
     assert!(yaml.contains("retries: 5"), "{yaml}");
     assert!(yaml.contains("durable: true"), "{yaml}");
-    assert!(yaml.contains("# Differs from the seed"), "{yaml}");
+    assert!(yaml.contains("# Differs from the k8m event handler"), "{yaml}");
     let migrated = write(dir.path(), "pipeline.yaml", &yaml);
     let a = eventflow::load_file(&seed).expect("seed file");
     let b = eventflow::load_file(&migrated).expect("migrated file");

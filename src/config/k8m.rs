@@ -1,9 +1,9 @@
-//! The seed's file format (`eventhandler.yaml` of the k8m event handler), translated to a
+//! The k8m event handler's file format (`eventhandler.yaml` of the k8m event handler), translated to a
 //! pipeline.
 //!
-//! A file is in the seed format when its top level has no `stages:` and has any of the seed's
+//! A file is in the k8m event handler's format when its top level has no `stages:` and has any of the k8m event handler's
 //! sections (`database`, `watcher`, `worker`, `rule_config`, `webhook`). The translation
-//! applies the seed's defaults and validation, honours each `enabled: false`, turns the seed's
+//! applies the k8m event handler's defaults and validation, honours each `enabled: false`, turns the k8m event handler's
 //! DSNs into URLs, and writes pipeline YAML (with comments where eventflow behaves differently),
 //! which is then loaded like any pipeline: `eventflow run` and `validate` use it directly and
 //! `eventflow migrate` prints it.
@@ -13,11 +13,11 @@ use std::fmt::Write as _;
 use super::Problem;
 use crate::yaml::{Node, Pos, Value};
 
-/// The seed's sections.
+/// The k8m event handler's sections.
 const SECTIONS: &[&str] = &["database", "watcher", "worker", "rule_config", "webhook"];
 
-/// Whether a parsed file is in the seed format.
-pub fn is_seed(root: &Node) -> bool {
+/// Whether a parsed file is in the k8m event handler's format.
+pub fn is_k8m_format(root: &Node) -> bool {
     root.get("stages").is_none() && SECTIONS.iter().any(|s| root.get(s).is_some())
 }
 
@@ -72,7 +72,7 @@ impl<'a> Reader<'a> {
                     *pos,
                     &format!("{name}.{k}"),
                     format!(
-                        "unknown field of the seed format (known: {})",
+                        "unknown field of the k8m event handler's format (known: {})",
                         known.join(", ")
                     ),
                 ));
@@ -209,7 +209,7 @@ fn list(items: &[String]) -> String {
     )
 }
 
-/// The seed's default DSN for a database type.
+/// The k8m event handler's default DSN for a database type.
 fn default_dsn(ty: &str) -> &'static str {
     match ty {
         "postgres" => {
@@ -473,7 +473,7 @@ pub fn translate_with(root: &Node, mode: Secrets) -> Result<Translated, Vec<Prob
                     *pos,
                     k,
                     format!(
-                        "unknown top-level field of the seed format (known: enabled, {})",
+                        "unknown top-level field of the k8m event handler's format (known: enabled, {})",
                         SECTIONS.join(", ")
                     ),
                 ));
@@ -595,7 +595,7 @@ pub fn translate_with(root: &Node, mode: Secrets) -> Result<Translated, Vec<Prob
         r.problems.push(problem(
             webhook.map_or(root.pos, |w| w.pos),
             "webhook.url",
-            "the webhook is enabled but has no url (the seed's validation)",
+            "the webhook is enabled but has no url (the k8m event handler's validation)",
         ));
     }
     if !r.problems.is_empty() {
@@ -621,7 +621,7 @@ pub fn translate_with(root: &Node, mode: Secrets) -> Result<Translated, Vec<Prob
     let _ = writeln!(
         y,
         "# Translated by eventflow from the k8m event handler's format (eventhandler.yaml).\n\
-         # The seed's database also keeps eventflow's state (watch checkpoint, webhook queue).\n\
+         # The k8m event handler's database also keeps eventflow's state (watch checkpoint, webhook queue).\n\
          version: 1\nstate:\n  url: {db_url}\nstages:"
     );
     let _ = writeln!(
@@ -642,7 +642,7 @@ pub fn translate_with(root: &Node, mode: Secrets) -> Result<Translated, Vec<Prob
     };
     let _ = writeln!(
         y,
-        "  store:\n    type: sql\n    inputs: [{upstream}]\n    url: {db_url}\n    table: k8s_events\n    max_conns: {max_conns}\n    # A repeat of an event (same uid, higher count) updates its row (count, last seen, message)\n    # instead of being dropped by the unique key as in the seed."
+        "  store:\n    type: sql\n    inputs: [{upstream}]\n    url: {db_url}\n    table: k8s_events\n    max_conns: {max_conns}\n    # A repeat of an event (same uid, higher count) updates its row (count, last seen, message)\n    # instead of being dropped by the unique key as in the k8m event handler."
     );
     if hook_on && worker_on {
         let hook_url = hook_url.map(|(_, u)| u).unwrap_or_default();
@@ -665,14 +665,14 @@ pub fn translate_with(root: &Node, mode: Secrets) -> Result<Translated, Vec<Prob
         }
         let _ = writeln!(
             y,
-            "    # The seed's batch body {{\"events\": [...], \"count\": N, \"timestamp\": T}}, also for one event.\n    format: seed\n    # worker.batch_size and worker.process_interval: events per request, longest wait to fill one.\n    batch: {{max_events: {batch_size}, max_wait: {interval}ms}}\n    # Differs from the seed: failed pushes are retried with exponential backoff (not once per\n    # worker tick) from a queue in the state database that survives restarts, for up to\n    # retry_for; what still fails goes to a dead-letter table (`eventflow dead-letter`)\n    # instead of being marked processed and dropped. `retries` (worker.max_retries\n    # {max_retries}, webhook.retries {retries}: the larger) applies to `eventflow dead-letter resend`.\n    retries: {}\n    durable: true\n    retry_for: 24h\n    # The seed's `processed` and `attempts` columns of k8s_events follow the deliveries.\n    mark_rows: {{url: {db_url}, table: k8s_events}}",
+            "    # The k8m event handler's batch body {{\"events\": [...], \"count\": N, \"timestamp\": T}}, also for one event.\n    format: seed\n    # worker.batch_size and worker.process_interval: events per request, longest wait to fill one.\n    batch: {{max_events: {batch_size}, max_wait: {interval}ms}}\n    # Differs from the k8m event handler: failed pushes are retried with exponential backoff (not once per\n    # worker tick) from a queue in the state database that survives restarts, for up to\n    # retry_for; what still fails goes to a dead-letter table (`eventflow dead-letter`)\n    # instead of being marked processed and dropped. `retries` (worker.max_retries\n    # {max_retries}, webhook.retries {retries}: the larger) applies to `eventflow dead-letter resend`.\n    retries: {}\n    durable: true\n    retry_for: 24h\n    # The k8m event handler's `processed` and `attempts` columns of k8s_events follow the deliveries.\n    mark_rows: {{url: {db_url}, table: k8s_events}}",
             max_retries.max(retries),
         );
     }
     if !w.refs.is_empty() {
         let mut head = String::from(
             "# Secrets are not printed: the values below are read from the environment.\n\
-             # Set each variable to the value of the seed file (shown redacted), or run\n\
+             # Set each variable to the value of the k8m event handler file (shown redacted), or run\n\
              # `eventflow migrate --show-secrets` to print them in place.\n",
         );
         for (name, shown) in &w.refs {
