@@ -320,7 +320,10 @@ fn migrate_prints_a_pipeline_that_loads_to_the_same_stages() {
     );
     assert!(yaml.contains("retries: 5"), "{yaml}");
     assert!(yaml.contains("durable: true"), "{yaml}");
-    assert!(yaml.contains("# Differs from the k8m event handler"), "{yaml}");
+    assert!(
+        yaml.contains("# Differs from the k8m event handler"),
+        "{yaml}"
+    );
     let migrated = write(dir.path(), "pipeline.yaml", &yaml);
     let a = eventflow::load_file(&seed).expect("seed file");
     let b = eventflow::load_file(&migrated).expect("migrated file");

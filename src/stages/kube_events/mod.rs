@@ -164,6 +164,24 @@ pub fn kube_config_available() -> Result<(), String> {
     }
 }
 
+/// The client config of a kubeconfig's context (`context`, else its current one), and the
+/// context's name. `what` names the file in errors.
+async fn from_kubeconfig(
+    kc: kube::config::Kubeconfig,
+    context: Option<&str>,
+    opts: &kube::config::KubeConfigOptions,
+    what: &str,
+) -> Result<(kube::Config, String), String> {
+    let name = context
+        .map(str::to_string)
+        .or_else(|| kc.current_context.clone())
+        .unwrap_or_else(|| "default".to_string());
+    let cfg = kube::Config::from_custom_kubeconfig(kc, opts)
+        .await
+        .map_err(|e| format!("{what}: {}", crate::redact::parse_error(&e.to_string())))?;
+    Ok((cfg, name))
+}
+
 /// Builds the client config and names the cluster.
 pub async fn client_config(
     kubeconfig: Option<&std::path::Path>,
@@ -182,20 +200,13 @@ pub async fn client_config(
                     crate::redact::parse_error(&e.to_string())
                 )
             })?;
-            let name = context
-                .map(str::to_string)
-                .or_else(|| kc.current_context.clone())
-                .unwrap_or_else(|| "default".to_string());
-            let cfg = kube::Config::from_custom_kubeconfig(kc, &opts)
-                .await
-                .map_err(|e| {
-                    format!(
-                        "field `kubeconfig`: {}: {}",
-                        path.display(),
-                        crate::redact::parse_error(&e.to_string())
-                    )
-                })?;
-            (cfg, name)
+            from_kubeconfig(
+                kc,
+                context,
+                &opts,
+                &format!("field `kubeconfig`: {}", path.display()),
+            )
+            .await?
         }
         None => {
             let incluster = if context.is_none() {
@@ -213,16 +224,7 @@ pub async fn client_config(
                             crate::redact::parse_error(&e.to_string())
                         )
                     })?;
-                    let name = context
-                        .map(str::to_string)
-                        .or_else(|| kc.current_context.clone())
-                        .unwrap_or_else(|| "default".to_string());
-                    let cfg = kube::Config::from_custom_kubeconfig(kc, &opts)
-                        .await
-                        .map_err(|e| {
-                            format!("kubeconfig: {}", crate::redact::parse_error(&e.to_string()))
-                        })?;
-                    (cfg, name)
+                    from_kubeconfig(kc, context, &opts, "kubeconfig").await?
                 }
             }
         }
