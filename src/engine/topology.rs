@@ -77,6 +77,40 @@ struct Running {
     handle: JoinHandle<()>,
 }
 
+/// Step 3 of an apply: the input channels of the new transforms and sinks.
+struct Inputs {
+    /// The receiving ends, taken by the new instances when they are spawned.
+    receivers: HashMap<String, mpsc::Receiver<Batch>>,
+    /// The sending ends, for the fan-outs that feed them.
+    edges: HashMap<String, Edge>,
+}
+
+impl Inputs {
+    fn for_built(built: &HashMap<String, Stage>, new: &Pipeline) -> Inputs {
+        let mut inputs = Inputs {
+            receivers: HashMap::new(),
+            edges: HashMap::new(),
+        };
+        for (id, stage) in built {
+            if !matches!(stage, Stage::Source(_)) {
+                let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+                inputs.receivers.insert(id.clone(), rx);
+                let queued = shared_metrics::queue_depth(id, new.stages[id].type_name);
+                inputs.edges.insert(id.clone(), Edge { tx, queued });
+            }
+        }
+        inputs
+    }
+
+    /// The input of stage `id`: its new channel if it was rebuilt, else its running one.
+    fn edge(&self, id: &str, running: &HashMap<String, Running>) -> Option<Edge> {
+        self.edges
+            .get(id)
+            .cloned()
+            .or_else(|| running.get(id).and_then(|r| r.input.clone()))
+    }
+}
+
 /// The running pipeline.
 pub struct Topology {
     current: Pipeline,
@@ -174,13 +208,38 @@ impl Topology {
         &self.failed
     }
 
-    /// Moves the running pipeline to `new`, changing only the stages that differ.
+    /// Moves the running pipeline to `new`, changing only the stages that differ. The steps,
+    /// in order (each a method below): build, stop sources, create inputs, re-point kept
+    /// fan-outs, release old stages, spawn new ones.
     pub async fn apply(&mut self, new: Pipeline) -> Result<ApplyReport, BuildError> {
         let started = Instant::now();
         let diff = Diff::between(&self.current, &new);
+        let mut built = self.build_changed(&new, &diff).await?;
+        self.stop_sources(&diff).await;
+        let mut inputs = Inputs::for_built(&built, &new);
+        self.repoint_kept(&new, &diff, &built, &inputs);
+        self.release_old(&diff);
+        for id in graph::topological_order(&new.stages) {
+            if let Some(stage) = built.remove(&id) {
+                self.spawn(&new, id, stage, &mut inputs);
+            }
+        }
+        self.current = new;
+        self.draining.retain(|(_, h)| !h.is_finished());
+        Ok(ApplyReport {
+            diff,
+            elapsed: started.elapsed(),
+        })
+    }
 
-        // 1. Build every new instance before touching anything: a failure is a clean rollback.
-        let mut built: HashMap<String, Stage> = HashMap::new();
+    /// Step 1: builds every new or changed stage before anything is touched, so that a failure
+    /// (an error, or a panic in a stage type's build) is a clean rollback.
+    async fn build_changed(
+        &self,
+        new: &Pipeline,
+        diff: &Diff,
+    ) -> Result<HashMap<String, Stage>, BuildError> {
+        let mut built = HashMap::new();
         for id in diff.to_build() {
             let spec = &new.stages[id];
             // Loaded pipelines were validated already; pipelines assembled in code were not.
@@ -197,8 +256,6 @@ impl Topology {
                 health: self.health.clone(),
                 shared: self.shared.clone(),
             };
-            // A panic while building is a bug in that stage type, but it must not take the
-            // running pipeline down with it: nothing has been touched yet, so roll back.
             let stage = std::panic::AssertUnwindSafe(spec.config.build(&cx))
                 .catch_unwind()
                 .await
@@ -210,52 +267,50 @@ impl Topology {
                 })?;
             built.insert(id.clone(), stage);
         }
+        Ok(built)
+    }
 
-        // 2. Stop changed and removed sources, and wait for them to hand off what they read.
+    /// Step 2: stops changed and removed sources and waits (bounded) for them to hand off what
+    /// they read.
+    async fn stop_sources(&mut self, diff: &Diff) {
         for id in diff.to_stop() {
-            if self
+            if !self
                 .running
                 .get(id)
                 .is_some_and(|r| r.kind == StageKind::Source)
-                && let Some(r) = self.running.remove(id)
             {
-                if let Some(stop) = &r.stop {
-                    let _ = stop.send(true);
+                continue;
+            }
+            let Some(r) = self.running.remove(id) else {
+                continue;
+            };
+            if let Some(stop) = &r.stop {
+                let _ = stop.send(true);
+            }
+            drop(r.control);
+            let mut handle = r.handle;
+            match tokio::time::timeout(SOURCE_STOP_TIMEOUT, &mut handle).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(stage = %id, error = %e, "source task failed while stopping")
                 }
-                drop(r.control);
-                let mut handle = r.handle;
-                match tokio::time::timeout(SOURCE_STOP_TIMEOUT, &mut handle).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => {
-                        tracing::error!(stage = %id, error = %e, "source task failed while stopping")
-                    }
-                    Err(_) => {
-                        tracing::warn!(stage = %id, timeout = ?SOURCE_STOP_TIMEOUT, "source did not stop in time; it keeps draining while the new pipeline starts");
-                        self.draining.push((id.clone(), handle));
-                    }
+                Err(_) => {
+                    tracing::warn!(stage = %id, timeout = ?SOURCE_STOP_TIMEOUT, "source did not stop in time; it keeps draining while the new pipeline starts");
+                    self.draining.push((id.clone(), handle));
                 }
             }
         }
+    }
 
-        // 3. Input channels for the new transforms and sinks.
-        let mut receivers: HashMap<String, mpsc::Receiver<Batch>> = HashMap::new();
-        let mut new_inputs: HashMap<String, Edge> = HashMap::new();
-        for (id, stage) in &built {
-            if !matches!(stage, Stage::Source(_)) {
-                let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-                receivers.insert(id.clone(), rx);
-                let queued = shared_metrics::queue_depth(id, new.stages[id].type_name);
-                new_inputs.insert(id.clone(), Edge { tx, queued });
-            }
-        }
-        let input_of = |id: &str, running: &HashMap<String, Running>| -> Option<Edge> {
-            new_inputs
-                .get(id)
-                .cloned()
-                .or_else(|| running.get(id).and_then(|r| r.input.clone()))
-        };
-
-        // 4. Re-point the fan-outs of kept upstream stages, one atomic edit each.
+    /// Step 4: re-points the fan-out of each kept upstream stage, one atomic edit each, so a
+    /// batch goes either to the old or to the new downstream set.
+    fn repoint_kept(
+        &self,
+        new: &Pipeline,
+        diff: &Diff,
+        built: &HashMap<String, Stage>,
+        inputs: &Inputs,
+    ) {
         for id in &diff.kept {
             let Some(control) = self.running.get(id).and_then(|r| r.control.clone()) else {
                 continue;
@@ -263,7 +318,7 @@ impl Topology {
             let mut edits = Vec::new();
             for c in new.consumers_of(id) {
                 if built.contains_key(&c.id)
-                    && let Some(tx) = input_of(&c.id, &self.running)
+                    && let Some(tx) = inputs.edge(&c.id, &self.running)
                 {
                     edits.push(Edit::Set(c.id.clone(), tx));
                 }
@@ -277,8 +332,10 @@ impl Topology {
                 let _ = control.send(edits);
             }
         }
+    }
 
-        // 5. Let go of old transforms and sinks: each drains its queue and exits.
+    /// Step 5: lets go of old transforms and sinks: each drains its queue and exits.
+    fn release_old(&mut self, diff: &Diff) {
         for id in diff.to_stop() {
             if let Some(r) = self.running.remove(id) {
                 drop(r.input);
@@ -286,94 +343,91 @@ impl Topology {
                 self.draining.push((id.clone(), r.handle));
             }
         }
+    }
 
-        // 6. Spawn the new instances, upstream first.
-        for id in graph::topological_order(&new.stages) {
-            let Some(stage) = built.remove(&id) else {
-                continue;
-            };
-            let spec = &new.stages[&id];
-            let metrics = StageMetrics::new(&id, spec.type_name);
-            let outs: Vec<(String, Edge)> = new
-                .consumers_of(&id)
-                .filter_map(|c| input_of(&c.id, &self.running).map(|tx| (c.id.clone(), tx)))
-                .collect();
-            let (fanout, control) = Fanout::new(
-                outs,
-                shared_metrics::sent(&id, spec.type_name),
-                shared_metrics::discarded(&id, spec.type_name, "downstream_stopped"),
-            );
-            let serial = self.next_serial;
-            self.next_serial += 1;
-            let span = tracing::info_span!("stage", id = %id, r#type = spec.type_name);
-            let exits = self.exits_tx.clone();
-            let notice = Exited {
-                id: id.clone(),
-                serial,
-                kind: spec.kind,
-                failure: None,
-            };
-            let errors = shared_metrics::stage_errors(&id, spec.type_name, "task_failed");
-            let running = match stage {
-                Stage::Source(s) => {
-                    let (stop_tx, stop_rx) = watch::channel(false);
-                    let cx = SourceContext {
-                        metrics,
-                        out: fanout,
-                        shutdown: Shutdown(stop_rx),
-                    };
-                    Running {
-                        kind: StageKind::Source,
-                        serial,
-                        input: None,
-                        control: Some(control),
-                        stop: Some(stop_tx),
-                        handle: spawn_stage(s.run(cx), span, exits, notice, errors),
-                    }
+    /// Step 6: spawns one built stage (the caller goes upstream first).
+    fn spawn(&mut self, new: &Pipeline, id: String, stage: Stage, inputs: &mut Inputs) {
+        let spec = &new.stages[&id];
+        let metrics = StageMetrics::new(&id, spec.type_name);
+        let outs: Vec<(String, Edge)> = new
+            .consumers_of(&id)
+            .filter_map(|c| {
+                inputs
+                    .edge(&c.id, &self.running)
+                    .map(|tx| (c.id.clone(), tx))
+            })
+            .collect();
+        let (fanout, control) = Fanout::new(
+            outs,
+            shared_metrics::sent(&id, spec.type_name),
+            shared_metrics::discarded(&id, spec.type_name, "downstream_stopped"),
+        );
+        let serial = self.next_serial;
+        self.next_serial += 1;
+        let span = tracing::info_span!("stage", id = %id, r#type = spec.type_name);
+        let exits = self.exits_tx.clone();
+        let notice = Exited {
+            id: id.clone(),
+            serial,
+            kind: spec.kind,
+            failure: None,
+        };
+        let errors = shared_metrics::stage_errors(&id, spec.type_name, "task_failed");
+        let running = match stage {
+            Stage::Source(s) => {
+                let (stop_tx, stop_rx) = watch::channel(false);
+                let cx = SourceContext {
+                    metrics,
+                    out: fanout,
+                    shutdown: Shutdown(stop_rx),
+                };
+                Running {
+                    kind: StageKind::Source,
+                    serial,
+                    input: None,
+                    control: Some(control),
+                    stop: Some(stop_tx),
+                    handle: spawn_stage(s.run(cx), span, exits, notice, errors),
                 }
-                Stage::Transform(t) => {
-                    let rx = receivers.remove(&id);
-                    let Some(rx) = rx else { continue };
-                    let cx = TransformContext {
-                        input: Input::new(rx, &metrics),
-                        metrics,
-                        out: fanout,
-                    };
-                    Running {
-                        kind: StageKind::Transform,
-                        serial,
-                        input: new_inputs.get(&id).cloned(),
-                        control: Some(control),
-                        stop: None,
-                        handle: spawn_stage(t.run(cx), span, exits, notice, errors),
-                    }
+            }
+            Stage::Transform(t) => {
+                let Some(rx) = inputs.receivers.remove(&id) else {
+                    return;
+                };
+                let cx = TransformContext {
+                    input: Input::new(rx, &metrics),
+                    metrics,
+                    out: fanout,
+                };
+                Running {
+                    kind: StageKind::Transform,
+                    serial,
+                    input: inputs.edges.get(&id).cloned(),
+                    control: Some(control),
+                    stop: None,
+                    handle: spawn_stage(t.run(cx), span, exits, notice, errors),
                 }
-                Stage::Sink(s) => {
-                    drop(fanout);
-                    let rx = receivers.remove(&id);
-                    let Some(rx) = rx else { continue };
-                    let cx = SinkContext {
-                        input: Input::new(rx, &metrics),
-                        metrics,
-                    };
-                    Running {
-                        kind: StageKind::Sink,
-                        serial,
-                        input: new_inputs.get(&id).cloned(),
-                        control: None,
-                        stop: None,
-                        handle: spawn_stage(s.run(cx), span, exits, notice, errors),
-                    }
+            }
+            Stage::Sink(s) => {
+                drop(fanout);
+                let Some(rx) = inputs.receivers.remove(&id) else {
+                    return;
+                };
+                let cx = SinkContext {
+                    input: Input::new(rx, &metrics),
+                    metrics,
+                };
+                Running {
+                    kind: StageKind::Sink,
+                    serial,
+                    input: inputs.edges.get(&id).cloned(),
+                    control: None,
+                    stop: None,
+                    handle: spawn_stage(s.run(cx), span, exits, notice, errors),
                 }
-            };
-            self.running.insert(id, running);
-        }
-        self.current = new;
-        self.draining.retain(|(_, h)| !h.is_finished());
-        Ok(ApplyReport {
-            diff,
-            elapsed: started.elapsed(),
-        })
+            }
+        };
+        self.running.insert(id, running);
     }
 
     /// Stops every source, lets every event already read flow through to the sinks, and waits
