@@ -420,6 +420,12 @@ async fn a_bad_url_or_table_fails_the_build_with_a_clear_error() {
             "k8s_events",
             "cannot connect to postgres://nobody:***@127.0.0.1:1/db",
         ),
+        // The cause, not only "pool timed out".
+        (
+            "postgres://nobody:secret@127.0.0.1:1/db",
+            "k8s_events",
+            "Connection refused",
+        ),
         (
             &*format!("sqlite://{}", dir.path().join("x.db").display()),
             "bad-name;",

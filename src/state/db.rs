@@ -134,6 +134,50 @@ pub fn backend_of(url: &str) -> Option<Backend> {
     }
 }
 
+/// A driver error as a person reads it: a server's own message without the line of the
+/// server's source it came from, an I/O error with its cause, anything else with its chain.
+fn explain(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(d) => d.message().to_string(),
+        sqlx::Error::Configuration(c) => c.to_string(),
+        e => {
+            let mut text = e.to_string();
+            let mut cause = std::error::Error::source(e);
+            while let Some(c) = cause {
+                let c_text = c.to_string();
+                if !text.contains(&c_text) {
+                    text.push_str(": ");
+                    text.push_str(&c_text);
+                }
+                cause = c.source();
+            }
+            text
+        }
+    }
+}
+
+/// Why a pool could not open a connection in time: one direct attempt, whose error the pool
+/// swallows (it retries until its timeout and reports only that).
+async fn cause_of_timeout(url: &str, timeout: Duration) -> Option<String> {
+    use sqlx::Connection;
+    let attempt = async {
+        match backend_of(url)? {
+            Backend::Postgres => sqlx::PgConnection::connect(url).await.err(),
+            Backend::MySql => {
+                sqlx::MySqlConnection::connect(&url.replacen("mariadb://", "mysql://", 1))
+                    .await
+                    .err()
+            }
+            Backend::Sqlite => sqlx::SqliteConnection::connect(url).await.err(),
+        }
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(Some(e)) => Some(explain(&e)),
+        Ok(None) => None,
+        Err(_) => Some("no answer".to_string()),
+    }
+}
+
 /// Hides the secrets of a URL for messages (see [`crate::redact::url`]).
 pub fn redact(url: &str) -> String {
     crate::redact::url(url)
@@ -162,13 +206,32 @@ pub fn check_url(url: &str) -> Result<(), String> {
 }
 
 impl Db {
+    /// Opens a pool of at most `max_conns` connections, waiting up to `timeout` for the first.
+    /// An error says why the server could not be reached (refused, no such host, bad
+    /// password), not only that the pool timed out.
     pub async fn connect(url: &str, max_conns: u32, timeout: Duration) -> Result<Db, String> {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let err = |e: sqlx::Error| format!("cannot connect to {}: {e}", redact(url));
+        let pool = Db::open_pool(url, max_conns, timeout).await;
+        match pool {
+            Ok(db) => Ok(db),
+            Err(e) => {
+                let why = match e {
+                    sqlx::Error::PoolTimedOut => match cause_of_timeout(url, timeout).await {
+                        Some(cause) => format!("{cause} (tried for {} s)", timeout.as_secs_f64()),
+                        None => explain(&sqlx::Error::PoolTimedOut),
+                    },
+                    e => explain(&e),
+                };
+                Err(format!("cannot connect to {}: {why}", redact(url)))
+            }
+        }
+    }
+
+    async fn open_pool(url: &str, max_conns: u32, timeout: Duration) -> Result<Db, sqlx::Error> {
         match backend_of(url) {
             Some(Backend::Sqlite) => {
                 let opts = sqlx::sqlite::SqliteConnectOptions::from_str(url)
-                    .map_err(err)?
+                    ?
                     .create_if_missing(true)
                     .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
                     .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
@@ -185,7 +248,7 @@ impl Db {
                     .acquire_timeout(timeout)
                     .connect_with(opts)
                     .await
-                    .map_err(err)?;
+                    ?;
                 Ok(Db::Sqlite(pool))
             }
             Some(Backend::Postgres) => sqlx::postgres::PgPoolOptions::new()
@@ -193,8 +256,7 @@ impl Db {
                 .acquire_timeout(timeout)
                 .connect(url)
                 .await
-                .map(Db::Postgres)
-                .map_err(err),
+                .map(Db::Postgres),
             Some(Backend::MySql) => {
                 let url = url.replacen("mariadb://", "mysql://", 1);
                 sqlx::mysql::MySqlPoolOptions::new()
@@ -203,11 +265,13 @@ impl Db {
                     .connect(&url)
                     .await
                     .map(Db::MySql)
-                    .map_err(err)
             }
-            None => Err(format!(
-                "unsupported database URL `{}` (expected sqlite://, postgres://, mysql:// or mariadb://)",
-                redact(url)
+            None => Err(sqlx::Error::Configuration(
+                format!(
+                    "unsupported database URL `{}` (expected sqlite://, postgres://, mysql:// or mariadb://)",
+                    redact(url)
+                )
+                .into(),
             )),
         }
     }
