@@ -183,86 +183,101 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             no_watch,
             reload_debounce,
         } => {
-            let loaded = match &pipeline {
-                Some(path) => eventflow::load_file(path),
-                None => {
-                    if let Err(e) = eventflow::stages::kube_events::kube_config_available() {
-                        eprintln!(
-                            "{e}\n\nWithout a pipeline file, eventflow watches the current Kubernetes context. To try it without a cluster, run the bundled demo instead:\n    eventflow run pipelines/demo.yaml"
-                        );
-                        return Ok(ExitCode::FAILURE);
-                    }
-                    tracing::info!("no pipeline file given: running the embedded default pipeline");
-                    eventflow::load_str(DEFAULT_PIPELINE, "<embedded default pipeline>", &|k| {
-                        std::env::var(k).ok()
-                    })
-                }
-            };
-            let p = match loaded {
-                Ok(p) => p,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return Ok(ExitCode::FAILURE);
-                }
-            };
-            if let Some(why) = &p.disabled {
-                tracing::info!("{why}; nothing to run");
-                return Ok(ExitCode::SUCCESS);
-            }
             let opts = eventflow::run::RunOptions {
                 shutdown_timeout: shutdown_timeout.0,
                 watch: !no_watch,
                 debounce: reload_debounce.0,
-                metrics: install_metrics(),
+                metrics: None,
             };
-            let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-            let outcome = rt.block_on(eventflow::run::run(p, opts))?;
-            Ok(match outcome {
-                Outcome::Drained => ExitCode::SUCCESS,
-                Outcome::Incomplete(_) | Outcome::Failed(_) => ExitCode::FAILURE,
-            })
+            run(pipeline.as_deref(), opts)
         }
-        Command::Validate { pipelines } => {
-            let mut failed = false;
-            for path in &pipelines {
-                match eventflow::load_file(path) {
-                    Ok(p) => match &p.disabled {
-                        Some(why) => println!("{}: ok ({why})", path.display()),
-                        None => println!("{}: ok ({} stages)", path.display(), p.stages.len()),
-                    },
-                    Err(e) => {
-                        failed = true;
-                        eprintln!("{e}");
-                    }
-                }
-            }
-            Ok(if failed {
-                ExitCode::FAILURE
-            } else {
-                ExitCode::SUCCESS
-            })
-        }
+        Command::Validate { pipelines } => Ok(validate(&pipelines)),
         Command::Schema => {
             print!("{}", eventflow::pipeline_schema());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Graph { pipeline, format } => {
-            let p = match eventflow::load_file(&pipeline) {
-                Ok(p) => p,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return Ok(ExitCode::FAILURE);
-                }
-            };
-            match format {
-                GraphFormat::Mermaid => print!("{}", graph::mermaid(&p.stages)),
-                GraphFormat::Dot => print!("{}", graph::dot(&p.stages)),
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Graph { pipeline, format } => Ok(print_graph(&pipeline, format)),
         Command::DeadLetter { action } => dead_letter(action),
         Command::Migrate { file, show_secrets } => migrate(&file, show_secrets),
     }
+}
+
+/// `eventflow run`: the file, or the embedded default pipeline when a cluster is reachable.
+fn run(
+    pipeline: Option<&std::path::Path>,
+    mut opts: eventflow::run::RunOptions,
+) -> anyhow::Result<ExitCode> {
+    let loaded = match pipeline {
+        Some(path) => eventflow::load_file(path),
+        None => {
+            if let Err(e) = eventflow::stages::kube_events::kube_config_available() {
+                eprintln!(
+                    "{e}\n\nWithout a pipeline file, eventflow watches the current Kubernetes context. To try it without a cluster, run the bundled demo instead:\n    eventflow run pipelines/demo.yaml"
+                );
+                return Ok(ExitCode::FAILURE);
+            }
+            tracing::info!("no pipeline file given: running the embedded default pipeline");
+            eventflow::load_str(DEFAULT_PIPELINE, "<embedded default pipeline>", &|k| {
+                std::env::var(k).ok()
+            })
+        }
+    };
+    let p = match loaded {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    if let Some(why) = &p.disabled {
+        tracing::info!("{why}; nothing to run");
+        return Ok(ExitCode::SUCCESS);
+    }
+    opts.metrics = install_metrics();
+    let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let outcome = rt.block_on(eventflow::run::run(p, opts))?;
+    Ok(match outcome {
+        Outcome::Drained => ExitCode::SUCCESS,
+        Outcome::Incomplete(_) | Outcome::Failed(_) => ExitCode::FAILURE,
+    })
+}
+
+/// `eventflow validate`: every problem of every file; exit 1 on any.
+fn validate(pipelines: &[PathBuf]) -> ExitCode {
+    let mut failed = false;
+    for path in pipelines {
+        match eventflow::load_file(path) {
+            Ok(p) => match &p.disabled {
+                Some(why) => println!("{}: ok ({why})", path.display()),
+                None => println!("{}: ok ({} stages)", path.display(), p.stages.len()),
+            },
+            Err(e) => {
+                failed = true;
+                eprintln!("{e}");
+            }
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// `eventflow graph`.
+fn print_graph(pipeline: &std::path::Path, format: GraphFormat) -> ExitCode {
+    let p = match eventflow::load_file(pipeline) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match format {
+        GraphFormat::Mermaid => print!("{}", graph::mermaid(&p.stages)),
+        GraphFormat::Dot => print!("{}", graph::dot(&p.stages)),
+    }
+    ExitCode::SUCCESS
 }
 
 fn migrate(path: &std::path::Path, show_secrets: bool) -> anyhow::Result<ExitCode> {
