@@ -21,7 +21,7 @@ pub fn is_k8m_format(root: &Node) -> bool {
     root.get("stages").is_none() && SECTIONS.iter().any(|s| root.get(s).is_some())
 }
 
-/// What a seed file turns into.
+/// What a file in the k8m event handler's format turns into.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Translated {
     /// Pipeline YAML.
@@ -30,7 +30,7 @@ pub enum Translated {
     Disabled(String),
 }
 
-/// Reads a seed file's fields with their positions, collecting problems.
+/// Reads a file in the k8m event handler's format's fields with their positions, collecting problems.
 struct Reader<'a> {
     problems: Vec<Problem>,
     root: &'a Node,
@@ -276,7 +276,7 @@ fn libpq_pairs(dsn: &str) -> Option<Vec<(String, String)>> {
     }
 }
 
-/// Turns a seed DSN into a database URL; `Err` explains the accepted forms.
+/// Turns a k8m event handler DSN into a database URL; `Err` explains the accepted forms.
 pub fn dsn_to_url(ty: &str, dsn: &str) -> Result<String, String> {
     let dsn = dsn.trim();
     let bad = |why: &str| {
@@ -419,7 +419,7 @@ pub fn dsn_to_url(ty: &str, dsn: &str) -> Result<String, String> {
 /// webhook URLs with a query or userinfo, header values).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Secrets {
-    /// As they are (loading a seed file; `eventflow migrate --show-secrets`).
+    /// As they are (loading a file in the k8m event handler's format; `eventflow migrate --show-secrets`).
     Inline,
     /// As `${EVENTFLOW_...}` references, listed in a comment at the top with redacted values
     /// (`eventflow migrate`).
@@ -455,13 +455,55 @@ fn url_has_secret(url: &str) -> bool {
     crate::redact::url(url) != url
 }
 
-/// Translates a seed file (parsed, `${ENV}` substituted or not) into pipeline YAML.
+/// Translates a file in the k8m event handler's format (parsed, `${ENV}` substituted or not) into
+/// pipeline YAML.
 pub fn translate(root: &Node) -> Result<Translated, Vec<Problem>> {
     translate_with(root, Secrets::Inline)
 }
 
 /// [`translate`], writing secrets as `mode` says.
 pub fn translate_with(root: &Node, mode: Secrets) -> Result<Translated, Vec<Problem>> {
+    let s = read_settings(root)?;
+    if !s.enabled {
+        return Ok(Translated::Disabled(
+            "the event handler is disabled (`enabled: false`)".into(),
+        ));
+    }
+    if !s.watcher_on {
+        return Ok(Translated::Disabled(
+            "the watcher is disabled (`watcher.enabled: false`): no events are read".into(),
+        ));
+    }
+    Ok(Translated::Pipeline(write_pipeline(&s, mode)))
+}
+
+/// What a file in the k8m event handler's format says, with its defaults filled in.
+struct Settings {
+    enabled: bool,
+    url: String,
+    max_conns: u64,
+    watcher_on: bool,
+    resync: u64,
+    buffer: u64,
+    worker_on: bool,
+    batch_size: u64,
+    interval: u64,
+    max_retries: u64,
+    rules_on: bool,
+    reverse: bool,
+    namespaces: Vec<String>,
+    reasons: Vec<String>,
+    types: Vec<String>,
+    hook_on: bool,
+    hook_url: Option<String>,
+    method: String,
+    timeout: u64,
+    retries: u64,
+    headers: Vec<(String, String)>,
+}
+
+/// Reads and checks a file in the k8m event handler's format (with its defaults).
+fn read_settings(root: &Node) -> Result<Settings, Vec<Problem>> {
     let mut r = Reader {
         problems: Vec::new(),
         root,
@@ -601,22 +643,60 @@ pub fn translate_with(root: &Node, mode: Secrets) -> Result<Translated, Vec<Prob
     if !r.problems.is_empty() {
         return Err(r.problems);
     }
-    if !enabled {
-        return Ok(Translated::Disabled(
-            "the event handler is disabled (`enabled: false`)".into(),
-        ));
-    }
-    if !watcher_on {
-        return Ok(Translated::Disabled(
-            "the watcher is disabled (`watcher.enabled: false`): no events are read".into(),
-        ));
-    }
+    Ok(Settings {
+        enabled,
+        url,
+        max_conns,
+        watcher_on,
+        resync,
+        buffer,
+        worker_on,
+        batch_size,
+        interval,
+        max_retries,
+        rules_on,
+        reverse,
+        namespaces,
+        reasons,
+        types,
+        hook_on,
+        hook_url: hook_url.map(|(_, u)| u),
+        method,
+        timeout,
+        retries,
+        headers,
+    })
+}
 
+/// The pipeline equivalent to `s`, with secrets written as `mode` says.
+fn write_pipeline(s: &Settings, mode: Secrets) -> String {
+    let Settings {
+        url,
+        max_conns,
+        resync,
+        buffer,
+        worker_on,
+        batch_size,
+        interval,
+        max_retries,
+        rules_on,
+        reverse,
+        namespaces,
+        reasons,
+        types,
+        hook_on,
+        hook_url,
+        method,
+        timeout,
+        retries,
+        headers,
+        ..
+    } = s;
     let mut w = Writer {
         mode,
         refs: Vec::new(),
     };
-    let db_url = w.secret("EVENTFLOW_DB_URL", &url, url_has_secret(&url));
+    let db_url = w.secret("EVENTFLOW_DB_URL", url, url_has_secret(url));
     let mut y = String::new();
     let _ = writeln!(
         y,
@@ -628,13 +708,13 @@ pub fn translate_with(root: &Node, mode: Secrets) -> Result<Translated, Vec<Prob
         y,
         "  watcher:\n    type: kube_events\n    # watcher.buffer_size: at most this many events wait between the watcher and the stages\n    # after it.\n    buffer_size: {buffer}\n    # watcher.resync_interval ({resync}s) is not needed: eventflow keeps one watch open, resumes it\n    # from the last resourceVersion, relists on 410 Gone, and never sends a version twice."
     );
-    let upstream = if rules_on {
+    let upstream = if *rules_on {
         let _ = writeln!(
             y,
             "  rules:\n    type: filter\n    inputs: [watcher]\n    # rule_config: exact matches; all non-empty lists must match; reverse keeps what matches none.\n    reverse: {reverse}\n    namespaces: {}\n    reasons: {}\n    types: {}",
-            list(&namespaces),
-            list(&reasons),
-            list(&types)
+            list(namespaces),
+            list(reasons),
+            list(types)
         );
         "rules"
     } else {
@@ -644,8 +724,8 @@ pub fn translate_with(root: &Node, mode: Secrets) -> Result<Translated, Vec<Prob
         y,
         "  store:\n    type: sql\n    inputs: [{upstream}]\n    url: {db_url}\n    table: k8s_events\n    max_conns: {max_conns}\n    # A repeat of an event (same uid, higher count) updates its row (count, last seen, message)\n    # instead of being dropped by the unique key as in the k8m event handler."
     );
-    if hook_on && worker_on {
-        let hook_url = hook_url.map(|(_, u)| u).unwrap_or_default();
+    if *hook_on && *worker_on {
+        let hook_url = hook_url.clone().unwrap_or_default();
         let _ = writeln!(
             y,
             "  webhook:\n    type: webhook\n    inputs: [{upstream}]\n    url: {}\n    method: {}\n    timeout: {timeout}s",
@@ -654,7 +734,7 @@ pub fn translate_with(root: &Node, mode: Secrets) -> Result<Translated, Vec<Prob
                 &hook_url,
                 url_has_secret(&hook_url)
             ),
-            yaml_string(&method)
+            yaml_string(method)
         );
         if !headers.is_empty() {
             let _ = writeln!(y, "    headers:");
@@ -680,7 +760,7 @@ pub fn translate_with(root: &Node, mode: Secrets) -> Result<Translated, Vec<Prob
         }
         y.insert_str(0, &head);
     }
-    Ok(Translated::Pipeline(y))
+    y
 }
 
 #[cfg(test)]
