@@ -42,6 +42,19 @@ pub type Failed = HashMap<String, Vec<(String, Option<Pos>)>>;
 /// Adds a problem for every dangling, misdirected or cyclic edge. Edges to stages in `failed`
 /// are not reported again; their own inputs are still checked for unknown ids.
 pub fn check(stages: &IndexMap<String, StageSpec>, failed: &Failed, problems: &mut Vec<Problem>) {
+    check_inputs_of_failed(stages, failed, problems);
+    check_edges(stages, failed, problems);
+    check_unread(stages, failed, problems);
+    check_ends(stages, failed, problems);
+    check_cycles(stages, problems);
+}
+
+/// Inputs of stages that failed to parse that name no stage at all.
+fn check_inputs_of_failed(
+    stages: &IndexMap<String, StageSpec>,
+    failed: &Failed,
+    problems: &mut Vec<Problem>,
+) {
     for (id, inputs) in failed {
         for (input, pos) in inputs {
             if !stages.contains_key(input) && !failed.contains_key(input) {
@@ -54,6 +67,11 @@ pub fn check(stages: &IndexMap<String, StageSpec>, failed: &Failed, problems: &m
             }
         }
     }
+}
+
+/// Each stage's `inputs`: present for transforms and sinks, absent for sources, known, not
+/// twice, not a sink, not itself.
+fn check_edges(stages: &IndexMap<String, StageSpec>, failed: &Failed, problems: &mut Vec<Problem>) {
     for spec in stages.values() {
         let inputs_pos = spec.node.get("inputs").map(|n| n.pos);
         match spec.kind {
@@ -118,6 +136,14 @@ pub fn check(stages: &IndexMap<String, StageSpec>, failed: &Failed, problems: &m
             }
         }
     }
+}
+
+/// Sources and transforms whose output nobody reads.
+fn check_unread(
+    stages: &IndexMap<String, StageSpec>,
+    failed: &Failed,
+    problems: &mut Vec<Problem>,
+) {
     let read: HashSet<&str> = stages
         .values()
         .flat_map(|s| s.inputs.iter().map(String::as_str))
@@ -133,6 +159,10 @@ pub fn check(stages: &IndexMap<String, StageSpec>, failed: &Failed, problems: &m
             ));
         }
     }
+}
+
+/// A pipeline needs a source and a sink.
+fn check_ends(stages: &IndexMap<String, StageSpec>, failed: &Failed, problems: &mut Vec<Problem>) {
     if !stages.is_empty() && failed.is_empty() {
         if !stages.values().any(|s| s.kind == StageKind::Source) {
             problems.push(Problem::new(
@@ -151,6 +181,9 @@ pub fn check(stages: &IndexMap<String, StageSpec>, failed: &Failed, problems: &m
             ));
         }
     }
+}
+
+fn check_cycles(stages: &IndexMap<String, StageSpec>, problems: &mut Vec<Problem>) {
     if let Some(cycle) = find_cycle(stages) {
         let first = &cycle[0];
         problems.push(Problem::new(
