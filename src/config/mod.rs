@@ -292,7 +292,7 @@ pub fn load_str(
         && let Err(e) = crate::state::db::check_url(&state.url)
     {
         let pos = root.get("state").and_then(|s| s.get("url")).map(|n| n.pos);
-        problems.push(Problem::new(pos, None, Some("state.url"), e));
+        problems.push(Problem::new(pos, None, Some("state.url"), e.to_string()));
     }
     let mut failed = std::collections::HashMap::new();
     let stages = parse_stages(&root, &mut problems, &mut failed, types);

@@ -183,9 +183,55 @@ pub fn redact(url: &str) -> String {
     crate::redact::url(url)
 }
 
+/// A database URL that cannot be used. URLs in these errors are redacted.
+#[derive(Debug, thiserror::Error)]
+pub enum UrlError {
+    #[error(
+        "unsupported database URL `{0}` (expected sqlite://, postgres://, mysql:// or mariadb://)"
+    )]
+    Unsupported(String),
+    #[error("`{url}` is not a valid URL: {source}")]
+    Invalid {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+/// A database that could not be reached (or a URL that cannot be used).
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error(transparent)]
+    Url(#[from] UrlError),
+    /// `why` is the cause as a person reads it (refused, no such host, bad password).
+    #[error("cannot connect to {url}: {why}")]
+    Unreachable {
+        url: String,
+        why: String,
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+/// A store (a table set in the state database) that could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("cannot create the {what}: {source}")]
+    Schema {
+        what: &'static str,
+        #[source]
+        source: DbError,
+    },
+}
+
 /// Checks a database URL without connecting: a known scheme, and options the driver parses.
-pub fn check_url(url: &str) -> Result<(), String> {
-    let bad = |e: sqlx::Error| format!("`{}` is not a valid URL: {e}", redact(url));
+pub fn check_url(url: &str) -> Result<(), UrlError> {
+    let bad = |e: sqlx::Error| UrlError::Invalid {
+        url: redact(url),
+        source: e,
+    };
     match backend_of(url) {
         Some(Backend::Sqlite) => sqlx::sqlite::SqliteConnectOptions::from_str(url)
             .map(drop)
@@ -198,10 +244,7 @@ pub fn check_url(url: &str) -> Result<(), String> {
                 .map(drop)
                 .map_err(bad)
         }
-        None => Err(format!(
-            "unsupported database URL `{}` (expected sqlite://, postgres://, mysql:// or mariadb://)",
-            redact(url)
-        )),
+        None => Err(UrlError::Unsupported(redact(url))),
     }
 }
 
@@ -209,20 +252,26 @@ impl Db {
     /// Opens a pool of at most `max_conns` connections, waiting up to `timeout` for the first.
     /// An error says why the server could not be reached (refused, no such host, bad
     /// password), not only that the pool timed out.
-    pub async fn connect(url: &str, max_conns: u32, timeout: Duration) -> Result<Db, String> {
+    pub async fn connect(url: &str, max_conns: u32, timeout: Duration) -> Result<Db, ConnectError> {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let pool = Db::open_pool(url, max_conns, timeout).await;
-        match pool {
+        if backend_of(url).is_none() {
+            return Err(UrlError::Unsupported(redact(url)).into());
+        }
+        match Db::open_pool(url, max_conns, timeout).await {
             Ok(db) => Ok(db),
-            Err(e) => {
-                let why = match e {
+            Err(source) => {
+                let why = match &source {
                     sqlx::Error::PoolTimedOut => match cause_of_timeout(url, timeout).await {
                         Some(cause) => format!("{cause} (tried for {} s)", timeout.as_secs_f64()),
-                        None => explain(&sqlx::Error::PoolTimedOut),
+                        None => explain(&source),
                     },
-                    e => explain(&e),
+                    e => explain(e),
                 };
-                Err(format!("cannot connect to {}: {why}", redact(url)))
+                Err(ConnectError::Unreachable {
+                    url: redact(url),
+                    why,
+                    source,
+                })
             }
         }
     }
@@ -452,5 +501,36 @@ mod tests {
             "postgres://u:***@h:5432/db"
         );
         assert_eq!(redact("sqlite://x.db"), "sqlite://x.db");
+    }
+
+    #[test]
+    fn url_errors_have_kinds_and_hide_passwords() {
+        assert!(matches!(
+            check_url("redis://u:pw@h/x"),
+            Err(UrlError::Unsupported(u)) if u == "redis://u:***@h/x"
+        ));
+        assert!(matches!(
+            check_url("postgres://u:pw@h:notaport/db"),
+            Err(UrlError::Invalid { .. })
+        ));
+        assert!(check_url("sqlite://x.db").is_ok());
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_server_is_an_error_that_says_why() {
+        let e = Db::connect("postgres://u:pw@127.0.0.1:1/db", 1, Duration::from_secs(1))
+            .await
+            .expect_err("nothing listens on port 1");
+        match &e {
+            ConnectError::Unreachable { url, why, .. } => {
+                assert_eq!(url, "postgres://u:***@127.0.0.1:1/db");
+                assert!(why.contains("refused"), "{why}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            std::error::Error::source(&e).is_some(),
+            "the driver's error is kept"
+        );
     }
 }

@@ -10,7 +10,7 @@ use std::hash::{BuildHasher, Hasher};
 
 use sea_query::{Alias, ColumnDef, Expr, ExprTrait, Index, OnConflict, Query, Table};
 
-use crate::state::db::{Db, DbError};
+use crate::state::db::{Db, DbError, OpenError};
 
 pub const TABLE: &str = "eventflow_kube_checkpoint";
 
@@ -247,7 +247,7 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
-    pub async fn open(url: &str, source: &str) -> Result<Checkpoint, String> {
+    pub async fn open(url: &str, source: &str) -> Result<Checkpoint, OpenError> {
         let db = Db::connect(url, 2, std::time::Duration::from_secs(10)).await?;
         let t = Table::create()
             .table(Alias::new(TABLE))
@@ -286,7 +286,10 @@ impl Checkpoint {
         }
         db.execute_raw(ddl)
             .await
-            .map_err(|e| format!("cannot create the checkpoint table: {e}"))?;
+            .map_err(|source| OpenError::Schema {
+                what: "checkpoint table",
+                source,
+            })?;
         Ok(Checkpoint {
             db,
             source: source.to_string(),

@@ -104,7 +104,7 @@ impl StageConfig for SqlConfig {
         // The pool sizes its slots by this number; no server takes more anyway.
         crate::component::in_range(&mut out, "max_conns", self.max_conns.into(), 1, 1000);
         if let Err(e) = db::check_url(&self.url) {
-            out.push(Invalid::new("url", e));
+            out.push(Invalid::new("url", e.to_string()));
         }
         if self.connect_timeout.0.is_zero() {
             out.push(Invalid::new("connect_timeout", "must be above zero"));

@@ -52,7 +52,9 @@ impl Marker {
                 cfg.table
             ));
         }
-        let db = Db::connect(&cfg.url, 2, std::time::Duration::from_secs(10)).await?;
+        let db = Db::connect(&cfg.url, 2, std::time::Duration::from_secs(10))
+            .await
+            .map_err(|e| format!("field `mark_rows.url`: {e}"))?;
         events::ensure_table(&db, &cfg.table)
             .await
             .map_err(|e| format!("field `mark_rows`: {e}"))?;

@@ -330,7 +330,7 @@ impl StageConfig for WebhookConfig {
             }
             crate::component::non_empty_key(&mut out, "mark_rows.key", &m.key);
             if let Err(e) = crate::state::db::check_url(&m.url) {
-                out.push(Invalid::new("mark_rows.url", e));
+                out.push(Invalid::new("mark_rows.url", e.to_string()));
             }
         }
         out.extend(self.backoff.validate("backoff"));

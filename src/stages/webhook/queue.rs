@@ -12,7 +12,7 @@
 use sea_query::{Alias, ColumnDef, Expr, ExprTrait, Func, Index, Order, Query, Table};
 
 use crate::event::{self, Event, EventData};
-use crate::state::db::{Backend, Db, DbError};
+use crate::state::db::{Backend, Db, DbError, OpenError};
 
 pub const QUEUE: &str = "eventflow_webhook_queue";
 pub const DEAD: &str = "eventflow_webhook_dead_letter";
@@ -95,7 +95,7 @@ fn name(s: &str) -> Alias {
 
 impl Store {
     /// Connects and creates the tables if they are missing.
-    pub async fn open(url: &str) -> Result<Store, String> {
+    pub async fn open(url: &str) -> Result<Store, OpenError> {
         let db = Db::connect(url, 4, std::time::Duration::from_secs(10)).await?;
         let backend = db.backend();
         let id = || {
@@ -150,7 +150,10 @@ impl Store {
             .col(name("sink"))
             .col(name("id"))
             .to_owned();
-        let err = |e: DbError| format!("cannot create the webhook tables: {e}");
+        let err = |source: DbError| OpenError::Schema {
+            what: "webhook queue tables",
+            source,
+        };
         db.execute_raw(db.schema_sql(&queue)).await.map_err(err)?;
         db.execute_raw(db.schema_sql(&dead)).await.map_err(err)?;
         // MySQL has no CREATE INDEX IF NOT EXISTS (MariaDB has): an existing index (error
