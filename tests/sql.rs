@@ -446,7 +446,11 @@ async fn a_bad_url_or_table_fails_the_build_with_a_clear_error() {
             Some(i) => format!("field `{}`: {}", i.field, i.message),
             None => match eventflow::component::StageConfig::build(&*cfg, &cx).await {
                 Ok(_) => panic!("{url} built"),
-                Err(e) => e.to_string(),
+                Err(e) => {
+                    // The driver's error is kept as the cause, for callers that walk it.
+                    assert!(std::error::Error::source(&e).is_some(), "{e}");
+                    e.to_string()
+                }
             },
         };
         assert!(err.contains(want), "{err}");

@@ -58,6 +58,20 @@ impl BuildContext {
         BuildError {
             stage: self.id.clone(),
             message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A stage error `message: source` with this stage's id, keeping `source` as its cause.
+    pub fn error_from(
+        &self,
+        message: impl std::fmt::Display,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> BuildError {
+        BuildError {
+            stage: self.id.clone(),
+            message: format!("{message}: {source}"),
+            source: Some(Box::new(source)),
         }
     }
 }
@@ -94,18 +108,48 @@ impl Shared {
     }
 }
 
+/// The underlying error of a [`BuildError`] or [`StageError`], kept for its chain.
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
 /// A failure to build a stage (bad runtime input such as an unreachable database).
 #[derive(Debug, thiserror::Error)]
 #[error("stage `{stage}`: {message}")]
 pub struct BuildError {
     pub stage: String,
+    /// What failed, for a person (it already includes the cause's text).
     pub message: String,
+    #[source]
+    pub source: Option<Cause>,
 }
 
 /// A failure that ended a running stage.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct StageError(pub String);
+#[error("{message}")]
+pub struct StageError {
+    pub message: String,
+    #[source]
+    pub source: Option<Cause>,
+}
+
+impl StageError {
+    pub fn new(message: impl Into<String>) -> StageError {
+        StageError {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// `message: source`, keeping `source` as the error's cause.
+    pub fn with_source(
+        message: impl std::fmt::Display,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> StageError {
+        StageError {
+            message: format!("{message}: {source}"),
+            source: Some(Box::new(source)),
+        }
+    }
+}
 
 pub use crate::types::Invalid;
 

@@ -247,6 +247,7 @@ impl Topology {
                 return Err(BuildError {
                     stage: id.clone(),
                     message: format!("field `{}`: {}", i.field, i.message),
+                    source: None,
                 });
             }
             let cx = BuildContext {
@@ -263,6 +264,7 @@ impl Topology {
                     Err(BuildError {
                         stage: id.clone(),
                         message: format!("panicked while building: {}", panic_message(&*panic)),
+                        source: None,
                     })
                 })?;
             built.insert(id.clone(), stage);

@@ -275,7 +275,7 @@ pub async fn read_lines<R: AsyncBufRead + Unpin>(
 }
 
 fn io_err(path: &std::path::Path, e: std::io::Error) -> StageError {
-    StageError(format!("cannot read {}: {e}", path.display()))
+    StageError::with_source(format!("cannot read {}", path.display()), e)
 }
 
 async fn run(cfg: FileConfig, mut cx: SourceContext) -> Result<(), StageError> {
@@ -303,16 +303,17 @@ async fn run(cfg: FileConfig, mut cx: SourceContext) -> Result<(), StageError> {
             // One document is one value: a bad byte anywhere makes the whole file unreadable,
             // so the run fails (exit 1) naming where, and nothing of it is sent.
             let text = document_text(&bytes)
-                .map_err(|e| StageError(format!("{}: {e}", path.display())))?;
+                .map_err(|e| StageError::new(format!("{}: {e}", path.display())))?;
             let mut batches = Vec::new();
             decoder.decode_document(text, &mut batches).map_err(|e| {
-                StageError(format!(
-                    "{}:{}:{} (byte {}): invalid JSON: {e}",
+                let at = format!(
+                    "{}:{}:{} (byte {}): invalid JSON",
                     path.display(),
                     e.line(),
                     e.column(),
                     byte_offset(text, &e)
-                ))
+                );
+                StageError::with_source(at, e)
             })?;
             drop(bytes);
             for b in batches {

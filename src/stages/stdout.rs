@@ -66,9 +66,10 @@ impl Sink for StdoutSink {
                 .await;
                 if let Err(err) = written {
                     ack_all(&batch, Status::Errored);
-                    return Err(StageError(format!(
-                        "cannot write to standard output: {err}"
-                    )));
+                    return Err(StageError::with_source(
+                        "cannot write to standard output",
+                        err,
+                    ));
                 }
                 cx.metrics
                     .processing

@@ -279,7 +279,7 @@ impl StageConfig for KubeEventsConfig {
             let state = cx.state.clone().unwrap_or_default();
             let checkpoint = Checkpoint::open(&state.url, &cx.id)
                 .await
-                .map_err(|e| err(format!("state database: {e}")))?;
+                .map_err(|e| cx.error_from("state database", e))?;
             Ok(Stage::Source(Box::new(KubeSource {
                 cfg: self.clone(),
                 client,
@@ -352,7 +352,7 @@ async fn run(src: KubeSource, cx: SourceContext) -> Result<(), StageError> {
     let loaded = match src.checkpoint.load().await {
         Ok(rows) => rows,
         Err(e) => {
-            return Err(StageError(format!("cannot read the checkpoint: {e}")));
+            return Err(StageError::with_source("cannot read the checkpoint", e));
         }
     };
     let first_start = loaded.is_empty();

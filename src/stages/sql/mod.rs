@@ -115,13 +115,12 @@ impl StageConfig for SqlConfig {
 
     fn build<'a>(&'a self, cx: &'a BuildContext) -> BoxFuture<'a, Result<Stage, BuildError>> {
         Box::pin(async move {
-            let fail = |message: String| cx.error(message);
             let db = Db::connect(&self.url, self.max_conns, self.connect_timeout.0)
                 .await
-                .map_err(|m| fail(format!("field `url`: {m}")))?;
+                .map_err(|e| cx.error_from("field `url`", e))?;
             table::ensure_table(&db, &self.table)
                 .await
-                .map_err(|e| fail(format!("cannot prepare table `{}`: {e}", self.table)))?;
+                .map_err(|e| cx.error_from(format!("cannot prepare table `{}`", self.table), e))?;
             Ok(Stage::Sink(
                 Box::new(SqlSink::new(self.clone(), db, &cx.id).reporting_to(&cx.health))
                     as Box<dyn Sink>,

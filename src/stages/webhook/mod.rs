@@ -345,7 +345,7 @@ impl StageConfig for WebhookConfig {
                 let state = cx.state.clone().unwrap_or_default();
                 let store = queue::Store::open(&state.url)
                     .await
-                    .map_err(|e| err(format!("state database: {e}")))?;
+                    .map_err(|e| cx.error_from("state database", e))?;
                 Some((store, state.url))
             } else {
                 None
