@@ -369,6 +369,15 @@ struct WebhookSink {
     shared: crate::component::Shared,
 }
 
+/// Why a request body could not be made (a permanent failure of that delivery).
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error(transparent)]
+    Template(#[from] template::TemplateError),
+    #[error("cannot serialize the body: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
 /// Sends batches of events to one endpoint under the stage's rules.
 pub struct Delivery {
     cfg: WebhookConfig,
@@ -555,7 +564,7 @@ impl Delivery {
     }
 
     /// The URL and body of one attempt (signatures carry the current time).
-    fn render(&self, events: &[Event]) -> Result<(reqwest::Url, String), String> {
+    fn render(&self, events: &[Event]) -> Result<(reqwest::Url, String), RenderError> {
         let now_ms = chrono::Utc::now().timestamp_millis();
         if let Some(t) = &self.cfg.template {
             return Ok((self.url.clone(), t.compiled.render(events)?));
@@ -566,8 +575,7 @@ impl Delivery {
                 body(
                     events,
                     self.cfg.batch.max_events > 1 || self.cfg.format == Format::Seed,
-                )
-                .map_err(|e| e.to_string())?,
+                )?,
             )),
             Some(chat) => {
                 let mut url = self.url.clone();
@@ -578,7 +586,7 @@ impl Delivery {
                         .append_pair("sign", &sign);
                 }
                 let b = format::body(events, chat, self.cfg.secret.as_deref(), now_ms);
-                Ok((url, serde_json::to_string(&b).map_err(|e| e.to_string())?))
+                Ok((url, serde_json::to_string(&b)?))
             }
         }
     }

@@ -52,24 +52,44 @@ fn json_formatter(out: &mut Output, _state: &mut State, value: &Value) -> Result
     }
 }
 
+/// Why a template could not be compiled or rendered.
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    /// A syntax error, with the line of the template when known.
+    #[error("template{}: {detail}", line.map(|l| format!(" line {l}")).unwrap_or_default())]
+    Syntax {
+        line: Option<usize>,
+        detail: String,
+        #[source]
+        source: Error,
+    },
+    #[error("template render: {0}")]
+    Render(#[source] Error),
+    /// The output is not JSON; `near` is a short, masked excerpt (the body may hold secrets).
+    #[error("the template did not produce valid JSON ({source}); near: {near}")]
+    NotJson {
+        near: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
 impl BodyTemplate {
     /// Compiles a template; a syntax error names the line in the template.
-    pub fn compile(source: &str) -> Result<BodyTemplate, String> {
+    pub fn compile(source: &str) -> Result<BodyTemplate, TemplateError> {
         let mut env = Environment::new();
         env.set_formatter(json_formatter);
         env.add_template_owned("body", source.to_string())
-            .map_err(|e| match e.line() {
-                Some(l) => format!(
-                    "template line {l}: {}",
-                    e.detail().unwrap_or(&e.to_string())
-                ),
-                None => format!("template: {e}"),
+            .map_err(|e| TemplateError::Syntax {
+                line: e.line(),
+                detail: e.detail().map_or_else(|| e.to_string(), str::to_string),
+                source: e,
             })?;
         Ok(BodyTemplate { env: Arc::new(env) })
     }
 
     /// Renders the body for a batch; the result is valid JSON or an error.
-    pub fn render(&self, events: &[Event]) -> Result<String, String> {
+    pub fn render(&self, events: &[Event]) -> Result<String, TemplateError> {
         let values: Vec<serde_json::Value> = events
             .iter()
             .map(|e| {
@@ -95,15 +115,15 @@ impl BodyTemplate {
         let t = self
             .env
             .get_template("body")
-            .map_err(|e| format!("template: {e}"))?;
-        let body = t.render(ctx).map_err(|e| format!("template render: {e}"))?;
+            .map_err(TemplateError::Render)?;
+        let body = t.render(ctx).map_err(TemplateError::Render)?;
         serde_json::from_str::<serde::de::IgnoredAny>(&body).map_err(|e| {
             // The body holds event data and maybe secrets: show only a short, redacted
             // excerpt around the error, never the whole of it.
-            format!(
-                "the template did not produce valid JSON ({e}); near: {}",
-                excerpt(&body, e.line(), e.column())
-            )
+            TemplateError::NotJson {
+                near: excerpt(&body, e.line(), e.column()),
+                source: e,
+            }
         })?;
         Ok(body)
     }
@@ -211,8 +231,14 @@ mod tests {
     #[test]
     fn syntax_errors_name_the_line_and_bad_output_is_refused() {
         let e = BodyTemplate::compile("{\n  \"a\": {{ msg \n}").unwrap_err();
-        assert!(e.starts_with("template line"), "{e}");
+        assert!(
+            matches!(e, TemplateError::Syntax { line: Some(_), .. }),
+            "{e:?}"
+        );
+        assert!(e.to_string().starts_with("template line"), "{e}");
         let t = BodyTemplate::compile("not json {{count}}").unwrap();
-        assert!(t.render(&[ev("x")]).unwrap_err().contains("valid JSON"));
+        let e = t.render(&[ev("x")]).unwrap_err();
+        assert!(matches!(e, TemplateError::NotJson { .. }), "{e:?}");
+        assert!(e.to_string().contains("valid JSON"), "{e}");
     }
 }
