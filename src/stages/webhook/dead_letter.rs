@@ -7,26 +7,61 @@ use super::queue::{DeadLetter, Store};
 use super::{Budget, Outcome, WebhookConfig};
 use crate::config::Pipeline;
 use crate::event::{Event, Finalizers};
+use crate::state::db::{DbError, OpenError};
 use crate::yaml;
 
+/// Why a dead-letter command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A webhook stage's config could not be read from the pipeline.
+    #[error("stage `{stage}`: {source}")]
+    Config {
+        stage: String,
+        #[source]
+        source: yaml::DeError,
+    },
+    #[error("state database: {0}")]
+    Open(#[from] OpenError),
+    #[error("state database: {0}")]
+    Db(#[from] DbError),
+    #[error("no dead letter with id {0}")]
+    NotFound(i64),
+    #[error("dead letter {id}: its events are not readable: {source}")]
+    Corrupt {
+        id: i64,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The stage's sender could not be made (its URL, headers, TLS files, `mark_rows`).
+    #[error("stage `{stage}`: {message}")]
+    Sender { stage: String, message: String },
+    #[error("{id}: delivered, but cannot delete it: {source}")]
+    Forget {
+        id: i64,
+        #[source]
+        source: DbError,
+    },
+}
+
 /// The webhook stages of a pipeline, with their configs.
-fn webhooks(p: &Pipeline) -> Result<Vec<(String, WebhookConfig)>, String> {
+fn webhooks(p: &Pipeline) -> Result<Vec<(String, WebhookConfig)>, Error> {
     p.stages
         .values()
         .filter(|s| s.type_name == super::TYPE.name)
         .map(|s| {
             yaml::from_node_skipping::<WebhookConfig>(&s.node, &["type", "inputs"])
                 .map(|c| (s.id.clone(), c))
-                .map_err(|e| format!("stage `{}`: {e}", s.id))
+                .map_err(|source| Error::Config {
+                    stage: s.id.clone(),
+                    source,
+                })
         })
         .collect()
 }
 
-async fn store(p: &Pipeline) -> Result<Store, String> {
+async fn store(p: &Pipeline) -> Result<Store, Error> {
     let state = p.state.clone().unwrap_or_default();
-    Store::open(&state.url)
-        .await
-        .map_err(|e| format!("state database: {e}"))
+    Ok(Store::open(&state.url).await?)
 }
 
 fn time(ms: i64) -> String {
@@ -40,12 +75,9 @@ fn events_in(d: &DeadLetter) -> usize {
 }
 
 /// A table of the dead letters (of one stage, or all).
-pub async fn list(p: &Pipeline, stage: Option<&str>) -> Result<String, String> {
+pub async fn list(p: &Pipeline, stage: Option<&str>) -> Result<String, Error> {
     let store = store(p).await?;
-    let rows = store
-        .dead_letters(stage, &[])
-        .await
-        .map_err(|e| e.to_string());
+    let rows = store.dead_letters(stage, &[]).await;
     store.close().await;
     let rows = rows?;
     let mut out = String::new();
@@ -75,19 +107,13 @@ pub async fn list(p: &Pipeline, stage: Option<&str>) -> Result<String, String> {
 }
 
 /// One dead letter as JSON, its events included.
-pub async fn show(p: &Pipeline, id: i64) -> Result<String, String> {
+pub async fn show(p: &Pipeline, id: i64) -> Result<String, Error> {
     let store = store(p).await?;
-    let rows = store
-        .dead_letters(None, &[id])
-        .await
-        .map_err(|e| e.to_string());
+    let rows = store.dead_letters(None, &[id]).await;
     store.close().await;
-    let d = rows?
-        .into_iter()
-        .next()
-        .ok_or_else(|| format!("no dead letter with id {id}"))?;
+    let d = rows?.into_iter().next().ok_or(Error::NotFound(id))?;
     let events: serde_json::Value =
-        serde_json::from_str(&d.events).map_err(|e| format!("dead letter {id}: {e}"))?;
+        serde_json::from_str(&d.events).map_err(|source| Error::Corrupt { id, source })?;
     let v = serde_json::json!({
         "id": d.id,
         "stage": d.sink,
@@ -97,7 +123,7 @@ pub async fn show(p: &Pipeline, id: i64) -> Result<String, String> {
         "reason": d.reason,
         "events": events,
     });
-    serde_json::to_string_pretty(&v).map_err(|e| e.to_string())
+    serde_json::to_string_pretty(&v).map_err(|source| Error::Corrupt { id, source })
 }
 
 /// What a re-send did.
@@ -112,7 +138,7 @@ pub struct Resent {
 /// Sends dead letters again (the given ids, or all of `stage`, or all), with the stage's
 /// current config and retry rules. A delivered one is deleted; a failed one stays, with the new
 /// reason and attempt count.
-pub async fn resend(p: &Pipeline, stage: Option<&str>, ids: &[i64]) -> Result<Resent, String> {
+pub async fn resend(p: &Pipeline, stage: Option<&str>, ids: &[i64]) -> Result<Resent, Error> {
     let hooks = webhooks(p)?;
     let store = store(p).await?;
     let result = resend_with(&store, &hooks, stage, ids).await;
@@ -125,13 +151,10 @@ async fn resend_with(
     hooks: &[(String, WebhookConfig)],
     stage: Option<&str>,
     ids: &[i64],
-) -> Result<Resent, String> {
-    let rows = store
-        .dead_letters(stage, ids)
-        .await
-        .map_err(|e| e.to_string())?;
+) -> Result<Resent, Error> {
+    let rows = store.dead_letters(stage, ids).await?;
     if let Some(missing) = ids.iter().find(|i| !rows.iter().any(|d| d.id == **i)) {
-        return Err(format!("no dead letter with id {missing}"));
+        return Err(Error::NotFound(*missing));
     }
     let mut r = Resent::default();
     // One sender per stage (its HTTP client and `mark_rows` connection), made when first needed.
@@ -161,7 +184,10 @@ async fn resend_with(
             let made = cfg
                 .delivery(&d.sink)
                 .await
-                .map_err(|e| format!("stage `{}`: {e}", d.sink))?;
+                .map_err(|message| Error::Sender {
+                    stage: d.sink.clone(),
+                    message,
+                })?;
             deliveries.insert(d.sink.clone(), made);
         }
         let Some(delivery) = deliveries.get(&d.sink) else {
@@ -175,7 +201,7 @@ async fn resend_with(
                 store
                     .forget_dead(&[d.id])
                     .await
-                    .map_err(|e| format!("{}: delivered, but cannot delete it: {e}", d.id))?;
+                    .map_err(|source| Error::Forget { id: d.id, source })?;
                 r.delivered += 1;
                 let _ = writeln!(
                     r.report,
@@ -189,8 +215,7 @@ async fn resend_with(
                 r.failed += 1;
                 store
                     .retried(d.id, d.attempts + i64::from(attempts), &reason)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                    .await?;
                 let _ = writeln!(r.report, "{}: failed again: {reason}", d.id);
             }
             // Only a delivery given a stop signal is interrupted.
@@ -201,9 +226,9 @@ async fn resend_with(
 }
 
 /// Deletes dead letters by id.
-pub async fn delete(p: &Pipeline, ids: &[i64]) -> Result<u64, String> {
+pub async fn delete(p: &Pipeline, ids: &[i64]) -> Result<u64, Error> {
     let store = store(p).await?;
-    let n = store.forget_dead(ids).await.map_err(|e| e.to_string());
+    let n = store.forget_dead(ids).await;
     store.close().await;
-    n
+    Ok(n?)
 }
