@@ -145,6 +145,22 @@ impl Invalid {
     }
 }
 
+/// An error and its causes on one line (`a: b: c`), each cause once: libraries often repeat
+/// their cause's text in their own message.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let c_text = c.to_string();
+        if !text.contains(&c_text) {
+            text.push_str(": ");
+            text.push_str(&c_text);
+        }
+        cause = c.source();
+    }
+    text
+}
+
 /// A regular expression (Rust `regex` syntax), compiled when the file is loaded.
 #[derive(Clone)]
 pub struct Pattern(pub regex::Regex);

@@ -293,19 +293,23 @@ fn an_oci_image_built_here_runs_the_binary_as_the_non_root_user() {
         image["Cmd"],
         serde_json::json!(["run", "/etc/eventflow/pipeline.yaml"])
     );
-    // The real binary, in the image, as its user: validates the pipeline the image carries.
-    let (ok, out, err) = buildah(&[
-        "run",
-        "--isolation",
-        "chroot",
-        "--user",
-        "65532:65532",
-        &ctr,
-        "--",
-        "/usr/local/bin/eventflow",
-        "validate",
-        "/etc/eventflow/pipeline.yaml",
-    ]);
+    // The real binary, in the image, as its user.
+    let in_image = |args: &[&str]| {
+        let mut all = vec![
+            "run",
+            "--isolation",
+            "chroot",
+            "--user",
+            "65532:65532",
+            &ctr,
+            "--",
+            "/usr/local/bin/eventflow",
+        ];
+        all.extend_from_slice(args);
+        buildah(&all)
+    };
+    // It validates the pipeline the image carries.
+    let (ok, out, err) = in_image(&["validate", "/etc/eventflow/pipeline.yaml"]);
     assert!(ok, "validate in the image: {out}\n{err}");
     assert!(out.contains("ok"), "{out}");
     // And runs a pipeline that keeps its state and table under /var/lib/eventflow.
@@ -325,19 +329,7 @@ fn an_oci_image_built_here_runs_the_binary_as_the_non_root_user() {
         let (ok, _, err) = buildah(&["copy", &ctr, &from.display().to_string(), to]);
         assert!(ok, "{err}");
     }
-    let (ok, out, err) = buildah(&[
-        "run",
-        "--isolation",
-        "chroot",
-        "--user",
-        "65532:65532",
-        &ctr,
-        "--",
-        "/usr/local/bin/eventflow",
-        "run",
-        "--no-watch",
-        "/etc/eventflow/p.yaml",
-    ]);
+    let (ok, out, err) = in_image(&["run", "--no-watch", "/etc/eventflow/p.yaml"]);
     let _ = buildah(&["rm", &ctr]);
     assert!(ok, "run in the image as 65532: {out}\n{err}");
     assert!(err.contains("pipeline drained"), "{err}");

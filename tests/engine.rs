@@ -325,18 +325,7 @@ async fn two_pipelines_in_one_process_keep_their_health_apart() {
             .expect("webhook config"),
         )
     };
-    let good = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let good_url = format!("http://{}/hook", good.local_addr().expect("addr"));
-    std::thread::spawn(move || {
-        use std::io::{Read, Write};
-        for s in good.incoming() {
-            let Ok(mut s) = s else { continue };
-            let mut buf = [0u8; 4096];
-            let _ = s.read(&mut buf);
-            let _ =
-                s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
-        }
-    });
+    let good_url = support::receiver(0);
     let (src_a, feed_a) = ChannelSource::new(4);
     let (src_b, feed_b) = ChannelSource::new(4);
     let a = eventflow::testkit::source_to_sink(

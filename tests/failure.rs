@@ -14,10 +14,6 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
-fn query(db: &Path, sql: &'static str) -> BTreeSet<String> {
-    sqlite_column(db, sql)
-}
-
 /// The uids in the bodies the receiver accepted.
 fn received(log: &Arc<Mutex<Vec<Received>>>) -> BTreeSet<String> {
     let log = log.lock().map(|l| l.clone()).unwrap_or_default();
@@ -112,9 +108,9 @@ fn crash_then_restart_delivers_everything(crash: &str) {
     );
     let db = dir.path().join("events.db");
     let state = dir.path().join("state.db");
-    let stored = query(&db, "SELECT uid FROM k8s_events");
+    let stored = sqlite_column(&db, "SELECT uid FROM k8s_events");
     let sent = received(&log);
-    let checkpointed = query(&state, "SELECT uid FROM eventflow_kube_checkpoint");
+    let checkpointed = sqlite_column(&state, "SELECT uid FROM eventflow_kube_checkpoint");
     assert!(
         stored.len() < created.len() || sent.len() < created.len() || shown.len() < created.len(),
         "the crash lost something in flight (stored {}, sent {}, printed {})",
@@ -144,14 +140,14 @@ fn crash_then_restart_delivers_everything(crash: &str) {
     let r = Running::start(&[], &p);
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut lines = Vec::new();
-    while query(&db, "SELECT uid FROM k8s_events") != created
+    while sqlite_column(&db, "SELECT uid FROM k8s_events") != created
         || received(&log) != created
         || shown != created
     {
         assert!(
             Instant::now() < deadline,
             "after the restart: stored {}, sent {} and printed {} of {}",
-            query(&db, "SELECT uid FROM k8s_events").len(),
+            sqlite_column(&db, "SELECT uid FROM k8s_events").len(),
             received(&log).len(),
             shown.len(),
             created.len()
@@ -279,12 +275,12 @@ fn a_refused_row_is_not_checkpointed_and_is_stored_after_the_fix() {
 
     let mut r = Running::start(&[], &p);
     wait_until("the good rows", Duration::from_secs(60), || {
-        query(&db, "SELECT uid FROM k8s_events") == good
+        sqlite_column(&db, "SELECT uid FROM k8s_events") == good
     });
     r.wait_log("the database refused this event");
     let (status, _) = r.stop();
     assert!(status.success(), "refused rows are counted, not a failure");
-    let checkpointed = query(&state, "SELECT uid FROM eventflow_kube_checkpoint");
+    let checkpointed = sqlite_column(&state, "SELECT uid FROM eventflow_kube_checkpoint");
     assert!(
         checkpointed.is_superset(&good),
         "delivered versions move the checkpoint"
@@ -300,7 +296,7 @@ fn a_refused_row_is_not_checkpointed_and_is_stored_after_the_fix() {
     wait_until(
         "the refused rows after the fix",
         Duration::from_secs(60),
-        || query(&db, "SELECT uid FROM k8s_events") == all,
+        || sqlite_column(&db, "SELECT uid FROM k8s_events") == all,
     );
     let (status, _) = r.stop();
     assert!(status.success());
@@ -336,7 +332,7 @@ fn a_webhook_delivery_refused_for_good_is_sent_again_after_a_restart() {
     r.wait_log("permanent");
     let (status, _) = r.stop();
     assert!(status.success());
-    let checkpointed = query(
+    let checkpointed = sqlite_column(
         &dir.path().join("state.db"),
         "SELECT uid FROM eventflow_kube_checkpoint",
     );

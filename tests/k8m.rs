@@ -19,24 +19,10 @@ const EXAMPLE: &str = "tests/data/k8m/eventhandler.yaml";
 type SeedRow = (String, String, String, String, bool, i64);
 
 fn rows(db: &Path) -> Vec<SeedRow> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let Ok(pool) = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display())).await
-        else {
-            return Vec::new();
-        };
-        let r = sqlx::query_as(
-            "SELECT evt_key, namespace, reason, type, processed, attempts FROM k8s_events ORDER BY id",
-        )
-        .fetch_all(&pool)
-        .await
-        .unwrap_or_default();
-        pool.close().await;
-        r
-    })
+    sqlite_rows(
+        db,
+        "SELECT evt_key, namespace, reason, type, processed, attempts FROM k8s_events ORDER BY id",
+    )
 }
 
 fn seed_table(db: &Path) {

@@ -29,36 +29,7 @@ fn pipeline(dir: &Path, kubeconfig: &Path, extra_source: &str) -> std::path::Pat
 }
 
 fn uids_in(db: &Path) -> std::collections::BTreeSet<String> {
-    let out = std::process::Command::new("sqlite3")
-        .arg(db)
-        .arg("SELECT uid FROM k8s_events")
-        .output();
-    match out {
-        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .map(str::to_string)
-            .collect(),
-        _ => {
-            // No sqlite3 CLI: read through sqlx in a small runtime.
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async {
-                let Ok(pool) =
-                    sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display())).await
-                else {
-                    return Default::default();
-                };
-                let rows: Vec<(String,)> = sqlx::query_as("SELECT uid FROM k8s_events")
-                    .fetch_all(&pool)
-                    .await
-                    .unwrap_or_default();
-                pool.close().await;
-                rows.into_iter().map(|(u,)| u).collect()
-            })
-        }
-    }
+    sqlite_column(db, "SELECT uid FROM k8s_events")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -140,19 +140,7 @@ fn explain(e: &sqlx::Error) -> String {
     match e {
         sqlx::Error::Database(d) => d.message().to_string(),
         sqlx::Error::Configuration(c) => c.to_string(),
-        e => {
-            let mut text = e.to_string();
-            let mut cause = std::error::Error::source(e);
-            while let Some(c) = cause {
-                let c_text = c.to_string();
-                if !text.contains(&c_text) {
-                    text.push_str(": ");
-                    text.push_str(&c_text);
-                }
-                cause = c.source();
-            }
-            text
-        }
+        e => crate::types::error_chain(e),
     }
 }
 

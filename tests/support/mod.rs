@@ -330,24 +330,43 @@ pub async fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> b
     }
 }
 
-/// The first column of `sql`'s rows in a SQLite file, as text (empty if it cannot be read).
-pub fn sqlite_column(db: &Path, sql: &'static str) -> std::collections::BTreeSet<String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let Ok(pool) = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display())).await
-        else {
-            return Default::default();
-        };
-        let rows: Vec<(String,)> = sqlx::query_as(sql)
-            .fetch_all(&pool)
-            .await
-            .unwrap_or_default();
-        pool.close().await;
-        rows.into_iter().map(|(u,)| u).collect()
+/// The rows of `sql` in a SQLite file (empty if it cannot be read). Runs on a thread of its
+/// own, so async tests can call it too.
+pub fn sqlite_rows<T>(db: &Path, sql: &'static str) -> Vec<T>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow> + Send + Unpin,
+{
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let Ok(pool) =
+                    sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display())).await
+                else {
+                    return Vec::new();
+                };
+                let rows = sqlx::query_as(sql)
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap_or_default();
+                pool.close().await;
+                rows
+            })
+        })
+        .join()
+        .unwrap_or_default()
     })
+}
+
+/// The first column of `sql`'s rows in a SQLite file, as text.
+pub fn sqlite_column(db: &Path, sql: &'static str) -> std::collections::BTreeSet<String> {
+    sqlite_rows::<(String,)>(db, sql)
+        .into_iter()
+        .map(|(u,)| u)
+        .collect()
 }
 
 /// A fake API server with a kubeconfig for it in `dir`, and the runtime that serves it.

@@ -482,17 +482,7 @@ impl Delivery {
     /// A request error with its causes (refused, DNS, TLS: which certificate problem), and
     /// without the URL, whose query may hold a token.
     fn describe(&self, e: reqwest::Error) -> String {
-        let e = e.without_url();
-        let mut text = e.to_string();
-        let mut cause = std::error::Error::source(&e);
-        while let Some(c) = cause {
-            let c_text = c.to_string();
-            if !text.contains(&c_text) {
-                text.push_str(": ");
-                text.push_str(&c_text);
-            }
-            cause = c.source();
-        }
+        let text = crate::types::error_chain(&e.without_url());
         crate::redact::in_text(&text, &[self.cfg.url.as_str(), self.url.as_str()])
     }
 
