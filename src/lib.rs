@@ -22,7 +22,7 @@
 //!   writer uses; the events table the `sql` sink and `mark_rows` share.
 //! - [`event`]: the normalized event, its acknowledgement ([`event::ack`]) and [`Batch`].
 //! - Leaves: [`yaml`] (YAML with positions, `${ENV}`), [`types`] (durations, regexes, globs,
-//!   `Invalid`), [`backoff`] (retry delays), [`health`] (readiness), [`metrics`] (shared
+//!   `Invalid`), [`backoff`] (retry delays), [`kube_client`] (API server connection), [`health`] (readiness), [`metrics`] (shared
 //!   metric names), [`redact`] (secrets out of URLs).
 //!
 //! [`Batch`]: event::Batch
@@ -34,6 +34,7 @@ pub mod config;
 pub mod engine;
 pub mod event;
 pub mod health;
+pub mod kube_client;
 pub mod metrics;
 pub mod redact;
 pub mod reload;

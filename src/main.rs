@@ -210,7 +210,7 @@ fn run(
     let loaded = match pipeline {
         Some(path) => eventflow::load_file(path),
         None => {
-            if let Err(e) = eventflow::stages::kube_events::kube_config_available() {
+            if let Err(e) = eventflow::kube_client::config_available() {
                 eprintln!(
                     "{e}\n\nWithout a pipeline file, eventflow watches the current Kubernetes context. To try it without a cluster, run the bundled demo instead:\n    eventflow run pipelines/demo.yaml"
                 );

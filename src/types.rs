@@ -130,7 +130,8 @@ impl JsonSchema for Dur {
 
 /// A value a stage config refuses: the field (a dotted path as written in the file, such as
 /// `batch.max_events` or `headers.X-Token`) and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("field `{field}`: {message}")]
 pub struct Invalid {
     pub field: String,
     pub message: String,

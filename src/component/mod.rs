@@ -74,6 +74,16 @@ impl BuildContext {
             source: Some(Box::new(source)),
         }
     }
+
+    /// A stage error whose message is `source`'s own (it already says what failed), kept as
+    /// the cause.
+    pub fn failed(&self, source: impl std::error::Error + Send + Sync + 'static) -> BuildError {
+        BuildError {
+            stage: self.id.clone(),
+            message: source.to_string(),
+            source: Some(Box::new(source)),
+        }
+    }
 }
 
 /// Values the instances of a stage share while a reload runs the old and the new one side by

@@ -276,143 +276,163 @@ fn libpq_pairs(dsn: &str) -> Option<Vec<(String, String)>> {
     }
 }
 
-/// Turns a k8m event handler DSN into a database URL; `Err` explains the accepted forms.
-pub fn dsn_to_url(ty: &str, dsn: &str) -> Result<String, String> {
+/// A k8m event handler DSN that cannot be turned into a database URL.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("cannot read the {ty} DSN `{dsn}`: {why}; {DSN_FORMS}")]
+pub struct DsnError {
+    /// The database type it was read as.
+    pub ty: String,
+    pub dsn: String,
+    /// What is wrong with it.
+    pub why: String,
+}
+
+/// Turns a k8m event handler DSN into a database URL; the error lists the accepted forms.
+pub fn dsn_to_url(ty: &str, dsn: &str) -> Result<String, DsnError> {
     let dsn = dsn.trim();
-    let bad = |why: &str| {
-        Err(format!(
-            "cannot read the {ty} DSN `{dsn}`: {why}; {DSN_FORMS}"
-        ))
+    let url = match ty {
+        "sqlite" | "sqlite3" => sqlite_url(dsn),
+        "postgres" | "postgresql" => postgres_url(dsn),
+        "mysql" | "mariadb" => mysql_url(dsn),
+        _ => Err("unknown database type".to_string()),
     };
-    match ty {
-        "sqlite" | "sqlite3" => {
-            if dsn.starts_with("sqlite:") {
-                return Ok(dsn.to_string());
-            }
-            let path = dsn.strip_prefix("file:").unwrap_or(dsn);
-            // Go drivers' options (`?_busy_timeout=...`) do not apply to sqlx.
-            let path = path.split('?').next().unwrap_or(path);
-            if path.is_empty() || path.contains("://") {
-                return bad("expected a file path");
-            }
-            Ok(format!("sqlite://{path}"))
-        }
-        "postgres" | "postgresql" => {
-            if dsn.starts_with("postgres://") || dsn.starts_with("postgresql://") {
-                return Ok(dsn.to_string());
-            }
-            let Some(pairs) = libpq_pairs(dsn).filter(|p| !p.is_empty()) else {
-                return bad("expected key=value pairs");
-            };
-            let get = |k: &str| {
-                pairs
-                    .iter()
-                    .find(|(key, _)| key == k)
-                    .map(|(_, v)| v.as_str())
-            };
-            let known = ["host", "port", "user", "password", "dbname", "sslmode"];
-            if let Some((k, _)) = pairs
-                .iter()
-                .find(|(k, _)| !known.contains(&k.as_str()) && k != "TimeZone" && k != "timezone")
-            {
-                return bad(&format!("unknown key `{k}`"));
-            }
-            let mut url = String::from("postgres://");
-            if let Some(user) = get("user") {
-                url.push_str(&percent_encode(user));
-                if let Some(pw) = get("password") {
-                    url.push(':');
-                    url.push_str(&percent_encode(pw));
-                }
-                url.push('@');
-            }
-            url.push_str(get("host").unwrap_or("localhost"));
-            url.push(':');
-            url.push_str(get("port").unwrap_or("5432"));
-            url.push('/');
-            url.push_str(&percent_encode(get("dbname").unwrap_or("postgres")));
-            if let Some(mode) = get("sslmode") {
-                url.push_str("?sslmode=");
-                url.push_str(&percent_encode(mode));
-            }
-            Ok(url)
-        }
-        "mysql" | "mariadb" => {
-            if dsn.starts_with("mysql://") || dsn.starts_with("mariadb://") {
-                return Ok(dsn.to_string());
-            }
-            // [user[:password]@][net[(addr)]]/dbname[?param1=value1&paramN=valueN]
-            let Some(slash) = dsn.rfind('/') else {
-                return bad("expected `/dbname`");
-            };
-            let (head, tail) = (&dsn[..slash], &dsn[slash + 1..]);
-            let (db, params) = tail.split_once('?').unwrap_or((tail, ""));
-            let (creds, net) = match head.rfind('@') {
-                Some(at) => (Some(&head[..at]), &head[at + 1..]),
-                None => (None, head),
-            };
-            let mut query: Vec<String> = Vec::new();
-            let host = if net.is_empty() {
-                "localhost:3306".to_string()
-            } else if let Some(addr) = net.strip_prefix("tcp(").and_then(|r| r.strip_suffix(')')) {
-                if addr.contains(':') {
-                    addr.to_string()
-                } else {
-                    format!("{addr}:3306")
-                }
-            } else if net == "tcp" {
-                "localhost:3306".to_string()
-            } else if let Some(sock) = net.strip_prefix("unix(").and_then(|r| r.strip_suffix(')')) {
-                query.push(format!("socket={}", percent_encode(sock)));
-                "localhost".to_string()
-            } else {
-                return bad(&format!(
-                    "unknown network `{net}` (expected tcp(host:port) or unix(path))"
-                ));
-            };
-            for p in params.split('&').filter(|p| !p.is_empty()) {
-                let (k, v) = p.split_once('=').unwrap_or((p, ""));
-                match k {
-                    // Go-driver settings with no sqlx counterpart (sqlx uses utf8mb4 and
-                    // decodes times itself).
-                    "parseTime"
-                    | "loc"
-                    | "charset"
-                    | "collation"
-                    | "timeout"
-                    | "readTimeout"
-                    | "writeTimeout"
-                    | "allowNativePasswords" => {}
-                    "tls" => match v {
-                        "true" => query.push("ssl-mode=verify_identity".into()),
-                        "skip-verify" | "preferred" => query.push("ssl-mode=required".into()),
-                        "false" => query.push("ssl-mode=disabled".into()),
-                        _ => return bad(&format!("unsupported tls={v}")),
-                    },
-                    _ => return bad(&format!("unsupported parameter `{k}`")),
-                }
-            }
-            let mut url = String::from("mysql://");
-            if let Some(c) = creds {
-                let (user, pw) = c.split_once(':').unwrap_or((c, ""));
-                url.push_str(&percent_encode(user));
-                if !pw.is_empty() {
-                    url.push(':');
-                    url.push_str(&percent_encode(pw));
-                }
-                url.push('@');
-            }
-            url.push_str(&host);
-            url.push('/');
-            url.push_str(db);
-            if !query.is_empty() {
-                url.push('?');
-                url.push_str(&query.join("&"));
-            }
-            Ok(url)
-        }
-        _ => bad("unknown database type"),
+    url.map_err(|why| DsnError {
+        ty: ty.to_string(),
+        dsn: dsn.to_string(),
+        why,
+    })
+}
+
+/// A SQLite path (`file:` prefix and Go driver options allowed); `Err` says why not.
+fn sqlite_url(dsn: &str) -> Result<String, String> {
+    if dsn.starts_with("sqlite:") {
+        return Ok(dsn.to_string());
     }
+    let path = dsn.strip_prefix("file:").unwrap_or(dsn);
+    // Go drivers' options (`?_busy_timeout=...`) do not apply to sqlx.
+    let path = path.split('?').next().unwrap_or(path);
+    if path.is_empty() || path.contains("://") {
+        return Err(String::from("expected a file path"));
+    }
+    Ok(format!("sqlite://{path}"))
+}
+
+/// A libpq `key=value` DSN or a URL; `Err` says why not.
+fn postgres_url(dsn: &str) -> Result<String, String> {
+    if dsn.starts_with("postgres://") || dsn.starts_with("postgresql://") {
+        return Ok(dsn.to_string());
+    }
+    let Some(pairs) = libpq_pairs(dsn).filter(|p| !p.is_empty()) else {
+        return Err(String::from("expected key=value pairs"));
+    };
+    let get = |k: &str| {
+        pairs
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+    };
+    let known = ["host", "port", "user", "password", "dbname", "sslmode"];
+    if let Some((k, _)) = pairs
+        .iter()
+        .find(|(k, _)| !known.contains(&k.as_str()) && k != "TimeZone" && k != "timezone")
+    {
+        return Err(format!("unknown key `{k}`"));
+    }
+    let mut url = String::from("postgres://");
+    if let Some(user) = get("user") {
+        url.push_str(&percent_encode(user));
+        if let Some(pw) = get("password") {
+            url.push(':');
+            url.push_str(&percent_encode(pw));
+        }
+        url.push('@');
+    }
+    url.push_str(get("host").unwrap_or("localhost"));
+    url.push(':');
+    url.push_str(get("port").unwrap_or("5432"));
+    url.push('/');
+    url.push_str(&percent_encode(get("dbname").unwrap_or("postgres")));
+    if let Some(mode) = get("sslmode") {
+        url.push_str("?sslmode=");
+        url.push_str(&percent_encode(mode));
+    }
+    Ok(url)
+}
+
+/// A Go MySQL DSN (`user:pw@tcp(host:port)/db?params`) or a URL; `Err` says why not.
+fn mysql_url(dsn: &str) -> Result<String, String> {
+    if dsn.starts_with("mysql://") || dsn.starts_with("mariadb://") {
+        return Ok(dsn.to_string());
+    }
+    // [user[:password]@][net[(addr)]]/dbname[?param1=value1&paramN=valueN]
+    let Some(slash) = dsn.rfind('/') else {
+        return Err(String::from("expected `/dbname`"));
+    };
+    let (head, tail) = (&dsn[..slash], &dsn[slash + 1..]);
+    let (db, params) = tail.split_once('?').unwrap_or((tail, ""));
+    let (creds, net) = match head.rfind('@') {
+        Some(at) => (Some(&head[..at]), &head[at + 1..]),
+        None => (None, head),
+    };
+    let mut query: Vec<String> = Vec::new();
+    let host = if net.is_empty() {
+        "localhost:3306".to_string()
+    } else if let Some(addr) = net.strip_prefix("tcp(").and_then(|r| r.strip_suffix(')')) {
+        if addr.contains(':') {
+            addr.to_string()
+        } else {
+            format!("{addr}:3306")
+        }
+    } else if net == "tcp" {
+        "localhost:3306".to_string()
+    } else if let Some(sock) = net.strip_prefix("unix(").and_then(|r| r.strip_suffix(')')) {
+        query.push(format!("socket={}", percent_encode(sock)));
+        "localhost".to_string()
+    } else {
+        return Err(format!(
+            "unknown network `{net}` (expected tcp(host:port) or unix(path))"
+        ));
+    };
+    for p in params.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = p.split_once('=').unwrap_or((p, ""));
+        match k {
+            // Go-driver settings with no sqlx counterpart (sqlx uses utf8mb4 and
+            // decodes times itself).
+            "parseTime"
+            | "loc"
+            | "charset"
+            | "collation"
+            | "timeout"
+            | "readTimeout"
+            | "writeTimeout"
+            | "allowNativePasswords" => {}
+            "tls" => match v {
+                "true" => query.push("ssl-mode=verify_identity".into()),
+                "skip-verify" | "preferred" => query.push("ssl-mode=required".into()),
+                "false" => query.push("ssl-mode=disabled".into()),
+                _ => return Err(format!("unsupported tls={v}")),
+            },
+            _ => return Err(format!("unsupported parameter `{k}`")),
+        }
+    }
+    let mut url = String::from("mysql://");
+    if let Some(c) = creds {
+        let (user, pw) = c.split_once(':').unwrap_or((c, ""));
+        url.push_str(&percent_encode(user));
+        if !pw.is_empty() {
+            url.push(':');
+            url.push_str(&percent_encode(pw));
+        }
+        url.push('@');
+    }
+    url.push_str(&host);
+    url.push('/');
+    url.push_str(db);
+    if !query.is_empty() {
+        url.push('?');
+        url.push_str(&query.join("&"));
+    }
+    Ok(url)
 }
 
 /// How a translation writes secret values (database URLs with a password or a query,
@@ -571,7 +591,7 @@ fn read_settings(root: &Node) -> Result<Settings, Vec<Problem>> {
         match dsn_to_url(&ty, &dsn) {
             Ok(u) => u,
             Err(e) => {
-                r.problems.push(problem(pos, "database.dsn", e));
+                r.problems.push(problem(pos, "database.dsn", e.to_string()));
                 String::new()
             }
         }
@@ -817,7 +837,8 @@ mod tests {
             ("sqlite", "http://x"),
         ] {
             let e = dsn_to_url(ty, dsn).unwrap_err();
-            assert!(e.contains("accepted forms"), "{e}");
+            assert_eq!(e.ty, ty);
+            assert!(e.to_string().contains("accepted forms"), "{e}");
         }
     }
 }

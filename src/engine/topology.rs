@@ -246,7 +246,7 @@ impl Topology {
             if let Some(i) = spec.config.validate().into_iter().next() {
                 return Err(BuildError {
                     stage: id.clone(),
-                    message: format!("field `{}`: {}", i.field, i.message),
+                    message: i.to_string(),
                     source: None,
                 });
             }

@@ -302,8 +302,8 @@ async fn run(cfg: FileConfig, mut cx: SourceContext) -> Result<(), StageError> {
                 .map_err(|e| io_err(&path, e))?;
             // One document is one value: a bad byte anywhere makes the whole file unreadable,
             // so the run fails (exit 1) naming where, and nothing of it is sent.
-            let text = document_text(&bytes)
-                .map_err(|e| StageError::new(format!("{}: {e}", path.display())))?;
+            let text =
+                document_text(&bytes).map_err(|e| StageError::with_source(path.display(), e))?;
             let mut batches = Vec::new();
             decoder.decode_document(text, &mut batches).map_err(|e| {
                 let at = format!(
@@ -366,12 +366,22 @@ async fn is_document<R: AsyncBufRead + Unpin>(reader: &mut R) -> std::io::Result
     Ok(t == b"{" || t == b"[")
 }
 
+/// A document's first byte that is not UTF-8.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid UTF-8 at byte {at} (line {line})")]
+struct NotUtf8 {
+    at: usize,
+    line: usize,
+    #[source]
+    source: std::str::Utf8Error,
+}
+
 /// A whole document as text, or where its first byte that is not UTF-8 is.
-fn document_text(bytes: &[u8]) -> Result<&str, String> {
-    std::str::from_utf8(bytes).map_err(|e| {
-        let at = e.valid_up_to();
+fn document_text(bytes: &[u8]) -> Result<&str, NotUtf8> {
+    std::str::from_utf8(bytes).map_err(|source| {
+        let at = source.valid_up_to();
         let line = memchr::memchr_iter(b'\n', &bytes[..at]).count() + 1;
-        format!("invalid UTF-8 at byte {at} (line {line})")
+        NotUtf8 { at, line, source }
     })
 }
 

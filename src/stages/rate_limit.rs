@@ -116,14 +116,16 @@ type Limiter = RateLimiter<
 >;
 
 impl RateLimitConfig {
-    fn quota(&self) -> Result<Quota, String> {
-        let limit = NonZeroU32::new(self.limit).ok_or("field `limit`: must be at least 1")?;
+    /// The limiter's quota; an error names the field (`validate` reports the same ones).
+    fn quota(&self) -> Result<Quota, Invalid> {
+        let limit = NonZeroU32::new(self.limit)
+            .ok_or_else(|| Invalid::new("limit", "must be at least 1"))?;
         let burst = NonZeroU32::new(self.burst.unwrap_or(self.limit))
-            .ok_or("field `burst`: must be at least 1")?;
+            .ok_or_else(|| Invalid::new("burst", "must be at least 1"))?;
         let period = self.per.0 / limit.get();
         Quota::with_period(period)
             .map(|q| q.allow_burst(burst))
-            .ok_or_else(|| "field `per`: must be above zero".to_string())
+            .ok_or_else(|| Invalid::new("per", "must be above zero"))
     }
 }
 
@@ -151,7 +153,7 @@ impl StageConfig for RateLimitConfig {
 
     fn build<'a>(&'a self, cx: &'a BuildContext) -> BoxFuture<'a, Result<Stage, BuildError>> {
         Box::pin(async move {
-            let t = RateLimit::new(self, &cx.id, cx.type_name).map_err(|m| cx.error(m))?;
+            let t = RateLimit::new(self, &cx.id, cx.type_name).map_err(|i| cx.failed(i))?;
             Ok(Stage::Transform(Box::new(t) as Box<dyn Transform>))
         })
     }
@@ -191,7 +193,7 @@ impl RateLimit {
         cfg: &RateLimitConfig,
         stage: &str,
         type_name: &'static str,
-    ) -> Result<RateLimit, String> {
+    ) -> Result<RateLimit, Invalid> {
         let quota = cfg.quota()?;
         let clock = TokioClock {
             start: Instant::now(),

@@ -33,8 +33,12 @@ pub enum Error {
         source: serde_json::Error,
     },
     /// The stage's sender could not be made (its URL, headers, TLS files, `mark_rows`).
-    #[error("stage `{stage}`: {message}")]
-    Sender { stage: String, message: String },
+    #[error("stage `{stage}`: {source}")]
+    Sender {
+        stage: String,
+        #[source]
+        source: super::DeliveryError,
+    },
     #[error("{id}: delivered, but cannot delete it: {source}")]
     Forget {
         id: i64,
@@ -184,9 +188,9 @@ async fn resend_with(
             let made = cfg
                 .delivery(&d.sink)
                 .await
-                .map_err(|message| Error::Sender {
+                .map_err(|source| Error::Sender {
                     stage: d.sink.clone(),
-                    message,
+                    source,
                 })?;
             deliveries.insert(d.sink.clone(), made);
         }

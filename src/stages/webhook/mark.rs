@@ -37,6 +37,17 @@ fn default_key() -> Vec<Field> {
     vec![Field::Cluster, Field::Uid]
 }
 
+/// Why `mark_rows` cannot be opened; each names the field.
+#[derive(Debug, thiserror::Error)]
+pub enum MarkError {
+    #[error("field `mark_rows.table`: `{0}` is not a plain identifier")]
+    Table(String),
+    #[error("field `mark_rows.url`: {0}")]
+    Connect(#[source] db::ConnectError),
+    #[error("field `mark_rows`: {0}")]
+    Columns(#[source] db::DbError),
+}
+
 /// An open [`MarkRows`].
 pub struct Marker {
     db: Db,
@@ -45,19 +56,17 @@ pub struct Marker {
 }
 
 impl Marker {
-    pub async fn open(cfg: &MarkRows) -> Result<Marker, String> {
+    /// Connects to its database and makes sure its table has the columns it writes.
+    pub async fn open(cfg: &MarkRows) -> Result<Marker, MarkError> {
         if !db::valid_identifier(&cfg.table) {
-            return Err(format!(
-                "field `mark_rows.table`: `{}` is not a plain identifier",
-                cfg.table
-            ));
+            return Err(MarkError::Table(cfg.table.clone()));
         }
         let db = Db::connect(&cfg.url, 2, std::time::Duration::from_secs(10))
             .await
-            .map_err(|e| format!("field `mark_rows.url`: {e}"))?;
+            .map_err(MarkError::Connect)?;
         events::ensure_table(&db, &cfg.table)
             .await
-            .map_err(|e| format!("field `mark_rows`: {e}"))?;
+            .map_err(MarkError::Columns)?;
         Ok(Marker {
             db,
             table: cfg.table.clone(),

@@ -194,22 +194,28 @@ pub const TYPE: StageType = StageType {
 
 impl WebhookConfig {
     /// The endpoint, checked: an absolute http(s) URL. Errors never show its secrets.
-    fn parsed_url(&self) -> Result<reqwest::Url, String> {
+    fn parsed_url(&self) -> Result<reqwest::Url, Invalid> {
         let url = reqwest::Url::parse(&self.url).map_err(|e| {
-            format!(
-                "`{}` is not a valid URL: {e}",
-                crate::redact::url(&self.url)
+            Invalid::new(
+                "url",
+                format!(
+                    "`{}` is not a valid URL: {e}",
+                    crate::redact::url(&self.url)
+                ),
             )
         })?;
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(format!("scheme `{}` is not http or https", url.scheme()));
+            return Err(Invalid::new(
+                "url",
+                format!("scheme `{}` is not http or https", url.scheme()),
+            ));
         }
         Ok(url)
     }
 
-    fn parsed_method(&self) -> Result<reqwest::Method, String> {
+    fn parsed_method(&self) -> Result<reqwest::Method, Invalid> {
         reqwest::Method::from_bytes(self.method.to_uppercase().as_bytes())
-            .map_err(|_| format!("`{}` is not an HTTP method", self.method))
+            .map_err(|_| Invalid::new("method", format!("`{}` is not an HTTP method", self.method)))
     }
 
     /// The request headers, checked; an error names the field (`headers.NAME`).
@@ -228,14 +234,13 @@ impl WebhookConfig {
     }
 
     /// The certificates of `ca_file`: at least one, or an error.
-    fn ca_certificates(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, String> {
-        let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+    fn ca_certificates(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, Invalid> {
+        let bad = |why: String| Invalid::new("ca_file", format!("{}: {why}", path.display()));
+        let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad(e.to_string()))?;
         if certs.is_empty() {
-            return Err(format!(
-                "{} holds no PEM certificate (`-----BEGIN CERTIFICATE-----`)",
-                path.display()
+            return Err(bad(
+                "holds no PEM certificate (`-----BEGIN CERTIFICATE-----`)".into(),
             ));
         }
         Ok(certs)
@@ -243,20 +248,16 @@ impl WebhookConfig {
 
     /// The sending side of the stage (client, URL, method, `mark_rows`), checked. `stage` names
     /// it in logs.
-    pub async fn delivery(&self, stage: &str) -> Result<Delivery, String> {
+    pub async fn delivery(&self, stage: &str) -> Result<Delivery, DeliveryError> {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let url = self.parsed_url().map_err(|e| format!("field `url`: {e}"))?;
-        let method = self
-            .parsed_method()
-            .map_err(|e| format!("field `method`: {e}"))?;
-        let headers = self
-            .parsed_headers()
-            .map_err(|i| format!("field `{}`: {}", i.field, i.message))?;
+        let url = self.parsed_url()?;
+        let method = self.parsed_method()?;
+        let headers = self.parsed_headers()?;
         let mut builder = reqwest::Client::builder()
             .timeout(self.timeout.0)
             .default_headers(headers);
         if let Some(path) = &self.ca_file {
-            for cert in Self::ca_certificates(path).map_err(|e| format!("field `ca_file`: {e}"))? {
+            for cert in Self::ca_certificates(path)? {
                 builder = builder.add_root_certificate(cert);
             }
         }
@@ -267,9 +268,7 @@ impl WebhookConfig {
             );
             builder = builder.danger_accept_invalid_certs(true);
         }
-        let client = builder
-            .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        let client = builder.build().map_err(DeliveryError::Client)?;
         let marker = match &self.mark_rows {
             Some(m) => Some(mark::Marker::open(m).await?),
             None => None,
@@ -289,11 +288,11 @@ impl WebhookConfig {
 impl StageConfig for WebhookConfig {
     fn validate(&self) -> Vec<Invalid> {
         let mut out = Vec::new();
-        if let Err(e) = self.parsed_url() {
-            out.push(Invalid::new("url", e));
+        if let Err(i) = self.parsed_url() {
+            out.push(i);
         }
-        if let Err(e) = self.parsed_method() {
-            out.push(Invalid::new("method", e));
+        if let Err(i) = self.parsed_method() {
+            out.push(i);
         }
         if let Err(i) = self.parsed_headers() {
             out.push(i);
@@ -301,7 +300,7 @@ impl StageConfig for WebhookConfig {
         if let Some(path) = &self.ca_file
             && let Err(e) = Self::ca_certificates(path)
         {
-            out.push(Invalid::new("ca_file", e));
+            out.push(e);
         }
         crate::component::at_least_one(&mut out, "batch.max_events", self.batch.max_events as u64);
         crate::component::at_least_one(&mut out, "max_in_flight", self.max_in_flight as u64);
@@ -339,8 +338,7 @@ impl StageConfig for WebhookConfig {
 
     fn build<'a>(&'a self, cx: &'a BuildContext) -> BoxFuture<'a, Result<Stage, BuildError>> {
         Box::pin(async move {
-            let err = |message: String| cx.error(message);
-            let delivery = self.delivery(&cx.id).await.map_err(err)?;
+            let delivery = self.delivery(&cx.id).await.map_err(|e| cx.failed(e))?;
             let queue = if self.durable {
                 let state = cx.state.clone().unwrap_or_default();
                 let store = queue::Store::open(&state.url)
@@ -367,6 +365,18 @@ struct WebhookSink {
     health: crate::health::Health,
     /// Where the instances of this stage find their common queue slot.
     shared: crate::component::Shared,
+}
+
+/// Why the sending side of a webhook stage cannot be made.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    /// A field's value is not usable (`url`, `method`, `headers.NAME`, `ca_file`).
+    #[error(transparent)]
+    Field(#[from] Invalid),
+    #[error("cannot build the HTTP client: {0}")]
+    Client(#[source] reqwest::Error),
+    #[error(transparent)]
+    MarkRows(#[from] mark::MarkError),
 }
 
 /// Why a request body could not be made (a permanent failure of that delivery).
