@@ -1,4 +1,5 @@
-//! The webhook sink against bare reqwest, same local receiver (axum on 127.0.0.1), same bodies,
+//! The webhook sink against bare reqwest, same local receiver (the tests' axum one, on a
+//! thread of its own), same bodies,
 //! same concurrency (`max_in_flight` requests at once on both sides), each iteration running
 //! both back to back.
 //! - one event per request, one in flight (2,000 events);
@@ -6,9 +7,12 @@
 //! - the same with `durable: true` (SQLite queue in a temporary directory), 4 in flight.
 
 mod common;
+#[path = "../tests/support/receiver.rs"]
+mod receiver;
+
+use receiver::Receiver;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group};
@@ -35,36 +39,20 @@ fn data(i: usize) -> EventData {
     }
 }
 
-/// A receiver that counts the events of batch bodies (their `count`; meaningless for single
-/// events, which carry their own `count`).
-async fn receiver(hits: Arc<AtomicU64>) -> String {
-    let app = axum::Router::new().fallback(move |body: axum::body::Bytes| {
-        let hits = hits.clone();
-        async move {
-            let n = body
-                .windows(8)
-                .rposition(|w| w == b"\"count\":")
-                .and_then(|at| {
-                    let digits: Vec<u8> = body[at + 8..]
-                        .iter()
-                        .take_while(|b| b.is_ascii_digit())
-                        .copied()
-                        .collect();
-                    std::str::from_utf8(&digits).ok()?.parse::<u64>().ok()
-                })
-                .unwrap_or(1);
-            hits.fetch_add(n, Ordering::Relaxed);
-            "ok"
-        }
-    });
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}/hook", l.local_addr().expect("addr"));
-    tokio::spawn(async move {
-        let _ = axum::serve(l, app).await;
-    });
-    url
+/// The events in a batch body (its `count`; meaningless for single events, which carry their
+/// own `count`).
+fn events_in(body: &[u8]) -> u64 {
+    body.windows(8)
+        .rposition(|w| w == b"\"count\":")
+        .and_then(|at| {
+            let digits: Vec<u8> = body[at + 8..]
+                .iter()
+                .take_while(|b| b.is_ascii_digit())
+                .copied()
+                .collect();
+            std::str::from_utf8(&digits).ok()?.parse::<u64>().ok()
+        })
+        .unwrap_or(1)
 }
 
 /// One benchmark case.
@@ -87,7 +75,7 @@ impl Case {
     }
 }
 
-async fn run_sink(url: &str, case: Case, hits: &AtomicU64) -> Duration {
+async fn run_sink(url: &str, case: Case, hits: &Receiver) -> Duration {
     let Case {
         events,
         per_request,
@@ -120,7 +108,7 @@ async fn run_sink(url: &str, case: Case, hits: &AtomicU64) -> Duration {
     }
     if durable {
         // Acknowledged once queued: wait for the receiver to have everything.
-        while hits.load(Ordering::Relaxed) < events as u64 {
+        while hits.tallied() < events as u64 {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
@@ -188,8 +176,7 @@ fn bench(c: &mut Criterion) {
         .build()
         .expect("runtime");
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let hits = Arc::new(AtomicU64::new(0));
-    let url = rt.block_on(receiver(hits.clone()));
+    let (hits, url) = Receiver::tallying(events_in);
     let client = reqwest::Client::new();
     let mut g = c.benchmark_group("webhook");
     g.sample_size(10);
@@ -207,7 +194,7 @@ fn bench(c: &mut Criterion) {
                     iters,
                     case.events as u64,
                     (&sink, || {
-                        hits.store(0, Ordering::Relaxed);
+                        hits.reset_tally();
                         run_sink(&url, case, &hits)
                     }),
                     (&bare, || run_bare(&client, &url, case)),

@@ -9,17 +9,15 @@ mod support;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use support::*;
 
 /// The uids in the bodies the receiver accepted.
-fn received(log: &Arc<Mutex<Vec<Received>>>) -> BTreeSet<String> {
-    let log = log.lock().map(|l| l.clone()).unwrap_or_default();
-    log.iter()
-        .filter_map(|r| serde_json::from_str::<serde_json::Value>(&r.body).ok())
-        .flat_map(|v| v["events"].as_array().cloned().unwrap_or_default())
+fn received(log: &Receiver) -> BTreeSet<String> {
+    log.accepted()
+        .iter()
+        .flat_map(|r| r.body["events"].as_array().cloned().unwrap_or_default())
         .filter_map(|e| e["uid"].as_str().map(str::to_string))
         .collect()
 }
@@ -82,9 +80,7 @@ fn run_crashing(p: &Path, crash: &str) -> (String, BTreeSet<String>) {
 fn crash_then_restart_delivers_everything(crash: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
     let (rt, fake, kc) = fake_cluster(dir.path());
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let hook = format!("http://{}/hook", l.local_addr().expect("addr"));
-    let log = serve_receiver(l, 0);
+    let (log, hook) = Receiver::start();
     let p = pipeline(dir.path(), &kc, &hook);
     let created: BTreeSet<String> = (0..300)
         .map(|i| {
@@ -260,8 +256,7 @@ fn a_refused_row_is_not_checkpointed_and_is_stored_after_the_fix() {
         ),
     );
     // A first run creates the table; then a trigger refuses one reason.
-    let (status, _) = Running::start(&[], &p).stop();
-    assert!(status.success());
+    let _ = Running::start(&[], &p).stop_ok();
     exec(
         &db,
         "CREATE TRIGGER refuse BEFORE INSERT ON k8s_events WHEN NEW.reason = 'Refused' BEGIN SELECT RAISE(ABORT, 'refused by a trigger'); END",
@@ -309,10 +304,9 @@ fn a_refused_row_is_not_checkpointed_and_is_stored_after_the_fix() {
 fn a_webhook_delivery_refused_for_good_is_sent_again_after_a_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (rt, fake, kc) = fake_cluster(dir.path());
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let hook = format!("http://{}/hook", l.local_addr().expect("addr"));
     // The first 3 requests are refused with a 400 (permanent), the rest accepted.
-    let log = serve_receiver_failing(l, 3, "400 Bad Request");
+    let (log, hook) = Receiver::start();
+    let log = log.failing_first(3, 400);
     let p = write(
         dir.path(),
         "pipeline.yaml",

@@ -128,9 +128,8 @@ fn a_seed_webhook_gets_the_seed_body_marks_rows_and_follows_a_reloaded_file() {
     let dir = tempfile::tempdir().expect("tmp");
     let kc = dir.path().join("kubeconfig");
     fake.write_kubeconfig(&kc, None).expect("kubeconfig");
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let url = format!("http://{}/events", l.local_addr().expect("addr"));
-    let got = serve_receiver(l, 0);
+    let (got, url) = Receiver::start();
+    let url = url.replace("/hook", "/events");
     // The seed's reverse example: keep what matches none of the lists.
     let reverse = "rule_config:\n  reverse: true\n  namespaces: [\"kube-system\"]\n  reasons: [\"Scheduled\"]\n  types: [\"Normal\"]\n";
     let file = hook_file(dir.path(), &url, reverse);
@@ -141,15 +140,8 @@ fn a_seed_webhook_gets_the_seed_body_marks_rows_and_follows_a_reloaded_file() {
     let mut cmd = bin();
     cmd.env("KUBECONFIG", &kc);
     let mut r = Running::start_cmd(cmd, &[], &file);
-    let bodies = || -> Vec<serde_json::Value> {
-        got.lock()
-            .map(|g| {
-                g.iter()
-                    .filter_map(|x| serde_json::from_str(&x.body).ok())
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    let bodies =
+        || -> Vec<serde_json::Value> { got.accepted().into_iter().map(|g| g.body).collect() };
     let delivered = || -> Vec<String> {
         bodies()
             .iter()

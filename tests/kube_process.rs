@@ -189,8 +189,7 @@ fn a_sink_that_cannot_reach_its_target_makes_the_process_not_ready() {
     let (_, body) = get(api, "/readyz");
     assert!(body.contains("stage `hook`: failing for"), "{body}");
     // The receiver comes up: deliveries succeed, the process is ready again.
-    let l = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind the receiver");
-    let _ = serve_receiver(l, 0);
+    let _ = Receiver::on_port(port);
     wait_until("ready again", Duration::from_secs(10), || {
         get(api, "/readyz").0 == 200
     });
@@ -260,16 +259,10 @@ async fn a_durable_webhook_killed_during_an_outage_delivers_everything_after_a_r
     let _ = r.child.wait();
     let at_kill = tokio::task::block_in_place(|| queued(&state, "hook"));
     // The receiver comes back; eventflow starts again.
-    let l = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind the receiver");
-    let got = serve_receiver(l, 0);
+    let got = Receiver::on_port(port);
     let r = tokio::task::block_in_place(|| Running::start(&[], &p));
-    let received = || -> Vec<Received> { got.lock().map(|g| g.clone()).unwrap_or_default() };
-    let uid_of = |b: &Received| -> String {
-        serde_json::from_str::<serde_json::Value>(&b.body)
-            .ok()
-            .and_then(|v| v["uid"].as_str().map(str::to_string))
-            .unwrap_or_default()
-    };
+    let received = || got.accepted();
+    let uid_of = |b: &Got| -> String { b.body["uid"].as_str().unwrap_or_default().to_string() };
     tokio::task::block_in_place(|| {
         wait_until("every event delivered", Duration::from_secs(30), || {
             received()

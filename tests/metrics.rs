@@ -23,12 +23,8 @@ fn counters_match_a_known_run_and_promtool_accepts_the_output() {
     let dir = tempfile::tempdir().expect("tmp");
     let hook = receiver(2);
     // A receiver that refuses the first request for good (the durable webhook dead-letters it).
-    let refusing = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let url = format!("http://{}/hook", l.local_addr().expect("addr"));
-        let _ = serve_receiver_failing(l, 1, "400 Bad Request");
-        url
-    };
+    let (refuser, refusing) = Receiver::start();
+    let _ = refuser.failing_first(1, 400);
     // A fake API server with two Events, for the kube_events source.
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let fake = rt

@@ -55,9 +55,8 @@ fn webhooks_pipeline(dir: &Path, refusing: &str) -> std::path::PathBuf {
 #[test]
 fn no_secret_in_any_log_error_or_output() {
     let dir = tempfile::tempdir().expect("tmp");
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let refusing = format!("http://{}/hook", l.local_addr().expect("addr"));
-    let _log = serve_receiver_failing(l, usize::MAX, "400 Bad Request");
+    let (r, refusing) = Receiver::start();
+    let _ = r.refusing(400);
     let hooks = webhooks_pipeline(dir.path(), &refusing);
     let db = write(
         dir.path(),

@@ -59,9 +59,7 @@ struct World {
 
 impl World {
     fn new() -> World {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let hook = format!("http://{}/hook", l.local_addr().expect("addr"));
-        let _ = serve_receiver(l, 0);
+        let (_, hook) = Receiver::start();
         World {
             dir: tempfile::tempdir().expect("tmp"),
             samples: repo("pipelines/samples/events.json"),

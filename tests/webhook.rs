@@ -8,125 +8,17 @@
 
 mod support;
 use support::wait_for;
+use support::{Got, Receiver};
 
-use std::collections::VecDeque;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
 use eventflow::engine::Topology;
 use eventflow::event::ack::Status;
 use eventflow::stages::webhook::WebhookConfig;
 use eventflow::testkit::{ChannelSource, Feeder, event, source_to_sink};
 use serde_json::{Value, json};
-
-#[derive(Clone, Debug)]
-struct Got {
-    at: Instant,
-    query: String,
-    delivery_id: String,
-    body: Value,
-}
-
-/// What the receiver answers, in order; then 200.
-#[derive(Clone)]
-struct Answer {
-    body: &'static str,
-    status: u16,
-    retry_after: Option<&'static str>,
-    delay: Duration,
-}
-
-#[derive(Clone, Default)]
-struct Receiver {
-    got: Arc<Mutex<Vec<Got>>>,
-    answers: Arc<Mutex<VecDeque<Answer>>>,
-    /// Every answer waits this long (after any injected answer's own delay).
-    delay: Arc<Mutex<Duration>>,
-    active: Arc<AtomicUsize>,
-    peak: Arc<AtomicUsize>,
-}
-
-impl Receiver {
-    fn got(&self) -> Vec<Got> {
-        self.got.lock().unwrap().clone()
-    }
-    fn answer(&self, status: u16, retry_after: Option<&'static str>, delay: Duration) {
-        self.answer_body(status, retry_after, delay, "injected");
-    }
-    fn answer_body(
-        &self,
-        status: u16,
-        retry_after: Option<&'static str>,
-        delay: Duration,
-        body: &'static str,
-    ) {
-        self.answers.lock().unwrap().push_back(Answer {
-            body,
-            status,
-            retry_after,
-            delay,
-        });
-    }
-}
-
-async fn receive(
-    State(r): State<Receiver>,
-    uri: axum::http::Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let now = r.active.fetch_add(1, Ordering::SeqCst) + 1;
-    r.peak.fetch_max(now, Ordering::SeqCst);
-    let answer = r.answers.lock().unwrap().pop_front();
-    if let Some(a) = &answer {
-        tokio::time::sleep(a.delay).await;
-    }
-    let delay = *r.delay.lock().unwrap();
-    tokio::time::sleep(delay).await;
-    r.active.fetch_sub(1, Ordering::SeqCst);
-    r.got.lock().unwrap().push(Got {
-        at: Instant::now(),
-        query: uri.query().unwrap_or_default().to_string(),
-        delivery_id: headers
-            .get("x-eventflow-delivery-id")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string(),
-        body: serde_json::from_slice(&body).unwrap_or(Value::Null),
-    });
-    match answer {
-        Some(a) => {
-            let mut resp = (StatusCode::from_u16(a.status).unwrap(), a.body).into_response();
-            if let Some(ra) = a.retry_after {
-                resp.headers_mut()
-                    .insert("retry-after", ra.parse().unwrap());
-            }
-            resp
-        }
-        None => (StatusCode::OK, "ok").into_response(),
-    }
-}
-
-async fn serve_on(listener: tokio::net::TcpListener, r: Receiver) {
-    let app = Router::new().fallback(receive).with_state(r);
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-}
-
-async fn receiver() -> (Receiver, String) {
-    let r = Receiver::default();
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", l.local_addr().unwrap());
-    serve_on(l, r.clone()).await;
-    (r, url)
-}
 
 async fn pipeline(url: &str, extra: Value) -> (Topology, Feeder) {
     pipeline_with_state(url, extra, None).await
@@ -155,7 +47,7 @@ fn versioned(uid: &str, rv: &str) -> eventflow::event::EventData {
 
 #[tokio::test]
 async fn one_event_per_request_with_a_stable_delivery_id() {
-    let (r, url) = receiver().await;
+    let (r, url) = Receiver::start();
     let (topo, feed) = pipeline(&url, json!({})).await;
     let ack = feed
         .send(vec![
@@ -183,7 +75,7 @@ async fn one_event_per_request_with_a_stable_delivery_id() {
 
 #[tokio::test]
 async fn batches_by_count_and_by_time_in_the_seed_body() {
-    let (r, url) = receiver().await;
+    let (r, url) = Receiver::start();
     let (topo, feed) = pipeline(
         &url,
         json!({"batch": {"max_events": 2, "max_wait": "300ms"}}),
@@ -213,7 +105,7 @@ async fn batches_by_count_and_by_time_in_the_seed_body() {
 
 #[tokio::test]
 async fn server_errors_are_retried_with_backoff_and_retry_after_is_honoured() {
-    let (r, url) = receiver().await;
+    let (r, url) = Receiver::start();
     r.answer(500, None, Duration::ZERO);
     r.answer(503, None, Duration::ZERO);
     r.answer(429, Some("1"), Duration::ZERO);
@@ -241,7 +133,7 @@ async fn server_errors_are_retried_with_backoff_and_retry_after_is_honoured() {
 
 #[tokio::test]
 async fn a_client_error_is_permanent_and_a_slow_receiver_times_out() {
-    let (r, url) = receiver().await;
+    let (r, url) = Receiver::start();
     r.answer(400, None, Duration::ZERO);
     let (topo, feed) = pipeline(&url, json!({"retries": 3})).await;
     let ack = feed.send(vec![versioned("bad", "1")]).await;
@@ -249,7 +141,7 @@ async fn a_client_error_is_permanent_and_a_slow_receiver_times_out() {
     assert_eq!(r.got().len(), 1, "a 400 is not retried");
     topo.shutdown(Duration::from_secs(10)).await;
 
-    let (r, url) = receiver().await;
+    let (r, url) = Receiver::start();
     r.answer(200, None, Duration::from_secs(2));
     r.answer(200, None, Duration::from_secs(2));
     let (topo, feed) = pipeline(&url, json!({"retries": 1, "timeout": "200ms"})).await;
@@ -278,11 +170,7 @@ async fn a_receiver_that_comes_up_late_gets_everything_once() {
     .await;
     let ack = feed.send(vec![versioned("late", "1")]).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let r = Receiver::default();
-    let l = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .unwrap();
-    serve_on(l, r.clone()).await;
+    let r = Receiver::on_port(port);
     assert_eq!(ack.await.unwrap(), Status::Delivered);
     assert_eq!(r.got().len(), 1);
     topo.shutdown(Duration::from_secs(10)).await;
@@ -290,7 +178,7 @@ async fn a_receiver_that_comes_up_late_gets_everything_once() {
 
 #[tokio::test]
 async fn dingtalk_is_signed_and_its_error_codes_are_read() {
-    let (r, url) = receiver().await;
+    let (r, url) = Receiver::start();
     r.answer_body(
         200,
         None,
@@ -310,16 +198,20 @@ async fn dingtalk_is_signed_and_its_error_codes_are_read() {
     );
     let got = r.got();
     assert_eq!(got.len(), 2);
-    let q: std::collections::HashMap<String, String> = got[1]
-        .query
-        .split('&')
-        .filter_map(|p| p.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    // The signature is percent-encoded: its raw form holds only unreserved characters and `%`.
+    let raw_sign = got[1].query.split("sign=").nth(1).unwrap();
+    assert!(
+        raw_sign
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"%-_.~".contains(&b)),
+        "{raw_sign}"
+    );
+    let sent = reqwest::Url::parse(&format!("http://x/?{}", got[1].query)).unwrap();
+    let q: std::collections::HashMap<String, String> = sent.query_pairs().into_owned().collect();
     assert_eq!(q["access_token"], "t0k");
     let ts: i64 = q["timestamp"].parse().unwrap();
     let sign = eventflow::stages::webhook::format::dingtalk_sign("SECabc", ts);
-    assert_eq!(q["sign"], urlencode(&sign));
+    assert_eq!(q["sign"], sign);
     assert_eq!(got[1].body["msgtype"], "markdown");
     assert!(
         got[1].body["markdown"]["text"]
@@ -329,7 +221,7 @@ async fn dingtalk_is_signed_and_its_error_codes_are_read() {
     );
     topo.shutdown(Duration::from_secs(10)).await;
 
-    let (r, url) = receiver().await;
+    let (r, url) = Receiver::start();
     r.answer_body(
         200,
         None,
@@ -377,15 +269,6 @@ fn closed_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
-async fn receiver_on(port: u16) -> Receiver {
-    let r = Receiver::default();
-    let l = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .unwrap();
-    serve_on(l, r.clone()).await;
-    r
-}
-
 async fn queued(state: &str) -> u64 {
     let store = eventflow::stages::webhook::queue::Store::open(state)
         .await
@@ -416,8 +299,8 @@ fn durable() -> Value {
 
 #[tokio::test]
 async fn requests_run_in_parallel_up_to_max_in_flight() {
-    let (r, url) = receiver().await;
-    *r.delay.lock().unwrap() = Duration::from_millis(300);
+    let (r, url) = Receiver::start();
+    r.set_delay(Duration::from_millis(300));
     let (topo, feed) = pipeline(&url, json!({"max_in_flight": 4})).await;
     let started = Instant::now();
     let ack = feed
@@ -426,11 +309,7 @@ async fn requests_run_in_parallel_up_to_max_in_flight() {
     assert_eq!(ack.await.unwrap(), Status::Delivered);
     let took = started.elapsed();
     assert_eq!(r.got().len(), 8);
-    assert_eq!(
-        r.peak.load(Ordering::SeqCst),
-        4,
-        "at most 4 at once, and 4 used"
-    );
+    assert_eq!(r.peak(), 4, "at most 4 at once, and 4 used");
     assert!(
         took < Duration::from_millis(1500),
         "8 requests of 300 ms, 4 at a time, took {took:?}"
@@ -450,7 +329,7 @@ async fn durable_accepts_while_the_receiver_is_down_and_delivers_in_order_when_i
         assert_eq!(status.unwrap().unwrap(), Status::Delivered);
     }
     assert_eq!(queued(&state).await, 20);
-    let r = receiver_on(port).await;
+    let r = Receiver::on_port(port);
     wait_for("all delivered", Duration::from_secs(10), || {
         r.got().len() >= 20
     })
@@ -475,7 +354,7 @@ async fn durable_deliveries_resume_after_a_restart_in_the_same_batches() {
     topo.shutdown(Duration::from_secs(5)).await;
     assert_eq!(queued(&state).await, 10, "kept across the stop");
 
-    let r = receiver_on(port).await;
+    let r = Receiver::on_port(port);
     let (topo, _feed) = pipeline_with_state(&url, cfg, Some(&state)).await;
     wait_for("the queued events", Duration::from_secs(10), || {
         r.got()
@@ -534,7 +413,7 @@ async fn a_full_durable_queue_holds_events_back_instead_of_dropping_them() {
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(queued(&state).await, 5, "the bound holds");
     assert_eq!(acked.load(Ordering::SeqCst), 5, "the rest wait upstream");
-    let r = receiver_on(port).await;
+    let r = Receiver::on_port(port);
     for a in acks {
         assert_eq!(a.await.unwrap(), Status::Delivered);
     }
@@ -553,7 +432,7 @@ async fn a_full_durable_queue_holds_events_back_instead_of_dropping_them() {
 async fn failed_deliveries_go_to_dead_letters_that_the_cli_lists_shows_and_resends() {
     let dir = tempfile::tempdir().unwrap();
     let state = format!("sqlite://{}", dir.path().join("state.db").display());
-    let (r, url) = receiver().await;
+    let (r, url) = Receiver::start();
     r.answer(400, None, Duration::ZERO);
     // After the 400: only 500s, more than a 300 ms retry_for waits through.
     for _ in 0..100 {
@@ -568,7 +447,7 @@ async fn failed_deliveries_go_to_dead_letters_that_the_cli_lists_shows_and_resen
     }
     queue_empties(&state).await;
     topo.shutdown(Duration::from_secs(5)).await;
-    r.answers.lock().unwrap().clear();
+    r.clear_answers();
     let first_id = r.got()[0].delivery_id.clone();
 
     let pipeline = support::write(
@@ -638,9 +517,9 @@ async fn failed_deliveries_go_to_dead_letters_that_the_cli_lists_shows_and_resen
 async fn a_reload_that_changes_a_durable_webhook_sends_each_queued_event_once() {
     let dir = tempfile::tempdir().unwrap();
     let state = format!("sqlite://{}", dir.path().join("state.db").display());
-    let (old, old_url) = receiver().await;
-    *old.delay.lock().unwrap() = Duration::from_millis(50);
-    let (new, new_url) = receiver().await;
+    let (old, old_url) = Receiver::start();
+    old.set_delay(Duration::from_millis(50));
+    let (new, new_url) = Receiver::start();
     let (src, feed) = ChannelSource::new(4);
     let src: Arc<dyn eventflow::component::StageConfig> = Arc::new(src);
     let hook = |url: &str| -> Arc<dyn eventflow::component::StageConfig> {
@@ -688,7 +567,7 @@ async fn a_durable_backlog_goes_out_with_several_requests_in_flight() {
     // More batches in flight than the queue's database connections: each must still finish.
     let dir = tempfile::tempdir().unwrap();
     let state = format!("sqlite://{}", dir.path().join("state.db").display());
-    let (r, url) = receiver().await;
+    let (r, url) = Receiver::start();
     let mut cfg = durable();
     cfg["max_in_flight"] = json!(8);
     cfg["batch"] = json!({"max_events": 50, "max_wait": "20ms"});
@@ -722,20 +601,6 @@ async fn a_durable_backlog_goes_out_with_several_requests_in_flight() {
     all.sort();
     all.dedup();
     assert_eq!(all.len(), 20_000, "each event delivered");
-    assert!(r.peak.load(Ordering::SeqCst) > 1, "requests overlapped");
+    assert!(r.peak() > 1, "requests overlapped");
     topo.shutdown(Duration::from_secs(5)).await;
-}
-
-/// Percent-encodes a query value (as DingTalk expects its `sign`).
-fn urlencode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() * 3);
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                out.push(b as char)
-            }
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
 }

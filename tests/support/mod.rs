@@ -1,6 +1,10 @@
 //! Helpers for tests that drive the real `eventflow` binary.
 #![allow(dead_code)]
 
+pub mod receiver;
+#[allow(unused_imports)]
+pub use receiver::{Got, Receiver};
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -165,6 +169,20 @@ impl Running {
         let rest: Vec<String> = self.out.iter().collect();
         (status, rest)
     }
+
+    /// [`Running::stop`], asserting the run ended well (exit 0); a failure shows the logs.
+    pub fn stop_ok(mut self) -> Vec<String> {
+        self.signal("-TERM");
+        let status = self.child.wait().expect("wait");
+        let rest: Vec<String> = self.out.iter().collect();
+        self.seen_logs.extend(self.logs.try_iter());
+        assert!(
+            status.success(),
+            "eventflow ended with {status}; logs:\n{}",
+            self.seen_logs.join("\n")
+        );
+        rest
+    }
 }
 
 pub fn append(path: &Path, lines: &[String]) {
@@ -179,110 +197,40 @@ pub fn append(path: &Path, lines: &[String]) {
     f.flush().expect("flush");
 }
 
-/// One HTTP/1.1 request to `127.0.0.1:port`: (status, body). Status 0 when nothing answers.
+/// One HTTP request to `127.0.0.1:port`: (status, body). Status 0 when nothing answers.
 pub fn http(port: u16, method: &str, path: &str) -> (u16, String) {
     http_with(port, method, path, &[])
 }
 
-/// [`http`] with extra request headers.
+/// [`http`] with extra request headers. (On a thread of its own: the blocking client may not
+/// run inside an async test's runtime.)
 pub fn http_with(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return (0, String::new());
-    };
-    let extra: String = headers
-        .iter()
-        .map(|(k, v)| format!("{k}: {v}\r\n"))
-        .collect();
-    let _ = write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n"
-    );
-    let mut text = String::new();
-    let _ = s.read_to_string(&mut text);
-    let code = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-    (code, body)
-}
-
-/// A request a [`serve_receiver`] answered 200: its `X-Eventflow-Delivery-Id` and body.
-#[derive(Debug, Clone)]
-pub struct Received {
-    pub delivery_id: String,
-    pub body: String,
-}
-
-/// A minimal webhook receiver on `listener` (a thread): answers 500 to the first `failures`
-/// requests, then 200; returns the log of the requests it accepted.
-pub fn serve_receiver(
-    listener: std::net::TcpListener,
-    failures: usize,
-) -> std::sync::Arc<std::sync::Mutex<Vec<Received>>> {
-    serve_receiver_failing(listener, failures, "500 Internal Server Error")
-}
-
-/// [`serve_receiver`] answering `status` (e.g. "400 Bad Request") to the first `failures`.
-pub fn serve_receiver_failing(
-    listener: std::net::TcpListener,
-    failures: usize,
-    status: &'static str,
-) -> std::sync::Arc<std::sync::Mutex<Vec<Received>>> {
-    use std::io::Write;
-    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let accepted = log.clone();
-    std::thread::spawn(move || {
-        for (n, stream) in listener.incoming().enumerate() {
-            let Ok(mut s) = stream else { continue };
-            let Ok(read_half) = s.try_clone() else {
-                continue;
-            };
-            let mut reader = BufReader::new(read_half);
-            let mut len = 0usize;
-            let mut delivery_id = String::new();
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                let lower = line.to_ascii_lowercase();
-                if let Some(v) = lower.strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap_or(0);
-                }
-                if let Some(v) = lower.strip_prefix("x-eventflow-delivery-id:") {
-                    delivery_id = v.trim().to_string();
-                }
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let client = reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("HTTP client");
+            let method = reqwest::Method::from_bytes(method.as_bytes()).expect("HTTP method");
+            let mut req = client.request(method, format!("http://127.0.0.1:{port}{path}"));
+            for (k, v) in headers {
+                req = req.header(*k, *v);
             }
-            let mut body = vec![0u8; len];
-            let _ = std::io::Read::read_exact(&mut reader, &mut body);
-            let status = if n < failures {
-                status
-            } else {
-                if let Ok(mut l) = accepted.lock() {
-                    l.push(Received {
-                        delivery_id,
-                        body: String::from_utf8_lossy(&body).to_string(),
-                    });
-                }
-                "200 OK"
-            };
-            let _ = write!(
-                s,
-                "HTTP/1.1 {status}\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
-            );
-        }
-    });
-    log
+            match req.send() {
+                Ok(resp) => (resp.status().as_u16(), resp.text().unwrap_or_default()),
+                Err(_) => (0, String::new()),
+            }
+        })
+        .join()
+        .unwrap_or_default()
+    })
 }
 
-/// [`serve_receiver`] on a free port; returns its URL.
+/// A receiver on a free port that refuses the first `failures` requests with a 500; its URL.
 pub fn receiver(failures: usize) -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let url = format!("http://{}/hook", l.local_addr().expect("addr"));
-    let _ = serve_receiver(l, failures);
+    let (r, url) = receiver::Receiver::start();
+    let _ = r.failing_first(failures, 500);
     url
 }
 
