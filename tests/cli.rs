@@ -3,12 +3,9 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
 use support::*;
 
 fn lines_json(stdout: &[u8]) -> Vec<serde_json::Value> {
@@ -178,28 +175,6 @@ fn graph_prints_mermaid_and_dot() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("\"warnings\" -> \"print\";"));
 }
 
-/// Collects stderr lines in the background.
-fn stderr_lines(child: &mut std::process::Child) -> mpsc::Receiver<String> {
-    match child.stderr.take() {
-        Some(err) => lines_of(err),
-        None => mpsc::channel().1,
-    }
-}
-
-fn wait_for_line(rx: &mpsc::Receiver<String>, needle: &str, seen: &mut Vec<String>) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
-            let hit = l.contains(needle);
-            seen.push(l);
-            if hit {
-                return;
-            }
-        }
-    }
-    panic!("no log line with {needle:?}; saw:\n{}", seen.join("\n"));
-}
-
 #[test]
 fn sigterm_delivers_every_event_already_read_then_exits_0() {
     const N: usize = 3000;
@@ -214,31 +189,11 @@ fn sigterm_delivers_every_event_already_read_then_exits_0() {
             events.display()
         ),
     );
-    let mut child = bin()
-        .arg("--log-format=json")
-        .arg("run")
-        .arg(&pipeline)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let logs = stderr_lines(&mut child);
-    let mut seen = Vec::new();
     // Nobody reads stdout yet, so most events are still inside the pipeline when we signal.
-    wait_for_line(&logs, "reached the end of the file; following", &mut seen);
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    let mut stdout = String::new();
-    child
-        .stdout
-        .take()
-        .expect("stdout")
-        .read_to_string(&mut stdout)
-        .expect("read");
-    let status = child.wait().expect("wait");
-    assert!(status.success(), "exit status {status:?}");
+    let mut r = Running::start_unread(&[], &pipeline);
+    r.wait_log("reached the end of the file; following");
+    let (stdout, logs) = r.stop_ok();
+    let stdout = stdout.join("\n");
     let got = lines_json(stdout.as_bytes());
     assert_eq!(
         got.len(),
@@ -249,9 +204,9 @@ fn sigterm_delivers_every_event_already_read_then_exits_0() {
     uids.sort();
     uids.dedup();
     assert_eq!(uids.len(), N);
-    wait_for_line(&logs, "pipeline drained", &mut seen);
+    assert!(logs.iter().any(|l| l.contains("pipeline drained")));
     // JSON logs parse line by line.
-    for l in &seen {
+    for l in &logs {
         serde_json::from_str::<serde_json::Value>(l).expect("a JSON log line");
     }
 }
@@ -268,16 +223,8 @@ fn follow_reads_appended_lines_and_a_partial_line_when_it_completes() {
             events.display()
         ),
     );
-    let mut child = bin()
-        .arg("run")
-        .arg(&pipeline)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let logs = stderr_lines(&mut child);
-    let mut seen = Vec::new();
-    wait_for_line(&logs, "following", &mut seen);
+    let mut r = Running::start(&[], &pipeline);
+    r.wait_log("following");
     let mut f = std::fs::OpenOptions::new()
         .append(true)
         .open(&events)
@@ -285,20 +232,11 @@ fn follow_reads_appended_lines_and_a_partial_line_when_it_completes() {
     let second = sample_line(2, "Normal");
     write!(f, "{}\n{}", sample_line(1, "Normal"), &second[..40]).expect("append");
     f.flush().expect("flush");
-    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    out.read_line(&mut line).expect("line 1");
-    assert!(line.contains("\"uid\":\"uid-1\""), "{line}");
+    assert_eq!(r.next_event()["uid"], "uid-1");
     writeln!(f, "{}", &second[40..]).expect("append rest");
     f.flush().expect("flush");
-    line.clear();
-    out.read_line(&mut line).expect("line 2");
-    assert!(line.contains("\"uid\":\"uid-2\""), "{line}");
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(child.wait().expect("wait").success());
+    assert_eq!(r.next_event()["uid"], "uid-2");
+    let _ = r.stop_ok();
 }
 
 #[test]

@@ -65,12 +65,26 @@ pub fn lines_of(r: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String
     rx
 }
 
+/// A reader that reads nothing until its gate's sender is dropped.
+struct Gated<R>(Option<mpsc::Receiver<()>>, R);
+
+impl<R: std::io::Read> std::io::Read for Gated<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if let Some(gate) = self.0.take() {
+            let _ = gate.recv();
+        }
+        self.1.read(buf)
+    }
+}
+
 /// A running `eventflow run` with its stdout and stderr read line by line.
 pub struct Running {
     pub child: Child,
     pub out: mpsc::Receiver<String>,
     pub logs: mpsc::Receiver<String>,
     pub seen_logs: Vec<String>,
+    /// With [`Running::start_unread`]: stdout is read once this is dropped.
+    hold: Option<mpsc::Sender<()>>,
 }
 
 impl Running {
@@ -78,8 +92,26 @@ impl Running {
         Running::start_cmd(bin(), args, pipeline)
     }
 
+    /// [`Running::start`], but nothing reads stdout until [`Running::stop`]: the pipeline's
+    /// output backs up, so events are still inside it when the test acts.
+    pub fn start_unread(args: &[&str], pipeline: &Path) -> Running {
+        let (hold, gate) = mpsc::channel::<()>();
+        let mut r = Running::spawn(bin(), args, pipeline, Some(gate));
+        r.hold = Some(hold);
+        r
+    }
+
     /// [`Running::start`] with a command prepared by the caller (working directory, env).
-    pub fn start_cmd(mut cmd: Command, args: &[&str], pipeline: &Path) -> Running {
+    pub fn start_cmd(cmd: Command, args: &[&str], pipeline: &Path) -> Running {
+        Running::spawn(cmd, args, pipeline, None)
+    }
+
+    fn spawn(
+        mut cmd: Command,
+        args: &[&str],
+        pipeline: &Path,
+        gate: Option<mpsc::Receiver<()>>,
+    ) -> Running {
         let mut child = cmd
             .arg("--log-format=json")
             .arg("run")
@@ -89,13 +121,18 @@ impl Running {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn eventflow");
-        let out = lines_of(child.stdout.take().expect("stdout"));
+        let stdout = child.stdout.take().expect("stdout");
+        let out = match gate {
+            None => lines_of(stdout),
+            Some(gate) => lines_of(Gated(Some(gate), stdout)),
+        };
         let logs = lines_of(child.stderr.take().expect("stderr"));
         let mut r = Running {
             child,
             out,
             logs,
             seen_logs: Vec::new(),
+            hold: None,
         };
         r.wait_log("pipeline started");
         r
@@ -165,23 +202,26 @@ impl Running {
     /// SIGTERM, then the exit status and every remaining stdout line.
     pub fn stop(mut self) -> (std::process::ExitStatus, Vec<String>) {
         self.signal("-TERM");
+        self.hold = None;
         let status = self.child.wait().expect("wait");
         let rest: Vec<String> = self.out.iter().collect();
         (status, rest)
     }
 
-    /// [`Running::stop`], asserting the run ended well (exit 0); a failure shows the logs.
-    pub fn stop_ok(mut self) -> Vec<String> {
+    /// [`Running::stop`], asserting the run ended well (exit 0; a failure shows the logs):
+    /// every remaining stdout line, and every log line.
+    pub fn stop_ok(mut self) -> (Vec<String>, Vec<String>) {
         self.signal("-TERM");
-        let status = self.child.wait().expect("wait");
+        self.hold = None;
         let rest: Vec<String> = self.out.iter().collect();
-        self.seen_logs.extend(self.logs.try_iter());
+        let status = self.child.wait().expect("wait");
+        self.seen_logs.extend(self.logs.iter());
         assert!(
             status.success(),
             "eventflow ended with {status}; logs:\n{}",
             self.seen_logs.join("\n")
         );
-        rest
+        (rest, self.seen_logs)
     }
 }
 
