@@ -81,9 +81,6 @@ pub const RELOADS: &str = "eventflow_reloads_total";
 pub const RELOAD_OK: &str = "eventflow_config_last_reload_successful";
 pub const RELOAD_OK_TIME: &str = "eventflow_config_last_reload_success_timestamp_seconds";
 pub const RELOAD_SECONDS: &str = "eventflow_reload_duration_seconds";
-pub const PROCESS_RSS: &str = "process_resident_memory_bytes";
-pub const PROCESS_CPU: &str = "process_cpu_seconds_total";
-pub const PROCESS_FDS: &str = "process_open_fds";
 pub const READY: &str = "eventflow_ready";
 
 /// Buckets for every histogram (seconds): 100 µs to 60 s.
@@ -118,21 +115,15 @@ pub fn describe_engine() {
         READY,
         "1 while /readyz answers 200 (the pipeline runs and no source or sink has been failing past its threshold), else 0; set when /metrics is scraped."
     );
-    describe_gauge!(
-        PROCESS_RSS,
-        Unit::Bytes,
-        "Resident memory of the eventflow process."
-    );
-    describe_counter!(
-        PROCESS_CPU,
-        Unit::Seconds,
-        "CPU time used by the eventflow process (user + system)."
-    );
-    describe_gauge!(
-        PROCESS_FDS,
-        Unit::Count,
-        "Open file descriptors of the eventflow process."
-    );
+    process_collector().describe();
+}
+
+/// The standard Prometheus process metrics (`process_resident_memory_bytes`,
+/// `process_cpu_seconds_total`, `process_open_fds`, `process_max_fds`, `process_threads`,
+/// `process_start_time_seconds`, `process_virtual_memory_bytes`, ...), as the Go client has them.
+/// (A collector only holds the metric names: made where it is used, not kept.)
+fn process_collector() -> metrics_process::Collector {
+    metrics_process::Collector::default()
 }
 
 /// Records whether the process is ready (what `/readyz` answers).
@@ -155,35 +146,9 @@ pub fn reload(outcome: &'static str, seconds: f64) {
     }
 }
 
-/// Reads the process's memory, CPU time and open descriptors from /proc (Linux); elsewhere
-/// these metrics are absent.
+/// Reads the process metrics (on Linux, macOS, Windows and FreeBSD); call before rendering.
 pub fn update_process() {
-    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
-        // Fields after the command name (which may contain spaces) start after the last ')'.
-        let fields: Vec<&str> = stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .split_whitespace()
-            .collect();
-        // utime and stime are fields 14 and 15 of stat, i.e. 11 and 12 after the state field.
-        let ticks = 100.0; // USER_HZ on Linux
-        let cpu = fields
-            .get(11)
-            .and_then(|u| u.parse::<f64>().ok())
-            .unwrap_or(0.0)
-            + fields
-                .get(12)
-                .and_then(|s| s.parse::<f64>().ok())
-                .unwrap_or(0.0);
-        metrics::counter!(PROCESS_CPU).absolute((cpu / ticks) as u64);
-        if let Some(rss_pages) = fields.get(21).and_then(|r| r.parse::<f64>().ok()) {
-            metrics::gauge!(PROCESS_RSS).set(rss_pages * 4096.0);
-        }
-    }
-    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
-        metrics::gauge!(PROCESS_FDS).set(dir.count() as f64);
-    }
+    process_collector().collect();
 }
 
 pub const PROCESSING: &str = "eventflow_stage_processing_seconds";
