@@ -62,7 +62,7 @@ fn overhead(c: &mut Criterion) {
                 total,
             );
             total
-        })
+        });
     });
     // Instrumentation overhead: the same run with a Prometheus recorder installed (every
     // counter, gauge and histogram recorded as in `eventflow run`), interleaved with a run
@@ -83,7 +83,7 @@ fn overhead(c: &mut Criterion) {
                 total += on;
             }
             total
-        })
+        });
     });
     g.finish();
 }
@@ -107,7 +107,7 @@ fn run_overhead(rt: &tokio::runtime::Runtime, pool: &[Vec<Event>]) -> Duration {
         drop(feed);
         topo.shutdown(Duration::from_secs(60)).await;
         let d = start.elapsed();
-        assert_eq!(sink.get() as usize, sent / 2);
+        assert_eq!(usize::try_from(sink.get()).expect("count"), sent / 2);
         d
     })
 }
@@ -155,7 +155,7 @@ fn decode(c: &mut Criterion) {
                 d,
             );
             d
-        })
+        });
     });
     let file_cfg: Arc<FileConfig> = Arc::new(
         yaml::from_node(&yaml::parse(&format!("path: {}", path.display())).expect("yaml"))
@@ -204,7 +204,7 @@ fn decode(c: &mut Criterion) {
                 total,
             );
             total
-        })
+        });
     });
     g.finish();
 }

@@ -1,8 +1,8 @@
-//! The kube_events source against a bare `kube::runtime::watcher`, same fake API server, same
+//! The `kube_events` source against a bare `kube::runtime::watcher`, same fake API server, same
 //! stream, same run: N pre-created Events listed (pages of 500) over HTTP on 127.0.0.1.
-//! - source: kube_events -> counting sink, through the engine, until the sink has N events
+//! - source: `kube_events` -> counting sink, through the engine, until the sink has N events
 //!   (decode into the normalized event with the raw JSON kept, dedupe map, batches, acks,
-//!   checkpoint writes to SQLite in the background);
+//!   checkpoint writes to `SQLite` in the background);
 //! - baseline: `watcher(Api<core::v1::Event>)` until `InitDone` (k8s-openapi decoding).
 //!
 //! Both share the machine with the fake server, and both use the `eventflow` binary's allocator
@@ -140,7 +140,7 @@ fn bench(c: &mut Criterion) {
                 }),
                 ("bare kube::runtime::watcher", || run_bare(&s)),
             )
-        })
+        });
     });
     g.finish();
 }

@@ -59,7 +59,7 @@ fn reload(c: &mut Criterion) {
                 total += d;
             }
             total
-        })
+        });
     });
     println!("worst reload seen: {worst:?}");
     rt.block_on(async { topo.shutdown(Duration::from_secs(10)).await });

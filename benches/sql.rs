@@ -1,7 +1,7 @@
 //! The sql sink fed from memory against a baseline of raw sqlx multi-row INSERTs of the same
 //! rows (same columns, 500 rows per statement, one transaction per statement), same run.
-//! SQLite always; PostgreSQL and MariaDB when EVENTFLOW_TEST_POSTGRES_URL /
-//! EVENTFLOW_TEST_MYSQL_URL are set. Each iteration writes 20,000 events into a freshly created
+//! `SQLite` always; `PostgreSQL` and `MariaDB` when `EVENTFLOW_TEST_POSTGRES_URL` /
+//! `EVENTFLOW_TEST_MYSQL_URL` are set. Each iteration writes 20,000 events into a freshly created
 //! table (dropping and creating it is not timed), so both sides see the same table sizes.
 //! Ratios are printed at the end.
 
@@ -39,7 +39,9 @@ fn events(tag: u64) -> Vec<Vec<Event>> {
             Event::new(d, Finalizers::None)
         })
         .collect();
-    all.chunks(BATCH).map(|c| c.to_vec()).collect()
+    all.chunks(BATCH)
+        .map(<[eventflow::event::Event]>::to_vec)
+        .collect()
 }
 
 /// The baseline: plain sqlx, multi-row INSERT with `?`/`$n` placeholders, same columns.
@@ -67,9 +69,9 @@ async fn raw_insert(db: &Db, table: &str, batch: &[Event], tag: u64) {
                 sql.push_str(", ");
             }
             if pg {
-                sql.push_str(&format!("${n}"))
+                sql.push_str(&format!("${n}"));
             } else {
-                sql.push('?')
+                sql.push('?');
             }
         }
         sql.push(')');
@@ -123,7 +125,7 @@ async fn fresh_table(db: &Db, table: &str) {
     events::ensure_table(db, table).await.expect("create");
 }
 
-fn bench_backend(c: &mut Criterion, name: &'static str, url: String) {
+fn bench_backend(c: &mut Criterion, name: &'static str, url: &str) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -137,7 +139,7 @@ fn bench_backend(c: &mut Criterion, name: &'static str, url: String) {
     )
     .expect("cfg");
     let db = rt.block_on(async {
-        let db = Db::connect(&url, 2, Duration::from_secs(10))
+        let db = Db::connect(url, 2, Duration::from_secs(10))
             .await
             .expect("connect");
         events::ensure_table(&db, &table).await.expect("table");
@@ -169,7 +171,7 @@ fn bench_backend(c: &mut Criterion, name: &'static str, url: String) {
                 total,
             );
             total
-        })
+        });
     });
     g.bench_function("sink_upsert_batches", |b| {
         b.iter_custom(|iters| {
@@ -193,7 +195,7 @@ fn bench_backend(c: &mut Criterion, name: &'static str, url: String) {
                 total,
             );
             total
-        })
+        });
     });
     g.finish();
 }
@@ -203,14 +205,14 @@ fn sql(c: &mut Criterion) {
     bench_backend(
         c,
         "sqlite",
-        format!("sqlite://{}", dir.path().join("bench.db").display()),
+        &format!("sqlite://{}", dir.path().join("bench.db").display()),
     );
     for (name, var) in [
         ("postgres", "EVENTFLOW_TEST_POSTGRES_URL"),
         ("mysql", "EVENTFLOW_TEST_MYSQL_URL"),
     ] {
         match std::env::var(var) {
-            Ok(url) => bench_backend(c, name, url),
+            Ok(url) => bench_backend(c, name, &url),
             Err(_) => eprintln!("{name}: skipped ({var} not set)"),
         }
     }

@@ -1,6 +1,6 @@
 //! Keyed stages against their bare libraries, same keys, same run (one core):
 //! - dedup over 100,000 live keys vs bare moka `entry_by_ref().or_insert()`;
-//! - rate_limit over 100,000 keys vs bare governor `check_key`;
+//! - `rate_limit` over 100,000 keys vs bare governor `check_key`;
 //! - aggregate into 10,000 open groups (absolute rate).
 //!
 //! Ratios are printed at the end.
@@ -39,7 +39,7 @@ fn events(n: usize, groups: usize) -> Vec<Batch> {
                     object_name: format!("web-{}", i % groups),
                     reason: "BackOff".into(),
                     type_: "Warning".into(),
-                    count: (i / groups) as i64 + 1,
+                    count: i64::try_from(i / groups).expect("small") + 1,
                     message: "Back-off restarting failed container".into(),
                     ..EventData::default()
                 },
@@ -47,7 +47,9 @@ fn events(n: usize, groups: usize) -> Vec<Batch> {
             )
         })
         .collect();
-    all.chunks(512).map(|c| c.to_vec()).collect()
+    all.chunks(512)
+        .map(<[eventflow::event::Event]>::to_vec)
+        .collect()
 }
 
 fn keys() -> Vec<String> {
@@ -85,7 +87,7 @@ fn dedup(c: &mut Criterion) {
                 d,
             );
             d
-        })
+        });
     });
     let mut stage = Dedup::new(
         &cfg::<DedupConfig>("max_keys: 200000\nwindow: 1h"),
@@ -108,7 +110,7 @@ fn dedup(c: &mut Criterion) {
             let d = start.elapsed();
             record("dedup stage (100k live keys)", KEYS as u64 * iters, d);
             d
-        })
+        });
     });
     g.finish();
 }
@@ -134,7 +136,7 @@ fn rate_limit(c: &mut Criterion) {
                 d,
             );
             d
-        })
+        });
     });
     let mut stage = RateLimit::new(
         &cfg::<RateLimitConfig>("key: [uid]\nlimit: 1000000\nper: 1s\nmax_keys: 200000"),
@@ -156,7 +158,7 @@ fn rate_limit(c: &mut Criterion) {
             let d = start.elapsed();
             record("rate_limit stage (100k keys)", KEYS as u64 * iters, d);
             d
-        })
+        });
     });
     g.finish();
 }
@@ -182,7 +184,7 @@ fn aggregate(c: &mut Criterion) {
             }
             record("aggregate stage (10k groups)", KEYS as u64 * iters, total);
             total
-        })
+        });
     });
     g.finish();
 }

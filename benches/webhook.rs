@@ -4,7 +4,7 @@
 //! both back to back.
 //! - one event per request, one in flight (2,000 events);
 //! - 100 events per request (the seed's batch body; 100,000 events), 1 and 4 in flight;
-//! - the same with `durable: true` (SQLite queue in a temporary directory), 4 in flight.
+//! - the same with `durable: true` (`SQLite` queue in a temporary directory), 4 in flight.
 
 mod common;
 #[path = "../tests/support/receiver.rs"]
@@ -199,7 +199,7 @@ fn bench(c: &mut Criterion) {
                     }),
                     (&bare, || run_bare(&client, &url, case)),
                 )
-            })
+            });
         });
     }
     g.finish();

@@ -154,7 +154,7 @@ async fn reload(State(s): State<ApiState>, headers: HeaderMap) -> Response {
             .into_response();
     }
     match rx.await {
-        Ok(ReloadOutcome::Applied(summary)) | Ok(ReloadOutcome::Unchanged(summary)) => {
+        Ok(ReloadOutcome::Applied(summary) | ReloadOutcome::Unchanged(summary)) => {
             (StatusCode::OK, summary + "\n").into_response()
         }
         Ok(ReloadOutcome::Rejected(msg)) => (StatusCode::BAD_REQUEST, msg + "\n").into_response(),

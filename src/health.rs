@@ -35,7 +35,7 @@ pub struct StageHealth {
 pub struct Health(Arc<Map>);
 
 fn lock(m: &Map) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<StageHealth>>> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Health {
@@ -64,7 +64,10 @@ impl Health {
 
 impl StageHealth {
     fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
-        f(&mut self.state.lock().unwrap_or_else(|e| e.into_inner()))
+        f(&mut self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
     /// The source talks to its server successfully.

@@ -21,7 +21,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "Turns Kubernetes Events into actions through a declarative pipeline"
 )]
 struct Cli {
-    /// Log level (error, warn, info, debug, trace) or a full filter like RUST_LOG's.
+    /// Log level (error, warn, info, debug, trace) or a full filter like `RUST_LOG`'s.
     #[arg(long, global = true, env = "EVENTFLOW_LOG_LEVEL")]
     log_level: Option<String>,
     /// Log format.
@@ -127,12 +127,12 @@ fn parse_dur(s: &str) -> Result<Dur, String> {
 }
 
 fn init_logging(level: Option<&str>, format: LogFormat) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = match level {
         Some(l) => EnvFilter::try_new(l).unwrap_or_else(|_| EnvFilter::new("info")),
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
     };
-    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
@@ -197,7 +197,7 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Graph { pipeline, format } => Ok(print_graph(&pipeline, format)),
-        Command::DeadLetter { action } => dead_letter(action),
+        Command::DeadLetter { action } => dead_letter(&action),
         Command::Migrate { file, show_secrets } => migrate(&file, show_secrets),
     }
 }
@@ -207,20 +207,19 @@ fn run(
     pipeline: Option<&std::path::Path>,
     mut opts: eventflow::run::RunOptions,
 ) -> anyhow::Result<ExitCode> {
-    let loaded = match pipeline {
-        Some(path) => eventflow::load_file(path),
-        None => {
-            if let Err(e) = eventflow::kube_client::config_available() {
-                eprintln!(
-                    "{e}\n\nWithout a pipeline file, eventflow watches the current Kubernetes context. To try it without a cluster, run the bundled demo instead:\n    eventflow run pipelines/demo.yaml"
-                );
-                return Ok(ExitCode::FAILURE);
-            }
-            tracing::info!("no pipeline file given: running the embedded default pipeline");
-            eventflow::load_str(DEFAULT_PIPELINE, "<embedded default pipeline>", &|k| {
-                std::env::var(k).ok()
-            })
+    let loaded = if let Some(path) = pipeline {
+        eventflow::load_file(path)
+    } else {
+        if let Err(e) = eventflow::kube_client::config_available() {
+            eprintln!(
+                "{e}\n\nWithout a pipeline file, eventflow watches the current Kubernetes context. To try it without a cluster, run the bundled demo instead:\n    eventflow run pipelines/demo.yaml"
+            );
+            return Ok(ExitCode::FAILURE);
         }
+        tracing::info!("no pipeline file given: running the embedded default pipeline");
+        eventflow::load_str(DEFAULT_PIPELINE, "<embedded default pipeline>", &|k| {
+            std::env::var(k).ok()
+        })
     };
     let p = match loaded {
         Ok(p) => p,
@@ -325,7 +324,7 @@ fn migrate(path: &std::path::Path, show_secrets: bool) -> anyhow::Result<ExitCod
     }
 }
 
-fn dead_letter(action: DeadLetterAction) -> anyhow::Result<ExitCode> {
+fn dead_letter(action: &DeadLetterAction) -> anyhow::Result<ExitCode> {
     use eventflow::stages::webhook::dead_letter as dl;
     let path = match &action {
         DeadLetterAction::List { pipeline, .. }
@@ -362,7 +361,7 @@ fn dead_letter(action: DeadLetterAction) -> anyhow::Result<ExitCode> {
             DeadLetterAction::Delete { ids, .. } => dl::delete(&p, ids).await.map(|n| {
                 (
                     format!("{n} dead letters deleted\n"),
-                    n as usize == ids.len(),
+                    usize::try_from(n).is_ok_and(|n| n == ids.len()),
                 )
             }),
         }

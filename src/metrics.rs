@@ -139,8 +139,7 @@ pub fn reload(outcome: &'static str, seconds: f64) {
     if ok {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0);
+            .map_or(0.0, |d| d.as_secs_f64());
         metrics::gauge!(RELOAD_OK_TIME).set(now);
         metrics::histogram!(RELOAD_SECONDS).record(seconds);
     }

@@ -88,7 +88,7 @@ pub fn watch_file(
             // Debounce: wait until the directory has been quiet for a while.
             loop {
                 match tokio::time::timeout(debounce, rx.recv()).await {
-                    Ok(Some(())) => continue,
+                    Ok(Some(())) => {}
                     Ok(None) => return,
                     Err(_) => break,
                 }

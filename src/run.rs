@@ -286,8 +286,8 @@ impl Signals {
             }
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => "SIGINT",
-                _ = recv(&mut self.term) => "SIGTERM",
-                _ = recv(&mut self.hup) => "SIGHUP",
+                () = recv(&mut self.term) => "SIGTERM",
+                () = recv(&mut self.hup) => "SIGHUP",
             }
         }
         #[cfg(not(unix))]

@@ -33,6 +33,7 @@ impl PipelineBuilder {
 
     /// Adds a stage. `version` stands in for the YAML text: a different version is a changed
     /// stage for reload.
+    #[must_use]
     pub fn stage(
         mut self,
         id: &str,
@@ -68,7 +69,7 @@ impl PipelineBuilder {
                 id: id.to_string(),
                 type_name,
                 kind,
-                inputs: inputs.iter().map(|s| s.to_string()).collect(),
+                inputs: inputs.iter().map(|s| (*s).to_string()).collect(),
                 config,
                 node: n(Value::Map(map)),
                 pos: p,
@@ -78,6 +79,7 @@ impl PipelineBuilder {
     }
 
     /// Sets the `state` database (checkpoints, durable queues).
+    #[must_use]
     pub fn state(mut self, url: &str) -> Self {
         self.state = Some(crate::state::StateConfig {
             url: url.to_string(),
@@ -211,7 +213,7 @@ impl Source for ChannelSourceRun {
                         Some(batch) => cx.out.send(batch).await,
                         None => return Ok(()),
                     },
-                    _ = cx.shutdown.requested() => {
+                    () = cx.shutdown.requested() => {
                         // Stop taking new batches, but forward those already handed over:
                         // their finalizers are live, and dropping them would report them
                         // delivered.

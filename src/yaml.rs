@@ -57,7 +57,7 @@ impl PartialEq for Node {
 
 impl PartialEq for Value {
     fn eq(&self, other: &Self) -> bool {
-        use Value::*;
+        use Value::{Bool, Float, Int, Map, Null, Seq, Str, UInt};
         match (self, other) {
             (Null, Null) => true,
             (Bool(a), Bool(b)) => a == b,
@@ -122,8 +122,7 @@ impl Node {
             Value::Int(i) => (*i).into(),
             Value::UInt(u) => (*u).into(),
             Value::Float(f) => serde_json::Number::from_f64(*f)
-                .map(serde_json::Value::Number)
-                .unwrap_or(serde_json::Value::Null),
+                .map_or(serde_json::Value::Null, serde_json::Value::Number),
             Value::Str(s) => s.clone().into(),
             Value::Seq(items) => items.iter().map(Node::to_json).collect(),
             Value::Map(m) => m
@@ -317,9 +316,7 @@ pub fn interpolate(
             let valid = !name.is_empty()
                 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
                 && !name.starts_with(|c: char| c.is_ascii_digit());
-            if !valid {
-                errors.push(format!("`${{{expr}}}` is not a valid variable reference (expected ${{NAME}} or ${{NAME:-default}})"));
-            } else {
+            if valid {
                 match (lookup(name), default) {
                     (Some(v), _) => out.push_str(&v),
                     (None, Some(d)) => out.push_str(d),
@@ -327,6 +324,8 @@ pub fn interpolate(
                         "environment variable `{name}` is not set (write `${{{name}:-default}}` to give a default)"
                     )),
                 }
+            } else {
+                errors.push(format!("`${{{expr}}}` is not a valid variable reference (expected ${{NAME}} or ${{NAME:-default}})"));
             }
             rest = &body[end + 1..];
         } else {
@@ -416,7 +415,7 @@ macro_rules! forward_to_any {
     )* };
 }
 
-impl<'de, 'a> Deserializer<'de> for NodeDeserializer<'a> {
+impl<'de> Deserializer<'de> for NodeDeserializer<'_> {
     type Error = DeError;
 
     fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
@@ -566,7 +565,7 @@ struct NodeSeq<'a> {
     index: usize,
 }
 
-impl<'de, 'a> SeqAccess<'de> for NodeSeq<'a> {
+impl<'de> SeqAccess<'de> for NodeSeq<'_> {
     type Error = DeError;
     fn next_element_seed<T: DeserializeSeed<'de>>(
         &mut self,
@@ -591,7 +590,7 @@ struct NodeMap<'a> {
     current: Option<(&'a str, &'a Node)>,
 }
 
-impl<'de, 'a> MapAccess<'de> for NodeMap<'a> {
+impl<'de> MapAccess<'de> for NodeMap<'_> {
     type Error = DeError;
     fn next_key_seed<K: DeserializeSeed<'de>>(
         &mut self,
@@ -639,7 +638,7 @@ impl<'de, 'a> de::EnumAccess<'de> for NodeEnum<'a> {
 
 struct NodeDeserializerVariant<'a>(&'a Node);
 
-impl<'de, 'a> de::VariantAccess<'de> for NodeDeserializerVariant<'a> {
+impl<'de> de::VariantAccess<'de> for NodeDeserializerVariant<'_> {
     type Error = DeError;
     fn unit_variant(self) -> Result<(), DeError> {
         Ok(())

@@ -64,7 +64,11 @@ fn the_demo_prints_the_warnings_outside_kube_system() {
     );
     let distinct: std::collections::HashSet<&str> =
         got.iter().filter_map(|e| e["uid"].as_str()).collect();
-    assert_eq!(rows as usize, distinct.len(), "one row per Event object");
+    assert_eq!(
+        usize::try_from(rows).expect("count"),
+        distinct.len(),
+        "one row per Event object"
+    );
     assert!(want.len() >= 40);
     for e in &got {
         assert_eq!(e["cluster"], "demo");
@@ -201,7 +205,7 @@ fn sigterm_delivers_every_event_already_read_then_exits_0() {
         "every event read before the signal reaches the sink, once"
     );
     let mut uids: Vec<&str> = got.iter().filter_map(|e| e["uid"].as_str()).collect();
-    uids.sort();
+    uids.sort_unstable();
     uids.dedup();
     assert_eq!(uids.len(), N);
     assert!(logs.iter().any(|l| l.contains("pipeline drained")));
@@ -295,7 +299,7 @@ fn a_real_event_list_and_an_array_of_both_api_versions_replay() {
             .expect("read"),
     )
     .expect("json");
-    let n = list["items"].as_array().map_or(0, |a| a.len());
+    let n = list["items"].as_array().map_or(0, std::vec::Vec::len);
     let got = lines_json(&out.stdout);
     assert_eq!(got.len(), n + 1);
     assert_eq!(got.iter().filter(|e| e["cluster"] == "minikube").count(), n);

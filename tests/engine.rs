@@ -118,7 +118,7 @@ async fn a_stuck_sink_slows_the_source_instead_of_growing_memory() {
         for i in 0..1000 {
             feed.send_plain(vec![eventflow::event::Event::new(
                 event(&i.to_string()),
-                Default::default(),
+                eventflow::event::Finalizers::default(),
             )])
             .await;
             acc.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -202,7 +202,7 @@ async fn replacing_a_middle_stage_while_events_flow_loses_and_repeats_nothing() 
                 .map(|i| {
                     eventflow::event::Event::new(
                         event(&(chunk * 100 + i).to_string()),
-                        Default::default(),
+                        eventflow::event::Finalizers::default(),
                     )
                 })
                 .collect();

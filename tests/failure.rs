@@ -1,7 +1,7 @@
 //! A stage that fails while the pipeline runs never acknowledges its events: the process stops
 //! with a non-zero exit, nothing it held is checkpointed, and a restart delivers every event.
 //! The crash is a real panic inside the real binary (`EVENTFLOW_FAULT_PANIC`, a hook compiled
-//! into debug builds only), with `kube_events` upstream against the fake API server, a SQLite
+//! into debug builds only), with `kube_events` upstream against the fake API server, a `SQLite`
 //! sink and a webhook to a local receiver.
 
 mod support;
@@ -234,7 +234,7 @@ fn exec(db: &Path, sql: &'static str) {
             .expect("connect");
         sqlx::query(sql).execute(&pool).await.expect(sql);
         pool.close().await;
-    })
+    });
 }
 
 /// A row the database refuses is counted and the run goes on, but its version is not

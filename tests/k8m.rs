@@ -1,5 +1,5 @@
 //! The seed's `eventhandler.yaml` (the k8m event handler's format) runs unchanged: the seed
-//! document's own example, verbatim, against the fake API server with SQLite and a table the
+//! document's own example, verbatim, against the fake API server with `SQLite` and a table the
 //! seed created; a webhook with the seed's reverse rules, its batch body and its
 //! `processed`/`attempts` columns; hot reload of the seed file; the seed's validation; and
 //! `eventflow migrate`, whose output loads to the same pipeline.
@@ -15,7 +15,7 @@ use support::*;
 
 const EXAMPLE: &str = "tests/data/k8m/eventhandler.yaml";
 
-/// (evt_key, namespace, reason, type, processed, attempts) of every row.
+/// (`evt_key`, namespace, reason, type, processed, attempts) of every row.
 type SeedRow = (String, String, String, String, bool, i64);
 
 fn rows(db: &Path) -> Vec<SeedRow> {

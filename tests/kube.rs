@@ -1,4 +1,4 @@
-//! The kube_events source against the fake API server, through the real kube client over HTTP:
+//! The `kube_events` source against the fake API server, through the real kube client over HTTP:
 //! each change once, nothing lost across restarts, retries with backoff, TTL deletes ignored,
 //! bad data skipped, both APIs, token auth, several clusters.
 
@@ -53,6 +53,8 @@ impl Env {
     }
 }
 
+// Called with `json!(..)` literals.
+#[allow(clippy::needless_pass_by_value)]
 fn config(kubeconfig: &Path, extra: serde_json::Value) -> Arc<KubeEventsConfig> {
     let mut v = json!({"kubeconfig": kubeconfig, "backoff": {"initial": "100ms", "max": "1s"}});
     if let (Some(m), Some(e)) = (v.as_object_mut(), extra.as_object()) {
@@ -118,7 +120,7 @@ async fn lists_in_pages_then_emits_creates_and_changes_but_not_deletes() {
         .fake
         .requests()
         .into_iter()
-        .filter(|r| r.is_list())
+        .filter(fake_apiserver::Recorded::is_list)
         .collect();
     assert_eq!(lists.len(), 3, "5 events in pages of 2");
     assert!(lists[1].has_continue() && lists[2].has_continue());
@@ -158,7 +160,7 @@ async fn closed_aborted_and_expired_watches_resume_without_duplicates() {
         env.fake.close_watches(mode);
         assert!(
             env.fake
-                .wait_for_requests(watches + 1, |r| r.is_watch(), T)
+                .wait_for_requests(watches + 1, fake_apiserver::Recorded::is_watch, T)
                 .await
         );
         env.create(&format!("after-close-{i}.1"), "Normal");
@@ -171,7 +173,7 @@ async fn closed_aborted_and_expired_watches_resume_without_duplicates() {
     env.fake.close_watches(CloseMode::Graceful);
     assert!(
         env.fake
-            .wait_for_requests(lists + 1, |r| r.is_list(), T)
+            .wait_for_requests(lists + 1, fake_apiserver::Recorded::is_list, T)
             .await
     );
     env.create("after-410.1", "Normal");
@@ -228,7 +230,9 @@ async fn a_watch_that_closes_at_once_is_backed_off_then_relisted() {
     let (topo, sink) = start(&env, config(&env.kubeconfig, json!({}))).await;
     settle(&sink, 1).await;
     assert!(
-        env.fake.wait_for_requests(2, |r| r.is_list(), T).await,
+        env.fake
+            .wait_for_requests(2, fake_apiserver::Recorded::is_list, T)
+            .await,
         "relisted after 3 empty watches"
     );
     assert!(env.fake.wait_for_watchers(1, T).await);

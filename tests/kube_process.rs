@@ -72,7 +72,7 @@ async fn kill_9_mid_stream_then_restart_loses_nothing() {
     tokio::task::block_in_place(|| {
         wait_until("every event stored", Duration::from_secs(30), || {
             uids_in(&db) == created
-        })
+        });
     });
     eprintln!(
         "rows after the kill: {after_kill}; after the restart: {}",
@@ -108,7 +108,7 @@ async fn forbidden_names_the_permission_and_readiness_follows_the_api_server() {
     tokio::task::block_in_place(|| {
         wait_until("ready", Duration::from_secs(10), || {
             get(port, "/readyz").0 == 200
-        })
+        });
     });
 
     // The API server starts answering 500: after unready_after, not ready; then it recovers.
@@ -127,7 +127,7 @@ async fn forbidden_names_the_permission_and_readiness_follows_the_api_server() {
     tokio::task::block_in_place(|| {
         wait_until("not ready", Duration::from_secs(10), || {
             get(port, "/readyz").0 == 503
-        })
+        });
     });
     let (_, body) = get(port, "/readyz");
     assert!(body.contains("stage `k8s`: failing for"), "{body}");
@@ -135,7 +135,7 @@ async fn forbidden_names_the_permission_and_readiness_follows_the_api_server() {
     tokio::task::block_in_place(|| {
         wait_until("ready again", Duration::from_secs(10), || {
             get(port, "/readyz").0 == 200
-        })
+        });
     });
     let (status, _) = tokio::task::block_in_place(|| r.stop());
     assert!(status.success());
@@ -248,7 +248,7 @@ async fn a_durable_webhook_killed_during_an_outage_delivers_everything_after_a_r
     tokio::task::block_in_place(|| {
         wait_until("100 events queued", Duration::from_secs(30), || {
             queued(&state, "hook") == 100
-        })
+        });
     });
     // More events while the receiver is still down, then kill -9 in the middle of them.
     for i in 100..150 {
@@ -270,7 +270,7 @@ async fn a_durable_webhook_killed_during_an_outage_delivers_everything_after_a_r
                 .map(uid_of)
                 .collect::<std::collections::BTreeSet<_>>()
                 == created
-        })
+        });
     });
     let all = received();
     let ids: std::collections::BTreeSet<&str> =

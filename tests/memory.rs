@@ -107,7 +107,7 @@ fn memory_is_bounded_by_configuration() {
             "{}",
             text.lines()
                 .filter(|l| l.contains("RSS") || l.contains("grew"))
-                .map(|l| format!("{l}\n"))
+                .flat_map(|l| [l, "\n"])
                 .collect::<String>()
         );
         assert!(
@@ -199,9 +199,13 @@ fn child_kube_seen() {
     let mut evicted = 0;
     for i in 0..KEYS + 200_000 {
         let uid = format!("0b6f3c52-8f0e-4d8a-9d5c-{i:012x}");
-        if let eventflow::stages::kube_events::Admission::New { evicted: gone } =
-            seen.admit(&uid, &(48_000_000 + i).to_string(), i as i64, 0, 1)
-        {
+        if let eventflow::stages::kube_events::Admission::New { evicted: gone } = seen.admit(
+            &uid,
+            &(48_000_000 + i).to_string(),
+            i64::try_from(i).expect("small"),
+            0,
+            1,
+        ) {
             evicted += gone.len();
         }
     }

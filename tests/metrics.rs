@@ -1,6 +1,9 @@
 //! The metrics a user scrapes: values after a known run, and `promtool check metrics` on the
 //! output of an engine that ran events through every stage type that exists.
 
+// Metric values that count are whole numbers: compared exactly.
+#![allow(clippy::float_cmp)]
+
 mod support;
 
 use std::time::Duration;
@@ -19,6 +22,8 @@ fn value(body: &str, series: &str) -> f64 {
 }
 
 #[test]
+// One known run, every counter it moves checked against it.
+#[allow(clippy::too_many_lines)]
 fn counters_match_a_known_run_and_promtool_accepts_the_output() {
     let dir = tempfile::tempdir().expect("tmp");
     let hook = receiver(2);

@@ -1,4 +1,6 @@
 //! Hot reload through the real binary: edits on disk, SIGHUP and `POST /-/reload`.
+// Metric values that count are whole numbers: compared exactly.
+#![allow(clippy::float_cmp)]
 
 mod support;
 
@@ -61,14 +63,14 @@ fn a_sink_added_then_removed() {
     let log = r.wait_log("reload applied");
     assert!(log.contains("\"added\":\"[\\\"raw_out\\\"]\""), "{log}");
     append(&events, &[sample_line(1, "Warning")]);
-    let a = r.next_event();
-    let b = r.next_event();
+    let first = r.next_event();
+    let second = r.next_event();
     assert_eq!(
-        (a["uid"].as_str(), b["uid"].as_str()),
+        (first["uid"].as_str(), second["uid"].as_str()),
         (Some("uid-1"), Some("uid-1"))
     );
     assert_eq!(
-        [&a, &b].iter().filter(|e| e.get("raw").is_some()).count(),
+        [&first, &second].iter().filter(|e| e.get("raw").is_some()).count(),
         1,
         "one copy from each sink"
     );
@@ -490,7 +492,7 @@ fn a_reloaded_file_that_cannot_run_is_refused_and_the_pipeline_keeps_running() {
     assert!(r.stop().0.success());
 }
 
-/// The kubelet's update of a mounted ConfigMap, as it does it: a new timestamped directory,
+/// The kubelet's update of a mounted `ConfigMap`, as it does it: a new timestamped directory,
 /// a new `..data` symlink renamed over the old one, the old directory removed. Ten updates
 /// while events flow: each is reloaded exactly once, the new config is in effect, and every
 /// event comes out exactly once.

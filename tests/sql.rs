@@ -1,5 +1,5 @@
-//! The sql sink against real databases: SQLite files always; PostgreSQL and MariaDB when
-//! EVENTFLOW_TEST_POSTGRES_URL / EVENTFLOW_TEST_MYSQL_URL are set (CI sets them; elsewhere
+//! The sql sink against real databases: `SQLite` files always; `PostgreSQL` and `MariaDB` when
+//! `EVENTFLOW_TEST_POSTGRES_URL` / `EVENTFLOW_TEST_MYSQL_URL` are set (CI sets them; elsewhere
 //! these tests say on stderr that they skipped those backends). The same suite runs on each.
 
 mod support;
@@ -53,8 +53,7 @@ fn table_name(test: &str) -> String {
 fn rand_suffix() -> String {
     let n: u32 = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
+        .map_or(0, |d| d.subsec_nanos());
     format!("{:x}{:x}", std::process::id(), n)
 }
 
@@ -140,7 +139,7 @@ async fn rows(db: &Db, table: &str) -> Vec<Row> {
                         .expect("rv")
                         .unwrap_or_default(),
                     processed: r.try_get(6).expect("processed"),
-                    attempts: r.try_get::<i32, _>(7).expect("attempts") as i64,
+                    attempts: i64::from(r.try_get::<i32, _>(7).expect("attempts")),
                     kind: r
                         .try_get::<Option<String>, _>(8)
                         .expect("kind")
@@ -483,12 +482,7 @@ fn kill_9_mid_stream_loses_no_committed_row_and_a_replay_completes_the_table() {
         let count = || -> i64 {
             rt.block_on(async {
                 let db = connect(&b.url).await;
-                if db
-                    .columns(&table)
-                    .await
-                    .map(|c| c.is_empty())
-                    .unwrap_or(true)
-                {
+                if db.columns(&table).await.map_or(true, |c| c.is_empty()) {
                     return 0;
                 }
                 let sql = format!("SELECT COUNT(*) FROM {table}");
@@ -549,7 +543,7 @@ fn kill_9_mid_stream_loses_no_committed_row_and_a_replay_completes_the_table() {
         assert!(status.success(), "{}", b.name);
         assert_eq!(
             count(),
-            N as i64,
+            i64::try_from(N).expect("small"),
             "{}: every event once (upsert by key), none twice",
             b.name
         );
@@ -650,7 +644,7 @@ async fn webhook_queue_and_dead_letters_on_every_backend() {
     }
 }
 
-/// The seed's DSN forms reach the real servers: libpq's `key=value` form for PostgreSQL and
+/// The seed's DSN forms reach the real servers: libpq's `key=value` form for `PostgreSQL` and
 /// the Go driver's `user:password@tcp(host:port)/db?params` for MySQL/MariaDB, built from the
 /// test servers' URLs, are translated and connect.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

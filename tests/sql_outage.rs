@@ -1,6 +1,6 @@
 //! The database stops mid-stream and comes back: the sql sink keeps its batch, retries with
 //! backoff, acknowledges nothing early, and every event is in the table afterwards. This stops
-//! and starts the real PostgreSQL and MariaDB servers, so it runs as root with the server URLs
+//! and starts the real `PostgreSQL` and `MariaDB` servers, so it runs as root with the server URLs
 //! set (CI); elsewhere it says on stderr what it skipped. One test binary, one test: nothing
 //! else uses the servers while they are down.
 
@@ -20,8 +20,7 @@ fn run(cmd: &str) -> bool {
         .arg("-c")
         .arg(cmd)
         .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
+        .is_ok_and(|s| s.success())
 }
 
 fn pg_cluster() -> Option<String> {
@@ -105,8 +104,7 @@ async fn the_database_stops_mid_stream_and_every_event_is_stored_after_it_return
     let root = Command::new("id")
         .arg("-u")
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false);
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
     let mut ran = 0;
     match (
         std::env::var("EVENTFLOW_TEST_POSTGRES_URL"),

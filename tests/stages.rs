@@ -1,4 +1,4 @@
-//! dedup, aggregate and rate_limit running in the real engine, with tokio's paused clock.
+//! dedup, aggregate and `rate_limit` running in the real engine, with tokio's paused clock.
 
 use std::sync::Arc;
 use std::time::Duration;

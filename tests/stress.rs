@@ -12,7 +12,7 @@
 //!   every tenth one is also applied as a reload to a running pipeline.
 //!
 //! Sources read the bundled samples from a file (and, for `kube_events`, a fake API server);
-//! sinks write to SQLite files and to a local HTTP receiver. The figures (files tried, runs,
+//! sinks write to `SQLite` files and to a local HTTP receiver. The figures (files tried, runs,
 //! panics, hangs, peak RSS) are printed; run with `--nocapture` to see them.
 
 mod support;
@@ -77,7 +77,7 @@ impl World {
     }
 
     /// A pipeline with every stage type but `kube_events` and `stdout`: file -> filter ->
-    /// dedup -> aggregate -> rate_limit -> sql + webhook (+ a durable webhook).
+    /// dedup -> aggregate -> `rate_limit` -> sql + webhook (+ a durable webhook).
     fn everything(&mut self) -> String {
         let (db, state) = (self.db(), self.db());
         format!(
@@ -447,11 +447,6 @@ fn run_for_a_while(t: &mut Tally, p: Pipeline, name: &str) {
 
 /// One mutation of `text`.
 fn mutate(rng: &mut StdRng, text: &str) -> String {
-    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
-    if lines.is_empty() {
-        return text.to_string();
-    }
-    let i = rng.random_range(0..lines.len());
     const ODD: [&str; 14] = [
         "",
         "~",
@@ -468,6 +463,11 @@ fn mutate(rng: &mut StdRng, text: &str) -> String {
         "'('",
         "\"${MISSING}\"",
     ];
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    if lines.is_empty() {
+        return text.to_string();
+    }
+    let i = rng.random_range(0..lines.len());
     match rng.random_range(0..9) {
         0 | 1 => {
             // Replace a value with a boundary value or an odd token.

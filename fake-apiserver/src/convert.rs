@@ -237,7 +237,7 @@ impl Selector {
 /// `resourceVersion` and `creationTimestamp` are set by the server on create.
 pub fn sample_event(ns: &str, name: &str, reason: &str, type_: &str, message: &str) -> Value {
     let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
-    let object = name.rsplit_once('.').map(|(o, _)| o).unwrap_or(name);
+    let object = name.rsplit_once('.').map_or(name, |(o, _)| o);
     json!({
         "metadata": {"name": name, "namespace": ns},
         "involvedObject": {"kind": "Pod", "namespace": ns, "name": object,

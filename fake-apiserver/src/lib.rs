@@ -168,7 +168,9 @@ pub(crate) struct Shared {
 impl Shared {
     pub fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock is a bug in the fake; keep serving anyway.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -211,7 +213,7 @@ impl State {
         format!(
             "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
             (s >> 32) as u32,
-            (s >> 16) as u16,
+            u16::try_from((s >> 16) & 0xffff).unwrap_or(0),
             (n >> 48) & 0xfff,
             (n >> 36) & 0xfff,
             n & 0xffff_ffff_ffff
@@ -366,8 +368,7 @@ impl FakeApiServer {
         let (kick, _) = broadcast::channel(16);
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 rv: 1000,
@@ -455,8 +456,8 @@ impl FakeApiServer {
     }
 
     /// Merge-patches an Event.
-    pub fn patch(&self, ns: &str, name: &str, patch: Value) -> Result<Value, WriteError> {
-        self.with(|s, tx| s.patch(tx, ns, name, &patch))
+    pub fn patch(&self, ns: &str, name: &str, patch: &Value) -> Result<Value, WriteError> {
+        self.with(|s, tx| s.patch(tx, ns, name, patch))
     }
 
     /// Deletes an Event.
@@ -520,7 +521,7 @@ impl FakeApiServer {
                 reason: reason.to_string(),
                 message: message.to_string(),
                 raw_body: None,
-            })
+            });
         });
     }
 

@@ -19,7 +19,7 @@ struct Args {
     /// Require this bearer token (and put it in the kubeconfig).
     #[arg(long)]
     token: Option<String>,
-    /// Pre-load Events from a JSON EventList or array (core/v1 or events.k8s.io/v1 shapes).
+    /// Pre-load Events from a JSON `EventList` or array (core/v1 or events.k8s.io/v1 shapes).
     #[arg(long)]
     load: Option<PathBuf>,
     /// After loading, bump the count of a random loaded Event every this many milliseconds.
@@ -74,7 +74,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .to_string();
             // A later version of an Event already loaded (the same name) is a change to it.
             let r = match server.create(&ns, item.clone()) {
-                Err(e) if e.code == 409 => server.patch(&ns, &name, item),
+                Err(e) if e.code == 409 => server.patch(&ns, &name, &item),
                 other => other,
             };
             match r {

@@ -44,7 +44,7 @@ fn error(code: u16, reason: &str, message: &str) -> Response {
     json_response(code, &status(code, reason, message))
 }
 
-fn write_error(e: WriteError) -> Response {
+fn write_error(e: &WriteError) -> Response {
     error(e.code, e.reason, &e.message)
 }
 
@@ -241,7 +241,7 @@ async fn pre(
             query: query.to_string(),
             params: params.clone(),
             authorization: authorization.clone(),
-            at_ms: shared.started.elapsed().as_millis() as u64,
+            at_ms: u64::try_from(shared.started.elapsed().as_millis()).unwrap_or(u64::MAX),
         });
         let delay = g
             .faults
@@ -296,21 +296,20 @@ fn verdict(
         .position(|x| x.op == op || x.op == Op::Any)?;
     let x = f.fail_next.remove(idx)?;
     let code = StatusCode::from_u16(x.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    Some(match x.raw_body {
-        Some(text) => (code, text).into_response(),
-        None => {
-            let reason = if x.reason.is_empty() {
-                "InternalError"
-            } else {
-                &x.reason
-            };
-            let msg = if x.message.is_empty() {
-                "injected failure"
-            } else {
-                &x.message
-            };
-            error(x.status, reason, msg)
-        }
+    Some(if let Some(text) = x.raw_body {
+        (code, text).into_response()
+    } else {
+        let reason = if x.reason.is_empty() {
+            "InternalError"
+        } else {
+            &x.reason
+        };
+        let msg = if x.message.is_empty() {
+            "injected failure"
+        } else {
+            &x.message
+        };
+        error(x.status, reason, msg)
     })
 }
 
@@ -357,46 +356,43 @@ fn list(shared: &Arc<Shared>, target: &Target, params: &BTreeMap<String, String>
         .and_then(|l| l.parse::<usize>().ok())
         .filter(|l| *l > 0);
     let mut g = shared.lock();
-    let (snap_rv, items, offset) = match params.get("continue") {
-        Some(token) => {
-            let decoded = base64::engine::general_purpose::STANDARD
-                .decode(token)
-                .ok()
-                .and_then(|b| String::from_utf8(b).ok())
-                .and_then(|s| {
-                    let (rv, off) = s.split_once(':')?;
-                    Some((rv.parse::<u64>().ok()?, off.parse::<usize>().ok()?))
-                });
-            let expired = std::mem::take(&mut g.faults.expire_continue_tokens);
-            match decoded {
-                Some((rv, off)) if !expired && rv >= g.compacted_rv => match g.snapshots.get(&rv) {
-                    Some(items) => (rv, items.clone(), off),
-                    None => return expired_continue(),
-                },
-                Some(_) => return expired_continue(),
-                None => return error(400, "BadRequest", "invalid continue token"),
-            }
+    let (snap_rv, items, offset) = if let Some(token) = params.get("continue") {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(token)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|s| {
+                let (rv, off) = s.split_once(':')?;
+                Some((rv.parse::<u64>().ok()?, off.parse::<usize>().ok()?))
+            });
+        let expired = std::mem::take(&mut g.faults.expire_continue_tokens);
+        match decoded {
+            Some((rv, off)) if !expired && rv >= g.compacted_rv => match g.snapshots.get(&rv) {
+                Some(items) => (rv, items.clone(), off),
+                None => return expired_continue(),
+            },
+            Some(_) => return expired_continue(),
+            None => return error(400, "BadRequest", "invalid continue token"),
         }
-        None => {
-            let items: Vec<Value> = g
-                .objects
-                .values()
-                .filter(|o| matches(o))
-                .map(|o| to_flavor(o, target.flavor, false))
-                .collect();
-            let rv = g.rv;
-            let items = Arc::new(items);
-            if limit.is_some_and(|l| items.len() > l) {
-                g.snapshots.insert(rv, items.clone());
-                if g.snapshots.len() > 64 {
-                    let oldest = g.snapshots.keys().min().copied();
-                    if let Some(k) = oldest {
-                        g.snapshots.remove(&k);
-                    }
+    } else {
+        let items: Vec<Value> = g
+            .objects
+            .values()
+            .filter(|o| matches(o))
+            .map(|o| to_flavor(o, target.flavor, false))
+            .collect();
+        let rv = g.rv;
+        let items = Arc::new(items);
+        if limit.is_some_and(|l| items.len() > l) {
+            g.snapshots.insert(rv, items.clone());
+            if g.snapshots.len() > 64 {
+                let oldest = g.snapshots.keys().min().copied();
+                if let Some(k) = oldest {
+                    g.snapshots.remove(&k);
                 }
             }
-            (rv, items, 0)
         }
+        (rv, items, 0)
     };
     drop(g);
     let end = limit.map_or(items.len(), |l| (offset + l).min(items.len()));
@@ -483,7 +479,7 @@ fn write(shared: &Arc<Shared>, method: &Method, target: &Target, body: &Bytes) -
     shared.changed.notify_waiters();
     match result {
         Ok((code, o)) => json_response(code, &to_flavor(&o, target.flavor, true)),
-        Err(e) => write_error(e),
+        Err(e) => write_error(&e),
     }
 }
 
@@ -518,6 +514,8 @@ impl Drop for WatchGuard {
     }
 }
 
+// The watch request as the API server answers it, step by step: one place to read it whole.
+#[allow(clippy::too_many_lines)]
 fn watch(shared: &Arc<Shared>, target: &Target, params: &BTreeMap<String, String>) -> Response {
     let (fields, labels) = match selectors(target, params) {
         Ok(s) => s,
@@ -586,7 +584,7 @@ fn watch(shared: &Arc<Shared>, target: &Target, params: &BTreeMap<String, String
             ));
             err410 = true;
         } else {
-            for (rv, ty, o) in g.history.iter() {
+            for (rv, ty, o) in &g.history {
                 if *rv > from && matches(o) {
                     backlog.push(line(ty, &to_flavor(o, flavor, true)));
                 }
@@ -673,6 +671,8 @@ async fn abort(tx: &mpsc::Sender<Result<Bytes, std::io::Error>>) {
     let _ = tx.send(Err(std::io::Error::other("abort"))).await;
 }
 
+// One watch stream with every fault the tests inject, in one place.
+#[allow(clippy::too_many_lines)]
 async fn stream_watch(mut t: WatchTask) {
     let deadline = tokio::time::Instant::now() + t.timeout;
     let mut sent: u32 = 0;
@@ -739,7 +739,7 @@ async fn stream_watch(mut t: WatchTask) {
     });
     loop {
         tokio::select! {
-            _ = tokio::time::sleep_until(deadline) => {
+            () = tokio::time::sleep_until(deadline) => {
                 if !t.stall && t.bookmark_every.is_some() {
                     let rv = t.guard.shared.lock().rv;
                     let _ = t.tx.send(Ok(Bytes::from(bookmark(t.flavor, rv, false)))).await;
@@ -752,7 +752,7 @@ async fn stream_watch(mut t: WatchTask) {
                 }
                 return;
             }
-            _ = async { match bookmarks.as_mut() { Some(i) => { i.tick().await; } None => std::future::pending::<()>().await } }, if !t.stall => {
+            () = async { match bookmarks.as_mut() { Some(i) => { i.tick().await; } None => std::future::pending::<()>().await } }, if !t.stall => {
                 let rv = t.guard.shared.lock().rv;
                 if t.tx.send(Ok(Bytes::from(bookmark(t.flavor, rv, false)))).await.is_err() {
                     return;
@@ -825,7 +825,7 @@ fn admin_api(
         shared.changed.notify_waiters();
         match r {
             Ok(v) => json_response(ok, &v),
-            Err(e) => write_error(e),
+            Err(e) => write_error(&e),
         }
     };
     match (method.as_str(), segs.as_slice()) {

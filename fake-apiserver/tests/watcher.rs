@@ -77,9 +77,16 @@ async fn paginated_list_then_watch_from_the_list_rv() {
     assert_eq!(names(&evs)[0], "Init");
     assert_eq!(names(&evs)[6], "InitDone");
     let rv = f.rv().to_string();
-    let w = f.wait_for_request(|r| r.is_watch(), T).await.unwrap();
+    let w = f
+        .wait_for_request(fake_apiserver::Recorded::is_watch, T)
+        .await
+        .unwrap();
     assert_eq!(w.rv(), Some(rv.as_str()));
-    let lists: Vec<_> = f.requests().into_iter().filter(|r| r.is_list()).collect();
+    let lists: Vec<_> = f
+        .requests()
+        .into_iter()
+        .filter(fake_apiserver::Recorded::is_list)
+        .collect();
     assert_eq!(lists.len(), 3);
     assert!(!lists[0].has_continue() && lists[1].has_continue() && lists[2].has_continue());
 
@@ -100,8 +107,15 @@ async fn paginated_list_then_watch_from_the_list_rv() {
     for mode in [CloseMode::Graceful, CloseMode::Abort] {
         let before = f.requests().iter().filter(|r| r.is_watch()).count();
         f.close_watches(mode);
-        assert!(f.wait_for_requests(before + 1, |r| r.is_watch(), T).await);
-        let last = f.requests().into_iter().rfind(|r| r.is_watch()).unwrap();
+        assert!(
+            f.wait_for_requests(before + 1, fake_apiserver::Recorded::is_watch, T)
+                .await
+        );
+        let last = f
+            .requests()
+            .into_iter()
+            .rfind(fake_apiserver::Recorded::is_watch)
+            .unwrap();
         assert_eq!(last.rv(), Some(f.rv().to_string().as_str()));
         f.create(
             "default",
@@ -143,9 +157,12 @@ async fn events_api_token_auth_and_malformed_lines() {
     let kc = dir.join("kubeconfig");
     f.write_kubeconfig(&kc, Some("s3cr3t")).unwrap();
     let kubeconfig = kube::config::Kubeconfig::read_from(&kc).unwrap();
-    let mut cfg = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .unwrap();
+    let mut cfg = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
     cfg.proxy_url = None;
     let client = kube::Client::try_from(cfg).unwrap();
     let api: Api<EventsEvent> = Api::all(client);

@@ -109,17 +109,16 @@ impl Fanout {
             let id = self.outs[i].0.clone();
             let payload = if last { batch.take() } else { batch.clone() };
             let Some(payload) = payload else { break };
-            match self.send_one(&id, payload).await {
-                Some(()) => delivered_any = true,
-                None => {
-                    // The downstream is gone (its task ended). Count what it will never get;
-                    // the copies dropped here fail their batches (the source replays them).
-                    tracing::error!(downstream = %id, events = n, "downstream stage stopped; its copy of these events (and of every later batch) fails, so the source will replay them");
-                    self.lost.increment(n);
-                    self.outs.retain(|(o, _)| *o != id);
-                    self.gone.push(id);
-                    continue;
-                }
+            if let Some(()) = self.send_one(&id, payload).await {
+                delivered_any = true;
+            } else {
+                // The downstream is gone (its task ended). Count what it will never get;
+                // the copies dropped here fail their batches (the source replays them).
+                tracing::error!(downstream = %id, events = n, "downstream stage stopped; its copy of these events (and of every later batch) fails, so the source will replay them");
+                self.lost.increment(n);
+                self.outs.retain(|(o, _)| *o != id);
+                self.gone.push(id);
+                continue;
             }
             // Edits applied while waiting may have reordered the list: move past `id`.
             i = self
@@ -153,24 +152,21 @@ impl Fanout {
                     }
                     Err(_) => return None,
                 },
-                edits = self.control.recv() => match edits {
-                    Some(e) => {
-                        self.apply(e);
-                        if !self.outs.iter().any(|(o, _)| o == id) {
-                            // Detached while we waited (removed by a reload): this copy is no
-                            // longer wanted there. Dropping it is the detach itself, not a loss.
-                            payload.iter().for_each(Event::discard);
-                            return Some(());
-                        }
+                edits = self.control.recv() => if let Some(e) = edits {
+                    self.apply(e);
+                    if !self.outs.iter().any(|(o, _)| o == id) {
+                        // Detached while we waited (removed by a reload): this copy is no
+                        // longer wanted there. Dropping it is the detach itself, not a loss.
+                        payload.iter().for_each(Event::discard);
+                        return Some(());
                     }
-                    None => {
-                        // The engine dropped the control handle: no more edits; just send.
-                        let r = tx.send(std::mem::take(&mut payload)).await;
-                        if r.is_ok() {
-                            edge.queued.increment(n);
-                        }
-                        return r.ok();
+                } else {
+                    // The engine dropped the control handle: no more edits; just send.
+                    let r = tx.send(std::mem::take(&mut payload)).await;
+                    if r.is_ok() {
+                        edge.queued.increment(n);
                     }
+                    return r.ok();
                 },
             }
         }

@@ -106,7 +106,10 @@ impl Shared {
         key: &str,
         make: impl FnOnce() -> T,
     ) -> Arc<T> {
-        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(v) = map.get(key).cloned()
             && let Ok(t) = v.downcast::<T>()
         {
@@ -280,12 +283,11 @@ impl Input {
         self.received.increment(b.len() as u64);
         self.depth.decrement(b.len() as f64);
         self.batches += 1;
-        if self.panic_at == Some(self.batches) {
-            panic!(
-                "fault injected by EVENTFLOW_FAULT_PANIC at batch {}",
-                self.batches
-            );
-        }
+        assert!(
+            self.panic_at != Some(self.batches),
+            "fault injected by EVENTFLOW_FAULT_PANIC at batch {}",
+            self.batches
+        );
         Some(b)
     }
 }

@@ -90,7 +90,7 @@ fn check_edges(stages: &IndexMap<String, StageSpec>, failed: &Failed, problems: 
                     Some(&spec.id),
                     Some("inputs"),
                     "missing `inputs:`: name the stage(s) this one reads from",
-                ))
+                ));
             }
             _ => {}
         }
@@ -212,7 +212,7 @@ fn find_cycle(stages: &IndexMap<String, StageSpec>) -> Option<Vec<String>> {
         let mut stack: Vec<(&str, usize)> = vec![(root.as_str(), 0)];
         marks.insert(root, Mark::Open);
         while let Some((id, next)) = stack.last_mut() {
-            let inputs = stages.get(*id).map(|s| s.inputs.as_slice()).unwrap_or(&[]);
+            let inputs = stages.get(*id).map_or(&[][..], |s| s.inputs.as_slice());
             let Some(input) = inputs.get(*next) else {
                 marks.insert(id, Mark::Done);
                 stack.pop();
@@ -266,7 +266,7 @@ pub fn topological_order(stages: &IndexMap<String, StageSpec>) -> Vec<String> {
             break;
         };
         order.push(id.clone());
-        for &c in consumers.get(id.as_str()).map(Vec::as_slice).unwrap_or(&[]) {
+        for &c in consumers.get(id.as_str()).map_or(&[][..], Vec::as_slice) {
             waiting[c] -= 1;
             if waiting[c] == 0 {
                 ready.insert(c);

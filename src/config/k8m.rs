@@ -165,9 +165,10 @@ impl<'a> Reader<'a> {
                 ..
             }) => items
                 .iter()
-                .filter_map(|i| match i.as_str() {
-                    Some(s) => Some(s.to_string()),
-                    None => {
+                .filter_map(|i| {
+                    if let Some(s) = i.as_str() {
+                        Some(s.to_string())
+                    } else {
                         self.problems.push(problem(
                             i.pos,
                             &field(path, key),
@@ -497,7 +498,9 @@ pub fn translate_with(root: &Node, mode: Secrets) -> Result<Translated, Vec<Prob
     Ok(Translated::Pipeline(write_pipeline(&s, mode)))
 }
 
-/// What a file in the k8m event handler's format says, with its defaults filled in.
+/// What a file in the k8m event handler's format says, with its defaults filled in (its
+/// sections' `enabled` flags are bools, as in the file).
+#[allow(clippy::struct_excessive_bools)]
 struct Settings {
     enabled: bool,
     url: String,
@@ -522,26 +525,98 @@ struct Settings {
     headers: Vec<(String, String)>,
 }
 
+impl Reader<'_> {
+    /// Reports top-level fields the format does not have.
+    fn unknown_top_level(&mut self) {
+        if let Some(map) = self.root.as_map() {
+            for (k, (pos, _)) in map {
+                if k != "enabled" && !SECTIONS.contains(&k.as_str()) {
+                    self.problems.push(problem(
+                        *pos,
+                        k,
+                        format!(
+                            "unknown top-level field of the k8m event handler's format (known: enabled, {})",
+                            SECTIONS.join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// `database.type` and `database.dsn` as a database URL (empty after a problem).
+    fn database_url(&mut self, database: Option<&Node>) -> String {
+        let (ty_pos, ty) = self.string(database, "database", "type").unwrap_or((
+            database.map_or(self.root.pos, |d| d.pos),
+            "sqlite".to_string(),
+        ));
+        let ty = ty.to_lowercase();
+        let dsn = self.string(database, "database", "dsn");
+        if [
+            "sqlite",
+            "sqlite3",
+            "postgres",
+            "postgresql",
+            "mysql",
+            "mariadb",
+        ]
+        .contains(&ty.as_str())
+        {
+            let (pos, dsn) = dsn.unwrap_or((ty_pos, default_dsn(&ty).to_string()));
+            match dsn_to_url(&ty, &dsn) {
+                Ok(u) => u,
+                Err(e) => {
+                    self.problems
+                        .push(problem(pos, "database.dsn", e.to_string()));
+                    String::new()
+                }
+            }
+        } else {
+            self.problems.push(problem(
+                ty_pos,
+                "database.type",
+                format!("unknown database type `{ty}` (expected sqlite, postgres or mysql)"),
+            ));
+            String::new()
+        }
+    }
+
+    /// `webhook.headers`: a mapping of strings.
+    fn headers(&mut self, webhook: Option<&Node>) -> Vec<(String, String)> {
+        let mut headers: Vec<(String, String)> = Vec::new();
+        if let Some(h) = webhook.and_then(|w| w.get("headers")) {
+            match h.as_map() {
+                Some(map) => {
+                    for (k, (_, v)) in map {
+                        match v.as_str() {
+                            Some(s) => headers.push((k.clone(), s.to_string())),
+                            None => self.problems.push(problem(
+                                v.pos,
+                                &format!("webhook.headers.{k}"),
+                                "expected a string",
+                            )),
+                        }
+                    }
+                }
+                None if matches!(h.value, Value::Null) => {}
+                None => self.problems.push(problem(
+                    h.pos,
+                    "webhook.headers",
+                    format!("expected a mapping, found {}", h.value.kind()),
+                )),
+            }
+        }
+        headers
+    }
+}
+
 /// Reads and checks a file in the k8m event handler's format (with its defaults).
 fn read_settings(root: &Node) -> Result<Settings, Vec<Problem>> {
     let mut r = Reader {
         problems: Vec::new(),
         root,
     };
-    if let Some(map) = root.as_map() {
-        for (k, (pos, _)) in map {
-            if k != "enabled" && !SECTIONS.contains(&k.as_str()) {
-                r.problems.push(problem(
-                    *pos,
-                    k,
-                    format!(
-                        "unknown top-level field of the k8m event handler's format (known: enabled, {})",
-                        SECTIONS.join(", ")
-                    ),
-                ));
-            }
-        }
-    }
+    r.unknown_top_level();
     let enabled = r.bool(Some(root), "", "enabled", true);
     let database = r.section("database");
     let watcher = r.section("watcher");
@@ -569,40 +644,8 @@ fn read_settings(root: &Node) -> Result<Settings, Vec<Problem>> {
         "webhook",
         &["enabled", "url", "method", "headers", "timeout", "retries"],
     );
-
-    // database
-    let (ty_pos, ty) = r
-        .string(database, "database", "type")
-        .unwrap_or((database.map_or(root.pos, |d| d.pos), "sqlite".to_string()));
-    let ty = ty.to_lowercase();
-    let dsn = r.string(database, "database", "dsn");
+    let url = r.database_url(database);
     let max_conns = r.uint(database, "database", "max_conns", 10);
-    let url = if [
-        "sqlite",
-        "sqlite3",
-        "postgres",
-        "postgresql",
-        "mysql",
-        "mariadb",
-    ]
-    .contains(&ty.as_str())
-    {
-        let (pos, dsn) = dsn.unwrap_or((ty_pos, default_dsn(&ty).to_string()));
-        match dsn_to_url(&ty, &dsn) {
-            Ok(u) => u,
-            Err(e) => {
-                r.problems.push(problem(pos, "database.dsn", e.to_string()));
-                String::new()
-            }
-        }
-    } else {
-        r.problems.push(problem(
-            ty_pos,
-            "database.type",
-            format!("unknown database type `{ty}` (expected sqlite, postgres or mysql)"),
-        ));
-        String::new()
-    };
 
     // watcher
     let watcher_on = r.bool(watcher, "watcher", "enabled", true);
@@ -630,29 +673,7 @@ fn read_settings(root: &Node) -> Result<Settings, Vec<Problem>> {
         .map_or("POST".to_string(), |(_, m)| m);
     let timeout = r.uint(webhook, "webhook", "timeout", 30);
     let retries = r.uint(webhook, "webhook", "retries", 3);
-    let mut headers: Vec<(String, String)> = Vec::new();
-    if let Some(h) = webhook.and_then(|w| w.get("headers")) {
-        match h.as_map() {
-            Some(map) => {
-                for (k, (_, v)) in map {
-                    match v.as_str() {
-                        Some(s) => headers.push((k.clone(), s.to_string())),
-                        None => r.problems.push(problem(
-                            v.pos,
-                            &format!("webhook.headers.{k}"),
-                            "expected a string",
-                        )),
-                    }
-                }
-            }
-            None if matches!(h.value, Value::Null) => {}
-            None => r.problems.push(problem(
-                h.pos,
-                "webhook.headers",
-                format!("expected a mapping, found {}", h.value.kind()),
-            )),
-        }
-    }
+    let headers = r.headers(webhook);
     if hook_on && hook_url.as_ref().is_none_or(|(_, u)| u.trim().is_empty()) {
         r.problems.push(problem(
             webhook.map_or(root.pos, |w| w.pos),

@@ -211,6 +211,8 @@ fn with_stage(stage: &str) -> String {
 }
 
 #[test]
+// One table of cases, one per line: long by nature.
+#[allow(clippy::too_many_lines)]
 fn what_would_fail_at_run_time_fails_validation_with_its_field_and_position() {
     let cases: &[(&str, &str, &str)] = &[
         (

@@ -294,7 +294,7 @@ impl Topology {
             match tokio::time::timeout(SOURCE_STOP_TIMEOUT, &mut handle).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
-                    tracing::error!(stage = %id, error = %e, "source task failed while stopping")
+                    tracing::error!(stage = %id, error = %e, "source task failed while stopping");
                 }
                 Err(_) => {
                     tracing::warn!(stage = %id, timeout = ?SOURCE_STOP_TIMEOUT, "source did not stop in time; it keeps draining while the new pipeline starts");
@@ -458,7 +458,7 @@ impl Topology {
             match tokio::time::timeout_at(deadline, h).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
-                    tracing::error!(stage = %id, error = %e, "stage task failed during shutdown")
+                    tracing::error!(stage = %id, error = %e, "stage task failed during shutdown");
                 }
                 Err(_) => stuck.push(id),
             }
@@ -512,7 +512,7 @@ fn spawn_stage(
 pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     payload
         .downcast_ref::<&str>()
-        .map(|s| s.to_string())
+        .map(std::string::ToString::to_string)
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "a panic without a message".to_string())
 }

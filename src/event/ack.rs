@@ -113,7 +113,7 @@ impl Finalizer {
         if s != Status::Delivered {
             self.failed
                 .lock()
-                .unwrap_or_else(|e| e.into_inner())
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .push(seq);
         }
     }

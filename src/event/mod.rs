@@ -150,8 +150,7 @@ impl Field {
         Self::ALL
             .iter()
             .find(|(_, f)| *f == self)
-            .map(|(n, _)| *n)
-            .unwrap_or("?")
+            .map_or("?", |(n, _)| *n)
     }
 }
 
@@ -332,7 +331,9 @@ impl Event {
 
 /// Gives every copy in `events` the same outcome.
 pub fn ack_all(events: &[Event], s: Status) {
-    events.iter().for_each(|e| e.ack(s));
+    for e in events {
+        e.ack(s);
+    }
 }
 
 /// The acknowledgement handles of events folded into a summary that is not emitted yet
@@ -343,7 +344,9 @@ pub fn ack_all(events: &[Event], s: Status) {
 pub struct Merged(Vec<Arc<Finalizer>>);
 
 impl Merged {
-    /// Folds `e` in: its copy is done, its batch now waits for the summary.
+    /// Folds `e` in: its copy is done, its batch now waits for the summary. (Takes the copy
+    /// by value: once folded in it must not be acknowledged again.)
+    #[allow(clippy::needless_pass_by_value)]
     pub fn add(&mut self, e: Event) {
         match e.finalizers() {
             Finalizers::None => {}
@@ -494,7 +497,7 @@ impl WireEvent<'_> {
         raw: Option<Box<str>>,
     ) -> Result<EventData, DecodeError> {
         let api_version = match self.api_version.as_deref() {
-            None | Some("v1") | Some("") => {
+            None | Some("v1" | "") => {
                 if self.regarding.is_some()
                     || self.note.is_some()
                     || self.reporting_controller.is_some()
@@ -504,7 +507,7 @@ impl WireEvent<'_> {
                     ApiVersion::CoreV1
                 }
             }
-            Some("events.k8s.io/v1") | Some("events.k8s.io/v1beta1") => ApiVersion::EventsV1,
+            Some("events.k8s.io/v1" | "events.k8s.io/v1beta1") => ApiVersion::EventsV1,
             Some(other) => return Err(DecodeError::ApiVersion(other.to_string())),
         };
         let uid = non_empty(self.metadata.uid).ok_or(DecodeError::NoUid)?;

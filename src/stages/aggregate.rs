@@ -242,19 +242,16 @@ impl Transform for Aggregator {
             loop {
                 let next = self.next_deadline();
                 tokio::select! {
-                    batch = cx.input.recv() => match batch {
-                        Some(b) => {
-                            let started = std::time::Instant::now();
-                            self.ingest(b, Instant::now(), &mut out);
-                            cx.metrics.processing.record(started.elapsed().as_secs_f64());
-                        }
-                        None => {
-                            self.close_all(&mut out);
-                            send_chunks(&mut cx, &mut out).await;
-                            return Ok(());
-                        }
+                    batch = cx.input.recv() => if let Some(b) = batch {
+                        let started = std::time::Instant::now();
+                        self.ingest(b, Instant::now(), &mut out);
+                        cx.metrics.processing.record(started.elapsed().as_secs_f64());
+                    } else {
+                        self.close_all(&mut out);
+                        send_chunks(&mut cx, &mut out).await;
+                        return Ok(());
                     },
-                    _ = tokio::time::sleep_until(next.unwrap_or_else(Instant::now)), if next.is_some() => {
+                    () = tokio::time::sleep_until(next.unwrap_or_else(Instant::now)), if next.is_some() => {
                         self.close_due(Instant::now(), &mut out);
                     }
                 }

@@ -69,17 +69,14 @@ pub async fn run_batched<F, Fut>(
         let flush_now = buf.len() >= max || (!open && !buf.is_empty());
         if !flush_now {
             tokio::select! {
-                b = input.recv() => match b {
-                    Some(b) => {
-                        if buf.is_empty() {
-                            deadline = Some(Instant::now() + max_wait);
-                        }
-                        buf.extend(b);
-                        if buf.len() < max { continue; }
+                b = input.recv() => if let Some(b) = b {
+                    if buf.is_empty() {
+                        deadline = Some(Instant::now() + max_wait);
                     }
-                    None => { open = false; continue; }
-                },
-                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {}
+                    buf.extend(b);
+                    if buf.len() < max { continue; }
+                } else { open = false; continue; },
+                () = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {}
                 Some(()) = running.next(), if !running.is_empty() => continue,
             }
         }

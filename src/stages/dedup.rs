@@ -187,10 +187,10 @@ mod tests {
 
     #[test]
     fn table() {
-        let t0 = Instant::now();
-        let s = |n| t0 + Duration::from_secs(n);
         // (key config, [(event, seconds after start, passes?)])
         type Step = (EventData, u64, bool);
+        let t0 = Instant::now();
+        let s = |n| t0 + Duration::from_secs(n);
         let cases: Vec<(&str, Vec<Step>)> = vec![
             (
                 "window: 10m",

@@ -111,7 +111,7 @@ impl Decoder {
         tracing::warn!(file = %self.origin, line, error = %err, "skipping a record that is not a valid Event");
     }
 
-    fn push(&self, data: EventData, out: &mut Batch) {
+    fn push(data: EventData, out: &mut Batch) {
         out.push(Event::new(data, Finalizers::None));
     }
 
@@ -135,7 +135,7 @@ impl Decoder {
         match serde_json::from_str::<WireEvent>(text) {
             Ok(w) if w.metadata.uid.is_some() => {
                 match w.normalize(&self.cluster, Some(text.into())) {
-                    Ok(d) => self.push(d, out),
+                    Ok(d) => Self::push(d, out),
                     Err(e) => self.bad(line, &e),
                 }
             }
@@ -151,7 +151,7 @@ impl Decoder {
 
     fn decode_item(&self, text: &str, line: usize, out: &mut Batch) {
         match crate::event::decode(text, &self.cluster) {
-            Ok(d) => self.push(d, out),
+            Ok(d) => Self::push(d, out),
             Err(e) => self.bad(line, &e),
         }
     }
@@ -181,7 +181,7 @@ impl Decoder {
                 .min(text.len());
             let line = || memchr::memchr_iter(b'\n', &text.as_bytes()[..offset]).count() + 1;
             match crate::event::decode(item.get(), &self.cluster) {
-                Ok(d) => self.push(d, &mut batch),
+                Ok(d) => Self::push(d, &mut batch),
                 Err(e) => self.bad(line(), &e),
             }
             if batch.len() >= MAX_BATCH {
@@ -191,7 +191,9 @@ impl Decoder {
         if !batch.is_empty() {
             out.push(batch);
         }
-        out.iter().for_each(|b| self.flush_count(b.len()));
+        for b in out.iter() {
+            self.flush_count(b.len());
+        }
         Ok(())
     }
 
@@ -232,34 +234,28 @@ pub async fn read_lines<R: AsyncBufRead + Unpin>(
         let mut used = 0;
         if !partial.is_empty() {
             // Finish the line started in an earlier read.
-            match memchr::memchr(b'\n', buf) {
-                Some(i) => {
-                    partial.extend_from_slice(&buf[..=i]);
-                    used = i + 1;
-                    lineno += 1;
-                    decoder.decode_line(partial, lineno, &mut batch);
-                    partial.clear();
-                }
-                None => {
-                    partial.extend_from_slice(buf);
-                    let n = buf.len();
-                    reader.consume(n);
-                    continue;
-                }
+            if let Some(i) = memchr::memchr(b'\n', buf) {
+                partial.extend_from_slice(&buf[..=i]);
+                used = i + 1;
+                lineno += 1;
+                decoder.decode_line(partial, lineno, &mut batch);
+                partial.clear();
+            } else {
+                partial.extend_from_slice(buf);
+                let n = buf.len();
+                reader.consume(n);
+                continue;
             }
         }
         while batch.len() < MAX_BATCH {
-            match memchr::memchr(b'\n', &buf[used..]) {
-                Some(i) => {
-                    lineno += 1;
-                    decoder.decode_line(&buf[used..used + i], lineno, &mut batch);
-                    used += i + 1;
-                }
-                None => {
-                    partial.extend_from_slice(&buf[used..]);
-                    used = buf.len();
-                    break;
-                }
+            if let Some(i) = memchr::memchr(b'\n', &buf[used..]) {
+                lineno += 1;
+                decoder.decode_line(&buf[used..used + i], lineno, &mut batch);
+                used += i + 1;
+            } else {
+                partial.extend_from_slice(&buf[used..]);
+                used = buf.len();
+                break;
             }
         }
         reader.consume(used);
@@ -415,8 +411,8 @@ async fn follow(
                 Ok(f) => break f,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     tokio::select! {
-                        _ = cx.shutdown.requested() => return Ok(()),
-                        _ = tokio::time::sleep(cfg.poll_interval.0) => continue,
+                        () = cx.shutdown.requested() => return Ok(()),
+                        () = tokio::time::sleep(cfg.poll_interval.0) => {}
                     }
                 }
                 Err(e) => return Err(io_err(&path, e)),
@@ -445,8 +441,8 @@ async fn follow(
                 tracing::info!(file = %path.display(), lines = lineno, "reached the end of the file; following");
             }
             tokio::select! {
-                _ = cx.shutdown.requested() => return Ok(()),
-                _ = tokio::time::sleep(cfg.poll_interval.0) => {}
+                () = cx.shutdown.requested() => return Ok(()),
+                () = tokio::time::sleep(cfg.poll_interval.0) => {}
             }
             // Truncated or replaced: start again from the top of the (new) file.
             match tokio::fs::metadata(&path).await {

@@ -112,7 +112,7 @@ impl Rules {
         types: &[String],
         kinds: &[String],
         names: &[Glob],
-        message: &Option<Pattern>,
+        message: Option<&Pattern>,
         sources: &[String],
         clusters: &[String],
     ) -> Rules {
@@ -166,7 +166,7 @@ impl Matcher {
             &c.types,
             &c.kinds,
             &c.names,
-            &c.message,
+            c.message.as_ref(),
             &c.sources,
             &c.clusters,
         );
@@ -180,7 +180,7 @@ impl Matcher {
                     &x.types,
                     &x.kinds,
                     &x.names,
-                    &x.message,
+                    x.message.as_ref(),
                     &x.sources,
                     &x.clusters,
                 )

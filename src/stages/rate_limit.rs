@@ -308,10 +308,10 @@ impl RateLimit {
     }
 
     fn summary(&self, s: Suppressed) -> Event {
-        let since_text = s
-            .since
-            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-            .unwrap_or_else(|| "the start".into());
+        let since_text = s.since.map_or_else(
+            || "the start".into(),
+            |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        );
         let window = self.cfg.per.to_string();
         s.acc.finish(|f| {
             let mut data = f.first;

@@ -112,7 +112,7 @@ where
 /// The MySQL/MariaDB server error number of a database error (None on other backends).
 pub fn mysql_error_number(e: &dyn sqlx::error::DatabaseError) -> Option<u16> {
     e.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
-        .map(|m| m.number())
+        .map(sqlx::mysql::MySqlDatabaseError::number)
 }
 
 /// Checks that a table name is a plain SQL identifier.
@@ -125,7 +125,7 @@ pub fn valid_identifier(name: &str) -> bool {
 
 /// Names the backend of a URL (`mariadb://` is MySQL).
 pub fn backend_of(url: &str) -> Option<Backend> {
-    let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or(url);
+    let scheme = url.split_once("://").map_or(url, |(s, _)| s);
     match scheme {
         "sqlite" => Some(Backend::Sqlite),
         "postgres" | "postgresql" => Some(Backend::Postgres),
@@ -509,13 +509,11 @@ mod tests {
         let e = Db::connect("postgres://u:pw@127.0.0.1:1/db", 1, Duration::from_secs(1))
             .await
             .expect_err("nothing listens on port 1");
-        match &e {
-            ConnectError::Unreachable { url, why, .. } => {
-                assert_eq!(url, "postgres://u:***@127.0.0.1:1/db");
-                assert!(why.contains("refused"), "{why}");
-            }
-            other => panic!("{other:?}"),
-        }
+        let ConnectError::Unreachable { url, why, .. } = &e else {
+            panic!("{e:?}");
+        };
+        assert_eq!(url, "postgres://u:***@127.0.0.1:1/db");
+        assert!(why.contains("refused"), "{why}");
         assert!(
             std::error::Error::source(&e).is_some(),
             "the driver's error is kept"

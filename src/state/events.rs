@@ -151,7 +151,7 @@ fn column_def(c: &Col, backend: Backend) -> ColumnDef {
         ColKind::Bool => d.boolean().not_null().default(false),
         ColKind::Int => d.integer().not_null().default(0),
     };
-    d.to_owned()
+    d.clone()
 }
 
 /// Creates the table and its indexes if missing, adds missing columns to an existing table
@@ -182,13 +182,14 @@ pub async fn ensure_table(db: &Db, table: &str) -> Result<(), DbError> {
             .iter()
             .filter(|c| !existing.iter().any(|e| e == c.name))
         {
-            let mut def = column_def(c, backend);
-            if matches!(c.kind, ColKind::Key) {
-                def = ColumnDef::new(Alias::new(c.name))
+            let def = if matches!(c.kind, ColKind::Key) {
+                ColumnDef::new(Alias::new(c.name))
                     .string_len(255)
                     .null()
-                    .to_owned();
-            }
+                    .to_owned()
+            } else {
+                column_def(c, backend)
+            };
             let alter = Table::alter()
                 .table(Alias::new(table))
                 .add_column(def)

@@ -318,7 +318,7 @@ pub async fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> b
     }
 }
 
-/// The rows of `sql` in a SQLite file (empty if it cannot be read). Runs on a thread of its
+/// The rows of `sql` in a `SQLite` file (empty if it cannot be read). Runs on a thread of its
 /// own, so async tests can call it too.
 pub fn sqlite_rows<T>(db: &Path, sql: &'static str) -> Vec<T>
 where
@@ -349,7 +349,7 @@ where
     })
 }
 
-/// The first column of `sql`'s rows in a SQLite file, as text.
+/// The first column of `sql`'s rows in a `SQLite` file, as text.
 pub fn sqlite_column(db: &Path, sql: &'static str) -> std::collections::BTreeSet<String> {
     sqlite_rows::<(String,)>(db, sql)
         .into_iter()

@@ -14,6 +14,21 @@ use crate::state::db::{Db, DbError, OpenError};
 
 pub const TABLE: &str = "eventflow_kube_checkpoint";
 
+/// A list generation: which relist last showed an entry (compared for equality; wraps, and
+/// skips 0, which is what the watch admits with).
+pub type Generation = u16;
+
+/// The generation after `g`.
+pub fn next_generation(g: Generation) -> Generation {
+    Ord::max(g.wrapping_add(1), 1)
+}
+
+/// A text length as stored in a [`Row`] (texts from the API server are far shorter than 4 GiB;
+/// a longer one would read back cut, never out of bounds).
+fn len32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
 /// One handled Event version, as stored. The three texts share one allocation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
@@ -32,19 +47,27 @@ impl Row {
         text.push_str(resource_version);
         Row {
             text: text.into_boxed_str(),
-            uid_end: uid.len() as u32,
-            ns_end: (uid.len() + namespace.len()) as u32,
+            uid_end: len32(uid.len()),
+            ns_end: len32(uid.len() + namespace.len()),
             last_seen,
         }
     }
+    fn part(&self, from: u32, to: Option<u32>) -> &str {
+        let from = from as usize;
+        match to {
+            Some(to) => self.text.get(from..to as usize),
+            None => self.text.get(from..),
+        }
+        .unwrap_or_default()
+    }
     pub fn uid(&self) -> &str {
-        &self.text[..self.uid_end as usize]
+        self.part(0, Some(self.uid_end))
     }
     pub fn namespace(&self) -> &str {
-        &self.text[self.uid_end as usize..self.ns_end as usize]
+        self.part(self.uid_end, Some(self.ns_end))
     }
     pub fn resource_version(&self) -> &str {
-        &self.text[self.ns_end as usize..]
+        self.part(self.ns_end, None)
     }
 }
 
@@ -53,8 +76,7 @@ impl Row {
 struct Entry {
     rv: u64,
     last: u32,
-    /// The list generation that last showed it (compared for equality; wraps).
-    generation: u16,
+    generation: Generation,
     /// The namespace slot; the high bit says the key is the UUID itself (it can be turned
     /// back into the uid text).
     slot: u16,
@@ -173,20 +195,20 @@ impl Seen {
         rv: &str,
         last_seen: i64,
         ns: u16,
-        generation: u32,
+        generation: Generation,
     ) -> Admission {
         let (k, exact) = self.key(uid);
         let rv = self.rv_key(rv);
         let e = Entry {
             rv,
-            last: last_seen.clamp(0, i64::from(u32::MAX)) as u32,
-            generation: generation as u16,
+            last: u32::try_from(last_seen.clamp(0, i64::from(u32::MAX))).unwrap_or(u32::MAX),
+            generation,
             slot: (ns & !EXACT) | if exact { EXACT } else { 0 },
         };
         match self.map.entry(k) {
             std::collections::hash_map::Entry::Occupied(mut o) => {
                 if o.get().rv == rv {
-                    o.get_mut().generation = generation as u16;
+                    o.get_mut().generation = generation;
                     return Admission::AlreadySeen;
                 }
                 o.insert(e);
@@ -227,10 +249,10 @@ impl Seen {
     }
 
     /// After a complete list of namespace slot `ns`: forgets what the list did not show.
-    pub fn sweep(&mut self, ns: u16, generation: u32) -> Vec<String> {
+    pub fn sweep(&mut self, ns: u16, generation: Generation) -> Vec<String> {
         let mut gone = Vec::new();
         self.map.retain(|k, e| {
-            let keep = e.ns() != ns || e.generation == generation as u16;
+            let keep = e.ns() != ns || e.generation == generation;
             if !keep && e.exact() {
                 gone.push(format_uuid(*k));
             }

@@ -10,6 +10,7 @@ use kube::Api;
 use kube::api::{ListParams, WatchEvent, WatchParams};
 use tokio::sync::mpsc;
 
+use super::seen::{Generation, next_generation};
 use super::{Admission, Counters, Flavor, FromWatch, KubeEvent, KubeEventsConfig, Row, Seen};
 use crate::backoff::Backoff;
 use crate::component::Shutdown;
@@ -99,7 +100,7 @@ impl WatchLoop {
         loop {
             if !delay.is_zero() {
                 tokio::select! {
-                    _ = shutdown.requested() => return,
+                    () = shutdown.requested() => return,
                     () = tokio::time::sleep(delay) => {}
                 }
             }
@@ -123,7 +124,7 @@ impl WatchLoop {
         st: &mut LoopState,
         shutdown: &mut Shutdown,
     ) -> Option<(Next, Duration)> {
-        st.generation += 1;
+        st.generation = next_generation(st.generation);
         if !st.listed_once {
             self.counters.relist_initial.increment(1);
         }
@@ -215,7 +216,7 @@ impl WatchLoop {
     /// Lists every page; emits what is new; forgets what is gone. Returns the list's rv.
     async fn list(
         &self,
-        generation: u32,
+        generation: Generation,
         initial: bool,
         shutdown: &mut Shutdown,
     ) -> Result<Option<String>, kube::Error> {
@@ -223,7 +224,7 @@ impl WatchLoop {
         let mut list_rv: Option<String> = None;
         loop {
             let page = tokio::select! {
-                _ = shutdown.requested() => return Ok(None),
+                () = shutdown.requested() => return Ok(None),
                 p = self.api.list(&lp) => p?,
             };
             if list_rv.is_none() {
@@ -231,7 +232,10 @@ impl WatchLoop {
             }
             let mut out = PageOut::default();
             {
-                let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+                let mut seen = self
+                    .seen
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 for item in page.items {
                     self.take(&mut seen, item, generation, initial, &mut out);
                 }
@@ -260,7 +264,7 @@ impl WatchLoop {
         &self,
         seen: &mut Seen,
         item: KubeEvent,
-        generation: u32,
+        generation: Generation,
         initial_list: bool,
         out: &mut PageOut,
     ) {
@@ -280,8 +284,7 @@ impl WatchLoop {
         };
         let last = data
             .last_seen
-            .map(|t| t.timestamp())
-            .unwrap_or_else(|| chrono::Utc::now().timestamp());
+            .map_or_else(|| chrono::Utc::now().timestamp(), |t| t.timestamp());
         let evicted = match seen.admit(
             &data.uid,
             &data.resource_version,
@@ -308,7 +311,8 @@ impl WatchLoop {
         if initial_list
             && self.first_start
             && let Some(age) = self.cfg.max_event_age
-            && chrono::Utc::now().timestamp() - last > age.0.as_secs() as i64
+            && chrono::Utc::now().timestamp() - last
+                > i64::try_from(age.0.as_secs()).unwrap_or(i64::MAX)
         {
             self.counters.too_old.increment(1);
             out.handled.push(row);
@@ -366,7 +370,7 @@ impl WatchLoop {
             wp = wp.fields(f);
         }
         let stream = tokio::select! {
-            _ = shutdown.requested() => return WatchEnd::Shutdown,
+            () = shutdown.requested() => return WatchEnd::Shutdown,
             s = self.api.watch(&wp, rv) => match s {
                 Ok(s) => {
                     self.health.synced();
@@ -383,7 +387,7 @@ impl WatchLoop {
         };
         loop {
             let chunk = tokio::select! {
-                _ = shutdown.requested() => return WatchEnd::Shutdown,
+                () = shutdown.requested() => return WatchEnd::Shutdown,
                 c = tokio::time::timeout(idle, stream.next()) => match c {
                     Ok(Some(c)) => c,
                     Ok(None) => return WatchEnd::Ended { rv: position.rv, items: position.items },
@@ -465,7 +469,7 @@ struct WatchPosition {
 /// What one watch loop carries from one list or watch to the next.
 struct LoopState {
     backoff: Backoff,
-    generation: u32,
+    generation: Generation,
     empty_in_a_row: u32,
     listed_once: bool,
 }

@@ -160,6 +160,7 @@ impl SqlSink {
     }
 
     /// Reports its health to `registry` (the running pipeline's) instead of a private one.
+    #[must_use]
     pub fn reporting_to(mut self, registry: &crate::health::Health) -> SqlSink {
         self.registry = registry.clone();
         self
@@ -170,7 +171,7 @@ impl SqlSink {
     }
 
     /// Rows for `(evt_key, event)` pairs.
-    fn rows<'a>(&self, events: impl Iterator<Item = (String, &'a Event)>) -> Vec<RowRef<'a>> {
+    fn rows<'a>(events: impl Iterator<Item = (String, &'a Event)>) -> Vec<RowRef<'a>> {
         let now = Utc::now();
         events
             .map(|(evt_key, e)| RowRef::new(evt_key, e.data(), now))
@@ -179,7 +180,10 @@ impl SqlSink {
 
     /// The upsert text for `n` rows, generated once per row count.
     fn sql_for(&self, n: usize) -> std::sync::Arc<str> {
-        let mut cache = self.sql_cache.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cache = self
+            .sql_cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         cache
             .entry(n)
             .or_insert_with(|| {
@@ -199,7 +203,7 @@ impl SqlSink {
         for (i, k) in keys.iter().enumerate() {
             last.insert(k.as_str(), i);
         }
-        let rows = self.rows(
+        let rows = Self::rows(
             keys.iter()
                 .zip(batch)
                 .enumerate()

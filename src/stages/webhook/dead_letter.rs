@@ -162,7 +162,8 @@ async fn resend_with(
     }
     let mut r = Resent::default();
     // One sender per stage (its HTTP client and `mark_rows` connection), made when first needed.
-    let mut deliveries: std::collections::HashMap<String, super::Delivery> = Default::default();
+    let mut deliveries: std::collections::HashMap<String, super::Delivery> =
+        std::collections::HashMap::default();
     for d in rows {
         let Some((_, cfg)) = hooks.iter().find(|(id, _)| *id == d.sink) else {
             r.failed += 1;

@@ -216,7 +216,8 @@ async fn intake(shared: &Durable, cx: &mut SinkContext, write_failed: &metrics::
                         notified.as_mut().enable();
                         let queued = shared.queued();
                         if queued < max {
-                            break (max - queued).min(rest.len() as u64) as usize;
+                            let room = usize::try_from(max - queued).unwrap_or(usize::MAX);
+                            break room.min(rest.len());
                         }
                         if !warned.swap(true, Ordering::Relaxed) {
                             tracing::warn!(
@@ -287,11 +288,13 @@ async fn next_batch(shared: &Durable, cursor: i64, stopping: bool) -> Result<Nex
     let pinned = first.batch;
     let batch: Vec<Pending> = rows.into_iter().take_while(|r| r.batch == pinned).collect();
     if pinned.is_none() && batch.len() < max && !stopping {
-        let due = batch[0].born_at + cfg.batch.max_wait.0.as_millis() as i64;
+        let due = batch[0]
+            .born_at
+            .saturating_add(i64::try_from(cfg.batch.max_wait.0.as_millis()).unwrap_or(i64::MAX));
         let now = chrono::Utc::now().timestamp_millis();
         if now < due {
             return Ok(Next::WaitUntil(
-                Instant::now() + Duration::from_millis((due - now) as u64),
+                Instant::now() + Duration::from_millis((due - now).unsigned_abs()),
             ));
         }
     }
@@ -375,7 +378,7 @@ async fn deliver_loop(
             }
             _ = added.changed() => {}
             _ = generation.changed(), if !superseded => superseded = true,
-            _ = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {}
+            () = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {}
             _ = stop.changed(), if !stopping => {}
         }
     }
@@ -430,11 +433,11 @@ async fn send(shared: Arc<Durable>, rows: Vec<Pending>, halt: watch::Receiver<bo
             }
             shared.sent.increment(events.len() as u64);
             let now = chrono::Utc::now().timestamp_millis();
-            good.iter().for_each(|r| {
+            for r in &good {
                 shared
                     .latency
-                    .record((now - r.born_at).max(0) as f64 / 1000.0)
-            });
+                    .record((now - r.born_at).max(0) as f64 / 1000.0);
+            }
         }
         Outcome::Failed { reason, attempts } => {
             bury(

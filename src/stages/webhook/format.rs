@@ -189,9 +189,9 @@ pub fn answer_error(chat: Chat, body: &str) -> Option<(bool, String)> {
         return None;
     }
     let retry = match chat {
-        Chat::DingTalk => code == 130101,              // sending too fast
-        Chat::WeCom => code == 45009 || code == -1,    // frequency limit, system busy
-        Chat::Feishu => code == 9499 || code == 11232, // too many requests
+        Chat::DingTalk => code == 130_101,           // sending too fast
+        Chat::WeCom => code == 45_009 || code == -1, // frequency limit, system busy
+        Chat::Feishu => code == 9_499 || code == 11_232, // too many requests
         _ => false,
     };
     let msg = msg.and_then(Value::as_str).unwrap_or_default();

@@ -464,7 +464,12 @@ pub fn delivery_id(events: &[Event]) -> String {
         h.update(b"\n");
     }
     let d = h.finalize();
-    d.iter().take(16).map(|b| format!("{b:02x}")).collect()
+    d.iter()
+        .take(16)
+        .fold(String::with_capacity(32), |mut s, b| {
+            s.push_str(&format!("{b:02x}"));
+            s
+        })
 }
 
 /// A `Retry-After` value: seconds, or an HTTP date.
@@ -475,7 +480,7 @@ pub fn retry_after(v: &str) -> Option<Duration> {
     }
     let when = chrono::DateTime::parse_from_rfc2822(v).ok()?;
     let secs = (when.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_milliseconds();
-    Some(Duration::from_millis(secs.max(0) as u64))
+    Some(Duration::from_millis(secs.max(0).unsigned_abs()))
 }
 
 impl Delivery {
@@ -656,7 +661,7 @@ impl Delivery {
                         None => tokio::time::sleep(wait).await,
                         Some(s) => {
                             tokio::select! {
-                                _ = tokio::time::sleep(wait) => {}
+                                () = tokio::time::sleep(wait) => {}
                                 _ = s.wait_for(|stopping| *stopping) => return Outcome::Interrupted,
                             }
                         }
@@ -734,9 +739,9 @@ async fn in_memory(
                 match outcome {
                     Outcome::Delivered { .. } => {
                         sent.increment(batch.len() as u64);
-                        batch
-                            .iter()
-                            .for_each(|e| latency.record(e.born().elapsed().as_secs_f64()));
+                        for e in &batch {
+                            latency.record(e.born().elapsed().as_secs_f64());
+                        }
                         ack_all(&batch, Status::Delivered);
                     }
                     Outcome::Failed { .. } => {

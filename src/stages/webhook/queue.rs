@@ -16,6 +16,9 @@ use crate::state::db::{Backend, Db, DbError, OpenError};
 
 pub const QUEUE: &str = "eventflow_webhook_queue";
 pub const DEAD: &str = "eventflow_webhook_dead_letter";
+/// A dead letter as selected: id, sink, failed at, delivery id, attempts, reason, events.
+type DeadLetterRow = (i64, String, i64, String, i64, String, String);
+
 /// The dead-letter table's columns, in [`DeadLetter`]'s order.
 const DEAD_COLUMNS: [&str; 7] = [
     "id",
@@ -207,7 +210,7 @@ impl Store {
                 .columns(["sink", "born_at", "event"].map(name))
                 .to_owned();
             for e in chunk {
-                let age = e.born().elapsed().as_millis() as i64;
+                let age = i64::try_from(e.born().elapsed().as_millis()).unwrap_or(i64::MAX);
                 let stored = event::to_stored(e)
                     .map_err(|e| DbError::Permanent(sqlx::Error::Encode(Box::new(e))))?;
                 q.values_panic([sink.into(), (now - age).into(), stored.into()]);
@@ -321,8 +324,7 @@ impl Store {
         if !ids.is_empty() {
             q.and_where(Expr::col(name("id")).is_in(ids.iter().copied()));
         }
-        type Row = (i64, String, i64, String, i64, String, String);
-        let rows: Vec<Row> = self.db.fetch_all(self.db.build(&q)).await?;
+        let rows: Vec<DeadLetterRow> = self.db.fetch_all(self.db.build(&q)).await?;
         Ok(rows
             .into_iter()
             .map(
