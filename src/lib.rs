@@ -22,8 +22,9 @@
 //!   writer uses; the events table the `sql` sink and `mark_rows` share.
 //! - [`event`]: the normalized event, its acknowledgement ([`event::ack`]) and [`Batch`].
 //! - Leaves: [`yaml`] (YAML with positions, `${ENV}`), [`types`] (durations, regexes, globs,
-//!   `Invalid`), [`backoff`] (retry delays), [`kube_client`] (API server connection), [`health`] (readiness), [`metrics`] (shared
-//!   metric names), [`redact`] (secrets out of URLs).
+//!   `Invalid`), [`backoff`] (retry delays), [`kube_client`] (the API server connection),
+//!   [`health`] (readiness), [`metrics`] (shared metric names), [`redact`] (secrets out of
+//!   URLs).
 //!
 //! [`Batch`]: event::Batch
 

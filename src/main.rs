@@ -333,7 +333,15 @@ fn dead_letter(action: &DeadLetterAction) -> anyhow::Result<ExitCode> {
         | DeadLetterAction::Delete { pipeline, .. } => pipeline,
     };
     let p = match eventflow::load_file(path) {
-        Ok(p) => p,
+        Ok(p) => dl::Target {
+            state_url: p.state.clone().unwrap_or_default().url,
+            webhooks: p
+                .stages
+                .values()
+                .filter(|s| s.type_name == eventflow::stages::webhook::TYPE.name)
+                .map(|s| (s.id.clone(), s.node.clone()))
+                .collect(),
+        },
         Err(e) => {
             eprintln!("{e}");
             return Ok(ExitCode::FAILURE);

@@ -70,7 +70,10 @@ fn a_sink_added_then_removed() {
         (Some("uid-1"), Some("uid-1"))
     );
     assert_eq!(
-        [&first, &second].iter().filter(|e| e.get("raw").is_some()).count(),
+        [&first, &second]
+            .iter()
+            .filter(|e| e.get("raw").is_some())
+            .count(),
         1,
         "one copy from each sink"
     );

@@ -1,11 +1,11 @@
 //! `eventflow dead-letter`: list, show, re-send and delete what durable webhooks gave up on.
-//! The pipeline file says where the `state` database is and how each webhook sends.
+//! The pipeline file says where the `state` database is and how each webhook sends; the
+//! command hands both over as a [`Target`].
 
 use std::fmt::Write as _;
 
 use super::queue::{DeadLetter, Store};
 use super::{Budget, Outcome, WebhookConfig};
-use crate::config::Pipeline;
 use crate::event::{Event, Finalizers};
 use crate::state::db::{DbError, OpenError};
 use crate::yaml;
@@ -47,25 +47,31 @@ pub enum Error {
     },
 }
 
+/// What the commands work on, read from a pipeline file.
+pub struct Target {
+    /// The `state` database's URL.
+    pub state_url: String,
+    /// The pipeline's webhook stages: id and its YAML (with `type` and `inputs`).
+    pub webhooks: Vec<(String, yaml::Node)>,
+}
+
 /// The webhook stages of a pipeline, with their configs.
-fn webhooks(p: &Pipeline) -> Result<Vec<(String, WebhookConfig)>, Error> {
-    p.stages
-        .values()
-        .filter(|s| s.type_name == super::TYPE.name)
-        .map(|s| {
-            yaml::from_node_skipping::<WebhookConfig>(&s.node, &["type", "inputs"])
-                .map(|c| (s.id.clone(), c))
+fn webhooks(p: &Target) -> Result<Vec<(String, WebhookConfig)>, Error> {
+    p.webhooks
+        .iter()
+        .map(|(id, node)| {
+            yaml::from_node_skipping::<WebhookConfig>(node, &["type", "inputs"])
+                .map(|c| (id.clone(), c))
                 .map_err(|source| Error::Config {
-                    stage: s.id.clone(),
+                    stage: id.clone(),
                     source,
                 })
         })
         .collect()
 }
 
-async fn store(p: &Pipeline) -> Result<Store, Error> {
-    let state = p.state.clone().unwrap_or_default();
-    Ok(Store::open(&state.url).await?)
+async fn store(p: &Target) -> Result<Store, Error> {
+    Ok(Store::open(&p.state_url).await?)
 }
 
 fn time(ms: i64) -> String {
@@ -79,7 +85,7 @@ fn events_in(d: &DeadLetter) -> usize {
 }
 
 /// A table of the dead letters (of one stage, or all).
-pub async fn list(p: &Pipeline, stage: Option<&str>) -> Result<String, Error> {
+pub async fn list(p: &Target, stage: Option<&str>) -> Result<String, Error> {
     let store = store(p).await?;
     let rows = store.dead_letters(stage, &[]).await;
     store.close().await;
@@ -111,7 +117,7 @@ pub async fn list(p: &Pipeline, stage: Option<&str>) -> Result<String, Error> {
 }
 
 /// One dead letter as JSON, its events included.
-pub async fn show(p: &Pipeline, id: i64) -> Result<String, Error> {
+pub async fn show(p: &Target, id: i64) -> Result<String, Error> {
     let store = store(p).await?;
     let rows = store.dead_letters(None, &[id]).await;
     store.close().await;
@@ -142,7 +148,7 @@ pub struct Resent {
 /// Sends dead letters again (the given ids, or all of `stage`, or all), with the stage's
 /// current config and retry rules. A delivered one is deleted; a failed one stays, with the new
 /// reason and attempt count.
-pub async fn resend(p: &Pipeline, stage: Option<&str>, ids: &[i64]) -> Result<Resent, Error> {
+pub async fn resend(p: &Target, stage: Option<&str>, ids: &[i64]) -> Result<Resent, Error> {
     let hooks = webhooks(p)?;
     let store = store(p).await?;
     let result = resend_with(&store, &hooks, stage, ids).await;
@@ -231,7 +237,7 @@ async fn resend_with(
 }
 
 /// Deletes dead letters by id.
-pub async fn delete(p: &Pipeline, ids: &[i64]) -> Result<u64, Error> {
+pub async fn delete(p: &Target, ids: &[i64]) -> Result<u64, Error> {
     let store = store(p).await?;
     let n = store.forget_dead(ids).await;
     store.close().await;
