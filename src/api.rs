@@ -1,5 +1,6 @@
 //! The engine's HTTP endpoint: `GET /metrics` (Prometheus text), `GET /healthz` (alive),
-//! `GET /readyz` (the pipeline is running), `POST /-/reload` (reload the pipeline file now).
+//! `GET /readyz` (the pipeline is running; JSON with `Accept: application/json`, which also
+//! says whether this replica leads), `POST /-/reload` (reload the pipeline file now).
 //!
 //! The endpoint has no authentication of its own: keep it on localhost (the default) or
 //! behind a NetworkPolicy. Mutating endpoints refuse requests that a web page could make (any
@@ -30,6 +31,8 @@ pub struct ApiState {
     pub token: Option<Arc<str>>,
     /// The running pipeline's health registry.
     pub health: crate::health::Health,
+    /// Whether this replica leads (with `leader_election`; a standby is ready too).
+    pub leadership: crate::leader::Leadership,
 }
 
 /// The environment variable that holds the bearer token of mutating endpoints.
@@ -126,15 +129,45 @@ fn readiness(s: &ApiState) -> Result<(), String> {
     }
 }
 
-async fn readyz(State(s): State<ApiState>) -> Response {
-    match readiness(&s) {
-        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
-        Err(why) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {why}\n"),
-        )
-            .into_response(),
+/// This replica's role, with leader election: `leader` or `standby`.
+fn role(s: &ApiState) -> Option<&'static str> {
+    s.leadership.elected().then(|| {
+        if s.leadership.is_leader() {
+            "leader"
+        } else {
+            "standby"
+        }
+    })
+}
+
+/// Plain text, or JSON when the client asks for it (`Accept: application/json`):
+/// `{"ready": bool, "problems": [..], "role": "leader"|"standby"|null, "identity": ..}`.
+async fn readyz(State(s): State<ApiState>, headers: HeaderMap) -> Response {
+    let result = readiness(&s);
+    let code = if result.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let wants_json = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/json"));
+    if wants_json {
+        let body = serde_json::json!({
+            "ready": result.is_ok(),
+            "problems": result.as_ref().err().map(|w| vec![w.clone()]).unwrap_or_default(),
+            "role": role(&s),
+            "identity": s.leadership.identity(),
+        });
+        return (code, axum::Json(body)).into_response();
     }
+    let text = match (&result, role(&s)) {
+        (Ok(()), None) => "ready\n".to_string(),
+        (Ok(()), Some(r)) => format!("ready ({r})\n"),
+        (Err(why), _) => format!("not ready: {why}\n"),
+    };
+    (code, text).into_response()
 }
 
 async fn reload(State(s): State<ApiState>, headers: HeaderMap) -> Response {

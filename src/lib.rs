@@ -23,7 +23,7 @@
 //! - [`event`]: the normalized event, its acknowledgement ([`event::ack`]) and [`Batch`].
 //! - Leaves: [`yaml`] (YAML with positions, `${ENV}`), [`types`] (durations, regexes, globs,
 //!   `Invalid`), [`backoff`] (retry delays), [`kube_client`] (the API server connection),
-//!   [`health`] (readiness), [`metrics`] (shared metric names), [`redact`] (secrets out of
+//!   [`leader`] (leader election over a Lease), [`health`] (readiness), [`metrics`] (shared metric names), [`redact`] (secrets out of
 //!   URLs).
 //!
 //! [`Batch`]: event::Batch
@@ -36,6 +36,7 @@ pub mod engine;
 pub mod event;
 pub mod health;
 pub mod kube_client;
+pub mod leader;
 pub mod metrics;
 pub mod redact;
 pub mod reload;

@@ -115,6 +115,15 @@ pub fn describe_engine() {
         READY,
         "1 while /readyz answers 200 (the pipeline runs and no source or sink has been failing past its threshold), else 0; set when /metrics is scraped."
     );
+    describe_gauge!(
+        LEADER,
+        "With leader_election: 1 while this replica leads (runs the sources and delivers durable webhook queues), 0 on a standby."
+    );
+    describe_counter!(
+        LEADER_TRANSITIONS,
+        Unit::Count,
+        "With leader_election: times this replica started or stopped leading."
+    );
     process_collector().describe();
 }
 
@@ -124,6 +133,19 @@ pub fn describe_engine() {
 /// (A collector only holds the metric names: made where it is used, not kept.)
 fn process_collector() -> metrics_process::Collector {
     metrics_process::Collector::default()
+}
+
+pub const LEADER: &str = "eventflow_leader";
+pub const LEADER_TRANSITIONS: &str = "eventflow_leader_transitions_total";
+
+/// Records whether this replica leads (with `leader_election`).
+pub fn leader(leading: bool) {
+    metrics::gauge!(LEADER).set(if leading { 1.0 } else { 0.0 });
+}
+
+/// Counts a change of this replica's role (standby to leader or back).
+pub fn leader_transition() {
+    metrics::counter!(LEADER_TRANSITIONS).increment(1);
 }
 
 /// Records whether the process is ready (what `/readyz` answers).

@@ -31,6 +31,8 @@ pub enum Outcome {
 pub enum RunError {
     #[error(transparent)]
     Build(#[from] crate::component::BuildError),
+    #[error(transparent)]
+    Election(#[from] crate::leader::ElectionError),
     #[error("cannot listen on {addr} for the API endpoint: {source}")]
     Listen {
         addr: std::net::SocketAddr,
@@ -69,27 +71,16 @@ pub async fn run(pipeline: Pipeline, opts: RunOptions) -> Result<Outcome, RunErr
     let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(4);
     let ready = Arc::new(AtomicBool::new(false));
     let health = crate::health::Health::default();
+    let election = match &pipeline.leader_election {
+        Some(cfg) => Some(crate::leader::Election::start(cfg).await?),
+        None => None,
+    };
+    let leadership = election.as_ref().map_or_else(
+        crate::leader::Leadership::always,
+        crate::leader::Election::leadership,
+    );
     let _api = match api {
-        Some(a) => {
-            let state = crate::api::ApiState {
-                metrics: opts.metrics.clone(),
-                ready: ready.clone(),
-                reload: reload_tx.clone(),
-                token: std::env::var(crate::api::TOKEN_ENV)
-                    .ok()
-                    .filter(|t| !t.is_empty())
-                    .map(Arc::from),
-                health: health.clone(),
-            };
-            let (_, task) =
-                crate::api::serve(a.listen, state)
-                    .await
-                    .map_err(|source| RunError::Listen {
-                        addr: a.listen,
-                        source,
-                    })?;
-            Some(AbortOnDrop(task))
-        }
+        Some(a) => Some(serve_api(&a, &opts, &ready, &reload_tx, &health, &leadership).await?),
         None => None,
     };
     // Watch before starting, so that an edit made while the pipeline starts is not missed.
@@ -106,7 +97,7 @@ pub async fn run(pipeline: Pipeline, opts: RunOptions) -> Result<Outcome, RunErr
         }
         _ => None,
     };
-    let mut topology = Topology::start_with(pipeline, health).await?;
+    let mut topology = Topology::start_with(pipeline, health, leadership).await?;
     crate::metrics::reload("applied", 0.0);
     ready.store(true, Ordering::Release);
     tracing::info!(
@@ -150,6 +141,10 @@ pub async fn run(pipeline: Pipeline, opts: RunOptions) -> Result<Outcome, RunErr
     }
     ready.store(false, Ordering::Release);
     let report = topology.shutdown(opts.shutdown_timeout).await;
+    // Only now, with the sources stopped and deliveries ended, may a standby take over.
+    if let Some(e) = election {
+        e.stop().await;
+    }
     if !report.failed.is_empty() {
         let stages: Vec<&str> = report.failed.iter().map(|(id, _)| id.as_str()).collect();
         tracing::error!(stages = ?stages, "pipeline stopped after stage failures; events they held were not acknowledged and are replayed at the next start");
@@ -161,6 +156,36 @@ pub async fn run(pipeline: Pipeline, opts: RunOptions) -> Result<Outcome, RunErr
         tracing::error!(stages = ?report.stuck, timeout = ?opts.shutdown_timeout, "stages did not finish draining in time; their in-flight events were not delivered");
         Ok(Outcome::Incomplete(report.stuck))
     }
+}
+
+/// Starts the API endpoint; it stops when the returned guard is dropped.
+async fn serve_api(
+    a: &crate::config::ApiConfig,
+    opts: &RunOptions,
+    ready: &Arc<AtomicBool>,
+    reload_tx: &mpsc::Sender<ReloadRequest>,
+    health: &crate::health::Health,
+    leadership: &crate::leader::Leadership,
+) -> Result<AbortOnDrop, RunError> {
+    let state = crate::api::ApiState {
+        metrics: opts.metrics.clone(),
+        ready: ready.clone(),
+        reload: reload_tx.clone(),
+        token: std::env::var(crate::api::TOKEN_ENV)
+            .ok()
+            .filter(|t| !t.is_empty())
+            .map(Arc::from),
+        health: health.clone(),
+        leadership: leadership.clone(),
+    };
+    let (_, task) =
+        crate::api::serve(a.listen, state)
+            .await
+            .map_err(|source| RunError::Listen {
+                addr: a.listen,
+                source,
+            })?;
+    Ok(AbortOnDrop(task))
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -209,6 +234,13 @@ async fn reload_inner(
             "a change to `api` needs a restart; it was not applied (the rest of the file was)"
         );
         new.api = current.api.clone();
+    }
+    if new.leader_election != current.leader_election {
+        tracing::warn!(
+            trigger,
+            "a change to `leader_election` needs a restart; it was not applied (the rest of the file was)"
+        );
+        new.leader_election = current.leader_election.clone();
     }
     if new.state != current.state {
         tracing::warn!(

@@ -94,6 +94,7 @@ impl PipelineBuilder {
             version: 1,
             api: None,
             state: self.state,
+            leader_election: None,
             stages: self.stages,
             disabled: None,
         }

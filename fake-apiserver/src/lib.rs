@@ -92,6 +92,10 @@ pub struct Faults {
     pub forbid: Vec<String>,
     /// Delete Events older than this (by creation time), as the real `--event-ttl` does.
     pub event_ttl: Option<Duration>,
+    /// Lease writes (`PUT`) that would make this identity the holder are not answered (the
+    /// connection is held for up to a minute): "the API server stops answering the leader's
+    /// renewals only".
+    pub hang_lease_writes_of: Option<String>,
 }
 
 /// A request as received.
@@ -155,6 +159,9 @@ pub(crate) struct State {
     pub snapshots: HashMap<u64, Arc<Vec<Value>>>,
     pub next_uid: u64,
     pub uid_seed: u64,
+    /// `coordination.k8s.io/v1` Leases by (namespace, name), with their own resourceVersions.
+    pub leases: BTreeMap<(String, String), Value>,
+    pub lease_rv: u64,
 }
 
 pub(crate) struct Shared {
@@ -384,6 +391,8 @@ impl FakeApiServer {
                 snapshots: HashMap::new(),
                 next_uid: 0,
                 uid_seed: seed,
+                leases: BTreeMap::new(),
+                lease_rv: 0,
             }),
             tx,
             kick,
@@ -551,6 +560,15 @@ impl FakeApiServer {
     }
 
     /// The stored objects (core/v1 form).
+    /// The Lease `ns/name`, if it exists.
+    pub fn lease(&self, ns: &str, name: &str) -> Option<Value> {
+        self.shared
+            .lock()
+            .leases
+            .get(&(ns.to_string(), name.to_string()))
+            .cloned()
+    }
+
     pub fn objects(&self) -> Vec<Value> {
         self.shared.lock().objects.values().cloned().collect()
     }

@@ -181,6 +181,9 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         }
         _ => {}
     }
+    if let Some(rest) = path.strip_prefix("/apis/coordination.k8s.io/v1/namespaces/") {
+        return leases(&shared, &parts.method, rest, &body).await;
+    }
     let Some(target) = parse_target(&path) else {
         return error(
             404,
@@ -211,6 +214,131 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         Op::Create | Op::Patch | Op::Delete => write(&shared, &parts.method, &target, &body),
         Op::Any => error(405, "MethodNotAllowed", "method not allowed"),
     }
+}
+
+/// `coordination.k8s.io/v1` Leases, as leader election uses them: get, create (409
+/// AlreadyExists when it exists), update (409 Conflict unless the body carries the stored
+/// resourceVersion), delete.
+async fn leases(shared: &Arc<Shared>, method: &Method, rest: &str, body: &[u8]) -> Response {
+    let parts: Vec<&str> = rest.split('/').collect();
+    let (ns, name) = match parts.as_slice() {
+        [ns, "leases"] => (*ns, None),
+        [ns, "leases", name] => (*ns, Some(*name)),
+        _ => {
+            return error(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            );
+        }
+    };
+    let parsed = || {
+        serde_json::from_slice::<Value>(body)
+            .ok()
+            .filter(Value::is_object)
+    };
+    let not_found = |n: &str| {
+        error(
+            404,
+            "NotFound",
+            &format!("leases.coordination.k8s.io \"{n}\" not found"),
+        )
+    };
+    match (method.as_str(), name) {
+        ("GET", Some(n)) => match shared.lock().leases.get(&(ns.to_string(), n.to_string())) {
+            Some(l) => json_response(200, l),
+            None => not_found(n),
+        },
+        ("POST", None) => lease_create(shared, ns, parsed()),
+        ("PUT", Some(n)) => lease_update(shared, ns, n, parsed()).await,
+        ("DELETE", Some(n)) => match shared
+            .lock()
+            .leases
+            .remove(&(ns.to_string(), n.to_string()))
+        {
+            Some(l) => json_response(200, &l),
+            None => not_found(n),
+        },
+        _ => error(405, "MethodNotAllowed", "method not allowed"),
+    }
+}
+
+/// Creates a Lease: 409 AlreadyExists when it exists.
+fn lease_create(shared: &Arc<Shared>, ns: &str, body: Option<Value>) -> Response {
+    let Some(mut l) = body else {
+        return error(400, "BadRequest", "the body must be a Lease");
+    };
+    let Some(n) = l["metadata"]["name"].as_str().map(str::to_string) else {
+        return error(422, "Invalid", "metadata.name: Required value");
+    };
+    let mut g = shared.lock();
+    let key = (ns.to_string(), n.clone());
+    if g.leases.contains_key(&key) {
+        return error(
+            409,
+            "AlreadyExists",
+            &format!("leases.coordination.k8s.io \"{n}\" already exists"),
+        );
+    }
+    g.lease_rv += 1;
+    l["apiVersion"] = json!("coordination.k8s.io/v1");
+    l["kind"] = json!("Lease");
+    l["metadata"]["namespace"] = json!(ns);
+    l["metadata"]["resourceVersion"] = json!(g.lease_rv.to_string());
+    l["metadata"]["uid"] = json!(format!("lease-{}", g.lease_rv));
+    g.leases.insert(key, l.clone());
+    json_response(201, &l)
+}
+
+/// Replaces a Lease: 409 Conflict unless the body carries the stored resourceVersion.
+async fn lease_update(shared: &Arc<Shared>, ns: &str, n: &str, body: Option<Value>) -> Response {
+    let not_found = |n: &str| {
+        error(
+            404,
+            "NotFound",
+            &format!("leases.coordination.k8s.io \"{n}\" not found"),
+        )
+    };
+    let Some(mut l) = body else {
+        return error(400, "BadRequest", "the body must be a Lease");
+    };
+    let holder = l["spec"]["holderIdentity"].as_str().map(str::to_string);
+    let hang = {
+        let g = shared.lock();
+        g.faults.hang_lease_writes_of.is_some() && g.faults.hang_lease_writes_of == holder
+    };
+    if hang {
+        for _ in 0..600 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if shared.lock().faults.hang_lease_writes_of != holder {
+                break;
+            }
+        }
+        return error(504, "Timeout", "the server was not answering this client");
+    }
+    let mut g = shared.lock();
+    let key = (ns.to_string(), n.to_string());
+    let Some(stored) = g.leases.get(&key) else {
+        return not_found(n);
+    };
+    if l["metadata"]["resourceVersion"] != stored["metadata"]["resourceVersion"] {
+        return error(
+            409,
+            "Conflict",
+            &format!(
+                "Operation cannot be fulfilled on leases.coordination.k8s.io \"{n}\": the object has been modified; please apply your changes to the latest version and try again"
+            ),
+        );
+    }
+    let uid = stored["metadata"]["uid"].clone();
+    g.lease_rv += 1;
+    l["apiVersion"] = json!("coordination.k8s.io/v1");
+    l["kind"] = json!("Lease");
+    l["metadata"]["namespace"] = json!(ns);
+    l["metadata"]["uid"] = uid;
+    l["metadata"]["resourceVersion"] = json!(g.lease_rv.to_string());
+    g.leases.insert(key, l.clone());
+    json_response(200, &l)
 }
 
 /// Records the request, then applies delay, auth, RBAC and injected failures.

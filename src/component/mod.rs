@@ -50,6 +50,8 @@ pub struct BuildContext {
     pub health: crate::health::Health,
     /// State the instances of one stage share across reloads (e.g. a durable queue's slot).
     pub shared: Shared,
+    /// Whether this replica leads: sources read and durable queues deliver only while it does.
+    pub leadership: crate::leader::Leadership,
 }
 
 impl BuildContext {

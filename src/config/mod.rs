@@ -59,6 +59,10 @@ pub struct Header {
     /// Checkpoints and durable queues. Default: `sqlite://eventflow-state.db`.
     #[serde(default)]
     pub state: Option<StateConfig>,
+    /// Several replicas, one leading (running the sources and delivering durable webhook
+    /// queues) by a Kubernetes Lease. Off when absent. Needs `state` on PostgreSQL or MySQL.
+    #[serde(default)]
+    pub leader_election: Option<crate::leader::LeaderElectionConfig>,
     /// The stages, keyed by id (`[a-z0-9_-]+`).
     #[serde(default)]
     #[schemars(with = "std::collections::BTreeMap<String, serde_json::Value>")]
@@ -91,6 +95,7 @@ pub struct Pipeline {
     pub version: u32,
     pub api: Option<ApiConfig>,
     pub state: Option<StateConfig>,
+    pub leader_election: Option<crate::leader::LeaderElectionConfig>,
     pub stages: IndexMap<String, StageSpec>,
     /// A file in the k8m event handler's format that turns everything off says so here (and has no stages).
     pub disabled: Option<String>,
@@ -241,6 +246,7 @@ pub fn load_str(
                 version: 1,
                 api: None,
                 state: None,
+                leader_election: None,
                 stages: IndexMap::new(),
                 disabled: Some(why),
             }),
@@ -297,6 +303,11 @@ pub fn load_str(
     let mut failed = std::collections::HashMap::new();
     let stages = parse_stages(&root, &mut problems, &mut failed, types);
     graph::check(&stages, &failed, &mut problems);
+    if let Some(h) = &header
+        && let Some(le) = &h.leader_election
+    {
+        check_election(&root, le, h.state.as_ref(), &stages, &mut problems);
+    }
     if !problems.is_empty() {
         return Err(fail(problems));
     }
@@ -307,9 +318,60 @@ pub fn load_str(
         version: header.version,
         api: header.api,
         state: header.state,
+        leader_election: header.leader_election,
         stages,
         disabled: None,
     })
+}
+
+/// What leader election needs: sane durations, a shared state database, sources that pause
+/// on a standby.
+fn check_election(
+    root: &Node,
+    le: &crate::leader::LeaderElectionConfig,
+    state: Option<&StateConfig>,
+    stages: &IndexMap<String, StageSpec>,
+    problems: &mut Vec<Problem>,
+) {
+    let section = root.get("leader_election");
+    for i in le.validate() {
+        let pos = section
+            .and_then(|s| s.get(&i.field))
+            .or(section)
+            .map(|n| n.pos);
+        let field = format!("leader_election.{}", i.field);
+        problems.push(Problem::new(pos, None, Some(&field), i.message));
+    }
+    let url = state.map_or_else(|| StateConfig::default().url, |s| s.url.clone());
+    if matches!(
+        crate::state::db::backend_of(&url),
+        Some(crate::state::db::Backend::Sqlite)
+    ) {
+        let pos = root
+            .get("state")
+            .and_then(|s| s.get("url"))
+            .or(section)
+            .map(|n| n.pos);
+        problems.push(Problem::new(
+            pos,
+            None,
+            Some("state.url"),
+            "leader_election needs the state on PostgreSQL or MySQL: with SQLite each replica would keep its own checkpoint and webhook queue, so a new leader would start over and send again",
+        ));
+    }
+    for s in stages.values() {
+        if s.kind == StageKind::Source && s.type_name != "kube_events" {
+            problems.push(Problem::new(
+                Some(s.pos),
+                Some(&s.id),
+                None,
+                format!(
+                    "with leader_election only `kube_events` sources can run (a `{}` source cannot pause on a standby, so every replica would read it)",
+                    s.type_name
+                ),
+            ));
+        }
+    }
 }
 
 fn de_problem(stage: Option<&str>, e: yaml::DeError) -> Problem {

@@ -27,6 +27,7 @@ use crate::config::diff::Diff;
 use crate::config::{Pipeline, graph};
 use crate::event::Batch;
 use crate::health::Health;
+use crate::leader::Leadership;
 use crate::metrics as shared_metrics;
 
 /// How long a reload waits for a replaced source to hand off what it read.
@@ -126,6 +127,8 @@ pub struct Topology {
     health: Health,
     /// What instances of a stage share across reloads.
     shared: Shared,
+    /// Whether this replica leads (sources and durable queues follow it).
+    leadership: Leadership,
 }
 
 fn empty_like(p: &Pipeline) -> Pipeline {
@@ -135,6 +138,7 @@ fn empty_like(p: &Pipeline) -> Pipeline {
         version: p.version,
         api: p.api.clone(),
         state: p.state.clone(),
+        leader_election: p.leader_election.clone(),
         stages: IndexMap::new(),
         disabled: None,
     }
@@ -143,11 +147,16 @@ fn empty_like(p: &Pipeline) -> Pipeline {
 impl Topology {
     /// Builds and starts every stage of `pipeline`, with a health registry of its own.
     pub async fn start(pipeline: Pipeline) -> Result<Topology, BuildError> {
-        Topology::start_with(pipeline, Health::default()).await
+        Topology::start_with(pipeline, Health::default(), Leadership::always()).await
     }
 
-    /// Builds and starts every stage of `pipeline`; its stages report to `health`.
-    pub async fn start_with(pipeline: Pipeline, health: Health) -> Result<Topology, BuildError> {
+    /// Builds and starts every stage of `pipeline`; its stages report to `health` and follow
+    /// `leadership`.
+    pub async fn start_with(
+        pipeline: Pipeline,
+        health: Health,
+        leadership: Leadership,
+    ) -> Result<Topology, BuildError> {
         let (exits_tx, exits_rx) = mpsc::unbounded_channel();
         let mut t = Topology {
             current: empty_like(&pipeline),
@@ -159,6 +168,7 @@ impl Topology {
             failed: Vec::new(),
             health,
             shared: Shared::default(),
+            leadership,
         };
         t.apply(pipeline).await?;
         Ok(t)
@@ -256,6 +266,7 @@ impl Topology {
                 state: new.state.clone(),
                 health: self.health.clone(),
                 shared: self.shared.clone(),
+                leadership: self.leadership.clone(),
             };
             let stage = std::panic::AssertUnwindSafe(spec.config.build(&cx))
                 .catch_unwind()

@@ -65,6 +65,16 @@ pub fn lines_of(r: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String
     rx
 }
 
+/// A test that fails does not leave its processes behind.
+impl Drop for Running {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// A reader that reads nothing until its gate's sender is dropped.
 struct Gated<R>(Option<mpsc::Receiver<()>>, R);
 
@@ -155,6 +165,14 @@ impl Running {
         );
     }
 
+    /// A log line containing `needle` seen already (during start-up, say), or the next one.
+    pub fn seen_or_wait_log(&mut self, needle: &str) -> String {
+        match self.seen_logs.iter().find(|l| l.contains(needle)) {
+            Some(l) => l.clone(),
+            None => self.wait_log(needle),
+        }
+    }
+
     /// The port of the API endpoint (from its start-up log line).
     pub fn api_port(&mut self) -> u16 {
         let l = self
@@ -221,7 +239,7 @@ impl Running {
             "eventflow ended with {status}; logs:\n{}",
             self.seen_logs.join("\n")
         );
-        (rest, self.seen_logs)
+        (rest, std::mem::take(&mut self.seen_logs))
     }
 }
 

@@ -19,7 +19,12 @@ use serde_json::Value;
 /// A request the receiver got.
 #[derive(Clone, Debug)]
 pub struct Got {
+    /// When the request arrived.
+    pub arrived: Instant,
+    /// When it was answered.
     pub at: Instant,
+    /// Its `X-Eventflow-Instance` (the replica that sent it, with leader election).
+    pub instance: String,
     pub status: u16,
     pub query: String,
     pub delivery_id: String,
@@ -189,6 +194,7 @@ impl Receiver {
 
 async fn receive(State(r): State<Receiver>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     let r = &r.0;
+    let arrived = Instant::now();
     if let Some(count) = r.tally {
         r.tallied.fetch_add(count(&body), Ordering::Relaxed);
         return (StatusCode::OK, "ok").into_response();
@@ -209,15 +215,20 @@ async fn receive(State(r): State<Receiver>, uri: Uri, headers: HeaderMap, body: 
             s => s,
         },
     };
-    lock(&r.got).push(Got {
-        at: Instant::now(),
-        status,
-        query: uri.query().unwrap_or_default().to_string(),
-        delivery_id: headers
-            .get("x-eventflow-delivery-id")
+    let header = |name: &str| {
+        headers
+            .get(name)
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
-            .to_string(),
+            .to_string()
+    };
+    lock(&r.got).push(Got {
+        arrived,
+        at: Instant::now(),
+        instance: header("x-eventflow-instance"),
+        status,
+        query: uri.query().unwrap_or_default().to_string(),
+        delivery_id: header("x-eventflow-delivery-id"),
         text: String::from_utf8_lossy(&body).into_owned(),
         body: serde_json::from_slice(&body).unwrap_or(Value::Null),
     });

@@ -42,8 +42,8 @@ use writer::{CheckpointChange, write_checkpoint};
 use crate::backoff::BackoffConfig;
 use crate::component::MAX_BATCH;
 use crate::component::{
-    BuildContext, BuildError, Invalid, Source, SourceContext, Stage, StageConfig, StageError,
-    StageKind, StageMetrics, StageType,
+    BuildContext, BuildError, Invalid, Shutdown, Source, SourceContext, Stage, StageConfig,
+    StageError, StageKind, StageMetrics, StageType,
 };
 use crate::event::ack::{Finalizer, Report, Seq, Status};
 use crate::event::{Event, EventData, Finalizers};
@@ -183,6 +183,7 @@ impl StageConfig for KubeEventsConfig {
                 cluster: self.cluster.clone().unwrap_or(context_name),
                 checkpoint,
                 health: cx.health.clone(),
+                leadership: cx.leadership.clone(),
             }) as Box<dyn Source>))
         })
     }
@@ -194,6 +195,7 @@ struct KubeSource {
     cluster: String,
     checkpoint: Checkpoint,
     health: crate::health::Health,
+    leadership: crate::leader::Leadership,
 }
 
 /// What a watch loop hands to the source task.
@@ -241,17 +243,61 @@ impl Source for KubeSource {
 async fn run(src: KubeSource, cx: SourceContext) -> Result<(), StageError> {
     let SourceContext {
         metrics: sm,
-        out,
-        shutdown,
+        mut out,
+        mut shutdown,
     } = cx;
     let counters = counters(&sm);
+    let mut leadership = src.leadership.clone();
+    let result = loop {
+        // A standby waits to lead; without leader election this replica always leads.
+        if !leadership.is_leader() {
+            tokio::select! {
+                () = shutdown.requested() => break Ok(()),
+                () = leadership.acquired() => {}
+            }
+        }
+        // One term: watch until shutdown, or until this replica stops leading.
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        let mut until_lost = leadership.clone();
+        let mut outer = shutdown.clone();
+        let stopper = tokio::spawn(async move {
+            tokio::select! {
+                () = outer.requested() => {}
+                () = until_lost.lost() => {}
+            }
+            let _ = stop_tx.send(true);
+        });
+        let term = lead(&src, &sm, &counters, &mut out, Shutdown(stop)).await;
+        stopper.abort();
+        if let Err(e) = term {
+            break Err(e);
+        }
+        if shutdown.is_requested() {
+            break Ok(());
+        }
+        tracing::info!(stage = %sm.id, "no longer the leader: watches stopped, what they read was handed over; standing by");
+    };
+    src.checkpoint.close().await;
+    result
+}
+
+/// One term as the reading replica: restores the checkpoint (which another replica may have
+/// advanced), watches until `stop`, then waits for what was emitted to be acknowledged and
+/// checkpointed.
+async fn lead(
+    src: &KubeSource,
+    sm: &StageMetrics,
+    counters: &Counters,
+    out: &mut crate::component::Fanout,
+    stop: Shutdown,
+) -> Result<(), StageError> {
     let health = src.health.register(&sm.id, src.cfg.unready_after.0);
     let slots: Vec<Option<String>> = if src.cfg.namespaces.is_empty() {
         vec![None]
     } else {
         src.cfg.namespaces.iter().cloned().map(Some).collect()
     };
-    let (seen, first_start) = restore(&src, &slots).await?;
+    let (seen, first_start) = restore(src, &slots).await?;
     let seen = Arc::new(Mutex::new(seen));
     let cluster: Arc<str> = Arc::from(src.cluster.as_str());
     let (tx, rx) = mpsc::channel::<FromWatch>(4);
@@ -275,14 +321,18 @@ async fn run(src: KubeSource, cx: SourceContext) -> Result<(), StageError> {
                 first_start,
                 health: health.clone(),
             };
-            tokio::spawn(w.run(shutdown.clone()))
+            tokio::spawn(w.run(stop.clone()))
         })
         .collect();
     drop(tx);
     let (wtx, wrx) = mpsc::channel::<CheckpointChange>(64);
-    let writer = tokio::spawn(write_checkpoint(src.checkpoint, wrx, counters.clone()));
+    let writer = tokio::spawn(write_checkpoint(
+        src.checkpoint.clone(),
+        wrx,
+        counters.clone(),
+    ));
     let pending = forward(rx, out, &wtx).await;
-    // The watch loops have stopped (shutdown): record what the sinks still commit.
+    // The watch loops have stopped: record what the sinks still commit.
     for l in loops {
         let _ = l.await;
     }
@@ -352,7 +402,7 @@ fn delivered_rows(done: oneshot::Receiver<Report>, rows: Vec<Row>) -> PendingAck
 /// only this task turns statuses into rows. Returns the acknowledgements still outstanding.
 async fn forward(
     mut rx: mpsc::Receiver<FromWatch>,
-    mut out: crate::component::Fanout,
+    out: &mut crate::component::Fanout,
     wtx: &mpsc::Sender<CheckpointChange>,
 ) -> FuturesOrdered<PendingAck> {
     let mut pending: FuturesOrdered<PendingAck> = FuturesOrdered::new();

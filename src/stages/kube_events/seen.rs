@@ -263,6 +263,7 @@ impl Seen {
 }
 
 /// The checkpoint table of one source.
+#[derive(Clone)]
 pub struct Checkpoint {
     db: Db,
     source: String,

@@ -40,7 +40,6 @@ pub(super) async fn write_checkpoint(
         save(&cp, &mut buf, &c).await;
     }
     save(&cp, &mut buf, &c).await;
-    cp.close().await;
 }
 
 async fn save(cp: &Checkpoint, rows: &mut Vec<Row>, c: &Counters) {

@@ -83,6 +83,19 @@ struct Durable {
 
 impl Durable {
     /// The stage id.
+    /// Counts the queue again (another replica may have added to it or delivered from it).
+    async fn recount(&self) {
+        match self.store.count(self.stage()).await {
+            Ok(n) => {
+                self.slot.queued.store(n, Ordering::SeqCst);
+                self.gauge.set(n as f64);
+            }
+            Err(e) => {
+                tracing::warn!(stage = %self.stage(), error = %e, "state database: cannot count the queue");
+            }
+        }
+    }
+
     fn stage(&self) -> &str {
         &self.delivery.stage
     }
@@ -176,12 +189,34 @@ pub async fn run(
     };
     let mut generation = slot.generation.subscribe();
     let deliveries = async {
-        let turn = tokio::select! {
-            turn = slot.delivering.lock() => Some(turn),
-            _ = generation.changed() => None,
-        };
-        if turn.is_some() {
-            deliver_loop(&shared, stop_rx, generation).await;
+        let mut lead = shared.delivery.leadership.clone();
+        let mut stop = stop_rx.clone();
+        loop {
+            // A standby leaves the queue to the leader (the queue is shared in the state
+            // database); without leader election this replica always leads.
+            if !lead.is_leader() {
+                tokio::select! {
+                    () = lead.acquired() => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                    _ = generation.changed() => return,
+                }
+                shared.recount().await;
+            }
+            let turn = tokio::select! {
+                turn = slot.delivering.lock() => Some(turn),
+                _ = generation.changed() => None,
+            };
+            if turn.is_none() {
+                return;
+            }
+            let ended = deliver_loop(&shared, stop_rx.clone(), generation.clone()).await;
+            if ended != LoopEnd::NotLeader {
+                return;
+            }
+            tracing::info!(
+                stage,
+                "no longer the leader: queue deliveries stopped; the next leader resumes them"
+            );
         }
     };
     tokio::join!(intake, deliveries);
@@ -301,13 +336,26 @@ async fn next_batch(shared: &Durable, cursor: i64, stopping: bool) -> Result<Nex
     Ok(Next::Batch(batch))
 }
 
-/// Delivers from the queue until the stage stops (see the module's notes) or a newer
-/// instance of it starts (`generation` changes), whichever comes first.
+/// Why a delivery loop ended.
+#[derive(Debug, PartialEq, Eq)]
+enum LoopEnd {
+    /// The stage stopped, or a newer instance took over.
+    Done,
+    /// This replica stopped leading (with leader election).
+    NotLeader,
+}
+
+/// Delivers from the queue until the stage stops (see the module's notes), a newer instance
+/// of it starts (`generation` changes) or this replica stops leading, whichever comes first.
 async fn deliver_loop(
     shared: &Arc<Durable>,
     mut stop: watch::Receiver<bool>,
     mut generation: watch::Receiver<u64>,
-) {
+) -> LoopEnd {
+    let mut lead = shared.delivery.leadership.clone();
+    // Rows another replica queued wake no one here: with leader election, look again now
+    // and then.
+    let poll = lead.elected().then_some(Duration::from_secs(1));
     let mut added = shared.slot.added.subscribe();
     // Deliveries in flight stop retrying once this instance stops or is superseded.
     let (halt, halted_rx) = watch::channel(false);
@@ -324,8 +372,15 @@ async fn deliver_loop(
         // Sticky: `changed()` below marks the new generation seen.
         superseded |= generation.has_changed().unwrap_or(true);
         added.borrow_and_update();
-        if stopping || superseded {
+        let leading = lead.is_leader();
+        if stopping || superseded || !leading {
             halt.send_replace(true);
+        }
+        if !leading {
+            // Fencing: requests in flight were dropped by `deliver`; do not wait for them.
+            in_flight.abort_all();
+            while in_flight.join_next().await.is_some() {}
+            return LoopEnd::NotLeader;
         }
         let mut wake: Option<Instant> = None;
         let mut empty = false;
@@ -351,6 +406,7 @@ async fn deliver_loop(
                     }
                     Ok(Next::Empty) => {
                         empty = true;
+                        wake = poll.map(|p| Instant::now() + p);
                         break;
                     }
                     Ok(Next::WaitUntil(t)) => {
@@ -368,7 +424,7 @@ async fn deliver_loop(
             }
         }
         if in_flight.is_empty() && (superseded || (stopping && (halted || empty))) {
-            return;
+            return LoopEnd::Done;
         }
         tokio::select! {
             Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
@@ -380,6 +436,7 @@ async fn deliver_loop(
             _ = generation.changed(), if !superseded => superseded = true,
             () = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {}
             _ = stop.changed(), if !stopping => {}
+            () = lead.lost() => {}
         }
     }
 }

@@ -281,6 +281,7 @@ impl WebhookConfig {
             stage: stage.to_string(),
             marker,
             metrics: telemetry::WebhookMetrics::new(stage),
+            leadership: crate::leader::Leadership::always(),
         })
     }
 }
@@ -338,7 +339,8 @@ impl StageConfig for WebhookConfig {
 
     fn build<'a>(&'a self, cx: &'a BuildContext) -> BoxFuture<'a, Result<Stage, BuildError>> {
         Box::pin(async move {
-            let delivery = self.delivery(&cx.id).await.map_err(|e| cx.failed(e))?;
+            let mut delivery = self.delivery(&cx.id).await.map_err(|e| cx.failed(e))?;
+            delivery.leadership = cx.leadership.clone();
             let queue = if self.durable {
                 let state = cx.state.clone().unwrap_or_default();
                 let store = queue::Store::open(&state.url)
@@ -398,6 +400,8 @@ pub struct Delivery {
     /// `mark_rows`, opened.
     marker: Option<mark::Marker>,
     metrics: telemetry::WebhookMetrics,
+    /// Requests go out only while this replica leads (always, without leader election).
+    leadership: crate::leader::Leadership,
 }
 
 /// How one attempt ended.
@@ -511,10 +515,13 @@ impl Delivery {
             .client
             .request(self.method.clone(), url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header("X-Eventflow-Delivery-Id", id)
-            .body(body)
-            .send()
-            .await;
+            .header("X-Eventflow-Delivery-Id", id);
+        // With leader election: which replica sent it.
+        let r = match self.leadership.identity() {
+            Some(me) => r.header("X-Eventflow-Instance", me),
+            None => r,
+        };
+        let r = r.body(body).send().await;
         let class = match &r {
             Ok(resp) => match resp.status().as_u16() {
                 200..=299 => "2xx",
@@ -622,8 +629,21 @@ impl Delivery {
         let id = delivery_id(events);
         let mut n = 0u32;
         let mut backoff = self.cfg.backoff.start();
+        let mut lead = self.leadership.clone();
         loop {
-            match self.attempt(events, &id).await {
+            if !lead.is_leader() {
+                return Outcome::Interrupted;
+            }
+            // A replica that stops leading drops its request at once (fencing): the batch
+            // is sent again, with the same delivery id, by the next leader.
+            let attempt = tokio::select! {
+                a = self.attempt(events, &id) => a,
+                () = lead.lost() => {
+                    tracing::warn!(stage, delivery_id = %id, "no longer the leader: request abandoned; the next leader sends it");
+                    return Outcome::Interrupted;
+                }
+            };
+            match attempt {
                 Attempt::Delivered => {
                     health.inspect(|h| h.synced());
                     return Outcome::Delivered { attempts: n + 1 };
@@ -658,11 +678,15 @@ impl Delivery {
                     self.metrics.retry();
                     tracing::warn!(stage, delivery_id = %id, attempt = n, reason = %why, wait = ?wait, "webhook delivery failed; retrying");
                     match &mut stop {
-                        None => tokio::time::sleep(wait).await,
+                        None => tokio::select! {
+                            () = tokio::time::sleep(wait) => {}
+                            () = lead.lost() => return Outcome::Interrupted,
+                        },
                         Some(s) => {
                             tokio::select! {
                                 () = tokio::time::sleep(wait) => {}
                                 _ = s.wait_for(|stopping| *stopping) => return Outcome::Interrupted,
+                                () = lead.lost() => return Outcome::Interrupted,
                             }
                         }
                     }

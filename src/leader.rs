@@ -1,0 +1,489 @@
+//! Leader election over a `coordination.k8s.io/v1` Lease, with the semantics of client-go's
+//! `leaderelection`:
+//! - **acquire or renew** reads the Lease and writes it back with the resourceVersion it read
+//!   (optimistic concurrency: of two candidates writing at once, the second gets 409 Conflict
+//!   and loses);
+//! - **a held Lease is taken over only after it expired by this candidate's own clock**: the
+//!   candidate notes when it last saw the record change and waits `leaseDurationSeconds` from
+//!   then, so clock skew between nodes does not matter;
+//! - **fencing**: a leader that has not renewed for `renew_deadline` stops leading at once,
+//!   before any other candidate may take over (`renew_deadline < lease_duration`), and goes back
+//!   to being a candidate;
+//! - **release**: on a graceful shutdown the leader clears the holder, so a standby takes over
+//!   at its next try instead of waiting for the Lease to expire.
+//!
+//! The crates that exist were looked at first: `kube-lease-manager` (kube 5) takes a free
+//! Lease with server-side apply but renews with an unconditional patch and judges expiry by the
+//! holder's `renewTime` against the local clock (skew-dependent, and a stale leader's renewal
+//! can land on a Lease someone else took); `kube-leader-election` is built on kube 4 and says
+//! it has no fencing. Neither gives the guarantees above, hence this module.
+//!
+//! What leading means to the pipeline is [`Leadership`]: sources watch only while it says so,
+//! and durable webhook queues deliver only while it says so.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use kube::Api;
+use kube::api::PostParams;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::types::{Dur, Invalid};
+
+/// The `leader_election:` section: several replicas, one leading at a time.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LeaderElectionConfig {
+    /// The Lease's name.
+    #[serde(default = "default_lease")]
+    pub lease: String,
+    /// The Lease's namespace. Default: the pod's own (from its service account), else
+    /// `default`.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// This replica's name in the Lease. Default: `$POD_NAME`, else the host name, followed by
+    /// a random suffix (two processes on one host differ).
+    #[serde(default)]
+    pub identity: Option<String>,
+    /// How long a Lease holds without renewal; a standby takes over this long after it last
+    /// saw the Lease change.
+    #[serde(default = "default_lease_duration")]
+    pub lease_duration: Dur,
+    /// A leader that could not renew for this long stops leading (below `lease_duration`).
+    #[serde(default = "default_renew_deadline")]
+    pub renew_deadline: Dur,
+    /// How often the leader renews and a standby tries to acquire.
+    #[serde(default = "default_retry_period")]
+    pub retry_period: Dur,
+    /// The kubeconfig of the API server that holds the Lease. Default: as for `kube_events`
+    /// (in-cluster, `$KUBECONFIG`, `~/.kube/config`).
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context. Default: its current context.
+    #[serde(default)]
+    pub context: Option<String>,
+}
+
+fn default_lease() -> String {
+    "eventflow".into()
+}
+fn default_lease_duration() -> Dur {
+    Dur::secs(15)
+}
+fn default_renew_deadline() -> Dur {
+    Dur::secs(10)
+}
+fn default_retry_period() -> Dur {
+    Dur::secs(2)
+}
+
+/// A leader must get at least this many tries to renew within `renew_deadline`.
+const RENEW_TRIES: u32 = 2;
+
+impl LeaderElectionConfig {
+    /// What is wrong with the durations (field names relative to the section).
+    pub fn validate(&self) -> Vec<Invalid> {
+        let mut out = Vec::new();
+        if self.lease.is_empty() {
+            out.push(Invalid::new("lease", "must not be empty"));
+        }
+        if self.lease_duration.0 < Duration::from_secs(1) {
+            out.push(Invalid::new("lease_duration", "must be at least 1s"));
+        }
+        if self.renew_deadline.0 >= self.lease_duration.0 {
+            out.push(Invalid::new(
+                "renew_deadline",
+                format!(
+                    "must be shorter than lease_duration ({}): a leader must stop before another may take over",
+                    self.lease_duration
+                ),
+            ));
+        }
+        if self.retry_period.0.is_zero() {
+            out.push(Invalid::new("retry_period", "must be above zero"));
+        } else if self.retry_period.0 * RENEW_TRIES > self.renew_deadline.0 {
+            out.push(Invalid::new(
+                "retry_period",
+                format!(
+                    "must be at most renew_deadline / {RENEW_TRIES} ({}): the leader must get several tries to renew",
+                    self.renew_deadline
+                ),
+            ));
+        }
+        out
+    }
+
+    /// The identity to hold the Lease as.
+    fn identity(&self) -> String {
+        if let Some(id) = &self.identity {
+            return id.clone();
+        }
+        let base = std::env::var("POD_NAME")
+            .ok()
+            .filter(|n| !n.is_empty())
+            .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "eventflow".into());
+        format!("{base}_{:08x}", rand::random::<u32>())
+    }
+
+    /// The Lease's namespace.
+    fn namespace(&self) -> String {
+        self.namespace.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+                .ok()
+                .map(|n| n.trim().to_string())
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(|| "default".into())
+        })
+    }
+}
+
+/// Whether this replica leads, and its identity. Without election it always leads.
+#[derive(Clone, Debug)]
+pub struct Leadership {
+    rx: watch::Receiver<bool>,
+    identity: Option<Arc<str>>,
+}
+
+impl Default for Leadership {
+    fn default() -> Self {
+        Leadership::always()
+    }
+}
+
+impl Leadership {
+    /// No election: this replica always leads.
+    pub fn always() -> Leadership {
+        let (_, rx) = watch::channel(true);
+        Leadership { rx, identity: None }
+    }
+
+    /// A handle following `rx`, for replica `identity`.
+    fn following(rx: watch::Receiver<bool>, identity: &str) -> Leadership {
+        Leadership {
+            rx,
+            identity: Some(Arc::from(identity)),
+        }
+    }
+
+    /// Whether an election runs at all.
+    pub fn elected(&self) -> bool {
+        self.identity.is_some()
+    }
+
+    /// This replica's identity in the Lease (with election).
+    pub fn identity(&self) -> Option<&str> {
+        self.identity.as_deref()
+    }
+
+    pub fn is_leader(&self) -> bool {
+        *self.rx.borrow()
+    }
+
+    /// Resolves once this replica leads (at once if it does).
+    pub async fn acquired(&mut self) {
+        let _ = self.rx.wait_for(|l| *l).await.map(|_| ());
+    }
+
+    /// Resolves once this replica stops leading (never without election; also when the
+    /// elector is gone).
+    pub async fn lost(&mut self) {
+        if self.identity.is_none() || self.rx.wait_for(|l| !*l).await.map(|_| ()).is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Why the election cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum ElectionError {
+    #[error("leader_election: {0}")]
+    Client(#[from] crate::kube_client::ClientError),
+}
+
+/// The running election: its [`Leadership`] and the task that renews.
+pub struct Election {
+    leadership: Leadership,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Election {
+    /// Connects to the API server and starts campaigning.
+    pub async fn start(cfg: &LeaderElectionConfig) -> Result<Election, ElectionError> {
+        let (client, _) =
+            crate::kube_client::connect(cfg.kubeconfig.as_deref(), cfg.context.as_deref()).await?;
+        let identity = cfg.identity();
+        let namespace = cfg.namespace();
+        let (tx, rx) = watch::channel(false);
+        let (stop, stop_rx) = watch::channel(false);
+        let candidate = Candidate {
+            api: Api::namespaced(client, &namespace),
+            name: cfg.lease.clone(),
+            namespace,
+            identity: identity.clone(),
+            cfg: cfg.clone(),
+            observed: None,
+        };
+        tracing::info!(
+            identity = %identity,
+            lease = %candidate.name,
+            namespace = %candidate.namespace,
+            "leader election: campaigning"
+        );
+        crate::metrics::leader(false);
+        let task = tokio::spawn(candidate.campaign(tx, stop_rx));
+        Ok(Election {
+            leadership: Leadership::following(rx, &identity),
+            stop,
+            task,
+        })
+    }
+
+    pub fn leadership(&self) -> Leadership {
+        self.leadership.clone()
+    }
+
+    /// Stops campaigning; a leader releases the Lease (so a standby takes over at once).
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// The Lease record as last seen, and when (by this process's clock).
+struct Observed {
+    spec: LeaseSpec,
+    at: Instant,
+}
+
+struct Candidate {
+    api: Api<Lease>,
+    name: String,
+    namespace: String,
+    identity: String,
+    cfg: LeaderElectionConfig,
+    observed: Option<Observed>,
+}
+
+/// A try's outcome.
+enum Try {
+    /// We hold the Lease now.
+    Held,
+    /// Someone else holds it (their identity), or our write lost a race.
+    NotHeld(Option<String>),
+}
+
+/// Resolves once a stop is requested (or the requester is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await.map(|_| ());
+}
+
+fn now() -> MicroTime {
+    MicroTime(k8s_openapi::jiff::Timestamp::now())
+}
+
+fn holder(spec: &LeaseSpec) -> Option<&str> {
+    spec.holder_identity.as_deref().filter(|h| !h.is_empty())
+}
+
+impl Candidate {
+    /// Acquire, lead while renewals succeed, step down, repeat; until stopped.
+    async fn campaign(mut self, leading: watch::Sender<bool>, mut stop: watch::Receiver<bool>) {
+        loop {
+            // Standby: try every half to whole retry_period (jittered, so that standbys do not
+            // try in step; never longer, so a released Lease is taken within retry_period).
+            let mut last_holder: Option<String> = None;
+            loop {
+                match self.try_acquire_or_renew().await {
+                    Ok(Try::Held) => break,
+                    Ok(Try::NotHeld(h)) => {
+                        if h != last_holder {
+                            tracing::info!(leader = h.as_deref().unwrap_or("(none)"), identity = %self.identity, "leader election: standing by");
+                            last_holder = h;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "leader election: cannot read or write the Lease");
+                    }
+                }
+                let wait = self
+                    .cfg
+                    .retry_period
+                    .0
+                    .mul_f64(0.5 + rand::random::<f64>() * 0.5);
+                tokio::select! {
+                    () = stopped(&mut stop) => return,
+                    () = tokio::time::sleep(wait) => {}
+                }
+            }
+            let mut renewed = Instant::now();
+            let _ = leading.send(true);
+            crate::metrics::leader(true);
+            crate::metrics::leader_transition();
+            tracing::info!(leader = %self.identity, lease = %self.name, "leader election: this replica leads");
+            // Leader: renew every retry_period; fenced once renew_deadline passes without one.
+            loop {
+                let deadline = renewed + self.cfg.renew_deadline.0;
+                tokio::select! {
+                    () = stopped(&mut stop) => {
+                        let _ = leading.send(false);
+                        crate::metrics::leader(false);
+                        self.release().await;
+                        return;
+                    }
+                    () = tokio::time::sleep(self.cfg.retry_period.0) => {}
+                }
+                match tokio::time::timeout_at(deadline, self.try_acquire_or_renew()).await {
+                    Ok(Ok(Try::Held)) => renewed = Instant::now(),
+                    Ok(Ok(Try::NotHeld(h))) => {
+                        tracing::warn!(
+                            leader = h.as_deref().unwrap_or("(none)"),
+                            "leader election: the Lease was taken over"
+                        );
+                        break;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "leader election: cannot renew the Lease; retrying");
+                    }
+                    Err(_) => {}
+                }
+                if Instant::now() >= deadline {
+                    tracing::error!(
+                        renew_deadline = %self.cfg.renew_deadline,
+                        "leader election: no renewal within renew_deadline; stepping down"
+                    );
+                    break;
+                }
+            }
+            let _ = leading.send(false);
+            crate::metrics::leader(false);
+            crate::metrics::leader_transition();
+            tracing::info!(identity = %self.identity, "leader election: this replica stands by");
+            self.observed = None;
+        }
+    }
+
+    /// One try: take the Lease if it is free or expired, renew it if it is ours.
+    async fn try_acquire_or_renew(&mut self) -> Result<Try, kube::Error> {
+        let now_t = now();
+        let duration = i32::try_from(self.cfg.lease_duration.0.as_secs()).unwrap_or(i32::MAX);
+        let mine = LeaseSpec {
+            holder_identity: Some(self.identity.clone()),
+            lease_duration_seconds: Some(duration),
+            acquire_time: Some(now_t.clone()),
+            renew_time: Some(now_t.clone()),
+            lease_transitions: Some(0),
+            ..LeaseSpec::default()
+        };
+        let Some(mut lease) = self.api.get_opt(&self.name).await? else {
+            let new = Lease {
+                metadata: ObjectMeta {
+                    name: Some(self.name.clone()),
+                    namespace: Some(self.namespace.clone()),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(mine.clone()),
+            };
+            return match self.api.create(&PostParams::default(), &new).await {
+                Ok(_) => {
+                    self.observe(mine);
+                    Ok(Try::Held)
+                }
+                Err(kube::Error::Api(s)) if s.code == 409 => Ok(Try::NotHeld(None)),
+                Err(e) => Err(e),
+            };
+        };
+        let old = lease.spec.clone().unwrap_or_default();
+        if self.observed.as_ref().is_none_or(|o| o.spec != old) {
+            self.observe(old.clone());
+        }
+        let ours = holder(&old) == Some(self.identity.as_str());
+        if let (Some(h), false) = (holder(&old), ours) {
+            let held_for = old
+                .lease_duration_seconds
+                .and_then(|s| u64::try_from(s).ok())
+                .map_or(self.cfg.lease_duration.0, Duration::from_secs);
+            let seen = self.observed.as_ref().map_or_else(Instant::now, |o| o.at);
+            if seen + held_for > Instant::now() {
+                return Ok(Try::NotHeld(Some(h.to_string())));
+            }
+        }
+        let spec = LeaseSpec {
+            acquire_time: if ours {
+                old.acquire_time.clone()
+            } else {
+                Some(now_t)
+            },
+            lease_transitions: Some(if ours {
+                old.lease_transitions.unwrap_or(0)
+            } else {
+                old.lease_transitions.unwrap_or(0).saturating_add(1)
+            }),
+            ..mine
+        };
+        lease.spec = Some(spec.clone());
+        // `replace` sends the resourceVersion read above: a write in between makes it a 409.
+        match self
+            .api
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => {
+                self.observe(spec);
+                Ok(Try::Held)
+            }
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(Try::NotHeld(None)),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn observe(&mut self, spec: LeaseSpec) {
+        self.observed = Some(Observed {
+            spec,
+            at: Instant::now(),
+        });
+    }
+
+    /// Clears the holder if it is us (client-go's release: holder empty, duration 1s).
+    async fn release(&mut self) {
+        let result = async {
+            let Some(mut lease) = self.api.get_opt(&self.name).await? else {
+                return Ok(false);
+            };
+            let mut spec = lease.spec.clone().unwrap_or_default();
+            if holder(&spec) != Some(self.identity.as_str()) {
+                return Ok(false);
+            }
+            spec.holder_identity = None;
+            spec.lease_duration_seconds = Some(1);
+            spec.renew_time = Some(now());
+            lease.spec = Some(spec);
+            self.api
+                .replace(&self.name, &PostParams::default(), &lease)
+                .await
+                .map(|_| true)
+        };
+        match tokio::time::timeout(self.cfg.renew_deadline.0, result).await {
+            Ok(Ok(true)) => {
+                tracing::info!(identity = %self.identity, "leader election: released the Lease");
+            }
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "leader election: cannot release the Lease; a standby takes over when it expires");
+            }
+            Err(_) => tracing::warn!(
+                "leader election: releasing the Lease timed out; a standby takes over when it expires"
+            ),
+        }
+    }
+}
