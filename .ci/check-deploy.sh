@@ -11,6 +11,9 @@ trap 'rm -rf "$out"' EXIT
 kubectl kustomize deploy/kubernetes > "$out/base.yaml"
 kubernetes-validate --strict --quiet -k "$K8S_VERSION" "$out/base.yaml"
 echo "deploy/kubernetes: $(grep -c '^kind:' "$out/base.yaml") objects valid for Kubernetes $K8S_VERSION"
+kubectl kustomize deploy/kubernetes-ha > "$out/ha.yaml"
+kubernetes-validate --strict --quiet -k "$K8S_VERSION" "$out/ha.yaml"
+echo "deploy/kubernetes-ha: $(grep -c '^kind:' "$out/ha.yaml") objects valid for Kubernetes $K8S_VERSION"
 kubectl kustomize deploy/kubernetes/monitoring > "$out/monitoring.yaml"
 python3 - "$out/monitoring.yaml" "$out/rules.yaml" <<'PY'
 import sys, yaml

@@ -334,3 +334,72 @@ fn an_oci_image_built_here_runs_the_binary_as_the_non_root_user() {
     assert!(ok, "run in the image as 65532: {out}\n{err}");
     assert!(err.contains("pipeline drained"), "{err}");
 }
+
+#[test]
+fn the_ha_overlay_runs_two_replicas_with_election_and_a_disruption_budget() {
+    let out = match Command::new("kubectl")
+        .args(["kustomize", "deploy/kubernetes-ha"])
+        .current_dir(repo(""))
+        .output()
+    {
+        Ok(out) if out.status.success() => out,
+        _ => {
+            eprintln!("SKIPPED the HA overlay: kubectl (kustomize) not found");
+            return;
+        }
+    };
+    let objs = documents(&String::from_utf8_lossy(&out.stdout));
+    let d = of_kind(&objs, "Deployment")[0].clone();
+    assert_eq!(d["spec"]["replicas"], 2);
+    assert_eq!(d["spec"]["strategy"]["type"], "RollingUpdate");
+    let env = d["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .expect("env")
+        .clone();
+    let var = |name: &str| env.iter().find(|e| e["name"] == name).cloned();
+    assert_eq!(
+        var("POD_NAME").expect("POD_NAME")["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.name"
+    );
+    assert!(var("STATE_URL").is_some());
+    let pdb = of_kind(&objs, "PodDisruptionBudget");
+    assert_eq!(pdb.len(), 1);
+    assert_eq!(pdb[0]["spec"]["minAvailable"], 1);
+    let lease_rules: Vec<serde_json::Value> = of_kind(&objs, "Role")
+        .iter()
+        .flat_map(|r| r["rules"].as_array().cloned().unwrap_or_default())
+        .filter(|r| r["resources"] == serde_json::json!(["leases"]))
+        .collect();
+    assert_eq!(
+        lease_rules[0]["verbs"],
+        serde_json::json!(["get", "create", "update"]),
+        "what leader election calls, nothing more"
+    );
+    assert_eq!(lease_rules.len(), 1, "one rule for leases");
+    // The pipeline validates with a shared state URL, and is refused with a local one.
+    let cm = of_kind(&objs, "ConfigMap")[0].clone();
+    let dir = tempfile::tempdir().expect("tmp");
+    let p = write(
+        dir.path(),
+        "pipeline.yaml",
+        cm["data"]["pipeline.yaml"].as_str().expect("pipeline.yaml"),
+    );
+    let validate = |state: &str| {
+        bin()
+            .arg("validate")
+            .arg(&p)
+            .env("WEBHOOK_URL", "https://hooks.example.com/x")
+            .env("STATE_URL", state)
+            .output()
+            .expect("validate")
+    };
+    let ok = validate("postgres://eventflow:pw@postgres:5432/eventflow");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let refused = validate("sqlite:///var/lib/eventflow/state.db");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("leader_election needs the state"));
+}
