@@ -233,6 +233,7 @@ impl Election {
             identity: identity.clone(),
             cfg: cfg.clone(),
             observed: None,
+            seen_rv: "0".into(),
         };
         tracing::info!(
             identity = %identity,
@@ -273,14 +274,40 @@ struct Candidate {
     identity: String,
     cfg: LeaderElectionConfig,
     observed: Option<Observed>,
+    /// The resourceVersion of the Lease as last read (where a watch starts).
+    seen_rv: String,
+}
+
+/// The Lease's changes as a watch reports them.
+type LeaseChanges =
+    futures::stream::BoxStream<'static, Result<kube::api::WatchEvent<Lease>, kube::Error>>;
+
+/// The next Lease spec the watch reports (`None`: the watch ended or failed; never resolves
+/// without a watch).
+async fn next_change(changes: &mut Option<LeaseChanges>) -> Option<LeaseSpec> {
+    use futures::StreamExt as _;
+    let Some(stream) = changes.as_mut() else {
+        return std::future::pending().await;
+    };
+    loop {
+        match stream.next().await? {
+            Ok(kube::api::WatchEvent::Added(l) | kube::api::WatchEvent::Modified(l)) => {
+                return Some(l.spec.unwrap_or_default());
+            }
+            Ok(kube::api::WatchEvent::Deleted(_)) => return Some(LeaseSpec::default()),
+            Ok(kube::api::WatchEvent::Bookmark(_)) => {}
+            Ok(kube::api::WatchEvent::Error(_)) | Err(_) => return None,
+        }
+    }
 }
 
 /// A try's outcome.
 enum Try {
     /// We hold the Lease now.
     Held,
-    /// Someone else holds it (their identity), or our write lost a race.
-    NotHeld(Option<String>),
+    /// Someone else holds it (their identity, and when the Lease expires by our clock if
+    /// it is not renewed), or our write lost a race.
+    NotHeld(Option<String>, Option<Instant>),
 }
 
 /// Resolves once a stop is requested (or the requester is gone).
@@ -301,31 +328,53 @@ impl Candidate {
     async fn campaign(mut self, leading: watch::Sender<bool>, mut stop: watch::Receiver<bool>) {
         loop {
             // Standby: try every half to whole retry_period (jittered, so that standbys do not
-            // try in step; never longer, so a released Lease is taken within retry_period).
+            // try in step; never longer, so a released Lease is taken within retry_period),
+            // and at the moment the Lease expires. A watch on the Lease notes each renewal
+            // as it happens, so expiry is measured from the renewal itself, not from the next
+            // poll after it (the watch is an optimization: polling alone is correct).
             let mut last_holder: Option<String> = None;
+            let mut changes: Option<LeaseChanges> = None;
             loop {
+                let mut expiry = None;
                 match self.try_acquire_or_renew().await {
                     Ok(Try::Held) => break,
-                    Ok(Try::NotHeld(h)) => {
+                    Ok(Try::NotHeld(h, expires)) => {
                         if h != last_holder {
                             tracing::info!(leader = h.as_deref().unwrap_or("(none)"), identity = %self.identity, "leader election: standing by");
                             last_holder = h;
                         }
+                        expiry = expires;
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "leader election: cannot read or write the Lease");
                     }
                 }
-                let wait = self
-                    .cfg
-                    .retry_period
-                    .0
-                    .mul_f64(0.5 + rand::random::<f64>() * 0.5);
-                tokio::select! {
-                    () = stopped(&mut stop) => return,
-                    () = tokio::time::sleep(wait) => {}
+                if changes.is_none() {
+                    changes = self.watch_lease().await;
+                }
+                let poll = Instant::now()
+                    + self
+                        .cfg
+                        .retry_period
+                        .0
+                        .mul_f64(0.5 + rand::random::<f64>() * 0.5);
+                loop {
+                    let wake = expiry.map_or(poll, |e: Instant| e.min(poll));
+                    tokio::select! {
+                        () = stopped(&mut stop) => return,
+                        () = tokio::time::sleep_until(wake) => break,
+                        change = next_change(&mut changes) => match change {
+                            Some(spec) => match self.expiry_after_change(spec) {
+                                Some(e) => expiry = Some(e),
+                                // Released or gone: try now.
+                                None => break,
+                            },
+                            None => changes = None,
+                        },
+                    }
                 }
             }
+            drop(changes);
             let mut renewed = Instant::now();
             let _ = leading.send(true);
             crate::metrics::leader(true);
@@ -345,7 +394,7 @@ impl Candidate {
                 }
                 match tokio::time::timeout_at(deadline, self.try_acquire_or_renew()).await {
                     Ok(Ok(Try::Held)) => renewed = Instant::now(),
-                    Ok(Ok(Try::NotHeld(h))) => {
+                    Ok(Ok(Try::NotHeld(h, _))) => {
                         tracing::warn!(
                             leader = h.as_deref().unwrap_or("(none)"),
                             "leader election: the Lease was taken over"
@@ -399,11 +448,14 @@ impl Candidate {
                     self.observe(mine);
                     Ok(Try::Held)
                 }
-                Err(kube::Error::Api(s)) if s.code == 409 => Ok(Try::NotHeld(None)),
+                Err(kube::Error::Api(s)) if s.code == 409 => Ok(Try::NotHeld(None, None)),
                 Err(e) => Err(e),
             };
         };
         let old = lease.spec.clone().unwrap_or_default();
+        if let Some(rv) = &lease.metadata.resource_version {
+            rv.clone_into(&mut self.seen_rv);
+        }
         if self.observed.as_ref().is_none_or(|o| o.spec != old) {
             self.observe(old.clone());
         }
@@ -414,8 +466,11 @@ impl Candidate {
                 .and_then(|s| u64::try_from(s).ok())
                 .map_or(self.cfg.lease_duration.0, Duration::from_secs);
             let seen = self.observed.as_ref().map_or_else(Instant::now, |o| o.at);
-            if seen + held_for > Instant::now() {
-                return Ok(Try::NotHeld(Some(h.to_string())));
+            let expires = seen + held_for;
+            if expires > Instant::now() {
+                // A millisecond past expiry, so the next try finds it expired.
+                let at = expires + Duration::from_millis(1);
+                return Ok(Try::NotHeld(Some(h.to_string()), Some(at)));
             }
         }
         let spec = LeaseSpec {
@@ -442,9 +497,39 @@ impl Candidate {
                 self.observe(spec);
                 Ok(Try::Held)
             }
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(Try::NotHeld(None)),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(Try::NotHeld(None, None)),
             Err(e) => Err(e),
         }
+    }
+
+    /// A watch on this Lease from the version last read, if the server allows one.
+    async fn watch_lease(&self) -> Option<LeaseChanges> {
+        use futures::StreamExt as _;
+        let params = kube::api::WatchParams::default()
+            .fields(&format!("metadata.name={}", self.name))
+            .timeout(290);
+        match self.api.watch(&params, &self.seen_rv).await {
+            Ok(s) => Some(s.boxed()),
+            Err(e) => {
+                tracing::debug!(error = %e, "leader election: cannot watch the Lease; polling");
+                None
+            }
+        }
+    }
+
+    /// Notes a changed Lease as seen now; when it expires by this clock, or `None` if nobody
+    /// (else) holds it.
+    fn expiry_after_change(&mut self, spec: LeaseSpec) -> Option<Instant> {
+        holder(&spec).filter(|h| *h != self.identity)?;
+        let held_for = spec
+            .lease_duration_seconds
+            .and_then(|s| u64::try_from(s).ok())
+            .map_or(self.cfg.lease_duration.0, Duration::from_secs);
+        if self.observed.as_ref().is_none_or(|o| o.spec != spec) {
+            self.observe(spec);
+        }
+        let seen = self.observed.as_ref().map_or_else(Instant::now, |o| o.at);
+        Some(seen + held_for + Duration::from_millis(1))
     }
 
     fn observe(&mut self, spec: LeaseSpec) {

@@ -167,6 +167,8 @@ pub(crate) struct State {
 pub(crate) struct Shared {
     pub state: Mutex<State>,
     pub tx: broadcast::Sender<Change>,
+    /// Lease writes, for Lease watches: (namespace, name, the Lease).
+    pub lease_tx: broadcast::Sender<(String, String, Value)>,
     pub kick: broadcast::Sender<CloseMode>,
     pub changed: Notify,
     pub started: Instant,
@@ -395,6 +397,7 @@ impl FakeApiServer {
                 lease_rv: 0,
             }),
             tx,
+            lease_tx: broadcast::channel(256).0,
             kick,
             changed: Notify::new(),
             started: Instant::now(),

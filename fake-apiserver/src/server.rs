@@ -182,6 +182,9 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         _ => {}
     }
     if let Some(rest) = path.strip_prefix("/apis/coordination.k8s.io/v1/namespaces/") {
+        if params.get("watch").is_some_and(|w| w == "true" || w == "1") {
+            return lease_watch(&shared, rest, &params);
+        }
         return leases(&shared, &parts.method, rest, &body).await;
     }
     let Some(target) = parse_target(&path) else {
@@ -263,6 +266,81 @@ async fn leases(shared: &Arc<Shared>, method: &Method, rest: &str, body: &[u8]) 
     }
 }
 
+/// Watches Leases (`fieldSelector=metadata.name=NAME` narrows it to one): a Lease written
+/// after `resourceVersion` is sent at once, then every write as it happens, until
+/// `timeoutSeconds`.
+fn lease_watch(shared: &Arc<Shared>, rest: &str, params: &BTreeMap<String, String>) -> Response {
+    let Some(ns) = rest.strip_suffix("/leases").map(str::to_string) else {
+        return error(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        );
+    };
+    let only = params
+        .get("fieldSelector")
+        .and_then(|f| f.strip_prefix("metadata.name="))
+        .map(str::to_string);
+    let since: u64 = params
+        .get("resourceVersion")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let timeout = params
+        .get("timeoutSeconds")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(300);
+    let wanted =
+        move |lns: &str, name: &str| lns == ns && only.as_deref().is_none_or(|o| o == name);
+    let mut rx = shared.lease_tx.subscribe();
+    let backlog: Vec<Value> = shared
+        .lock()
+        .leases
+        .iter()
+        .filter(|((lns, name), l)| {
+            wanted(lns, name)
+                && l["metadata"]["resourceVersion"]
+                    .as_str()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .is_some_and(|v| v > since)
+        })
+        .map(|(_, l)| l.clone())
+        .collect();
+    let (tx, body_rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
+    let line = |l: &Value| {
+        Ok(Bytes::from(format!(
+            "{}\n",
+            json!({"type": "MODIFIED", "object": l})
+        )))
+    };
+    tokio::spawn(async move {
+        for l in &backlog {
+            if tx.send(line(l)).await.is_err() {
+                return;
+            }
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => return,
+                got = rx.recv() => match got {
+                    Ok((lns, name, l)) if wanted(&lns, &name) => {
+                        if tx.send(line(&l)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+            }
+        }
+    });
+    Response::builder()
+        .status(200)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from_stream(ReceiverStream::new(body_rx)))
+        .unwrap_or_else(|_| error(500, "InternalError", "cannot build the response"))
+}
+
 /// Creates a Lease: 409 AlreadyExists when it exists.
 fn lease_create(shared: &Arc<Shared>, ns: &str, body: Option<Value>) -> Response {
     let Some(mut l) = body else {
@@ -287,6 +365,7 @@ fn lease_create(shared: &Arc<Shared>, ns: &str, body: Option<Value>) -> Response
     l["metadata"]["resourceVersion"] = json!(g.lease_rv.to_string());
     l["metadata"]["uid"] = json!(format!("lease-{}", g.lease_rv));
     g.leases.insert(key, l.clone());
+    let _ = shared.lease_tx.send((ns.to_string(), n, l.clone()));
     json_response(201, &l)
 }
 
@@ -338,6 +417,9 @@ async fn lease_update(shared: &Arc<Shared>, ns: &str, n: &str, body: Option<Valu
     l["metadata"]["uid"] = uid;
     l["metadata"]["resourceVersion"] = json!(g.lease_rv.to_string());
     g.leases.insert(key, l.clone());
+    let _ = shared
+        .lease_tx
+        .send((ns.to_string(), n.to_string(), l.clone()));
     json_response(200, &l)
 }
 

@@ -501,3 +501,43 @@ fn identical_problems_are_reported_once_with_a_count() {
         "p.yaml: stage `a`, field `f`: same (2 times)\np.yaml: stage `b`: other"
     );
 }
+
+#[test]
+fn leader_election_needs_sane_durations_shared_state_and_kube_sources() {
+    let kube = "stages:\n  k:\n    type: kube_events\n  out:\n    type: stdout\n    inputs: [k]\n";
+    let ok = format!("state:\n  url: postgres://u:p@db/x\nleader_election:\n  lease: l\n{kube}");
+    let p = load(&ok).expect("valid");
+    let le = p.leader_election.expect("section");
+    assert_eq!(
+        (
+            le.lease_duration.0.as_secs(),
+            le.renew_deadline.0.as_secs(),
+            le.retry_period.0.as_secs()
+        ),
+        (15, 10, 2),
+        "client-go's defaults"
+    );
+    let bad = format!(
+        "state:\n  url: mysql://u:p@db/x\nleader_election:\n  lease_duration: 5s\n  renew_deadline: 5s\n  retry_period: 3s\n{kube}"
+    );
+    let text = problems(&bad).join("\n");
+    assert!(
+        text.contains("p.yaml:5:")
+            && text.contains("leader_election.renew_deadline")
+            && text.contains("shorter than lease_duration"),
+        "{text}"
+    );
+    assert!(text.contains("leader_election.retry_period"), "{text}");
+    let no_state = format!("leader_election: {{}}\n{kube}");
+    let text = problems(&no_state).join("\n");
+    assert!(
+        text.contains("field `state.url`") && text.contains("PostgreSQL or MySQL"),
+        "{text}"
+    );
+    let file_source = "state:\n  url: postgres://u:p@db/x\nleader_election: {}\nstages:\n  f:\n    type: file\n    path: x.json\n  out:\n    type: stdout\n    inputs: [f]\n";
+    let text = problems(file_source).join("\n");
+    assert!(
+        text.contains("stage `f`") && text.contains("only `kube_events` sources"),
+        "{text}"
+    );
+}

@@ -18,7 +18,9 @@
 //! one stops delivering as soon as its requests in flight are answered (it no longer waits
 //! for retries) and the new one takes over the queue; the old intake keeps writing what still
 //! reaches it. One instance delivers from a queue at a time, so a reload never sends a row
-//! twice. (Two processes must not share a `state` database with the same stage id.)
+//! twice. Two processes share a `state` database with the same stage id only as replicas under
+//! leader election: only the leader delivers (a standby waits; a replica that stops leading
+//! drops its requests in flight, which stay queued and pinned for the next leader).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
