@@ -392,6 +392,14 @@ fn failover_time_over_ten_kills_with_default_settings() {
     let mut times = Vec::new();
     for i in 0..10 {
         ha.events(10, Duration::from_millis(20));
+        // At a random point of the leader's 2s renewal cycle: the failover is lease_duration
+        // minus the time since its last renewal.
+        std::thread::sleep(Duration::from_millis(u64::from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_millis())
+                * 2,
+        )));
         let killed_at = Instant::now();
         kill9(&mut leader);
         let (took, _) = leads(&mut standby, killed_at);

@@ -107,21 +107,21 @@ impl Durable {
     }
 
     fn add(&self, n: u64) {
-        let q = self.slot.queued.fetch_add(n, Ordering::SeqCst) + n;
-        self.gauge.set(q as f64);
+        let now_queued = self.slot.queued.fetch_add(n, Ordering::SeqCst) + n;
+        self.gauge.set(now_queued as f64);
         self.slot.added.send_modify(|v| *v += 1);
     }
 
     fn sub(&self, n: u64) {
-        let q = self
+        let now_queued = self
             .slot
             .queued
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |q| {
-                Some(q.saturating_sub(n))
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |before| {
+                Some(before.saturating_sub(n))
             })
             .unwrap_or(0)
             .saturating_sub(n);
-        self.gauge.set(q as f64);
+        self.gauge.set(now_queued as f64);
         self.slot.room.notify_waiters();
     }
 
