@@ -290,3 +290,80 @@ mod tests {
         }
     }
 }
+
+/// Edit distance (insertions, deletions, substitutions; ASCII case ignored).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.to_ascii_lowercase().chars().collect();
+    let b: Vec<char> = b.to_ascii_lowercase().chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != cb);
+            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// The length of the longest common subsequence of `a` and `b`.
+fn common_subsequence(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev = vec![0usize; b.len() + 1];
+    for ca in a.chars() {
+        let mut cur = vec![0usize; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = if ca == *cb {
+                prev[j] + 1
+            } else {
+                prev[j + 1].max(cur[j])
+            };
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// The one of `candidates` that `word` was most likely meant to be: the closest by edit
+/// distance, if it is within a third of the word's length (at least 1, at most 3); among
+/// equally close ones, the one sharing the most letters in order, then one that `word`
+/// starts with (`type_` -> `type`).
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    let limit = (word.chars().count() / 3).clamp(1, 3);
+    candidates
+        .into_iter()
+        .filter(|c| *c != word)
+        .map(|c| (edit_distance(word, c), c))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, c)| {
+            (
+                *d,
+                std::cmp::Reverse(common_subsequence(word, c)),
+                !word.starts_with(c),
+            )
+        })
+        .map(|(_, c)| c)
+}
+
+#[cfg(test)]
+mod suggest_tests {
+    use super::did_you_mean;
+
+    #[test]
+    fn close_words_are_suggested_and_far_ones_are_not() {
+        let fields = ["namespaces", "reasons", "types", "inputs", "type"];
+        assert_eq!(did_you_mean("typs", fields), Some("types"));
+        assert_eq!(did_you_mean("namespace", fields), Some("namespaces"));
+        assert_eq!(did_you_mean("type_", fields), Some("type"));
+        assert_eq!(did_you_mean("input", fields), Some("inputs"));
+        assert_eq!(
+            did_you_mean("kube_event", ["kube_events", "file"]),
+            Some("kube_events")
+        );
+        assert_eq!(did_you_mean("color", fields), None);
+    }
+}

@@ -113,7 +113,10 @@ fn check_edges(stages: &IndexMap<String, StageSpec>, failed: &Failed, problems: 
                     Some(&spec.id),
                     Some("inputs"),
                     format!(
-                        "unknown input `{input}` (stages in this file: {})",
+                        "unknown input `{input}`{} (stages in this file: {})",
+                        crate::types::did_you_mean(input, stages.keys().map(String::as_str))
+                            .map(|t| format!(": did you mean `{t}`?"))
+                            .unwrap_or_default(),
                         shorten_iter(stages.keys(), stages.len(), ", ")
                     ),
                 )),

@@ -376,11 +376,24 @@ fn check_election(
 
 fn de_problem(stage: Option<&str>, e: yaml::DeError) -> Problem {
     let field = (!e.path.is_empty()).then(|| e.path.join(".").replace(".[", "["));
+    let mut message = e.message;
+    // "unknown field `typs`, expected one of `namespaces`, `types`, ...": say which was meant.
+    if let Some(rest) = message.strip_prefix("unknown field `")
+        && let Some((word, expected)) = rest.split_once('`')
+    {
+        let mut known: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+        if stage.is_some() && e.path.len() == 1 {
+            known.extend(["type", "inputs"]);
+        }
+        if let Some(meant) = crate::types::did_you_mean(word, known) {
+            message = format!("{message}; did you mean `{meant}`?");
+        }
+    }
     Problem {
         pos: e.pos,
         stage: stage.map(str::to_string),
         field,
-        message: e.message,
+        message,
     }
 }
 
@@ -522,7 +535,10 @@ fn parse_stage(
             Some(id),
             Some("type"),
             format!(
-                "unknown stage type `{type_name}` (expected one of: {})",
+                "unknown stage type `{type_name}`{} (expected one of: {})",
+                crate::types::did_you_mean(&type_name, types.names().iter().copied())
+                    .map(|t| format!(": did you mean `{t}`?"))
+                    .unwrap_or_default(),
                 types.names().join(", ")
             ),
         ));

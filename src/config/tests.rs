@@ -541,3 +541,28 @@ fn leader_election_needs_sane_durations_shared_state_and_kube_sources() {
         "{text}"
     );
 }
+
+#[test]
+fn a_near_miss_is_answered_with_what_was_meant() {
+    let text = problems(
+        "stages:\n  s:\n    type: kube_event\n  f:\n    type: filter\n    inputs: [s]\n    namespace: [a]\n  o:\n    type: stdout\n    input: [f]\n",
+    )
+    .join("\n");
+    assert!(
+        text.contains("unknown stage type `kube_event`: did you mean `kube_events`?"),
+        "{text}"
+    );
+    assert!(
+        text.contains("unknown field `namespace`") && text.contains("did you mean `namespaces`?"),
+        "{text}"
+    );
+    assert!(
+        text.contains("unknown field `input`") && text.contains("did you mean `inputs`?"),
+        "{text}"
+    );
+    let text = problems(&GOOD.replace("inputs: [src]", "inputs: [srcs]")).join("\n");
+    assert!(
+        text.contains("unknown input `srcs`: did you mean `src`?"),
+        "{text}"
+    );
+}
