@@ -33,8 +33,60 @@ impl Chat {
         }
     }
 
-    fn markdown(self) -> bool {
-        !matches!(self, Chat::Feishu)
+    /// How the platform marks text up.
+    fn markup(self) -> Markup {
+        match self {
+            Chat::Feishu => Markup::Plain,
+            // Slack's mrkdwn: `*bold*`, and `&`, `<`, `>` escaped (else `<...>` is a link).
+            Chat::Slack => Markup::SlackMrkdwn,
+            // DingTalk, WeCom and Teams (Adaptive Card TextBlock) render `**bold**`.
+            Chat::DingTalk | Chat::WeCom | Chat::Teams => Markup::Markdown,
+        }
+    }
+}
+
+/// A platform's text markup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Markup {
+    Plain,
+    /// `**bold**`.
+    Markdown,
+    /// Slack's mrkdwn: `*bold*`; `&`, `<`, `>` escaped.
+    SlackMrkdwn,
+}
+
+impl Markup {
+    fn bold(self) -> &'static str {
+        match self {
+            Markup::Plain => "",
+            Markup::Markdown => "**",
+            Markup::SlackMrkdwn => "*",
+        }
+    }
+
+    /// `text` as literal text in this markup.
+    fn literal(self, text: &str) -> String {
+        match self {
+            Markup::SlackMrkdwn => text
+                .replace('&', "&amp;")
+                .replace('<', "&lt;")
+                .replace('>', "&gt;"),
+            Markup::Plain | Markup::Markdown => text.to_string(),
+        }
+    }
+}
+
+/// Where the event's object is: `namespace/Kind/name`, or `Kind/name` for a cluster-scoped one.
+fn object_path(e: &Event) -> String {
+    let object = if e.object_name.is_empty() {
+        e.name.clone()
+    } else {
+        format!("{}/{}", e.kind, e.object_name)
+    };
+    if e.namespace.is_empty() {
+        object
+    } else {
+        format!("{}/{object}", e.namespace)
     }
 }
 
@@ -44,22 +96,18 @@ fn time(e: &Event) -> String {
         .unwrap_or_default()
 }
 
-/// One event as a few lines of text (markdown where the platform renders it).
-pub fn event_text(e: &Event, markdown: bool) -> String {
-    let object = if e.object_name.is_empty() {
-        e.name.clone()
-    } else {
-        format!("{}/{}", e.kind, e.object_name)
-    };
-    let (b, b_) = if markdown { ("**", "**") } else { ("", "") };
+/// One event as a few lines of text, marked up as the platform renders it.
+pub fn event_text(e: &Event, markup: Markup) -> String {
+    let b = markup.bold();
+    let lit = |t: &str| markup.literal(t);
     format!(
-        "{b}[{ty}] {reason}{b_} {ns}/{object} (x{count})\n{message}\ncluster: {cluster} · {time}",
-        ty = e.type_,
-        reason = e.reason,
-        ns = e.namespace,
+        "{b}[{ty}] {reason}{b} {object} (x{count})\n{message}\ncluster: {cluster} · {time}",
+        ty = lit(&e.type_),
+        reason = lit(&e.reason),
+        object = lit(&object_path(e)),
         count = e.count,
-        message = e.message,
-        cluster = e.cluster,
+        message = lit(&e.message),
+        cluster = lit(&e.cluster),
         time = time(e),
     )
 }
@@ -77,8 +125,11 @@ fn cut(s: &str, max: usize) -> String {
 
 /// The message text for a batch, within `limit` bytes.
 pub fn batch_text(events: &[Event], chat: Chat) -> (String, String) {
-    let md = chat.markdown();
+    let md = chat.markup();
     let title = match events {
+        [one] if one.namespace.is_empty() => {
+            format!("[{}] {} {}", one.type_, one.reason, one.object_name)
+        }
         [one] => format!(
             "[{}] {} {}/{}",
             one.type_, one.reason, one.namespace, one.object_name
@@ -227,10 +278,48 @@ mod tests {
     }
 
     #[test]
+    fn slack_text_is_escaped_and_cluster_scoped_objects_have_no_leading_slash() {
+        let mut e = ev(0, "probe failed: <html> & more");
+        let node = Event::new(
+            EventData {
+                namespace: String::new(),
+                kind: "Node".into(),
+                object_name: "worker-3".into(),
+                ..e.data().clone()
+            },
+            Finalizers::None,
+        );
+        let text = body(std::slice::from_ref(&node), Chat::Slack, None, 0)["text"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            text.starts_with("*[Warning] BackOff* Node/worker-3 (x3)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("probe failed: &lt;html&gt; &amp; more"),
+            "{text}"
+        );
+        let (title, _) = batch_text(std::slice::from_ref(&node), Chat::DingTalk);
+        assert_eq!(title, "[Warning] BackOff worker-3");
+        e = ev(0, "<b>");
+        let wecom = body(std::slice::from_ref(&e), Chat::WeCom, None, 0).to_string();
+        assert!(
+            wecom.contains("<b>"),
+            "markdown platforms get the text as it is"
+        );
+    }
+
+    #[test]
     fn golden_bodies() {
         let e = [ev(0, "Back-off restarting \"web\"")];
         let text = "**[Warning] BackOff** shop/Pod/web-0 (x3)\nBack-off restarting \"web\"\ncluster: prod · 2024-05-01 10:09:42 UTC";
-        assert_eq!(body(&e, Chat::Slack, None, 0), json!({"text": text}));
+        assert_eq!(
+            body(&e, Chat::Slack, None, 0),
+            json!({"text": text.replace("**", "*")}),
+            "Slack's mrkdwn bolds with one asterisk"
+        );
         assert_eq!(
             body(&e, Chat::WeCom, None, 0),
             json!({"msgtype": "markdown", "markdown": {"content": text}})

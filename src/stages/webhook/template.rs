@@ -101,7 +101,7 @@ impl BodyTemplate {
             .collect();
         let msg = events
             .iter()
-            .map(|e| super::format::event_text(e, false))
+            .map(|e| super::format::event_text(e, super::format::Markup::Plain))
             .collect::<Vec<_>>()
             .join("\n\n");
         let ctx = minijinja::context! {
