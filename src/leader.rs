@@ -63,7 +63,7 @@ pub struct LeaderElectionConfig {
     pub retry_period: Dur,
     /// The kubeconfig of the API server that holds the Lease. Default: as for `kube_events`
     /// (in-cluster, `$KUBECONFIG`, `~/.kube/config`).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::types::home_path_opt")]
     pub kubeconfig: Option<PathBuf>,
     /// The kubeconfig context. Default: its current context.
     #[serde(default)]

@@ -367,3 +367,48 @@ mod suggest_tests {
         assert_eq!(did_you_mean("color", fields), None);
     }
 }
+
+/// `~/...` as the user's home directory (`$HOME`); any other path as it is.
+pub fn expand_home(path: std::path::PathBuf) -> std::path::PathBuf {
+    match (path.strip_prefix("~"), std::env::var_os("HOME")) {
+        (Ok(rest), Some(home)) => std::path::PathBuf::from(home).join(rest),
+        _ => path,
+    }
+}
+
+/// Deserializes a path field, expanding a leading `~` ([`expand_home`]).
+pub fn home_path<'de, D: serde::Deserializer<'de>>(d: D) -> Result<std::path::PathBuf, D::Error> {
+    <std::path::PathBuf as serde::Deserialize>::deserialize(d).map(expand_home)
+}
+
+/// [`home_path`] for an optional field.
+pub fn home_path_opt<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<std::path::PathBuf>, D::Error> {
+    <Option<std::path::PathBuf> as serde::Deserialize>::deserialize(d).map(|p| p.map(expand_home))
+}
+
+#[cfg(test)]
+mod home_tests {
+    #[test]
+    fn a_leading_tilde_is_the_home_directory() {
+        let Some(home) = std::env::var_os("HOME") else {
+            eprintln!("SKIPPED: no $HOME");
+            return;
+        };
+        let home = std::path::PathBuf::from(home);
+        assert_eq!(
+            super::expand_home("~/.kube/prod.yaml".into()),
+            home.join(".kube/prod.yaml")
+        );
+        assert_eq!(super::expand_home("~".into()), home);
+        assert_eq!(
+            super::expand_home("a/~/b".into()),
+            std::path::PathBuf::from("a/~/b")
+        );
+        assert_eq!(
+            super::expand_home("~bob/x".into()),
+            std::path::PathBuf::from("~bob/x")
+        );
+    }
+}

@@ -442,3 +442,33 @@ fn json_lines_with_bad_bytes_deliver_every_good_line_and_count_the_rest() {
         "{err}"
     );
 }
+
+#[test]
+fn a_path_starting_with_a_tilde_is_in_the_home_directory() {
+    let home = tempfile::tempdir().expect("tmp");
+    write(
+        home.path(),
+        "events.jsonl",
+        &(sample_line(1, "Warning") + "\n"),
+    );
+    let dir = tempfile::tempdir().expect("tmp");
+    let p = write(
+        dir.path(),
+        "p.yaml",
+        "stages:\n  src:\n    type: file\n    path: ~/events.jsonl\n  out:\n    type: stdout\n    inputs: [src]\n",
+    );
+    let out = bin()
+        .arg("run")
+        .arg(&p)
+        .env("HOME", home.path())
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = lines_json(&out.stdout);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0]["uid"], "uid-1");
+}

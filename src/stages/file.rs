@@ -35,7 +35,9 @@ use crate::types::Dur;
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
-    /// The file to read. Relative paths are relative to the working directory.
+    /// The file to read. Relative paths are relative to the working directory; `~/` is the
+    /// home directory.
+    #[serde(deserialize_with = "crate::types::home_path")]
     pub path: PathBuf,
     /// Keep reading lines appended to the file (JSON lines) until shutdown.
     #[serde(default)]

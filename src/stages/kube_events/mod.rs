@@ -59,7 +59,7 @@ pub struct KubeEventsConfig {
     #[serde(default)]
     pub cluster: Option<String>,
     /// A kubeconfig file. Default: in-cluster config, then `$KUBECONFIG`, then `~/.kube/config`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::types::home_path_opt")]
     pub kubeconfig: Option<PathBuf>,
     /// The kubeconfig context. Default: its current context.
     #[serde(default)]

@@ -127,8 +127,8 @@ pub struct WebhookConfig {
     /// The signing secret of a DingTalk or Feishu robot (never logged).
     #[serde(default)]
     pub secret: Option<String>,
-    /// A PEM file of extra CA certificates to trust.
-    #[serde(default)]
+    /// A PEM file of extra CA certificates to trust (`~/` is the home directory).
+    #[serde(default, deserialize_with = "crate::types::home_path_opt")]
     pub ca_file: Option<PathBuf>,
     /// Accept any TLS certificate (dangerous; warned about at start).
     #[serde(default)]
