@@ -66,7 +66,7 @@ pub struct SqlConfig {
     /// Retries while the database is unavailable. Default `{initial: 200ms, max: 30s}`.
     #[serde(default = "default_backoff")]
     pub backoff: BackoffConfig,
-    /// How long connecting may take when the stage is built.
+    /// How long connecting may take when the stage is built (at least 100ms).
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: Dur,
 }
@@ -106,8 +106,12 @@ impl StageConfig for SqlConfig {
         if let Err(e) = db::check_url(&self.url) {
             out.push(Invalid::new("url", e.to_string()));
         }
-        if self.connect_timeout.0.is_zero() {
-            out.push(Invalid::new("connect_timeout", "must be above zero"));
+        // Below this, opening even a local SQLite file can time out on a busy machine.
+        if self.connect_timeout.0 < Duration::from_millis(100) {
+            out.push(Invalid::new(
+                "connect_timeout",
+                "must be at least 100ms (a connection, even to a local file, takes longer on a busy machine)",
+            ));
         }
         out.extend(self.backoff.validate("backoff"));
         out
