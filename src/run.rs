@@ -98,7 +98,7 @@ pub async fn run(pipeline: Pipeline, opts: RunOptions) -> Result<Outcome, RunErr
         _ => None,
     };
     let mut topology = Topology::start_with(pipeline, health, leadership).await?;
-    crate::metrics::reload("applied", 0.0);
+    crate::metrics::started();
     ready.store(true, Ordering::Release);
     tracing::info!(
         stages = topology.pipeline().stages.len(),

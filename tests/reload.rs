@@ -153,6 +153,9 @@ fn an_invalid_edit_is_rejected_and_a_failed_build_is_rolled_back() {
     let p = write(dir.path(), "p.yaml", &good);
     let mut r = Running::start(&[], &p);
     let port = r.api_port();
+    // The start is not a reload.
+    expect_metric(port, "eventflow_reloads_total{outcome=\"applied\"}", 0.0);
+    expect_metric(port, "eventflow_config_last_reload_successful", 1.0);
     // Invalid: an unknown field. Rejected with its position; the old pipeline runs on.
     replace(
         &p,
@@ -193,6 +196,7 @@ fn an_invalid_edit_is_rejected_and_a_failed_build_is_rolled_back() {
     replace(&p, &good.replace("[Warning]", "[Warning, Normal]"));
     r.wait_log("reload applied");
     expect_metric(port, "eventflow_config_last_reload_successful", 1.0);
+    expect_metric(port, "eventflow_reloads_total{outcome=\"applied\"}", 1.0);
     assert!(r.stop().0.success());
 }
 
