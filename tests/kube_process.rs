@@ -98,6 +98,10 @@ async fn forbidden_names_the_permission_and_readiness_follows_the_api_server() {
     let mut r = tokio::task::block_in_place(|| Running::start(&[], &p));
     let line = tokio::task::block_in_place(|| r.wait_log("403 Forbidden"));
     assert!(
+        line.contains("\"span\":{\"id\":\"k8s\""),
+        "the log names the stage: {line}"
+    );
+    assert!(
         line.contains("grant the verbs `list` and `watch` on resource `events` in API group \\\"\\\" (core) cluster-wide"),
         "{line}"
     );

@@ -321,7 +321,11 @@ async fn lead(
                 first_start,
                 health: health.clone(),
             };
-            tokio::spawn(w.run(stop.clone()))
+            // In the stage's span, so its logs (a 401, a 403) name the stage like the rest.
+            tokio::spawn(tracing::Instrument::instrument(
+                w.run(stop.clone()),
+                tracing::Span::current(),
+            ))
         })
         .collect();
     drop(tx);
