@@ -366,11 +366,12 @@ fn dead_letter(action: &DeadLetterAction) -> anyhow::Result<ExitCode> {
                     )
                 })
             }
-            DeadLetterAction::Delete { ids, .. } => dl::delete(&p, ids).await.map(|n| {
-                (
-                    format!("{n} dead letters deleted\n"),
-                    usize::try_from(n).is_ok_and(|n| n == ids.len()),
-                )
+            DeadLetterAction::Delete { ids, .. } => dl::delete(&p, ids).await.map(|d| {
+                let mut text = format!("{} dead letters deleted\n", d.deleted);
+                for id in &d.missing {
+                    text.push_str(&format!("no dead letter with id {id}\n"));
+                }
+                (text, d.missing.is_empty())
             }),
         }
     });

@@ -472,3 +472,26 @@ fn a_path_starting_with_a_tilde_is_in_the_home_directory() {
     assert_eq!(got.len(), 1);
     assert_eq!(got[0]["uid"], "uid-1");
 }
+
+#[test]
+fn dead_letter_commands_on_a_pipeline_without_a_durable_webhook_say_so_and_create_nothing() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let p = write(
+        dir.path(),
+        "p.yaml",
+        "stages:\n  src:\n    type: file\n    path: events.jsonl\n  out:\n    type: stdout\n    inputs: [src]\n",
+    );
+    let out = bin()
+        .current_dir(dir.path())
+        .args(["dead-letter", "list"])
+        .arg(&p)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("no durable webhook stage"), "{err}");
+    assert!(
+        !dir.path().join("eventflow-state.db").exists(),
+        "no state database is created"
+    );
+}

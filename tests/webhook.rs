@@ -511,6 +511,23 @@ async fn failed_deliveries_go_to_dead_letters_that_the_cli_lists_shows_and_resen
     assert_eq!(resent[0].delivery_id, first_id, "the same delivery id");
     let (_, list) = run(&["list"]);
     assert_eq!(list.trim(), "no dead letters");
+    // A stage that is not a durable webhook, and ids that are not there, are said so.
+    let (code, _) = run(&["list", "--stage", "nosuch"]);
+    assert_eq!(code, Some(1));
+    let out = tokio::task::block_in_place(|| {
+        support::bin()
+            .args(["dead-letter", "delete"])
+            .arg(&pipeline)
+            .arg("999")
+            .output()
+            .unwrap()
+    });
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("0 dead letters deleted") && text.contains("no dead letter with id 999"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -26,6 +26,13 @@ pub enum Error {
     Db(#[from] DbError),
     #[error("no dead letter with id {0}")]
     NotFound(i64),
+    /// Nothing to look at: no webhook of the pipeline is `durable: true`.
+    #[error(
+        "the pipeline has no durable webhook stage (`durable: true`), so it has no dead letters"
+    )]
+    NoDurable,
+    #[error("no durable webhook stage `{stage}` in the pipeline (durable webhook stages: {known})")]
+    NoSuchStage { stage: String, known: String },
     #[error("dead letter {id}: its events are not readable: {source}")]
     Corrupt {
         id: i64,
@@ -70,7 +77,25 @@ fn webhooks(p: &Target) -> Result<Vec<(String, WebhookConfig)>, Error> {
         .collect()
 }
 
-async fn store(p: &Target) -> Result<Store, Error> {
+/// The state database's queue store, once the pipeline is known to have dead letters (a
+/// durable webhook, and `stage` among them): nothing is created for a pipeline without.
+async fn store(p: &Target, stage: Option<&str>) -> Result<Store, Error> {
+    let durable: Vec<String> = webhooks(p)?
+        .into_iter()
+        .filter(|(_, c)| c.durable)
+        .map(|(id, _)| id)
+        .collect();
+    if durable.is_empty() {
+        return Err(Error::NoDurable);
+    }
+    if let Some(s) = stage
+        && !durable.iter().any(|d| d == s)
+    {
+        return Err(Error::NoSuchStage {
+            stage: s.to_string(),
+            known: durable.join(", "),
+        });
+    }
     Ok(Store::open(&p.state_url).await?)
 }
 
@@ -86,7 +111,7 @@ fn events_in(d: &DeadLetter) -> usize {
 
 /// A table of the dead letters (of one stage, or all).
 pub async fn list(p: &Target, stage: Option<&str>) -> Result<String, Error> {
-    let store = store(p).await?;
+    let store = store(p, stage).await?;
     let rows = store.dead_letters(stage, &[]).await;
     store.close().await;
     let rows = rows?;
@@ -118,7 +143,7 @@ pub async fn list(p: &Target, stage: Option<&str>) -> Result<String, Error> {
 
 /// One dead letter as JSON, its events included.
 pub async fn show(p: &Target, id: i64) -> Result<String, Error> {
-    let store = store(p).await?;
+    let store = store(p, None).await?;
     let rows = store.dead_letters(None, &[id]).await;
     store.close().await;
     let d = rows?.into_iter().next().ok_or(Error::NotFound(id))?;
@@ -150,7 +175,7 @@ pub struct Resent {
 /// reason and attempt count.
 pub async fn resend(p: &Target, stage: Option<&str>, ids: &[i64]) -> Result<Resent, Error> {
     let hooks = webhooks(p)?;
-    let store = store(p).await?;
+    let store = store(p, stage).await?;
     let result = resend_with(&store, &hooks, stage, ids).await;
     store.close().await;
     result
@@ -236,10 +261,27 @@ async fn resend_with(
     Ok(r)
 }
 
+/// What `delete` did: how many it deleted, and the ids that were not there.
+pub struct Deleted {
+    pub deleted: u64,
+    pub missing: Vec<i64>,
+}
+
 /// Deletes dead letters by id.
-pub async fn delete(p: &Target, ids: &[i64]) -> Result<u64, Error> {
-    let store = store(p).await?;
-    let n = store.forget_dead(ids).await;
+pub async fn delete(p: &Target, ids: &[i64]) -> Result<Deleted, Error> {
+    let store = store(p, None).await?;
+    let result = async {
+        let found: Vec<i64> = store
+            .dead_letters(None, ids)
+            .await?
+            .iter()
+            .map(|d| d.id)
+            .collect();
+        let deleted = store.forget_dead(ids).await?;
+        let missing = ids.iter().copied().filter(|i| !found.contains(i)).collect();
+        Ok(Deleted { deleted, missing })
+    }
+    .await;
     store.close().await;
-    Ok(n?)
+    result
 }
