@@ -8,7 +8,8 @@
 //!   source slows down (back-pressure) and nothing is dropped.
 //! - `summarize`: it is dropped (counted as `reason="suppressed"`) but remembered; when the
 //!   key's bucket allows again (checked on the next event of the key and on a timer), one
-//!   summary event goes on: "N more BackOff on shop/Pod/web suppressed since 10:02:11". Pending
+//!   summary event goes on: "N more events with namespace shop suppressed since 10:02:11" (the
+//!   key's fields and values, which is all the suppressed events share). Pending
 //!   summaries are flushed at shutdown. The suppressed events are acknowledged with their
 //!   summary.
 //!
@@ -313,12 +314,24 @@ impl RateLimit {
             |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         );
         let window = self.cfg.per.to_string();
+        let key = &self.key;
         s.acc.finish(|f| {
             let mut data = f.first;
-            let text = format!(
-                "{} more {} on {}/{}/{} suppressed since {since_text}",
-                f.events, data.reason, data.object_namespace, data.kind, data.object_name
-            );
+            // What the suppressed events have in common is the key, and only the key.
+            let what: Vec<String> = key
+                .0
+                .iter()
+                .map(|field| format!("{} {}", field.name(), data.get(*field)))
+                .collect();
+            let text = if what.is_empty() {
+                format!("{} more events suppressed since {since_text}", f.events)
+            } else {
+                format!(
+                    "{} more events with {} suppressed since {since_text}",
+                    f.events,
+                    what.join(", ")
+                )
+            };
             data.count = f.occurrences;
             data.last_seen = f.last_seen;
             data.summary = Some(Arc::new(Summary {
@@ -517,6 +530,28 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_summary_describes_the_key_it_limited_on() {
+        let mut r = rl("key: [namespace]\nlimit: 1\nper: 10s\nwhen_limited: summarize");
+        let mut out = Vec::new();
+        let mut batch: Vec<Event> = (0..3).map(|i| ev("shop", i)).collect();
+        let mut other = ev("shop", 3).data().clone();
+        other.reason = "ProvisioningFailed".into();
+        other.kind = "PersistentVolumeClaim".into();
+        batch.push(Event::new(other, Finalizers::None));
+        r.process(batch, &mut out);
+        out.clear();
+        tokio::time::advance(Duration::from_secs(10)).await;
+        r.release_summaries(true, &mut out);
+        let s = out[0].summary.as_deref().unwrap();
+        assert!(
+            s.text
+                .starts_with("3 more events with namespace shop suppressed since"),
+            "{}",
+            s.text
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn summarize_emits_the_suppressed_count_exactly_once() {
         let mut r = rl("limit: 1\nper: 10s\nwhen_limited: summarize");
         let mut out = Vec::new();
@@ -532,8 +567,7 @@ mod tests {
         assert_eq!((s.events, s.by), (4, crate::event::SummaryBy::RateLimit));
         assert_eq!(s.samples, vec!["m1", "m0"]);
         assert!(
-            s.text
-                .starts_with("4 more BackOff on a/Pod/web suppressed since"),
+            s.text.starts_with("4 more events suppressed since"),
             "{}",
             s.text
         );
