@@ -456,23 +456,12 @@ impl Candidate {
         if let Some(rv) = &lease.metadata.resource_version {
             rv.clone_into(&mut self.seen_rv);
         }
-        if self.observed.as_ref().is_none_or(|o| o.spec != old) {
-            self.observe(old.clone());
+        if let Some(at) = self.expiry_after_change(old.clone())
+            && at > Instant::now()
+        {
+            return Ok(Try::NotHeld(holder(&old).map(str::to_string), Some(at)));
         }
         let ours = holder(&old) == Some(self.identity.as_str());
-        if let (Some(h), false) = (holder(&old), ours) {
-            let held_for = old
-                .lease_duration_seconds
-                .and_then(|s| u64::try_from(s).ok())
-                .map_or(self.cfg.lease_duration.0, Duration::from_secs);
-            let seen = self.observed.as_ref().map_or_else(Instant::now, |o| o.at);
-            let expires = seen + held_for;
-            if expires > Instant::now() {
-                // A millisecond past expiry, so the next try finds it expired.
-                let at = expires + Duration::from_millis(1);
-                return Ok(Try::NotHeld(Some(h.to_string()), Some(at)));
-            }
-        }
         let spec = LeaseSpec {
             acquire_time: if ours {
                 old.acquire_time.clone()
@@ -517,10 +506,10 @@ impl Candidate {
         }
     }
 
-    /// Notes a changed Lease as seen now; when it expires by this clock, or `None` if nobody
-    /// (else) holds it.
+    /// Notes the Lease as seen now if it changed (what a poll reads and what the watch
+    /// reports alike); when it expires by this clock, or `None` if nobody (else) holds it.
     fn expiry_after_change(&mut self, spec: LeaseSpec) -> Option<Instant> {
-        holder(&spec).filter(|h| *h != self.identity)?;
+        let someone_else = holder(&spec).is_some_and(|h| h != self.identity);
         let held_for = spec
             .lease_duration_seconds
             .and_then(|s| u64::try_from(s).ok())
@@ -529,7 +518,8 @@ impl Candidate {
             self.observe(spec);
         }
         let seen = self.observed.as_ref().map_or_else(Instant::now, |o| o.at);
-        Some(seen + held_for + Duration::from_millis(1))
+        // A millisecond past expiry, so the try at that moment finds it expired.
+        someone_else.then(|| seen + held_for + Duration::from_millis(1))
     }
 
     fn observe(&mut self, spec: LeaseSpec) {

@@ -159,10 +159,7 @@ pub fn reload(outcome: &'static str, seconds: f64) {
     let ok = matches!(outcome, "applied" | "unchanged");
     metrics::gauge!(RELOAD_OK).set(if ok { 1.0 } else { 0.0 });
     if ok {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64());
-        metrics::gauge!(RELOAD_OK_TIME).set(now);
+        metrics::gauge!(RELOAD_OK_TIME).set(unix_now());
         metrics::histogram!(RELOAD_SECONDS).record(seconds);
     }
 }
@@ -172,10 +169,13 @@ pub fn reload(outcome: &'static str, seconds: f64) {
 pub fn started() {
     metrics::counter!(RELOADS, "outcome" => "applied").increment(0);
     metrics::gauge!(RELOAD_OK).set(1.0);
-    let now = std::time::SystemTime::now()
+    metrics::gauge!(RELOAD_OK_TIME).set(unix_now());
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64());
-    metrics::gauge!(RELOAD_OK_TIME).set(now);
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// Reads the process metrics (on Linux, macOS, Windows and FreeBSD); call before rendering.
