@@ -86,14 +86,17 @@ struct Durable {
 impl Durable {
     /// The stage id.
     /// Counts the queue again (another replica may have added to it or delivered from it).
-    async fn recount(&self) {
+    /// Returns the count, 0 when it cannot be read (logged).
+    async fn recount(&self) -> u64 {
         match self.store.count(self.stage()).await {
             Ok(n) => {
                 self.slot.queued.store(n, Ordering::SeqCst);
                 self.gauge.set(n as f64);
+                n
             }
             Err(e) => {
                 tracing::warn!(stage = %self.stage(), error = %e, "state database: cannot count the queue");
+                0
             }
         }
     }
@@ -173,15 +176,9 @@ pub async fn run(
         latency: shared_metrics::latency(stage, cx.metrics.type_name),
         processing: cx.metrics.processing.clone(),
     });
-    match shared.store.count(stage).await {
-        Ok(n) => {
-            if n > 0 {
-                tracing::info!(stage, queued = n, "resuming the deliveries queued before");
-            }
-            shared.slot.queued.store(n, Ordering::SeqCst);
-            shared.gauge.set(n as f64);
-        }
-        Err(e) => tracing::warn!(stage, error = %e, "state database: cannot count the queue"),
+    let queued = shared.recount().await;
+    if queued > 0 {
+        tracing::info!(stage, queued, "resuming the deliveries queued before");
     }
     let (stop_tx, stop_rx) = watch::channel(false);
     let written = cx.metrics.discarded("queue_write_failed");
@@ -202,7 +199,7 @@ pub async fn run(
                     _ = stop.wait_for(|s| *s) => return,
                     _ = generation.changed() => return,
                 }
-                shared.recount().await;
+                let _ = shared.recount().await;
             }
             let turn = tokio::select! {
                 turn = slot.delivering.lock() => Some(turn),
