@@ -90,8 +90,23 @@ impl LeaderElectionConfig {
     /// What is wrong with the durations (field names relative to the section).
     pub fn validate(&self) -> Vec<Invalid> {
         let mut out = Vec::new();
-        if self.lease.is_empty() {
-            out.push(Invalid::new("lease", "must not be empty"));
+        // The API server refuses other names: a Lease it cannot create would leave every
+        // replica standing by forever.
+        if !dns_subdomain(&self.lease) {
+            out.push(Invalid::new(
+                "lease",
+                format!("`{}` is not a Kubernetes object name (lowercase letters, digits, `-` and `.`, starting and ending with a letter or digit, at most 253)", self.lease),
+            ));
+        }
+        if let Some(ns) = &self.namespace
+            && !(dns_subdomain(ns) && ns.len() <= 63 && !ns.contains('.'))
+        {
+            out.push(Invalid::new(
+                "namespace",
+                format!(
+                    "`{ns}` is not a namespace name (lowercase letters, digits and `-`, at most 63)"
+                ),
+            ));
         }
         if self.lease_duration.0 < Duration::from_secs(1) {
             out.push(Invalid::new("lease_duration", "must be at least 1s"));
@@ -145,6 +160,16 @@ impl LeaderElectionConfig {
                 .unwrap_or_else(|| "default".into())
         })
     }
+}
+
+/// A DNS-1123 subdomain: what Kubernetes accepts as most object names.
+fn dns_subdomain(name: &str) -> bool {
+    let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    !name.is_empty()
+        && name.len() <= 253
+        && name.starts_with(alnum)
+        && name.ends_with(alnum)
+        && name.chars().all(|c| alnum(c) || c == '-' || c == '.')
 }
 
 /// Whether this replica leads, and its identity. Without election it always leads.

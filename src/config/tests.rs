@@ -528,6 +528,16 @@ fn leader_election_needs_sane_durations_shared_state_and_kube_sources() {
         "{text}"
     );
     assert!(text.contains("leader_election.retry_period"), "{text}");
+    let bad_name = format!(
+        "state:\n  url: postgres://u:p@db/x\nleader_election:\n  lease: My_Lease\n  namespace: Prod\n{kube}"
+    );
+    let text = problems(&bad_name).join("\n");
+    assert!(
+        text.contains("leader_election.lease")
+            && text.contains("`My_Lease` is not a Kubernetes object name"),
+        "{text}"
+    );
+    assert!(text.contains("leader_election.namespace"), "{text}");
     let no_state = format!("leader_election: {{}}\n{kube}");
     let text = problems(&no_state).join("\n");
     assert!(
