@@ -93,6 +93,8 @@ pub struct Running {
     pub out: mpsc::Receiver<String>,
     pub logs: mpsc::Receiver<String>,
     pub seen_logs: Vec<String>,
+    /// How many of `seen_logs` a [`Running::wait_log`] has passed over already.
+    waited: usize,
     /// With [`Running::start_unread`]: stdout is read once this is dropped.
     hold: Option<mpsc::Sender<()>>,
 }
@@ -142,18 +144,31 @@ impl Running {
             out,
             logs,
             seen_logs: Vec::new(),
+            waited: 0,
             hold: None,
         };
         r.wait_log("pipeline started");
+        // Lines logged before the pipeline started (a source's first words) stay for the test.
+        r.waited = 0;
         r
     }
 
-    /// Waits for a log line containing `needle`, returns it.
+    /// Waits for a log line containing `needle` that comes after the line the last wait
+    /// returned (start-up lines included), returns it.
     pub fn wait_log(&mut self, needle: &str) -> String {
+        if let Some(i) = self.seen_logs[self.waited..]
+            .iter()
+            .position(|l| l.contains(needle))
+        {
+            self.waited += i + 1;
+            return self.seen_logs[self.waited - 1].clone();
+        }
+        self.waited = self.seen_logs.len();
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Ok(l) = self.logs.recv_timeout(Duration::from_millis(50)) {
                 self.seen_logs.push(l.clone());
+                self.waited = self.seen_logs.len();
                 if l.contains(needle) {
                     return l;
                 }
