@@ -246,10 +246,15 @@ fn validate(pipelines: &[PathBuf]) -> ExitCode {
     let mut failed = false;
     for path in pipelines {
         match eventflow::load_file(path) {
-            Ok(p) => match &p.disabled {
-                Some(why) => println!("{}: ok ({why})", path.display()),
-                None => println!("{}: ok ({} stages)", path.display(), p.stages.len()),
-            },
+            Ok(p) => {
+                match &p.disabled {
+                    Some(why) => println!("{}: ok ({why})", path.display()),
+                    None => println!("{}: ok ({} stages)", path.display(), p.stages.len()),
+                }
+                for w in p.warnings() {
+                    eprintln!("{w}");
+                }
+            }
             Err(e) => {
                 failed = true;
                 eprintln!("{e}");

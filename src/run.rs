@@ -68,6 +68,9 @@ impl Default for RunOptions {
 pub async fn run(pipeline: Pipeline, opts: RunOptions) -> Result<Outcome, RunError> {
     let path = pipeline.path.clone();
     let api = pipeline.api.clone();
+    for w in pipeline.warnings() {
+        tracing::warn!("{w}");
+    }
     let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(4);
     let ready = Arc::new(AtomicBool::new(false));
     let health = crate::health::Health::default();

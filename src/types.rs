@@ -376,16 +376,74 @@ pub fn expand_home(path: std::path::PathBuf) -> std::path::PathBuf {
     }
 }
 
-/// Deserializes a path field, expanding a leading `~` ([`expand_home`]).
+thread_local! {
+    /// The directory of the pipeline file being read, while [`with_base_dir`] reads it.
+    static BASE_DIR: std::cell::RefCell<Option<std::path::PathBuf>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `read` (the parsing of a pipeline file) with relative paths resolving against `dir`,
+/// as Prometheus and kubectl resolve the paths in their config files.
+pub fn with_base_dir<T>(dir: &std::path::Path, read: impl FnOnce() -> T) -> T {
+    let before = BASE_DIR.with(|b| b.replace(Some(dir.to_path_buf())));
+    let out = read();
+    BASE_DIR.with(|b| *b.borrow_mut() = before);
+    out
+}
+
+/// A path as written in a pipeline file: `~` expanded ([`expand_home`]), a relative path
+/// joined to the file's directory while one is read ([`with_base_dir`]).
+pub fn resolve_path(path: std::path::PathBuf) -> std::path::PathBuf {
+    let path = expand_home(path);
+    if path.is_absolute() {
+        return path;
+    }
+    BASE_DIR.with(|b| match &*b.borrow() {
+        Some(dir) => dir.join(&path),
+        None => path,
+    })
+}
+
+/// A database URL as written in a pipeline file: a `sqlite:` file with a relative path gets
+/// [`resolve_path`]'s treatment; every other URL is kept as it is.
+pub fn resolve_db_url(url: String) -> String {
+    let Some(rest) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    else {
+        return url;
+    };
+    let (file, query) = rest
+        .split_once('?')
+        .map_or((rest, None), |(f, q)| (f, Some(q)));
+    if file.is_empty() || file.starts_with(':') || file.starts_with('/') {
+        return url;
+    }
+    let resolved = resolve_path(std::path::PathBuf::from(file));
+    if !resolved.is_absolute() {
+        return url;
+    }
+    match query {
+        Some(q) => format!("sqlite://{}?{q}", resolved.display()),
+        None => format!("sqlite://{}", resolved.display()),
+    }
+}
+
+/// Deserializes a path field ([`resolve_path`]).
 pub fn home_path<'de, D: serde::Deserializer<'de>>(d: D) -> Result<std::path::PathBuf, D::Error> {
-    <std::path::PathBuf as serde::Deserialize>::deserialize(d).map(expand_home)
+    <std::path::PathBuf as serde::Deserialize>::deserialize(d).map(resolve_path)
 }
 
 /// [`home_path`] for an optional field.
 pub fn home_path_opt<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<Option<std::path::PathBuf>, D::Error> {
-    <Option<std::path::PathBuf> as serde::Deserialize>::deserialize(d).map(|p| p.map(expand_home))
+    <Option<std::path::PathBuf> as serde::Deserialize>::deserialize(d).map(|p| p.map(resolve_path))
+}
+
+/// Deserializes a database URL field ([`resolve_db_url`]).
+pub fn db_url<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    <String as serde::Deserialize>::deserialize(d).map(resolve_db_url)
 }
 
 #[cfg(test)]
@@ -409,6 +467,51 @@ mod home_tests {
         assert_eq!(
             super::expand_home("~bob/x".into()),
             std::path::PathBuf::from("~bob/x")
+        );
+    }
+}
+
+#[cfg(test)]
+mod base_dir_tests {
+    use std::path::{Path, PathBuf};
+
+    #[test]
+    fn relative_paths_and_sqlite_files_join_the_pipeline_files_directory() {
+        let dir = Path::new("/srv/pipelines");
+        super::with_base_dir(dir, || {
+            assert_eq!(
+                super::resolve_path("events.json".into()),
+                PathBuf::from("/srv/pipelines/events.json")
+            );
+            assert_eq!(
+                super::resolve_path("/abs/events.json".into()),
+                PathBuf::from("/abs/events.json")
+            );
+            assert_eq!(
+                super::resolve_db_url("sqlite://out.db".into()),
+                "sqlite:///srv/pipelines/out.db"
+            );
+            assert_eq!(
+                super::resolve_db_url("sqlite:../out.db?mode=rwc".into()),
+                "sqlite:///srv/pipelines/../out.db?mode=rwc"
+            );
+            assert_eq!(
+                super::resolve_db_url("sqlite:///abs.db".into()),
+                "sqlite:///abs.db"
+            );
+            assert_eq!(
+                super::resolve_db_url("sqlite::memory:".into()),
+                "sqlite::memory:"
+            );
+            assert_eq!(
+                super::resolve_db_url("postgres://h/db".into()),
+                "postgres://h/db"
+            );
+        });
+        // Outside a pipeline file's reading, a relative path stays relative.
+        assert_eq!(
+            super::resolve_path("events.json".into()),
+            PathBuf::from("events.json")
         );
     }
 }

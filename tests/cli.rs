@@ -495,3 +495,88 @@ fn dead_letter_commands_on_a_pipeline_without_a_durable_webhook_say_so_and_creat
         "no state database is created"
     );
 }
+
+#[test]
+fn relative_paths_resolve_against_the_pipeline_files_directory() {
+    let conf = tempfile::tempdir().expect("tmp");
+    let elsewhere = tempfile::tempdir().expect("tmp");
+    write(
+        conf.path(),
+        "events.jsonl",
+        &format!(
+            "{}\n{}\n",
+            sample_line(1, "Warning"),
+            sample_line(2, "Normal")
+        ),
+    );
+    let pipeline = write(
+        conf.path(),
+        "p.yaml",
+        "stages:\n  src:\n    type: file\n    path: events.jsonl\n  out:\n    type: stdout\n    inputs: [src]\n  store:\n    type: sql\n    inputs: [src]\n    url: sqlite://out.db\n",
+    );
+    let out = bin()
+        .current_dir(elsewhere.path())
+        .arg("run")
+        .arg(&pipeline)
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let uids: Vec<String> = lines_json(&out.stdout)
+        .iter()
+        .map(|e| e["uid"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(
+        uids,
+        ["uid-1", "uid-2"],
+        "the file next to the pipeline was read"
+    );
+    let rows = sqlite_column(&conf.path().join("out.db"), "SELECT uid FROM k8s_events");
+    assert_eq!(
+        rows.into_iter().collect::<Vec<_>>(),
+        ["uid-1", "uid-2"],
+        "the database is next to the pipeline file"
+    );
+    assert!(
+        !elsewhere.path().join("out.db").exists(),
+        "nothing is created in the working directory"
+    );
+}
+
+#[test]
+fn validate_refuses_a_missing_file_and_warns_when_it_is_followed() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let stage = |follow: bool| {
+        format!(
+            "stages:\n  src:\n    type: file\n    path: nosuch.jsonl\n    follow: {follow}\n  out:\n    type: stdout\n    inputs: [src]\n"
+        )
+    };
+    let once = write(dir.path(), "once.yaml", &stage(false));
+    let out = bin().arg("validate").arg(&once).output().expect("validate");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a file read once must exist: {err}");
+    assert!(
+        err.contains("once.yaml:4:11: stage `src`, field `path`:")
+            && err.contains("nosuch.jsonl does not exist"),
+        "names the file, line, column, stage and field: {err}"
+    );
+    let followed = write(dir.path(), "followed.yaml", &stage(true));
+    let out = bin()
+        .arg("validate")
+        .arg(&followed)
+        .output()
+        .expect("validate");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "a followed file may appear later: {err}"
+    );
+    assert!(
+        err.contains("followed.yaml:4:11: stage `src`, field `path`: warning:")
+            && err.contains("does not exist yet"),
+        "but validate warns: {err}"
+    );
+}

@@ -174,15 +174,15 @@ fn an_invalid_edit_is_rejected_and_a_failed_build_is_rolled_back() {
         &[sample_line(1, "Normal"), sample_line(2, "Warning")],
     );
     assert_eq!(r.next_event()["uid"], "uid-2");
-    // Valid, but a new stage cannot be built (its file does not exist): rolled back.
+    // Valid, but a new stage cannot be built (its database cannot be opened): rolled back.
     let broken = good.replace(
         OUT,
-        "  out:\n    type: stdout\n    inputs: [f, other]\n  other:\n    type: file\n    path: /nonexistent/events.json\n",
+        &format!("{OUT}  other:\n    type: sql\n    inputs: [f]\n    url: sqlite:///nonexistent/events.db\n"),
     );
     replace(&p, &broken);
     let log = r.wait_log("reload rolled back");
     assert!(
-        log.contains("stage `other`") && log.contains("does not exist"),
+        log.contains("stage `other`") && log.contains("unable to open database file"),
         "{log}"
     );
     expect_metric(

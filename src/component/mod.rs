@@ -219,6 +219,12 @@ pub trait StageConfig: fmt::Debug + Send + Sync + 'static {
         Vec::new()
     }
 
+    /// What is allowed but usually a mistake (a followed file that does not exist yet):
+    /// `validate` prints it, `run` logs it, neither refuses the pipeline.
+    fn warnings(&self) -> Vec<Invalid> {
+        Vec::new()
+    }
+
     /// Builds a runnable instance.
     fn build<'a>(&'a self, cx: &'a BuildContext) -> BoxFuture<'a, Result<Stage, BuildError>>;
 }

@@ -102,6 +102,40 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+    /// Each stage's [`StageConfig::warnings`], as lines like a [`ConfigError`]'s (file, line
+    /// and column, stage, field), prefixed `warning:`.
+    pub fn warnings(&self) -> Vec<String> {
+        let file = self
+            .path
+            .as_ref()
+            .map_or_else(|| "<pipeline>".to_string(), |p| p.display().to_string());
+        let problems: Vec<Problem> = self
+            .stages
+            .values()
+            .flat_map(|s| {
+                s.config.warnings().into_iter().map(|w| {
+                    let pos = field_pos(&s.node, &w.field).unwrap_or(s.pos);
+                    Problem::new(
+                        Some(pos),
+                        Some(&s.id),
+                        Some(&w.field),
+                        format!("warning: {}", w.message),
+                    )
+                })
+            })
+            .collect();
+        problems
+            .into_iter()
+            .map(|p| {
+                ConfigError {
+                    file: file.clone(),
+                    problems: vec![p],
+                }
+                .to_string()
+            })
+            .collect()
+    }
+
     /// The ids of the stages that read from `id`.
     pub fn consumers_of<'a>(&'a self, id: &'a str) -> impl Iterator<Item = &'a StageSpec> + 'a {
         self.stages
@@ -206,7 +240,13 @@ pub fn load_file(path: &Path, types: Registry) -> Result<Pipeline, ConfigError> 
             format!("cannot read the file: {e}"),
         )],
     })?;
-    let mut p = load_str(&text, &file, &|name| std::env::var(name).ok(), types)?;
+    let dir = std::path::absolute(path)
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_default();
+    let mut p = crate::types::with_base_dir(&dir, || {
+        load_str(&text, &file, &|name| std::env::var(name).ok(), types)
+    })?;
     p.path = Some(path.to_path_buf());
     p.digest = Some(
         sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(

@@ -29,14 +29,14 @@ use crate::component::{
 };
 use crate::event::Batch;
 use crate::event::{DecodeError, Event, EventData, Finalizers, WireEvent};
-use crate::types::Dur;
+use crate::types::{Dur, Invalid};
 
 /// Replays Events from a file (JSON EventList, JSON array, or JSON lines).
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
-    /// The file to read. Relative paths are relative to the working directory; `~/` is the
-    /// home directory.
+    /// The file to read. A relative path is relative to the pipeline file's directory; `~/`
+    /// is the home directory.
     #[serde(deserialize_with = "crate::types::home_path")]
     pub path: PathBuf,
     /// Keep reading lines appended to the file (JSON lines) until shutdown.
@@ -59,14 +59,34 @@ fn default_cluster() -> String {
 }
 
 impl StageConfig for FileConfig {
-    fn build<'a>(&'a self, cx: &'a BuildContext) -> BoxFuture<'a, Result<Stage, BuildError>> {
+    fn validate(&self) -> Vec<Invalid> {
+        if self.follow || self.path.exists() {
+            return Vec::new();
+        }
+        vec![Invalid::new(
+            "path",
+            format!(
+                "{} does not exist (with `follow: true` it would be read once it appears)",
+                self.path.display()
+            ),
+        )]
+    }
+
+    fn warnings(&self) -> Vec<Invalid> {
+        if !self.follow || self.path.exists() {
+            return Vec::new();
+        }
+        vec![Invalid::new(
+            "path",
+            format!(
+                "{} does not exist yet; it is followed from when it appears",
+                self.path.display()
+            ),
+        )]
+    }
+
+    fn build<'a>(&'a self, _: &'a BuildContext) -> BoxFuture<'a, Result<Stage, BuildError>> {
         Box::pin(async move {
-            if !self.follow && !self.path.exists() {
-                return Err(cx.error(format!(
-                    "field `path`: {} does not exist",
-                    self.path.display()
-                )));
-            }
             Ok(Stage::Source(
                 Box::new(FileSource { cfg: self.clone() }) as Box<dyn Source>
             ))

@@ -12,8 +12,13 @@ use serde::Deserialize;
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StateConfig {
-    /// `sqlite://path.db`, `postgres://...` or `mysql://...`.
-    #[serde(default = "default_state_url")]
+    /// `sqlite://path.db`, `postgres://...` or `mysql://...`. A relative SQLite path is
+    /// relative to the pipeline file's directory; when `state:` is absent, the state is in
+    /// `eventflow-state.db` in the working directory.
+    #[serde(
+        default = "default_state_url",
+        deserialize_with = "crate::types::db_url"
+    )]
     pub url: String,
 }
 

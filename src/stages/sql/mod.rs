@@ -46,7 +46,9 @@ fn default_backoff() -> BackoffConfig {
 #[serde(deny_unknown_fields)]
 pub struct SqlConfig {
     /// `sqlite://path.db` (created if missing), `postgres://user:pass@host:5432/db`,
-    /// `mysql://user:pass@host:3306/db` or `mariadb://...`.
+    /// `mysql://user:pass@host:3306/db` or `mariadb://...`. A relative SQLite path is relative
+    /// to the pipeline file's directory.
+    #[serde(deserialize_with = "crate::types::db_url")]
     pub url: String,
     /// The table name (a plain identifier).
     #[serde(default = "default_table")]
