@@ -2,8 +2,8 @@
 //! Lease), PostgreSQL (the shared state and an SQL sink), two or three `eventflow` binaries
 //! with `leader_election`, and a webhook receiver that records which replica sent what.
 //!
-//! Needs `EVENTFLOW_TEST_POSTGRES_URL` (CI sets it); without it each test says so on stderr and
-//! checks nothing.
+//! The tests that need `EVENTFLOW_TEST_POSTGRES_URL` are ignored by a plain `cargo test` and
+//! run with `cargo test -- --ignored on_postgres` (CI sets the URL and does so).
 
 mod support;
 
@@ -18,14 +18,15 @@ const ELECTION: &str = "  lease_duration: 3s\n  renew_deadline: 2s\n  retry_peri
 const LEASE_DURATION: Duration = Duration::from_secs(3);
 const RETRY_PERIOD: Duration = Duration::from_millis(500);
 
-fn postgres(test: &str) -> Option<String> {
-    let url = std::env::var("EVENTFLOW_TEST_POSTGRES_URL").ok();
-    if url.is_none() {
-        eprintln!(
-            "SKIPPED {test}: EVENTFLOW_TEST_POSTGRES_URL is not set (leader election needs shared state)"
-        );
+/// The PostgreSQL the replicas share; these tests are `#[ignore]`d (a plain `cargo test` lists
+/// them as not run) and fail when asked for without it.
+fn postgres() -> String {
+    match std::env::var("EVENTFLOW_TEST_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => url,
+        _ => panic!(
+            "EVENTFLOW_TEST_POSTGRES_URL is not set (leader election needs shared state): `bash .ci/services.sh && source .ci/test-env.sh` first"
+        ),
     }
-    url
 }
 
 /// One HA setup: a fake cluster, a receiver, a pipeline file the replicas share.
@@ -202,10 +203,9 @@ fn repeats_share_their_delivery_id(ha: &Ha) -> usize {
 }
 
 #[test]
-fn kill_9_of_the_leader_fails_over_within_the_lease_and_loses_nothing() {
-    let Some(pg) = postgres("kill_9_of_the_leader") else {
-        return;
-    };
+#[ignore = "needs EVENTFLOW_TEST_POSTGRES_URL; cargo test -- --ignored on_postgres"]
+fn kill_9_of_the_leader_fails_over_within_the_lease_and_loses_nothing_on_postgres() {
+    let pg = postgres();
     let mut ha = Ha::new(&pg, "kill", ELECTION);
     let mut a = ha.replica("replica-a");
     let first = leads_first(&mut a);
@@ -278,10 +278,9 @@ fn kill_9_of_the_leader_fails_over_within_the_lease_and_loses_nothing() {
 }
 
 #[test]
-fn sigterm_of_the_leader_releases_the_lease_and_a_standby_leads_at_once() {
-    let Some(pg) = postgres("sigterm_of_the_leader") else {
-        return;
-    };
+#[ignore = "needs EVENTFLOW_TEST_POSTGRES_URL; cargo test -- --ignored on_postgres"]
+fn sigterm_of_the_leader_releases_the_lease_and_a_standby_leads_at_once_on_postgres() {
+    let pg = postgres();
     let mut ha = Ha::new(&pg, "term", ELECTION);
     let mut a = ha.replica("replica-a");
     leads_first(&mut a);
@@ -332,10 +331,9 @@ fn sigterm_of_the_leader_releases_the_lease_and_a_standby_leads_at_once() {
 }
 
 #[test]
-fn a_leader_cut_off_from_the_api_server_steps_down_before_anyone_else_delivers() {
-    let Some(pg) = postgres("a_leader_cut_off") else {
-        return;
-    };
+#[ignore = "needs EVENTFLOW_TEST_POSTGRES_URL; cargo test -- --ignored on_postgres"]
+fn a_leader_cut_off_from_the_api_server_steps_down_before_anyone_else_delivers_on_postgres() {
+    let pg = postgres();
     let mut ha = Ha::new(&pg, "fence", ELECTION);
     let mut a = ha.replica("replica-a");
     let a_id = leads_first(&mut a);
@@ -398,9 +396,7 @@ fn election_with_sqlite_state_is_rejected_at_validation() {
 #[test]
 #[ignore = "about 3 minutes; records the failover time for BENCHMARKS.md"]
 fn failover_time_over_ten_kills_with_default_settings() {
-    let Some(pg) = postgres("failover_time") else {
-        return;
-    };
+    let pg = postgres();
     let mut ha = Ha::new(&pg, "bench", "");
     let mut leader = ha.replica("replica-0");
     leads_first(&mut leader);

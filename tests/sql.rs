@@ -1,6 +1,8 @@
-//! The sql sink against real databases: `SQLite` files always; `PostgreSQL` and `MariaDB` when
-//! `EVENTFLOW_TEST_POSTGRES_URL` / `EVENTFLOW_TEST_MYSQL_URL` are set (CI sets them; elsewhere
-//! these tests say on stderr that they skipped those backends). The same suite runs on each.
+//! The sql sink against real databases: the same suite on each backend. The `SQLite` tests
+//! always run; the `PostgreSQL` and `MariaDB` ones (`*::on_postgres`, `*::on_mysql`) are
+//! ignored by a plain `cargo test`, which lists them as such, and run with
+//! `cargo test -- --ignored on_postgres on_mysql` once `EVENTFLOW_TEST_POSTGRES_URL` /
+//! `EVENTFLOW_TEST_MYSQL_URL` are set (CI does both; without the URL they fail).
 
 mod support;
 
@@ -21,29 +23,80 @@ struct Backend {
     _dir: Option<tempfile::TempDir>,
 }
 
-fn backends(test: &str) -> Vec<Backend> {
-    let dir = tempfile::tempdir().expect("tmp");
-    let mut v = vec![Backend {
-        name: "sqlite",
-        url: format!("sqlite://{}", dir.path().join("events.db").display()),
-        _dir: Some(dir),
-    }];
-    for (name, var) in [
-        ("postgres", "EVENTFLOW_TEST_POSTGRES_URL"),
-        ("mysql", "EVENTFLOW_TEST_MYSQL_URL"),
-    ] {
+impl Backend {
+    /// A fresh SQLite file.
+    fn sqlite() -> Backend {
+        let dir = tempfile::tempdir().expect("tmp");
+        Backend {
+            name: "sqlite",
+            url: format!("sqlite://{}", dir.path().join("events.db").display()),
+            _dir: Some(dir),
+        }
+    }
+
+    /// A server named by its environment variable; a test that asks for one without it fails
+    /// (these tests are `#[ignore]`d so a plain `cargo test` lists them as not run).
+    fn server(name: &'static str, var: &str) -> Backend {
         match std::env::var(var) {
-            Ok(url) if !url.is_empty() => v.push(Backend {
+            Ok(url) if !url.is_empty() => Backend {
                 name,
                 url,
                 _dir: None,
-            }),
-            _ => eprintln!(
-                "{test}: SKIPPED on {name}: {var} is not set (CI sets it; see .ci/test-env.sh)"
-            ),
+            },
+            _ => panic!("{var} is not set: `bash .ci/services.sh && source .ci/test-env.sh` first"),
         }
     }
-    v
+}
+
+/// One test per backend for a test body taking a [`Backend`]: `<name>::sqlite` runs always,
+/// `<name>::on_postgres` and `<name>::on_mysql` are ignored unless asked for
+/// (`cargo test -- --ignored on_postgres on_mysql`, as CI does) and fail without their
+/// server's URL. `servers` leaves SQLite out.
+macro_rules! on_every_backend {
+    (async $test:ident) => {
+        mod $test {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$test(super::Backend::sqlite()).await;
+            }
+            on_every_backend!(@servers async $test);
+        }
+    };
+    (servers async $test:ident) => {
+        mod $test {
+            on_every_backend!(@servers async $test);
+        }
+    };
+    (@servers async $test:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        #[ignore = "needs EVENTFLOW_TEST_POSTGRES_URL; cargo test -- --ignored on_postgres"]
+        async fn on_postgres() {
+            super::$test(super::Backend::server("postgres", "EVENTFLOW_TEST_POSTGRES_URL")).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        #[ignore = "needs EVENTFLOW_TEST_MYSQL_URL; cargo test -- --ignored on_mysql"]
+        async fn on_mysql() {
+            super::$test(super::Backend::server("mysql", "EVENTFLOW_TEST_MYSQL_URL")).await;
+        }
+    };
+    (sync $test:ident) => {
+        mod $test {
+            #[test]
+            fn sqlite() {
+                super::$test(super::Backend::sqlite());
+            }
+            #[test]
+            #[ignore = "needs EVENTFLOW_TEST_POSTGRES_URL; cargo test -- --ignored on_postgres"]
+            fn on_postgres() {
+                super::$test(super::Backend::server("postgres", "EVENTFLOW_TEST_POSTGRES_URL"));
+            }
+            #[test]
+            #[ignore = "needs EVENTFLOW_TEST_MYSQL_URL; cargo test -- --ignored on_mysql"]
+            fn on_mysql() {
+                super::$test(super::Backend::server("mysql", "EVENTFLOW_TEST_MYSQL_URL"));
+            }
+        }
+    };
 }
 
 fn table_name(test: &str) -> String {
@@ -174,236 +227,221 @@ fn ev(uid: &str, count: i64, msg: &str) -> EventData {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rows_columns_and_upserts_on_repeats() {
-    for b in backends("rows_columns_and_upserts_on_repeats") {
-        let table = table_name("upsert");
-        let statuses = store(
-            &b.url,
-            &table,
-            "",
-            vec![
-                vec![ev("u1", 1, "first"), ev("u2", 1, "other")],
-                // A repeat in its own batch, and two versions inside one batch.
-                vec![ev("u1", 2, "second")],
-                vec![ev("u3", 1, "a"), ev("u3", 5, "b")],
-            ],
-        )
-        .await;
+async fn rows_columns_and_upserts_on_repeats(b: Backend) {
+    let table = table_name("upsert");
+    let statuses = store(
+        &b.url,
+        &table,
+        "",
+        vec![
+            vec![ev("u1", 1, "first"), ev("u2", 1, "other")],
+            // A repeat in its own batch, and two versions inside one batch.
+            vec![ev("u1", 2, "second")],
+            vec![ev("u3", 1, "a"), ev("u3", 5, "b")],
+        ],
+    )
+    .await;
+    assert!(
+        statuses.iter().all(|s| *s == Status::Delivered),
+        "{}: {statuses:?}",
+        b.name
+    );
+    let db = connect(&b.url).await;
+    let got = rows(&db, &table).await;
+    let summary: Vec<(String, i64, String, String)> = got
+        .iter()
+        .map(|r| {
+            (
+                r.evt_key.clone(),
+                r.count,
+                r.message.clone(),
+                r.resource_version.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("test/u1".into(), 2, "second".into(), "rv-2".into()),
+            ("test/u2".into(), 1, "other".into(), "rv-1".into()),
+            ("test/u3".into(), 5, "b".into(), "rv-5".into()),
+        ],
+        "{}",
+        b.name
+    );
+    assert!(
+        got.iter()
+            .all(|r| !r.processed && r.attempts == 0 && r.level == "warning" && r.kind == "Pod")
+    );
+    let cols = db.columns(&table).await.expect("columns");
+    for c in [
+        "id",
+        "evt_key",
+        "cluster",
+        "namespace",
+        "name",
+        "type",
+        "reason",
+        "level",
+        "message",
+        "timestamp",
+        "processed",
+        "attempts",
+        "created_at",
+        "updated_at",
+        "kind",
+        "object_name",
+        "object_namespace",
+        "object_uid",
+        "count",
+        "first_seen",
+        "last_seen",
+        "source",
+        "host",
+        "resource_version",
+        "raw",
+    ] {
         assert!(
-            statuses.iter().all(|s| *s == Status::Delivered),
-            "{}: {statuses:?}",
+            cols.iter().any(|x| x == c),
+            "{}: column {c} missing",
             b.name
         );
-        let db = connect(&b.url).await;
-        let got = rows(&db, &table).await;
-        let summary: Vec<(String, i64, String, String)> = got
-            .iter()
-            .map(|r| {
-                (
-                    r.evt_key.clone(),
-                    r.count,
-                    r.message.clone(),
-                    r.resource_version.clone(),
-                )
-            })
-            .collect();
-        assert_eq!(
-            summary,
-            vec![
-                ("test/u1".into(), 2, "second".into(), "rv-2".into()),
-                ("test/u2".into(), 1, "other".into(), "rv-1".into()),
-                ("test/u3".into(), 5, "b".into(), "rv-5".into()),
-            ],
-            "{}",
-            b.name
-        );
-        assert!(
-            got.iter().all(|r| !r.processed
-                && r.attempts == 0
-                && r.level == "warning"
-                && r.kind == "Pod")
-        );
-        let cols = db.columns(&table).await.expect("columns");
-        for c in [
-            "id",
-            "evt_key",
-            "cluster",
-            "namespace",
-            "name",
-            "type",
-            "reason",
-            "level",
-            "message",
-            "timestamp",
-            "processed",
-            "attempts",
-            "created_at",
-            "updated_at",
-            "kind",
-            "object_name",
-            "object_namespace",
-            "object_uid",
-            "count",
-            "first_seen",
-            "last_seen",
-            "source",
-            "host",
-            "resource_version",
-            "raw",
-        ] {
-            assert!(
-                cols.iter().any(|x| x == c),
-                "{}: column {c} missing",
-                b.name
-            );
-        }
     }
 }
+on_every_backend!(async rows_columns_and_upserts_on_repeats);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hostile_values_are_stored_intact() {
+async fn hostile_values_are_stored_intact(b: Backend) {
     let big: String = "0123456789abcdef".repeat(4096); // 64 KiB
     let nasty =
         "quote ' double \" backslash \\ newline \n tab \t emoji 🔥🚀 nul-free; DROP TABLE x; --";
-    for b in backends("hostile_values_are_stored_intact") {
-        let table = table_name("hostile");
-        let mut e1 = ev("q1", 1, nasty);
-        e1.reason = "Reason'With\"Quotes".into();
-        let e2 = ev("q2", 1, &big);
-        let statuses = store(&b.url, &table, "", vec![vec![e1, e2]]).await;
-        assert_eq!(statuses, vec![Status::Delivered], "{}", b.name);
-        let got = rows(&connect(&b.url).await, &table).await;
-        assert_eq!(got[0].message, nasty, "{}", b.name);
-        assert_eq!(got[0].reason, "Reason'With\"Quotes", "{}", b.name);
-        assert_eq!(got[1].message.len(), 65536, "{}", b.name);
-        assert_eq!(got[1].message, big, "{}", b.name);
-    }
+    let table = table_name("hostile");
+    let mut e1 = ev("q1", 1, nasty);
+    e1.reason = "Reason'With\"Quotes".into();
+    let e2 = ev("q2", 1, &big);
+    let statuses = store(&b.url, &table, "", vec![vec![e1, e2]]).await;
+    assert_eq!(statuses, vec![Status::Delivered], "{}", b.name);
+    let got = rows(&connect(&b.url).await, &table).await;
+    assert_eq!(got[0].message, nasty, "{}", b.name);
+    assert_eq!(got[0].reason, "Reason'With\"Quotes", "{}", b.name);
+    assert_eq!(got[1].message.len(), 65536, "{}", b.name);
+    assert_eq!(got[1].message, big, "{}", b.name);
 }
+on_every_backend!(async hostile_values_are_stored_intact);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_seed_created_table_is_migrated_with_its_rows() {
-    for b in backends("a_seed_created_table_is_migrated_with_its_rows") {
-        let table = table_name("seed");
-        let db = connect(&b.url).await;
-        for stmt in support::seed_ddl(b.name, &table) {
-            db.execute_raw(stmt).await.expect("seed DDL");
-        }
-        let statuses = store(
-            &b.url,
-            &table,
-            "",
-            vec![vec![ev("new", 3, "eventflow row")]],
-        )
-        .await;
-        assert_eq!(statuses, vec![Status::Delivered], "{}", b.name);
-        let got = rows(&db, &table).await;
-        assert_eq!(got.len(), 3, "{}: {got:?}", b.name);
-        let seed1 = got
+async fn a_seed_created_table_is_migrated_with_its_rows(b: Backend) {
+    let table = table_name("seed");
+    let db = connect(&b.url).await;
+    for stmt in support::seed_ddl(b.name, &table) {
+        db.execute_raw(stmt).await.expect("seed DDL");
+    }
+    let statuses = store(
+        &b.url,
+        &table,
+        "",
+        vec![vec![ev("new", 3, "eventflow row")]],
+    )
+    .await;
+    assert_eq!(statuses, vec![Status::Delivered], "{}", b.name);
+    let got = rows(&db, &table).await;
+    assert_eq!(got.len(), 3, "{}: {got:?}", b.name);
+    let seed1 = got
+        .iter()
+        .find(|r| r.evt_key == "seed-1")
+        .expect("seed row kept");
+    assert_eq!(
+        (seed1.message.as_str(), seed1.processed, seed1.attempts),
+        ("from the seed", true, 2)
+    );
+    assert_eq!(seed1.count, 1, "new NOT NULL columns get their default");
+    let new = got
+        .iter()
+        .find(|r| r.evt_key == "test/new")
+        .expect("new row");
+    assert_eq!((new.count, new.kind.as_str()), (3, "Pod"));
+    assert!(
+        db.columns(&table)
+            .await
+            .expect("cols")
             .iter()
-            .find(|r| r.evt_key == "seed-1")
-            .expect("seed row kept");
-        assert_eq!(
-            (seed1.message.as_str(), seed1.processed, seed1.attempts),
-            ("from the seed", true, 2)
-        );
-        assert_eq!(seed1.count, 1, "new NOT NULL columns get their default");
-        let new = got
-            .iter()
-            .find(|r| r.evt_key == "test/new")
-            .expect("new row");
-        assert_eq!((new.count, new.kind.as_str()), (3, "Pod"));
-        assert!(
-            db.columns(&table)
-                .await
-                .expect("cols")
-                .iter()
-                .any(|c| c == "raw")
-        );
-    }
+            .any(|c| c == "raw")
+    );
 }
+on_every_backend!(async a_seed_created_table_is_migrated_with_its_rows);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retention_deletes_old_rows() {
-    for b in backends("retention_deletes_old_rows") {
-        let table = table_name("retention");
-        let mut old = ev("old", 1, "old");
-        old.last_seen = Some(chrono::Utc::now() - chrono::Duration::days(30));
-        let statuses = store(
-            &b.url,
-            &table,
-            "retention: 7d",
-            vec![vec![old, ev("fresh", 1, "fresh")]],
+async fn retention_deletes_old_rows(b: Backend) {
+    let table = table_name("retention");
+    let mut old = ev("old", 1, "old");
+    old.last_seen = Some(chrono::Utc::now() - chrono::Duration::days(30));
+    let statuses = store(
+        &b.url,
+        &table,
+        "retention: 7d",
+        vec![vec![old, ev("fresh", 1, "fresh")]],
+    )
+    .await;
+    assert_eq!(statuses, vec![Status::Delivered]);
+    // The retention pass runs while the sink runs: start it again and wait for the delete.
+    let (src, _feed) = ChannelSource::new(1);
+    let p = PipelineBuilder::new()
+        .stage("src", "channel", StageKind::Source, &[], Arc::new(src), 0)
+        .stage(
+            "db",
+            "sql",
+            StageKind::Sink,
+            &["src"],
+            sql_config(&b.url, &table, "retention: 7d"),
+            0,
         )
-        .await;
-        assert_eq!(statuses, vec![Status::Delivered]);
-        // The retention pass runs while the sink runs: start it again and wait for the delete.
-        let (src, _feed) = ChannelSource::new(1);
-        let p = PipelineBuilder::new()
-            .stage("src", "channel", StageKind::Source, &[], Arc::new(src), 0)
-            .stage(
-                "db",
-                "sql",
-                StageKind::Sink,
-                &["src"],
-                sql_config(&b.url, &table, "retention: 7d"),
-                0,
-            )
-            .build();
-        let topo = Topology::start(p).await.expect("start");
-        let db = connect(&b.url).await;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let keys: Vec<String> = rows(&db, &table)
-                .await
-                .into_iter()
-                .map(|r| r.evt_key)
-                .collect();
-            if keys == vec!["test/fresh".to_string()] {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{}: old row not deleted: {keys:?}",
-                b.name
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        topo.shutdown(Duration::from_secs(10)).await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_row_the_database_refuses_is_rejected_and_the_rest_stored() {
-    for b in backends("a_row_the_database_refuses_is_rejected_and_the_rest_stored") {
-        if b.name == "sqlite" {
-            // SQLite does not enforce VARCHAR lengths: nothing to refuse.
-            continue;
-        }
-        let table = table_name("refuse");
-        let mut bad = ev("bad", 1, "too long reason");
-        bad.reason = "R".repeat(300);
-        let statuses = store(
-            &b.url,
-            &table,
-            "",
-            vec![vec![ev("ok1", 1, "a")], vec![bad, ev("ok2", 1, "b")]],
-        )
-        .await;
-        assert_eq!(
-            statuses,
-            vec![Status::Delivered, Status::Rejected],
-            "{}",
-            b.name
-        );
-        let keys: Vec<String> = rows(&connect(&b.url).await, &table)
+        .build();
+    let topo = Topology::start(p).await.expect("start");
+    let db = connect(&b.url).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let keys: Vec<String> = rows(&db, &table)
             .await
             .into_iter()
             .map(|r| r.evt_key)
             .collect();
-        assert_eq!(keys, vec!["test/ok1", "test/ok2"], "{}", b.name);
+        if keys == vec!["test/fresh".to_string()] {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{}: old row not deleted: {keys:?}",
+            b.name
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    topo.shutdown(Duration::from_secs(10)).await;
 }
+on_every_backend!(async retention_deletes_old_rows);
+
+async fn a_row_the_database_refuses_is_rejected_and_the_rest_stored(b: Backend) {
+    let table = table_name("refuse");
+    let mut bad = ev("bad", 1, "too long reason");
+    bad.reason = "R".repeat(300);
+    let statuses = store(
+        &b.url,
+        &table,
+        "",
+        vec![vec![ev("ok1", 1, "a")], vec![bad, ev("ok2", 1, "b")]],
+    )
+    .await;
+    assert_eq!(
+        statuses,
+        vec![Status::Delivered, Status::Rejected],
+        "{}",
+        b.name
+    );
+    let keys: Vec<String> = rows(&connect(&b.url).await, &table)
+        .await
+        .into_iter()
+        .map(|r| r.evt_key)
+        .collect();
+    assert_eq!(keys, vec!["test/ok1", "test/ok2"], "{}", b.name);
+}
+// SQLite does not enforce VARCHAR lengths: nothing to refuse there.
+on_every_backend!(servers async a_row_the_database_refuses_is_rejected_and_the_rest_stored);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_url_or_table_fails_the_build_with_a_clear_error() {
@@ -460,229 +498,223 @@ async fn a_bad_url_or_table_fails_the_build_with_a_clear_error() {
     }
 }
 
-#[test]
-fn kill_9_mid_stream_loses_no_committed_row_and_a_replay_completes_the_table() {
+fn kill_9_mid_stream_loses_no_committed_row_and_a_replay_completes_the_table(b: Backend) {
     use support::*;
     const N: usize = 20_000;
     let rt = tokio::runtime::Runtime::new().expect("rt");
-    for b in backends("kill_9_mid_stream") {
-        let dir = tempfile::tempdir().expect("tmp");
-        let lines: String = (0..N).map(|i| sample_line(i, "Warning") + "\n").collect();
-        let events = write(dir.path(), "events.jsonl", &lines);
-        let table = table_name("kill");
-        let p = write(
-            dir.path(),
-            "p.yaml",
-            &format!(
-                "stages:\n  src:\n    type: file\n    path: {}\n  db:\n    type: sql\n    inputs: [src]\n    url: {}\n    table: {table}\n    batch: {{max_events: 200, max_wait: 10ms}}\n",
-                events.display(),
-                b.url
-            ),
-        );
-        let count = || -> i64 {
-            rt.block_on(async {
-                let db = connect(&b.url).await;
-                if db.columns(&table).await.map_or(true, |c| c.is_empty()) {
-                    return 0;
+    let dir = tempfile::tempdir().expect("tmp");
+    let lines: String = (0..N).map(|i| sample_line(i, "Warning") + "\n").collect();
+    let events = write(dir.path(), "events.jsonl", &lines);
+    let table = table_name("kill");
+    let p = write(
+        dir.path(),
+        "p.yaml",
+        &format!(
+            "stages:\n  src:\n    type: file\n    path: {}\n  db:\n    type: sql\n    inputs: [src]\n    url: {}\n    table: {table}\n    batch: {{max_events: 200, max_wait: 10ms}}\n",
+            events.display(),
+            b.url
+        ),
+    );
+    let count = || -> i64 {
+        rt.block_on(async {
+            let db = connect(&b.url).await;
+            if db.columns(&table).await.map_or(true, |c| c.is_empty()) {
+                return 0;
+            }
+            let sql = format!("SELECT COUNT(*) FROM {table}");
+            match &db {
+                Db::Sqlite(p) => {
+                    sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
+                        .fetch_one(p)
+                        .await
                 }
-                let sql = format!("SELECT COUNT(*) FROM {table}");
-                match &db {
-                    Db::Sqlite(p) => {
-                        sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
-                            .fetch_one(p)
-                            .await
-                    }
-                    Db::Postgres(p) => {
-                        sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
-                            .fetch_one(p)
-                            .await
-                    }
-                    Db::MySql(p) => {
-                        sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
-                            .fetch_one(p)
-                            .await
-                    }
+                Db::Postgres(p) => {
+                    sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
+                        .fetch_one(p)
+                        .await
                 }
-                .unwrap_or(0)
-            })
-        };
-        let quiet = || std::process::Stdio::null();
-        let mut child = bin()
-            .arg("run")
-            .arg(&p)
-            .stdout(quiet())
-            .stderr(quiet())
-            .spawn()
-            .expect("spawn");
-        // Kill it once some rows are committed but (very likely) not all.
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while count() < 400 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{}: no rows written",
-                b.name
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        child.kill().expect("kill -9");
-        let _ = child.wait();
-        let after_kill = count();
+                Db::MySql(p) => {
+                    sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
+                        .fetch_one(p)
+                        .await
+                }
+            }
+            .unwrap_or(0)
+        })
+    };
+    let quiet = || std::process::Stdio::null();
+    let mut child = bin()
+        .arg("run")
+        .arg(&p)
+        .stdout(quiet())
+        .stderr(quiet())
+        .spawn()
+        .expect("spawn");
+    // Kill it once some rows are committed but (very likely) not all.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while count() < 400 {
         assert!(
-            after_kill >= 400,
-            "{}: committed rows survive a kill -9: {after_kill}",
+            std::time::Instant::now() < deadline,
+            "{}: no rows written",
             b.name
         );
-        // The table is intact, and replaying the file completes it without duplicates.
-        let status = bin()
-            .arg("run")
-            .arg(&p)
-            .stdout(quiet())
-            .stderr(quiet())
-            .status()
-            .expect("rerun");
-        assert!(status.success(), "{}", b.name);
-        assert_eq!(
-            count(),
-            i64::try_from(N).expect("small"),
-            "{}: every event once (upsert by key), none twice",
-            b.name
-        );
-        eprintln!(
-            "{}: killed at {after_kill} of {N} rows; replay completed the table",
-            b.name
-        );
+        std::thread::sleep(Duration::from_millis(5));
     }
+    child.kill().expect("kill -9");
+    let _ = child.wait();
+    let after_kill = count();
+    assert!(
+        after_kill >= 400,
+        "{}: committed rows survive a kill -9: {after_kill}",
+        b.name
+    );
+    // The table is intact, and replaying the file completes it without duplicates.
+    let status = bin()
+        .arg("run")
+        .arg(&p)
+        .stdout(quiet())
+        .stderr(quiet())
+        .status()
+        .expect("rerun");
+    assert!(status.success(), "{}", b.name);
+    assert_eq!(
+        count(),
+        i64::try_from(N).expect("small"),
+        "{}: every event once (upsert by key), none twice",
+        b.name
+    );
+    eprintln!(
+        "{}: killed at {after_kill} of {N} rows; replay completed the table",
+        b.name
+    );
 }
+on_every_backend!(sync kill_9_mid_stream_loses_no_committed_row_and_a_replay_completes_the_table);
 
 /// The durable webhook's tables in the `state` database, on every backend: queue in order,
 /// batches pinned, delivered rows removed, a failed batch moved to the dead letters in one
 /// step, and dead letters read back with their events intact.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn webhook_queue_and_dead_letters_on_every_backend() {
+async fn webhook_queue_and_dead_letters_on_every_backend(b: Backend) {
     use eventflow::event::{Event, Finalizers};
     use eventflow::stages::webhook::queue::Store;
-    for b in backends("webhook_queue_and_dead_letters_on_every_backend") {
-        let sink = format!("hook_{}", rand_suffix());
-        let store = Store::open(&b.url).await.expect("open");
-        // Opening again (tables and index exist) is fine.
-        Store::open(&b.url).await.expect("open again").close().await;
-        let events: Vec<Event> = (0..5)
-            .map(|i| {
-                let mut e = event(&format!("q{i}"));
-                e.message = format!("quote \" and ✓ {i}");
-                Event::new(e, Finalizers::None)
-            })
-            .collect();
-        store.push(&sink, &events).await.expect("push");
-        assert_eq!(store.count(&sink).await.expect("count"), 5, "{}", b.name);
-        let head = store.head(&sink, 0, 3).await.expect("head");
-        assert_eq!(head.len(), 3, "{}", b.name);
-        assert!(head.windows(2).all(|w| w[0].id < w[1].id), "{}", b.name);
-        let e0 = eventflow::event::from_stored(&head[0].event).expect("decode");
-        assert_eq!(
-            (e0.uid.as_str(), e0.message.as_str()),
-            ("q0", "quote \" and ✓ 0")
-        );
-        store.pin(&sink, head[0].id, head[2].id).await.expect("pin");
-        let pinned = store.head(&sink, 0, 5).await.expect("head");
-        assert_eq!(
-            pinned.iter().map(|p| p.batch).collect::<Vec<_>>(),
-            [
-                Some(head[0].id),
-                Some(head[0].id),
-                Some(head[0].id),
-                None,
-                None
-            ],
-            "{}",
-            b.name
-        );
-        let after = store.head(&sink, head[2].id, 10).await.expect("head");
-        assert_eq!(after.len(), 2, "{}: rows after the cursor", b.name);
+    let sink = format!("hook_{}", rand_suffix());
+    let store = Store::open(&b.url).await.expect("open");
+    // Opening again (tables and index exist) is fine.
+    Store::open(&b.url).await.expect("open again").close().await;
+    let events: Vec<Event> = (0..5)
+        .map(|i| {
+            let mut e = event(&format!("q{i}"));
+            e.message = format!("quote \" and ✓ {i}");
+            Event::new(e, Finalizers::None)
+        })
+        .collect();
+    store.push(&sink, &events).await.expect("push");
+    assert_eq!(store.count(&sink).await.expect("count"), 5, "{}", b.name);
+    let head = store.head(&sink, 0, 3).await.expect("head");
+    assert_eq!(head.len(), 3, "{}", b.name);
+    assert!(head.windows(2).all(|w| w[0].id < w[1].id), "{}", b.name);
+    let e0 = eventflow::event::from_stored(&head[0].event).expect("decode");
+    assert_eq!(
+        (e0.uid.as_str(), e0.message.as_str()),
+        ("q0", "quote \" and ✓ 0")
+    );
+    store.pin(&sink, head[0].id, head[2].id).await.expect("pin");
+    let pinned = store.head(&sink, 0, 5).await.expect("head");
+    assert_eq!(
+        pinned.iter().map(|p| p.batch).collect::<Vec<_>>(),
+        [
+            Some(head[0].id),
+            Some(head[0].id),
+            Some(head[0].id),
+            None,
+            None
+        ],
+        "{}",
+        b.name
+    );
+    let after = store.head(&sink, head[2].id, 10).await.expect("head");
+    assert_eq!(after.len(), 2, "{}: rows after the cursor", b.name);
+    store
+        .remove(&sink, &[head[0].id, head[1].id])
+        .await
+        .expect("remove");
+    assert_eq!(store.count(&sink).await.expect("count"), 3, "{}", b.name);
+    let rest = store.head(&sink, 0, 10).await.expect("head");
+    store
+        .bury(&sink, &rest, "abc123", 4, "HTTP 500: down")
+        .await
+        .expect("bury");
+    assert_eq!(store.count(&sink).await.expect("count"), 0, "{}", b.name);
+    let dead = store.dead_letters(Some(&sink), &[]).await.expect("dead");
+    assert_eq!(dead.len(), 1, "{}", b.name);
+    let uids: Vec<String> = dead[0]
+        .decode_events()
+        .expect("events")
+        .into_iter()
+        .map(|e| e.uid)
+        .collect();
+    assert_eq!(uids, ["q2", "q3", "q4"], "{}", b.name);
+    assert_eq!(
+        (dead[0].attempts, dead[0].delivery_id.as_str()),
+        (4, "abc123")
+    );
+    store
+        .retried(dead[0].id, 6, "HTTP 503")
+        .await
+        .expect("retried");
+    let again = store.dead_letters(None, &[dead[0].id]).await.expect("dead");
+    assert_eq!(
+        (again[0].attempts, again[0].reason.as_str()),
+        (6, "HTTP 503")
+    );
+    assert_eq!(store.forget_dead(&[dead[0].id]).await.expect("forget"), 1);
+    assert!(
         store
-            .remove(&sink, &[head[0].id, head[1].id])
+            .dead_letters(Some(&sink), &[])
             .await
-            .expect("remove");
-        assert_eq!(store.count(&sink).await.expect("count"), 3, "{}", b.name);
-        let rest = store.head(&sink, 0, 10).await.expect("head");
-        store
-            .bury(&sink, &rest, "abc123", 4, "HTTP 500: down")
-            .await
-            .expect("bury");
-        assert_eq!(store.count(&sink).await.expect("count"), 0, "{}", b.name);
-        let dead = store.dead_letters(Some(&sink), &[]).await.expect("dead");
-        assert_eq!(dead.len(), 1, "{}", b.name);
-        let uids: Vec<String> = dead[0]
-            .decode_events()
-            .expect("events")
-            .into_iter()
-            .map(|e| e.uid)
-            .collect();
-        assert_eq!(uids, ["q2", "q3", "q4"], "{}", b.name);
-        assert_eq!(
-            (dead[0].attempts, dead[0].delivery_id.as_str()),
-            (4, "abc123")
-        );
-        store
-            .retried(dead[0].id, 6, "HTTP 503")
-            .await
-            .expect("retried");
-        let again = store.dead_letters(None, &[dead[0].id]).await.expect("dead");
-        assert_eq!(
-            (again[0].attempts, again[0].reason.as_str()),
-            (6, "HTTP 503")
-        );
-        assert_eq!(store.forget_dead(&[dead[0].id]).await.expect("forget"), 1);
-        assert!(
-            store
-                .dead_letters(Some(&sink), &[])
-                .await
-                .expect("dead")
-                .is_empty()
-        );
-        store.close().await;
-    }
+            .expect("dead")
+            .is_empty()
+    );
+    store.close().await;
 }
+on_every_backend!(async webhook_queue_and_dead_letters_on_every_backend);
 
 /// The seed's DSN forms reach the real servers: libpq's `key=value` form for `PostgreSQL` and
 /// the Go driver's `user:password@tcp(host:port)/db?params` for MySQL/MariaDB, built from the
 /// test servers' URLs, are translated and connect.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_seeds_dsn_forms_connect_to_the_servers() {
+async fn the_seeds_dsn_forms_connect_to_the_servers(b: Backend) {
     use eventflow::config::k8m::dsn_to_url;
-    for b in backends("the_seeds_dsn_forms_connect_to_the_servers") {
-        let u = reqwest::Url::parse(&b.url).expect("url");
-        let db = u.path().trim_start_matches('/');
-        let (ty, dsn) = match b.name {
-            "postgres" => (
-                "postgres",
-                format!(
-                    "host={} port={} user={} password='{}' dbname={db} sslmode=disable",
-                    u.host_str().unwrap_or("localhost"),
-                    u.port().unwrap_or(5432),
-                    u.username(),
-                    u.password().unwrap_or("")
-                ),
+    let u = reqwest::Url::parse(&b.url).expect("url");
+    let db = u.path().trim_start_matches('/');
+    let (ty, dsn) = match b.name {
+        "postgres" => (
+            "postgres",
+            format!(
+                "host={} port={} user={} password='{}' dbname={db} sslmode=disable",
+                u.host_str().unwrap_or("localhost"),
+                u.port().unwrap_or(5432),
+                u.username(),
+                u.password().unwrap_or("")
             ),
-            "mysql" => (
-                "mysql",
-                format!(
-                    "{}:{}@tcp({}:{})/{db}?charset=utf8mb4&parseTime=True&loc=Local",
-                    u.username(),
-                    u.password().unwrap_or(""),
-                    u.host_str().unwrap_or("localhost"),
-                    u.port().unwrap_or(3306)
-                ),
+        ),
+        "mysql" => (
+            "mysql",
+            format!(
+                "{}:{}@tcp({}:{})/{db}?charset=utf8mb4&parseTime=True&loc=Local",
+                u.username(),
+                u.password().unwrap_or(""),
+                u.host_str().unwrap_or("localhost"),
+                u.port().unwrap_or(3306)
             ),
-            _ => ("sqlite", b.url.trim_start_matches("sqlite://").to_string()),
-        };
-        let url = dsn_to_url(ty, &dsn).expect("a seed DSN");
-        let conn = Db::connect(&url, 1, Duration::from_secs(10))
-            .await
-            .unwrap_or_else(|e| panic!("{}: {dsn} -> {url}: {e}", b.name));
-        conn.execute_raw("SELECT 1".into())
-            .await
-            .unwrap_or_else(|e| panic!("{}: {e}", b.name));
-        conn.close().await;
-    }
+        ),
+        _ => ("sqlite", b.url.trim_start_matches("sqlite://").to_string()),
+    };
+    let url = dsn_to_url(ty, &dsn).expect("a seed DSN");
+    let conn = Db::connect(&url, 1, Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|e| panic!("{}: {dsn} -> {url}: {e}", b.name));
+    conn.execute_raw("SELECT 1".into())
+        .await
+        .unwrap_or_else(|e| panic!("{}: {e}", b.name));
+    conn.close().await;
 }
+on_every_backend!(async the_seeds_dsn_forms_connect_to_the_servers);

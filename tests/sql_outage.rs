@@ -1,8 +1,9 @@
 //! The database stops mid-stream and comes back: the sql sink keeps its batch, retries with
 //! backoff, acknowledges nothing early, and every event is in the table afterwards. This stops
-//! and starts the real `PostgreSQL` and `MariaDB` servers, so it runs as root with the server URLs
-//! set (CI); elsewhere it says on stderr what it skipped. One test binary, one test: nothing
-//! else uses the servers while they are down.
+//! and starts the real `PostgreSQL` and `MariaDB` servers, so these tests are ignored by a plain `cargo test`
+//! and run as root with the server URLs set by `cargo test -- --ignored on_postgres on_mysql`
+//! (CI). A binary of its own: nothing else uses a server while it is down (the two tests stop
+//! different servers).
 
 use std::process::Command;
 use std::sync::Arc;
@@ -99,44 +100,45 @@ async fn outage(name: &str, url: &str, stop: &str, start: &str) {
     eprintln!("{name}: outage survived, 200 rows");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_database_stops_mid_stream_and_every_event_is_stored_after_it_returns() {
-    let root = Command::new("id")
+fn is_root() -> bool {
+    Command::new("id")
         .arg("-u")
         .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    let mut ran = 0;
-    match (
-        std::env::var("EVENTFLOW_TEST_POSTGRES_URL"),
-        pg_cluster(),
-        root,
-    ) {
-        (Ok(url), Some(v), true) => {
-            outage(
-                "postgres",
-                &url,
-                &format!("pg_ctlcluster {v} main stop -m fast"),
-                &format!("pg_ctlcluster {v} main start && for i in $(seq 1 100); do pg_isready -q -h 127.0.0.1 && break; sleep 0.1; done"),
-            )
-            .await;
-            ran += 1;
-        }
-        _ => eprintln!(
-            "SKIPPED postgres outage: needs root, a local cluster and EVENTFLOW_TEST_POSTGRES_URL"
-        ),
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// The server's URL; asked for without it or without root, the test fails.
+fn server(var: &str) -> String {
+    assert!(is_root(), "stopping the database server needs root");
+    match std::env::var(var) {
+        Ok(url) if !url.is_empty() => url,
+        _ => panic!("{var} is not set: `bash .ci/services.sh && source .ci/test-env.sh` first"),
     }
-    match (std::env::var("EVENTFLOW_TEST_MYSQL_URL"), root) {
-        (Ok(url), true) => {
-            outage(
-                "mariadb",
-                &url,
-                "service mariadb stop >/dev/null",
-                "service mariadb start >/dev/null && for i in $(seq 1 100); do mariadb-admin -s ping >/dev/null 2>&1 && break; sleep 0.1; done",
-            )
-            .await;
-            ran += 1;
-        }
-        _ => eprintln!("SKIPPED mariadb outage: needs root and EVENTFLOW_TEST_MYSQL_URL"),
-    }
-    eprintln!("outage scenarios run: {ran}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "stops PostgreSQL: as root with EVENTFLOW_TEST_POSTGRES_URL, cargo test -- --ignored on_postgres"]
+async fn the_database_stops_mid_stream_and_every_event_is_stored_after_it_returns_on_postgres() {
+    let url = server("EVENTFLOW_TEST_POSTGRES_URL");
+    let v = pg_cluster().expect("a local PostgreSQL cluster in /etc/postgresql");
+    outage(
+        "postgres",
+        &url,
+        &format!("pg_ctlcluster {v} main stop -m fast"),
+        &format!("pg_ctlcluster {v} main start && for i in $(seq 1 100); do pg_isready -q -h 127.0.0.1 && break; sleep 0.1; done"),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "stops MariaDB: as root with EVENTFLOW_TEST_MYSQL_URL, cargo test -- --ignored on_mysql"]
+async fn the_database_stops_mid_stream_and_every_event_is_stored_after_it_returns_on_mysql() {
+    let url = server("EVENTFLOW_TEST_MYSQL_URL");
+    outage(
+        "mariadb",
+        &url,
+        "service mariadb stop >/dev/null",
+        "service mariadb start >/dev/null && for i in $(seq 1 100); do mariadb-admin -s ping >/dev/null 2>&1 && break; sleep 0.1; done",
+    )
+    .await;
 }
