@@ -83,17 +83,17 @@ macro_rules! on_every_backend {
         mod $test {
             #[test]
             fn sqlite() {
-                super::$test(super::Backend::sqlite());
+                super::$test(&super::Backend::sqlite());
             }
             #[test]
             #[ignore = "needs EVENTFLOW_TEST_POSTGRES_URL; cargo test -- --ignored on_postgres"]
             fn on_postgres() {
-                super::$test(super::Backend::server("postgres", "EVENTFLOW_TEST_POSTGRES_URL"));
+                super::$test(&super::Backend::server("postgres", "EVENTFLOW_TEST_POSTGRES_URL"));
             }
             #[test]
             #[ignore = "needs EVENTFLOW_TEST_MYSQL_URL; cargo test -- --ignored on_mysql"]
             fn on_mysql() {
-                super::$test(super::Backend::server("mysql", "EVENTFLOW_TEST_MYSQL_URL"));
+                super::$test(&super::Backend::server("mysql", "EVENTFLOW_TEST_MYSQL_URL"));
             }
         }
     };
@@ -498,7 +498,7 @@ async fn a_bad_url_or_table_fails_the_build_with_a_clear_error() {
     }
 }
 
-fn kill_9_mid_stream_loses_no_committed_row_and_a_replay_completes_the_table(b: Backend) {
+fn kill_9_mid_stream_loses_no_committed_row_and_a_replay_completes_the_table(b: &Backend) {
     use support::*;
     const N: usize = 20_000;
     let rt = tokio::runtime::Runtime::new().expect("rt");
