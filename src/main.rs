@@ -169,7 +169,9 @@ fn main() -> ExitCode {
     match dispatch(cli.command) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Each cause once: many errors repeat their cause's text in their own.
+            let e: &(dyn std::error::Error + 'static) = e.as_ref();
+            eprintln!("error: {}", eventflow::types::error_chain(e));
             ExitCode::FAILURE
         }
     }

@@ -479,7 +479,7 @@ fn dead_letter_commands_on_a_pipeline_without_a_durable_webhook_say_so_and_creat
     let p = write(
         dir.path(),
         "p.yaml",
-        "stages:\n  src:\n    type: file\n    path: events.jsonl\n  out:\n    type: stdout\n    inputs: [src]\n",
+        "stages:\n  src:\n    type: file\n    path: /dev/null\n  out:\n    type: stdout\n    inputs: [src]\n",
     );
     let out = bin()
         .current_dir(dir.path())
@@ -579,4 +579,73 @@ fn validate_refuses_a_missing_file_and_warns_when_it_is_followed() {
             && err.contains("does not exist yet"),
         "but validate warns: {err}"
     );
+}
+
+#[test]
+fn common_mistakes_get_a_hint_that_names_the_cause() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let validate = |name: &str, text: &str| {
+        let p = write(dir.path(), name, text);
+        let out = bin().arg("validate").arg(&p).output().expect("validate");
+        assert!(!out.status.success(), "{name} is refused");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let src = "stages:\n  src:\n    type: file\n    path: /dev/null\n";
+    // A count written negative.
+    let err = validate(
+        "neg.yaml",
+        &format!(
+            "{src}  d:\n    type: dedup\n    inputs: [src]\n    max_keys: -5\n  out:\n    type: stdout\n    inputs: [d]\n"
+        ),
+    );
+    assert!(
+        err.contains(
+            "neg.yaml:8:15: stage `d`, field `max_keys`: must be a positive number, found -5"
+        ),
+        "{err}"
+    );
+    // A field indented too far: YAML's own message, the stage it is in, and a hint.
+    let err = validate(
+        "deep.yaml",
+        &format!("{src}  out:\n    type: stdout\n     inputs: [src]\n"),
+    );
+    assert!(
+        err.contains("deep.yaml:7:12: stage `out`: mapping values are not allowed")
+            && err.contains("check the indentation"),
+        "{err}"
+    );
+    // Fields indented as stage ids.
+    let err = validate(
+        "shallow.yaml",
+        &format!("{src}  out:\n  type: stdout\n  inputs: [src]\n"),
+    );
+    assert!(
+        err.contains("stage `out`: expected a mapping with a `type:`, found null (a stage with nothing under it: are its fields indented under its id?)")
+            && err.contains("`type` looks like a field of the stage above"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_error_and_its_cause_are_printed_once_each() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let p = write(
+        dir.path(),
+        "p.yaml",
+        &format!(
+            "api:\n  listen: 127.0.0.1:{port}\nstages:\n  src:\n    type: file\n    path: /dev/null\n  out:\n    type: stdout\n    inputs: [src]\n"
+        ),
+    );
+    let out = bin().arg("run").arg(&p).output().expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "cannot listen on 127.0.0.1:{port} for the API endpoint: Address already in use"
+        )),
+        "{err}"
+    );
+    assert_eq!(err.matches("Address already in use").count(), 1, "{err}");
 }

@@ -127,7 +127,7 @@ fn no_secret_in_any_log_error_or_output() {
     let bad = write(
         dir.path(),
         "bad.yaml",
-        "stages:\n  f:\n    type: file\n    path: x.json\n  w:\n    type: webhook\n    inputs: [f]\n    url: ftp://u:s3cr3t-db-pass@h/x?access_token=s3cr3t-url-token\n    headers: {'X-Token': \"s3cr3t-header-value\\u0001\"}\n  db:\n    type: sql\n    inputs: [f]\n    url: redis://u:s3cr3t-db-pass@h/?password=s3cr3t-db-query\n",
+        "stages:\n  f:\n    type: file\n    path: /dev/null\n  w:\n    type: webhook\n    inputs: [f]\n    url: ftp://u:s3cr3t-db-pass@h/x?access_token=s3cr3t-url-token\n    headers: {'X-Token': \"s3cr3t-header-value\\u0001\"}\n  db:\n    type: sql\n    inputs: [f]\n    url: redis://u:s3cr3t-db-pass@h/?password=s3cr3t-db-query\n",
     );
     let (code, text) = output(bin().arg("validate").arg(&bad));
     assert_eq!(code, Some(1), "{text}");

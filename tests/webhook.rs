@@ -245,7 +245,7 @@ async fn dingtalk_is_signed_and_its_error_codes_are_read() {
 
 #[test]
 fn a_template_syntax_error_is_a_load_error_with_its_position() {
-    let yaml = "stages:\n  src:\n    type: file\n    path: x.json\n  hook:\n    type: webhook\n    inputs: [src]\n    url: http://127.0.0.1:1/x\n    format: template\n    template: '{\"text\": \"{{ msg \"}'\n";
+    let yaml = "stages:\n  src:\n    type: file\n    path: /dev/null\n  hook:\n    type: webhook\n    inputs: [src]\n    url: http://127.0.0.1:1/x\n    format: template\n    template: '{\"text\": \"{{ msg \"}'\n";
     let err = eventflow::load_str(yaml, "p.yaml", &|_| None)
         .unwrap_err()
         .to_string();
@@ -455,7 +455,7 @@ async fn failed_deliveries_go_to_dead_letters_that_the_cli_lists_shows_and_resen
         "p.yaml",
         &format!(
             "state:\n  url: {state}\nstages:\n  src:\n    type: file\n    path: {}\n  hook:\n    type: webhook\n    inputs: [src]\n    url: {url}\n    durable: true\n",
-            dir.path().join("none.json").display()
+            std::path::Path::new("/dev/null").display()
         ),
     );
     // The command runs while this runtime keeps serving the receiver.

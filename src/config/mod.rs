@@ -269,8 +269,7 @@ pub fn load_str(
         file: file.to_string(),
         problems,
     };
-    let mut root = yaml::parse(text)
-        .map_err(|e| fail(vec![Problem::new(Some(e.pos), None, None, e.message)]))?;
+    let mut root = yaml::parse(text).map_err(|e| fail(vec![syntax_problem(text, e)]))?;
     let mut problems: Vec<Problem> = yaml::substitute_env(&mut root, env)
         .into_iter()
         .map(|(pos, m)| Problem::new(Some(pos), None, None, m))
@@ -429,12 +428,74 @@ fn de_problem(stage: Option<&str>, e: yaml::DeError) -> Problem {
             message = format!("{message}; did you mean `{meant}`?");
         }
     }
+    // "invalid value: integer `-5`, expected u32": a count or size written negative.
+    if let Some(rest) = message.strip_prefix("invalid value: integer `-")
+        && let Some((n, ty)) = rest.split_once("`, expected ")
+        && (ty.starts_with('u') && ty[1..].chars().all(|c| c.is_ascii_alphanumeric()))
+    {
+        message = format!("must be a positive number, found -{n}");
+    }
     Problem {
         pos: e.pos,
         stage: stage.map(str::to_string),
         field,
         message,
     }
+}
+
+/// A YAML syntax error, with the stage it is in when the text says and a hint.
+fn syntax_problem(text: &str, e: yaml::SyntaxError) -> Problem {
+    let stage = usize::try_from(e.pos.line)
+        .ok()
+        .and_then(|line| stage_at_line(text, line));
+    Problem::new(
+        Some(e.pos),
+        stage.as_deref(),
+        None,
+        with_indentation_hint(e.message),
+    )
+}
+
+/// A YAML syntax error that is almost always a key indented too much or too little says so.
+fn with_indentation_hint(message: String) -> String {
+    const INDENTATION: [&str; 5] = [
+        "mapping values are not allowed",
+        "did not find expected key",
+        "did not find expected '-'",
+        "block sequence entries are not allowed",
+        "while parsing a block",
+    ];
+    if INDENTATION.iter().any(|m| message.contains(m)) {
+        format!(
+            "{message} (check the indentation: a stage's fields are indented under its id, each by the same number of spaces, and a key is followed by `: `)"
+        )
+    } else {
+        message
+    }
+}
+
+/// The id of the stage whose lines include `line` (1-based), read from the raw text: the last
+/// key before it at the indentation of the first key under a top-level `stages:`. For
+/// messages about text that does not parse.
+fn stage_at_line(text: &str, line: usize) -> Option<String> {
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let content = |l: &str| !l.trim().is_empty() && !l.trim_start().starts_with('#');
+    let lines: Vec<&str> = text.lines().take(line).collect();
+    let start = lines.iter().position(|l| l.trim_end() == "stages:")?;
+    let ids_at = indent(lines[start + 1..].iter().copied().find(|l| content(l))?);
+    if ids_at == 0 {
+        return None;
+    }
+    let end = line.saturating_sub(1).min(lines.len()).max(start + 1);
+    lines[start + 1..end]
+        .iter()
+        .copied()
+        .filter(|l| content(l))
+        .take_while(|l| indent(l) > 0)
+        .filter(|l| indent(l) == ids_at)
+        .filter_map(|l| l.trim().strip_suffix(':').map(str::to_string))
+        .filter(|id| valid_id(id))
+        .last()
 }
 
 fn valid_id(id: &str) -> bool {
@@ -541,12 +602,20 @@ fn parse_stage(
     types: Registry,
 ) -> Option<StageSpec> {
     if node.as_map().is_none() {
+        let hint = if matches!(id, "type" | "inputs") {
+            " (`{id}` looks like a field of the stage above, indented as a stage id: indent it under that stage)"
+                .replace("{id}", id)
+        } else if matches!(node.value, yaml::Value::Null) {
+            " (a stage with nothing under it: are its fields indented under its id?)".to_string()
+        } else {
+            String::new()
+        };
         problems.push(Problem::new(
             Some(node.pos),
             Some(id),
             None,
             format!(
-                "expected a mapping with a `type:`, found {}",
+                "expected a mapping with a `type:`, found {}{hint}",
                 node.value.kind()
             ),
         ));

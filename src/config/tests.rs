@@ -59,7 +59,7 @@ version: 1
 stages:
   src:
     type: file
-    path: x.json
+    path: /dev/null
     folow: true
   warn:
     type: filter
@@ -104,7 +104,7 @@ fn graph_errors() {
 stages:
   a:
     type: file
-    path: x
+    path: /dev/null
     inputs: [b]
   b:
     type: filter
@@ -168,7 +168,7 @@ fn header_errors() {
 #[test]
 fn bad_durations_and_ids() {
     let got = problems(
-        "stages:\n  Bad_Id:\n    type: file\n    path: x\n  s:\n    type: file\n    path: x\n    poll_interval: 5\n",
+        "stages:\n  Bad_Id:\n    type: file\n    path: /dev/null\n  s:\n    type: file\n    path: /dev/null\n    poll_interval: 5\n",
     );
     assert!(
         got.iter()
@@ -425,7 +425,7 @@ fn a_bad_state_url_is_an_error() {
 #[test]
 fn ten_thousand_stages_with_one_mistake_give_one_short_message_quickly() {
     let n = 10_000;
-    let mut text = String::from("stages:\n  src:\n    type: file\n    path: x.json\n");
+    let mut text = String::from("stages:\n  src:\n    type: file\n    path: /dev/null\n");
     // A chain, written downstream first (the worst order for naive graph walks).
     for i in (0..n).rev() {
         let input = if i == 0 {
@@ -450,7 +450,7 @@ fn ten_thousand_stages_with_one_mistake_give_one_short_message_quickly() {
     assert!(took < std::time::Duration::from_secs(5), "took {took:?}");
 
     // The same mistake many times: one line each up to the cap, then a count.
-    let mut text = String::from("stages:\n  src:\n    type: file\n    path: x.json\n");
+    let mut text = String::from("stages:\n  src:\n    type: file\n    path: /dev/null\n");
     for i in 0..n {
         text.push_str(&format!("  t{i}:\n    type: filter\n    inputs: [nope]\n"));
     }
@@ -469,7 +469,7 @@ fn ten_thousand_stages_with_one_mistake_give_one_short_message_quickly() {
 
     // A long cycle is named by its first stages only.
     let mut text = String::from(
-        "stages:\n  src:\n    type: file\n    path: x.json\n  out:\n    type: stdout\n    inputs: [src]\n",
+        "stages:\n  src:\n    type: file\n    path: /dev/null\n  out:\n    type: stdout\n    inputs: [src]\n",
     );
     for i in 0..n {
         text.push_str(&format!(
@@ -544,7 +544,7 @@ fn leader_election_needs_sane_durations_shared_state_and_kube_sources() {
         text.contains("field `state.url`") && text.contains("PostgreSQL or MySQL"),
         "{text}"
     );
-    let file_source = "state:\n  url: postgres://u:p@db/x\nleader_election: {}\nstages:\n  f:\n    type: file\n    path: x.json\n  out:\n    type: stdout\n    inputs: [f]\n";
+    let file_source = "state:\n  url: postgres://u:p@db/x\nleader_election: {}\nstages:\n  f:\n    type: file\n    path: /dev/null\n  out:\n    type: stdout\n    inputs: [f]\n";
     let text = problems(file_source).join("\n");
     assert!(
         text.contains("stage `f`") && text.contains("only `kube_events` sources"),
