@@ -66,4 +66,9 @@ pub fn load_str(
 pub fn pipeline_schema() -> String {
     config::schema::pipeline_schema(stages::REGISTRY)
 }
+
+/// The reference of every field of a pipeline file, as Markdown (`docs/reference.md`).
+pub fn pipeline_reference() -> String {
+    config::reference::markdown(stages::REGISTRY)
+}
 pub mod yaml;

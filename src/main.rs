@@ -66,8 +66,17 @@ enum Command {
         #[arg(required = true)]
         pipelines: Vec<PathBuf>,
     },
-    /// Print the JSON Schema of pipeline files.
-    Schema,
+    /// Print the JSON Schema of pipeline files (or, with --markdown, the reference in docs/).
+    Schema {
+        /// The reference of every field as Markdown (docs/reference.md) instead of JSON.
+        #[arg(long)]
+        markdown: bool,
+    },
+    /// Print a shell completion script: `eventflow completions bash > /etc/bash_completion.d/eventflow`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Print a pipeline's stage graph (Mermaid flowchart, or Graphviz DOT).
     Graph {
         pipeline: PathBuf,
@@ -194,8 +203,17 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             run(pipeline.as_deref(), opts)
         }
         Command::Validate { pipelines } => Ok(validate(&pipelines)),
-        Command::Schema => {
+        Command::Schema { markdown: false } => {
             print!("{}", eventflow::pipeline_schema());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Schema { markdown: true } => {
+            print!("{}", eventflow::pipeline_reference());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "eventflow", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
         Command::Graph { pipeline, format } => Ok(print_graph(&pipeline, format)),

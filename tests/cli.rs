@@ -160,6 +160,62 @@ fn the_checked_in_schema_is_current() {
     assert_eq!(schema["$defs"]["stage_file"]["additionalProperties"], false);
 }
 
+/// docs/reference.md is generated from the schema, so every field of every stage type is in
+/// it with its type and default, and it cannot drift from what the loader accepts.
+#[test]
+fn the_reference_in_docs_is_current_and_covers_every_field() {
+    let out = bin()
+        .args(["schema", "--markdown"])
+        .output()
+        .expect("schema");
+    assert!(out.status.success());
+    let generated = String::from_utf8_lossy(&out.stdout);
+    let checked_in = std::fs::read_to_string(repo("docs/reference.md")).expect("docs/reference.md");
+    assert!(
+        checked_in == generated,
+        "docs/reference.md is stale: run `cargo run -- schema --markdown > docs/reference.md`"
+    );
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo("schemas/pipeline.schema.json")).expect("schema"),
+    )
+    .expect("json");
+    let defs = schema["$defs"].as_object().expect("defs");
+    let mut stages = 0;
+    for (name, def) in defs.iter().filter(|(n, _)| n.starts_with("stage_")) {
+        let ty = name.trim_start_matches("stage_");
+        let section = checked_in
+            .split(&format!("\n### `{ty}` ("))
+            .nth(1)
+            .and_then(|rest| rest.split("\n### ").next())
+            .unwrap_or_else(|| panic!("no section for stage type `{ty}`"));
+        for field in def["properties"].as_object().expect("properties").keys() {
+            assert!(
+                section.contains(&format!("| `{field}` |")),
+                "stage `{ty}`: field `{field}` is not in its table"
+            );
+        }
+        stages += 1;
+    }
+    assert!(stages >= 9, "every stage type: {stages}");
+    // A default as the loader applies it: a file source's cluster.
+    assert!(checked_in.contains("| `cluster` | string | `default` | The cluster name given to every event read from this file. |"));
+}
+
+#[test]
+fn completions_are_printed_for_each_shell() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = bin()
+            .args(["completions", shell])
+            .output()
+            .expect("completions");
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{shell}");
+        for sub in ["validate", "dead-letter", "migrate"] {
+            assert!(script.contains(sub), "{shell}: {sub} missing");
+        }
+    }
+}
+
 #[test]
 fn graph_prints_mermaid_and_dot() {
     let out = bin()

@@ -8,6 +8,7 @@
 pub mod diff;
 pub mod graph;
 pub mod k8m;
+pub mod reference;
 pub mod schema;
 
 use std::fmt;

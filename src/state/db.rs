@@ -125,7 +125,9 @@ pub fn valid_identifier(name: &str) -> bool {
 
 /// Names the backend of a URL (`mariadb://` is MySQL).
 pub fn backend_of(url: &str) -> Option<Backend> {
-    let scheme = url.split_once("://").map_or(url, |(s, _)| s);
+    // A URL has a scheme: `sqlite` alone is not a database URL (sqlx would open a file of
+    // that name in the working directory).
+    let (scheme, _) = url.split_once(':')?;
     match scheme {
         "sqlite" => Some(Backend::Sqlite),
         "postgres" | "postgresql" => Some(Backend::Postgres),

@@ -149,8 +149,11 @@ impl schemars::JsonSchema for TemplateField {
     fn schema_name() -> std::borrow::Cow<'static, str> {
         "Template".into()
     }
-    fn json_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        String::json_schema(g)
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "A minijinja template that renders a JSON body. Variables: `events` (the batch), `event` (its first event), `count`, `timestamp`, `msg` (a text summary), `raw` (the events as a JSON array). A string prints escaped for use inside a JSON string; `{{ x | tojson }}` prints any value as a whole JSON value. Compiled when the file is loaded."
+        })
     }
 }
 
