@@ -104,7 +104,7 @@ async fn metrics(State(s): State<ApiState>) -> Response {
             crate::metrics::ready(readiness(&s).is_ok());
             (
                 [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
-                h.render(),
+                crate::metrics::render(h),
             )
                 .into_response()
         }

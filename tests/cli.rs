@@ -705,3 +705,43 @@ fn an_error_and_its_cause_are_printed_once_each() {
     );
     assert_eq!(err.matches("Address already in use").count(), 1, "{err}");
 }
+
+/// The k8m migration page's example: the file runs as it is, and the migrated pipeline in
+/// docs/ is what `migrate` prints for it and validates.
+#[test]
+fn the_k8m_example_in_docs_validates_and_its_migration_is_current() {
+    let example = repo("docs/examples/eventhandler.yaml");
+    let out = bin()
+        .arg("validate")
+        .arg(&example)
+        .output()
+        .expect("validate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = bin()
+        .arg("migrate")
+        .arg(&example)
+        .output()
+        .expect("migrate");
+    assert!(out.status.success());
+    let checked_in = std::fs::read_to_string(repo("docs/examples/eventhandler.migrated.yaml"))
+        .expect("migrated");
+    assert!(
+        checked_in == String::from_utf8_lossy(&out.stdout),
+        "docs/examples/eventhandler.migrated.yaml is stale: run `cargo run -- migrate docs/examples/eventhandler.yaml > docs/examples/eventhandler.migrated.yaml`"
+    );
+    let out = bin()
+        .arg("validate")
+        .arg(repo("docs/examples/eventhandler.migrated.yaml"))
+        .env("EVENTFLOW_WEBHOOK_HEADER_1", "Bearer t0k")
+        .output()
+        .expect("validate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -186,6 +186,10 @@ fn counters_match_a_known_run_and_promtool_accepts_the_output() {
     );
     assert!(body.contains("eventflow_sql_query_seconds_bucket"));
     assert!(value(&body, "process_resident_memory_bytes") > 0.0);
+    // CPU time to the fraction of a second: a short run used well under one second, which
+    // whole seconds would show as 0.
+    let cpu = value(&body, "process_cpu_seconds_total ");
+    assert!(cpu > 0.0, "process_cpu_seconds_total {cpu}");
     assert_eq!(
         value(&body, "eventflow_ready"),
         1.0,
