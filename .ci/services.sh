@@ -8,6 +8,8 @@ command -v mariadb-admin >/dev/null 2>&1 || need+=(mariadb-server)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 # buildah: the test that builds eventflow's OCI image without a Docker engine.
 command -v buildah >/dev/null 2>&1 || need+=(buildah)
+# openssl: a TLS receiver with a self-signed certificate (what a webhook logs about it).
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq

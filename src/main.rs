@@ -138,10 +138,21 @@ fn parse_dur(s: &str) -> Result<Dur, String> {
 fn init_logging(level: Option<&str>, format: LogFormat) {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
-    let filter = match level {
-        Some(l) => EnvFilter::try_new(l).unwrap_or_else(|_| EnvFilter::new("info")),
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-    };
+    let wanted = level
+        .map(str::to_string)
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| "info".to_string());
+    let mut filter = EnvFilter::try_new(&wanted).unwrap_or_else(|e| {
+        eprintln!("warning: log level `{wanted}` is not understood ({e}); logging at info");
+        EnvFilter::new("info")
+    });
+    // The TLS verifier logs each certificate it refuses at ERROR, without the stage; the
+    // webhook's own line says the same with the stage and what happens next.
+    if !wanted.contains("rustls_platform_verifier")
+        && let Ok(d) = "rustls_platform_verifier=off".parse()
+    {
+        filter = filter.add_directive(d);
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())

@@ -443,6 +443,39 @@ async fn a_row_the_database_refuses_is_rejected_and_the_rest_stored(b: Backend) 
 // SQLite does not enforce VARCHAR lengths: nothing to refuse there.
 on_every_backend!(servers async a_row_the_database_refuses_is_rejected_and_the_rest_stored);
 
+/// A statement the server refuses reads as the server's message: no "at line N" of
+/// PostgreSQL's own source (which reads like a line of the pipeline file), no driver prefix.
+async fn a_refused_statement_says_the_servers_message_only(b: Backend) {
+    let db = connect(&b.url).await;
+    let table = table_name("msg");
+    db.execute_raw(format!("CREATE TABLE {table} (reason VARCHAR(5))"))
+        .await
+        .expect("create");
+    let e = db
+        .execute_raw(format!(
+            "INSERT INTO {table} (reason) VALUES ('far too long')"
+        ))
+        .await
+        .expect_err("refused");
+    let text = e.to_string();
+    assert!(!e.is_transient(), "{}: {text}", b.name);
+    assert!(
+        text.to_lowercase().contains("too long"),
+        "{}: the server's message: {text}",
+        b.name
+    );
+    assert!(
+        !text.contains(" at line ") && !text.contains("error returned from database"),
+        "{}: {text}",
+        b.name
+    );
+    db.execute_raw(format!("DROP TABLE {table}"))
+        .await
+        .expect("drop");
+}
+// SQLite does not enforce VARCHAR lengths: nothing to refuse there.
+on_every_backend!(servers async a_refused_statement_says_the_servers_message_only);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_url_or_table_fails_the_build_with_a_clear_error() {
     let dir = tempfile::tempdir().expect("tmp");

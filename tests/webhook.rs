@@ -621,3 +621,113 @@ async fn a_durable_backlog_goes_out_with_several_requests_in_flight() {
     assert!(r.peak() > 1, "requests overlapped");
     topo.shutdown(Duration::from_secs(5)).await;
 }
+
+/// A webhook that cannot be reached says why in its log line, with the stage: the connection
+/// refused, the name that does not resolve, and which certificate problem TLS found (a
+/// self-signed certificate, then the same one trusted with `ca_file` but for another name),
+/// once each — not also as a line of the TLS library's own without the stage.
+#[test]
+fn an_unreachable_webhook_logs_the_cause() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let events = support::write(
+        dir.path(),
+        "one.jsonl",
+        &(support::sample_line(1, "Warning") + "\n"),
+    );
+    let run = |url: &str, extra: &str| -> String {
+        let p = support::write(
+            dir.path(),
+            "p.yaml",
+            &format!(
+                "stages:\n  src:\n    type: file\n    path: {}\n  hook:\n    type: webhook\n    inputs: [src]\n    url: {url}\n    retry_for: 300ms\n    backoff: {{initial: 50ms, max: 100ms}}\n{extra}",
+                events.display()
+            ),
+        );
+        let out = support::bin().arg("run").arg(&p).output().expect("run");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let failed_line = |log: &str| -> String {
+        log.lines()
+            .find(|l| l.contains("webhook delivery failed"))
+            .unwrap_or_else(|| panic!("no failed delivery in:\n{log}"))
+            .to_string()
+    };
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let log = run(&format!("http://127.0.0.1:{port}/x"), "");
+    let line = failed_line(&log);
+    assert!(
+        line.contains("stage=\"hook\"") && line.contains("Connection refused"),
+        "{line}"
+    );
+
+    let log = run("http://nosuchhost.invalid/x", "");
+    assert!(failed_line(&log).contains("dns error"), "{log}");
+
+    // A TLS server with a self-signed certificate for another name.
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args([
+            "-subj",
+            "/CN=receiver.example",
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl (.ci/services.sh installs it)");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let tls_port = free.local_addr().expect("addr").port();
+    drop(free);
+    let mut server = std::process::Command::new("openssl")
+        .args([
+            "s_server",
+            "-quiet",
+            "-www",
+            "-accept",
+            &tls_port.to_string(),
+        ])
+        .arg("-cert")
+        .arg(&cert)
+        .arg("-key")
+        .arg(&key)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("openssl s_server");
+    support::wait_until("the TLS server listens", Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", tls_port)).is_ok()
+    });
+    let url = format!("https://127.0.0.1:{tls_port}/x");
+    let log = run(&url, "");
+    let line = failed_line(&log);
+    assert!(
+        line.contains("invalid peer certificate") && line.contains("UnknownIssuer"),
+        "{line}"
+    );
+    assert!(
+        !log.contains("rustls_platform_verifier"),
+        "the TLS library's own line is not repeated:\n{log}"
+    );
+    let log = run(&url, &format!("    ca_file: {}\n", cert.display()));
+    let line = failed_line(&log);
+    assert!(
+        line.contains("invalid peer certificate") && line.contains("not valid for name"),
+        "{line}"
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+}

@@ -31,10 +31,12 @@ pub enum Db {
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     /// The server is unreachable or overloaded, or the statement lost a race: retry later.
-    #[error("database unavailable: {0}")]
+    /// (The server's own message, not sqlx's text: PostgreSQL's ends with "at line N" of the
+    /// server's source, which reads like a line of the pipeline file.)
+    #[error("database unavailable: {}", explain(.0))]
     Transient(#[source] sqlx::Error),
     /// The statement (or a value in it) is wrong: retrying the same thing will fail again.
-    #[error("{0}")]
+    #[error("{}", explain(.0))]
     Permanent(#[source] sqlx::Error),
 }
 
