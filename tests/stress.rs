@@ -145,7 +145,7 @@ stages:
     max_queued: 1000
     retry_for: 10s
     format: template
-    template: '{{\"n\": {{{{ count }}}}, \"r\": {{{{ reason }}}}}}'
+    template: '{{\"n\": {{{{ count }}}}, \"r\": \"{{{{ event.reason }}}}\"}}'
     batch: {{max_events: 5, max_wait: 10ms}}
 ",
             samples = self.samples.display(),

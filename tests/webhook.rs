@@ -731,3 +731,63 @@ fn an_unreachable_webhook_logs_the_cause() {
     let _ = server.kill();
     let _ = server.wait();
 }
+
+/// A template names an event's fields directly when a request carries one event, and an
+/// undefined name is an error when the file is loaded — never a body with holes.
+#[test]
+fn template_names_are_checked_when_the_file_is_loaded() {
+    let load = |template: &str, max_events: usize| {
+        let yaml = format!(
+            "stages:\n  src:\n    type: file\n    path: /dev/null\n  hook:\n    type: webhook\n    inputs: [src]\n    url: http://127.0.0.1:1/x\n    format: template\n    batch: {{max_events: {max_events}}}\n    template: '{template}'\n"
+        );
+        eventflow::load_str(&yaml, "p.yaml", &|_| None).map_err(|e| e.to_string())
+    };
+    assert!(load(r#"{"text": {{ message | tojson }}, "n": {{ count }}}"#, 1).is_ok());
+    let err = load(r#"{"text": "{{ mesage }}"}"#, 1).unwrap_err();
+    assert!(
+        err.contains("p.yaml:11:15: stage `hook`, field `template`: unknown name `mesage`: did you mean `message`?")
+            && err.contains("the names are events, event, count, timestamp, msg, raw, and the event's fields: ")
+            && err.contains("object_name"),
+        "{err}"
+    );
+    let err = load(r#"{"text": {{ message | tojson }}}"#, 10).unwrap_err();
+    assert!(
+        err.contains("`message` is a field of one event, but this webhook sends up to 10 events per request: loop over `events`"),
+        "{err}"
+    );
+    let err = load(r#"{"a": 1, "text": "{{ event.mesage }}"}"#, 1).unwrap_err();
+    assert!(
+        err.contains("template line 1, column 22: `event.mesage` is undefined"),
+        "{err}"
+    );
+    // The batch form is checked against a batch too.
+    assert!(load(r#"{"texts": [{% for e in events %}{{ e.message | tojson }}{% if not loop.last %},{% endif %}{% endfor %}]}"#, 10).is_ok());
+}
+
+#[tokio::test]
+async fn a_template_renders_an_events_fields_and_a_render_error_at_run_time_is_never_sent() {
+    let (r, url) = Receiver::start();
+    let (topo, feed) = pipeline(
+        &url,
+        json!({"format": "template", "batch": {"max_events": 1, "max_wait": "1ms"},
+               "template": "{\"text\": {{ message | tojson }}, \"where\": \"{{ namespace }}/{{ object_name }}\", \"per\": {{ 6 // (event.count - 1) }}}"}),
+    )
+    .await;
+    let mut e = versioned("ok", "1");
+    e.object_name = "web-1".into();
+    e.count = 3;
+    assert_eq!(
+        feed.send(vec![e.clone()]).await.await.unwrap(),
+        Status::Delivered
+    );
+    let got = r.got();
+    assert_eq!(got[0].body["text"], e.message.as_str());
+    assert_eq!(got[0].body["where"], "default/web-1");
+    assert_eq!(got[0].body["per"], 3);
+    // A count of 1 divides by zero: the delivery fails for good, and nothing is sent.
+    let mut bad = versioned("bad", "1");
+    bad.count = 1;
+    assert_eq!(feed.send(vec![bad]).await.await.unwrap(), Status::Rejected);
+    assert_eq!(r.got().len(), 1, "no body with holes was sent");
+    topo.shutdown(Duration::from_secs(10)).await;
+}

@@ -69,6 +69,35 @@ pub struct EventData {
     pub raw: Option<Box<str>>,
 }
 
+/// A realistic event with every field set: what `validate` renders templates against and
+/// `eventflow explain` shows when no event is given.
+pub fn sample() -> EventData {
+    let at = DateTime::parse_from_rfc3339("2026-01-01T12:00:00Z")
+        .map(|t| t.with_timezone(&Utc))
+        .ok();
+    EventData {
+        cluster: Arc::from("prod"),
+        uid: "0d3c7a52-5d6e-4f0e-9a1b-2f6d3e8c9b10".into(),
+        name: "web-7d4b9c-x2x9q.17f3a1b2c3d4e5f6".into(),
+        namespace: "shop".into(),
+        resource_version: "123456".into(),
+        type_: "Warning".into(),
+        reason: "BackOff".into(),
+        message: "Back-off restarting failed container web in pod web-7d4b9c-x2x9q".into(),
+        kind: "Pod".into(),
+        object_name: "web-7d4b9c-x2x9q".into(),
+        object_namespace: "shop".into(),
+        object_uid: "9b0e2c1d-4f5a-4b6c-8d7e-1a2b3c4d5e6f".into(),
+        field_path: "spec.containers{web}".into(),
+        source: "kubelet".into(),
+        host: "worker-3".into(),
+        count: 3,
+        first_seen: at,
+        last_seen: at,
+        ..EventData::default()
+    }
+}
+
 /// What a summary event stands for.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Summary {

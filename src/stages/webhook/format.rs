@@ -9,7 +9,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
-use crate::event::Event;
+use crate::event::{Event, EventData};
 
 /// A chat platform.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,7 +77,7 @@ impl Markup {
 }
 
 /// Where the event's object is: `namespace/Kind/name`, or `Kind/name` for a cluster-scoped one.
-fn object_path(e: &Event) -> String {
+fn object_path(e: &EventData) -> String {
     let object = if e.object_name.is_empty() {
         e.name.clone()
     } else {
@@ -90,14 +90,14 @@ fn object_path(e: &Event) -> String {
     }
 }
 
-fn time(e: &Event) -> String {
+fn time(e: &EventData) -> String {
     e.last_seen
         .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
         .unwrap_or_default()
 }
 
 /// One event as a few lines of text, marked up as the platform renders it.
-pub fn event_text(e: &Event, markup: Markup) -> String {
+pub fn event_text(e: &EventData, markup: Markup) -> String {
     let b = markup.bold();
     let lit = |t: &str| markup.literal(t);
     format!(

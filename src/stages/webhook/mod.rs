@@ -318,6 +318,14 @@ impl StageConfig for WebhookConfig {
                 "`format: template` needs a `template:` (the body to render)",
             ));
         }
+        if let Some(t) = &self.template {
+            out.extend(
+                t.compiled
+                    .check(self.batch.max_events)
+                    .into_iter()
+                    .map(|p| Invalid::new("template", p)),
+            );
+        }
         if let Some(m) = &self.mark_rows {
             if !crate::state::db::valid_identifier(&m.table) {
                 out.push(Invalid::new(

@@ -9,7 +9,14 @@
 //!
 //! Variables: `events` (the batch, as objects with the event fields), `event` (the first),
 //! `count`, `timestamp` (unix seconds), and the k8m event handler's `msg` (a text summary of the batch) and
-//! `raw` (the events as a JSON array).
+//! `raw` (the events as a JSON array). A request that carries one event also has the event's
+//! fields at the top level (`{{ message }}`).
+//!
+//! Undefined names are errors (minijinja's strict behaviour), found when the file is loaded:
+//! [`BodyTemplate::check`] looks at the names the template uses and renders it against sample
+//! events, so `validate` reports a typo with the template's line and column and the names that
+//! exist. At run time a render error fails the delivery for good (a dead letter when durable);
+//! a body with holes is never sent.
 
 use std::sync::Arc;
 
@@ -22,7 +29,11 @@ use crate::event::Event;
 #[derive(Clone)]
 pub struct BodyTemplate {
     env: Arc<Environment<'static>>,
+    source: Arc<str>,
 }
+
+/// The variables of every request, whatever it carries.
+const REQUEST_NAMES: [&str; 6] = ["events", "event", "count", "timestamp", "msg", "raw"];
 
 impl std::fmt::Debug for BodyTemplate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -79,44 +90,150 @@ impl BodyTemplate {
     pub fn compile(source: &str) -> Result<BodyTemplate, TemplateError> {
         let mut env = Environment::new();
         env.set_formatter(json_formatter);
+        env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
         env.add_template_owned("body", source.to_string())
             .map_err(|e| TemplateError::Syntax {
                 line: e.line(),
                 detail: e.detail().map_or_else(|| e.to_string(), str::to_string),
                 source: e,
             })?;
-        Ok(BodyTemplate { env: Arc::new(env) })
+        Ok(BodyTemplate {
+            env: Arc::new(env),
+            source: Arc::from(source),
+        })
+    }
+
+    /// What `validate` finds wrong with this template for a webhook that sends up to
+    /// `max_events` events per request: names that do not exist (with the names that do), an
+    /// event's field named at the top level of a batch, and what rendering sample events
+    /// fails on (with the template's line and column). Empty when it is fine.
+    pub fn check(&self, max_events: usize) -> Vec<String> {
+        let mut problems = Vec::new();
+        let Ok(t) = self.env.get_template("body") else {
+            return problems;
+        };
+        let sample = crate::event::sample();
+        let fields: Vec<String> = event_value(&sample)
+            .as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default();
+        let mut used: Vec<String> = t.undeclared_variables(false).into_iter().collect();
+        used.sort();
+        for name in &used {
+            if REQUEST_NAMES.contains(&name.as_str()) {
+                continue;
+            }
+            if fields.contains(name) {
+                if max_events > 1 {
+                    problems.push(format!(
+                        "`{name}` is a field of one event, but this webhook sends up to {max_events} events per request: loop over `events` (`{{% for e in events %}}{{{{ e.{name} }}}}{{% endfor %}}`), use `event.{name}` (the first event), or set `batch.max_events: 1`"
+                    ));
+                }
+                continue;
+            }
+            let mut known: Vec<&str> = REQUEST_NAMES.to_vec();
+            if max_events == 1 {
+                known.extend(fields.iter().map(String::as_str));
+            }
+            let hint = crate::types::did_you_mean(name, known.iter().copied())
+                .or_else(|| crate::types::did_you_mean(name, fields.iter().map(String::as_str)))
+                .map(|m| format!(": did you mean `{m}`?"))
+                .unwrap_or_default();
+            problems.push(format!(
+                "unknown name `{name}`{hint} (the names are {}{})",
+                REQUEST_NAMES.join(", "),
+                if max_events == 1 {
+                    format!(", and the event's fields: {}", fields.join(", "))
+                } else {
+                    String::new()
+                }
+            ));
+        }
+        if !problems.is_empty() {
+            return problems;
+        }
+        let second = crate::event::EventData {
+            uid: "5e1f0a9b-7c2d-4e3f-8a9b-0c1d2e3f4a5b".into(),
+            reason: "Unhealthy".into(),
+            message: "Readiness probe failed: HTTP probe failed with statuscode: 503".into(),
+            ..sample.clone()
+        };
+        let mut samples = vec![vec![sample.clone()]];
+        if max_events > 1 {
+            samples.push(vec![sample, second]);
+        }
+        for batch in samples {
+            if let Err(e) = self.render_data(&batch.iter().collect::<Vec<_>>()) {
+                problems.push(self.describe(&e, batch.len()));
+                break;
+            }
+        }
+        problems
+    }
+
+    /// A render error with the template's line and column.
+    fn describe(&self, e: &TemplateError, events: usize) -> String {
+        let what = if events == 1 {
+            "one sample event"
+        } else {
+            "a sample batch of two events"
+        };
+        match e {
+            TemplateError::Render(err) => {
+                let at = match (err.line(), err.range()) {
+                    (Some(line), Some(r)) => {
+                        let start = self.source[..r.start.min(self.source.len())]
+                            .rfind('\n')
+                            .map_or(0, |i| i + 1);
+                        format!(" line {line}, column {}", r.start - start + 1)
+                    }
+                    (Some(line), None) => format!(" line {line}"),
+                    _ => String::new(),
+                };
+                format!(
+                    "template{at}: {} (rendering {what})",
+                    err.detail()
+                        .map_or_else(|| err.kind().to_string(), str::to_string)
+                )
+            }
+            other => format!("{other} (rendering {what})"),
+        }
     }
 
     /// Renders the body for a batch; the result is valid JSON or an error.
     pub fn render(&self, events: &[Event]) -> Result<String, TemplateError> {
-        let values: Vec<serde_json::Value> = events
-            .iter()
-            .map(|e| {
-                crate::event::to_json(e, false)
-                    .ok()
-                    .and_then(|s| serde_json::from_str(&s).ok())
-                    .unwrap_or(serde_json::Value::Null)
-            })
-            .collect();
+        let data: Vec<&crate::event::EventData> = events.iter().map(|e| &**e).collect();
+        self.render_data(&data)
+    }
+
+    fn render_data(&self, events: &[&crate::event::EventData]) -> Result<String, TemplateError> {
+        let values: Vec<serde_json::Value> = events.iter().map(|e| event_value(e)).collect();
         let msg = events
             .iter()
             .map(|e| super::format::event_text(e, super::format::Markup::Plain))
             .collect::<Vec<_>>()
             .join("\n\n");
-        let ctx = minijinja::context! {
-            events => Value::from(minijinja::value::Serde(&values)),
-            raw => Value::from(minijinja::value::Serde(&values)),
-            event => Value::from(minijinja::value::Serde(values.first())),
-            count => events.len(),
-            timestamp => chrono::Utc::now().timestamp(),
-            msg => msg,
+        // One event: its fields at the top level too; the request's own names win.
+        let mut ctx = match values.as_slice() {
+            [one] => one.as_object().cloned().unwrap_or_default(),
+            _ => serde_json::Map::new(),
         };
+        ctx.insert("events".into(), serde_json::Value::Array(values.clone()));
+        ctx.insert("raw".into(), serde_json::Value::Array(values.clone()));
+        ctx.insert(
+            "event".into(),
+            values.first().cloned().unwrap_or(serde_json::Value::Null),
+        );
+        ctx.insert("count".into(), events.len().into());
+        ctx.insert("timestamp".into(), chrono::Utc::now().timestamp().into());
+        ctx.insert("msg".into(), msg.into());
         let t = self
             .env
             .get_template("body")
             .map_err(TemplateError::Render)?;
-        let body = t.render(ctx).map_err(TemplateError::Render)?;
+        let body = t
+            .render(Value::from(minijinja::value::Serde(&ctx)))
+            .map_err(TemplateError::Render)?;
         serde_json::from_str::<serde::de::IgnoredAny>(&body).map_err(|e| {
             // The body holds event data and maybe secrets: show only a short, redacted
             // excerpt around the error, never the whole of it.
@@ -155,6 +272,19 @@ impl schemars::JsonSchema for TemplateField {
             "description": "A minijinja template that renders a JSON body. Variables: `events` (the batch), `event` (its first event), `count`, `timestamp`, `msg` (a text summary), `raw` (the events as a JSON array). A string prints escaped for use inside a JSON string; `{{ x | tojson }}` prints any value as a whole JSON value. Compiled when the file is loaded."
         })
     }
+}
+
+/// An event as a template sees it: its fields, `summary` null when it is not a summary (so
+/// `{% if summary %}` works under strict undefined).
+fn event_value(e: &crate::event::EventData) -> serde_json::Value {
+    let mut v = crate::event::to_json(e, false)
+        .ok()
+        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+        .unwrap_or(serde_json::Value::Null);
+    if let Some(o) = v.as_object_mut() {
+        o.entry("summary").or_insert(serde_json::Value::Null);
+    }
+    v
 }
 
 /// At most 40 characters of `body` before the error position (line, column; 1-based), with
