@@ -7,6 +7,7 @@
 //!                     \-> api     stages/<type> -> component, state, event
 //! ```
 //!
+//! - [`authoring`]: `eventflow explain` and `eventflow test` (no network, no database).
 //! - [`run`]: what `eventflow run` does: start, serve the API, reload, drain on signals.
 //! - [`api`]: `/metrics`, `/healthz`, `/readyz`, `POST /-/reload`.
 //! - [`reload`]: reload triggers (file watch, SIGHUP, API) and outcomes.
@@ -29,6 +30,7 @@
 //! [`Batch`]: event::Batch
 
 pub mod api;
+pub mod authoring;
 pub mod backoff;
 pub mod component;
 pub mod config;

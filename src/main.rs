@@ -72,6 +72,24 @@ enum Command {
         #[arg(long)]
         markdown: bool,
     },
+    /// Show what each stage would do with one event, and why (no network, no database).
+    Explain {
+        /// The pipeline file.
+        pipeline: PathBuf,
+        /// The event: a JSON or YAML file (`-`: stdin) with an Event as the API server gives it
+        /// (either API version; `kubectl get event NAME -o yaml`) or as `stdout` prints it; a
+        /// list explains each.
+        event: PathBuf,
+        /// The source it enters at (default: every source).
+        #[arg(long)]
+        stage: Option<String>,
+        /// The cluster name of an API-server Event.
+        #[arg(long, default_value = "default")]
+        cluster: String,
+        /// JSON for tools instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a shell completion script: `eventflow completions bash > /etc/bash_completion.d/eventflow`.
     Completions {
         #[arg(value_enum)]
@@ -222,6 +240,13 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             print!("{}", eventflow::pipeline_reference());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Explain {
+            pipeline,
+            event,
+            stage,
+            cluster,
+            json,
+        } => explain(&pipeline, &event, stage.as_deref(), &cluster, json),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "eventflow", &mut std::io::stdout());
@@ -297,6 +322,71 @@ fn validate(pipelines: &[PathBuf]) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// `eventflow explain`.
+fn explain(
+    pipeline: &std::path::Path,
+    event: &std::path::Path,
+    stage: Option<&str>,
+    cluster: &str,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    use std::io::{IsTerminal, Read};
+    let p = match eventflow::load_file(pipeline) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let text = if event.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("cannot read the event from stdin")?;
+        s
+    } else {
+        std::fs::read_to_string(event)
+            .with_context(|| format!("cannot read {}", event.display()))?
+    };
+    let events = match eventflow::authoring::events_from_text(&text, cluster) {
+        Ok(v) if !v.is_empty() => v,
+        Ok(_) => {
+            eprintln!("{}: no event in it", event.display());
+            return Ok(ExitCode::FAILURE);
+        }
+        Err(e) => {
+            eprintln!("{}: {e}", event.display());
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let mut all = Vec::new();
+    for e in &events {
+        let reports = match eventflow::authoring::explain::explain(&p, e, stage) {
+            Ok(r) => r,
+            Err(why) => {
+                eprintln!("{}: {why}", pipeline.display());
+                return Ok(ExitCode::FAILURE);
+            }
+        };
+        if json {
+            all.push(serde_json::json!({"event": e, "stages": reports}));
+        } else {
+            print!(
+                "{}",
+                eventflow::authoring::explain::render_text(
+                    e,
+                    &reports,
+                    std::io::stdout().is_terminal()
+                )
+            );
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `eventflow graph`.

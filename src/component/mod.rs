@@ -6,6 +6,7 @@
 //! the [`Registry`] of them. Stage types depend on this module; the engine runs stages
 //! through it; `config` parses with a registry it is handed. Nothing here knows a stage type.
 
+pub mod explain;
 pub mod fanout;
 
 /// Batches an edge can hold. With batches of at most [`MAX_BATCH`] events, one edge buffers
@@ -27,6 +28,7 @@ use crate::event::Batch;
 use crate::metrics as shared_metrics;
 use crate::state::StateConfig;
 use crate::yaml::{self, DeError, Node};
+pub use explain::{Explanation, Step, Verdict};
 pub use fanout::Fanout;
 
 /// Where a stage sits in the graph.
@@ -223,6 +225,16 @@ pub trait StageConfig: fmt::Debug + Send + Sync + 'static {
     /// `validate` prints it, `run` logs it, neither refuses the pipeline.
     fn warnings(&self) -> Vec<Invalid> {
         Vec::new()
+    }
+
+    /// What this stage would do with `event` if it were the first event it saw, and why
+    /// (`eventflow explain`). No network, no database. Default: it passes unchanged.
+    fn explain(&self, event: &crate::event::EventData) -> Explanation {
+        let _ = event;
+        Explanation::new(
+            Verdict::Passes,
+            vec![Step::note("passes every event on unchanged")],
+        )
     }
 
     /// Builds a runnable instance.

@@ -32,8 +32,8 @@ use super::key::KeySpec;
 use super::summarize::Accumulator;
 use crate::component::MAX_BATCH;
 use crate::component::{
-    BuildContext, BuildError, Invalid, Stage, StageConfig, StageError, StageKind, StageType,
-    Transform, TransformContext,
+    BuildContext, BuildError, Explanation, Invalid, Stage, StageConfig, StageError, StageKind,
+    StageType, Step, Transform, TransformContext, Verdict,
 };
 use crate::event::Batch;
 use crate::event::{Event, EventData, Field, Summary};
@@ -82,6 +82,19 @@ fn default_samples() -> usize {
 }
 
 impl StageConfig for AggregateConfig {
+    fn explain(&self, e: &crate::event::EventData) -> Explanation {
+        Explanation::new(
+            Verdict::Held,
+            vec![
+                Step::note(KeySpec(self.key.clone()).describe(e)),
+                Step::note(format!(
+                    "held in its key's window of {}; when the window closes, one summary of every event of that key goes on (with this event alone: count {}, its message among the samples)",
+                    self.window, e.count
+                )),
+            ],
+        )
+    }
+
     fn validate(&self) -> Vec<Invalid> {
         crate::component::keyed_window(&self.key, self.max_keys, self.window.0)
     }

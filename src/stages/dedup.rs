@@ -19,8 +19,8 @@ use tokio::time::Instant;
 
 use super::key::KeySpec;
 use crate::component::{
-    BuildContext, BuildError, Function, FunctionTransform, Invalid, Stage, StageConfig, StageKind,
-    StageType,
+    BuildContext, BuildError, Explanation, Function, FunctionTransform, Invalid, Stage,
+    StageConfig, StageKind, StageType, Step, Verdict,
 };
 use crate::event::Batch;
 use crate::event::Field;
@@ -59,6 +59,19 @@ fn default_max_keys() -> u64 {
 }
 
 impl StageConfig for DedupConfig {
+    fn explain(&self, e: &crate::event::EventData) -> Explanation {
+        Explanation::new(
+            Verdict::Passes,
+            vec![
+                Step::note(KeySpec(self.key.clone()).describe(e)),
+                Step::note(format!(
+                    "a first occurrence of its key passes; repeats of that key within {} after it are dropped (`duplicate`)",
+                    self.window
+                )),
+            ],
+        )
+    }
+
     fn validate(&self) -> Vec<Invalid> {
         crate::component::keyed_window(&self.key, self.max_keys, self.window.0)
     }

@@ -16,7 +16,8 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::component::{
-    BuildContext, BuildError, Function, FunctionTransform, Stage, StageConfig, StageKind, StageType,
+    BuildContext, BuildError, Explanation, Function, FunctionTransform, Stage, StageConfig,
+    StageKind, StageType, Step, Verdict,
 };
 use crate::event::Batch;
 use crate::event::EventData;
@@ -86,15 +87,36 @@ type Getter = fn(&EventData) -> &str;
 
 #[derive(Debug, Clone)]
 enum Test {
-    Exact(Getter, Vec<String>),
+    /// The list's name, the event field's name, how to read it, the values.
+    Exact(&'static str, &'static str, Getter, Vec<String>),
     Names(Vec<Glob>),
     Message(Pattern),
 }
 
 impl Test {
+    /// `types: [Warning]`, and what the event has: for `eventflow explain`.
+    fn describe(&self, e: &EventData) -> String {
+        let list = |v: &[String]| v.join(", ");
+        match self {
+            Test::Exact(list_name, field, get, values) => {
+                format!("`{list_name}: [{}]`: {field} is `{}`", list(values), get(e))
+            }
+            Test::Names(globs) => format!(
+                "`names: [{}]`: object name is `{}`",
+                globs
+                    .iter()
+                    .map(|g| g.text.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                e.object_name
+            ),
+            Test::Message(p) => format!("`message: {}`: searched in `{}`", p.0.as_str(), e.message),
+        }
+    }
+
     fn matches(&self, e: &EventData) -> bool {
         match self {
-            Test::Exact(get, values) => {
+            Test::Exact(_, _, get, values) => {
                 let v = get(e);
                 values.iter().any(|x| x == v)
             }
@@ -117,17 +139,17 @@ impl Rules {
         clusters: &[String],
     ) -> Rules {
         let mut tests = Vec::new();
-        let exact: [(Getter, &[String]); 6] = [
-            (|e| &e.namespace, namespaces),
-            (|e| &e.reason, reasons),
-            (|e| &e.type_, types),
-            (|e| &e.kind, kinds),
-            (|e| &e.source, sources),
-            (|e| &e.cluster, clusters),
+        let exact: [(&str, &str, Getter, &[String]); 6] = [
+            ("namespaces", "namespace", |e| &e.namespace, namespaces),
+            ("reasons", "reason", |e| &e.reason, reasons),
+            ("types", "type", |e| &e.type_, types),
+            ("kinds", "kind", |e| &e.kind, kinds),
+            ("sources", "source", |e| &e.source, sources),
+            ("clusters", "cluster", |e| &e.cluster, clusters),
         ];
-        for (get, values) in exact {
+        for (list, field, get, values) in exact {
             if !values.is_empty() {
-                tests.push(Test::Exact(get, values.to_vec()));
+                tests.push(Test::Exact(list, field, get, values.to_vec()));
             }
         }
         if !names.is_empty() {
@@ -206,7 +228,54 @@ impl Matcher {
     }
 }
 
+impl Matcher {
+    /// [`Matcher::keep`], condition by condition.
+    pub fn explain(&self, e: &EventData) -> Explanation {
+        let mut steps = Vec::new();
+        if let Some(x) = &self.exclude {
+            for t in &x.tests {
+                steps.push(Step::check(
+                    t.matches(e),
+                    format!("exclude {}", t.describe(e)),
+                ));
+            }
+            if x.matches_all(e) {
+                steps.push(Step::note(
+                    "`exclude:` matches on every condition, so the event is dropped",
+                ));
+                return Explanation::new(Verdict::Dropped, steps);
+            }
+        }
+        if self.include.tests.is_empty() {
+            steps.push(Step::note("no conditions: every event is kept"));
+            return Explanation::new(Verdict::Passes, steps);
+        }
+        for t in &self.include.tests {
+            steps.push(Step::check(t.matches(e), t.describe(e)));
+        }
+        let keep = self.keep(e);
+        steps.push(Step::note(match (self.reverse, keep) {
+            (false, true) => "every condition matches, so the event is kept",
+            (false, false) => "a condition does not match, so the event is dropped",
+            (true, true) => "`reverse: true` and no condition matches, so the event is kept",
+            (true, false) => "`reverse: true` and a condition matches, so the event is dropped",
+        }));
+        Explanation::new(
+            if keep {
+                Verdict::Passes
+            } else {
+                Verdict::Dropped
+            },
+            steps,
+        )
+    }
+}
+
 impl StageConfig for FilterConfig {
+    fn explain(&self, event: &EventData) -> Explanation {
+        Matcher::new(self).explain(event)
+    }
+
     fn build<'a>(&'a self, cx: &'a BuildContext) -> BoxFuture<'a, Result<Stage, BuildError>> {
         Box::pin(async move {
             let t: Box<dyn crate::component::Transform> = Box::new(Function(FilterTransform {

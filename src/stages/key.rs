@@ -31,6 +31,19 @@ impl KeySpec {
         s
     }
 
+    /// `key [namespace, reason] is `shop/BackOff``: for `eventflow explain`.
+    pub fn describe(&self, e: &EventData) -> String {
+        format!(
+            "key [{}] is `{}`",
+            self.0
+                .iter()
+                .map(|f| f.name())
+                .collect::<Vec<_>>()
+                .join(", "),
+            self.joined(e, '/')
+        )
+    }
+
     /// The key in a readable form (for logs and summaries).
     pub fn display(&self, key: &str) -> String {
         key.replace('\u{1f}', "/")

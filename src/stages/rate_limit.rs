@@ -35,8 +35,8 @@ use tokio::time::Instant;
 use super::key::KeySpec;
 use super::summarize::Accumulator;
 use crate::component::{
-    BuildContext, BuildError, Invalid, Stage, StageConfig, StageError, StageKind, StageType,
-    Transform, TransformContext,
+    BuildContext, BuildError, Explanation, Invalid, Stage, StageConfig, StageError, StageKind,
+    StageType, Step, Transform, TransformContext, Verdict,
 };
 use crate::event::Batch;
 use crate::event::{Event, EventData, Field, Summary};
@@ -131,6 +131,32 @@ impl RateLimitConfig {
 }
 
 impl StageConfig for RateLimitConfig {
+    fn explain(&self, e: &crate::event::EventData) -> Explanation {
+        let key = if self.key.is_empty() {
+            "no key: one bucket for every event".to_string()
+        } else {
+            KeySpec(self.key.clone()).describe(e)
+        };
+        let over = match self.when_limited {
+            WhenLimited::Drop => "dropped (`rate_limited`)",
+            WhenLimited::Wait => "held until the bucket allows them",
+            WhenLimited::Summarize => "dropped and summarized when the bucket allows again",
+        };
+        Explanation::new(
+            Verdict::Passes,
+            vec![
+                Step::note(key),
+                Step::yes(format!(
+                    "a first event of its key finds a full bucket ({} per {}, burst {}): it passes",
+                    self.limit,
+                    self.per,
+                    self.burst.unwrap_or(self.limit)
+                )),
+                Step::note(format!("events over the limit are {over}")),
+            ],
+        )
+    }
+
     fn validate(&self) -> Vec<Invalid> {
         let mut out = Vec::new();
         crate::component::at_least_one(&mut out, "limit", self.limit.into());

@@ -23,6 +23,19 @@ pub struct StdoutConfig {
 }
 
 impl StageConfig for StdoutConfig {
+    fn explain(&self, e: &crate::event::EventData) -> crate::component::Explanation {
+        use crate::component::{Explanation, Step, Verdict};
+        let line = crate::event::to_json(e, self.raw)
+            .ok()
+            .and_then(|l| serde_json::from_str(&l).ok())
+            .unwrap_or_default();
+        Explanation::new(
+            Verdict::Delivered,
+            vec![Step::note("printed as one JSON line on stdout")],
+        )
+        .with_output(line)
+    }
+
     fn build<'a>(&'a self, _cx: &'a BuildContext) -> BoxFuture<'a, Result<Stage, BuildError>> {
         Box::pin(async move {
             Ok(Stage::Sink(

@@ -314,7 +314,62 @@ pub struct RowRef<'a> {
     pub now: DateTime<Utc>,
 }
 
+/// One column's value of a row, as it is bound.
+enum Bound<'a> {
+    Str(&'a str),
+    OptStr(Option<&'a str>),
+    Int(i64),
+    Time(DateTime<Utc>),
+    OptTime(Option<DateTime<Utc>>),
+}
+
 impl<'a> RowRef<'a> {
+    /// The value this row writes into the column of `v`.
+    fn value(&self, v: Val) -> Bound<'_> {
+        let e = self.e;
+        match v {
+            Val::EvtKey => Bound::Str(&self.evt_key),
+            Val::Cluster => Bound::Str(&e.cluster),
+            Val::Namespace => Bound::Str(&e.namespace),
+            Val::Name => Bound::Str(&e.name),
+            Val::Type => Bound::Str(&e.type_),
+            Val::Reason => Bound::Str(&e.reason),
+            Val::Level => Bound::Str(self.level),
+            Val::Message => Bound::Str(&e.message),
+            Val::Timestamp => Bound::Time(e.last_seen.unwrap_or(self.now)),
+            Val::Now => Bound::Time(self.now),
+            Val::Uid => Bound::Str(&e.uid),
+            Val::Kind => Bound::Str(&e.kind),
+            Val::ObjectName => Bound::Str(&e.object_name),
+            Val::ObjectNamespace => Bound::Str(&e.object_namespace),
+            Val::ObjectUid => Bound::Str(&e.object_uid),
+            Val::Count => Bound::Int(e.count),
+            Val::FirstSeen => Bound::OptTime(e.first_seen),
+            Val::LastSeen => Bound::OptTime(e.last_seen),
+            Val::Source => Bound::Str(&e.source),
+            Val::Host => Bound::Str(&e.host),
+            Val::ResourceVersion => Bound::Str(&e.resource_version),
+            Val::Raw => Bound::OptStr(e.raw.as_deref()),
+        }
+    }
+
+    /// The row as a JSON object, column by column (`eventflow explain` and `eventflow test`).
+    pub fn to_json(&self) -> serde_json::Value {
+        let time = |t: DateTime<Utc>| serde_json::Value::String(t.to_rfc3339());
+        let mut row = serde_json::Map::new();
+        for (c, v) in written() {
+            let value = match self.value(v) {
+                Bound::Str(x) => x.into(),
+                Bound::OptStr(x) => x.map_or(serde_json::Value::Null, Into::into),
+                Bound::Int(x) => x.into(),
+                Bound::Time(t) => time(t),
+                Bound::OptTime(t) => t.map_or(serde_json::Value::Null, time),
+            };
+            row.insert(c.name.to_string(), value);
+        }
+        serde_json::Value::Object(row)
+    }
+
     /// The row of `e` under `evt_key`, written at `now`; `level` is the k8m event handler's (`warning` for
     /// Warning, `info` for Normal).
     pub fn new(evt_key: String, e: &'a crate::event::EventData, now: DateTime<Utc>) -> Self {
@@ -339,31 +394,13 @@ impl Db {
             ($pool:expr) => {{
                 let mut q = sqlx::query(AssertSqlSafe(sql.to_string()));
                 for r in rows {
-                    let e = r.e;
                     for (_, v) in written() {
-                        q = match v {
-                            Val::EvtKey => q.bind(r.evt_key.as_str()),
-                            Val::Cluster => q.bind(&*e.cluster),
-                            Val::Namespace => q.bind(e.namespace.as_str()),
-                            Val::Name => q.bind(e.name.as_str()),
-                            Val::Type => q.bind(e.type_.as_str()),
-                            Val::Reason => q.bind(e.reason.as_str()),
-                            Val::Level => q.bind(r.level),
-                            Val::Message => q.bind(e.message.as_str()),
-                            Val::Timestamp => q.bind(e.last_seen.unwrap_or(r.now)),
-                            Val::Now => q.bind(r.now),
-                            Val::Uid => q.bind(e.uid.as_str()),
-                            Val::Kind => q.bind(e.kind.as_str()),
-                            Val::ObjectName => q.bind(e.object_name.as_str()),
-                            Val::ObjectNamespace => q.bind(e.object_namespace.as_str()),
-                            Val::ObjectUid => q.bind(e.object_uid.as_str()),
-                            Val::Count => q.bind(e.count),
-                            Val::FirstSeen => q.bind(e.first_seen),
-                            Val::LastSeen => q.bind(e.last_seen),
-                            Val::Source => q.bind(e.source.as_str()),
-                            Val::Host => q.bind(e.host.as_str()),
-                            Val::ResourceVersion => q.bind(e.resource_version.as_str()),
-                            Val::Raw => q.bind(e.raw.as_deref()),
+                        q = match r.value(v) {
+                            Bound::Str(x) => q.bind(x),
+                            Bound::OptStr(x) => q.bind(x),
+                            Bound::Int(x) => q.bind(x),
+                            Bound::Time(x) => q.bind(x),
+                            Bound::OptTime(x) => q.bind(x),
                         };
                     }
                 }

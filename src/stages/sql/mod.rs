@@ -90,6 +90,21 @@ fn default_connect_timeout() -> Dur {
 }
 
 impl StageConfig for SqlConfig {
+    fn explain(&self, e: &crate::event::EventData) -> crate::component::Explanation {
+        use crate::component::{Explanation, Step, Verdict};
+        let evt_key = KeySpec(self.key.clone()).joined(e, '/');
+        let row = RowRef::new(evt_key.clone(), e, Utc::now()).to_json();
+        Explanation::new(
+            Verdict::Delivered,
+            vec![Step::note(format!(
+                "upserted into `{}` at {}: one row per `evt_key` (`{evt_key}`); a repeat updates its count, last seen and message",
+                self.table,
+                crate::redact::url(&self.url)
+            ))],
+        )
+        .with_output(serde_json::json!({"table": self.table, "row": row}))
+    }
+
     fn validate(&self) -> Vec<Invalid> {
         let mut out = Vec::new();
         if !db::valid_identifier(&self.table) {

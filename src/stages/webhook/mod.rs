@@ -53,7 +53,7 @@ use crate::metrics as shared_metrics;
 use crate::types::Dur;
 
 /// The body format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     /// One event as JSON; batches as `{"events": [...], "count": N, "timestamp": T}`.
@@ -286,7 +286,74 @@ impl WebhookConfig {
     }
 }
 
+impl WebhookConfig {
+    /// The requests this webhook would send for `events` arriving together: batches of
+    /// `batch.max_events`, each as `{method, url, body}` (the URL with its secrets redacted,
+    /// the body as JSON), or why it could not be rendered. No request is made.
+    pub fn preview(
+        &self,
+        events: &[crate::event::EventData],
+    ) -> Vec<Result<serde_json::Value, String>> {
+        let url = match reqwest::Url::parse(&self.url) {
+            Ok(u) => u,
+            Err(e) => return vec![Err(format!("invalid url: {e}"))],
+        };
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        events
+            .chunks(self.batch.max_events.max(1))
+            .map(|chunk| {
+                let batch: Vec<Event> = chunk
+                    .iter()
+                    .map(|e| Event::new(e.clone(), crate::event::Finalizers::None))
+                    .collect();
+                let (url, body) = request(self, &url, &batch, now_ms).map_err(|e| e.to_string())?;
+                let body: serde_json::Value =
+                    serde_json::from_str(&body).map_err(|e| e.to_string())?;
+                Ok(serde_json::json!({
+                    "method": self.method.to_uppercase(),
+                    "url": crate::redact::url(url.as_str()),
+                    "body": body,
+                }))
+            })
+            .collect()
+    }
+}
+
 impl StageConfig for WebhookConfig {
+    fn explain(&self, e: &crate::event::EventData) -> crate::component::Explanation {
+        use crate::component::{Explanation, Step, Verdict};
+        let format = serde_json::to_value(self.format)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let mut steps = vec![Step::note(format!(
+            "sent as `{format}` to {}: {}",
+            crate::redact::url(&self.url),
+            if self.batch.max_events == 1 {
+                "one event per request".to_string()
+            } else {
+                format!(
+                    "in batches of up to {} events (a partial batch waits up to {})",
+                    self.batch.max_events, self.batch.max_wait
+                )
+            }
+        ))];
+        if self.durable {
+            steps.push(Step::note(format!(
+                "durable: queued in the state database first, retried for up to {}, then a dead letter",
+                self.retry_for
+            )));
+        }
+        match self.preview(std::slice::from_ref(e)).pop() {
+            Some(Ok(request)) => Explanation::new(Verdict::Delivered, steps).with_output(request),
+            Some(Err(why)) => {
+                steps.push(Step::no(format!("the body cannot be rendered: {why}")));
+                Explanation::new(Verdict::Dropped, steps)
+            }
+            None => Explanation::new(Verdict::Delivered, steps),
+        }
+    }
+
     fn validate(&self) -> Vec<Invalid> {
         let mut out = Vec::new();
         if let Err(i) = self.parsed_url() {
@@ -447,6 +514,38 @@ pub enum Outcome {
 }
 
 /// The body of a request for these events.
+/// The URL and body of a request carrying `events`, signed at `now_ms` where the format signs.
+fn request(
+    cfg: &WebhookConfig,
+    url: &reqwest::Url,
+    events: &[Event],
+    now_ms: i64,
+) -> Result<(reqwest::Url, String), RenderError> {
+    if let Some(t) = &cfg.template {
+        return Ok((url.clone(), t.compiled.render(events)?));
+    }
+    match cfg.format.chat() {
+        None => Ok((
+            url.clone(),
+            body(
+                events,
+                cfg.batch.max_events > 1 || cfg.format == Format::Seed,
+            )?,
+        )),
+        Some(chat) => {
+            let mut url = url.clone();
+            if let (Chat::DingTalk, Some(secret)) = (chat, &cfg.secret) {
+                let sign = format::dingtalk_sign(secret, now_ms);
+                url.query_pairs_mut()
+                    .append_pair("timestamp", &now_ms.to_string())
+                    .append_pair("sign", &sign);
+            }
+            let b = format::body(events, chat, cfg.secret.as_deref(), now_ms);
+            Ok((url, serde_json::to_string(&b)?))
+        }
+    }
+}
+
 pub fn body(events: &[Event], batched: bool) -> serde_json::Result<String> {
     if !batched && events.len() == 1 {
         return crate::event::to_json(&events[0], false);
@@ -585,30 +684,12 @@ impl Delivery {
 
     /// The URL and body of one attempt (signatures carry the current time).
     fn render(&self, events: &[Event]) -> Result<(reqwest::Url, String), RenderError> {
-        let now_ms = chrono::Utc::now().timestamp_millis();
-        if let Some(t) = &self.cfg.template {
-            return Ok((self.url.clone(), t.compiled.render(events)?));
-        }
-        match self.cfg.format.chat() {
-            None => Ok((
-                self.url.clone(),
-                body(
-                    events,
-                    self.cfg.batch.max_events > 1 || self.cfg.format == Format::Seed,
-                )?,
-            )),
-            Some(chat) => {
-                let mut url = self.url.clone();
-                if let (Chat::DingTalk, Some(secret)) = (chat, &self.cfg.secret) {
-                    let sign = format::dingtalk_sign(secret, now_ms);
-                    url.query_pairs_mut()
-                        .append_pair("timestamp", &now_ms.to_string())
-                        .append_pair("sign", &sign);
-                }
-                let b = format::body(events, chat, self.cfg.secret.as_deref(), now_ms);
-                Ok((url, serde_json::to_string(&b)?))
-            }
-        }
+        request(
+            &self.cfg,
+            &self.url,
+            events,
+            chrono::Utc::now().timestamp_millis(),
+        )
     }
 
     /// Delivers one batch under `budget`; a failure for good is logged before it is returned,
