@@ -37,6 +37,12 @@ enum LogFormat {
     Json,
 }
 
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum TestFormat {
+    Text,
+    Json,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum GraphFormat {
     Mermaid,
@@ -71,6 +77,17 @@ enum Command {
         /// The reference of every field as Markdown (docs/reference.md) instead of JSON.
         #[arg(long)]
         markdown: bool,
+    },
+    /// Run the `tests:` cases of pipeline files (no network, no database, no cluster).
+    Test {
+        #[arg(required = true)]
+        pipelines: Vec<PathBuf>,
+        /// Read the cases from this file (a YAML file with a `tests:` list) instead.
+        #[arg(long)]
+        tests: Option<PathBuf>,
+        /// `text` (one line per case, failures with the actual values) or `json`.
+        #[arg(long, value_enum, default_value_t = TestFormat::Text)]
+        format: TestFormat,
     },
     /// Show what each stage would do with one event, and why (no network, no database).
     Explain {
@@ -240,6 +257,11 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             print!("{}", eventflow::pipeline_reference());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Test {
+            pipelines,
+            tests,
+            format,
+        } => Ok(run_tests(&pipelines, tests.as_deref(), format)),
         Command::Explain {
             pipeline,
             event,
@@ -316,6 +338,81 @@ fn validate(pipelines: &[PathBuf]) -> ExitCode {
                 eprintln!("{e}");
             }
         }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// `eventflow test`: exit 1 when a file does not load or a case fails.
+fn run_tests(
+    pipelines: &[PathBuf],
+    tests: Option<&std::path::Path>,
+    format: TestFormat,
+) -> ExitCode {
+    let mut failed = false;
+    let (mut passed_n, mut failed_n) = (0, 0);
+    let mut files = Vec::new();
+    for path in pipelines {
+        let p = match eventflow::load_file(path) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("{e}");
+                failed = true;
+                continue;
+            }
+        };
+        let cases = match tests {
+            Some(t) => match config::load_cases(t, &p) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    failed = true;
+                    continue;
+                }
+            },
+            None => p.tests.clone(),
+        };
+        if format == TestFormat::Text {
+            println!("running {} cases of {}", cases.len(), path.display());
+        }
+        let reports = eventflow::authoring::test::run_cases(&p, &cases);
+        for r in &reports {
+            if r.passed {
+                passed_n += 1;
+            } else {
+                failed_n += 1;
+                failed = true;
+            }
+            if format == TestFormat::Text {
+                println!(
+                    "case `{}` ... {}",
+                    r.name,
+                    if r.passed { "ok" } else { "FAILED" }
+                );
+                for f in &r.failures {
+                    println!("    {f}");
+                }
+            }
+        }
+        files.push(serde_json::json!({"file": path.display().to_string(), "cases": reports}));
+    }
+    match format {
+        TestFormat::Text => println!(
+            "\ntest result: {}. {passed_n} passed; {failed_n} failed",
+            if failed { "FAILED" } else { "ok" }
+        ),
+        TestFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "passed": passed_n,
+                "failed": failed_n,
+                "files": files,
+            }))
+            .unwrap_or_default()
+        ),
     }
     if failed {
         ExitCode::FAILURE

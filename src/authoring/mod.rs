@@ -4,6 +4,7 @@
 //! Neither touches the network or a database.
 
 pub mod explain;
+pub mod harness;
 pub mod test;
 
 use std::sync::Arc;

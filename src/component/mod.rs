@@ -227,6 +227,17 @@ pub trait StageConfig: fmt::Debug + Send + Sync + 'static {
         Vec::new()
     }
 
+    /// What a sink would write for `events` arriving together — a webhook's requests
+    /// (`method`, `url`, `body`), a `sql` sink's rows, `stdout`'s lines — or why one could not
+    /// be made (`eventflow test`). No network, no database. `None`: not a sink that writes.
+    fn preview(
+        &self,
+        events: &[crate::event::EventData],
+    ) -> Option<Vec<Result<serde_json::Value, String>>> {
+        let _ = events;
+        None
+    }
+
     /// What this stage would do with `event` if it were the first event it saw, and why
     /// (`eventflow explain`). No network, no database. Default: it passes unchanged.
     fn explain(&self, event: &crate::event::EventData) -> Explanation {

@@ -5,6 +5,7 @@
 //! header and each stage deserialized separately -> graph checks. Every problem found on the
 //! way is collected, so one `validate` run shows all of them, each with its line and column.
 
+pub mod cases;
 pub mod diff;
 pub mod graph;
 pub mod k8m;
@@ -68,6 +69,10 @@ pub struct Header {
     #[serde(default)]
     #[schemars(with = "std::collections::BTreeMap<String, serde_json::Value>")]
     pub stages: serde::de::IgnoredAny,
+    /// Test cases `eventflow test` runs: inputs fed to a source, expectations on what stages
+    /// let out and sinks would write. `run` ignores them.
+    #[serde(default)]
+    pub tests: Vec<cases::TestCase>,
 }
 
 fn one() -> u32 {
@@ -98,6 +103,8 @@ pub struct Pipeline {
     pub state: Option<StateConfig>,
     pub leader_election: Option<crate::leader::LeaderElectionConfig>,
     pub stages: IndexMap<String, StageSpec>,
+    /// The `tests:` cases (`eventflow test`).
+    pub tests: Vec<cases::TestCase>,
     /// A file in the k8m event handler's format that turns everything off says so here (and has no stages).
     pub disabled: Option<String>,
 }
@@ -258,6 +265,43 @@ pub fn load_file(path: &Path, types: Registry) -> Result<Pipeline, ConfigError> 
     Ok(p)
 }
 
+/// Reads the `tests:` cases of a separate file (`eventflow test --tests FILE`) for pipeline
+/// `p`: a YAML file with a top-level `tests:` list, checked like the section in a pipeline.
+pub fn load_cases(path: &Path, p: &Pipeline) -> Result<Vec<cases::TestCase>, ConfigError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct TestsFile {
+        tests: Vec<cases::TestCase>,
+    }
+    let file = path.display().to_string();
+    let fail = |problems| ConfigError {
+        file: file.clone(),
+        problems,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        fail(vec![Problem::new(
+            None,
+            None,
+            None,
+            format!("cannot read the file: {e}"),
+        )])
+    })?;
+    let root = yaml::parse(&text).map_err(|e| fail(vec![syntax_problem(&text, e)]))?;
+    let dir = std::path::absolute(path)
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_default();
+    let parsed = crate::types::with_base_dir(&dir, || yaml::from_node::<TestsFile>(&root))
+        .map_err(|e| fail(vec![de_problem(None, e)]))?;
+    let mut problems = Vec::new();
+    check_cases(&root, &parsed.tests, &p.stages, &mut problems);
+    if problems.is_empty() {
+        Ok(parsed.tests)
+    } else {
+        Err(fail(problems))
+    }
+}
+
 /// Parses and validates pipeline text. `file` is the name used in messages; `env` looks up
 /// `${NAME}` references.
 pub fn load_str(
@@ -288,6 +332,7 @@ pub fn load_str(
                 state: None,
                 leader_election: None,
                 stages: IndexMap::new(),
+                tests: Vec::new(),
                 disabled: Some(why),
             }),
             // Values are substituted already: the translation is loaded without `${...}`.
@@ -348,6 +393,9 @@ pub fn load_str(
     {
         check_election(&root, le, h.state.as_ref(), &stages, &mut problems);
     }
+    if let Some(h) = &header {
+        check_cases(&root, &h.tests, &stages, &mut problems);
+    }
     if !problems.is_empty() {
         return Err(fail(problems));
     }
@@ -360,8 +408,73 @@ pub fn load_str(
         state: header.state,
         leader_election: header.leader_election,
         stages,
+        tests: header.tests,
         disabled: None,
     })
+}
+
+/// The `tests:` cases name stages that exist, enter at a source, and are well formed.
+pub fn check_cases(
+    root: &Node,
+    cases: &[cases::TestCase],
+    stages: &IndexMap<String, StageSpec>,
+    problems: &mut Vec<Problem>,
+) {
+    let sources: Vec<&str> = stages
+        .values()
+        .filter(|s| s.kind == StageKind::Source)
+        .map(|s| s.id.as_str())
+        .collect();
+    for (i, case) in cases.iter().enumerate() {
+        let mut bad = |field: String, message: String| {
+            let pos = field_pos(root, &field).or(Some(root.pos));
+            problems.push(Problem::new(pos, None, Some(&field), message));
+        };
+        match &case.at {
+            Some(at) if !sources.contains(&at.as_str()) => bad(
+                format!("tests[{i}].at"),
+                format!(
+                    "`{at}` is not a source of this pipeline (sources: {})",
+                    sources.join(", ")
+                ),
+            ),
+            None if sources.len() > 1 => bad(
+                format!("tests[{i}].at"),
+                format!(
+                    "the pipeline has several sources: name the one the inputs enter at ({})",
+                    sources.join(", ")
+                ),
+            ),
+            _ => {}
+        }
+        for (j, input) in case.inputs.iter().enumerate() {
+            if let Some(e) = input.validate() {
+                bad(format!("tests[{i}].inputs[{j}]"), e.message);
+            }
+            if let Some(f) = &input.file
+                && !f.exists()
+            {
+                bad(
+                    format!("tests[{i}].inputs[{j}].file"),
+                    format!("{} does not exist", f.display()),
+                );
+            }
+        }
+        for stage in case.expect.keys() {
+            if !stages.contains_key(stage) {
+                let hint = crate::types::did_you_mean(stage, stages.keys().map(String::as_str))
+                    .map(|m| format!(": did you mean `{m}`?"))
+                    .unwrap_or_default();
+                bad(
+                    format!("tests[{i}].expect.{stage}"),
+                    format!("no stage `{stage}` in this pipeline{hint}"),
+                );
+            }
+        }
+        for (field, message) in cases::check_conditions(case) {
+            bad(format!("tests[{i}].{field}"), message);
+        }
+    }
 }
 
 /// What leader election needs: sane durations, a shared state database, sources that pause

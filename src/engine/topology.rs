@@ -140,6 +140,7 @@ fn empty_like(p: &Pipeline) -> Pipeline {
         state: p.state.clone(),
         leader_election: p.leader_election.clone(),
         stages: IndexMap::new(),
+        tests: Vec::new(),
         disabled: None,
     }
 }

@@ -23,6 +23,22 @@ pub struct StdoutConfig {
 }
 
 impl StageConfig for StdoutConfig {
+    fn preview(
+        &self,
+        events: &[crate::event::EventData],
+    ) -> Option<Vec<Result<serde_json::Value, String>>> {
+        Some(
+            events
+                .iter()
+                .map(|e| {
+                    crate::event::to_json(e, self.raw)
+                        .and_then(|l| serde_json::from_str(&l))
+                        .map_err(|e| e.to_string())
+                })
+                .collect(),
+        )
+    }
+
     fn explain(&self, e: &crate::event::EventData) -> crate::component::Explanation {
         use crate::component::{Explanation, Step, Verdict};
         let line = crate::event::to_json(e, self.raw)

@@ -90,6 +90,20 @@ fn default_connect_timeout() -> Dur {
 }
 
 impl StageConfig for SqlConfig {
+    fn preview(
+        &self,
+        events: &[crate::event::EventData],
+    ) -> Option<Vec<Result<serde_json::Value, String>>> {
+        let key = KeySpec(self.key.clone());
+        let now = Utc::now();
+        Some(
+            events
+                .iter()
+                .map(|e| Ok(RowRef::new(key.joined(e, '/'), e, now).to_json()))
+                .collect(),
+        )
+    }
+
     fn explain(&self, e: &crate::event::EventData) -> crate::component::Explanation {
         use crate::component::{Explanation, Step, Verdict};
         let evt_key = KeySpec(self.key.clone()).joined(e, '/');

@@ -290,7 +290,7 @@ impl WebhookConfig {
     /// The requests this webhook would send for `events` arriving together: batches of
     /// `batch.max_events`, each as `{method, url, body}` (the URL with its secrets redacted,
     /// the body as JSON), or why it could not be rendered. No request is made.
-    pub fn preview(
+    pub fn requests(
         &self,
         events: &[crate::event::EventData],
     ) -> Vec<Result<serde_json::Value, String>> {
@@ -320,6 +320,13 @@ impl WebhookConfig {
 }
 
 impl StageConfig for WebhookConfig {
+    fn preview(
+        &self,
+        events: &[crate::event::EventData],
+    ) -> Option<Vec<Result<serde_json::Value, String>>> {
+        Some(self.requests(events))
+    }
+
     fn explain(&self, e: &crate::event::EventData) -> crate::component::Explanation {
         use crate::component::{Explanation, Step, Verdict};
         let format = serde_json::to_value(self.format)
@@ -344,7 +351,7 @@ impl StageConfig for WebhookConfig {
                 self.retry_for
             )));
         }
-        match self.preview(std::slice::from_ref(e)).pop() {
+        match self.requests(std::slice::from_ref(e)).pop() {
             Some(Ok(request)) => Explanation::new(Verdict::Delivered, steps).with_output(request),
             Some(Err(why)) => {
                 steps.push(Step::no(format!("the body cannot be rendered: {why}")));
