@@ -211,3 +211,178 @@ fn explain_names_what_it_cannot_read() {
     assert_eq!(code, 1);
     assert!(err.contains("no stage `nosuch` (sources: src)"), "{err}");
 }
+
+/// A pipeline with a webhook and a rate limit, and cases that pass and fail.
+const TESTED: &str = "stages:
+  src:
+    type: file
+    path: /dev/null
+  budget:
+    type: rate_limit
+    inputs: [src]
+    key: [namespace]
+    limit: 2
+    per: 1m
+  slack:
+    type: webhook
+    inputs: [budget]
+    url: https://hooks.slack.com/services/T0/B0/XYZ?token=s3cr3t
+    format: slack
+tests:
+  - name: two per minute per namespace, then the bucket refills
+    inputs:
+      - events:
+          - {type: Warning, reason: BackOff, namespace: shop, kind: Pod, object_name: web-1}
+          - {type: Warning, reason: BackOff, namespace: shop, kind: Pod, object_name: web-2}
+          - {type: Warning, reason: BackOff, namespace: shop, kind: Pod, object_name: web-3}
+          - {type: Warning, reason: BackOff, namespace: cart, kind: Pod, object_name: cart-1}
+      - after: 1m
+      - event: {type: Warning, reason: BackOff, namespace: shop, kind: Pod, object_name: web-4}
+    expect:
+      budget:
+        count: 4
+        events:
+          - {object_name: web-1}
+          - {object_name: web-2}
+          - {object_name: cart-1}
+          - {object_name: web-4}
+      slack:
+        writes:
+          - {method: POST, url: {contains: 'token=***'}, body.text: {matches: '^\\*\\[Warning\\] BackOff\\* shop/Pod/web-1'}}
+  - name: a wrong expectation
+    inputs:
+      - event: {type: Warning, reason: BackOff, namespace: shop, object_name: web-1}
+    expect:
+      budget:
+        count: 2
+        events:
+          - {object_name: web-9, message: {absent: true}, reason: {matches: '^Back'}}
+";
+
+#[test]
+fn test_runs_the_cases_and_shows_what_failed_with_the_actual_values() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let p = write(dir.path(), "p.yaml", TESTED);
+    let (code, out, err) = run(&["test", p.to_str().unwrap_or("")], None);
+    assert_eq!(code, 1, "a failing case fails the run: {out}{err}");
+    assert!(out.contains("running 2 cases of"), "{out}");
+    assert!(
+        out.contains("case `two per minute per namespace, then the bucket refills` ... ok"),
+        "{out}"
+    );
+    assert!(
+        out.contains("case `a wrong expectation` ... FAILED"),
+        "{out}"
+    );
+    assert!(
+        out.contains("stage `budget`: expected 2 events, let out 1 (BackOff web-1)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("stage `budget`: event 1: `object_name`: expected `web-9`, found `web-1`"),
+        "{out}"
+    );
+    // `message` is an empty string, not absent; `reason` matches.
+    assert!(
+        out.contains("`message`: expected it absent, found ``"),
+        "{out}"
+    );
+    assert!(!out.contains("`reason`"), "{out}");
+    assert!(
+        out.contains("test result: FAILED. 1 passed; 1 failed"),
+        "{out}"
+    );
+    assert!(!out.contains("s3cr3t"), "{out}");
+
+    let (code, out, _) = run(
+        &["test", "--format", "json", p.to_str().unwrap_or("")],
+        None,
+    );
+    assert_eq!(code, 1);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["passed"], 1);
+    assert_eq!(v["failed"], 1);
+    assert_eq!(v["files"][0]["cases"][1]["passed"], false);
+}
+
+#[test]
+fn cases_can_live_in_their_own_file_and_are_validated_with_positions() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let pipeline = TESTED.split("tests:").next().unwrap_or_default();
+    let p = write(dir.path(), "p.yaml", pipeline);
+    write(
+        dir.path(),
+        "events.jsonl",
+        "{\"type\":\"Warning\",\"reason\":\"A\",\"namespace\":\"x\"}\n{\"type\":\"Warning\",\"reason\":\"B\",\"namespace\":\"y\"}\n",
+    );
+    let cases = write(
+        dir.path(),
+        "cases.yaml",
+        "tests:\n  - name: from a file of JSON lines, relative to this file\n    inputs:\n      - file: events.jsonl\n    expect:\n      budget: {count: 2}\n",
+    );
+    let (code, out, err) = run(
+        &[
+            "test",
+            "--tests",
+            cases.to_str().unwrap_or(""),
+            p.to_str().unwrap_or(""),
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("test result: ok. 1 passed; 0 failed"), "{out}");
+
+    let bad = write(
+        dir.path(),
+        "bad.yaml",
+        &format!(
+            "{pipeline}tests:\n  - name: broken\n    at: slack\n    inputs:\n      - {{after: 1m, event: {{}}}}\n    expect:\n      budgte: {{count: 1}}\n      slack:\n        events:\n          - {{reason: {{matches: '(oops'}}}}\n"
+        ),
+    );
+    let (code, _, err) = run(&["validate", bad.to_str().unwrap_or("")], None);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(
+            "field `tests[0].at`: `slack` is not a source of this pipeline (sources: src)"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("field `tests[0].inputs[0]`: an input is exactly one of"),
+        "{err}"
+    );
+    assert!(err.contains("field `tests[0].expect.budgte`: no stage `budgte` in this pipeline: did you mean `budget`?"), "{err}");
+    assert!(
+        err.contains(
+            "field `tests[0].expect.slack.events[0].reason`: `matches:` regex parse error"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("bad.yaml:2"), "with positions: {err}");
+}
+
+#[test]
+fn the_bundled_pipelines_pass_their_own_cases() {
+    let mut files: Vec<String> = std::fs::read_dir(repo("pipelines"))
+        .expect("pipelines/")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .map(|p| p.display().to_string())
+        .collect();
+    files.sort();
+    let mut args = vec!["test".to_string()];
+    args.extend(files.iter().cloned());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, out, err) = run(&args, None);
+    assert_eq!(code, 0, "{out}{err}");
+    for f in &files {
+        assert!(
+            out.contains(&format!("cases of {f}")),
+            "{f} has cases: {out}"
+        );
+    }
+    assert!(
+        !out.contains("running 0 cases"),
+        "every bundled pipeline has cases: {out}"
+    );
+}

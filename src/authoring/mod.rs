@@ -11,12 +11,20 @@ use std::sync::Arc;
 
 use crate::event::EventData;
 
-/// Events from text a person wrote: JSON or YAML; one event, a list, or an `EventList`; each in
+/// Events from text a person wrote: JSON, JSON lines or YAML; one event, a list, or an `EventList`; each in
 /// the API server's form (either API version: it has `metadata`) or eventflow's normalized form
 /// (the fields `stdout` prints). `cluster` names the cluster of API-server events.
 pub fn events_from_text(text: &str, cluster: &str) -> Result<Vec<EventData>, String> {
+    let lines = || -> Option<serde_json::Value> {
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).ok())
+            .collect::<Option<Vec<_>>>()
+            .map(serde_json::Value::Array)
+    };
     let value: serde_json::Value = match serde_json::from_str(text) {
         Ok(v) => v,
+        Err(_) if let Some(v) = lines() => v,
         Err(json_error) => crate::yaml::parse(text).map(|n| n.to_json()).map_err(|e| {
             format!(
                 "neither JSON ({json_error}) nor YAML (line {}, column {}: {})",

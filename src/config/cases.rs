@@ -112,7 +112,13 @@ impl Condition {
                         .ok_or("`matches:` takes a regular expression")?;
                     return regex::Regex::new(text)
                         .map(Condition::Matches)
-                        .map_err(|e| format!("`matches:` {e}"));
+                        .map_err(|e| {
+                            let text = e.to_string();
+                            format!(
+                                "`matches:` {}",
+                                text.split_whitespace().collect::<Vec<_>>().join(" ")
+                            )
+                        });
                 }
                 "contains" => {
                     let text = arg.as_str().ok_or("`contains:` takes a text")?;

@@ -243,11 +243,18 @@ impl Ref<'_> {
                 {
                     nested.push((full, inner, ref_name));
                 }
+            } else if let Some(values) = field.get("additionalProperties")
+                && let Some(inner) = self.object_of(values)
+            {
+                let ref_name = values.get("$ref").and_then(Value::as_str).unwrap_or(name);
+                if prefix.matches('.').count() < MAX_DEPTH && !seen.contains(&ref_name) {
+                    nested.push((format!("{full}.<name>"), inner, ref_name));
+                }
             } else if let Some(items) = field.get("items")
                 && let Some(inner) = self.object_of(items)
             {
                 let ref_name = items.get("$ref").and_then(Value::as_str).unwrap_or(name);
-                if seen.len() < MAX_DEPTH && !seen.contains(&ref_name) {
+                if prefix.matches('.').count() < MAX_DEPTH && !seen.contains(&ref_name) {
                     nested.push((format!("{full}[]"), inner, ref_name));
                 }
             }
