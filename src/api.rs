@@ -1,6 +1,7 @@
 //! The engine's HTTP endpoint: `GET /metrics` (Prometheus text), `GET /healthz` (alive),
 //! `GET /readyz` (the pipeline is running; JSON with `Accept: application/json`, which also
-//! says whether this replica leads), `POST /-/reload` (reload the pipeline file now).
+//! says whether this replica leads), `POST /-/reload` (reload the pipeline file now),
+//! `GET /-/tap?stage=ID` (the events leaving a stage, as JSON lines, while the client reads).
 //!
 //! The endpoint has no authentication of its own: keep it on localhost (the default) or
 //! behind a NetworkPolicy. Mutating endpoints refuse requests that a web page could make (any
@@ -87,6 +88,7 @@ pub async fn serve(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/-/reload", post(reload))
+        .route("/-/tap", get(tap))
         .with_state(state);
     let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
@@ -114,6 +116,76 @@ async fn metrics(State(s): State<ApiState>) -> Response {
         )
             .into_response(),
     }
+}
+
+/// The most events a tap holds for a listener that reads slower than they come.
+const TAP_BUFFER: usize = 1024;
+
+/// `GET /-/tap?stage=ID[&limit=N]`: the events leaving stage `ID` (entering it, for a sink)
+/// as JSON lines while the client reads, up to `limit`. What does not fit the listener's
+/// buffer is dropped and said in a `{"tap_dropped": N}` line (N: dropped so far). Refused to
+/// web pages and, with a token set, without it: the events may hold what a cluster says.
+async fn tap(State(s): State<ApiState>, headers: HeaderMap, uri: axum::http::Uri) -> Response {
+    if let Some(r) = s.refuse(&headers) {
+        return r;
+    }
+    let params: Vec<(&str, &str)> = uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .collect();
+    let get = |k: &str| params.iter().find(|(n, _)| *n == k).map(|(_, v)| *v);
+    let Some(stage) = get("stage") else {
+        return (StatusCode::BAD_REQUEST, "name the stage: /-/tap?stage=ID\n").into_response();
+    };
+    let known = crate::component::tap::stages();
+    if !known.iter().any(|k| k == stage) {
+        return (
+            StatusCode::NOT_FOUND,
+            format!("no stage `{stage}` (stages: {})\n", known.join(", ")),
+        )
+            .into_response();
+    }
+    let limit = match get("limit").map(str::parse::<u64>) {
+        None => u64::MAX,
+        Some(Ok(n)) if n > 0 => n,
+        Some(_) => {
+            return (StatusCode::BAD_REQUEST, "`limit` is a positive number\n").into_response();
+        }
+    };
+    let sub = crate::component::tap::point(stage).subscribe(TAP_BUFFER);
+    let tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    let stream = futures::stream::unfold(
+        (sub, limit, 0u64, tick),
+        |(mut sub, left, reported, mut tick)| async move {
+            if left == 0 {
+                return None;
+            }
+            loop {
+                let dropped = sub.dropped.load(Ordering::Relaxed);
+                if dropped > reported {
+                    let line = format!("{{\"tap_dropped\":{dropped}}}\n");
+                    return Some((
+                        Ok::<_, std::convert::Infallible>(line),
+                        (sub, left, dropped, tick),
+                    ));
+                }
+                tokio::select! {
+                    line = sub.rx.recv() => {
+                        let line = line?;
+                        return Some((Ok(line + "\n"), (sub, left - 1, reported, tick)));
+                    }
+                    _ = tick.tick() => {}
+                }
+            }
+        },
+    );
+    (
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response()
 }
 
 /// Ready, or why not.

@@ -107,6 +107,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the events leaving a stage of a running eventflow (entering it, for a sink), live,
+    /// as JSON lines. The running process must have an `api:` block.
+    Tap {
+        /// The stage to watch.
+        #[arg(long)]
+        stage: String,
+        /// The running eventflow's API endpoint.
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        api: String,
+        /// Stop after this many events.
+        #[arg(long)]
+        limit: Option<u64>,
+    },
     /// Print a shell completion script: `eventflow completions bash > /etc/bash_completion.d/eventflow`.
     Completions {
         #[arg(value_enum)]
@@ -269,6 +282,7 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             cluster,
             json,
         } => explain(&pipeline, &event, stage.as_deref(), &cluster, json),
+        Command::Tap { stage, api, limit } => tap(&stage, &api, limit),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "eventflow", &mut std::io::stdout());
@@ -419,6 +433,55 @@ fn run_tests(
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// `eventflow tap`: streams `GET /-/tap` to stdout.
+fn tap(stage: &str, api: &str, limit: Option<u64>) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    let base = if api.contains("://") {
+        api.to_string()
+    } else {
+        format!("http://{api}")
+    };
+    let mut url = format!("{}/-/tap?stage={stage}", base.trim_end_matches('/'));
+    if let Some(n) = limit {
+        url.push_str(&format!("&limit={n}"));
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    rt.block_on(async {
+        let mut req = reqwest::Client::new().get(&url);
+        if let Ok(token) = std::env::var(eventflow::api::TOKEN_ENV) {
+            req = req.bearer_auth(token);
+        }
+        let mut resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                let e: &(dyn std::error::Error + 'static) = &e;
+                eprintln!(
+                    "cannot reach eventflow's API at {base} (is it running with an `api:` block?): {}",
+                    eventflow::types::error_chain(e)
+                );
+                return Ok(ExitCode::FAILURE);
+            }
+        };
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let text = resp.text().await.unwrap_or_default();
+            eprintln!("{status}: {}", text.trim_end());
+            return Ok(ExitCode::FAILURE);
+        }
+        let mut out = std::io::stdout().lock();
+        while let Some(chunk) = resp.chunk().await.context("the tap ended")? {
+            if out.write_all(&chunk).and_then(|()| out.flush()).is_err() {
+                break;
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 /// `eventflow explain`.

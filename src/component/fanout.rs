@@ -43,6 +43,8 @@ pub struct Fanout {
     control: mpsc::UnboundedReceiver<Vec<Edit>>,
     sent: Counter,
     lost: Counter,
+    /// The stage's tap: what leaves it, copied to listeners.
+    tap: Option<std::sync::Arc<super::tap::TapPoint>>,
 }
 
 impl Fanout {
@@ -56,6 +58,7 @@ impl Fanout {
                 control: rx,
                 sent,
                 lost,
+                tap: None,
             },
             tx,
         )
@@ -85,11 +88,19 @@ impl Fanout {
         }
     }
 
+    /// Copies what this fan-out sends to `tap`'s listeners.
+    pub fn set_tap(&mut self, tap: std::sync::Arc<super::tap::TapPoint>) {
+        self.tap = Some(tap);
+    }
+
     /// Sends a batch to every downstream stage, waiting for room (back-pressure).
     pub async fn send(&mut self, batch: Batch) {
         self.apply_pending();
         if batch.is_empty() {
             return;
+        }
+        if let Some(t) = &self.tap {
+            t.publish(&batch);
         }
         let n = batch.len() as u64;
         if !self.gone.is_empty() {

@@ -8,6 +8,7 @@
 
 pub mod explain;
 pub mod fanout;
+pub mod tap;
 
 /// Batches an edge can hold. With batches of at most [`MAX_BATCH`] events, one edge buffers
 /// at most `CHANNEL_CAPACITY * MAX_BATCH` events.
@@ -290,6 +291,8 @@ impl StageMetrics {
 /// A stage's input: a bounded receiver that counts what arrives.
 pub struct Input {
     rx: mpsc::Receiver<Batch>,
+    /// A sink's tap: what it receives, copied to listeners.
+    tap: Option<Arc<tap::TapPoint>>,
     received: Counter,
     depth: metrics::Gauge,
     /// Debug builds only: panic on receiving this batch (see [`fault_panic_at`]).
@@ -301,6 +304,7 @@ impl Input {
     pub fn new(rx: mpsc::Receiver<Batch>, metrics: &StageMetrics) -> Input {
         Input {
             rx,
+            tap: None,
             received: metrics.received.clone(),
             depth: shared_metrics::queue_depth(&metrics.id, metrics.type_name),
             panic_at: fault_panic_at(&metrics.id),
@@ -308,9 +312,19 @@ impl Input {
         }
     }
 
+    /// Copies what arrives to `tap`'s listeners (a sink's tap: the events entering it).
+    #[must_use]
+    pub fn tapped(mut self, tap: Arc<tap::TapPoint>) -> Input {
+        self.tap = Some(tap);
+        self
+    }
+
     /// The next batch, or `None` once every upstream is gone and the queue is drained.
     pub async fn recv(&mut self) -> Option<Batch> {
         let b = self.rx.recv().await?;
+        if let Some(t) = &self.tap {
+            t.publish(&b);
+        }
         self.received.increment(b.len() as u64);
         self.depth.decrement(b.len() as f64);
         self.batches += 1;

@@ -371,11 +371,12 @@ impl Topology {
                     .map(|tx| (c.id.clone(), tx))
             })
             .collect();
-        let (fanout, control) = Fanout::new(
+        let (mut fanout, control) = Fanout::new(
             outs,
             shared_metrics::sent(&id, spec.type_name),
             shared_metrics::discarded(&id, spec.type_name, "downstream_stopped"),
         );
+        let tap = crate::component::tap::point(&id);
         let serial = self.next_serial;
         self.next_serial += 1;
         let span = tracing::info_span!("stage", id = %id, r#type = spec.type_name);
@@ -389,6 +390,7 @@ impl Topology {
         let errors = shared_metrics::stage_errors(&id, spec.type_name, "task_failed");
         let running = match stage {
             Stage::Source(s) => {
+                fanout.set_tap(tap);
                 let (stop_tx, stop_rx) = watch::channel(false);
                 let cx = SourceContext {
                     metrics,
@@ -408,6 +410,7 @@ impl Topology {
                 let Some(rx) = inputs.receivers.remove(&id) else {
                     return;
                 };
+                fanout.set_tap(tap);
                 let cx = TransformContext {
                     input: Input::new(rx, &metrics),
                     metrics,
@@ -428,7 +431,7 @@ impl Topology {
                     return;
                 };
                 let cx = SinkContext {
-                    input: Input::new(rx, &metrics),
+                    input: Input::new(rx, &metrics).tapped(tap),
                     metrics,
                 };
                 Running {
