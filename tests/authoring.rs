@@ -386,3 +386,119 @@ fn the_bundled_pipelines_pass_their_own_cases() {
         "every bundled pipeline has cases: {out}"
     );
 }
+
+/// A running pipeline with the API on a free port, following a file the test appends to.
+fn tapped(dir: &std::path::Path) -> (Running, std::path::PathBuf, u16) {
+    let events = write(dir, "events.jsonl", "");
+    let p = write(
+        dir,
+        "p.yaml",
+        &format!(
+            "api:\n  listen: 127.0.0.1:0\nstages:\n  src:\n    type: file\n    path: {}\n    follow: true\n    poll_interval: 20ms\n  warnings:\n    type: filter\n    inputs: [src]\n    types: [Warning]\n  out:\n    type: stdout\n    inputs: [warnings]\n",
+            events.display()
+        ),
+    );
+    let mut r = Running::start(&[], &p);
+    let port = r.api_port();
+    (r, events, port)
+}
+
+#[test]
+fn tap_prints_the_events_leaving_a_stage_live() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (mut r, events, port) = tapped(dir.path());
+    let tap = bin()
+        .args(["tap", "--stage", "warnings", "--limit", "2", "--api"])
+        .arg(format!("127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("tap");
+    // The tap is listening once the API has answered it; give it a moment to connect.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    append(
+        &events,
+        &[
+            sample_line(1, "Normal"),
+            sample_line(2, "Warning"),
+            sample_line(3, "Normal"),
+            sample_line(4, "Warning"),
+            sample_line(5, "Warning"),
+        ],
+    );
+    let out = tap.wait_with_output().expect("tap ends after --limit");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let uids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).expect("a JSON line")["uid"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(uids, ["uid-2", "uid-4"], "the filter's output, two of it");
+    // The pipeline went on as if nobody had looked.
+    let got: Vec<serde_json::Value> = (0..3).map(|_| r.next_event()).collect();
+    assert_eq!(got[2]["uid"], "uid-5");
+    // A stage that does not exist is named, with the ones that do.
+    let out = bin()
+        .args(["tap", "--stage", "nosuch", "--api"])
+        .arg(format!("127.0.0.1:{port}"))
+        .output()
+        .expect("tap");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no stage `nosuch` (stages: out, src, warnings)"),
+        "{err}"
+    );
+    let _ = r.stop_ok();
+}
+
+#[test]
+fn a_tap_that_does_not_read_never_slows_the_pipeline_and_says_what_it_dropped() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().expect("tmp");
+    let (mut r, events, port) = tapped(dir.path());
+    // A listener that connects and then reads nothing.
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(
+        sock,
+        "GET /-/tap?stage=src HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    const N: usize = 20_000;
+    let lines: Vec<String> = (0..N).map(|i| sample_line(i, "Warning")).collect();
+    append(&events, &lines);
+    // Every event reaches stdout while the tap's reader sleeps.
+    for i in 0..N {
+        let e = r.next_event();
+        assert_eq!(e["uid"], format!("uid-{i}"));
+    }
+    // Now read what the tap kept: a report of what it dropped is in it.
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(3)))
+        .expect("timeout");
+    let mut body = Vec::new();
+    let mut buf = [0u8; 65536];
+    while let Ok(n) = sock.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        body.extend_from_slice(&buf[..n]);
+        if String::from_utf8_lossy(&body).contains("tap_dropped") {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        text.contains("{\"tap_dropped\":"),
+        "the stream says how many it dropped"
+    );
+    let _ = r.stop_ok();
+}
