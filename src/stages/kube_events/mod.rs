@@ -174,9 +174,9 @@ impl StageConfig for KubeEventsConfig {
                     .await
                     .map_err(|e| cx.failed(e))?;
             let state = cx.state.clone().unwrap_or_default();
-            let checkpoint = Checkpoint::open(&state.url, &cx.id)
-                .await
-                .map_err(|e| cx.error_from("state database", e))?;
+            let checkpoint = Checkpoint::open(&state.url, &cx.id).await.map_err(|e| {
+                cx.error_from("field `state.url`: the state database (its checkpoint)", e)
+            })?;
             Ok(Stage::Source(Box::new(KubeSource {
                 cfg: self.clone(),
                 client,

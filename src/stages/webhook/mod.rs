@@ -425,9 +425,12 @@ impl StageConfig for WebhookConfig {
             delivery.leadership = cx.leadership.clone();
             let queue = if self.durable {
                 let state = cx.state.clone().unwrap_or_default();
-                let store = queue::Store::open(&state.url)
-                    .await
-                    .map_err(|e| cx.error_from("state database", e))?;
+                let store = queue::Store::open(&state.url).await.map_err(|e| {
+                    cx.error_from(
+                        "field `state.url`: the state database (its durable queue)",
+                        e,
+                    )
+                })?;
                 Some((store, state.url))
             } else {
                 None
