@@ -463,6 +463,7 @@ fn tap_prints_the_events_leaving_a_stage_live() {
 #[test]
 fn a_tap_that_does_not_read_never_slows_the_pipeline_and_says_what_it_dropped() {
     use std::io::{Read, Write};
+    const N: usize = 20_000;
     let dir = tempfile::tempdir().expect("tmp");
     let (mut r, events, port) = tapped(dir.path());
     // A listener that connects and then reads nothing.
@@ -473,7 +474,6 @@ fn a_tap_that_does_not_read_never_slows_the_pipeline_and_says_what_it_dropped() 
     )
     .expect("request");
     std::thread::sleep(std::time::Duration::from_millis(300));
-    const N: usize = 20_000;
     let lines: Vec<String> = (0..N).map(|i| sample_line(i, "Warning")).collect();
     append(&events, &lines);
     // Every event reaches stdout while the tap's reader sleeps.
@@ -485,7 +485,7 @@ fn a_tap_that_does_not_read_never_slows_the_pipeline_and_says_what_it_dropped() 
     sock.set_read_timeout(Some(std::time::Duration::from_secs(3)))
         .expect("timeout");
     let mut body = Vec::new();
-    let mut buf = [0u8; 65536];
+    let mut buf = vec![0u8; 65536];
     while let Ok(n) = sock.read(&mut buf) {
         if n == 0 {
             break;
