@@ -584,13 +584,14 @@ pub fn delivery_id(events: &[Event]) -> String {
         h.update(e.resource_version.as_bytes());
         h.update(b"\n");
     }
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let d = h.finalize();
-    d.iter()
-        .take(16)
-        .fold(String::with_capacity(32), |mut s, b| {
-            s.push_str(&format!("{b:02x}"));
-            s
-        })
+    let mut s = String::with_capacity(32);
+    for b in d.iter().take(16) {
+        s.push(char::from(HEX[usize::from(b >> 4)]));
+        s.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    s
 }
 
 /// A `Retry-After` value: seconds, or an HTTP date.

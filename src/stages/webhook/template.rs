@@ -213,27 +213,32 @@ impl BodyTemplate {
             .map(|e| super::format::event_text(e, super::format::Markup::Plain))
             .collect::<Vec<_>>()
             .join("\n\n");
+        // The events become template values once; `events`, `raw` and `event` share them.
+        let list = Value::from(minijinja::value::Serde(&values));
+        let mut ctx: std::collections::BTreeMap<String, Value> = std::collections::BTreeMap::new();
         // One event: its fields at the top level too; the request's own names win.
-        let mut ctx = match values.as_slice() {
-            [one] => one.as_object().cloned().unwrap_or_default(),
-            _ => serde_json::Map::new(),
-        };
-        ctx.insert("events".into(), serde_json::Value::Array(values.clone()));
-        ctx.insert("raw".into(), serde_json::Value::Array(values.clone()));
+        if let [serde_json::Value::Object(one)] = values.as_slice() {
+            for (k, v) in one {
+                ctx.insert(k.clone(), Value::from(minijinja::value::Serde(v)));
+            }
+        }
         ctx.insert(
             "event".into(),
-            values.first().cloned().unwrap_or(serde_json::Value::Null),
+            list.get_item(&Value::from(0)).unwrap_or(Value::from(())),
         );
-        ctx.insert("count".into(), events.len().into());
-        ctx.insert("timestamp".into(), chrono::Utc::now().timestamp().into());
-        ctx.insert("msg".into(), msg.into());
+        ctx.insert("raw".into(), list.clone());
+        ctx.insert("events".into(), list);
+        ctx.insert("count".into(), Value::from(events.len()));
+        ctx.insert(
+            "timestamp".into(),
+            Value::from(chrono::Utc::now().timestamp()),
+        );
+        ctx.insert("msg".into(), Value::from(msg));
         let t = self
             .env
             .get_template("body")
             .map_err(TemplateError::Render)?;
-        let body = t
-            .render(Value::from(minijinja::value::Serde(&ctx)))
-            .map_err(TemplateError::Render)?;
+        let body = t.render(Value::from(ctx)).map_err(TemplateError::Render)?;
         serde_json::from_str::<serde::de::IgnoredAny>(&body).map_err(|e| {
             // The body holds event data and maybe secrets: show only a short, redacted
             // excerpt around the error, never the whole of it.
