@@ -577,6 +577,7 @@ pub fn body(events: &[Event], batched: bool) -> serde_json::Result<String> {
 
 /// `X-Eventflow-Delivery-Id`: stable for the same event versions.
 pub fn delivery_id(events: &[Event]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut h = Sha256::new();
     for e in events {
         h.update(e.uid.as_bytes());
@@ -584,7 +585,6 @@ pub fn delivery_id(events: &[Event]) -> String {
         h.update(e.resource_version.as_bytes());
         h.update(b"\n");
     }
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let d = h.finalize();
     let mut s = String::with_capacity(32);
     for b in d.iter().take(16) {
