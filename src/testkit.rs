@@ -54,15 +54,8 @@ impl PipelineBuilder {
 
     pub fn build(self) -> Pipeline {
         Pipeline {
-            path: None,
-            digest: None,
-            version: 1,
-            api: None,
             state: self.state,
-            leader_election: None,
-            stages: self.stages,
-            tests: Vec::new(),
-            disabled: None,
+            ..Pipeline::of_stages(self.stages)
         }
     }
 }

@@ -106,18 +106,7 @@ fn harness(
         );
         captures.insert(s.id.clone(), c);
     }
-    let pipeline = Pipeline {
-        path: None,
-        digest: None,
-        version: 1,
-        api: None,
-        state: None,
-        leader_election: None,
-        stages,
-        tests: Vec::new(),
-        disabled: None,
-    };
-    (pipeline, feeder, captures)
+    (Pipeline::of_stages(stages), feeder, captures)
 }
 
 async fn run_in(p: &Pipeline, case: &TestCase) -> Vec<String> {

@@ -110,6 +110,22 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+    /// A pipeline of `stages` with every header setting at its default (no file, no API, the
+    /// default state, no election, no test cases).
+    pub fn of_stages(stages: IndexMap<String, StageSpec>) -> Pipeline {
+        Pipeline {
+            path: None,
+            digest: None,
+            version: 1,
+            api: None,
+            state: None,
+            leader_election: None,
+            stages,
+            tests: Vec::new(),
+            disabled: None,
+        }
+    }
+
     /// Each stage's [`StageConfig::warnings`], as lines like a [`ConfigError`]'s (file, line
     /// and column, stage, field), prefixed `warning:`.
     pub fn warnings(&self) -> Vec<String> {
@@ -325,15 +341,8 @@ pub fn load_str(
         }
         return match k8m::translate(&root).map_err(fail)? {
             k8m::Translated::Disabled(why) => Ok(Pipeline {
-                path: None,
-                digest: None,
-                version: 1,
-                api: None,
-                state: None,
-                leader_election: None,
-                stages: IndexMap::new(),
-                tests: Vec::new(),
                 disabled: Some(why),
+                ..Pipeline::of_stages(IndexMap::new())
             }),
             // Values are substituted already: the translation is loaded without `${...}`.
             k8m::Translated::Pipeline(text) => load_str(

@@ -139,9 +139,7 @@ fn empty_like(p: &Pipeline) -> Pipeline {
         api: p.api.clone(),
         state: p.state.clone(),
         leader_election: p.leader_election.clone(),
-        stages: IndexMap::new(),
-        tests: Vec::new(),
-        disabled: None,
+        ..Pipeline::of_stages(IndexMap::new())
     }
 }
 
