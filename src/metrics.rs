@@ -183,25 +183,15 @@ pub fn update_process() {
     process_collector().collect();
 }
 
-/// The exposition text of `handle`, with `process_cpu_seconds_total` to the fraction of a
-/// second: the `metrics` crate's counters are integers, so its line is written again from the
-/// collector's own float (a process that used 0.46 s reads 0.46, not 0).
+/// The exposition text of `handle`. `process_cpu_seconds_total` is recorded as a float gauge
+/// (a `metrics` counter is an integer, so 0.46 s would read 0); it only ever grows, so it is
+/// declared the counter Prometheus expects.
 pub fn render(handle: &metrics_exporter_prometheus::PrometheusHandle) -> String {
-    const CPU: &str = "process_cpu_seconds_total ";
-    let text = handle.render();
-    let Some(cpu) = metrics_process::collector::collect().cpu_seconds_total else {
-        return text;
-    };
-    let mut out = String::with_capacity(text.len() + 16);
-    for line in text.lines() {
-        if line.starts_with(CPU) {
-            out.push_str(&format!("{CPU}{cpu}"));
-        } else {
-            out.push_str(line);
-        }
-        out.push('\n');
-    }
-    out
+    handle.render().replacen(
+        "# TYPE process_cpu_seconds_total gauge",
+        "# TYPE process_cpu_seconds_total counter",
+        1,
+    )
 }
 
 pub const PROCESSING: &str = "eventflow_stage_processing_seconds";
