@@ -140,16 +140,26 @@ fn every_bundled_pipeline_validates() {
     );
 }
 
-#[test]
-fn the_checked_in_schema_is_current() {
-    let out = bin().arg("schema").output().expect("schema");
-    assert!(out.status.success());
-    let checked_in =
-        std::fs::read_to_string(repo("schemas/pipeline.schema.json")).expect("schema file");
+/// The checked-in file `path` is what `eventflow ARGS` prints (it is generated); its text.
+fn generated_file_is_current(args: &[&str], path: &str) -> String {
+    let out = bin().args(args).output().expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let checked_in = std::fs::read_to_string(repo(path)).expect(path);
     assert!(
         checked_in == String::from_utf8_lossy(&out.stdout),
-        "schemas/pipeline.schema.json is stale: run `cargo run -- schema > schemas/pipeline.schema.json`"
+        "{path} is stale: run `cargo run -- {} > {path}`",
+        args.join(" ")
     );
+    checked_in
+}
+
+#[test]
+fn the_checked_in_schema_is_current() {
+    let checked_in = generated_file_is_current(&["schema"], "schemas/pipeline.schema.json");
     let schema: serde_json::Value = serde_json::from_str(&checked_in).expect("json");
     let filter = &schema["$defs"]["stage_filter"]["properties"];
     assert!(
@@ -164,17 +174,7 @@ fn the_checked_in_schema_is_current() {
 /// it with its type and default, and it cannot drift from what the loader accepts.
 #[test]
 fn the_reference_in_docs_is_current_and_covers_every_field() {
-    let out = bin()
-        .args(["schema", "--markdown"])
-        .output()
-        .expect("schema");
-    assert!(out.status.success());
-    let generated = String::from_utf8_lossy(&out.stdout);
-    let checked_in = std::fs::read_to_string(repo("docs/reference.md")).expect("docs/reference.md");
-    assert!(
-        checked_in == generated,
-        "docs/reference.md is stale: run `cargo run -- schema --markdown > docs/reference.md`"
-    );
+    let checked_in = generated_file_is_current(&["schema", "--markdown"], "docs/reference.md");
     let schema: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(repo("schemas/pipeline.schema.json")).expect("schema"),
     )
@@ -721,17 +721,9 @@ fn the_k8m_example_in_docs_validates_and_its_migration_is_current() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = bin()
-        .arg("migrate")
-        .arg(&example)
-        .output()
-        .expect("migrate");
-    assert!(out.status.success());
-    let checked_in = std::fs::read_to_string(repo("docs/examples/eventhandler.migrated.yaml"))
-        .expect("migrated");
-    assert!(
-        checked_in == String::from_utf8_lossy(&out.stdout),
-        "docs/examples/eventhandler.migrated.yaml is stale: run `cargo run -- migrate docs/examples/eventhandler.yaml > docs/examples/eventhandler.migrated.yaml`"
+    generated_file_is_current(
+        &["migrate", "docs/examples/eventhandler.yaml"],
+        "docs/examples/eventhandler.migrated.yaml",
     );
     let out = bin()
         .arg("validate")
