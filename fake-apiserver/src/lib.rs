@@ -9,6 +9,7 @@
 //! admin API under `/__fake/` drives it from another process (see the `fake-apiserver` binary).
 
 mod convert;
+pub mod objects;
 mod server;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -162,6 +163,8 @@ pub(crate) struct State {
     /// `coordination.k8s.io/v1` Leases by (namespace, name), with their own resourceVersions.
     pub leases: BTreeMap<(String, String), Value>,
     pub lease_rv: u64,
+    /// Namespaces, pods, workloads: see [`objects`].
+    pub objects_meta: objects::Objects,
 }
 
 pub(crate) struct Shared {
@@ -169,6 +172,8 @@ pub(crate) struct Shared {
     pub tx: broadcast::Sender<Change>,
     /// Lease writes, for Lease watches: (namespace, name, the Lease).
     pub lease_tx: broadcast::Sender<(String, String, Value)>,
+    /// Writes of [`objects`]: (resource, watch type, object).
+    pub objects_tx: broadcast::Sender<(String, &'static str, Arc<Value>)>,
     pub kick: broadcast::Sender<CloseMode>,
     pub changed: Notify,
     pub started: Instant,
@@ -395,9 +400,11 @@ impl FakeApiServer {
                 uid_seed: seed,
                 leases: BTreeMap::new(),
                 lease_rv: 0,
+                objects_meta: objects::Objects::default(),
             }),
             tx,
             lease_tx: broadcast::channel(256).0,
+            objects_tx: broadcast::channel(65_536).0,
             kick,
             changed: Notify::new(),
             started: Instant::now(),
@@ -457,6 +464,35 @@ impl FakeApiServer {
         let r = {
             let mut g = self.shared.lock();
             f(&mut g, &self.shared.tx)
+        };
+        self.shared.changed.notify_waiters();
+        r
+    }
+
+    /// Creates or replaces an object of one of [`objects::KINDS`] (a Namespace, Pod,
+    /// Deployment, ...: `apiVersion`, `kind` and `metadata` are what matters), as `enrich`'s
+    /// watches see it.
+    pub fn put_object(&self, o: Value) -> Result<Value, String> {
+        let r = {
+            let mut g = self.shared.lock();
+            let State {
+                rv, objects_meta, ..
+            } = &mut *g;
+            objects_meta.put(rv, &self.shared.objects_tx, o)
+        };
+        self.shared.changed.notify_waiters();
+        r
+    }
+
+    /// Deletes an object of `kind` (e.g. `Pod`); `None` if there was none.
+    pub fn delete_object(&self, kind: &str, ns: &str, name: &str) -> Option<Value> {
+        let resource = objects::resource_of_kind(kind)?;
+        let r = {
+            let mut g = self.shared.lock();
+            let State {
+                rv, objects_meta, ..
+            } = &mut *g;
+            objects_meta.delete(rv, &self.shared.objects_tx, &resource, ns, name)
         };
         self.shared.changed.notify_waiters();
         r

@@ -187,6 +187,17 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         }
         return leases(&shared, &parts.method, rest, &body).await;
     }
+    if let Some(t) = crate::objects::target(&path) {
+        return crate::objects::handle(
+            &shared,
+            &parts.method,
+            &path,
+            &query,
+            &params,
+            &parts.headers,
+            t,
+        );
+    }
     let Some(target) = parse_target(&path) else {
         return error(
             404,

@@ -64,9 +64,58 @@ pub struct EventData {
     /// Set on events that summarize others (`aggregate`, `rate_limit` with `summarize`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub summary: Option<Arc<Summary>>,
+    /// The involved object's labels (set by `enrich`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub object_labels: Option<Arc<Labels>>,
+    /// The involved object's annotations that `enrich` was told to copy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub object_annotations: Option<Arc<Labels>>,
+    /// The labels of the event's namespace (set by `enrich`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace_labels: Option<Arc<Labels>>,
+    /// The top controller of the involved object, e.g. `Deployment` (set by `enrich`).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub owner_kind: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub owner_name: String,
     /// The object as received (JSON text, already validated by the decoder).
     #[serde(skip)]
     pub raw: Option<Box<str>>,
+}
+
+/// Labels or annotations: key -> value, in key order.
+pub type Labels = std::collections::BTreeMap<String, String>;
+
+/// The three label maps `enrich` adds, by the prefix that names one of their keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LabelMap {
+    Object,
+    ObjectAnnotations,
+    Namespace,
+}
+
+impl LabelMap {
+    pub const ALL: [(&'static str, LabelMap); 3] = [
+        ("object_labels", LabelMap::Object),
+        ("object_annotations", LabelMap::ObjectAnnotations),
+        ("namespace_labels", LabelMap::Namespace),
+    ];
+
+    pub fn name(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, m)| *m == self)
+            .map_or("?", |(n, _)| *n)
+    }
+
+    /// The map in `e`, if set.
+    pub fn of(self, e: &EventData) -> Option<&Labels> {
+        match self {
+            LabelMap::Object => e.object_labels.as_deref(),
+            LabelMap::ObjectAnnotations => e.object_annotations.as_deref(),
+            LabelMap::Namespace => e.namespace_labels.as_deref(),
+        }
+    }
 }
 
 /// A realistic event with every field set: what `validate` renders templates against and
@@ -127,7 +176,7 @@ pub enum SummaryBy {
 }
 
 /// The fields that filters, keys and templates can name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Field {
     Cluster,
     Uid,
@@ -147,10 +196,14 @@ pub enum Field {
     Count,
     FirstSeen,
     LastSeen,
+    OwnerKind,
+    OwnerName,
+    /// One key of a label map, e.g. `object_labels.team` (empty when absent).
+    Label(LabelMap, Arc<str>),
 }
 
 impl Field {
-    pub const ALL: [(&'static str, Field); 18] = [
+    pub const ALL: [(&'static str, Field); 20] = [
         ("cluster", Field::Cluster),
         ("uid", Field::Uid),
         ("name", Field::Name),
@@ -169,17 +222,33 @@ impl Field {
         ("count", Field::Count),
         ("first_seen", Field::FirstSeen),
         ("last_seen", Field::LastSeen),
+        ("owner_kind", Field::OwnerKind),
+        ("owner_name", Field::OwnerName),
     ];
 
+    /// A field by name: one of [`Field::ALL`], or `object_labels.KEY`,
+    /// `object_annotations.KEY`, `namespace_labels.KEY`.
     pub fn parse(name: &str) -> Option<Field> {
-        Self::ALL.iter().find(|(n, _)| *n == name).map(|(_, f)| *f)
-    }
-
-    pub fn name(self) -> &'static str {
+        if let Some((map, key)) = name.split_once('.') {
+            let (_, m) = LabelMap::ALL.iter().find(|(n, _)| *n == map)?;
+            return (!key.is_empty()).then(|| Field::Label(*m, Arc::from(key)));
+        }
         Self::ALL
             .iter()
-            .find(|(_, f)| *f == self)
-            .map_or("?", |(n, _)| *n)
+            .find(|(n, _)| *n == name)
+            .map(|(_, f)| f.clone())
+    }
+
+    pub fn name(&self) -> Cow<'static, str> {
+        if let Field::Label(m, key) = self {
+            return Cow::Owned(format!("{}.{key}", m.name()));
+        }
+        Cow::Borrowed(
+            Self::ALL
+                .iter()
+                .find(|(_, f)| f == self)
+                .map_or("?", |(n, _)| *n),
+        )
     }
 }
 
@@ -189,7 +258,7 @@ impl<'de> Deserialize<'de> for Field {
         Field::parse(&s).ok_or_else(|| {
             let names: Vec<&str> = Field::ALL.iter().map(|(n, _)| *n).collect();
             serde::de::Error::custom(format!(
-                "unknown event field `{s}` (expected one of: {})",
+                "unknown event field `{s}` (expected one of: {}, or a label as `object_labels.KEY`, `namespace_labels.KEY`, `object_annotations.KEY`)",
                 names.join(", ")
             ))
         })
@@ -198,7 +267,7 @@ impl<'de> Deserialize<'de> for Field {
 
 impl Serialize for Field {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.name())
+        s.serialize_str(&self.name())
     }
 }
 
@@ -208,13 +277,19 @@ impl schemars::JsonSchema for Field {
     }
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         let names: Vec<&str> = Field::ALL.iter().map(|(n, _)| *n).collect();
-        schemars::json_schema!({"type": "string", "enum": names, "description": "A field of the normalized event."})
+        schemars::json_schema!({
+            "description": "A field of the normalized event, or one key of a label map that `enrich` adds (`object_labels.team`).",
+            "anyOf": [
+                {"type": "string", "enum": names},
+                {"type": "string", "pattern": "^(object_labels|object_annotations|namespace_labels)\\..+$"}
+            ]
+        })
     }
 }
 
 impl EventData {
     /// The value of a field as text.
-    pub fn get(&self, f: Field) -> Cow<'_, str> {
+    pub fn get(&self, f: &Field) -> Cow<'_, str> {
         match f {
             Field::Cluster => Cow::Borrowed(&self.cluster),
             Field::Uid => Cow::Borrowed(&self.uid),
@@ -234,6 +309,12 @@ impl EventData {
             Field::Count => Cow::Owned(self.count.to_string()),
             Field::FirstSeen => Cow::Owned(fmt_time(self.first_seen)),
             Field::LastSeen => Cow::Owned(fmt_time(self.last_seen)),
+            Field::OwnerKind => Cow::Borrowed(&self.owner_kind),
+            Field::OwnerName => Cow::Borrowed(&self.owner_name),
+            Field::Label(m, key) => m
+                .of(self)
+                .and_then(|l| l.get(&**key))
+                .map_or(Cow::Borrowed(""), |v| Cow::Borrowed(v.as_str())),
         }
     }
 }
@@ -332,6 +413,30 @@ impl Event {
     }
 
     /// When the event entered the pipeline.
+    /// This copy with its data changed by `f`, keeping its acknowledgement (the same
+    /// finalizers and position): in place when no other copy shares the data.
+    #[must_use]
+    pub fn modify(mut self, f: impl FnOnce(&mut EventData)) -> Event {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            f(&mut inner.data);
+            return self;
+        }
+        let mut data = self.inner.data.clone();
+        f(&mut data);
+        let e = Event {
+            inner: Arc::new(Inner {
+                data,
+                finalizers: self.inner.finalizers.clone(),
+                born: self.inner.born,
+                seq: self.inner.seq,
+            }),
+            done: AtomicBool::new(false),
+        };
+        // The outcome is the new copy's to give.
+        *self.done.get_mut() = true;
+        e
+    }
+
     pub fn born(&self) -> std::time::Instant {
         self.inner.born
     }
@@ -597,6 +702,11 @@ impl WireEvent<'_> {
             last_seen,
             api_version,
             summary: None,
+            object_labels: None,
+            object_annotations: None,
+            namespace_labels: None,
+            owner_kind: String::new(),
+            owner_name: String::new(),
             raw,
         })
     }
@@ -704,8 +814,8 @@ mod tests {
         assert_eq!(e.source, "kubelet");
         assert_eq!(e.host, "worker-2");
         assert_eq!(e.field_path, "spec.containers{web}");
-        assert_eq!(e.get(Field::LastSeen), "2024-05-01T10:09:42Z");
-        assert_eq!(e.get(Field::FirstSeen), "2024-05-01T10:01:10Z");
+        assert_eq!(e.get(&Field::LastSeen), "2024-05-01T10:09:42Z");
+        assert_eq!(e.get(&Field::FirstSeen), "2024-05-01T10:01:10Z");
         assert_eq!(e.api_version, ApiVersion::CoreV1);
         assert!(e.raw.is_some());
     }
@@ -718,8 +828,8 @@ mod tests {
             "series":{"count":5,"lastObservedTime":"2024-05-01T10:04:00.654321Z"},"reportingComponent":"default-scheduler","reportingInstance":"sched-1"}"#;
         let e = decode(j, &cluster()).unwrap();
         assert_eq!(e.count, 5);
-        assert_eq!(e.get(Field::LastSeen), "2024-05-01T10:04:00.654321Z");
-        assert_eq!(e.get(Field::FirstSeen), "2024-05-01T10:00:00.123456Z");
+        assert_eq!(e.get(&Field::LastSeen), "2024-05-01T10:04:00.654321Z");
+        assert_eq!(e.get(&Field::FirstSeen), "2024-05-01T10:00:00.123456Z");
         assert_eq!(e.source, "default-scheduler");
         assert_eq!(e.host, "sched-1");
     }
@@ -735,7 +845,7 @@ mod tests {
         assert_eq!(e.object_name, "web");
         assert_eq!(e.source, "default-scheduler");
         assert_eq!(e.count, 1);
-        assert_eq!(e.get(Field::LastSeen), "2024-05-01T10:00:00.123456Z");
+        assert_eq!(e.get(&Field::LastSeen), "2024-05-01T10:00:00.123456Z");
     }
 
     #[test]

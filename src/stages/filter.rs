@@ -6,6 +6,8 @@
 //! exactly the events that match *none* of the non-empty lists. A filter with no conditions
 //! keeps everything, reversed or not. Beyond the k8m event handler: `kinds`, `sources`, `clusters` (exact),
 //! `names` (globs on the involved object's name), `message` (a regex searched in the message),
+//! `labels`, `namespace_labels` (label key -> values, `*` = present) and `owners` (globs over
+//! `Kind/name` of the top controller), which read what an `enrich` stage added,
 //! and an `exclude:` block with the same fields, which drops what matches all of its non-empty
 //! conditions and wins over everything else. Dropped events are counted as
 //! `eventflow_events_discarded_total{reason="filtered"}`.
@@ -20,7 +22,7 @@ use crate::component::{
     StageKind, StageType, Step, Verdict,
 };
 use crate::event::Batch;
-use crate::event::EventData;
+use crate::event::{EventData, LabelMap};
 use crate::types::{Glob, Pattern};
 
 macro_rules! conditions {
@@ -53,9 +55,54 @@ macro_rules! conditions {
             /// Cluster names (exact match).
             #[serde(default)]
             pub clusters: Vec<String>,
+            /// Labels of the involved object (set by an `enrich` stage before this filter):
+            /// label key -> accepted values (exact); `"*"` accepts any value of a present key.
+            /// Every listed key must match.
+            #[serde(default)]
+            pub labels: std::collections::BTreeMap<String, Vec<String>>,
+            /// Labels of the event's namespace (set by `enrich`), like `labels`.
+            #[serde(default)]
+            pub namespace_labels: std::collections::BTreeMap<String, Vec<String>>,
+            /// Globs over the top controller of the involved object as `Kind/name` (set by
+            /// `enrich`), e.g. `Deployment/payments-*`.
+            #[serde(default)]
+            pub owners: Vec<Glob>,
             $($extra)*
         }
+
+        impl $name {
+            fn rules(&self) -> Rules {
+                Rules::new(&Lists {
+                    namespaces: &self.namespaces,
+                    reasons: &self.reasons,
+                    types: &self.types,
+                    kinds: &self.kinds,
+                    names: &self.names,
+                    message: self.message.as_ref(),
+                    sources: &self.sources,
+                    clusters: &self.clusters,
+                    labels: &self.labels,
+                    namespace_labels: &self.namespace_labels,
+                    owners: &self.owners,
+                })
+            }
+        }
     };
+}
+
+/// The conditions of a filter or of its `exclude:` block, borrowed.
+struct Lists<'a> {
+    namespaces: &'a [String],
+    reasons: &'a [String],
+    types: &'a [String],
+    kinds: &'a [String],
+    names: &'a [Glob],
+    message: Option<&'a Pattern>,
+    sources: &'a [String],
+    clusters: &'a [String],
+    labels: &'a std::collections::BTreeMap<String, Vec<String>>,
+    namespace_labels: &'a std::collections::BTreeMap<String, Vec<String>>,
+    owners: &'a [Glob],
 }
 
 conditions!(
@@ -91,6 +138,26 @@ enum Test {
     Exact(&'static str, &'static str, Getter, Vec<String>),
     Names(Vec<Glob>),
     Message(Pattern),
+    /// The list's name, which map, key -> accepted values (`*`: present).
+    Labels(&'static str, LabelMap, Vec<(String, Vec<String>)>),
+    Owners(Vec<Glob>),
+}
+
+/// `Kind/name` of the event's top controller, or empty.
+fn owner_of(e: &EventData) -> String {
+    if e.owner_kind.is_empty() {
+        String::new()
+    } else {
+        format!("{}/{}", e.owner_kind, e.owner_name)
+    }
+}
+
+fn globs_text(globs: &[Glob]) -> String {
+    globs
+        .iter()
+        .map(|g| g.text.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl Test {
@@ -103,14 +170,35 @@ impl Test {
             }
             Test::Names(globs) => format!(
                 "`names: [{}]`: object name is `{}`",
-                globs
-                    .iter()
-                    .map(|g| g.text.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                globs_text(globs),
                 e.object_name
             ),
             Test::Message(p) => format!("`message: {}`: searched in `{}`", p.0.as_str(), e.message),
+            Test::Labels(list_name, map, wanted) => {
+                let have = map.of(e);
+                let parts: Vec<String> = wanted
+                    .iter()
+                    .map(|(k, values)| {
+                        let v = have.and_then(|l| l.get(k));
+                        format!(
+                            "{k} in [{}] (has {})",
+                            values.join(", "),
+                            v.map_or_else(|| "no such label".to_string(), |v| format!("`{v}`"))
+                        )
+                    })
+                    .collect();
+                let note = if have.is_none() {
+                    " — the event has no labels: is an `enrich` stage before this filter?"
+                } else {
+                    ""
+                };
+                format!("`{list_name}`: {}{note}", parts.join("; "))
+            }
+            Test::Owners(globs) => format!(
+                "`owners: [{}]`: owner is `{}`",
+                globs_text(globs),
+                owner_of(e)
+            ),
         }
     }
 
@@ -122,41 +210,58 @@ impl Test {
             }
             Test::Names(globs) => globs.iter().any(|g| g.matcher.is_match(&e.object_name)),
             Test::Message(p) => p.0.is_match(&e.message),
+            Test::Labels(_, map, wanted) => {
+                let Some(have) = map.of(e) else {
+                    return false;
+                };
+                wanted.iter().all(|(k, values)| {
+                    have.get(k)
+                        .is_some_and(|v| values.iter().any(|x| x == "*" || x == v))
+                })
+            }
+            Test::Owners(globs) => {
+                !e.owner_kind.is_empty() && {
+                    let owner = owner_of(e);
+                    globs.iter().any(|g| g.matcher.is_match(&owner))
+                }
+            }
         }
     }
 }
 
 impl Rules {
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        namespaces: &[String],
-        reasons: &[String],
-        types: &[String],
-        kinds: &[String],
-        names: &[Glob],
-        message: Option<&Pattern>,
-        sources: &[String],
-        clusters: &[String],
-    ) -> Rules {
+    fn new(l: &Lists<'_>) -> Rules {
         let mut tests = Vec::new();
         let exact: [(&str, &str, Getter, &[String]); 6] = [
-            ("namespaces", "namespace", |e| &e.namespace, namespaces),
-            ("reasons", "reason", |e| &e.reason, reasons),
-            ("types", "type", |e| &e.type_, types),
-            ("kinds", "kind", |e| &e.kind, kinds),
-            ("sources", "source", |e| &e.source, sources),
-            ("clusters", "cluster", |e| &e.cluster, clusters),
+            ("namespaces", "namespace", |e| &e.namespace, l.namespaces),
+            ("reasons", "reason", |e| &e.reason, l.reasons),
+            ("types", "type", |e| &e.type_, l.types),
+            ("kinds", "kind", |e| &e.kind, l.kinds),
+            ("sources", "source", |e| &e.source, l.sources),
+            ("clusters", "cluster", |e| &e.cluster, l.clusters),
         ];
         for (list, field, get, values) in exact {
             if !values.is_empty() {
                 tests.push(Test::Exact(list, field, get, values.to_vec()));
             }
         }
-        if !names.is_empty() {
-            tests.push(Test::Names(names.to_vec()));
+        if !l.names.is_empty() {
+            tests.push(Test::Names(l.names.to_vec()));
         }
-        if let Some(p) = message {
+        if let Some(p) = l.message {
             tests.push(Test::Message(p.clone()));
+        }
+        for (list, map, wanted) in [
+            ("labels", LabelMap::Object, l.labels),
+            ("namespace_labels", LabelMap::Namespace, l.namespace_labels),
+        ] {
+            if !wanted.is_empty() {
+                let pairs = wanted.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                tests.push(Test::Labels(list, map, pairs));
+            }
+        }
+        if !l.owners.is_empty() {
+            tests.push(Test::Owners(l.owners.to_vec()));
         }
         Rules { tests }
     }
@@ -182,31 +287,11 @@ pub struct Matcher {
 
 impl Matcher {
     pub fn new(c: &FilterConfig) -> Matcher {
-        let include = Rules::new(
-            &c.namespaces,
-            &c.reasons,
-            &c.types,
-            &c.kinds,
-            &c.names,
-            c.message.as_ref(),
-            &c.sources,
-            &c.clusters,
-        );
+        let include = c.rules();
         let exclude = c
             .exclude
             .as_ref()
-            .map(|x| {
-                Rules::new(
-                    &x.namespaces,
-                    &x.reasons,
-                    &x.types,
-                    &x.kinds,
-                    &x.names,
-                    x.message.as_ref(),
-                    &x.sources,
-                    &x.clusters,
-                )
-            })
+            .map(Conditions::rules)
             .filter(|r| !r.tests.is_empty());
         Matcher {
             include,

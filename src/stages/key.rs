@@ -20,7 +20,7 @@ impl KeySpec {
             if i > 0 {
                 buf.push(sep);
             }
-            buf.push_str(&e.get(*f));
+            buf.push_str(&e.get(f));
         }
     }
 
@@ -37,7 +37,7 @@ impl KeySpec {
             "key [{}] is `{}`",
             self.0
                 .iter()
-                .map(|f| f.name())
+                .map(Field::name)
                 .collect::<Vec<_>>()
                 .join(", "),
             self.joined(e, '/')

@@ -8,6 +8,7 @@
 pub mod aggregate;
 pub mod batch;
 pub mod dedup;
+pub mod enrich;
 pub mod file;
 pub mod filter;
 pub mod key;
@@ -24,6 +25,7 @@ use crate::component::Registry;
 pub static REGISTRY: Registry = Registry(&[
     kube_events::TYPE,
     file::TYPE,
+    enrich::TYPE,
     filter::TYPE,
     dedup::TYPE,
     aggregate::TYPE,

@@ -347,7 +347,7 @@ impl RateLimit {
             let what: Vec<String> = key
                 .0
                 .iter()
-                .map(|field| format!("{} {}", field.name(), data.get(*field)))
+                .map(|field| format!("{} {}", field.name(), data.get(field)))
                 .collect();
             let text = if what.is_empty() {
                 format!("{} more events suppressed since {since_text}", f.events)

@@ -65,6 +65,11 @@ enum Val {
     Host,
     ResourceVersion,
     Raw,
+    /// The label maps `enrich` added, as one JSON object (`object`, `namespace`,
+    /// `annotations`), or NULL.
+    Labels,
+    OwnerKind,
+    OwnerName,
 }
 
 const fn col(name: &'static str, kind: ColKind, value: Option<Val>, updated: bool) -> Col {
@@ -117,6 +122,9 @@ const COLUMNS: &[Col] = &[
         true,
     ),
     col("raw", K::LongText, Some(Val::Raw), true),
+    col("labels", K::Text, Some(Val::Labels), true),
+    col("owner_kind", K::Short, Some(Val::OwnerKind), true),
+    col("owner_name", K::Short, Some(Val::OwnerName), true),
 ];
 
 /// The columns an upsert writes, in bind order.
@@ -321,6 +329,26 @@ enum Bound<'a> {
     Int(i64),
     Time(DateTime<Utc>),
     OptTime(Option<DateTime<Utc>>),
+    OptString(Option<String>),
+}
+
+/// The `labels` column: `{"object": {...}, "namespace": {...}, "annotations": {...}}` with the
+/// maps `enrich` set, or `None` when it set none.
+fn labels_json(e: &crate::event::EventData) -> Option<String> {
+    let mut o = serde_json::Map::new();
+    for (name, map) in [
+        ("object", &e.object_labels),
+        ("namespace", &e.namespace_labels),
+        ("annotations", &e.object_annotations),
+    ] {
+        if let Some(m) = map {
+            o.insert(
+                name.to_string(),
+                serde_json::to_value(&**m).unwrap_or_default(),
+            );
+        }
+    }
+    (!o.is_empty()).then(|| serde_json::Value::Object(o).to_string())
 }
 
 impl<'a> RowRef<'a> {
@@ -350,6 +378,9 @@ impl<'a> RowRef<'a> {
             Val::Host => Bound::Str(&e.host),
             Val::ResourceVersion => Bound::Str(&e.resource_version),
             Val::Raw => Bound::OptStr(e.raw.as_deref()),
+            Val::Labels => Bound::OptString(labels_json(e)),
+            Val::OwnerKind => Bound::Str(&e.owner_kind),
+            Val::OwnerName => Bound::Str(&e.owner_name),
         }
     }
 
@@ -361,6 +392,7 @@ impl<'a> RowRef<'a> {
             let value = match self.value(v) {
                 Bound::Str(x) => x.into(),
                 Bound::OptStr(x) => x.map_or(serde_json::Value::Null, Into::into),
+                Bound::OptString(x) => x.map_or(serde_json::Value::Null, Into::into),
                 Bound::Int(x) => x.into(),
                 Bound::Time(t) => time(t),
                 Bound::OptTime(t) => t.map_or(serde_json::Value::Null, time),
@@ -398,6 +430,7 @@ impl Db {
                         q = match r.value(v) {
                             Bound::Str(x) => q.bind(x),
                             Bound::OptStr(x) => q.bind(x),
+                            Bound::OptString(x) => q.bind(x),
                             Bound::Int(x) => q.bind(x),
                             Bound::Time(x) => q.bind(x),
                             Bound::OptTime(x) => q.bind(x),

@@ -190,8 +190,17 @@ impl BodyTemplate {
                     (Some(line), None) => format!(" line {line}"),
                     _ => String::new(),
                 };
+                let hint = if err.kind() == minijinja::ErrorKind::UndefinedError
+                    && ["object_labels.", "namespace_labels.", "object_annotations."]
+                        .iter()
+                        .any(|m| self.source.contains(m))
+                {
+                    "; a label can be absent (an event `enrich` found no labels for), so give it a default: `{{ object_labels.team | default(\"none\") }}`"
+                } else {
+                    ""
+                };
                 format!(
-                    "template{at}: {} (rendering {what})",
+                    "template{at}: {} (rendering {what}){hint}",
                     err.detail()
                         .map_or_else(|| err.kind().to_string(), str::to_string)
                 )
@@ -280,7 +289,9 @@ impl schemars::JsonSchema for TemplateField {
 }
 
 /// An event as a template sees it: its fields, `summary` null when it is not a summary (so
-/// `{% if summary %}` works under strict undefined).
+/// `{% if summary %}` works under strict undefined), and the fields `enrich` adds present even
+/// on an event it did not enrich (empty maps and texts), so `{{ object_labels.team |
+/// default("none") }}` works on every event.
 fn event_value(e: &crate::event::EventData) -> serde_json::Value {
     let mut v = crate::event::to_json(e, false)
         .ok()
@@ -288,6 +299,14 @@ fn event_value(e: &crate::event::EventData) -> serde_json::Value {
         .unwrap_or(serde_json::Value::Null);
     if let Some(o) = v.as_object_mut() {
         o.entry("summary").or_insert(serde_json::Value::Null);
+        for (map, _) in crate::event::LabelMap::ALL {
+            o.entry(map)
+                .or_insert_with(|| serde_json::Value::Object(serde_json::Map::new()));
+        }
+        for text in ["owner_kind", "owner_name"] {
+            o.entry(text)
+                .or_insert_with(|| serde_json::Value::String(String::new()));
+        }
     }
     v
 }
