@@ -296,3 +296,19 @@ fn ten_thousand_events_about_a_thousand_objects_make_no_api_request_per_event() 
         "only the watches: {object_requests:#?}"
     );
 }
+
+#[test]
+fn the_route_by_team_example_passes_its_own_cases() {
+    let out = bin()
+        .args(["test", "pipelines/examples/route-by-team.yaml"])
+        .current_dir(repo("."))
+        .output()
+        .expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("3 passed; 0 failed"), "{text}");
+}

@@ -55,6 +55,8 @@ struct World {
     samples: PathBuf,
     hook: String,
     n: usize,
+    /// A kubeconfig for the fake API server, for `enrich`.
+    kubeconfig: Option<PathBuf>,
 }
 
 impl World {
@@ -64,6 +66,7 @@ impl World {
             dir: tempfile::tempdir().expect("tmp"),
             samples: repo("pipelines/samples/events.json"),
             hook,
+            kubeconfig: None,
             n: 0,
         }
     }
@@ -172,6 +175,13 @@ stages:
             "webhook" => format!(
                 "{src}  x:\n    type: webhook\n    inputs: [src]\n    url: {}\n{extra}",
                 self.hook
+            ),
+            "enrich" => format!(
+                "{src}  x:\n    type: enrich\n    inputs: [src]\n    kubeconfig: {}\n{extra}{}",
+                self.kubeconfig
+                    .as_ref()
+                    .map_or_else(String::new, |k| k.display().to_string()),
+                sink("x")
             ),
             "rate_limit" => format!(
                 "{src}  x:\n    type: rate_limit\n    inputs: [src]\n    limit: 100\n{extra}{}",
@@ -359,6 +369,7 @@ fn every_boundary_value_of_every_numeric_field_is_refused_or_runs() {
         .expect("fake");
     let kc = w.dir.path().join("kubeconfig");
     fake.write_kubeconfig(&kc, None).expect("kubeconfig");
+    w.kubeconfig = Some(kc.clone());
     for i in 0..20 {
         create_event(&fake, "default", &format!("b-{i}.1"), "BackOff", "Warning");
     }

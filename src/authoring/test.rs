@@ -88,7 +88,11 @@ fn harness(
                 );
             }
             StageKind::Transform => {
-                stages.insert(s.id.clone(), s.clone());
+                let spec = match s.config.offline() {
+                    Some(c) => spec(&s.id, s.type_name, StageKind::Transform, &inputs, c, 0),
+                    None => s.clone(),
+                };
+                stages.insert(s.id.clone(), spec);
             }
         }
         let tap = format!("{TAP}{}", s.id);

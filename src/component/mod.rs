@@ -249,8 +249,34 @@ pub trait StageConfig: fmt::Debug + Send + Sync + 'static {
         )
     }
 
+    /// What `eventflow test` runs in place of this transform when it needs what a test does
+    /// not have (a cluster to watch): `None` runs the stage itself.
+    fn offline(&self) -> Option<Arc<dyn StageConfig>> {
+        None
+    }
+
     /// Builds a runnable instance.
     fn build<'a>(&'a self, cx: &'a BuildContext) -> BoxFuture<'a, Result<Stage, BuildError>>;
+}
+
+/// A transform that passes every event on unchanged (see [`StageConfig::offline`]).
+#[derive(Debug)]
+pub struct Passthrough;
+
+impl FunctionTransform for Passthrough {
+    fn transform(&mut self, batch: Batch) -> Batch {
+        batch
+    }
+}
+
+impl StageConfig for Passthrough {
+    fn build<'a>(&'a self, _cx: &'a BuildContext) -> BoxFuture<'a, Result<Stage, BuildError>> {
+        Box::pin(async {
+            Ok(Stage::Transform(
+                Box::new(Function(Passthrough)) as Box<dyn Transform>
+            ))
+        })
+    }
 }
 
 /// A built, not yet running, stage.
