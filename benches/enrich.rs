@@ -26,13 +26,13 @@ const PODS: usize = 100_000;
 const NAMESPACES: usize = 100;
 const WORKLOADS: usize = 1_000;
 
-fn labels(pairs: &[(&str, String)]) -> Option<Arc<Labels>> {
-    Some(Arc::new(
+fn labels(pairs: &[(&str, String)]) -> Arc<Labels> {
+    Arc::new(
         pairs
             .iter()
             .map(|(k, v)| ((*k).to_string(), v.clone()))
             .collect(),
-    ))
+    )
 }
 
 fn rss_kb() -> u64 {
@@ -65,7 +65,7 @@ fn filled() -> (Enricher, usize) {
             "",
             &format!("ns-{n}"),
             Meta {
-                labels: labels(&[("team", format!("team-{}", n % 10))]),
+                labels: Some(labels(&[("team", format!("team-{}", n % 10))])),
                 ..Meta::default()
             },
         );
@@ -77,7 +77,7 @@ fn filled() -> (Enricher, usize) {
             &ns,
             &format!("app-{w}"),
             Meta {
-                labels: labels(&[("app", format!("app-{w}"))]),
+                labels: Some(labels(&[("app", format!("app-{w}"))])),
                 ..Meta::default()
             },
         );
@@ -86,7 +86,7 @@ fn filled() -> (Enricher, usize) {
             &ns,
             &format!("app-{w}-7d9f4c"),
             Meta {
-                labels: labels(&[("app", format!("app-{w}"))]),
+                labels: Some(labels(&[("app", format!("app-{w}"))])),
                 controller: Some(("Deployment".into(), format!("app-{w}").into())),
                 ..Meta::default()
             },
@@ -99,11 +99,11 @@ fn filled() -> (Enricher, usize) {
             &format!("ns-{}", w % NAMESPACES),
             &format!("app-{w}-7d9f4c-{p:05}"),
             Meta {
-                labels: labels(&[
+                labels: Some(labels(&[
                     ("app", format!("app-{w}")),
                     ("pod-template-hash", "7d9f4c".into()),
                     ("tier", "backend".into()),
-                ]),
+                ])),
                 controller: Some(("ReplicaSet".into(), format!("app-{w}-7d9f4c").into())),
                 ..Meta::default()
             },
