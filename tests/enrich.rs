@@ -69,11 +69,15 @@ fn pod_event(fake: &FakeApiServer, ns: &str, pod: &str, n: usize) {
 }
 
 fn pipeline(dir: &Path, kc: &Path, route: &str) -> std::path::PathBuf {
+    pipeline_waiting(dir, kc, route, "500ms")
+}
+
+fn pipeline_waiting(dir: &Path, kc: &Path, route: &str, wait: &str) -> std::path::PathBuf {
     write(
         dir,
         "pipeline.yaml",
         &format!(
-            "api:\n  listen: 127.0.0.1:0\nstate:\n  url: sqlite://{state}\nstages:\n  k8s:\n    type: kube_events\n    kubeconfig: {kc}\n  who:\n    type: enrich\n    inputs: [k8s]\n    kubeconfig: {kc}\n    object_annotations: [pager.example.com/rotation]\n    wait_for_cache: 500ms\n  route:\n    type: filter\n    inputs: [who]\n{route}  out:\n    type: stdout\n    inputs: [route]\n",
+            "api:\n  listen: 127.0.0.1:0\nstate:\n  url: sqlite://{state}\nstages:\n  k8s:\n    type: kube_events\n    kubeconfig: {kc}\n  who:\n    type: enrich\n    inputs: [k8s]\n    kubeconfig: {kc}\n    object_annotations: [pager.example.com/rotation]\n    wait_for_cache: {wait}\n  route:\n    type: filter\n    inputs: [who]\n{route}  out:\n    type: stdout\n    inputs: [route]\n",
             state = dir.join("state.db").display(),
             kc = kc.display(),
         ),
@@ -173,6 +177,43 @@ fn events_carry_labels_and_owner_and_route_by_namespace_label() {
     );
     r.no_event_within(Duration::from_millis(300));
     r.stop_ok();
+}
+
+#[test]
+fn a_forbidden_kind_does_not_hold_events_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_rt, fake, kc) = fake_cluster(dir.path());
+    fake.faults(|f| f.forbid_resources = vec!["pods".into()]);
+    put(
+        &fake,
+        object("v1", "Namespace", "", "pay", json!({"team": "payments"})),
+    );
+    workload(&fake, "pay", "api", "api-1", json!({"app": "api"}));
+    let p = pipeline_waiting(dir.path(), &kc, "    types: [Warning]\n", "30s");
+    let mut r = Running::start(&[], &p);
+    let port = r.api_port();
+    let started = std::time::Instant::now();
+    pod_event(&fake, "pay", "api-1", 1);
+    let e = r.next_event();
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "waited {:?} for a kind it may not watch",
+        started.elapsed()
+    );
+    assert!(e.get("object_labels").is_none(), "{e}");
+    assert_eq!(e["namespace_labels"]["team"], "payments", "{e}");
+    assert!(
+        metric(
+            port,
+            "eventflow_enrich_watch_errors_total{stage=\"who\",kind=\"Pod\"}"
+        ) >= 1
+    );
+    let (_, logs) = r.stop_ok();
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("cannot watch this kind") && l.contains("Pod")),
+        "{logs:#?}"
+    );
 }
 
 #[test]

@@ -300,6 +300,9 @@ async fn rows_columns_and_upserts_on_repeats(b: Backend) {
         "host",
         "resource_version",
         "raw",
+        "labels",
+        "owner_kind",
+        "owner_name",
     ] {
         assert!(
             cols.iter().any(|x| x == c),
@@ -309,6 +312,78 @@ async fn rows_columns_and_upserts_on_repeats(b: Backend) {
     }
 }
 on_every_backend!(async rows_columns_and_upserts_on_repeats);
+
+/// `(evt_key, labels, owner_kind, owner_name)` of every row.
+async fn label_rows(db: &Db, table: &str) -> Vec<(String, Option<String>, String, String)> {
+    let sql =
+        format!("SELECT evt_key, labels, owner_kind, owner_name FROM {table} ORDER BY evt_key");
+    macro_rules! fetch {
+        ($pool:expr) => {{
+            use sqlx::Row as _;
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .fetch_all($pool)
+                .await
+                .expect("select")
+                .iter()
+                .map(|r| {
+                    let text = |i: usize| {
+                        r.try_get::<Option<String>, _>(i)
+                            .expect("column")
+                            .unwrap_or_default()
+                    };
+                    (
+                        text(0),
+                        r.try_get::<Option<String>, _>(1).expect("labels"),
+                        text(2),
+                        text(3),
+                    )
+                })
+                .collect()
+        }};
+    }
+    match db {
+        Db::Sqlite(p) => fetch!(p),
+        Db::Postgres(p) => fetch!(p),
+        Db::MySql(p) => fetch!(p),
+    }
+}
+
+async fn enriched_events_store_their_labels_and_owner(b: Backend) {
+    let table = table_name("labels");
+    let map = |pairs: &[(&str, &str)]| {
+        Some(std::sync::Arc::new(
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+                .collect::<eventflow::event::Labels>(),
+        ))
+    };
+    let enriched = EventData {
+        object_labels: map(&[("app", "api"), ("tier", "back'end")]),
+        namespace_labels: map(&[("team", "payments")]),
+        owner_kind: "Deployment".into(),
+        owner_name: "api".into(),
+        ..ev("l1", 1, "m")
+    };
+    let statuses = store(&b.url, &table, "", vec![vec![enriched, ev("l2", 1, "m")]]).await;
+    assert_eq!(statuses, vec![Status::Delivered], "{}", b.name);
+    let got = label_rows(&connect(&b.url).await, &table).await;
+    let labels: serde_json::Value =
+        serde_json::from_str(got[0].1.as_deref().expect("labels set")).expect("JSON");
+    assert_eq!(
+        labels,
+        serde_json::json!({"object": {"app": "api", "tier": "back'end"}, "namespace": {"team": "payments"}}),
+        "{}",
+        b.name
+    );
+    assert_eq!(
+        (got[0].2.as_str(), got[0].3.as_str()),
+        ("Deployment", "api")
+    );
+    assert_eq!(got[1].1, None, "{}: no labels, NULL", b.name);
+    assert_eq!(got[1].2, "");
+}
+on_every_backend!(async enriched_events_store_their_labels_and_owner);
 
 async fn hostile_values_are_stored_intact(b: Backend) {
     let big: String = "0123456789abcdef".repeat(4096); // 64 KiB

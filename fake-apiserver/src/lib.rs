@@ -5,7 +5,9 @@
 //! `/api/v1` and `/apis/events.k8s.io/v1` (converted on output); list with pagination and
 //! continue tokens; watch with history replay from a resourceVersion, bookmarks and 410
 //! expiry as a `200` + `ERROR` event; create / patch / put / delete so tests can inject
-//! events; fault knobs ([`Faults`]) and wait-for-condition helpers instead of sleeps. The
+//! events; the objects Events are about (namespaces, pods, workloads: [`objects`]) with list,
+//! watch and the metadata-only form; Leases; fault knobs ([`Faults`]) and wait-for-condition
+//! helpers instead of sleeps. The
 //! admin API under `/__fake/` drives it from another process (see the `fake-apiserver` binary).
 
 mod convert;
@@ -91,6 +93,9 @@ pub struct Faults {
     pub require_bearer: Option<String>,
     /// Answer 403 to these verbs (`list`, `watch`, `create`, ...); `*` is every verb.
     pub forbid: Vec<String>,
+    /// Answer 403 to every request for these resources of [`objects::KINDS`] (plurals:
+    /// `pods`, `replicasets`): a service account without those permissions.
+    pub forbid_resources: Vec<String>,
     /// Delete Events older than this (by creation time), as the real `--event-ttl` does.
     pub event_ttl: Option<Duration>,
     /// Lease writes (`PUT`) that would make this identity the holder are not answered (the

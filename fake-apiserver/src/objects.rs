@@ -256,8 +256,10 @@ pub(crate) fn handle(
                 .map(str::to_string),
             at_ms: u64::try_from(shared.started.elapsed().as_millis()).unwrap_or(u64::MAX),
         });
-        if g.faults.forbid.iter().any(|v| v == "*" || v == verb) {
-            let plural = resource.rsplit('/').next().unwrap_or_default();
+        let plural = resource.rsplit('/').next().unwrap_or_default();
+        if g.faults.forbid.iter().any(|v| v == "*" || v == verb)
+            || g.faults.forbid_resources.iter().any(|r| r == plural)
+        {
             return status(
                 403,
                 "Forbidden",

@@ -432,6 +432,61 @@ mod tests {
         }
     }
 
+    fn labelled(
+        ns_team: Option<&str>,
+        app: Option<&str>,
+        owner: Option<(&str, &str)>,
+    ) -> EventData {
+        let map = |k: &str, v: Option<&str>| {
+            v.map(|v| std::sync::Arc::new(crate::event::Labels::from([(k.into(), v.into())])))
+        };
+        let (owner_kind, owner_name) = owner.unwrap_or(("", ""));
+        EventData {
+            namespace_labels: map("team", ns_team),
+            object_labels: map("app", app),
+            owner_kind: owner_kind.into(),
+            owner_name: owner_name.into(),
+            ..ev("shop", "BackOff", "Warning")
+        }
+    }
+
+    #[test]
+    fn labels_namespace_labels_and_owners_read_what_enrich_added() {
+        let by_team = matcher("namespace_labels: {team: [payments, billing]}");
+        assert!(by_team.keep(&labelled(Some("payments"), None, None)));
+        assert!(!by_team.keep(&labelled(Some("web"), None, None)));
+        assert!(
+            !by_team.keep(&labelled(None, None, None)),
+            "no labels: no match"
+        );
+
+        let any_team = matcher("namespace_labels: {team: ['*']}\nreverse: true");
+        assert!(any_team.keep(&labelled(None, None, None)), "unowned kept");
+        assert!(!any_team.keep(&labelled(Some("x"), None, None)));
+
+        let both = matcher("labels: {app: [api]}\nnamespace_labels: {team: [payments]}");
+        assert!(both.keep(&labelled(Some("payments"), Some("api"), None)));
+        assert!(!both.keep(&labelled(Some("payments"), Some("web"), None)));
+
+        let owners = matcher("owners: ['Deployment/pay*']");
+        assert!(owners.keep(&labelled(None, None, Some(("Deployment", "payments-api")))));
+        assert!(!owners.keep(&labelled(None, None, Some(("StatefulSet", "payments-db")))));
+        assert!(!owners.keep(&labelled(None, None, None)));
+
+        let ex = matcher("exclude:\n  labels: {app: [noisy]}");
+        assert!(!ex.keep(&labelled(None, Some("noisy"), None)));
+        assert!(ex.keep(&labelled(None, Some("api"), None)));
+        assert!(ex.keep(&labelled(None, None, None)));
+
+        let text = by_team.explain(&labelled(None, None, None)).steps[0]
+            .text
+            .clone();
+        assert!(
+            text.contains("is an `enrich` stage before this filter"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn seed_rules_table() {
         // (rules, namespace, reason, type, kept?)

@@ -72,3 +72,34 @@ mod tests {
         assert_eq!(k.joined(&a, '/'), "a/b/c");
     }
 }
+
+#[cfg(test)]
+mod label_tests {
+    use super::*;
+
+    #[test]
+    fn a_key_can_name_one_label_and_the_owner() {
+        let f: Vec<Field> = serde_json::from_str(
+            r#"["namespace_labels.team", "object_labels.app", "owner_kind", "owner_name"]"#,
+        )
+        .unwrap();
+        let k = KeySpec(f);
+        let e = EventData {
+            namespace_labels: Some(std::sync::Arc::new(crate::event::Labels::from([(
+                "team".into(),
+                "payments".into(),
+            )]))),
+            owner_kind: "Deployment".into(),
+            owner_name: "api".into(),
+            ..EventData::default()
+        };
+        assert_eq!(k.joined(&e, '/'), "payments//Deployment/api");
+        assert_eq!(
+            k.describe(&e),
+            "key [namespace_labels.team, object_labels.app, owner_kind, owner_name] is `payments//Deployment/api`"
+        );
+        let bad = serde_json::from_str::<Vec<Field>>(r#"["labels.team"]"#).unwrap_err();
+        assert!(bad.to_string().contains("object_labels.KEY"), "{bad}");
+        assert!(serde_json::from_str::<Vec<Field>>(r#"["object_labels."]"#).is_err());
+    }
+}

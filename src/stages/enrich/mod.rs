@@ -575,3 +575,106 @@ pub const TYPE: StageType = StageType {
     schema: crate::component::schema_of::<EnrichConfig>,
     describe: telemetry::describe,
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::yaml;
+
+    fn cfg(text: &str) -> EnrichConfig {
+        yaml::from_node(&yaml::parse(text).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn validation_names_the_field_and_the_kinds_it_knows() {
+        let problems =
+            cfg("kinds: [Pod, Deploymnet]\nmax_objects: 0\nwait_for_cache: 5m\n").validate();
+        let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert!(
+            text.iter()
+                .any(|p| p.contains("kinds[1]") && p.contains("did you mean `Deployment`")),
+            "{text:?}"
+        );
+        assert!(text.iter().any(|p| p.contains("max_objects")), "{text:?}");
+        assert!(
+            text.iter().any(|p| p.contains("wait_for_cache")),
+            "{text:?}"
+        );
+        let off = cfg("object_labels: false\nnamespace_labels: false\nowner: false\n").validate();
+        assert!(
+            off.iter()
+                .any(|p| p.to_string().contains("would add nothing"))
+        );
+        assert!(cfg("{}").validate().is_empty());
+    }
+
+    fn event(ns: &str, pod: &str) -> Event {
+        Event::new(
+            EventData {
+                cluster: Arc::from("prod"),
+                namespace: ns.into(),
+                object_namespace: ns.into(),
+                kind: "Pod".into(),
+                object_name: pod.into(),
+                ..EventData::default()
+            },
+            crate::event::Finalizers::None,
+        )
+    }
+
+    #[test]
+    fn the_owner_chain_ends_at_the_top_controller_or_an_unwatched_kind() {
+        let e = Enricher::new(&cfg("kinds: [Pod, ReplicaSet]\n"), "t", "prod".into());
+        let c = e.cache();
+        let k = |n: &str| kind_index(n).unwrap();
+        for n in ["Namespace", "Pod", "ReplicaSet"] {
+            c.start(k(n));
+            c.end_list(k(n));
+        }
+        c.put(k("Namespace"), "", "shop", Meta::default());
+        c.put(
+            k("Pod"),
+            "shop",
+            "web-1",
+            Meta {
+                controller: Some(("ReplicaSet".into(), "web-7d".into())),
+                ..Meta::default()
+            },
+        );
+        c.put(
+            k("ReplicaSet"),
+            "shop",
+            "web-7d",
+            Meta {
+                controller: Some(("Deployment".into(), "web".into())),
+                ..Meta::default()
+            },
+        );
+        let mut start = Vec::new();
+        let (out, tally) = e.enrich_now(
+            vec![event("shop", "web-1"), event("shop", "gone")],
+            &mut start,
+        );
+        // Deployment is not in `kinds`: the ReplicaSet's controller is as far as it goes.
+        assert_eq!(
+            (out[0].owner_kind.as_str(), out[0].owner_name.as_str()),
+            ("Deployment", "web")
+        );
+        assert_eq!(out[1].owner_kind, "");
+        assert_eq!(tally.enriched, 1);
+        assert_eq!(tally.missed, 1);
+        for ev in out {
+            ev.discard();
+        }
+        let other = Event::new(
+            EventData {
+                cluster: Arc::from("staging"),
+                ..EventData::default()
+            },
+            crate::event::Finalizers::None,
+        );
+        let (out, tally) = e.enrich_now(vec![other], &mut start);
+        assert_eq!(tally.other_cluster, 1);
+        out.into_iter().for_each(|ev| ev.discard());
+    }
+}

@@ -365,6 +365,36 @@ mod tests {
     }
 
     #[test]
+    fn labels_render_with_a_default_and_a_missing_one_without_it_is_explained() {
+        let t = BodyTemplate::compile(
+            r#"{"team": "{{ namespace_labels.team | default("none") }}", "owner": "{{ owner_kind }}"}"#,
+        )
+        .unwrap();
+        assert!(t.check(1).is_empty(), "{:?}", t.check(1));
+        assert_eq!(
+            t.render(&[ev("m")]).unwrap(),
+            r#"{"team": "none", "owner": ""}"#
+        );
+        let e = ev("m").modify(|d| {
+            d.namespace_labels = Some(std::sync::Arc::new(crate::event::Labels::from([(
+                "team".into(),
+                "payments".into(),
+            )])));
+            d.owner_kind = "Deployment".into();
+        });
+        assert_eq!(
+            t.render(&[e]).unwrap(),
+            r#"{"team": "payments", "owner": "Deployment"}"#
+        );
+        let strict = BodyTemplate::compile(r#"{"team": "{{ object_labels.team }}"}"#).unwrap();
+        let problems = strict.check(1);
+        assert!(
+            problems.iter().any(|p| p.contains("give it a default")),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
     fn hostile_messages_still_give_valid_json() {
         let t = BodyTemplate::compile(
             r#"{"msgtype":"text","text":{"content":"{{msg}}"},"n":{{count}},"events":{{raw}},"m":{{ event.message | tojson }}}"#,
