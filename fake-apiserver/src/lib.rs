@@ -478,29 +478,12 @@ impl FakeApiServer {
     /// Deployment, ...: `apiVersion`, `kind` and `metadata` are what matters), as `enrich`'s
     /// watches see it.
     pub fn put_object(&self, o: Value) -> Result<Value, String> {
-        let r = {
-            let mut g = self.shared.lock();
-            let State {
-                rv, objects_meta, ..
-            } = &mut *g;
-            objects_meta.put(rv, &self.shared.objects_tx, o)
-        };
-        self.shared.changed.notify_waiters();
-        r
+        objects::put(&self.shared, o)
     }
 
     /// Deletes an object of `kind` (e.g. `Pod`); `None` if there was none.
     pub fn delete_object(&self, kind: &str, ns: &str, name: &str) -> Option<Value> {
-        let resource = objects::resource_of_kind(kind)?;
-        let r = {
-            let mut g = self.shared.lock();
-            let State {
-                rv, objects_meta, ..
-            } = &mut *g;
-            objects_meta.delete(rv, &self.shared.objects_tx, &resource, ns, name)
-        };
-        self.shared.changed.notify_waiters();
-        r
+        objects::delete(&self.shared, kind, ns, name)
     }
 
     /// Creates an Event in `ns` (stored form: core/v1).

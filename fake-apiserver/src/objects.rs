@@ -403,3 +403,52 @@ fn watch(
         .body(Body::from_stream(ReceiverStream::new(body_rx)))
         .unwrap_or_default()
 }
+
+/// Creates or replaces an object (see [`Objects::put`]) and wakes who waits on a change.
+pub(crate) fn put(shared: &Shared, o: Value) -> Result<Value, String> {
+    let r = {
+        let mut g = shared.lock();
+        let crate::State {
+            rv, objects_meta, ..
+        } = &mut *g;
+        objects_meta.put(rv, &shared.objects_tx, o)
+    };
+    shared.changed.notify_waiters();
+    r
+}
+
+/// Deletes an object of `kind`; `None` if there was none (or the kind is not served).
+pub(crate) fn delete(shared: &Shared, kind: &str, ns: &str, name: &str) -> Option<Value> {
+    let resource = resource_of_kind(kind)?;
+    let r = {
+        let mut g = shared.lock();
+        let crate::State {
+            rv, objects_meta, ..
+        } = &mut *g;
+        objects_meta.delete(rv, &shared.objects_tx, &resource, ns, name)
+    };
+    shared.changed.notify_waiters();
+    r
+}
+
+/// The admin API's `/__fake/objects`: `PUT` an object, `DELETE .../KIND/NS/NAME` (`-` for a
+/// cluster-scoped kind).
+pub(crate) fn admin(shared: &Arc<Shared>, method: &Method, segs: &[&str], body: &[u8]) -> Response {
+    match (method.as_str(), segs) {
+        ("PUT", []) => match serde_json::from_slice::<Value>(body) {
+            Ok(o) => match put(shared, o) {
+                Ok(o) => response(200, &o),
+                Err(e) => status(400, "BadRequest", &e),
+            },
+            Err(e) => status(400, "BadRequest", &e.to_string()),
+        },
+        ("DELETE", [kind, ns, name]) => {
+            let ns = if *ns == "-" { "" } else { *ns };
+            match delete(shared, kind, ns, name) {
+                Some(o) => response(200, &o),
+                None => status(404, "NotFound", &format!("{kind} {ns}/{name} not found")),
+            }
+        }
+        _ => status(404, "NotFound", "unknown admin endpoint"),
+    }
+}

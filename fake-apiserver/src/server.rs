@@ -1068,45 +1068,7 @@ fn admin_api(
             let r = shared.lock().delete(&shared.tx, ns, name);
             done(r, 200)
         }
-        ("PUT", ["objects"]) => match parsed() {
-            Ok(v) => {
-                let r = {
-                    let mut g = shared.lock();
-                    let crate::State {
-                        rv, objects_meta, ..
-                    } = &mut *g;
-                    objects_meta.put(rv, &shared.objects_tx, v)
-                };
-                shared.changed.notify_waiters();
-                match r {
-                    Ok(o) => json_response(200, &o),
-                    Err(e) => error(400, "BadRequest", &e),
-                }
-            }
-            Err(e) => error(400, "BadRequest", &e.to_string()),
-        },
-        ("DELETE", ["objects", kind, ns, name]) => {
-            let ns = if *ns == "-" { "" } else { *ns };
-            let Some(resource) = crate::objects::resource_of_kind(kind) else {
-                return error(
-                    404,
-                    "NotFound",
-                    &format!("the fake serves no kind `{kind}`"),
-                );
-            };
-            let r = {
-                let mut g = shared.lock();
-                let crate::State {
-                    rv, objects_meta, ..
-                } = &mut *g;
-                objects_meta.delete(rv, &shared.objects_tx, &resource, ns, name)
-            };
-            shared.changed.notify_waiters();
-            match r {
-                Some(o) => json_response(200, &o),
-                None => error(404, "NotFound", &format!("{kind} {ns}/{name} not found")),
-            }
-        }
+        (_, ["objects", ..]) => crate::objects::admin(shared, method, &segs[1..], body),
         ("POST", ["faults"]) => {
             let patch = match parsed() {
                 Ok(v) => v,

@@ -675,6 +675,8 @@ mod tests {
         );
         let (out, tally) = e.enrich_now(vec![other], &mut start);
         assert_eq!(tally.other_cluster, 1);
-        out.into_iter().for_each(|ev| ev.discard());
+        for ev in out {
+            ev.discard();
+        }
     }
 }
