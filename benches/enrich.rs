@@ -3,7 +3,8 @@
 //! against the same pipeline without it (filter by namespace name), same events, same run.
 //! Also the memory per cached object (resident set size before and after filling the cache).
 //!
-//! `cargo bench --bench enrich`
+//! `cargo bench --bench enrich`; `ENRICH_BENCH_LABELS=unique cargo bench --bench enrich` gives
+//! every Pod a label value of its own (the memory figure without shared label maps).
 
 mod common;
 use common::record;
@@ -46,8 +47,10 @@ fn rss_kb() -> u64 {
         .unwrap_or(0)
 }
 
-/// An enricher whose cache holds every object, every kind listed.
-fn filled() -> (Enricher, usize) {
+/// An enricher whose cache holds every object, every kind listed. With `unique`, every Pod
+/// has a label of its own (as StatefulSet Pods do); otherwise the Pods of one workload share
+/// their labels (as Deployment Pods do).
+fn filled(unique: bool) -> (Enricher, usize) {
     let e = Enricher::new(
         &cfg::<EnrichConfig>("max_objects: 200000\n"),
         "bench",
@@ -101,7 +104,14 @@ fn filled() -> (Enricher, usize) {
             Meta {
                 labels: Some(labels(&[
                     ("app", format!("app-{w}")),
-                    ("pod-template-hash", "7d9f4c".into()),
+                    (
+                        "pod-template-hash",
+                        if unique {
+                            format!("{p:05}")
+                        } else {
+                            "7d9f4c".into()
+                        },
+                    ),
                     ("tier", "backend".into()),
                 ])),
                 controller: Some(("ReplicaSet".into(), format!("app-{w}-7d9f4c").into())),
@@ -115,8 +125,13 @@ fn filled() -> (Enricher, usize) {
     let objects = c.len();
     let grown = rss_kb().saturating_sub(before);
     println!(
-        "enrich cache: {objects} objects, resident set grew by {grown} kB: {} bytes per object (3 labels per Pod, 1 per workload)",
-        grown * 1024 / objects as u64
+        "enrich cache: {objects} objects, resident set grew by {grown} kB: {} bytes per object (3 labels per Pod, 1 per workload; {})",
+        grown * 1024 / objects as u64,
+        if unique {
+            "every Pod's labels differ"
+        } else {
+            "the Pods of a workload share theirs"
+        }
     );
     (e, objects)
 }
@@ -154,7 +169,9 @@ fn batches() -> Vec<Vec<Event>> {
 }
 
 fn enrich(c: &mut Criterion) {
-    let (enricher, _) = filled();
+    // One fill per process, so that its resident set growth is its own.
+    let unique = std::env::var("ENRICH_BENCH_LABELS").is_ok_and(|v| v == "unique");
+    let (enricher, _) = filled(unique);
     let by_label = Matcher::new(&cfg::<FilterConfig>(
         "namespace_labels: {team: [team-1, team-2]}\n",
     ));

@@ -45,10 +45,14 @@ pub enum Sync {
     Failing,
 }
 
+/// Names are short and not chosen by an attacker who could collide them to slow the cache
+/// down much (they are Kubernetes object names): a fast hash, seeded per process.
+type Map<V> = HashMap<Box<str>, V, foldhash::fast::RandomState>;
+
 #[derive(Default)]
 struct KindStore {
     /// namespace ("" for cluster-scoped kinds) -> name -> entry.
-    objects: HashMap<Box<str>, HashMap<Box<str>, Entry>>,
+    objects: Map<Map<Entry>>,
     generation: u32,
 }
 
@@ -56,6 +60,24 @@ struct Inner {
     kinds: Vec<KindStore>,
     sync: Vec<Sync>,
     count: usize,
+    /// One copy of each distinct label map: the Pods of one workload share theirs.
+    interned: std::collections::HashSet<Arc<Labels>, foldhash::fast::RandomState>,
+}
+
+impl Inner {
+    fn intern(&mut self, labels: Option<Arc<Labels>>) -> Option<Arc<Labels>> {
+        let l = labels?;
+        if let Some(same) = self.interned.get(&*l) {
+            return Some(same.clone());
+        }
+        self.interned.insert(l.clone());
+        Some(l)
+    }
+
+    /// Forgets label maps no cached object uses any more.
+    fn unintern(&mut self) {
+        self.interned.retain(|l| Arc::strong_count(l) > 1);
+    }
 }
 
 /// The cache, shared by the stage and its watches.
@@ -101,6 +123,7 @@ impl Cache {
                 kinds: (0..kinds).map(|_| KindStore::default()).collect(),
                 sync: vec![Sync::NotStarted; kinds],
                 count: 0,
+                interned: std::collections::HashSet::default(),
             }),
             clock: AtomicU64::new(0),
             max_objects: max_objects.max(1),
@@ -173,7 +196,7 @@ impl Cache {
             let now = Instant::now();
             if let Some(k) = g.kinds.get_mut(kind) {
                 let generation = k.generation;
-                for e in k.objects.values_mut().flat_map(HashMap::values_mut) {
+                for e in k.objects.values_mut().flat_map(|n| n.values_mut()) {
                     if e.generation != generation && e.deleted_at.is_none() {
                         e.deleted_at = Some(now);
                     }
@@ -187,10 +210,11 @@ impl Cache {
     }
 
     /// Stores what a watch saw of an object.
-    pub fn put(&self, kind: usize, ns: &str, name: &str, meta: Meta) {
+    pub fn put(&self, kind: usize, ns: &str, name: &str, mut meta: Meta) {
         let used = self.tick();
         {
             let mut g = self.write();
+            meta.labels = g.intern(meta.labels.take());
             let Some(k) = g.kinds.get_mut(kind) else {
                 return;
             };
@@ -250,6 +274,7 @@ impl Cache {
         if removed > 0 {
             self.size.set(g.count as f64);
         }
+        g.unintern();
     }
 
     /// Past `max_objects`: expired deletions first, then the least recently used tenth.
@@ -265,7 +290,7 @@ impl Cache {
         let mut used: Vec<u64> = g
             .kinds
             .iter()
-            .flat_map(|k| k.objects.values().flat_map(HashMap::values))
+            .flat_map(|k| k.objects.values().flat_map(|n| n.values()))
             .map(|e| e.used.load(Ordering::Relaxed))
             .collect();
         let n = (self.max_objects / 10)
@@ -275,6 +300,7 @@ impl Cache {
         let cut = *cut;
         let evicted = Self::remove(g, |e| e.used.load(Ordering::Relaxed) < cut);
         self.evicted.increment(evicted as u64);
+        g.unintern();
     }
 
     fn remove(g: &mut Inner, doomed: impl Fn(&Entry) -> bool) -> usize {
