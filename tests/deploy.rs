@@ -51,12 +51,9 @@ fn of_kind<'a>(objs: &'a [serde_json::Value], kind: &str) -> Vec<&'a serde_json:
     objs.iter().filter(|o| o["kind"] == kind).collect()
 }
 
-#[test]
-fn the_cluster_role_grants_what_the_sources_use_and_nothing_more() {
-    let objs = rendered();
-    let roles = of_kind(&objs, "ClusterRole");
-    assert_eq!(roles.len(), 1);
-    let mut grants: Vec<(String, String, Vec<String>)> = roles[0]["rules"]
+/// `(group, resource, verbs)` of every rule of a role, sorted.
+fn grants_of(role: &serde_json::Value) -> Vec<(String, String, Vec<String>)> {
+    let mut grants: Vec<(String, String, Vec<String>)> = role["rules"]
         .as_array()
         .expect("rules")
         .iter()
@@ -82,6 +79,20 @@ fn the_cluster_role_grants_what_the_sources_use_and_nothing_more() {
         })
         .collect();
     grants.sort();
+    grants
+}
+
+#[test]
+fn the_cluster_role_grants_what_the_sources_use_and_nothing_more() {
+    let objs = rendered();
+    let roles = of_kind(&objs, "ClusterRole");
+    assert_eq!(roles.len(), 2);
+    let named = |n: &str| {
+        roles
+            .iter()
+            .find(|r| r["metadata"]["name"] == n)
+            .unwrap_or_else(|| panic!("ClusterRole {n}"))
+    };
     let rw = |g: &str| {
         (
             g.to_string(),
@@ -89,7 +100,26 @@ fn the_cluster_role_grants_what_the_sources_use_and_nothing_more() {
             vec!["get".into(), "list".into(), "watch".into()],
         )
     };
-    assert_eq!(grants, vec![rw(""), rw("events.k8s.io")]);
+    assert_eq!(
+        grants_of(named("eventflow-read-events")),
+        vec![rw(""), rw("events.k8s.io")]
+    );
+    // `enrich` with its defaults: list and watch on namespaces and on its default kinds.
+    let defaults: eventflow::stages::enrich::EnrichConfig =
+        serde_json::from_str("{}").expect("defaults");
+    let mut wanted: Vec<(String, String, Vec<String>)> = eventflow::stages::enrich::KINDS
+        .iter()
+        .filter(|(kind, ..)| *kind == "Namespace" || defaults.kinds.iter().any(|k| k == kind))
+        .map(|(_, group, _, plural, _)| {
+            (
+                (*group).to_string(),
+                (*plural).to_string(),
+                vec!["list".into(), "watch".into()],
+            )
+        })
+        .collect();
+    wanted.sort();
+    assert_eq!(grants_of(named("eventflow-read-metadata")), wanted);
     // The namespaced Role: leases only, for leader election.
     let role = of_kind(&objs, "Role");
     assert_eq!(role.len(), 1);
