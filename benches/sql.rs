@@ -104,7 +104,11 @@ async fn raw_insert(db: &Db, table: &str, batch: &[Event], tag: u64) {
                     .bind(e.source.clone())
                     .bind(e.host.clone())
                     .bind(e.resource_version.clone())
-                    .bind(e.raw.as_deref().map(str::to_string));
+                    .bind(e.raw.as_deref().map(str::to_string))
+                    // labels, owner_kind, owner_name (what `enrich` adds; not set here)
+                    .bind(None::<String>)
+                    .bind(e.owner_kind.clone())
+                    .bind(e.owner_name.clone());
             }
             let mut tx = $pool.begin().await.expect("begin");
             q.execute(&mut *tx).await.expect("raw insert");
