@@ -220,6 +220,16 @@ fn install_metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
             return None;
         }
     };
+    let builder = match builder.set_buckets_for_metric(
+        metrics_exporter_prometheus::Matcher::Full(eventflow::metrics::AGE.to_string()),
+        eventflow::metrics::AGE_BUCKETS,
+    ) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(error = %e, "histogram buckets rejected; metrics disabled");
+            return None;
+        }
+    };
     let recorder = builder.build_recorder();
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder).ok()?;

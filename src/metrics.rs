@@ -46,6 +46,11 @@ pub fn describe() {
         Unit::Seconds,
         "End-to-end latency: from the moment a source received an event to the moment this sink committed it."
     );
+    metrics::describe_histogram!(
+        AGE,
+        Unit::Seconds,
+        "The age of an event when this sink committed it, from its own last-seen time (lastTimestamp, series.lastObservedTime or eventTime, set by the API server's clients): includes the API server's and the watch's delay."
+    );
     describe_gauge!(
         LAST_EVENT,
         Unit::Seconds,
@@ -207,8 +212,43 @@ pub fn last_event_time(stage: &str) -> Gauge {
 }
 
 pub const LATENCY: &str = "eventflow_event_latency_seconds";
+pub const AGE: &str = "eventflow_event_age_seconds";
 
-/// End-to-end latency, recorded by sinks when they commit.
-pub fn latency(stage: &str, ty: &'static str) -> metrics::Histogram {
-    metrics::histogram!(LATENCY, "stage" => stage.to_string(), "type" => ty)
+/// The buckets of [`AGE`]: it includes the API server's and the watch's delay, and a
+/// repeating event's earlier occurrences, so it reaches further than [`BUCKETS`].
+pub const AGE_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+];
+
+/// What a sink records for each event it delivered: the end-to-end latency from the source's
+/// receipt ([`LATENCY`]) and the event's age by the API server's own clock ([`AGE`]).
+#[derive(Clone)]
+pub struct Delivered {
+    latency: metrics::Histogram,
+    age: metrics::Histogram,
+}
+
+impl Delivered {
+    /// One delivered event, that entered the pipeline `in_pipeline` ago.
+    pub fn record(&self, e: &crate::event::EventData, in_pipeline: std::time::Duration) {
+        self.latency.record(in_pipeline.as_secs_f64());
+        if let Some(seen) = e.last_seen.or(e.first_seen) {
+            let age = chrono::Utc::now() - seen;
+            self.age
+                .record(age.num_milliseconds().max(0) as f64 / 1000.0);
+        }
+    }
+
+    /// [`Delivered::record`] for an event handle.
+    pub fn event(&self, e: &crate::event::Event) {
+        self.record(e, e.born().elapsed());
+    }
+}
+
+/// The latency and age histograms of a sink.
+pub fn latency(stage: &str, ty: &'static str) -> Delivered {
+    Delivered {
+        latency: metrics::histogram!(LATENCY, "stage" => stage.to_string(), "type" => ty),
+        age: metrics::histogram!(AGE, "stage" => stage.to_string(), "type" => ty),
+    }
 }

@@ -164,6 +164,24 @@ fn counters_match_a_known_run_and_promtool_accepts_the_output() {
         2.0
     );
     assert!(body.contains("eventflow_event_latency_seconds_bucket{stage=\"db\",type=\"sql\""));
+    // The age by the API server's clock: one per delivered event, like the latency, with
+    // buckets up to an hour.
+    let delivered = value(
+        &body,
+        "eventflow_event_latency_seconds_count{stage=\"db\",type=\"sql\"}",
+    );
+    assert!(delivered > 0.0);
+    assert_eq!(
+        value(
+            &body,
+            "eventflow_event_age_seconds_count{stage=\"db\",type=\"sql\"}"
+        ),
+        delivered
+    );
+    assert!(
+        body.contains("eventflow_event_age_seconds_bucket{stage=\"db\",type=\"sql\",le=\"3600\"}"),
+        "{body}"
+    );
     assert_eq!(
         value(
             &body,

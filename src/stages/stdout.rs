@@ -104,7 +104,7 @@ impl Sink for StdoutSink {
                     .processing
                     .record(started.elapsed().as_secs_f64());
                 for e in &batch {
-                    latency.record(e.born().elapsed().as_secs_f64());
+                    latency.event(e);
                     e.ack(Status::Delivered);
                 }
             }

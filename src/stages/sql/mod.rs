@@ -343,7 +343,7 @@ impl Sink for SqlSink {
                 processing.record(started.elapsed().as_secs_f64());
                 for (e, s) in batch.iter().zip(statuses) {
                     if s == Status::Delivered {
-                        latency.record(e.born().elapsed().as_secs_f64());
+                        latency.event(e);
                     }
                     e.ack(s);
                 }

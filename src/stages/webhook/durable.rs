@@ -79,7 +79,7 @@ struct Durable {
     gauge: metrics::Gauge,
     sent: metrics::Counter,
     dead: metrics::Counter,
-    latency: metrics::Histogram,
+    latency: shared_metrics::Delivered,
     processing: metrics::Histogram,
 }
 
@@ -489,10 +489,9 @@ async fn send(shared: Arc<Durable>, rows: Vec<Pending>, halt: watch::Receiver<bo
             }
             shared.sent.increment(events.len() as u64);
             let now = chrono::Utc::now().timestamp_millis();
-            for r in &good {
-                shared
-                    .latency
-                    .record((now - r.born_at).max(0) as f64 / 1000.0);
+            for (r, e) in good.iter().zip(&events) {
+                let in_pipeline = u64::try_from(now - r.born_at).unwrap_or(0);
+                shared.latency.record(e, Duration::from_millis(in_pipeline));
             }
         }
         Outcome::Failed { reason, attempts } => {

@@ -864,7 +864,7 @@ async fn in_memory(
                     Outcome::Delivered { .. } => {
                         sent.increment(batch.len() as u64);
                         for e in &batch {
-                            latency.record(e.born().elapsed().as_secs_f64());
+                            latency.event(e);
                         }
                         ack_all(&batch, Status::Delivered);
                     }
