@@ -342,7 +342,7 @@ impl RateLimit {
         let window = self.cfg.per.to_string();
         let key = &self.key;
         s.acc.finish(|f| {
-            let mut data = f.first;
+            let mut data = f.first.unpack();
             // What the suppressed events have in common is the key, and only the key.
             let what: Vec<String> = key
                 .0
