@@ -432,20 +432,38 @@ impl Enricher {
         })
     }
 
-    /// Enriches a batch with what the cache has now (no waiting); the kinds whose watches must
-    /// start are added to `start`. Benchmarks call this directly.
-    pub fn enrich_now(&self, batch: Vec<Event>, start: &mut Vec<usize>) -> (Vec<Event>, Tally) {
+    /// What the cache has now for each event of a batch (`None`: another cluster's), and
+    /// whether any of them misses something that may still appear; the kinds whose watches
+    /// must start are added to `start`.
+    fn find_all(&self, batch: &[Event], start: &mut Vec<usize>) -> (Vec<Option<Found>>, bool) {
         let view = self.cache.view();
+        let mut pending = false;
+        let found = batch
+            .iter()
+            .map(|e| {
+                let f = self.find(&view, e);
+                if let Some(f) = &f {
+                    start.extend_from_slice(&f.start);
+                    pending |= f.pending;
+                }
+                f
+            })
+            .collect();
+        (found, pending)
+    }
+
+    /// Sets what was found on each event, and counts the outcomes.
+    fn apply_all(&self, batch: Vec<Event>, found: Vec<Option<Found>>) -> (Vec<Event>, Tally) {
         let mut t = Tally::default();
         let out = batch
             .into_iter()
-            .map(|e| match self.find(&view, &e) {
+            .zip(found)
+            .map(|(e, f)| match f {
                 None => {
                     t.other_cluster += 1;
                     e
                 }
                 Some(f) => {
-                    start.extend_from_slice(&f.start);
                     if f.missing {
                         t.missed += 1;
                     } else if kind_index(&e.kind).is_none_or(|k| !self.allowed[k]) {
@@ -460,6 +478,13 @@ impl Enricher {
         (out, t)
     }
 
+    /// Enriches a batch with what the cache has now (no waiting); the kinds whose watches must
+    /// start are added to `start`. Benchmarks call this directly.
+    pub fn enrich_now(&self, batch: Vec<Event>, start: &mut Vec<usize>) -> (Vec<Event>, Tally) {
+        let (found, _) = self.find_all(&batch, start);
+        self.apply_all(batch, found)
+    }
+
     fn count(&self, t: Tally) {
         for (c, n) in [
             (&self.enriched, t.enriched),
@@ -471,20 +496,6 @@ impl Enricher {
                 c.increment(n);
             }
         }
-    }
-
-    /// Whether any event of the batch is missing something that may still appear; the kinds
-    /// to start go to `start`.
-    fn pending(&self, batch: &[Event], start: &mut Vec<usize>) -> bool {
-        let view = self.cache.view();
-        let mut any = false;
-        for e in batch {
-            if let Some(f) = self.find(&view, e) {
-                start.extend_from_slice(&f.start);
-                any |= f.pending;
-            }
-        }
-        any
     }
 }
 
@@ -517,25 +528,25 @@ impl EnrichStage {
         }
     }
 
-    /// Enriches one batch, waiting up to `wait_for_cache` for what may still appear.
+    /// Enriches one batch, waiting up to `wait_for_cache` for what may still appear (the
+    /// cache is looked at again only when it changed).
     async fn process(&mut self, batch: Vec<Event>) -> Vec<Event> {
         let mut start = Vec::new();
         let deadline = tokio::time::Instant::now() + self.enricher.wait;
         let mut changed = self.enricher.cache.subscribe();
-        loop {
+        let found = loop {
             changed.borrow_and_update();
-            let pending = self.enricher.pending(&batch, &mut start);
+            let (found, pending) = self.enricher.find_all(&batch, &mut start);
             self.start(&mut start);
             if !pending {
-                break;
+                break found;
             }
             tokio::select! {
-                r = changed.changed() => if r.is_err() { break },
-                () = tokio::time::sleep_until(deadline) => break,
+                r = changed.changed() => if r.is_err() { break found },
+                () = tokio::time::sleep_until(deadline) => break self.enricher.find_all(&batch, &mut start).0,
             }
-        }
-        let (out, tally) = self.enricher.enrich_now(batch, &mut start);
-        self.start(&mut start);
+        };
+        let (out, tally) = self.enricher.apply_all(batch, found);
         self.enricher.count(tally);
         out
     }
