@@ -2,6 +2,8 @@
 //! its namespace, the top controller through ReplicaSet -> Deployment, routing by namespace
 //! label, changes and deletions, misses, and no API request per event.
 
+#![allow(clippy::float_cmp)] // counters are whole numbers
+
 mod support;
 
 use std::path::Path;
@@ -10,14 +12,6 @@ use std::time::Duration;
 use fake_apiserver::FakeApiServer;
 use serde_json::{Value, json};
 use support::*;
-
-fn metric(port: u16, name_and_labels: &str) -> u64 {
-    let (_, body) = http(port, "GET", "/metrics");
-    body.lines()
-        .find(|l| l.starts_with(name_and_labels))
-        .and_then(|l| l.rsplit(' ').next().and_then(|v| v.parse().ok()))
-        .unwrap_or(0)
-}
 
 fn object(api: &str, kind: &str, ns: &str, name: &str, labels: Value) -> Value {
     let mut o = json!({"apiVersion": api, "kind": kind, "metadata": {"name": name}});
@@ -165,14 +159,14 @@ fn events_carry_labels_and_owner_and_route_by_namespace_label() {
             port,
             "eventflow_enrich_events_total{stage=\"who\",result=\"enrich_miss\"}"
         ),
-        1
+        1.0
     );
     assert_eq!(
         metric(
             port,
             "eventflow_enrich_events_total{stage=\"who\",result=\"enriched\"}"
         ),
-        4,
+        4.0,
         "three about api's Pod, one about shop's (filtered out after enrich)"
     );
     r.no_event_within(Duration::from_millis(300));
@@ -206,7 +200,7 @@ fn a_forbidden_kind_does_not_hold_events_back() {
         metric(
             port,
             "eventflow_enrich_watch_errors_total{stage=\"who\",kind=\"Pod\"}"
-        ) >= 1
+        ) >= 1.0
     );
     let (_, logs) = r.stop_ok();
     assert!(

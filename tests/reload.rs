@@ -136,14 +136,6 @@ fn expect_metric(port: u16, name_and_labels: &str, want: f64) {
     }
 }
 
-fn metric(port: u16, name_and_labels: &str) -> f64 {
-    let (_, body) = http(port, "GET", "/metrics");
-    body.lines()
-        .find(|l| l.starts_with(name_and_labels))
-        .and_then(|l| l.rsplit(' ').next().and_then(|v| v.parse().ok()))
-        .unwrap_or(0.0)
-}
-
 const API: &str = "api:\n  listen: 127.0.0.1:0\n";
 
 #[test]

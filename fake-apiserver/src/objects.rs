@@ -10,12 +10,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::http::{HeaderMap, Method, header};
 use axum::response::Response;
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
 
 use crate::{Recorded, Shared};
 
@@ -208,17 +207,7 @@ fn shown(o: &Value, meta: bool) -> Value {
     }
 }
 
-fn response(code: u16, body: &Value) -> Response {
-    Response::builder()
-        .status(code)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Body::from(body.to_string()))
-        .unwrap_or_default()
-}
-
-fn status(code: u16, reason: &str, message: &str) -> Response {
-    response(code, &crate::convert::status(code, reason, message))
-}
+use crate::server::{error as status, json_response as response};
 
 /// Serves a request for one of [`KINDS`]: list, watch, get (reads only).
 pub(crate) fn handle(
@@ -322,14 +311,7 @@ fn watch(
     meta: bool,
     wanted: impl Fn(&str, &str) -> bool + Send + 'static,
 ) -> Response {
-    let since: u64 = params
-        .get("resourceVersion")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let timeout = params
-        .get("timeoutSeconds")
-        .and_then(|t| t.parse().ok())
-        .unwrap_or(300);
+    let (since, timeout) = crate::server::watch_window(params);
     let line = |ty: &str, o: &Value| {
         Ok(Bytes::from(format!(
             "{}\n",
@@ -397,11 +379,7 @@ fn watch(
             }
         }
     });
-    Response::builder()
-        .status(200)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Body::from_stream(ReceiverStream::new(body_rx)))
-        .unwrap_or_default()
+    crate::server::streaming(body_rx)
 }
 
 /// Creates or replaces an object (see [`Objects::put`]) and wakes who waits on a change.

@@ -26,7 +26,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new().fallback(handle).with_state(shared)
 }
 
-fn json_response(code: u16, v: &Value) -> Response {
+pub(crate) fn json_response(code: u16, v: &Value) -> Response {
     let code = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut r = (code, v.to_string()).into_response();
     r.headers_mut().insert(
@@ -40,7 +40,7 @@ fn json_response(code: u16, v: &Value) -> Response {
     r
 }
 
-fn error(code: u16, reason: &str, message: &str) -> Response {
+pub(crate) fn error(code: u16, reason: &str, message: &str) -> Response {
     json_response(code, &status(code, reason, message))
 }
 
@@ -292,14 +292,7 @@ fn lease_watch(shared: &Arc<Shared>, rest: &str, params: &BTreeMap<String, Strin
         .get("fieldSelector")
         .and_then(|f| f.strip_prefix("metadata.name="))
         .map(str::to_string);
-    let since: u64 = params
-        .get("resourceVersion")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let timeout = params
-        .get("timeoutSeconds")
-        .and_then(|t| t.parse().ok())
-        .unwrap_or(300);
+    let (since, timeout) = watch_window(params);
     let wanted =
         move |lns: &str, name: &str| lns == ns && only.as_deref().is_none_or(|o| o == name);
     let mut rx = shared.lease_tx.subscribe();
@@ -345,6 +338,24 @@ fn lease_watch(shared: &Arc<Shared>, rest: &str, params: &BTreeMap<String, Strin
             }
         }
     });
+    streaming(body_rx)
+}
+
+/// A watch's `resourceVersion` (0 when absent) and `timeoutSeconds` (300 when absent).
+pub(crate) fn watch_window(params: &BTreeMap<String, String>) -> (u64, u64) {
+    let since = params
+        .get("resourceVersion")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let timeout = params
+        .get("timeoutSeconds")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(300);
+    (since, timeout)
+}
+
+/// A watch's `200` answer: the lines sent into `body_rx`, as they come.
+pub(crate) fn streaming(body_rx: mpsc::Receiver<Result<Bytes, std::io::Error>>) -> Response {
     Response::builder()
         .status(200)
         .header(header::CONTENT_TYPE, "application/json")
@@ -861,11 +872,7 @@ fn watch(shared: &Arc<Shared>, target: &Target, params: &BTreeMap<String, String
         flavor,
         matches: Box::new(matches),
     }));
-    Response::builder()
-        .status(200)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Body::from_stream(ReceiverStream::new(body_rx)))
-        .unwrap_or_else(|_| error(500, "InternalError", "cannot build the response"))
+    streaming(body_rx)
 }
 
 struct WatchTask {

@@ -271,6 +271,16 @@ pub fn append(path: &Path, lines: &[String]) {
 }
 
 /// One HTTP request to `127.0.0.1:port`: (status, body). Status 0 when nothing answers.
+/// The value of the first sample of `/metrics` on `port` that starts with `name_and_labels`
+/// (0 when there is none).
+pub fn metric(port: u16, name_and_labels: &str) -> f64 {
+    let (_, body) = http(port, "GET", "/metrics");
+    body.lines()
+        .find(|l| l.starts_with(name_and_labels))
+        .and_then(|l| l.rsplit(' ').next().and_then(|v| v.parse().ok()))
+        .unwrap_or(0.0)
+}
+
 pub fn http(port: u16, method: &str, path: &str) -> (u16, String) {
     http_with(port, method, path, &[])
 }
