@@ -10,6 +10,9 @@ command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v buildah >/dev/null 2>&1 || need+=(buildah)
 # openssl: a TLS receiver with a self-signed certificate (what a webhook logs about it).
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# The servers of the alertmanager and nats sinks' tests (each test starts its own instance).
+command -v prometheus-alertmanager >/dev/null 2>&1 || need+=(prometheus-alertmanager)
+[ -x /usr/sbin/nats-server ] || need+=(nats-server)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq

@@ -6,6 +6,7 @@
 //! [`key`] (event keys), [`summarize`] (folding events into a summary).
 
 pub mod aggregate;
+pub mod alertmanager;
 pub mod batch;
 pub mod dedup;
 pub mod enrich;
@@ -14,6 +15,7 @@ pub mod filter;
 pub mod key;
 pub mod kube_events;
 pub mod rate_limit;
+pub mod send;
 pub mod sql;
 pub mod stdout;
 pub mod summarize;
@@ -33,4 +35,5 @@ pub static REGISTRY: Registry = Registry(&[
     sql::TYPE,
     stdout::TYPE,
     webhook::TYPE,
+    alertmanager::TYPE,
 ]);

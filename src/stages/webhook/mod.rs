@@ -34,7 +34,7 @@ use format::Chat;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::future::BoxFuture;
 use schemars::JsonSchema;
@@ -42,14 +42,14 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::batch::BatchConfig;
+use super::send::{self, Attempt};
+pub use super::send::{Budget, Outcome};
 use crate::backoff::BackoffConfig;
 use crate::component::{
     BuildContext, BuildError, Invalid, Sink, SinkContext, Stage, StageConfig, StageError,
     StageKind, StageType,
 };
-use crate::event::ack::Status;
-use crate::event::{Event, ack_all};
-use crate::metrics as shared_metrics;
+use crate::event::Event;
 use crate::types::Dur;
 
 /// The body format.
@@ -218,57 +218,20 @@ impl WebhookConfig {
             .map_err(|_| Invalid::new("method", format!("`{}` is not an HTTP method", self.method)))
     }
 
-    /// The request headers, checked; an error names the field (`headers.NAME`).
-    fn parsed_headers(&self) -> Result<reqwest::header::HeaderMap, Invalid> {
-        let mut headers = reqwest::header::HeaderMap::new();
-        for (k, v) in &self.headers {
-            let field = format!("headers.{k}");
-            let name = reqwest::header::HeaderName::from_bytes(k.as_bytes())
-                .map_err(|_| Invalid::new(&field, format!("`{k}` is not a header name")))?;
-            // The value may hold a secret: never echoed.
-            let value = reqwest::header::HeaderValue::from_str(v)
-                .map_err(|_| Invalid::new(&field, "the value is not a valid header value"))?;
-            headers.insert(name, value);
-        }
-        Ok(headers)
-    }
-
-    /// The certificates of `ca_file`: at least one, or an error.
-    fn ca_certificates(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, Invalid> {
-        let bad = |why: String| Invalid::new("ca_file", format!("{}: {why}", path.display()));
-        let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad(e.to_string()))?;
-        if certs.is_empty() {
-            return Err(bad(
-                "holds no PEM certificate (`-----BEGIN CERTIFICATE-----`)".into(),
-            ));
-        }
-        Ok(certs)
-    }
-
     /// The sending side of the stage (client, URL, method, `mark_rows`), checked. `stage` names
     /// it in logs.
     pub async fn delivery(&self, stage: &str) -> Result<Delivery, DeliveryError> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let url = self.parsed_url()?;
         let method = self.parsed_method()?;
-        let headers = self.parsed_headers()?;
-        let mut builder = reqwest::Client::builder()
-            .timeout(self.timeout.0)
-            .default_headers(headers);
-        if let Some(path) = &self.ca_file {
-            for cert in Self::ca_certificates(path)? {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
-        if self.insecure_skip_verify {
-            tracing::warn!(
-                stage,
-                "insecure_skip_verify: TLS certificates of the webhook are not checked"
-            );
-            builder = builder.danger_accept_invalid_certs(true);
-        }
-        let client = builder.build().map_err(DeliveryError::Client)?;
+        let client = send::client(&send::ClientOptions {
+            timeout: self.timeout.0,
+            headers: &self.headers,
+            ca_file: self.ca_file.as_deref(),
+            insecure_skip_verify: self.insecure_skip_verify,
+            stage,
+            what: "webhook",
+        })?;
         let marker = match &self.mark_rows {
             Some(m) => Some(mark::Marker::open(m).await?),
             None => None,
@@ -280,7 +243,7 @@ impl WebhookConfig {
             method,
             stage: stage.to_string(),
             marker,
-            metrics: telemetry::WebhookMetrics::new(stage),
+            metrics: send::RequestMetrics::new(&telemetry::NAMES, stage),
             leadership: crate::leader::Leadership::always(),
         })
     }
@@ -369,14 +332,7 @@ impl StageConfig for WebhookConfig {
         if let Err(i) = self.parsed_method() {
             out.push(i);
         }
-        if let Err(i) = self.parsed_headers() {
-            out.push(i);
-        }
-        if let Some(path) = &self.ca_file
-            && let Err(e) = Self::ca_certificates(path)
-        {
-            out.push(e);
-        }
+        out.extend(send::check_http(&self.headers, self.ca_file.as_deref()));
         crate::component::at_least_one(&mut out, "batch.max_events", self.batch.max_events as u64);
         crate::component::at_least_one(&mut out, "max_in_flight", self.max_in_flight as u64);
         crate::component::at_least_one(&mut out, "max_queued", self.max_queued);
@@ -460,8 +416,6 @@ pub enum DeliveryError {
     /// A field's value is not usable (`url`, `method`, `headers.NAME`, `ca_file`).
     #[error(transparent)]
     Field(#[from] Invalid),
-    #[error("cannot build the HTTP client: {0}")]
-    Client(#[source] reqwest::Error),
     #[error(transparent)]
     MarkRows(#[from] mark::MarkError),
 }
@@ -484,43 +438,9 @@ pub struct Delivery {
     stage: String,
     /// `mark_rows`, opened.
     marker: Option<mark::Marker>,
-    metrics: telemetry::WebhookMetrics,
+    metrics: send::RequestMetrics,
     /// Requests go out only while this replica leads (always, without leader election).
     leadership: crate::leader::Leadership,
-}
-
-/// How one attempt ended.
-enum Attempt {
-    Delivered,
-    Retry {
-        why: String,
-        after: Option<Duration>,
-    },
-    Permanent(String),
-}
-
-/// How long a delivery keeps retrying retryable failures.
-#[derive(Debug, Clone, Copy)]
-pub enum Budget {
-    /// This many retries after the first attempt.
-    Retries(u32),
-    /// Until this moment.
-    Until(Instant),
-}
-
-/// How a delivery ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    Delivered {
-        attempts: u32,
-    },
-    /// Refused for good, or out of retries: logged already.
-    Failed {
-        reason: String,
-        attempts: u32,
-    },
-    /// Stopped before the next retry because the stage is stopping.
-    Interrupted,
 }
 
 /// The body of a request for these events.
@@ -594,17 +514,6 @@ pub fn delivery_id(events: &[Event]) -> String {
     s
 }
 
-/// A `Retry-After` value: seconds, or an HTTP date.
-pub fn retry_after(v: &str) -> Option<Duration> {
-    let v = v.trim();
-    if let Ok(s) = v.parse::<u64>() {
-        return Some(Duration::from_secs(s));
-    }
-    let when = chrono::DateTime::parse_from_rfc2822(v).ok()?;
-    let secs = (when.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_milliseconds();
-    Some(Duration::from_millis(secs.max(0).unsigned_abs()))
-}
-
 impl Delivery {
     /// With `mark_rows`: records how the delivery of `events` ended in the table.
     async fn mark(&self, events: &[Event], outcome: &Outcome) {
@@ -640,56 +549,21 @@ impl Delivery {
             None => r,
         };
         let r = r.body(body).send().await;
-        let class = match &r {
-            Ok(resp) => match resp.status().as_u16() {
-                200..=299 => "2xx",
-                300..=399 => "3xx",
-                400..=499 => "4xx",
-                _ => "5xx",
-            },
-            Err(e) if e.is_timeout() => "timeout",
-            Err(_) => "connection_error",
-        };
-        self.metrics.request(class, started.elapsed().as_secs_f64());
+        self.metrics
+            .request(send::status_class(&r), started.elapsed().as_secs_f64());
         match r {
-            Ok(resp) => {
-                let status = resp.status();
-                if status.is_success() {
-                    let Some(chat) = self.cfg.format.chat() else {
-                        return Attempt::Delivered;
-                    };
-                    let text = resp.text().await.unwrap_or_default();
-                    return match format::answer_error(chat, &text) {
-                        None => Attempt::Delivered,
-                        Some((true, why)) => Attempt::Retry { why, after: None },
-                        Some((false, why)) => Attempt::Permanent(why),
-                    };
-                }
-                let after = resp
-                    .headers()
-                    .get(reqwest::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(retry_after);
+            Ok(resp) if resp.status().is_success() => {
+                let Some(chat) = self.cfg.format.chat() else {
+                    return Attempt::Delivered;
+                };
                 let text = resp.text().await.unwrap_or_default();
-                let why = format!(
-                    "HTTP {status}: {}",
-                    text.chars().take(200).collect::<String>()
-                );
-                let code = status.as_u16();
-                if code == 408 || code == 429 || status.is_server_error() {
-                    Attempt::Retry { why, after }
-                } else {
-                    Attempt::Permanent(why)
+                match format::answer_error(chat, &text) {
+                    None => Attempt::Delivered,
+                    Some((true, why)) => Attempt::Retry { why, after: None },
+                    Some((false, why)) => Attempt::Permanent(why),
                 }
             }
-            Err(e) => Attempt::Retry {
-                why: if e.is_timeout() {
-                    format!("timed out after {:?}", self.cfg.timeout.0)
-                } else {
-                    format!("cannot connect: {}", self.describe(e))
-                },
-                after: None,
-            },
+            r => send::http_answer(r, self.cfg.timeout.0, |e| self.describe(e)).await,
         }
     }
 
@@ -723,81 +597,38 @@ impl Delivery {
         events: &[Event],
         health: Option<&crate::health::StageHealth>,
         budget: Budget,
-        mut stop: Option<tokio::sync::watch::Receiver<bool>>,
+        stop: Option<tokio::sync::watch::Receiver<bool>>,
     ) -> Outcome {
-        let stage = self.stage.as_str();
         let id = delivery_id(events);
-        let mut n = 0u32;
-        let mut backoff = self.cfg.backoff.start();
-        let mut lead = self.leadership.clone();
-        loop {
-            if !lead.is_leader() {
-                return Outcome::Interrupted;
-            }
-            // A replica that stops leading drops its request at once (fencing): the batch
-            // is sent again, with the same delivery id, by the next leader.
-            let attempt = tokio::select! {
-                a = self.attempt(events, &id) => a,
-                () = lead.lost() => {
-                    tracing::warn!(stage, delivery_id = %id, "no longer the leader: request abandoned; the next leader sends it");
-                    return Outcome::Interrupted;
-                }
-            };
-            match attempt {
-                Attempt::Delivered => {
-                    health.inspect(|h| h.synced());
-                    return Outcome::Delivered { attempts: n + 1 };
-                }
-                Attempt::Permanent(reason) => {
-                    tracing::error!(stage, delivery_id = %id, uids = ?uids(events), reason = %reason, "webhook refused the delivery (permanent); not retried");
-                    return Outcome::Failed {
-                        reason,
-                        attempts: n + 1,
-                    };
-                }
-                Attempt::Retry { why, after } => {
-                    health.inspect(|h| h.failing());
-                    let jittered = backoff.next_delay();
-                    let wait = after.map_or(jittered, |a| a.max(jittered));
-                    let out_of_budget = match budget {
-                        Budget::Retries(max) => n >= max,
-                        Budget::Until(t) => Instant::now() + wait > t,
-                    };
-                    if out_of_budget {
-                        tracing::error!(stage, delivery_id = %id, uids = ?uids(events), attempts = n + 1, reason = %why, "webhook delivery failed after all retries");
-                        return Outcome::Failed {
-                            reason: why,
-                            attempts: n + 1,
-                        };
-                    }
-                    if stop.as_ref().is_some_and(|s| *s.borrow()) {
-                        tracing::info!(stage, delivery_id = %id, reason = %why, "webhook delivery failed while stopping; it stays queued");
-                        return Outcome::Interrupted;
-                    }
-                    n += 1;
-                    self.metrics.retry();
-                    tracing::warn!(stage, delivery_id = %id, attempt = n, reason = %why, wait = ?wait, "webhook delivery failed; retrying");
-                    match &mut stop {
-                        None => tokio::select! {
-                            () = tokio::time::sleep(wait) => {}
-                            () = lead.lost() => return Outcome::Interrupted,
-                        },
-                        Some(s) => {
-                            tokio::select! {
-                                () = tokio::time::sleep(wait) => {}
-                                _ = s.wait_for(|stopping| *stopping) => return Outcome::Interrupted,
-                                () = lead.lost() => return Outcome::Interrupted,
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        let retrier = send::Retrier {
+            stage: &self.stage,
+            what: "webhook",
+            backoff: &self.cfg.backoff,
+            leadership: &self.leadership,
+            metrics: &self.metrics,
+        };
+        retrier
+            .run(&id, &send::uids(events), health, budget, stop, || {
+                self.attempt(events, &id)
+            })
+            .await
     }
 }
 
-fn uids(events: &[Event]) -> Vec<&str> {
-    events.iter().take(10).map(|e| e.uid.as_str()).collect()
+impl send::Deliver for Delivery {
+    fn deliver<'a>(
+        &'a self,
+        events: &'a [Event],
+        health: &'a crate::health::StageHealth,
+    ) -> BoxFuture<'a, Outcome> {
+        Box::pin(Delivery::deliver(
+            self,
+            events,
+            Some(health),
+            Budget::Retries(self.cfg.retries),
+            None,
+        ))
+    }
 }
 
 impl Sink for WebhookSink {
@@ -808,87 +639,31 @@ impl Sink for WebhookSink {
                 .health
                 .register(&cx.metrics.id, this.delivery.cfg.unready_after.0);
             health.synced();
-            match this.queue {
-                Some((store, url)) => {
-                    let slot = durable::slot(&this.shared, &url, &cx.metrics.id);
-                    durable::run(
-                        this.delivery.clone(),
-                        store.clone(),
-                        slot,
-                        &mut cx,
-                        health.clone(),
-                    )
-                    .await;
-                    store.close().await;
-                }
-                None => in_memory(&this.delivery, &mut cx, &health).await,
+            if let Some((store, url)) = this.queue {
+                let slot = durable::slot(&this.shared, &url, &cx.metrics.id);
+                durable::run(
+                    this.delivery.clone(),
+                    store.clone(),
+                    slot,
+                    &mut cx,
+                    health.clone(),
+                )
+                .await;
+                store.close().await;
+            } else {
+                let cfg = &this.delivery.cfg;
+                send::in_memory(
+                    &this.delivery,
+                    &mut cx,
+                    &health,
+                    &cfg.batch,
+                    cfg.max_in_flight,
+                    "webhook_failed",
+                )
+                .await;
             }
             health.stopped();
             Ok(())
         })
     }
-}
-
-/// Without `durable`: batches go out as they fill, `max_in_flight` at a time, each
-/// acknowledged when it is delivered or has failed for good.
-async fn in_memory(
-    d: &Arc<Delivery>,
-    cx: &mut SinkContext,
-    health: &Arc<crate::health::StageHealth>,
-) {
-    let processing = cx.metrics.processing.clone();
-    let latency = shared_metrics::latency(&cx.metrics.id, cx.metrics.type_name);
-    let failed = cx.metrics.discarded("webhook_failed");
-    let sent = shared_metrics::sent(&cx.metrics.id, cx.metrics.type_name);
-    let cfg = &d.cfg;
-    super::batch::run_batched(
-        &mut cx.input,
-        cfg.batch.max_events,
-        cfg.batch.max_wait.0,
-        cfg.max_in_flight,
-        |batch| {
-            let (d, health) = (d.clone(), health.clone());
-            let (processing, latency, failed, sent) = (
-                processing.clone(),
-                latency.clone(),
-                failed.clone(),
-                sent.clone(),
-            );
-            // A task per batch: with several in flight, rendering bodies uses every worker.
-            let task = tokio::spawn(async move {
-                let started = Instant::now();
-                let outcome = d
-                    .deliver(&batch, Some(&health), Budget::Retries(d.cfg.retries), None)
-                    .await;
-                match outcome {
-                    Outcome::Delivered { .. } => {
-                        sent.increment(batch.len() as u64);
-                        for e in &batch {
-                            latency.event(e);
-                        }
-                        ack_all(&batch, Status::Delivered);
-                    }
-                    Outcome::Failed { .. } => {
-                        failed.increment(batch.len() as u64);
-                        ack_all(&batch, Status::Rejected);
-                    }
-                    Outcome::Interrupted => {
-                        // Not sent, not given up: the source sees it failed and replays it.
-                        failed.increment(batch.len() as u64);
-                        ack_all(&batch, Status::Errored);
-                    }
-                }
-                processing.record(started.elapsed().as_secs_f64());
-            });
-            async move {
-                if let Err(e) = task.await
-                    && e.is_panic()
-                {
-                    // The stage fails with it (its events already failed with the task).
-                    std::panic::resume_unwind(e.into_panic());
-                }
-            }
-        },
-    )
-    .await;
 }

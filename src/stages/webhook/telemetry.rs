@@ -37,41 +37,12 @@ pub fn describe() {
     );
 }
 
-/// The request metrics of one webhook stage, looked up once.
-pub struct WebhookMetrics {
-    /// Requests by status class, in [`WebhookMetrics::CLASSES`] order.
-    requests: Vec<Counter>,
-    seconds: metrics::Histogram,
-    retries: Counter,
-}
-
-impl WebhookMetrics {
-    pub const CLASSES: [&'static str; 6] =
-        ["2xx", "3xx", "4xx", "5xx", "timeout", "connection_error"];
-
-    pub fn new(stage: &str) -> WebhookMetrics {
-        WebhookMetrics {
-            requests: Self::CLASSES
-                .iter()
-                .map(|c| metrics::counter!(WEBHOOK_REQUESTS, "stage" => stage.to_string(), "status_class" => *c))
-                .collect(),
-            seconds: metrics::histogram!(WEBHOOK_SECONDS, "stage" => stage.to_string()),
-            retries: metrics::counter!(WEBHOOK_RETRIES, "stage" => stage.to_string()),
-        }
-    }
-
-    /// One request that ended in `class` (one of [`WebhookMetrics::CLASSES`]).
-    pub fn request(&self, class: &str, seconds: f64) {
-        if let Some(i) = Self::CLASSES.iter().position(|c| *c == class) {
-            self.requests[i].increment(1);
-        }
-        self.seconds.record(seconds);
-    }
-
-    pub fn retry(&self) {
-        self.retries.increment(1);
-    }
-}
+/// The names of the request metrics.
+pub const NAMES: crate::stages::send::MetricNames = crate::stages::send::MetricNames {
+    requests: WEBHOOK_REQUESTS,
+    seconds: WEBHOOK_SECONDS,
+    retries: WEBHOOK_RETRIES,
+};
 
 /// Events in a durable webhook queue, not yet delivered.
 pub fn webhook_queued(stage: &str) -> Gauge {
