@@ -14,6 +14,7 @@ pub mod file;
 pub mod filter;
 pub mod key;
 pub mod kube_events;
+pub mod loki;
 pub mod rate_limit;
 pub mod send;
 pub mod sql;
@@ -36,4 +37,5 @@ pub static REGISTRY: Registry = Registry(&[
     stdout::TYPE,
     webhook::TYPE,
     alertmanager::TYPE,
+    loki::TYPE,
 ]);

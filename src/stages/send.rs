@@ -356,11 +356,19 @@ pub trait Deliver: Send + Sync + 'static {
         events: &'a [Event],
         health: &'a StageHealth,
     ) -> BoxFuture<'a, Outcome>;
+
+    /// The discard reason of a batch that failed for good with `why`, when the sink tells
+    /// refusals apart (Loki: out of order, too old, line too long); `None`: the stage's
+    /// general failure reason.
+    fn discard_reason(&self, why: &str) -> Option<&'static str> {
+        let _ = why;
+        None
+    }
 }
 
 /// Without a durable queue: batches go out as they fill, `max_in_flight` at a time, each
 /// acknowledged when it is delivered or has failed for good (counted as discarded with
-/// `failed_reason`).
+/// `failed_reason`, or the reason [`Deliver::discard_reason`] gives).
 pub async fn in_memory<D: Deliver>(
     d: &Arc<D>,
     cx: &mut SinkContext,
@@ -373,13 +381,14 @@ pub async fn in_memory<D: Deliver>(
     let latency = shared_metrics::latency(&cx.metrics.id, cx.metrics.type_name);
     let failed = cx.metrics.discarded(failed_reason);
     let sent = shared_metrics::sent(&cx.metrics.id, cx.metrics.type_name);
+    let (id, type_name) = (cx.metrics.id.clone(), cx.metrics.type_name);
     super::batch::run_batched(
         &mut cx.input,
         batch.max_events,
         batch.max_wait.0,
         max_in_flight,
         |batch| {
-            let (d, health) = (d.clone(), health.clone());
+            let (d, health, id) = (d.clone(), health.clone(), id.clone());
             let (processing, latency, failed, sent) = (
                 processing.clone(),
                 latency.clone(),
@@ -397,8 +406,12 @@ pub async fn in_memory<D: Deliver>(
                         }
                         ack_all(&batch, Status::Delivered);
                     }
-                    Outcome::Failed { .. } => {
-                        failed.increment(batch.len() as u64);
+                    Outcome::Failed { reason, .. } => {
+                        match d.discard_reason(&reason) {
+                            Some(r) => shared_metrics::discarded(&id, type_name, r)
+                                .increment(batch.len() as u64),
+                            None => failed.increment(batch.len() as u64),
+                        }
                         ack_all(&batch, Status::Rejected);
                     }
                     Outcome::Interrupted => {

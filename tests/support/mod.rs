@@ -1,6 +1,7 @@
 //! Helpers for tests that drive the real `eventflow` binary.
 #![allow(dead_code)]
 
+pub mod loki;
 pub mod receiver;
 #[allow(unused_imports)]
 pub use receiver::{Got, Receiver};

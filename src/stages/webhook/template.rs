@@ -30,6 +30,8 @@ use crate::event::Event;
 pub struct BodyTemplate {
     env: Arc<Environment<'static>>,
     source: Arc<str>,
+    /// A JSON body (strings escaped, output checked); else plain text (a log line).
+    json: bool,
 }
 
 /// The variables of every request, whatever it carries.
@@ -88,8 +90,20 @@ pub enum TemplateError {
 impl BodyTemplate {
     /// Compiles a template; a syntax error names the line in the template.
     pub fn compile(source: &str) -> Result<BodyTemplate, TemplateError> {
+        Self::compile_as(source, true)
+    }
+
+    /// Compiles a template of plain text (values print as they are; lists and maps as JSON),
+    /// e.g. a log line.
+    pub fn compile_text(source: &str) -> Result<BodyTemplate, TemplateError> {
+        Self::compile_as(source, false)
+    }
+
+    fn compile_as(source: &str, json: bool) -> Result<BodyTemplate, TemplateError> {
         let mut env = Environment::new();
-        env.set_formatter(json_formatter);
+        if json {
+            env.set_formatter(json_formatter);
+        }
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
         env.add_template_owned("body", source.to_string())
             .map_err(|e| TemplateError::Syntax {
@@ -100,6 +114,7 @@ impl BodyTemplate {
         Ok(BodyTemplate {
             env: Arc::new(env),
             source: Arc::from(source),
+            json,
         })
     }
 
@@ -248,6 +263,9 @@ impl BodyTemplate {
             .get_template("body")
             .map_err(TemplateError::Render)?;
         let body = t.render(Value::from(ctx)).map_err(TemplateError::Render)?;
+        if !self.json {
+            return Ok(body);
+        }
         serde_json::from_str::<serde::de::IgnoredAny>(&body).map_err(|e| {
             // The body holds event data and maybe secrets: show only a short, redacted
             // excerpt around the error, never the whole of it.
@@ -273,6 +291,33 @@ impl<'de> serde::Deserialize<'de> for TemplateField {
         let source = String::deserialize(d)?;
         let compiled = BodyTemplate::compile(&source).map_err(serde::de::Error::custom)?;
         Ok(TemplateField { source, compiled })
+    }
+}
+
+/// A plain-text template in the config (a log line), compiled when the file is loaded.
+#[derive(Debug, Clone)]
+pub struct TextTemplateField {
+    pub source: String,
+    pub compiled: BodyTemplate,
+}
+
+impl<'de> serde::Deserialize<'de> for TextTemplateField {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let source = String::deserialize(d)?;
+        let compiled = BodyTemplate::compile_text(&source).map_err(serde::de::Error::custom)?;
+        Ok(TextTemplateField { source, compiled })
+    }
+}
+
+impl schemars::JsonSchema for TextTemplateField {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "TextTemplate".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "A minijinja template of one line of text, rendered per event: the event's fields at the top level (`{{ reason }}`, `{{ object_labels.team }}`), values printed as they are. Compiled when the file is loaded."
+        })
     }
 }
 
