@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 struct State {
     synced: bool,
     failing_since: Option<Instant>,
+    /// Not ready at once, for this reason (e.g. a NATS stream that does not exist).
+    blocked: Option<String>,
 }
 
 type Map = Mutex<BTreeMap<String, Arc<StageHealth>>>;
@@ -48,6 +50,7 @@ impl Health {
             state: Mutex::new(State {
                 synced: false,
                 failing_since: None,
+                blocked: None,
             }),
             registry: Arc::downgrade(&self.0),
         });
@@ -75,6 +78,16 @@ impl StageHealth {
         self.with(|s| {
             s.synced = true;
             s.failing_since = None;
+            s.blocked = None;
+        });
+    }
+
+    /// Not ready at once, for `reason`, until the next success ([`StageHealth::synced`]).
+    pub fn blocked(&self, reason: impl Into<String>) {
+        let reason = reason.into();
+        self.with(|s| {
+            s.failing_since.get_or_insert_with(Instant::now);
+            s.blocked = Some(reason);
         });
     }
 
@@ -99,6 +112,11 @@ impl StageHealth {
     /// Why the source is not ready, if it is not.
     pub fn problem(&self) -> Option<String> {
         self.with(|s| match s.failing_since {
+            _ if s.blocked.is_some() => Some(format!(
+                "stage `{}`: {}",
+                self.id,
+                s.blocked.as_deref().unwrap_or_default()
+            )),
             Some(t) if t.elapsed() >= self.unready_after => Some(format!(
                 "stage `{}`: failing for {}s",
                 self.id,

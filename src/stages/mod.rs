@@ -15,6 +15,7 @@ pub mod filter;
 pub mod key;
 pub mod kube_events;
 pub mod loki;
+pub mod nats;
 pub mod rate_limit;
 pub mod send;
 pub mod sql;
@@ -38,4 +39,5 @@ pub static REGISTRY: Registry = Registry(&[
     webhook::TYPE,
     alertmanager::TYPE,
     loki::TYPE,
+    nats::TYPE,
 ]);
