@@ -140,6 +140,27 @@ fn every_bundled_pipeline_validates() {
     );
 }
 
+#[test]
+fn every_example_pipeline_validates_and_passes_its_own_test_cases() {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(repo("pipelines/examples"))
+        .expect("pipelines/examples/")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 2, "{files:?}");
+    for f in files {
+        let out = bin().arg("test").arg(&f).output().expect("test");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("0 failed") && !text.contains("0 passed"),
+            "{}: {text}{}",
+            f.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 /// The checked-in file `path` is what `eventflow ARGS` prints (it is generated); its text.
 fn generated_file_is_current(args: &[&str], path: &str) -> String {
     let out = bin().args(args).output().expect("run");

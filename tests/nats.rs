@@ -6,147 +6,17 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream;
 use eventflow::engine::Topology;
 use eventflow::event::EventData;
 use eventflow::event::ack::Status;
 use eventflow::stages::nats::NatsConfig;
 use eventflow::testkit::{ChannelSource, Feeder, event, source_to_sink};
-use futures::StreamExt;
 use serde_json::{Value, json};
 
-const BINARY: &str = "/usr/sbin/nats-server";
-
-/// A running `nats-server -js`; killed when dropped.
-struct Nats {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn installed() -> bool {
-    if std::path::Path::new(BINARY).exists() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{BINARY} is missing: .ci/services.sh installs it"
-    );
-    eprintln!("SKIPPED: {BINARY} is not installed (bash .ci/services.sh installs it)");
-    false
-}
-
-impl Nats {
-    fn start() -> Nats {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Self::start_on(port, tempfile::tempdir().unwrap())
-    }
-
-    fn start_on(port: u16, dir: tempfile::TempDir) -> Nats {
-        let child = Command::new(BINARY)
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        support::wait_until("nats-server listens", Duration::from_secs(20), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        Nats { child, port, dir }
-    }
-
-    /// Stops the server (SIGKILL), and returns what a restart needs: its port and store.
-    fn stop(mut self) -> (u16, tempfile::TempDir) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
-        (self.port, dir)
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    async fn js(&self) -> jetstream::Context {
-        jetstream::new(async_nats::connect(self.url()).await.unwrap())
-    }
-
-    /// The stream `EVENTS` capturing `subjects`, with a two-minute duplicate window.
-    async fn stream(&self, subjects: &[&str]) {
-        self.js()
-            .await
-            .create_stream(jetstream::stream::Config {
-                name: "EVENTS".into(),
-                subjects: subjects.iter().map(|s| (*s).to_string()).collect(),
-                duplicate_window: Duration::from_secs(120),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-    }
-
-    /// Every message in `EVENTS`: (subject, Nats-Msg-Id, payload).
-    async fn messages(&self) -> Vec<(String, String, Value)> {
-        let js = self.js().await;
-        let stream = js.get_stream("EVENTS").await.unwrap();
-        let n = stream.cached_info().state.messages;
-        if n == 0 {
-            return Vec::new();
-        }
-        let consumer = stream
-            .create_consumer(jetstream::consumer::pull::Config {
-                ack_policy: jetstream::consumer::AckPolicy::None,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        let mut batch = consumer
-            .fetch()
-            .max_messages(usize::try_from(n).unwrap())
-            .expires(Duration::from_secs(5))
-            .messages()
-            .await
-            .unwrap();
-        let mut out = Vec::new();
-        while let Some(m) = batch.next().await {
-            let m = m.unwrap();
-            let id = m
-                .headers
-                .as_ref()
-                .and_then(|h| h.get("Nats-Msg-Id"))
-                .map(ToString::to_string)
-                .unwrap_or_default();
-            out.push((
-                m.subject.to_string(),
-                id,
-                serde_json::from_slice(&m.payload).unwrap(),
-            ));
-        }
-        out
-    }
-
-    async fn count(&self) -> u64 {
-        let js = self.js().await;
-        let mut s = js.get_stream("EVENTS").await.unwrap();
-        s.info().await.unwrap().state.messages
-    }
-}
+use support::nats::{Nats, installed};
 
 async fn pipeline(url: &str, extra: Value) -> Result<(Topology, Feeder), String> {
     let mut v = json!({"url": url, "stream": "EVENTS", "backoff": {"initial": "100ms", "max": "1s"}, "timeout": "2s"});

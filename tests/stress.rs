@@ -57,17 +57,28 @@ struct World {
     n: usize,
     /// A kubeconfig for the fake API server, for `enrich`.
     kubeconfig: Option<PathBuf>,
+    /// A `nats-server` with the stream `EVENTS` (`eventflow.>`), for `nats`; `None` where it
+    /// is not installed (outside CI).
+    nats: Option<support::nats::Nats>,
 }
 
 impl World {
     fn new() -> World {
         let (_, hook) = Receiver::start();
+        let nats = support::nats::installed().then(|| {
+            let n = support::nats::Nats::start();
+            tokio::runtime::Runtime::new()
+                .expect("runtime")
+                .block_on(n.stream(&["eventflow.>"]));
+            n
+        });
         World {
             dir: tempfile::tempdir().expect("tmp"),
             samples: repo("pipelines/samples/events.json"),
             hook,
             kubeconfig: None,
             n: 0,
+            nats,
         }
     }
 
@@ -79,8 +90,9 @@ impl World {
         )
     }
 
-    /// A pipeline with every stage type but `kube_events` and `stdout`: file -> filter ->
-    /// dedup -> aggregate -> `rate_limit` -> sql + webhook (+ a durable webhook).
+    /// A pipeline with every stage type but `kube_events`, `enrich` and `stdout`: file -> filter
+    /// -> dedup -> aggregate -> `rate_limit` -> sql + webhook (+ a durable webhook) +
+    /// alertmanager + loki (to the receiver) + nats (where `nats-server` is installed).
     fn everything(&mut self) -> String {
         let (db, state) = (self.db(), self.db());
         format!(
@@ -150,9 +162,27 @@ stages:
     format: template
     template: '{{\"n\": {{{{ count }}}}, \"r\": \"{{{{ event.reason }}}}\"}}'
     batch: {{max_events: 5, max_wait: 10ms}}
-",
+  alerts:
+    type: alertmanager
+    inputs: [once]
+    urls: [{hook}]
+    resolve_after: 1m
+    retries: 2
+    backoff: {{initial: 10ms, max: 100ms}}
+  logs:
+    type: loki
+    inputs: [keep]
+    url: {hook}
+    labels: [namespace, type]
+    line: logfmt
+    batch: {{max_events: 50, max_wait: 10ms}}
+{nats}",
             samples = self.samples.display(),
             hook = self.hook,
+            nats = self.nats.as_ref().map_or_else(String::new, |n| format!(
+                "  bus:\n    type: nats\n    inputs: [keep]\n    url: {}\n    stream: EVENTS\n    subject: eventflow.{{cluster}}.{{reason}}\n    timeout: 2s\n",
+                n.url()
+            )),
         )
     }
 
@@ -175,6 +205,19 @@ stages:
             "webhook" => format!(
                 "{src}  x:\n    type: webhook\n    inputs: [src]\n    url: {}\n{extra}",
                 self.hook
+            ),
+            // The receiver takes anything: what is checked is the stage, not the server.
+            "alertmanager" => format!(
+                "{src}  x:\n    type: alertmanager\n    inputs: [src]\n    urls: [{}]\n{extra}",
+                self.hook
+            ),
+            "loki" => format!(
+                "{src}  x:\n    type: loki\n    inputs: [src]\n    url: {}\n{extra}",
+                self.hook
+            ),
+            "nats" => format!(
+                "{src}  x:\n    type: nats\n    inputs: [src]\n    url: {}\n    stream: EVENTS\n{extra}",
+                self.nats.as_ref().map_or_else(String::new, support::nats::Nats::url)
             ),
             "enrich" => format!(
                 "{src}  x:\n    type: enrich\n    inputs: [src]\n    kubeconfig: {}\n{extra}{}",
@@ -394,7 +437,7 @@ fn every_boundary_value_of_every_numeric_field_is_refused_or_runs() {
                 covered.insert(format!("{type_name}.{field}"));
                 continue;
             }
-            if type_name == "stdout" {
+            if type_name == "stdout" || (type_name == "nats" && w.nats.is_none()) {
                 continue;
             }
             let text = w.around(type_name, &extra);

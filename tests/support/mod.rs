@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod loki;
+pub mod nats;
 pub mod receiver;
 #[allow(unused_imports)]
 pub use receiver::{Got, Receiver};
