@@ -66,7 +66,10 @@ async fn run_sink(url: &str) -> Duration {
     let started = Instant::now();
     let mut acks = Vec::new();
     for chunk in (0..EVENTS).collect::<Vec<_>>().chunks(1000) {
-        acks.push(feed.send(chunk.iter().map(|i| data(run, *i)).collect()).await);
+        acks.push(
+            feed.send(chunk.iter().map(|i| data(run, *i)).collect())
+                .await,
+        );
     }
     for a in acks {
         let _ = a.await;

@@ -217,7 +217,9 @@ stages:
             ),
             "nats" => format!(
                 "{src}  x:\n    type: nats\n    inputs: [src]\n    url: {}\n    stream: EVENTS\n{extra}",
-                self.nats.as_ref().map_or_else(String::new, support::nats::Nats::url)
+                self.nats
+                    .as_ref()
+                    .map_or_else(String::new, support::nats::Nats::url)
             ),
             "enrich" => format!(
                 "{src}  x:\n    type: enrich\n    inputs: [src]\n    kubeconfig: {}\n{extra}{}",
@@ -668,7 +670,11 @@ fn three_thousand_mutated_pipelines_never_panic_hang_or_grow() {
             }
         }
         if t.runs < runs_max {
+            let before = t.problems.len();
             run(&mut t, p, &name);
+            if t.problems.len() > before {
+                eprintln!("{name} was:\n{text}");
+            }
         }
     }
     let report = reload_rt.block_on(topo.shutdown(Duration::from_secs(10)));

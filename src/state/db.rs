@@ -182,6 +182,12 @@ pub enum UrlError {
         "unsupported database URL `{0}` (expected sqlite://, postgres://, mysql:// or mariadb://)"
     )]
     Unsupported(String),
+    /// `sqlite://` without a file, or an in-memory database: each pooled connection would have
+    /// a database of its own, and nothing would outlive the process.
+    #[error(
+        "`{0}` names no SQLite file (write `sqlite://path/to/file.db`; in-memory databases are not supported)"
+    )]
+    NoFile(String),
     #[error("`{url}` is not a valid URL: {source}")]
     Invalid {
         url: String,
@@ -225,9 +231,18 @@ pub fn check_url(url: &str) -> Result<(), UrlError> {
         source: e,
     };
     match backend_of(url) {
-        Some(Backend::Sqlite) => sqlx::sqlite::SqliteConnectOptions::from_str(url)
-            .map(drop)
-            .map_err(bad),
+        Some(Backend::Sqlite) => {
+            let path = url
+                .split_once("://")
+                .map_or("", |(_, rest)| rest.split('?').next().unwrap_or_default());
+            let memory = url.contains(":memory:") || url.contains("mode=memory");
+            if path.trim().is_empty() || memory {
+                return Err(UrlError::NoFile(redact(url)));
+            }
+            sqlx::sqlite::SqliteConnectOptions::from_str(url)
+                .map(drop)
+                .map_err(bad)
+        }
         Some(Backend::Postgres) => sqlx::postgres::PgConnectOptions::from_str(url)
             .map(drop)
             .map_err(bad),
@@ -488,6 +503,16 @@ mod tests {
         assert_eq!(backend_of("mariadb://u:p@h/db"), Some(Backend::MySql));
         assert_eq!(backend_of("sqlite://x.db"), Some(Backend::Sqlite));
         assert_eq!(backend_of("redis://x"), None);
+        // An SQLite URL must name a file: an in-memory database is one per pooled connection.
+        for url in [
+            "sqlite://",
+            "sqlite://?mode=rwc",
+            "sqlite::memory:",
+            "sqlite://x.db?mode=memory",
+        ] {
+            assert!(matches!(check_url(url), Err(UrlError::NoFile(_))), "{url}");
+        }
+        assert!(check_url("sqlite://x.db?mode=rwc").is_ok());
         assert_eq!(
             redact("postgres://u:secret@h:5432/db"),
             "postgres://u:***@h:5432/db"

@@ -138,4 +138,3 @@ impl Nats {
         s.info().await.expect("nats").state.messages
     }
 }
-

@@ -284,8 +284,9 @@ pub enum NatsError {
     },
     #[error("cannot connect to NATS: {0}")]
     Connect(String),
-    #[error("{0}")]
-    Stream(String),
+    /// The stream does not exist (`stream`), or does not capture the subjects (`subject`).
+    #[error("field `{field}`: {why}")]
+    Stream { field: &'static str, why: String },
 }
 
 impl NatsConfig {
@@ -319,11 +320,11 @@ impl NatsConfig {
     }
 
     /// Whether `stream` exists and captures this stage's subjects: `Ok(None)` when it does,
-    /// `Ok(Some(why))` when it does not, `Err` when the server did not answer.
+    /// `Ok(Some(error))` when it does not, `Err` when the server did not answer.
     async fn check_stream(
         &self,
         js: &async_nats::jetstream::Context,
-    ) -> Result<Option<String>, String> {
+    ) -> Result<Option<NatsError>, String> {
         use async_nats::jetstream::context::GetStreamErrorKind;
         match js.get_stream(&self.stream).await {
             Ok(s) => {
@@ -332,24 +333,30 @@ impl NatsConfig {
                 if subjects.iter().any(|f| subject_matches(f, &sample)) {
                     Ok(None)
                 } else {
-                    Ok(Some(format!(
-                        "stream `{}` does not capture subject `{sample}` (made by `{}`); its subjects: {}",
-                        self.stream,
-                        self.subject.source,
-                        subjects.join(", ")
-                    )))
+                    Ok(Some(NatsError::Stream {
+                        field: "subject",
+                        why: format!(
+                            "stream `{}` does not capture subject `{sample}` (made by `{}`); its subjects: {}",
+                            self.stream,
+                            self.subject.source,
+                            subjects.join(", ")
+                        ),
+                    }))
                 }
             }
             Err(e) => match e.kind() {
                 GetStreamErrorKind::JetStream(j)
                     if j.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND =>
                 {
-                    Ok(Some(format!(
-                        "JetStream stream `{}` does not exist (creating it is the operator's job, e.g. `nats stream add {} --subjects '{}'`)",
-                        self.stream,
-                        self.stream,
-                        self.subject_filter()
-                    )))
+                    Ok(Some(NatsError::Stream {
+                        field: "stream",
+                        why: format!(
+                            "JetStream stream `{}` does not exist (creating it is the operator's job, e.g. `nats stream add {} --subjects '{}'`)",
+                            self.stream,
+                            self.stream,
+                            self.subject_filter()
+                        ),
+                    }))
                 }
                 _ => Err(e.to_string()),
             },
@@ -463,7 +470,7 @@ impl StageConfig for NatsConfig {
             // when the sink runs.
             let checked = tokio::time::timeout(self.timeout.0, self.check_stream(&js)).await;
             match checked {
-                Ok(Ok(Some(why))) => return Err(cx.failed(NatsError::Stream(why))),
+                Ok(Ok(Some(e))) => return Err(cx.failed(e)),
                 Ok(Ok(None)) => {}
                 Ok(Err(why)) => {
                     tracing::warn!(stage = %cx.id, reason = %why, "cannot check the JetStream stream yet; publishing waits for the server");
