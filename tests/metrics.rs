@@ -30,6 +30,10 @@ fn counters_match_a_known_run_and_promtool_accepts_the_output() {
     // A receiver that refuses the first request for good (the durable webhook dead-letters it).
     let (refuser, refusing) = Receiver::start();
     let _ = refuser.failing_first(1, 400);
+    // An Alertmanager and a Loki stand-in (this receiver takes anything; the sinks' own tests
+    // use the real Alertmanager and a strict Loki fake).
+    let (_am, am_url) = Receiver::start();
+    let (_loki, loki_url) = support::loki::Loki::start(support::loki::Options::default());
     // A fake API server with two Events, for the kube_events source.
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let fake = rt
@@ -51,7 +55,7 @@ fn counters_match_a_known_run_and_promtool_accepts_the_output() {
         dir.path(),
         "p.yaml",
         &format!(
-            "api:\n  listen: 127.0.0.1:0\nstate:\n  url: sqlite://{}\nstages:\n  src:\n    type: file\n    path: {}\n    follow: true\n    poll_interval: 20ms\n  warn:\n    type: filter\n    inputs: [src]\n    types: [Warning]\n  once:\n    type: dedup\n    inputs: [warn]\n    key: [uid]\n  agg:\n    type: aggregate\n    inputs: [once]\n    window: 1h\n  limit:\n    type: rate_limit\n    inputs: [agg]\n    limit: 100\n  out:\n    type: stdout\n    inputs: [limit]\n  db:\n    type: sql\n    inputs: [once]\n    url: sqlite://{}\n    batch: {{max_events: 10, max_wait: 10ms}}\n  k8s:\n    type: kube_events\n    kubeconfig: {}\n  kdb:\n    type: sql\n    inputs: [k8s]\n    url: sqlite://{}\n  hook:\n    type: webhook\n    inputs: [once]\n    url: {}\n    backoff: {{initial: 50ms, max: 200ms}}\n    batch: {{max_events: 100, max_wait: 300ms}}\n  dhook:\n    type: webhook\n    inputs: [once]\n    url: {}\n    durable: true\n    batch: {{max_events: 100, max_wait: 300ms}}\n",
+            "api:\n  listen: 127.0.0.1:0\nstate:\n  url: sqlite://{}\nstages:\n  src:\n    type: file\n    path: {}\n    follow: true\n    poll_interval: 20ms\n  warn:\n    type: filter\n    inputs: [src]\n    types: [Warning]\n  once:\n    type: dedup\n    inputs: [warn]\n    key: [uid]\n  agg:\n    type: aggregate\n    inputs: [once]\n    window: 1h\n  limit:\n    type: rate_limit\n    inputs: [agg]\n    limit: 100\n  out:\n    type: stdout\n    inputs: [limit]\n  db:\n    type: sql\n    inputs: [once]\n    url: sqlite://{}\n    batch: {{max_events: 10, max_wait: 10ms}}\n  k8s:\n    type: kube_events\n    kubeconfig: {}\n  kdb:\n    type: sql\n    inputs: [k8s]\n    url: sqlite://{}\n  hook:\n    type: webhook\n    inputs: [once]\n    url: {}\n    backoff: {{initial: 50ms, max: 200ms}}\n    batch: {{max_events: 100, max_wait: 300ms}}\n  dhook:\n    type: webhook\n    inputs: [once]\n    url: {}\n    durable: true\n    batch: {{max_events: 100, max_wait: 300ms}}\n  alerts:\n    type: alertmanager\n    inputs: [once]\n    urls: [{}]\n    batch: {{max_events: 100, max_wait: 50ms}}\n  logs:\n    type: loki\n    inputs: [once]\n    url: {}\n    batch: {{max_events: 100, max_wait: 50ms}}\n",
             dir.path().join("state.db").display(),
             events.display(),
             db.display(),
@@ -59,6 +63,8 @@ fn counters_match_a_known_run_and_promtool_accepts_the_output() {
             dir.path().join("k.db").display(),
             hook,
             refusing,
+            am_url.trim_end_matches("/hook"),
+            loki_url,
         ),
     );
     let mut r = Running::start(&[], &p);
@@ -88,6 +94,14 @@ fn counters_match_a_known_run_and_promtool_accepts_the_output() {
                 &body,
                 "eventflow_events_received_total{stage=\"kdb\",type=\"sql\"}",
             ) == 2.0
+            && value(
+                &body,
+                "eventflow_events_sent_total{stage=\"alerts\",type=\"alertmanager\"}",
+            ) == 7.0
+            && value(
+                &body,
+                "eventflow_events_sent_total{stage=\"logs\",type=\"loki\"}",
+            ) == 7.0
             && value(
                 &body,
                 "eventflow_events_sent_total{stage=\"dhook\",type=\"webhook\"}",
@@ -140,6 +154,27 @@ fn counters_match_a_known_run_and_promtool_accepts_the_output() {
         7.0
     );
     assert!(body.contains("# HELP eventflow_events_received_total"));
+    // The alertmanager and loki sinks: their requests by outcome, the alerts they remember.
+    assert!(
+        value(
+            &body,
+            "eventflow_alertmanager_requests_total{stage=\"alerts\",status_class=\"2xx\"}"
+        ) >= 1.0
+    );
+    assert_eq!(
+        value(
+            &body,
+            "eventflow_alertmanager_firing_alerts{stage=\"alerts\"}"
+        ),
+        0.0,
+        "the sample events were last seen long ago: their alerts ended already"
+    );
+    assert!(
+        value(
+            &body,
+            "eventflow_loki_requests_total{stage=\"logs\",status_class=\"2xx\"}"
+        ) >= 1.0
+    );
     // The durable webhook: its first batch refused (dead-lettered), nothing left queued.
     assert!(
         value(

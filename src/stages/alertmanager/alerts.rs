@@ -72,10 +72,11 @@ pub struct Firing {
 }
 
 impl Firing {
-    /// Records alerts Alertmanager accepted; the newest wins. At `max` the alerts ending first
-    /// are forgotten (they resolve at their `endsAt` all the same); returns how many.
-    pub fn record(&mut self, alerts: &[Alert], max: usize) -> usize {
-        for a in alerts {
+    /// Records alerts Alertmanager accepted that have not ended by `now`; the newest of a label
+    /// set wins. At `max` the alerts ending first are forgotten (they resolve at their `endsAt`
+    /// all the same); returns how many.
+    pub fn record(&mut self, alerts: &[Alert], max: usize, now: DateTime<Utc>) -> usize {
+        for a in alerts.iter().filter(|a| a.ends_at > now) {
             match self.alerts.get_mut(&a.fingerprint()) {
                 Some(old) if old.ends_at > a.ends_at => {}
                 Some(old) => *old = a.clone(),
@@ -128,16 +129,24 @@ mod tests {
     #[test]
     fn the_table_keeps_the_newest_of_each_label_set_and_forgets_what_ends_first() {
         let mut f = Firing::default();
-        assert_eq!(f.record(&[alert("a", 10), alert("b", 20)], 2), 0);
+        let zero = DateTime::from_timestamp(0, 0).unwrap_or_default();
+        assert_eq!(f.record(&[alert("a", 10), alert("b", 20)], 2, zero), 0);
         // An older copy of `a` does not replace the newer one.
-        f.record(&[alert("a", 5)], 2);
+        f.record(&[alert("a", 5)], 2, zero);
         assert_eq!(
             f.still_firing(DateTime::from_timestamp(9, 0).unwrap_or_default())
                 .len(),
             2
         );
         // A third label set at the bound of 2: the one ending first goes.
-        assert_eq!(f.record(&[alert("c", 30)], 2), 1);
+        assert_eq!(f.record(&[alert("c", 30)], 2, zero), 1);
+        // An alert that ended already is not remembered.
+        f.record(
+            &[alert("old", 1)],
+            3,
+            DateTime::from_timestamp(2, 0).unwrap_or_default(),
+        );
+        assert_eq!(f.len(), 2);
         let mut names: Vec<String> = f
             .still_firing(DateTime::from_timestamp(0, 0).unwrap_or_default())
             .iter()

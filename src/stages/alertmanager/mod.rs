@@ -504,7 +504,7 @@ impl send::Deliver for Poster {
                 .await;
             if matches!(outcome, Outcome::Delivered { .. }) {
                 let mut f = self.firing.lock().unwrap_or_else(PoisonError::into_inner);
-                let forgotten = f.record(&alerts, self.cfg.max_alerts);
+                let forgotten = f.record(&alerts, self.cfg.max_alerts, chrono::Utc::now());
                 self.forgotten.increment(forgotten as u64);
                 self.firing_gauge.set(f.len() as f64);
             }
