@@ -620,6 +620,55 @@ fn migrate(path: &std::path::Path, show_secrets: bool) -> anyhow::Result<ExitCod
     }
 }
 
+/// The sinks of `p` with `durable: true` (webhook, loki), each with a way to make its sender.
+fn durable_stages(
+    p: &eventflow::config::Pipeline,
+) -> Result<Vec<eventflow::stages::webhook::dead_letter::DurableStage>, String> {
+    use eventflow::stages::webhook::dead_letter::DurableStage;
+    use eventflow::stages::webhook::durable::Sender;
+    use eventflow::stages::{loki, webhook};
+    use std::sync::Arc;
+    let mut out = Vec::new();
+    for s in p.stages.values() {
+        let id = s.id.clone();
+        let bad = |e: eventflow::yaml::DeError| format!("stage `{}`: {e}", s.id);
+        if s.type_name == webhook::TYPE.name {
+            let cfg: webhook::WebhookConfig =
+                eventflow::yaml::from_node_skipping(&s.node, &["type", "inputs"]).map_err(bad)?;
+            if cfg.durable {
+                out.push(DurableStage {
+                    id: id.clone(),
+                    make: Box::new(move || {
+                        let (cfg, id) = (cfg.clone(), id.clone());
+                        Box::pin(async move {
+                            cfg.delivery(&id)
+                                .await
+                                .map(|d| Arc::new(d) as Arc<dyn Sender>)
+                                .map_err(|e| e.to_string())
+                        })
+                    }),
+                });
+            }
+        } else if s.type_name == loki::TYPE.name {
+            let cfg: loki::LokiConfig =
+                eventflow::yaml::from_node_skipping(&s.node, &["type", "inputs"]).map_err(bad)?;
+            if cfg.durable {
+                out.push(DurableStage {
+                    id: id.clone(),
+                    make: Box::new(move || {
+                        let made = cfg
+                            .pusher(&id)
+                            .map(|d| Arc::new(d) as Arc<dyn Sender>)
+                            .map_err(|e| e.to_string());
+                        Box::pin(async move { made })
+                    }),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
 fn dead_letter(action: &DeadLetterAction) -> anyhow::Result<ExitCode> {
     use eventflow::stages::webhook::dead_letter as dl;
     let path = match &action {
@@ -628,16 +677,15 @@ fn dead_letter(action: &DeadLetterAction) -> anyhow::Result<ExitCode> {
         | DeadLetterAction::Resend { pipeline, .. }
         | DeadLetterAction::Delete { pipeline, .. } => pipeline,
     };
-    let p = match eventflow::load_file(path) {
-        Ok(p) => dl::Target {
-            state_url: p.state.clone().unwrap_or_default().url,
-            webhooks: p
-                .stages
-                .values()
-                .filter(|s| s.type_name == eventflow::stages::webhook::TYPE.name)
-                .map(|s| (s.id.clone(), s.node.clone()))
-                .collect(),
-        },
+    let p = match eventflow::load_file(path)
+        .map_err(|e| e.to_string())
+        .and_then(|p| {
+            Ok(dl::Target {
+                state_url: p.state.clone().unwrap_or_default().url,
+                durable: durable_stages(&p)?,
+            })
+        }) {
+        Ok(t) => t,
         Err(e) => {
             eprintln!("{e}");
             return Ok(ExitCode::FAILURE);

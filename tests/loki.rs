@@ -301,3 +301,101 @@ fn validate_warns_of_a_high_cardinality_label_and_refuses_a_missing_template() {
     assert!(!out.status.success(), "{text}");
     assert!(text.contains("logs") && text.contains("template"), "{text}");
 }
+
+#[test]
+fn a_durable_loki_sink_keeps_pushes_across_an_outage_and_a_restart_and_dead_letters_refusals() {
+    let (loki, url) = Loki::start(Options {
+        max_line_bytes: 600,
+        ..Options::default()
+    });
+    // Loki is down (503) until told otherwise.
+    loki.answer_next(100_000, 503, None);
+    let dir = tempfile::tempdir().unwrap();
+    let (_rt, fake, kc) = support::fake_cluster(dir.path());
+    let p = support::write(
+        dir.path(),
+        "p.yaml",
+        &format!(
+            "api:\n  listen: 127.0.0.1:0\nstate:\n  url: sqlite://{}\nstages:\n  k8s:\n    type: kube_events\n    kubeconfig: {}\n  logs:\n    type: loki\n    inputs: [k8s]\n    url: {url}\n    durable: true\n    backoff: {{initial: 50ms, max: 200ms}}\n    batch: {{max_events: 100, max_wait: 50ms}}\n",
+            dir.path().join("state.db").display(),
+            kc.display()
+        ),
+    );
+    let mut r = support::Running::start(&[], &p);
+    let port = r.api_port();
+    let uids: Vec<String> = (0..20)
+        .map(|i| support::create_event(&fake, "shop", &format!("e{i}.1"), "BackOff", "Warning"))
+        .collect();
+    // Accepted into the queue while Loki refuses everything.
+    support::wait_until("20 events queued", Duration::from_secs(20), || {
+        support::metric(port, "eventflow_webhook_queued_events{stage=\"logs\"}") == 20.0
+    });
+    assert!(loki.stored().is_empty());
+    r.stop_ok();
+
+    // Loki is back; a new process delivers what the old one queued, once.
+    loki.clear_answers();
+    let mut r = support::Running::start(&[], &p);
+    let port = r.api_port();
+    support::wait_until("the queue delivered", Duration::from_secs(20), || {
+        loki.stored().len() == 20
+    });
+    let mut stored: Vec<String> = loki
+        .stored()
+        .iter()
+        .map(|e| {
+            serde_json::from_str::<Value>(&e.line).unwrap()["uid"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    stored.sort();
+    let mut want = uids.clone();
+    want.sort();
+    assert_eq!(stored, want);
+
+    // An event whose line Loki refuses for good (too long) goes to the dead letters.
+    let mut long = fake_apiserver::sample_event("shop", "long.1", "BackOff", "Warning", "m");
+    long["message"] = Value::String("x".repeat(700));
+    fake.create("shop", long).unwrap();
+    support::wait_until("a dead letter", Duration::from_secs(20), || {
+        support::metric(
+            port,
+            "eventflow_webhook_dead_lettered_events_total{stage=\"logs\"}",
+        ) == 1.0
+    });
+    assert_eq!(
+        support::metric(port, "eventflow_webhook_queued_events{stage=\"logs\"}"),
+        0.0
+    );
+    r.stop_ok();
+    let out = support::bin()
+        .args(["dead-letter", "list"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("logs") && text.contains("Max entry size"),
+        "{text}"
+    );
+    // Sent again with the stage's config: refused again, kept, reported.
+    let out = support::bin()
+        .args(["dead-letter", "resend"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(
+        text.contains("failed again") && text.contains("0 delivered, 1 failed"),
+        "{text}"
+    );
+    assert_eq!(loki.stored().len(), 20);
+}

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
+use sha2::Digest;
 
 use crate::backoff::BackoffConfig;
 use crate::component::{Invalid, SinkContext};
@@ -341,6 +342,26 @@ impl Retrier<'_> {
             }
         }
     }
+}
+
+/// The delivery id of `events` (the webhook's `X-Eventflow-Delivery-Id`, NATS' `Nats-Msg-Id`):
+/// derived from their uids and resource versions, so the same across retries and restarts.
+pub fn delivery_id(events: &[Event]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut h = sha2::Sha256::new();
+    for e in events {
+        h.update(e.uid.as_bytes());
+        h.update(b"/");
+        h.update(e.resource_version.as_bytes());
+        h.update(b"\n");
+    }
+    let d = h.finalize();
+    let mut s = String::with_capacity(32);
+    for b in d.iter().take(16) {
+        s.push(char::from(HEX[usize::from(b >> 4)]));
+        s.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    s
 }
 
 /// The first uids of `events`, for log lines.

@@ -116,6 +116,11 @@ impl Loki {
         }
     }
 
+    /// Forgets the injected answers not used yet.
+    pub fn clear_answers(&self) {
+        lock(&self.0.injected).clear();
+    }
+
     pub fn stored(&self) -> Vec<Entry> {
         lock(&self.0.stored).clone()
     }

@@ -475,7 +475,7 @@ impl send::Deliver for Poster {
                 .iter()
                 .map(|e| Alert::of(&self.cfg, e, now))
                 .collect();
-            let id = super::webhook::delivery_id(events);
+            let id = super::send::delivery_id(events);
             let body = match serde_json::to_string(&alerts) {
                 Ok(b) => b,
                 Err(e) => {

@@ -25,6 +25,8 @@ use serde::{Deserialize, Serialize};
 
 use super::batch::BatchConfig;
 use super::send::{self, Attempt, Budget, Outcome};
+use super::webhook::durable;
+use super::webhook::queue::Store;
 use super::webhook::template::TextTemplateField;
 use crate::backoff::BackoffConfig;
 use crate::component::{
@@ -110,6 +112,26 @@ pub struct LokiConfig {
     /// Readiness: not ready once pushes have been failing (retryably) for this long.
     #[serde(default = "default_unready_after")]
     pub unready_after: Dur,
+    /// Keep accepted events in a queue table in the `state` database until Loki took them (the
+    /// webhook's durable queue): they survive restarts, crashes and a Loki outage longer than
+    /// the API server keeps Events; a push refused for good goes to the dead-letter table
+    /// (`eventflow dead-letter`).
+    #[serde(default)]
+    pub durable: bool,
+    /// With `durable`: the most events the queue holds (back-pressure beyond).
+    #[serde(default = "default_max_queued")]
+    pub max_queued: u64,
+    /// With `durable`: how long a push that keeps failing retryably is retried before it is
+    /// dead-lettered (`retries` does not apply).
+    #[serde(default = "default_retry_for")]
+    pub retry_for: Dur,
+}
+
+fn default_max_queued() -> u64 {
+    100_000
+}
+fn default_retry_for() -> Dur {
+    Dur::secs(24 * 3600)
 }
 
 fn default_labels() -> Vec<Field> {
@@ -403,6 +425,10 @@ impl StageConfig for LokiConfig {
         }
         crate::component::at_least_one(&mut out, "batch.max_events", self.batch.max_events as u64);
         crate::component::at_least_one(&mut out, "max_in_flight", self.max_in_flight as u64);
+        crate::component::at_least_one(&mut out, "max_queued", self.max_queued);
+        if self.retry_for.0.is_zero() {
+            out.push(Invalid::new("retry_for", "must be above zero"));
+        }
         out.extend(self.backoff.validate("backoff"));
         out
     }
@@ -477,40 +503,62 @@ impl StageConfig for LokiConfig {
 
     fn build<'a>(&'a self, cx: &'a BuildContext) -> BoxFuture<'a, Result<Stage, BuildError>> {
         Box::pin(async move {
-            let fail = |e: Invalid| cx.failed(e);
-            let url = self.endpoint().map_err(fail)?;
-            let mut headers = self.headers.clone();
-            if let Some(t) = &self.tenant {
-                headers.insert("X-Scope-OrgID".into(), t.clone());
-            }
-            if let Some(token) = &self.bearer_token {
-                headers.insert("Authorization".into(), format!("Bearer {token}"));
-            }
-            let client = send::client(&send::ClientOptions {
-                timeout: self.timeout.0,
-                headers: &headers,
-                ca_file: self.ca_file.as_deref(),
-                insecure_skip_verify: self.insecure_skip_verify,
-                stage: &cx.id,
-                what: "loki",
-            })
-            .map_err(fail)?;
+            let mut pusher = self.pusher(&cx.id).map_err(|e| cx.failed(e))?;
+            pusher.leadership = cx.leadership.clone();
+            let queue = if self.durable {
+                let state = cx.state.clone().unwrap_or_default();
+                let store = Store::open(&state.url).await.map_err(|e| {
+                    cx.error_from(
+                        "field `state.url`: the state database (its durable queue)",
+                        e,
+                    )
+                })?;
+                Some((store, state.url))
+            } else {
+                None
+            };
             Ok(Stage::Sink(Box::new(LokiSink {
-                pusher: Arc::new(Pusher {
-                    cfg: self.clone(),
-                    client,
-                    url,
-                    stage: cx.id.clone(),
-                    metrics: send::RequestMetrics::new(&NAMES, &cx.id),
-                    leadership: cx.leadership.clone(),
-                }),
+                pusher: Arc::new(pusher),
+                queue,
                 health: cx.health.clone(),
+                shared: cx.shared.clone(),
             }) as Box<dyn Sink>))
         })
     }
 }
 
-struct Pusher {
+impl LokiConfig {
+    /// The sending side of stage `stage` (`eventflow dead-letter resend` uses it too).
+    pub fn pusher(&self, stage: &str) -> Result<Pusher, Invalid> {
+        let url = self.endpoint()?;
+        let mut headers = self.headers.clone();
+        if let Some(t) = &self.tenant {
+            headers.insert("X-Scope-OrgID".into(), t.clone());
+        }
+        if let Some(token) = &self.bearer_token {
+            headers.insert("Authorization".into(), format!("Bearer {token}"));
+        }
+        let client = send::client(&send::ClientOptions {
+            timeout: self.timeout.0,
+            headers: &headers,
+            ca_file: self.ca_file.as_deref(),
+            insecure_skip_verify: self.insecure_skip_verify,
+            stage,
+            what: "loki",
+        })?;
+        Ok(Pusher {
+            cfg: self.clone(),
+            client,
+            url,
+            stage: stage.to_string(),
+            metrics: send::RequestMetrics::new(&NAMES, stage),
+            leadership: crate::leader::Leadership::always(),
+        })
+    }
+}
+
+/// Pushes batches of events to one Loki under the stage's rules.
+pub struct Pusher {
     cfg: LokiConfig,
     client: reqwest::Client,
     url: reqwest::Url,
@@ -578,73 +626,90 @@ impl Pusher {
     }
 }
 
+impl Pusher {
+    /// Pushes one batch under `budget`; entries Loki refused in a push it otherwise took are
+    /// counted by reason here.
+    async fn push_events(
+        &self,
+        events: &[Event],
+        health: Option<&crate::health::StageHealth>,
+        budget: Budget,
+        stop: Option<tokio::sync::watch::Receiver<bool>>,
+    ) -> Outcome {
+        let refs: Vec<&EventData> = events.iter().map(|e| &**e).collect();
+        let (body, bad) = self.cfg.body(&refs);
+        if !bad.is_empty() {
+            tracing::error!(stage = %self.stage, events = ?bad, "loki: lines that cannot be made are left out");
+            crate::metrics::discarded(&self.stage, "loki", "loki_line_failed")
+                .increment(bad.len() as u64);
+        }
+        let body = match self.encode(&body) {
+            Ok(b) => b,
+            Err(e) => {
+                return Outcome::Failed {
+                    reason: format!("cannot encode the push body: {e}"),
+                    attempts: 0,
+                };
+            }
+        };
+        let id = super::send::delivery_id(events);
+        let partly = std::sync::Mutex::new(None);
+        let (partly_ref, body_ref) = (&partly, &body);
+        let retrier = send::Retrier {
+            stage: &self.stage,
+            what: "loki",
+            backoff: &self.cfg.backoff,
+            leadership: &self.leadership,
+            metrics: &self.metrics,
+        };
+        let outcome = retrier
+            .run(
+                &id,
+                &send::uids(events),
+                health,
+                budget,
+                stop,
+                move || async move {
+                    match self.push(body_ref).await {
+                        Pushed::Stored { ignored, why } => {
+                            if ignored > 0 {
+                                *partly_ref
+                                    .lock()
+                                    .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                                    Some((ignored, why));
+                            }
+                            Attempt::Delivered
+                        }
+                        Pushed::Attempt(a) => a,
+                    }
+                },
+            )
+            .await;
+        if let Some((n, why)) = partly
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        {
+            tracing::warn!(stage = %self.stage, ignored = n, reason = %why, "loki stored the push but refused some entries");
+            for (reason, count) in refusals(&why, n) {
+                crate::metrics::discarded(&self.stage, "loki", reason).increment(count);
+            }
+        }
+        outcome
+    }
+}
+
 impl send::Deliver for Pusher {
     fn deliver<'a>(
         &'a self,
         events: &'a [Event],
         health: &'a crate::health::StageHealth,
     ) -> BoxFuture<'a, Outcome> {
-        Box::pin(async move {
-            let refs: Vec<&EventData> = events.iter().map(|e| &**e).collect();
-            let (body, bad) = self.cfg.body(&refs);
-            if !bad.is_empty() {
-                tracing::error!(stage = %self.stage, events = ?bad, "loki: lines that cannot be made are left out");
-                crate::metrics::discarded(&self.stage, "loki", "loki_line_failed")
-                    .increment(bad.len() as u64);
-            }
-            let body = match self.encode(&body) {
-                Ok(b) => b,
-                Err(e) => {
-                    return Outcome::Failed {
-                        reason: format!("cannot encode the push body: {e}"),
-                        attempts: 0,
-                    };
-                }
-            };
-            let id = super::webhook::delivery_id(events);
-            let partly = std::sync::Mutex::new(None);
-            let (partly_ref, body_ref) = (&partly, &body);
-            let retrier = send::Retrier {
-                stage: &self.stage,
-                what: "loki",
-                backoff: &self.cfg.backoff,
-                leadership: &self.leadership,
-                metrics: &self.metrics,
-            };
-            let outcome = retrier
-                .run(
-                    &id,
-                    &send::uids(events),
-                    Some(health),
-                    Budget::Retries(self.cfg.retries),
-                    None,
-                    move || async move {
-                        match self.push(body_ref).await {
-                            Pushed::Stored { ignored, why } => {
-                                if ignored > 0 {
-                                    *partly_ref
-                                        .lock()
-                                        .unwrap_or_else(std::sync::PoisonError::into_inner) =
-                                        Some((ignored, why));
-                                }
-                                Attempt::Delivered
-                            }
-                            Pushed::Attempt(a) => a,
-                        }
-                    },
-                )
-                .await;
-            if let Some((n, why)) = partly
-                .into_inner()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-            {
-                tracing::warn!(stage = %self.stage, ignored = n, reason = %why, "loki stored the push but refused some entries");
-                for (reason, count) in refusals(&why, n) {
-                    crate::metrics::discarded(&self.stage, "loki", reason).increment(count);
-                }
-            }
-            outcome
-        })
+        Box::pin(self.push_events(
+            events,
+            Some(health),
+            Budget::Retries(self.cfg.retries),
+            None,
+        ))
     }
 
     fn discard_reason(&self, why: &str) -> Option<&'static str> {
@@ -652,9 +717,42 @@ impl send::Deliver for Pusher {
     }
 }
 
+impl durable::Sender for Pusher {
+    fn stage(&self) -> &str {
+        &self.stage
+    }
+
+    fn leadership(&self) -> &crate::leader::Leadership {
+        &self.leadership
+    }
+
+    fn limits(&self) -> durable::Limits {
+        durable::Limits {
+            max_queued: self.cfg.max_queued,
+            batch: self.cfg.batch.clone(),
+            max_in_flight: self.cfg.max_in_flight,
+            retry_for: self.cfg.retry_for.0,
+            retries: self.cfg.retries,
+        }
+    }
+
+    fn send<'a>(
+        &'a self,
+        events: &'a [Event],
+        health: Option<&'a crate::health::StageHealth>,
+        budget: Budget,
+        stop: Option<tokio::sync::watch::Receiver<bool>>,
+    ) -> BoxFuture<'a, Outcome> {
+        Box::pin(self.push_events(events, health, budget, stop))
+    }
+}
+
 struct LokiSink {
     pusher: Arc<Pusher>,
+    /// With `durable`: the queue's store and the `state` URL it lives at.
+    queue: Option<(Store, String)>,
     health: crate::health::Health,
+    shared: crate::component::Shared,
 }
 
 impl Sink for LokiSink {
@@ -664,15 +762,28 @@ impl Sink for LokiSink {
             let cfg = this.pusher.cfg.clone();
             let health = this.health.register(&cx.metrics.id, cfg.unready_after.0);
             health.synced();
-            send::in_memory(
-                &this.pusher,
-                &mut cx,
-                &health,
-                &cfg.batch,
-                cfg.max_in_flight,
-                "loki_failed",
-            )
-            .await;
+            if let Some((store, url)) = this.queue {
+                let slot = durable::slot(&this.shared, &url, &cx.metrics.id);
+                durable::run(
+                    this.pusher.clone() as Arc<dyn durable::Sender>,
+                    store.clone(),
+                    slot,
+                    &mut cx,
+                    health.clone(),
+                )
+                .await;
+                store.close().await;
+            } else {
+                send::in_memory(
+                    &this.pusher,
+                    &mut cx,
+                    &health,
+                    &cfg.batch,
+                    cfg.max_in_flight,
+                    "loki_failed",
+                )
+                .await;
+            }
             health.stopped();
             Ok(())
         })

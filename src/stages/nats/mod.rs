@@ -441,7 +441,7 @@ impl StageConfig for NatsConfig {
                     let payload = crate::event::to_json(&ev, false).map_err(|e| e.to_string())?;
                     Ok(serde_json::json!({
                         "subject": self.subject.render(e),
-                        "headers": {"Nats-Msg-Id": super::webhook::delivery_id(std::slice::from_ref(&ev))},
+                        "headers": {"Nats-Msg-Id": super::send::delivery_id(std::slice::from_ref(&ev))},
                         "payload": serde_json::from_str::<serde_json::Value>(&payload).map_err(|e| e.to_string())?,
                     }))
                 })
@@ -542,7 +542,7 @@ impl Publisher {
             let mut headers = async_nats::HeaderMap::new();
             headers.insert(
                 "Nats-Msg-Id",
-                super::webhook::delivery_id(std::slice::from_ref(e)).as_str(),
+                super::send::delivery_id(std::slice::from_ref(e)).as_str(),
             );
             let subject = self.cfg.subject.render(e);
             match self
@@ -583,7 +583,7 @@ impl send::Deliver for Publisher {
         health: &'a crate::health::StageHealth,
     ) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
-            let id = super::webhook::delivery_id(events);
+            let id = super::send::delivery_id(events);
             let retrier = send::Retrier {
                 stage: &self.stage,
                 what: "nats",

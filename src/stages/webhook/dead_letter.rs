@@ -1,37 +1,34 @@
-//! `eventflow dead-letter`: list, show, re-send and delete what durable webhooks gave up on.
-//! The pipeline file says where the `state` database is and how each webhook sends; the
-//! command hands both over as a [`Target`].
+//! `eventflow dead-letter`: list, show, re-send and delete what durable sinks (`webhook`,
+//! `loki` with `durable: true`) gave up on. The pipeline file says where the `state` database is
+//! and how each stage sends; the command hands both over as a [`Target`].
 
 use std::fmt::Write as _;
 
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+
+use super::durable::Sender;
 use super::queue::{DeadLetter, Store};
-use super::{Budget, Outcome, WebhookConfig};
+use super::{Budget, Outcome};
 use crate::event::{Event, Finalizers};
 use crate::state::db::{DbError, OpenError};
-use crate::yaml;
 
 /// Why a dead-letter command failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A webhook stage's config could not be read from the pipeline.
-    #[error("stage `{stage}`: {source}")]
-    Config {
-        stage: String,
-        #[source]
-        source: yaml::DeError,
-    },
     #[error("state database: {0}")]
     Open(#[from] OpenError),
     #[error("state database: {0}")]
     Db(#[from] DbError),
     #[error("no dead letter with id {0}")]
     NotFound(i64),
-    /// Nothing to look at: no webhook of the pipeline is `durable: true`.
+    /// Nothing to look at: no sink of the pipeline is `durable: true`.
     #[error(
-        "the pipeline has no durable webhook stage (`durable: true`), so it has no dead letters"
+        "the pipeline has no durable webhook stage (`durable: true` on a webhook or loki sink), so it has no dead letters"
     )]
     NoDurable,
-    #[error("no durable webhook stage `{stage}` in the pipeline (durable webhook stages: {known})")]
+    #[error("no durable stage `{stage}` in the pipeline (durable stages: {known})")]
     NoSuchStage { stage: String, known: String },
     #[error("dead letter {id}: its events are not readable: {source}")]
     Corrupt {
@@ -40,12 +37,8 @@ pub enum Error {
         source: serde_json::Error,
     },
     /// The stage's sender could not be made (its URL, headers, TLS files, `mark_rows`).
-    #[error("stage `{stage}`: {source}")]
-    Sender {
-        stage: String,
-        #[source]
-        source: super::DeliveryError,
-    },
+    #[error("stage `{stage}`: {why}")]
+    Sender { stage: String, why: String },
     #[error("{id}: delivered, but cannot delete it: {source}")]
     Forget {
         id: i64,
@@ -54,37 +47,28 @@ pub enum Error {
     },
 }
 
+/// Makes a durable stage's sender (for `resend`), or says why it cannot.
+pub type MakeSender =
+    Box<dyn Fn() -> BoxFuture<'static, Result<Arc<dyn Sender>, String>> + Send + Sync>;
+
+/// A durable stage of the pipeline.
+pub struct DurableStage {
+    pub id: String,
+    pub make: MakeSender,
+}
+
 /// What the commands work on, read from a pipeline file.
 pub struct Target {
     /// The `state` database's URL.
     pub state_url: String,
-    /// The pipeline's webhook stages: id and its YAML (with `type` and `inputs`).
-    pub webhooks: Vec<(String, yaml::Node)>,
-}
-
-/// The webhook stages of a pipeline, with their configs.
-fn webhooks(p: &Target) -> Result<Vec<(String, WebhookConfig)>, Error> {
-    p.webhooks
-        .iter()
-        .map(|(id, node)| {
-            yaml::from_node_skipping::<WebhookConfig>(node, &["type", "inputs"])
-                .map(|c| (id.clone(), c))
-                .map_err(|source| Error::Config {
-                    stage: id.clone(),
-                    source,
-                })
-        })
-        .collect()
+    /// The pipeline's durable stages.
+    pub durable: Vec<DurableStage>,
 }
 
 /// The state database's queue store, once the pipeline is known to have dead letters (a
 /// durable webhook, and `stage` among them): nothing is created for a pipeline without.
 async fn store(p: &Target, stage: Option<&str>) -> Result<Store, Error> {
-    let durable: Vec<String> = webhooks(p)?
-        .into_iter()
-        .filter(|(_, c)| c.durable)
-        .map(|(id, _)| id)
-        .collect();
+    let durable: Vec<String> = p.durable.iter().map(|d| d.id.clone()).collect();
     if durable.is_empty() {
         return Err(Error::NoDurable);
     }
@@ -174,16 +158,15 @@ pub struct Resent {
 /// current config and retry rules. A delivered one is deleted; a failed one stays, with the new
 /// reason and attempt count.
 pub async fn resend(p: &Target, stage: Option<&str>, ids: &[i64]) -> Result<Resent, Error> {
-    let hooks = webhooks(p)?;
     let store = store(p, stage).await?;
-    let result = resend_with(&store, &hooks, stage, ids).await;
+    let result = resend_with(&store, &p.durable, stage, ids).await;
     store.close().await;
     result
 }
 
 async fn resend_with(
     store: &Store,
-    hooks: &[(String, WebhookConfig)],
+    stages: &[DurableStage],
     stage: Option<&str>,
     ids: &[i64],
 ) -> Result<Resent, Error> {
@@ -193,14 +176,14 @@ async fn resend_with(
     }
     let mut r = Resent::default();
     // One sender per stage (its HTTP client and `mark_rows` connection), made when first needed.
-    let mut deliveries: std::collections::HashMap<String, super::Delivery> =
+    let mut deliveries: std::collections::HashMap<String, Arc<dyn Sender>> =
         std::collections::HashMap::default();
     for d in rows {
-        let Some((_, cfg)) = hooks.iter().find(|(id, _)| *id == d.sink) else {
+        let Some(stage) = stages.iter().find(|s| s.id == d.sink) else {
             r.failed += 1;
             let _ = writeln!(
                 r.report,
-                "{}: stage `{}` is not a webhook in this pipeline; not sent",
+                "{}: stage `{}` is not a durable sink in this pipeline; not sent",
                 d.id, d.sink
             );
             continue;
@@ -217,20 +200,18 @@ async fn resend_with(
             }
         };
         if !deliveries.contains_key(&d.sink) {
-            let made = cfg
-                .delivery(&d.sink)
-                .await
-                .map_err(|source| Error::Sender {
-                    stage: d.sink.clone(),
-                    source,
-                })?;
+            let made = (stage.make)().await.map_err(|why| Error::Sender {
+                stage: d.sink.clone(),
+                why,
+            })?;
             deliveries.insert(d.sink.clone(), made);
         }
         let Some(delivery) = deliveries.get(&d.sink) else {
             continue;
         };
+        let retries = delivery.limits().retries;
         let outcome = delivery
-            .deliver(&events, None, Budget::Retries(cfg.retries), None)
+            .send(&events, None, Budget::Retries(retries), None)
             .await;
         match outcome {
             Outcome::Delivered { .. } => {

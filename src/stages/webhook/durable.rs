@@ -30,7 +30,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use super::queue::{Pending, Store};
-use super::{Budget, Delivery, Outcome, delivery_id};
+use super::{Budget, Outcome, delivery_id};
 use crate::backoff::BackoffConfig;
 use crate::component::SinkContext;
 use crate::event::ack::Status;
@@ -70,9 +70,43 @@ pub fn slot(shared: &crate::component::Shared, state_url: &str, stage: &str) -> 
     )
 }
 
-/// One running durable webhook: what its intake and its delivery loop share.
+/// How a durable queue is drained: its bounds and its batches.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// The most events the queue holds (back-pressure beyond).
+    pub max_queued: u64,
+    /// Rows per delivery, and how long a partial batch waits for its oldest row.
+    pub batch: crate::stages::batch::BatchConfig,
+    /// Deliveries at once.
+    pub max_in_flight: usize,
+    /// How long a delivery that keeps failing retryably is retried before it is dead-lettered.
+    pub retry_for: Duration,
+    /// Retries of a dead letter sent again (`eventflow dead-letter resend`).
+    pub retries: u32,
+}
+
+/// What a durable queue needs of the sink that sends from it (a webhook, `loki`).
+pub trait Sender: Send + Sync + 'static {
+    /// The stage id.
+    fn stage(&self) -> &str;
+    /// Whether this replica leads (only the leader delivers).
+    fn leadership(&self) -> &crate::leader::Leadership;
+    fn limits(&self) -> Limits;
+    /// Delivers one batch under `budget`; with `stop`, a retry is not waited for once the
+    /// stage is stopping.
+    fn send<'a>(
+        &'a self,
+        events: &'a [Event],
+        health: Option<&'a StageHealth>,
+        budget: Budget,
+        stop: Option<watch::Receiver<bool>>,
+    ) -> futures::future::BoxFuture<'a, Outcome>;
+}
+
+/// One running durable sink: what its intake and its delivery loop share.
 struct Durable {
-    delivery: Arc<Delivery>,
+    delivery: Arc<dyn Sender>,
+    limits: Limits,
     store: Store,
     health: Arc<StageHealth>,
     slot: Arc<Slot>,
@@ -102,7 +136,7 @@ impl Durable {
     }
 
     fn stage(&self) -> &str {
-        &self.delivery.stage
+        self.delivery.stage()
     }
 
     fn queued(&self) -> u64 {
@@ -156,7 +190,7 @@ impl Durable {
 
 /// Runs a durable webhook sink until its input closes and its delivery loop has stopped.
 pub async fn run(
-    delivery: Arc<Delivery>,
+    delivery: Arc<dyn Sender>,
     store: Store,
     slot: Arc<Slot>,
     cx: &mut SinkContext,
@@ -166,6 +200,7 @@ pub async fn run(
     let stage: &str = &id;
     slot.generation.send_modify(|g| *g += 1);
     let shared = Arc::new(Durable {
+        limits: delivery.limits(),
         delivery,
         store,
         health,
@@ -188,7 +223,7 @@ pub async fn run(
     };
     let mut generation = slot.generation.subscribe();
     let deliveries = async {
-        let mut lead = shared.delivery.leadership.clone();
+        let mut lead = shared.delivery.leadership().clone();
         let mut stop = stop_rx.clone();
         loop {
             // A standby leaves the queue to the leader (the queue is shared in the state
@@ -230,7 +265,7 @@ pub async fn run(
 }
 
 async fn intake(shared: &Durable, cx: &mut SinkContext, write_failed: &metrics::Counter) {
-    let max = shared.delivery.cfg.max_queued.max(1);
+    let max = shared.limits.max_queued.max(1);
     let warned = std::sync::atomic::AtomicBool::new(false);
     super::super::batch::run_batched(
         &mut cx.input,
@@ -313,7 +348,7 @@ enum Next {
 }
 
 async fn next_batch(shared: &Durable, cursor: i64, stopping: bool) -> Result<Next, DbError> {
-    let cfg = &shared.delivery.cfg;
+    let cfg = &shared.limits;
     let max = cfg.batch.max_events.max(1);
     let rows = shared.store.head(shared.stage(), cursor, max).await?;
     let Some(first) = rows.first() else {
@@ -351,14 +386,14 @@ async fn deliver_loop(
     mut stop: watch::Receiver<bool>,
     mut generation: watch::Receiver<u64>,
 ) -> LoopEnd {
-    let mut lead = shared.delivery.leadership.clone();
+    let mut lead = shared.delivery.leadership().clone();
     // Rows another replica queued wake no one here: with leader election, look again now
     // and then.
     let poll = lead.elected().then_some(Duration::from_secs(1));
     let mut added = shared.slot.added.subscribe();
     // Deliveries in flight stop retrying once this instance stops or is superseded.
     let (halt, halted_rx) = watch::channel(false);
-    let cfg = &shared.delivery.cfg;
+    let cfg = &shared.limits;
     // Each batch in flight is a task of its own: it makes progress (and frees its database
     // connection) while this loop waits on the database itself.
     let mut in_flight = tokio::task::JoinSet::new();
@@ -463,13 +498,13 @@ async fn send(shared: Arc<Durable>, rows: Vec<Pending>, halt: watch::Receiver<bo
     if events.is_empty() {
         return Outcome::Delivered { attempts: 0 };
     }
-    let cfg = &shared.delivery.cfg;
+    let cfg = &shared.limits;
     let outcome = shared
         .delivery
-        .deliver(
+        .send(
             &events,
             Some(&shared.health),
-            Budget::Until(Instant::now().into_std() + cfg.retry_for.0),
+            Budget::Until(Instant::now().into_std() + cfg.retry_for),
             Some(halt.clone()),
         )
         .await;

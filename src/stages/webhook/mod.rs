@@ -39,11 +39,10 @@ use std::time::Instant;
 use futures::future::BoxFuture;
 use schemars::JsonSchema;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 use super::batch::BatchConfig;
 use super::send::{self, Attempt};
-pub use super::send::{Budget, Outcome};
+pub use super::send::{Budget, Outcome, delivery_id};
 use crate::backoff::BackoffConfig;
 use crate::component::{
     BuildContext, BuildError, Invalid, Sink, SinkContext, Stage, StageConfig, StageError,
@@ -495,25 +494,6 @@ pub fn body(events: &[Event], batched: bool) -> serde_json::Result<String> {
     Ok(s)
 }
 
-/// `X-Eventflow-Delivery-Id`: stable for the same event versions.
-pub fn delivery_id(events: &[Event]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut h = Sha256::new();
-    for e in events {
-        h.update(e.uid.as_bytes());
-        h.update(b"/");
-        h.update(e.resource_version.as_bytes());
-        h.update(b"\n");
-    }
-    let d = h.finalize();
-    let mut s = String::with_capacity(32);
-    for b in d.iter().take(16) {
-        s.push(char::from(HEX[usize::from(b >> 4)]));
-        s.push(char::from(HEX[usize::from(b & 0xf)]));
-    }
-    s
-}
-
 impl Delivery {
     /// With `mark_rows`: records how the delivery of `events` ended in the table.
     async fn mark(&self, events: &[Event], outcome: &Outcome) {
@@ -615,6 +595,36 @@ impl Delivery {
     }
 }
 
+impl durable::Sender for Delivery {
+    fn stage(&self) -> &str {
+        &self.stage
+    }
+
+    fn leadership(&self) -> &crate::leader::Leadership {
+        &self.leadership
+    }
+
+    fn limits(&self) -> durable::Limits {
+        durable::Limits {
+            max_queued: self.cfg.max_queued,
+            batch: self.cfg.batch.clone(),
+            max_in_flight: self.cfg.max_in_flight,
+            retry_for: self.cfg.retry_for.0,
+            retries: self.cfg.retries,
+        }
+    }
+
+    fn send<'a>(
+        &'a self,
+        events: &'a [Event],
+        health: Option<&'a crate::health::StageHealth>,
+        budget: Budget,
+        stop: Option<tokio::sync::watch::Receiver<bool>>,
+    ) -> BoxFuture<'a, Outcome> {
+        Box::pin(self.deliver(events, health, budget, stop))
+    }
+}
+
 impl send::Deliver for Delivery {
     fn deliver<'a>(
         &'a self,
@@ -642,7 +652,7 @@ impl Sink for WebhookSink {
             if let Some((store, url)) = this.queue {
                 let slot = durable::slot(&this.shared, &url, &cx.metrics.id);
                 durable::run(
-                    this.delivery.clone(),
+                    this.delivery.clone() as Arc<dyn durable::Sender>,
                     store.clone(),
                     slot,
                     &mut cx,
