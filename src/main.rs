@@ -140,7 +140,7 @@ enum Command {
         #[arg(long)]
         show_secrets: bool,
     },
-    /// Inspect, re-send or delete the deliveries durable webhooks gave up on (kept in the
+    /// Inspect, re-send or delete the deliveries durable sinks (webhook, loki) gave up on (kept in the
     /// pipeline's `state` database).
     DeadLetter {
         #[command(subcommand)]
