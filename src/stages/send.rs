@@ -65,6 +65,38 @@ pub fn ca_certificates(path: &Path) -> Result<Vec<reqwest::Certificate>, Invalid
     Ok(certs)
 }
 
+/// `raw` as an absolute http(s) URL, with `api_path` appended unless its path ends with it
+/// already; an error names `field` and never shows the URL's secrets.
+pub fn http_url(field: &str, raw: &str, api_path: Option<&str>) -> Result<reqwest::Url, Invalid> {
+    let mut url = reqwest::Url::parse(raw).map_err(|e| {
+        Invalid::new(
+            field,
+            format!("`{}` is not a valid URL: {e}", crate::redact::url(raw)),
+        )
+    })?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(Invalid::new(
+            field,
+            format!("scheme `{}` is not http or https", url.scheme()),
+        ));
+    }
+    if let Some(api) = api_path {
+        let base = url.path().trim_end_matches('/').to_string();
+        if !base.ends_with(api) {
+            url.set_path(&format!("{base}{api}"));
+        }
+    }
+    Ok(url)
+}
+
+/// A Prometheus/Loki label name: `[a-zA-Z_][a-zA-Z0-9_]*`.
+pub fn label_name(s: &str) -> bool {
+    let mut c = s.chars();
+    c.next()
+        .is_some_and(|f| f.is_ascii_alphabetic() || f == '_')
+        && c.all(|x| x.is_ascii_alphanumeric() || x == '_')
+}
+
 /// The checks of `headers` and `ca_file` (for `validate`).
 pub fn check_http(headers: &BTreeMap<String, String>, ca_file: Option<&Path>) -> Vec<Invalid> {
     let mut out = Vec::new();
@@ -147,6 +179,11 @@ pub fn retry_after(v: &str) -> Option<Duration> {
     let when = chrono::DateTime::parse_from_rfc2822(v).ok()?;
     let secs = (when.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_milliseconds();
     Some(Duration::from_millis(secs.max(0).unsigned_abs()))
+}
+
+/// `unready_after`'s default for the sinks that send to a server.
+pub fn default_unready_after() -> crate::types::Dur {
+    crate::types::Dur::secs(60)
 }
 
 /// The metric class of a request's result: `2xx` .. `5xx`, `timeout`, `connection_error`.
@@ -262,13 +299,13 @@ pub struct Retrier<'a> {
 
 impl Retrier<'_> {
     /// Runs `attempt` until it delivers, fails for good, or `budget` is spent; a failure for
-    /// good is logged with `uids` before it is returned. A replica that stops leading abandons
+    /// good is logged with the first uids of `events` before it is returned. A replica that stops leading abandons
     /// its request at once (fencing): the next leader sends it, with the same `id`. With
     /// `stop`, a retry is not waited for once the stage is stopping.
     pub async fn run<F, Fut>(
         &self,
         id: &str,
-        uids: &[&str],
+        events: &[Event],
         health: Option<&StageHealth>,
         budget: Budget,
         mut stop: Option<tokio::sync::watch::Receiver<bool>>,
@@ -299,7 +336,7 @@ impl Retrier<'_> {
                     return Outcome::Delivered { attempts: n + 1 };
                 }
                 Attempt::Permanent(reason) => {
-                    tracing::error!(stage, delivery_id = %id, ?uids, reason = %reason, "{what} refused the delivery (permanent); not retried");
+                    tracing::error!(stage, delivery_id = %id, uids = ?uids(events), reason = %reason, "{what} refused the delivery (permanent); not retried");
                     return Outcome::Failed {
                         reason,
                         attempts: n + 1,
@@ -314,7 +351,7 @@ impl Retrier<'_> {
                         Budget::Until(t) => Instant::now() + wait > t,
                     };
                     if out_of_budget {
-                        tracing::error!(stage, delivery_id = %id, ?uids, attempts = n + 1, reason = %why, "{what} delivery failed after all retries");
+                        tracing::error!(stage, delivery_id = %id, uids = ?uids(events), attempts = n + 1, reason = %why, "{what} delivery failed after all retries");
                         return Outcome::Failed {
                             reason: why,
                             attempts: n + 1,
@@ -365,7 +402,7 @@ pub fn delivery_id(events: &[Event]) -> String {
 }
 
 /// The first uids of `events`, for log lines.
-pub fn uids(events: &[Event]) -> Vec<&str> {
+fn uids(events: &[Event]) -> Vec<&str> {
     events.iter().take(10).map(|e| e.uid.as_str()).collect()
 }
 

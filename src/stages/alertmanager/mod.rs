@@ -98,7 +98,7 @@ pub struct AlertmanagerConfig {
     #[serde(default)]
     pub insecure_skip_verify: bool,
     /// Readiness: not ready once posts have been failing (retryably) for this long.
-    #[serde(default = "default_unready_after")]
+    #[serde(default = "send::default_unready_after")]
     pub unready_after: Dur,
 }
 
@@ -146,9 +146,6 @@ fn default_max_in_flight() -> usize {
 fn default_max_alerts() -> usize {
     10_000
 }
-fn default_unready_after() -> Dur {
-    Dur::secs(60)
-}
 
 pub const REQUESTS: &str = "eventflow_alertmanager_requests_total";
 pub const SECONDS: &str = "eventflow_alertmanager_request_seconds";
@@ -195,40 +192,13 @@ pub const TYPE: StageType = StageType {
     describe,
 };
 
-/// A Prometheus label name: `[a-zA-Z_][a-zA-Z0-9_]*`.
-fn label_name(s: &str) -> bool {
-    let mut c = s.chars();
-    c.next()
-        .is_some_and(|f| f.is_ascii_alphabetic() || f == '_')
-        && c.all(|x| x.is_ascii_alphanumeric() || x == '_')
-}
-
 impl AlertmanagerConfig {
     /// The alerts endpoints, checked.
     fn endpoints(&self) -> Result<Vec<reqwest::Url>, Invalid> {
         self.urls
             .iter()
             .enumerate()
-            .map(|(i, u)| {
-                let field = format!("urls[{i}]");
-                let mut url = reqwest::Url::parse(u).map_err(|e| {
-                    Invalid::new(
-                        &field,
-                        format!("`{}` is not a valid URL: {e}", crate::redact::url(u)),
-                    )
-                })?;
-                if !matches!(url.scheme(), "http" | "https") {
-                    return Err(Invalid::new(
-                        &field,
-                        format!("scheme `{}` is not http or https", url.scheme()),
-                    ));
-                }
-                if !url.path().trim_end_matches('/').ends_with("/api/v2/alerts") {
-                    let path = format!("{}/api/v2/alerts", url.path().trim_end_matches('/'));
-                    url.set_path(&path);
-                }
-                Ok(url)
-            })
+            .map(|(i, u)| send::http_url(&format!("urls[{i}]"), u, Some("/api/v2/alerts")))
             .collect()
     }
 
@@ -256,7 +226,7 @@ impl StageConfig for AlertmanagerConfig {
             .chain(self.static_labels.keys().map(|k| ("static_labels", k)))
             .chain(self.annotations.keys().map(|k| ("annotations", k)));
         for (field, name) in names {
-            if !label_name(name) {
+            if !send::label_name(name) {
                 out.push(Invalid::new(
                     format!("{field}.{name}"),
                     "not a label name (letters, digits and `_`, not starting with a digit)",
@@ -386,7 +356,7 @@ struct Poster {
 impl Poster {
     /// One post of `body` to every URL at once: delivered when any accepted it; else retried
     /// when any failure is retryable; else permanent.
-    async fn post(&self, body: &str, id: &str) -> Attempt {
+    async fn post(&self, body: &bytes::Bytes, id: &str) -> Attempt {
         let posts = self.endpoints.iter().map(|url| async move {
             let started = Instant::now();
             let r = self
@@ -394,7 +364,7 @@ impl Poster {
                 .post(url.clone())
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .header("X-Eventflow-Delivery-Id", id)
-                .body(body.to_string())
+                .body(body.clone())
                 .send()
                 .await;
             self.metrics
@@ -451,7 +421,7 @@ impl Poster {
             return;
         }
         for chunk in firing.chunks(self.cfg.batch.max_events.max(1)) {
-            let Ok(body) = serde_json::to_string(chunk) else {
+            let Ok(body) = serde_json::to_vec(chunk).map(bytes::Bytes::from) else {
                 continue;
             };
             if let Attempt::Retry { why, .. } | Attempt::Permanent(why) =
@@ -476,8 +446,8 @@ impl send::Deliver for Poster {
                 .map(|e| Alert::of(&self.cfg, e, now))
                 .collect();
             let id = super::send::delivery_id(events);
-            let body = match serde_json::to_string(&alerts) {
-                Ok(b) => b,
+            let body = match serde_json::to_vec(&alerts) {
+                Ok(b) => bytes::Bytes::from(b),
                 Err(e) => {
                     return Outcome::Failed {
                         reason: format!("cannot serialize the alerts: {e}"),
@@ -495,7 +465,7 @@ impl send::Deliver for Poster {
             let outcome = retrier
                 .run(
                     &id,
-                    &send::uids(events),
+                    events,
                     Some(health),
                     Budget::Retries(self.cfg.retries),
                     None,

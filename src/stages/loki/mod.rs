@@ -26,7 +26,6 @@ use serde::{Deserialize, Serialize};
 use super::batch::BatchConfig;
 use super::send::{self, Attempt, Budget, Outcome};
 use super::webhook::durable;
-use super::webhook::queue::Store;
 use super::webhook::template::TextTemplateField;
 use crate::backoff::BackoffConfig;
 use crate::component::{
@@ -110,7 +109,7 @@ pub struct LokiConfig {
     #[serde(default)]
     pub insecure_skip_verify: bool,
     /// Readiness: not ready once pushes have been failing (retryably) for this long.
-    #[serde(default = "default_unready_after")]
+    #[serde(default = "send::default_unready_after")]
     pub unready_after: Dur,
     /// Keep accepted events in a queue table in the `state` database until Loki took them (the
     /// webhook's durable queue): they survive restarts, crashes and a Loki outage longer than
@@ -119,19 +118,12 @@ pub struct LokiConfig {
     #[serde(default)]
     pub durable: bool,
     /// With `durable`: the most events the queue holds (back-pressure beyond).
-    #[serde(default = "default_max_queued")]
+    #[serde(default = "durable::default_max_queued")]
     pub max_queued: u64,
     /// With `durable`: how long a push that keeps failing retryably is retried before it is
     /// dead-lettered (`retries` does not apply).
-    #[serde(default = "default_retry_for")]
+    #[serde(default = "durable::default_retry_for")]
     pub retry_for: Dur,
-}
-
-fn default_max_queued() -> u64 {
-    100_000
-}
-fn default_retry_for() -> Dur {
-    Dur::secs(24 * 3600)
 }
 
 fn default_labels() -> Vec<Field> {
@@ -154,9 +146,6 @@ fn default_batch() -> BatchConfig {
 }
 fn default_max_in_flight() -> usize {
     1
-}
-fn default_unready_after() -> Dur {
-    Dur::secs(60)
 }
 
 pub const REQUESTS: &str = "eventflow_loki_requests_total";
@@ -265,39 +254,15 @@ struct Stream {
 
 impl LokiConfig {
     fn endpoint(&self) -> Result<reqwest::Url, Invalid> {
-        let mut url = reqwest::Url::parse(&self.url).map_err(|e| {
-            Invalid::new(
-                "url",
-                format!(
-                    "`{}` is not a valid URL: {e}",
-                    crate::redact::url(&self.url)
-                ),
-            )
-        })?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(Invalid::new(
-                "url",
-                format!("scheme `{}` is not http or https", url.scheme()),
-            ));
-        }
-        if !url
-            .path()
-            .trim_end_matches('/')
-            .ends_with("/loki/api/v1/push")
-        {
-            let path = format!("{}/loki/api/v1/push", url.path().trim_end_matches('/'));
-            url.set_path(&path);
-        }
-        Ok(url)
+        send::http_url("url", &self.url, Some("/loki/api/v1/push"))
     }
 
     /// The line of one event.
     pub fn line(&self, e: &EventData) -> Result<String, String> {
         match (self.line, &self.template) {
-            (LineFormat::Template, Some(t)) => t
-                .compiled
-                .render(&[Event::new(e.clone(), crate::event::Finalizers::None)])
-                .map_err(|e| e.to_string()),
+            (LineFormat::Template, Some(t)) => {
+                t.compiled.render_event(e).map_err(|e| e.to_string())
+            }
             (LineFormat::Template, None) => Err("`line: template` needs a `template:`".into()),
             (LineFormat::Json, _) => crate::event::to_json(e, false).map_err(|e| e.to_string()),
             (LineFormat::Logfmt, _) => Ok(logfmt(e)),
@@ -305,12 +270,12 @@ impl LokiConfig {
     }
 
     /// The push body for `events`: streams by label set, entries in time order in each.
-    /// An event whose line cannot be made is left out and returned with why.
-    pub fn body(&self, events: &[&EventData]) -> (serde_json::Value, Vec<String>) {
+    /// An event whose line cannot be made is left out and returned (its index) with why.
+    pub fn body(&self, events: &[&EventData]) -> (serde_json::Value, Vec<(usize, String)>) {
         let now = chrono::Utc::now();
         let mut streams: BTreeMap<BTreeMap<String, String>, Vec<(i64, String)>> = BTreeMap::new();
         let mut bad = Vec::new();
-        for e in events {
+        for (i, e) in events.iter().enumerate() {
             let mut labels: BTreeMap<String, String> = self
                 .labels
                 .iter()
@@ -327,7 +292,7 @@ impl LokiConfig {
             let ns = ts.timestamp_nanos_opt().unwrap_or_default();
             match self.line(e) {
                 Ok(line) => streams.entry(labels).or_default().push((ns, line)),
-                Err(why) => bad.push(format!("{}: {why}", e.uid)),
+                Err(why) => bad.push((i, format!("{}: {why}", e.uid))),
             }
         }
         let streams: Vec<Stream> = streams
@@ -408,12 +373,7 @@ impl StageConfig for LokiConfig {
             ));
         }
         for k in self.static_labels.keys() {
-            let mut c = k.chars();
-            let ok = c
-                .next()
-                .is_some_and(|f| f.is_ascii_alphabetic() || f == '_')
-                && c.all(|x| x.is_ascii_alphanumeric() || x == '_');
-            if !ok {
+            if !send::label_name(k) {
                 out.push(Invalid::new(
                     format!("static_labels.{k}"),
                     "not a label name (letters, digits and `_`, not starting with a digit)",
@@ -472,8 +432,8 @@ impl StageConfig for LokiConfig {
                 .map(|chunk| {
                     let refs: Vec<&EventData> = chunk.iter().collect();
                     let (body, bad) = self.body(&refs);
-                    if let Some(b) = bad.first() {
-                        return Err(b.clone());
+                    if let Some((_, why)) = bad.first() {
+                        return Err(why.clone());
                     }
                     Ok(serde_json::json!({"method": "POST", "url": url, "body": body}))
                 })
@@ -493,7 +453,7 @@ impl StageConfig for LokiConfig {
         ))];
         let (body, bad) = self.body(&[e]);
         match bad.first() {
-            Some(why) => Explanation::new(
+            Some((_, why)) => Explanation::new(
                 Verdict::Dropped,
                 vec![Step::no(format!("the line cannot be made: {why}"))],
             ),
@@ -506,14 +466,7 @@ impl StageConfig for LokiConfig {
             let mut pusher = self.pusher(&cx.id).map_err(|e| cx.failed(e))?;
             pusher.leadership = cx.leadership.clone();
             let queue = if self.durable {
-                let state = cx.state.clone().unwrap_or_default();
-                let store = Store::open(&state.url).await.map_err(|e| {
-                    cx.error_from(
-                        "field `state.url`: the state database (its durable queue)",
-                        e,
-                    )
-                })?;
-                Some((store, state.url))
+                Some(durable::Queue::open(cx).await?)
             } else {
                 None
             };
@@ -578,7 +531,7 @@ enum Pushed {
 }
 
 impl Pusher {
-    async fn push(&self, body: &[u8]) -> Pushed {
+    async fn push(&self, body: &bytes::Bytes) -> Pushed {
         let started = Instant::now();
         let mut r = self
             .client
@@ -590,7 +543,7 @@ impl Pusher {
         if let (Some(u), Some(p)) = (&self.cfg.username, &self.cfg.password) {
             r = r.basic_auth(u, Some(p));
         }
-        let r = r.body(body.to_vec()).send().await;
+        let r = r.body(body.clone()).send().await;
         self.metrics
             .request(send::status_class(&r), started.elapsed().as_secs_f64());
         match r {
@@ -642,9 +595,14 @@ impl Pusher {
             tracing::error!(stage = %self.stage, events = ?bad, "loki: lines that cannot be made are left out");
             crate::metrics::discarded(&self.stage, "loki", "loki_line_failed")
                 .increment(bad.len() as u64);
+            // Failed for good, whatever happens to the rest of the batch (the worst outcome
+            // of an event is what its source learns).
+            for (i, _) in &bad {
+                events[*i].ack(crate::event::ack::Status::Rejected);
+            }
         }
         let body = match self.encode(&body) {
-            Ok(b) => b,
+            Ok(b) => bytes::Bytes::from(b),
             Err(e) => {
                 return Outcome::Failed {
                     reason: format!("cannot encode the push body: {e}"),
@@ -663,27 +621,20 @@ impl Pusher {
             metrics: &self.metrics,
         };
         let outcome = retrier
-            .run(
-                &id,
-                &send::uids(events),
-                health,
-                budget,
-                stop,
-                move || async move {
-                    match self.push(body_ref).await {
-                        Pushed::Stored { ignored, why } => {
-                            if ignored > 0 {
-                                *partly_ref
-                                    .lock()
-                                    .unwrap_or_else(std::sync::PoisonError::into_inner) =
-                                    Some((ignored, why));
-                            }
-                            Attempt::Delivered
+            .run(&id, events, health, budget, stop, move || async move {
+                match self.push(body_ref).await {
+                    Pushed::Stored { ignored, why } => {
+                        if ignored > 0 {
+                            *partly_ref
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                                Some((ignored, why));
                         }
-                        Pushed::Attempt(a) => a,
+                        Attempt::Delivered
                     }
-                },
-            )
+                    Pushed::Attempt(a) => a,
+                }
+            })
             .await;
         if let Some((n, why)) = partly
             .into_inner()
@@ -749,8 +700,8 @@ impl durable::Sender for Pusher {
 
 struct LokiSink {
     pusher: Arc<Pusher>,
-    /// With `durable`: the queue's store and the `state` URL it lives at.
-    queue: Option<(Store, String)>,
+    /// With `durable`: its queue.
+    queue: Option<durable::Queue>,
     health: crate::health::Health,
     shared: crate::component::Shared,
 }
@@ -762,17 +713,11 @@ impl Sink for LokiSink {
             let cfg = this.pusher.cfg.clone();
             let health = this.health.register(&cx.metrics.id, cfg.unready_after.0);
             health.synced();
-            if let Some((store, url)) = this.queue {
-                let slot = durable::slot(&this.shared, &url, &cx.metrics.id);
-                durable::run(
-                    this.pusher.clone() as Arc<dyn durable::Sender>,
-                    store.clone(),
-                    slot,
-                    &mut cx,
-                    health.clone(),
-                )
-                .await;
-                store.close().await;
+            if let Some(queue) = this.queue {
+                let sender = this.pusher.clone() as Arc<dyn durable::Sender>;
+                queue
+                    .run(sender, &this.shared, &mut cx, health.clone())
+                    .await;
             } else {
                 send::in_memory(
                     &this.pusher,

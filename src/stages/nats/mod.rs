@@ -594,7 +594,7 @@ impl send::Deliver for Publisher {
             retrier
                 .run(
                     &id,
-                    &send::uids(events),
+                    events,
                     Some(health),
                     Budget::Retries(self.cfg.retries),
                     None,

@@ -70,6 +70,56 @@ pub fn slot(shared: &crate::component::Shared, state_url: &str, stage: &str) -> 
     )
 }
 
+/// `max_queued`'s default.
+pub fn default_max_queued() -> u64 {
+    100_000
+}
+
+/// `retry_for`'s default: a day.
+pub fn default_retry_for() -> crate::types::Dur {
+    crate::types::Dur::secs(24 * 3600)
+}
+
+/// A durable stage's queue, opened when the stage is built: its store and the `state` URL it
+/// lives at.
+pub struct Queue {
+    store: Store,
+    url: String,
+}
+
+impl Queue {
+    /// Opens the queue in the pipeline's `state` database.
+    pub async fn open(
+        cx: &crate::component::BuildContext,
+    ) -> Result<Queue, crate::component::BuildError> {
+        let state = cx.state.clone().unwrap_or_default();
+        let store = Store::open(&state.url).await.map_err(|e| {
+            cx.error_from(
+                "field `state.url`: the state database (its durable queue)",
+                e,
+            )
+        })?;
+        Ok(Queue {
+            store,
+            url: state.url,
+        })
+    }
+
+    /// Runs the stage from this queue ([`run`]) until its input closes and its deliveries
+    /// stopped, then closes the store.
+    pub async fn run(
+        self,
+        sender: Arc<dyn Sender>,
+        shared: &crate::component::Shared,
+        cx: &mut SinkContext,
+        health: Arc<StageHealth>,
+    ) {
+        let slot = slot(shared, &self.url, &cx.metrics.id);
+        run(sender, self.store.clone(), slot, cx, health).await;
+        self.store.close().await;
+    }
+}
+
 /// How a durable queue is drained: its bounds and its batches.
 #[derive(Debug, Clone)]
 pub struct Limits {

@@ -121,7 +121,7 @@ pub struct WebhookConfig {
     #[serde(default)]
     pub template: Option<template::TemplateField>,
     /// Readiness: not ready once deliveries have been failing (retryably) for this long.
-    #[serde(default = "default_unready_after")]
+    #[serde(default = "send::default_unready_after")]
     pub unready_after: Dur,
     /// The signing secret of a DingTalk or Feishu robot (never logged).
     #[serde(default)]
@@ -142,7 +142,7 @@ pub struct WebhookConfig {
     pub durable: bool,
     /// With `durable`: the most events the queue holds. At the bound the sink stops taking
     /// events, which slows the stages before it down (back-pressure) instead of dropping.
-    #[serde(default = "default_max_queued")]
+    #[serde(default = "durable::default_max_queued")]
     pub max_queued: u64,
     /// Keep the k8m event handler's `processed` and `attempts` columns of this table true to the
     /// deliveries (set by pipelines translated from the k8m event handler's format).
@@ -150,7 +150,7 @@ pub struct WebhookConfig {
     pub mark_rows: Option<mark::MarkRows>,
     /// With `durable`: how long a delivery that keeps failing retryably (receiver down, 5xx,
     /// 429, timeouts) is retried before it is dead-lettered. `retries` does not apply.
-    #[serde(default = "default_retry_for")]
+    #[serde(default = "durable::default_retry_for")]
     pub retry_for: Dur,
 }
 
@@ -160,20 +160,11 @@ fn default_method() -> String {
 fn default_timeout() -> Dur {
     Dur::secs(30)
 }
-fn default_unready_after() -> Dur {
-    Dur::secs(60)
-}
 fn default_retries() -> u32 {
     3
 }
 fn default_max_in_flight() -> usize {
     1
-}
-fn default_max_queued() -> u64 {
-    100_000
-}
-fn default_retry_for() -> Dur {
-    Dur::secs(24 * 3600)
 }
 fn default_batch() -> BatchConfig {
     BatchConfig {
@@ -194,22 +185,7 @@ pub const TYPE: StageType = StageType {
 impl WebhookConfig {
     /// The endpoint, checked: an absolute http(s) URL. Errors never show its secrets.
     fn parsed_url(&self) -> Result<reqwest::Url, Invalid> {
-        let url = reqwest::Url::parse(&self.url).map_err(|e| {
-            Invalid::new(
-                "url",
-                format!(
-                    "`{}` is not a valid URL: {e}",
-                    crate::redact::url(&self.url)
-                ),
-            )
-        })?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(Invalid::new(
-                "url",
-                format!("scheme `{}` is not http or https", url.scheme()),
-            ));
-        }
-        Ok(url)
+        send::http_url("url", &self.url, None)
     }
 
     fn parsed_method(&self) -> Result<reqwest::Method, Invalid> {
@@ -379,14 +355,7 @@ impl StageConfig for WebhookConfig {
             let mut delivery = self.delivery(&cx.id).await.map_err(|e| cx.failed(e))?;
             delivery.leadership = cx.leadership.clone();
             let queue = if self.durable {
-                let state = cx.state.clone().unwrap_or_default();
-                let store = queue::Store::open(&state.url).await.map_err(|e| {
-                    cx.error_from(
-                        "field `state.url`: the state database (its durable queue)",
-                        e,
-                    )
-                })?;
-                Some((store, state.url))
+                Some(durable::Queue::open(cx).await?)
             } else {
                 None
             };
@@ -402,8 +371,8 @@ impl StageConfig for WebhookConfig {
 
 struct WebhookSink {
     delivery: Arc<Delivery>,
-    /// With `durable`: the queue's store and the `state` URL it lives at.
-    queue: Option<(queue::Store, String)>,
+    /// With `durable`: its queue.
+    queue: Option<durable::Queue>,
     health: crate::health::Health,
     /// Where the instances of this stage find their common queue slot.
     shared: crate::component::Shared,
@@ -588,7 +557,7 @@ impl Delivery {
             metrics: &self.metrics,
         };
         retrier
-            .run(&id, &send::uids(events), health, budget, stop, || {
+            .run(&id, events, health, budget, stop, || {
                 self.attempt(events, &id)
             })
             .await
@@ -649,17 +618,11 @@ impl Sink for WebhookSink {
                 .health
                 .register(&cx.metrics.id, this.delivery.cfg.unready_after.0);
             health.synced();
-            if let Some((store, url)) = this.queue {
-                let slot = durable::slot(&this.shared, &url, &cx.metrics.id);
-                durable::run(
-                    this.delivery.clone() as Arc<dyn durable::Sender>,
-                    store.clone(),
-                    slot,
-                    &mut cx,
-                    health.clone(),
-                )
-                .await;
-                store.close().await;
+            if let Some(queue) = this.queue {
+                let sender = this.delivery.clone() as Arc<dyn durable::Sender>;
+                queue
+                    .run(sender, &this.shared, &mut cx, health.clone())
+                    .await;
             } else {
                 let cfg = &this.delivery.cfg;
                 send::in_memory(

@@ -230,6 +230,11 @@ impl BodyTemplate {
         self.render_data(&data)
     }
 
+    /// Renders the template for one event (a log line).
+    pub fn render_event(&self, e: &crate::event::EventData) -> Result<String, TemplateError> {
+        self.render_data(&[e])
+    }
+
     fn render_data(&self, events: &[&crate::event::EventData]) -> Result<String, TemplateError> {
         let values: Vec<serde_json::Value> = events.iter().map(|e| event_value(e)).collect();
         let msg = events
