@@ -416,6 +416,11 @@ impl FakeApiServer {
         });
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
         let addr = listener.local_addr()?;
+        // A real API server (Go's net/http) sets TCP_NODELAY on every connection; without it
+        // each small watch event after the first waits for the client's delayed ACK (~40 ms).
+        let listener = axum::serve::ListenerExt::tap_io(listener, |s| {
+            let _ = s.set_nodelay(true);
+        });
         let app = server::router(shared.clone());
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
