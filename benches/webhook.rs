@@ -4,7 +4,9 @@
 //! both back to back.
 //! - one event per request, one in flight (2,000 events);
 //! - 100 events per request (the seed's batch body; 100,000 events), 1 and 4 in flight;
-//! - the same with `durable: true` (`SQLite` queue in a temporary directory), 4 in flight.
+//! - the same with `durable: true` (`SQLite` queue in a temporary directory), 4 in flight;
+//! - draining a durable backlog: 100,000 events already queued (receiver down when they came)
+//!   delivered 100 per request, 4 in flight, against the in-memory sink in the same run.
 
 mod common;
 #[path = "../tests/support/receiver.rs"]
@@ -117,6 +119,84 @@ async fn run_sink(url: &str, case: Case, hits: &Receiver) -> Duration {
     d
 }
 
+/// The pipeline of the drain case: a durable webhook whose queue is in `dir`.
+fn durable_pipeline(
+    url: &str,
+    dir: &std::path::Path,
+) -> (eventflow::config::Pipeline, eventflow::testkit::Feeder) {
+    let cfg: WebhookConfig = serde_json::from_value(serde_json::json!({
+        "url": url,
+        "batch": {"max_events": 100, "max_wait": "50ms"},
+        "max_in_flight": 4,
+        "durable": true,
+    }))
+    .expect("config");
+    let (src, feed) = ChannelSource::new(8);
+    let p = source_to_sink(Arc::new(src), "hook", "webhook", Arc::new(cfg), 0)
+        .state(&format!("sqlite://{}", dir.join("state.db").display()))
+        .build();
+    (p, feed)
+}
+
+const BACKLOG: usize = 100_000;
+
+/// A state database with `BACKLOG` events queued: fed to a durable webhook whose receiver is
+/// down (nothing listens on its port), then stopped.
+fn backlog(rt: &tokio::runtime::Runtime) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tmp");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let down = format!("http://{}/hook", closed.local_addr().expect("address"));
+    drop(closed);
+    rt.block_on(async {
+        let cfg: WebhookConfig = serde_json::from_value(serde_json::json!({
+            "url": down,
+            "batch": {"max_events": 100, "max_wait": "50ms"},
+            "max_in_flight": 4,
+            "durable": true,
+            "max_queued": BACKLOG * 2,
+        }))
+        .expect("config");
+        let (src, feed) = ChannelSource::new(8);
+        let p = source_to_sink(Arc::new(src), "hook", "webhook", Arc::new(cfg), 0)
+            .state(&format!(
+                "sqlite://{}",
+                dir.path().join("state.db").display()
+            ))
+            .build();
+        let topo = Topology::start(p).await.expect("start");
+        let mut acks = Vec::new();
+        for chunk in (0..BACKLOG).collect::<Vec<_>>().chunks(500) {
+            acks.push(feed.send(chunk.iter().map(|i| data(*i)).collect()).await);
+        }
+        for a in acks {
+            let _ = a.await;
+        }
+        topo.shutdown(Duration::from_secs(30)).await;
+    });
+    dir
+}
+
+/// Drains a copy of the backlog in `template`: from the sink's start to the last event
+/// received.
+async fn run_drain(url: &str, template: &std::path::Path, hits: &Receiver) -> Duration {
+    let dir = tempfile::tempdir().expect("tmp");
+    for f in std::fs::read_dir(template).expect("backlog") {
+        let f = f.expect("entry");
+        std::fs::copy(f.path(), dir.path().join(f.file_name())).expect("copy the backlog");
+    }
+    hits.reset_tally();
+    let started = Instant::now();
+    // The feed stays open: the source does not end while the backlog drains.
+    let (p, _feed) = durable_pipeline(url, dir.path());
+    let topo = Topology::start(p).await.expect("start");
+    while hits.tallied() < BACKLOG as u64 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let d = started.elapsed();
+    topo.shutdown(Duration::from_secs(30)).await;
+    d
+}
+
 async fn run_bare(client: &reqwest::Client, url: &str, case: Case) -> Duration {
     let started = Instant::now();
     let ids: Vec<usize> = (0..case.events).collect();
@@ -202,8 +282,32 @@ fn bench(c: &mut Criterion) {
             });
         });
     }
+    let template = backlog(&rt);
+    let in_memory = CASES[2];
+    g.throughput(Throughput::Elements(BACKLOG as u64));
+    g.bench_function(
+        "durable_drain_of_a_100000_event_backlog_100_per_request_4_in_flight",
+        |b| {
+            b.iter_custom(|iters| {
+                common::interleaved(
+                    &rt,
+                    iters,
+                    BACKLOG as u64,
+                    (DRAIN, || run_drain(&url, template.path(), &hits)),
+                    (IN_MEMORY_SAME_RUN, || {
+                        hits.reset_tally();
+                        run_sink(&url, in_memory, &hits)
+                    }),
+                )
+            });
+        },
+    );
     g.finish();
 }
+
+const DRAIN: &str = "durable backlog drained, 100 per request, 4 in flight";
+const IN_MEMORY_SAME_RUN: &str =
+    "in-memory sink (same run as the drain), 100 per request, 4 in flight";
 
 criterion_group!(benches, bench);
 
@@ -222,6 +326,11 @@ fn main() {
                 &format!("bare reqwest, {name}"),
             )
         })
+        .chain([common::ratio(
+            "durable backlog drained / in-memory sink",
+            DRAIN,
+            IN_MEMORY_SAME_RUN,
+        )])
         .collect();
     common::summary("webhook (requests to a local receiver)", &ratios);
 }

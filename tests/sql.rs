@@ -725,24 +725,35 @@ async fn webhook_queue_and_dead_letters_on_every_backend(b: Backend) {
         (e0.uid.as_str(), e0.message.as_str()),
         ("q0", "quote \" and ✓ 0")
     );
-    store.pin(&sink, head[0].id, head[2].id).await.expect("pin");
+    // Pinned on its first row (which holds the batch's last row id), the other rows untouched;
+    // two batches pinned in one statement.
+    store
+        .settle(
+            &sink,
+            &[],
+            &[
+                (head[0].id, head[2].id),
+                (head[2].id + 100, head[2].id + 101),
+            ],
+        )
+        .await
+        .expect("pin");
     let pinned = store.head(&sink, 0, 5).await.expect("head");
     assert_eq!(
         pinned.iter().map(|p| p.batch).collect::<Vec<_>>(),
-        [
-            Some(head[0].id),
-            Some(head[0].id),
-            Some(head[0].id),
-            None,
-            None
-        ],
+        [Some(head[2].id), None, None, None, None],
         "{}",
+        b.name
+    );
+    assert!(
+        pinned[0].continues(&pinned[2]) && !pinned[0].continues(&pinned[3]),
+        "{}: the pinned batch is rows 1..=3",
         b.name
     );
     let after = store.head(&sink, head[2].id, 10).await.expect("head");
     assert_eq!(after.len(), 2, "{}: rows after the cursor", b.name);
     store
-        .remove(&sink, &[head[0].id, head[1].id])
+        .settle(&sink, &[head[0].id, head[1].id], &[])
         .await
         .expect("remove");
     assert_eq!(store.count(&sink).await.expect("count"), 3, "{}", b.name);

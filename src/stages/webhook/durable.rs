@@ -390,24 +390,50 @@ async fn write(shared: &Durable, batch: Vec<Event>, write_failed: &metrics::Coun
     }
 }
 
-/// The next batch at the head of the queue (after `cursor`), or when to look again.
+/// The next batches at the head of the queue (after `cursor`), or when to look again.
 enum Next {
-    Batch(Vec<Pending>),
+    Batches(Vec<Vec<Pending>>),
     Empty,
     WaitUntil(Instant),
 }
 
-async fn next_batch(shared: &Durable, cursor: i64, stopping: bool) -> Result<Next, DbError> {
+/// Reads up to `slots` batches from the head of the queue in one query. A batch pinned by an
+/// earlier attempt goes out as it was (up to `batch.max_events`); the others are cut at
+/// `batch.max_events`. A partial batch at the end of what was read is left for the next look
+/// (the read may have cut it, or more may come), except when it is the only one: then it goes
+/// once its oldest event is `batch.max_wait` old (at once when stopping).
+async fn next_batches(
+    shared: &Durable,
+    cursor: i64,
+    stopping: bool,
+    slots: usize,
+) -> Result<Next, DbError> {
     let cfg = &shared.limits;
     let max = cfg.batch.max_events.max(1);
-    let rows = shared.store.head(shared.stage(), cursor, max).await?;
-    let Some(first) = rows.first() else {
+    let limit = max.saturating_mul(slots.max(1));
+    let rows = shared.store.head(shared.stage(), cursor, limit).await?;
+    let mut batches: Vec<Vec<Pending>> = Vec::new();
+    let mut rows = rows.into_iter().peekable();
+    while let Some(first) = rows.next() {
+        let mut batch = vec![first];
+        while batch.len() < max
+            && let Some(r) = rows.next_if(|r| batch[0].continues(r))
+        {
+            batch.push(r);
+        }
+        batches.push(batch);
+    }
+    let partial_tail = batches
+        .last()
+        .is_some_and(|b| b.len() < max && (b[0].batch.is_none() || batches.len() > 1));
+    if batches.len() > 1 && partial_tail {
+        batches.pop();
+    }
+    let Some(only) = batches.first() else {
         return Ok(Next::Empty);
     };
-    let pinned = first.batch;
-    let batch: Vec<Pending> = rows.into_iter().take_while(|r| r.batch == pinned).collect();
-    if pinned.is_none() && batch.len() < max && !stopping {
-        let due = batch[0]
+    if batches.len() == 1 && only[0].batch.is_none() && only.len() < max && !stopping {
+        let due = only[0]
             .born_at
             .saturating_add(i64::try_from(cfg.batch.max_wait.0.as_millis()).unwrap_or(i64::MAX));
         let now = chrono::Utc::now().timestamp_millis();
@@ -417,7 +443,28 @@ async fn next_batch(shared: &Durable, cursor: i64, stopping: bool) -> Result<Nex
             ));
         }
     }
-    Ok(Next::Batch(batch))
+    Ok(Next::Batches(batches))
+}
+
+/// Removes delivered rows and pins the batches about to go out, in one transaction (retried
+/// while the database is unavailable, unless `halting`).
+async fn settle(shared: &Durable, delivered: &mut Vec<i64>, pins: &[(i64, i64)], halting: bool) {
+    if delivered.is_empty() && pins.is_empty() {
+        return;
+    }
+    let written = shared
+        .persist(
+            "remove delivered events from the queue",
+            || halting,
+            || shared.store.settle(shared.stage(), delivered, pins),
+        )
+        .await;
+    if written {
+        shared.sub(delivered.len() as u64);
+    } else if !delivered.is_empty() {
+        tracing::warn!(stage = %shared.stage(), events = delivered.len(), "delivered events stay queued and are sent again at the next start (same delivery ids)");
+    }
+    delivered.clear();
 }
 
 /// Why a delivery loop ended.
@@ -451,6 +498,10 @@ async fn deliver_loop(
     let mut halted = false;
     let mut superseded = false;
     let mut db_backoff = BackoffConfig::default().start();
+    // Rows delivered and not yet removed: removed together with the next pins, in one commit.
+    let mut delivered: Vec<i64> = Vec::new();
+    // Batches read and not yet sent (at most twice `max_in_flight`).
+    let mut ready: std::collections::VecDeque<Vec<Pending>> = std::collections::VecDeque::new();
     loop {
         let stopping = *stop.borrow();
         // Sticky: `changed()` below marks the new generation seen.
@@ -464,58 +515,70 @@ async fn deliver_loop(
             // Fencing: requests in flight were dropped by `deliver`; do not wait for them.
             in_flight.abort_all();
             while in_flight.join_next().await.is_some() {}
+            settle(shared, &mut delivered, &[], true).await;
             return LoopEnd::NotLeader;
         }
-        let mut wake: Option<Instant> = None;
-        let mut empty = false;
-        if !(superseded || (stopping && halted)) {
-            while in_flight.len() < cfg.max_in_flight {
-                // Nothing in flight: look from the head again (a row committed late by a
-                // concurrent writer is not skipped for long).
-                if in_flight.is_empty() {
-                    cursor = 0;
-                }
-                match next_batch(shared, cursor, stopping).await {
-                    Ok(Next::Batch(rows)) => {
-                        db_backoff.reset();
-                        let (first, last) = (rows[0].id, rows[rows.len() - 1].id);
-                        if cfg.batch.max_events > 1
-                            && rows[0].batch.is_none()
-                            && let Err(e) = shared.store.pin(shared.stage(), first, last).await
-                        {
-                            tracing::warn!(stage = %shared.stage(), error = %e, "state database: cannot pin a batch; sending it anyway");
-                        }
-                        cursor = last;
-                        in_flight.spawn(send(shared.clone(), rows, halted_rx.clone()));
-                    }
-                    Ok(Next::Empty) => {
-                        empty = true;
-                        wake = poll.map(|p| Instant::now() + p);
-                        break;
-                    }
-                    Ok(Next::WaitUntil(t)) => {
-                        wake = Some(t);
-                        break;
-                    }
-                    Err(e) => {
-                        shared.health.failing();
-                        let wait = db_backoff.next_delay();
-                        tracing::warn!(stage = %shared.stage(), error = %e, wait = ?wait, "state database: cannot read the queue; retrying");
-                        wake = Some(Instant::now() + wait);
-                        break;
-                    }
-                }
-            }
+        let sending = !(superseded || (stopping && halted));
+        // Batches read ahead go out as slots free up.
+        let slots = cfg.max_in_flight.saturating_sub(in_flight.len());
+        let now: Vec<Vec<Pending>> = if sending {
+            (0..slots).map_while(|_| ready.pop_front()).collect()
+        } else {
+            ready.clear();
+            Vec::new()
+        };
+        // Nothing in flight, read ahead or waiting to be removed: look from the head again (a
+        // row committed late by a concurrent writer is not skipped for long).
+        if in_flight.is_empty() && now.is_empty() && ready.is_empty() && delivered.is_empty() {
+            cursor = 0;
         }
-        if in_flight.is_empty() && (superseded || (stopping && (halted || empty))) {
+        // A batch is pinned before its first attempt, in the commit that removes what was
+        // delivered meanwhile; the next batches are read meanwhile (another connection).
+        let pins: Vec<(i64, i64)> = now
+            .iter()
+            .filter(|b| cfg.batch.max_events > 1 && b[0].batch.is_none())
+            .map(|b| (b[0].id, b[b.len() - 1].id))
+            .collect();
+        let halting = *halted_rx.borrow();
+        let read_ahead = sending && ready.len() < cfg.max_in_flight;
+        let ((), read) = tokio::join!(settle(shared, &mut delivered, &pins, halting), async {
+            if read_ahead {
+                Some(next_batches(shared, cursor, stopping, 2 * cfg.max_in_flight).await)
+            } else {
+                None
+            }
+        });
+        let (wake, empty) = match read {
+            Some(r) => absorb(shared, r, &mut ready, &mut cursor, &mut db_backoff, poll),
+            None => (None, false),
+        };
+        for rows in now {
+            in_flight.spawn(send(shared.clone(), rows, halted_rx.clone()));
+        }
+        if in_flight.is_empty()
+            && ready.is_empty()
+            && (superseded || (stopping && (halted || empty)))
+        {
             return LoopEnd::Done;
         }
+        // Batches read ahead and room in flight: go on at once.
+        let more = sending && !ready.is_empty() && in_flight.len() < cfg.max_in_flight;
         tokio::select! {
+            biased;
             Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
-                if matches!(done, Ok(Outcome::Interrupted)) {
-                    halted = true;
+                let mut finished = vec![done];
+                while let Some(done) = in_flight.try_join_next() {
+                    finished.push(done);
+                }
+                for done in finished {
+                    match done {
+                        Ok((Outcome::Interrupted, _)) => halted = true,
+                        Ok((_, ids)) => delivered.extend(ids),
+                        Err(_) => {}
+                    }
                 }
             }
+            () = std::future::ready(()), if more => {}
             _ = added.changed() => {}
             _ = generation.changed(), if !superseded => superseded = true,
             () = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {}
@@ -525,8 +588,43 @@ async fn deliver_loop(
     }
 }
 
-/// Delivers one batch of queued rows and settles it in the queue.
-async fn send(shared: Arc<Durable>, rows: Vec<Pending>, halt: watch::Receiver<bool>) -> Outcome {
+/// Takes in what a look at the queue found: batches go to `ready` (and move `cursor`); else
+/// when to look again, and whether the queue was empty.
+fn absorb(
+    shared: &Durable,
+    read: Result<Next, DbError>,
+    ready: &mut std::collections::VecDeque<Vec<Pending>>,
+    cursor: &mut i64,
+    db_backoff: &mut crate::backoff::Backoff,
+    poll: Option<Duration>,
+) -> (Option<Instant>, bool) {
+    match read {
+        Ok(Next::Batches(b)) => {
+            db_backoff.reset();
+            if let Some(last) = b.last() {
+                *cursor = last[last.len() - 1].id;
+            }
+            ready.extend(b);
+            (None, false)
+        }
+        Ok(Next::Empty) => (poll.map(|p| Instant::now() + p), true),
+        Ok(Next::WaitUntil(t)) => (Some(t), false),
+        Err(e) => {
+            shared.health.failing();
+            let wait = db_backoff.next_delay();
+            tracing::warn!(stage = %shared.stage(), error = %e, wait = ?wait, "state database: cannot read the queue; retrying");
+            (Some(Instant::now() + wait), false)
+        }
+    }
+}
+
+/// Delivers one batch of queued rows; returns the outcome and the rows to remove from the
+/// queue (delivered). A batch that failed for good is moved to the dead letters here.
+async fn send(
+    shared: Arc<Durable>,
+    rows: Vec<Pending>,
+    halt: watch::Receiver<bool>,
+) -> (Outcome, Vec<i64>) {
     let shared = &*shared;
     let started = std::time::Instant::now();
     let mut events = Vec::with_capacity(rows.len());
@@ -546,7 +644,7 @@ async fn send(shared: Arc<Durable>, rows: Vec<Pending>, halt: watch::Receiver<bo
         }
     }
     if events.is_empty() {
-        return Outcome::Delivered { attempts: 0 };
+        return (Outcome::Delivered { attempts: 0 }, Vec::new());
     }
     let cfg = &shared.limits;
     let outcome = shared
@@ -558,20 +656,10 @@ async fn send(shared: Arc<Durable>, rows: Vec<Pending>, halt: watch::Receiver<bo
             Some(halt.clone()),
         )
         .await;
-    let halting = || *halt.borrow();
+    let mut delivered = Vec::new();
     match &outcome {
         Outcome::Delivered { .. } => {
-            let ids: Vec<i64> = good.iter().map(|r| r.id).collect();
-            let removed = shared
-                .persist("remove delivered events from the queue", halting, || {
-                    shared.store.remove(shared.stage(), &ids)
-                })
-                .await;
-            if removed {
-                shared.sub(ids.len() as u64);
-            } else {
-                tracing::warn!(stage = %shared.stage(), delivery_id = %delivery_id(&events), "delivered events stay queued and are sent again at the next start (same delivery id)");
-            }
+            delivered = good.iter().map(|r| r.id).collect();
             shared.sent.increment(events.len() as u64);
             let now = chrono::Utc::now().timestamp_millis();
             for (r, e) in good.iter().zip(&events) {
@@ -593,7 +681,7 @@ async fn send(shared: Arc<Durable>, rows: Vec<Pending>, halt: watch::Receiver<bo
         Outcome::Interrupted => {}
     }
     shared.processing.record(started.elapsed().as_secs_f64());
-    outcome
+    (outcome, delivered)
 }
 
 /// Moves rows to the dead letters (counted).
