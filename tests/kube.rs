@@ -432,3 +432,78 @@ async fn two_clusters_in_one_pipeline_are_tagged() {
     );
     topo.shutdown(T).await;
 }
+
+/// The object's JSON text (`raw`) is kept only when a stage downstream reads it: not for a
+/// pipeline that never writes it; from a reload that adds a `sql` sink (its `raw` column) on,
+/// for every event, in the table too.
+#[tokio::test]
+async fn raw_is_kept_only_when_a_stage_downstream_reads_it() {
+    let env = env().await;
+    let cfg = config(&env.kubeconfig, json!({}));
+    let sink = CountingSink::collecting();
+    let pipeline = |with_sql: bool| {
+        let mut b = PipelineBuilder::new()
+            .stage("k8s", "kube_events", StageKind::Source, &[], cfg.clone(), 0)
+            .stage(
+                "out",
+                "counting",
+                StageKind::Sink,
+                &["k8s"],
+                Arc::new(sink.clone()),
+                0,
+            );
+        if with_sql {
+            let sql: eventflow::stages::sql::SqlConfig = serde_json::from_value(json!({
+                "url": format!("sqlite://{}", env.dir.path().join("events.db").display()),
+                "batch": {"max_events": 1, "max_wait": "10ms"},
+            }))
+            .expect("sql config");
+            b = b.stage("db", "sql", StageKind::Sink, &["k8s"], Arc::new(sql), 0);
+        }
+        b.state(&env.state()).build()
+    };
+    env.create("before", "Warning");
+    let mut topo = Topology::start(pipeline(false)).await.expect("start");
+    settle(&sink, 1).await;
+    assert_eq!(
+        sink.events()[0].raw,
+        None,
+        "no stage reads raw: the object's text is not kept"
+    );
+
+    topo.apply(pipeline(true))
+        .await
+        .expect("reload with a sql sink");
+    env.create("after", "Warning");
+    let raw_of = |name: &str| {
+        sink.events()
+            .into_iter()
+            .find(|e| e.name == name)
+            .and_then(|e| e.raw.map(String::from))
+    };
+    wait_for("the event created after the reload", T, || {
+        raw_of("after").is_some()
+    })
+    .await;
+    let raw: serde_json::Value =
+        serde_json::from_str(&raw_of("after").expect("raw")).expect("raw is the object's JSON");
+    assert_eq!(raw["metadata"]["name"], "after");
+    assert_eq!(raw["message"], "about after");
+    let url = format!("sqlite://{}", env.dir.path().join("events.db").display());
+    let pool = sqlx::SqlitePool::connect(&url).await.expect("events.db");
+    let mut stored: Option<String> = None;
+    for _ in 0..100 {
+        stored = sqlx::query_scalar("SELECT raw FROM k8s_events WHERE name = 'after'")
+            .fetch_optional(&pool)
+            .await
+            .expect("select");
+        if stored.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stored: serde_json::Value =
+        serde_json::from_str(&stored.expect("the row of `after`")).expect("JSON");
+    assert_eq!(stored, raw, "the raw column holds the object");
+    topo.shutdown(Duration::from_secs(10)).await;
+}

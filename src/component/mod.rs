@@ -55,6 +55,9 @@ pub struct BuildContext {
     pub shared: Shared,
     /// Whether this replica leads: sources read and durable queues deliver only while it does.
     pub leadership: crate::leader::Leadership,
+    /// For a source: whether a stage downstream reads the events' `raw` object (see
+    /// [`StageConfig::uses_raw`]); a source may leave it out otherwise.
+    pub keep_raw: bool,
 }
 
 impl BuildContext {
@@ -247,6 +250,18 @@ pub trait StageConfig: fmt::Debug + Send + Sync + 'static {
             Verdict::Passes,
             vec![Step::note("passes every event on unchanged")],
         )
+    }
+
+    /// Whether this stage reads the events' `raw` object (`stdout` with `raw: true`, `sql`'s
+    /// `raw` column): a source keeps it only when a stage downstream does. Default: no.
+    fn uses_raw(&self) -> bool {
+        false
+    }
+
+    /// For a source: whether it leaves `raw` out when no stage downstream reads it (see
+    /// [`BuildContext::keep_raw`]); such a source is built again when that changes.
+    fn raw_on_demand(&self) -> bool {
+        false
     }
 
     /// What `eventflow test` runs in place of this transform when it needs what a test does

@@ -24,7 +24,16 @@ impl Diff {
         for (id, spec) in &new.stages {
             match old.stages.get(id) {
                 None => d.added.push(id.clone()),
-                Some(o) if o.node == spec.node => d.kept.push(id.clone()),
+                // A source that keeps `raw` only on demand is built again when its downstream
+                // starts or stops reading it.
+                Some(o)
+                    if o.node == spec.node
+                        && (!spec.config.raw_on_demand()
+                            || super::graph::raw_needed(&old.stages, id)
+                                == super::graph::raw_needed(&new.stages, id)) =>
+                {
+                    d.kept.push(id.clone());
+                }
                 Some(_) => d.changed.push(id.clone()),
             }
         }

@@ -266,6 +266,7 @@ impl Topology {
                 health: self.health.clone(),
                 shared: self.shared.clone(),
                 leadership: self.leadership.clone(),
+                keep_raw: crate::config::graph::raw_needed(&new.stages, id),
             };
             let stage = std::panic::AssertUnwindSafe(spec.config.build(&cx))
                 .catch_unwind()

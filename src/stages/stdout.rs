@@ -23,6 +23,10 @@ pub struct StdoutConfig {
 }
 
 impl StageConfig for StdoutConfig {
+    fn uses_raw(&self) -> bool {
+        self.raw
+    }
+
     fn preview(
         &self,
         events: &[crate::event::EventData],

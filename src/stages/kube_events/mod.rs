@@ -137,6 +137,10 @@ pub const TYPE: StageType = StageType {
 };
 
 impl StageConfig for KubeEventsConfig {
+    fn raw_on_demand(&self) -> bool {
+        true
+    }
+
     fn validate(&self) -> Vec<Invalid> {
         let mut out = Vec::new();
         crate::component::at_least_one(&mut out, "page_size", self.page_size.into());
@@ -184,6 +188,7 @@ impl StageConfig for KubeEventsConfig {
                 checkpoint,
                 health: cx.health.clone(),
                 leadership: cx.leadership.clone(),
+                keep_raw: cx.keep_raw,
             }) as Box<dyn Source>))
         })
     }
@@ -196,6 +201,8 @@ struct KubeSource {
     checkpoint: Checkpoint,
     health: crate::health::Health,
     leadership: crate::leader::Leadership,
+    /// Whether a stage downstream reads `raw` (else each object's text is not kept).
+    keep_raw: bool,
 }
 
 /// What a watch loop hands to the source task.
@@ -305,27 +312,37 @@ async fn lead(
         .into_iter()
         .enumerate()
         .map(|(slot, namespace)| {
-            let api: Api<KubeEvent> = match &namespace {
-                Some(ns) => Api::namespaced_with(src.client.clone(), ns, &src.cfg.api),
-                None => Api::all_with(src.client.clone(), &src.cfg.api),
-            };
-            let w = WatchLoop {
-                api,
-                slot: u16::try_from(slot).unwrap_or(u16::MAX),
-                namespace,
-                cfg: src.cfg.clone(),
-                cluster: cluster.clone(),
-                seen: seen.clone(),
-                tx: tx.clone(),
-                counters: counters.clone(),
-                first_start,
-                health: health.clone(),
-            };
-            // In the stage's span, so its logs (a 401, a 403) name the stage like the rest.
-            tokio::spawn(tracing::Instrument::instrument(
-                w.run(stop.clone()),
-                tracing::Span::current(),
-            ))
+            macro_rules! spawn_loop {
+                ($raw:literal) => {{
+                    let api: Api<KubeEvent<$raw>> = match &namespace {
+                        Some(ns) => Api::namespaced_with(src.client.clone(), ns, &src.cfg.api),
+                        None => Api::all_with(src.client.clone(), &src.cfg.api),
+                    };
+                    let w = WatchLoop {
+                        api,
+                        slot: u16::try_from(slot).unwrap_or(u16::MAX),
+                        namespace,
+                        cfg: src.cfg.clone(),
+                        cluster: cluster.clone(),
+                        seen: seen.clone(),
+                        tx: tx.clone(),
+                        counters: counters.clone(),
+                        first_start,
+                        health: health.clone(),
+                    };
+                    // In the stage's span, so its logs (a 401, a 403) name the stage like the
+                    // rest.
+                    tokio::spawn(tracing::Instrument::instrument(
+                        w.run(stop.clone()),
+                        tracing::Span::current(),
+                    ))
+                }};
+            }
+            if src.keep_raw {
+                spawn_loop!(true)
+            } else {
+                spawn_loop!(false)
+            }
         })
         .collect();
     drop(tx);

@@ -1,7 +1,8 @@
 //! The object type the kube client decodes Events into: our normalized event, decoded straight
-//! from the response bytes (the object's JSON text is captured once as `raw`), plus the
-//! metadata the client needs. An object that does not normalize still decodes: it carries its
-//! error, so one bad item cannot fail a whole list page.
+//! from the response text (the object's JSON text is borrowed from it, not copied, and kept as
+//! `raw` only when `RAW`: a stage downstream reads it), plus the metadata the client needs. An
+//! object that does not normalize still decodes: it carries its error, so one bad item cannot
+//! fail a whole list page.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -23,9 +24,9 @@ pub enum Flavor {
     EventsV1,
 }
 
-/// One Event as received.
+/// One Event as received; with its `raw` JSON text when `RAW`.
 #[derive(Debug, Clone)]
-pub struct KubeEvent {
+pub struct KubeEvent<const RAW: bool = true> {
     pub meta: ObjectMeta,
     /// The normalized event (cluster left empty), or why it could not be normalized.
     pub data: Result<EventData, String>,
@@ -49,9 +50,11 @@ struct MetaFields {
     resource_version: Option<String>,
 }
 
-impl<'de> Deserialize<'de> for KubeEvent {
+impl<'de, const RAW: bool> Deserialize<'de> for KubeEvent<RAW> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let raw = Box::<RawValue>::deserialize(d)?;
+        // Borrowed from the response text: the kube client decodes lists and watch lines
+        // from strings.
+        let raw = <&'de RawValue>::deserialize(d)?;
         let text = raw.get();
         let parsed = serde_json::from_str::<WireEvent>(text)
             .map_err(|e| e.to_string())
@@ -61,7 +64,9 @@ impl<'de> Deserialize<'de> for KubeEvent {
                 // The list-then-watch loop reads the resourceVersion and uid from `data`;
                 // `meta` is filled only for objects that do not decode.
                 let meta = ObjectMeta::default();
-                data.raw = Some(Box::<str>::from(raw));
+                if RAW {
+                    data.raw = Some(Box::<str>::from(text));
+                }
                 Ok(KubeEvent {
                     meta,
                     data: Ok(data),
@@ -86,7 +91,7 @@ impl<'de> Deserialize<'de> for KubeEvent {
     }
 }
 
-impl KubeEvent {
+impl<const RAW: bool> KubeEvent<RAW> {
     /// The object's resourceVersion.
     pub fn resource_version(&self) -> Option<&str> {
         match &self.data {
@@ -104,7 +109,7 @@ impl KubeEvent {
     }
 }
 
-impl kube::Resource for KubeEvent {
+impl<const RAW: bool> kube::Resource for KubeEvent<RAW> {
     type DynamicType = Flavor;
     type Scope = DynamicResourceScope;
 

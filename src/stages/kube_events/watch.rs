@@ -17,8 +17,9 @@ use crate::component::Shutdown;
 use crate::event::EventData;
 use crate::health::StageHealth;
 
-pub(super) struct WatchLoop {
-    pub(super) api: Api<KubeEvent>,
+/// One list-then-watch loop; `RAW`: each object's JSON text is kept as the event's `raw`.
+pub(super) struct WatchLoop<const RAW: bool> {
+    pub(super) api: Api<KubeEvent<RAW>>,
     pub(super) slot: u16,
     pub(super) namespace: Option<String>,
     pub(super) cfg: KubeEventsConfig,
@@ -49,7 +50,7 @@ struct PageOut {
     forget: Vec<String>,
 }
 
-impl WatchLoop {
+impl<const RAW: bool> WatchLoop<RAW> {
     fn verb_target(&self) -> String {
         let group = match self.cfg.api {
             Flavor::CoreV1 => "\"\" (core)",
@@ -263,7 +264,7 @@ impl WatchLoop {
     fn take(
         &self,
         seen: &mut Seen,
-        item: KubeEvent,
+        item: KubeEvent<RAW>,
         generation: Generation,
         initial_list: bool,
         out: &mut PageOut,
@@ -412,7 +413,7 @@ impl WatchLoop {
     /// rest of the chunk is not read).
     fn take_chunk(
         &self,
-        chunk: Vec<Result<WatchEvent<KubeEvent>, kube::Error>>,
+        chunk: Vec<Result<WatchEvent<KubeEvent<RAW>>, kube::Error>>,
         at: &mut WatchPosition,
         out: &mut PageOut,
     ) -> bool {

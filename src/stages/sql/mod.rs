@@ -90,6 +90,11 @@ fn default_connect_timeout() -> Dur {
 }
 
 impl StageConfig for SqlConfig {
+    /// The table's `raw` column.
+    fn uses_raw(&self) -> bool {
+        true
+    }
+
     fn preview(
         &self,
         events: &[crate::event::EventData],

@@ -343,10 +343,8 @@ impl schemars::JsonSchema for TemplateField {
 /// on an event it did not enrich (empty maps and texts), so `{{ object_labels.team |
 /// default("none") }}` works on every event.
 fn event_value(e: &crate::event::EventData) -> serde_json::Value {
-    let mut v = crate::event::to_json(e, false)
-        .ok()
-        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
-        .unwrap_or(serde_json::Value::Null);
+    // Straight to a value (not through JSON text and back).
+    let mut v = serde_json::to_value(e).unwrap_or(serde_json::Value::Null);
     if let Some(o) = v.as_object_mut() {
         o.entry("summary").or_insert(serde_json::Value::Null);
         for (map, _) in crate::event::LabelMap::ALL {
