@@ -1,0 +1,130 @@
+//! The whole process's memory, to size a pod from: `eventflow run` on the default pipeline
+//! (`kube_events -> filter -> sql + stdout`) against the fake API server holding N distinct
+//! Events, resident memory (RSS) once every one is in the table. Benchmark-style (minutes, a
+//! process boundary is the point), so ignored by a plain `cargo test`:
+//!
+//! `cargo test --release --test footprint -- --ignored --nocapture`
+//!
+//! The figures and the targets (< 64 MB at 100,000 tracked events, < 160 MB at 1,000,000) are in
+//! BENCHMARKS.md; the deploy manifests' memory request and limit come from them.
+
+mod support;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// Resident memory of `pid` in MB (0 when it cannot be read).
+fn rss_mb(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Runs the default pipeline over `n` Events (half Warnings, which the filter passes); returns
+/// the RSS in MB once all passed ones are stored, and its peak while they were read.
+fn footprint(n: usize) -> (f64, f64) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_rt, fake, kc) = fake_cluster(dir.path());
+    fake.history_len(1000);
+    let started = Instant::now();
+    for i in 0..n {
+        let ty = if i % 2 == 0 { "Warning" } else { "Normal" };
+        let ns = format!("team-{}", i % 50);
+        fake.create(
+            &ns,
+            fake_apiserver::sample_event(
+                &ns,
+                &format!("web-{i}.17d2f9e0a1b2c3d4"),
+                "BackOff",
+                ty,
+                "Back-off restarting failed container web in pod web-7d4b9c-x2x9q",
+            ),
+        )
+        .expect("create");
+    }
+    eprintln!("{n} Events created in {:?}", started.elapsed());
+    let port = free_port();
+    let p = write(
+        dir.path(),
+        "pipeline.yaml",
+        &format!(
+            "api:\n  listen: 127.0.0.1:{port}\nstate:\n  url: sqlite://{state}\nstages:\n  k8s:\n    type: kube_events\n    kubeconfig: {kc}\n  warnings:\n    type: filter\n    inputs: [k8s]\n    types: [Warning]\n  db:\n    type: sql\n    inputs: [warnings]\n    url: sqlite://{db}\n  out:\n    type: stdout\n    inputs: [warnings]\n",
+            state = dir.path().join("state.db").display(),
+            kc = kc.display(),
+            db = dir.path().join("events.db").display(),
+        ),
+    );
+    let mut child = bin()
+        .arg("run")
+        .arg(&p)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn eventflow");
+    let pid = child.id();
+    let want = (n / 2) as f64;
+    let sent = "eventflow_event_latency_seconds_count{stage=\"db\"";
+    let mut peak: f64 = 0.0;
+    let deadline = Instant::now() + Duration::from_secs(1200);
+    while metric(port, sent) < want {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {want} stored within 20 min",
+            metric(port, sent)
+        );
+        assert!(
+            child.try_wait().ok().flatten().is_none(),
+            "eventflow exited early"
+        );
+        peak = peak.max(rss_mb(pid));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Let the last checkpoint rows and batches settle.
+    std::thread::sleep(Duration::from_secs(2));
+    let rss = rss_mb(pid);
+    eprintln!(
+        "{n} Events ({} stored) in {:?}: RSS {rss:.1} MB, peak {:.1} MB",
+        n / 2,
+        started.elapsed(),
+        peak.max(rss)
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    (rss, peak.max(rss))
+}
+
+#[test]
+#[ignore = "benchmark-style: minutes; run with --ignored (see the module's notes)"]
+fn default_pipeline_rss_at_100_000_events() {
+    let (rss, peak) = footprint(100_000);
+    assert!(rss > 0.0, "RSS could not be read");
+    assert!(
+        peak < 64.0,
+        "RSS {rss:.1} MB, peak {peak:.1} MB: the target is < 64 MB"
+    );
+}
+
+#[test]
+#[ignore = "benchmark-style: minutes; run with --ignored (see the module's notes)"]
+fn default_pipeline_rss_at_1_000_000_events() {
+    let (rss, peak) = footprint(1_000_000);
+    assert!(rss > 0.0, "RSS could not be read");
+    assert!(
+        peak < 160.0,
+        "RSS {rss:.1} MB, peak {peak:.1} MB: the target is < 160 MB"
+    );
+}
