@@ -119,7 +119,8 @@ async fn run_sink(url: &str, case: Case, hits: &Receiver) -> Duration {
     d
 }
 
-/// The pipeline of the drain case: a durable webhook whose queue is in `dir`.
+/// The pipeline of the drain case: a durable webhook to `url` whose queue is in `dir` (100 per
+/// request, 4 in flight), and the feed of its source.
 fn durable_pipeline(
     url: &str,
     dir: &std::path::Path,
@@ -129,6 +130,7 @@ fn durable_pipeline(
         "batch": {"max_events": 100, "max_wait": "50ms"},
         "max_in_flight": 4,
         "durable": true,
+        "max_queued": BACKLOG * 2,
     }))
     .expect("config");
     let (src, feed) = ChannelSource::new(8);
@@ -148,21 +150,7 @@ fn backlog(rt: &tokio::runtime::Runtime) -> tempfile::TempDir {
     let down = format!("http://{}/hook", closed.local_addr().expect("address"));
     drop(closed);
     rt.block_on(async {
-        let cfg: WebhookConfig = serde_json::from_value(serde_json::json!({
-            "url": down,
-            "batch": {"max_events": 100, "max_wait": "50ms"},
-            "max_in_flight": 4,
-            "durable": true,
-            "max_queued": BACKLOG * 2,
-        }))
-        .expect("config");
-        let (src, feed) = ChannelSource::new(8);
-        let p = source_to_sink(Arc::new(src), "hook", "webhook", Arc::new(cfg), 0)
-            .state(&format!(
-                "sqlite://{}",
-                dir.path().join("state.db").display()
-            ))
-            .build();
+        let (p, feed) = durable_pipeline(&down, dir.path());
         let topo = Topology::start(p).await.expect("start");
         let mut acks = Vec::new();
         for chunk in (0..BACKLOG).collect::<Vec<_>>().chunks(500) {

@@ -245,30 +245,24 @@ fn find_cycle(stages: &IndexMap<String, StageSpec>) -> Option<Vec<String>> {
     None
 }
 
-/// Stage ids in an order where every stage comes after all of its inputs (file order among
-/// stages that are ready together). Stages on a cycle are left out; validation reports it.
 /// Whether a stage downstream of `source` (directly or through others) reads the events' `raw`
 /// object.
 pub fn raw_needed(stages: &IndexMap<String, StageSpec>, source: &str) -> bool {
-    let mut reached: HashSet<&str> = HashSet::from([source]);
-    let mut grew = true;
-    while grew {
-        grew = false;
-        for (id, spec) in stages {
-            if !reached.contains(id.as_str())
-                && spec.inputs.iter().any(|i| reached.contains(i.as_str()))
-            {
-                if spec.config.uses_raw() {
-                    return true;
-                }
-                reached.insert(id);
-                grew = true;
+    let mut reached: HashSet<String> = HashSet::from([source.to_string()]);
+    for id in topological_order(stages) {
+        let spec = &stages[&id];
+        if spec.inputs.iter().any(|i| reached.contains(i)) {
+            if spec.config.uses_raw() {
+                return true;
             }
+            reached.insert(id);
         }
     }
     false
 }
 
+/// Stage ids in an order where every stage comes after all of its inputs (file order among
+/// stages that are ready together). Stages on a cycle are left out; validation reports it.
 pub fn topological_order(stages: &IndexMap<String, StageSpec>) -> Vec<String> {
     let mut waiting: Vec<usize> = Vec::with_capacity(stages.len());
     let mut consumers: HashMap<&str, Vec<usize>> = HashMap::new();

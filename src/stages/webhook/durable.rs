@@ -446,8 +446,8 @@ async fn next_batches(
     Ok(Next::Batches(batches))
 }
 
-/// Removes delivered rows and pins the batches about to go out, in one transaction (retried
-/// while the database is unavailable, unless `halting`).
+/// Removes delivered rows and pins the batches about to go out (one statement each), retried
+/// while the database is unavailable unless `halting`.
 async fn settle(shared: &Durable, delivered: &mut Vec<i64>, pins: &[(i64, i64)], halting: bool) {
     if delivered.is_empty() && pins.is_empty() {
         return;
@@ -532,7 +532,7 @@ async fn deliver_loop(
         if in_flight.is_empty() && now.is_empty() && ready.is_empty() && delivered.is_empty() {
             cursor = 0;
         }
-        // A batch is pinned before its first attempt, in the commit that removes what was
+        // A batch is pinned before its first attempt, together with the removal of what was
         // delivered meanwhile; the next batches are read meanwhile (another connection).
         let pins: Vec<(i64, i64)> = now
             .iter()

@@ -5,7 +5,7 @@
 //! batch that has been attempted is pinned so that after a restart the same events go out
 //! together under the same delivery id: its first row's `batch` is the batch's last row id
 //! (one row written, not the whole batch). Queues written by earlier versions pinned every row
-//! of a batch with its first row's id; both forms are read (see [`Pending::starts`]).
+//! of a batch with its first row's id; both forms are read (see [`Pending::continues`]).
 //!
 //! `eventflow_webhook_dead_letter` holds deliveries that failed for good: the events, the
 //! delivery id, the reason and the number of attempts, for a person to inspect and re-send
@@ -255,8 +255,8 @@ impl Store {
             .limit(limit as u64)
             .to_owned();
         let rows: Vec<(i64, i64, Option<i64>, String)> = if self.db.backend() == Backend::Sqlite {
-            // SQLite hands each row from its own thread to the async side, a wake-up per row:
-            // the head as one JSON array in one row is ~5x faster (same rows, same order).
+            // SQLite hands each row from its own thread to the async side: the head as one
+            // JSON array in one row reads ~1.3x faster (same rows; sorted by id below).
             let (inner, values) = self.db.build(&q);
             let sql = format!(
                 "SELECT json_group_array(json_array(id, born_at, batch, event)) FROM ({inner})"
