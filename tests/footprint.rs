@@ -5,6 +5,9 @@
 //!
 //! `cargo test --release --test footprint -- --ignored --nocapture`
 //!
+//! The process gets the allocator settings (`MIMALLOC_*`) that `deploy/kubernetes/deployment.yaml`
+//! gives the pod.
+//!
 //! The figures and the targets (< 64 MB at 100,000 tracked events, < 160 MB at 1,000,000) are in
 //! BENCHMARKS.md; the deploy manifests' memory request and limit come from them.
 
@@ -32,6 +35,29 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free port")
+}
+
+/// The allocator settings (`MIMALLOC_*`) the Deployment gives the process: the figure is the
+/// pod's.
+fn deployment_allocator_env() -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(repo("deploy/kubernetes/deployment.yaml"))
+        .expect("deploy/kubernetes/deployment.yaml");
+    let mut env = Vec::new();
+    let mut lines = text.lines().map(str::trim);
+    while let Some(l) = lines.next() {
+        if let Some(name) = l.strip_prefix("- name: MIMALLOC_") {
+            let value = lines
+                .next()
+                .and_then(|v| v.strip_prefix("value: "))
+                .expect("a value line after the name");
+            env.push((
+                format!("MIMALLOC_{name}"),
+                value.trim_matches('"').to_string(),
+            ));
+        }
+    }
+    assert!(!env.is_empty(), "the Deployment sets no MIMALLOC_ variable");
+    env
 }
 
 /// Runs the default pipeline over `n` Events (half Warnings, which the filter passes); returns
@@ -68,7 +94,10 @@ fn footprint(n: usize) -> (f64, f64) {
             db = dir.path().join("events.db").display(),
         ),
     );
+    let env = deployment_allocator_env();
+    eprintln!("allocator settings from the Deployment: {env:?}");
     let mut child = bin()
+        .envs(env)
         .arg("run")
         .arg(&p)
         .stdout(Stdio::null())

@@ -45,6 +45,8 @@ b config \
   --cmd '["run", "/etc/eventflow/pipeline.yaml"]' \
   --env PATH=/usr/local/bin:/usr/bin:/bin \
   --env MIMALLOC_ALLOW_THP=0 \
+  --env MIMALLOC_PURGE_DELAY=0 \
+  --env MIMALLOC_ARENA_EAGER_COMMIT=0 \
   --label org.opencontainers.image.title=eventflow \
   --label "org.opencontainers.image.description=Turns Kubernetes Events into actions through a declarative, hot-reloadable pipeline" \
   --label org.opencontainers.image.version="${name##*:}" \

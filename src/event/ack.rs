@@ -241,9 +241,12 @@ mod tests {
     #[tokio::test]
     async fn merged_events_fail_when_their_summary_is_never_made() {
         let (a, rx) = one();
+        let (b, rx2) = one();
         let mut merged = Merged::default();
         merged.add(a);
+        merged.add(b);
         drop(merged); // the aggregating stage crashed with the group open
         assert_eq!(rx.await.unwrap(), Status::Errored);
+        assert_eq!(rx2.await.unwrap(), Status::Errored);
     }
 }

@@ -475,7 +475,11 @@ pub fn ack_all(events: &[Event], s: Status) {
 /// batches finish with the summary. Dropped before [`Merged::into_finalizers`] (a crash, a
 /// stage gone), every batch held here fails.
 #[derive(Debug, Default)]
-pub struct Merged(Vec<Arc<Finalizer>>);
+pub struct Merged {
+    /// The first handle inline: most summaries hold one batch's (no allocation for it).
+    first: Option<Arc<Finalizer>>,
+    rest: Vec<Arc<Finalizer>>,
+}
 
 impl Merged {
     /// Folds `e` in: its copy is done, its batch now waits for the summary. (Takes the copy
@@ -484,19 +488,25 @@ impl Merged {
     pub fn add(&mut self, e: Event) {
         match e.finalizers() {
             Finalizers::None => {}
-            Finalizers::One(f) => {
-                if !self.0.last().is_some_and(|l| Arc::ptr_eq(l, f)) {
-                    self.0.push(f.clone());
-                }
-            }
-            Finalizers::Many(fs) => self.0.extend(fs.iter().cloned()),
+            Finalizers::One(f) => self.push(f),
+            Finalizers::Many(fs) => fs.iter().for_each(|f| self.push(f)),
         }
         e.discard();
     }
 
+    fn push(&mut self, f: &Arc<Finalizer>) {
+        match (&self.first, self.rest.last()) {
+            (None, _) => self.first = Some(f.clone()),
+            // Events of one batch arrive together: skip the handle just added.
+            (_, Some(last)) | (Some(last), None) if Arc::ptr_eq(last, f) => {}
+            _ => self.rest.push(f.clone()),
+        }
+    }
+
     /// The finalizers the summary event carries.
     pub fn into_finalizers(mut self) -> Finalizers {
-        let mut all = std::mem::take(&mut self.0);
+        let mut all = std::mem::take(&mut self.rest);
+        all.extend(self.first.take());
         all.sort_by_key(|f| Arc::as_ptr(f) as usize);
         all.dedup_by(|a, b| Arc::ptr_eq(a, b));
         match all.len() {
@@ -509,8 +519,9 @@ impl Merged {
 
 impl Drop for Merged {
     fn drop(&mut self) {
-        self.0
+        self.first
             .iter()
+            .chain(&self.rest)
             .for_each(|f| f.update(Status::Errored, WHOLE_BATCH));
     }
 }

@@ -10,7 +10,7 @@ use crate::event::{ApiVersion, Event, EventData, Labels, Merged};
 
 /// An event's data in one allocation for its texts: what a pending summary keeps of its first
 /// event (an [`EventData`] is about 500 bytes of fields plus an allocation per text; this is
-/// the texts' length plus about 150 bytes).
+/// the texts' length plus 128 bytes).
 #[derive(Debug)]
 pub struct Packed {
     /// uid, name, namespace, resource_version, type, reason, message, kind, object_name,
@@ -20,10 +20,17 @@ pub struct Packed {
     cluster: Arc<str>,
     count: i64,
     first_seen: Option<DateTime<Utc>>,
-    last_seen: Option<DateTime<Utc>>,
     api_version: ApiVersion,
+    /// The raw object and the labels, when there are any (most groups have neither).
+    extra: Option<Box<Extra>>,
+}
+
+/// What few packed events carry.
+#[derive(Debug, Default, Clone)]
+struct Extra {
     raw: Option<Box<str>>,
-    labels: Option<Box<[Option<Arc<Labels>>; 3]>>,
+    /// Object labels, object annotations, namespace labels.
+    labels: [Option<Arc<Labels>>; 3],
 }
 
 impl Packed {
@@ -55,21 +62,23 @@ impl Packed {
             // back cut, never out of bounds.
             *end = u32::try_from(text.len()).unwrap_or(u32::MAX);
         }
-        let labels = [
-            e.object_labels.clone(),
-            e.object_annotations.clone(),
-            e.namespace_labels.clone(),
-        ];
+        let extra = Extra {
+            raw: if keep_raw { e.raw.clone() } else { None },
+            labels: [
+                e.object_labels.clone(),
+                e.object_annotations.clone(),
+                e.namespace_labels.clone(),
+            ],
+        };
+        let has_extra = extra.raw.is_some() || extra.labels.iter().any(Option::is_some);
         Packed {
             text: text.into_boxed_str(),
             ends,
             cluster: e.cluster.clone(),
             count: e.count,
             first_seen: e.first_seen,
-            last_seen: e.last_seen,
             api_version: e.api_version,
-            raw: if keep_raw { e.raw.clone() } else { None },
-            labels: labels.iter().any(Option::is_some).then(|| Box::new(labels)),
+            extra: has_extra.then(|| Box::new(extra)),
         }
     }
 
@@ -80,10 +89,12 @@ impl Packed {
         self.text.get(start..end).unwrap_or_default().to_string()
     }
 
-    /// The event's data again.
+    /// The event's data again, but for `last_seen` (not kept: a summary sets its own).
     pub fn unpack(&self) -> EventData {
-        let [object_labels, object_annotations, namespace_labels] =
-            self.labels.as_deref().cloned().unwrap_or_default();
+        let Extra {
+            raw,
+            labels: [object_labels, object_annotations, namespace_labels],
+        } = self.extra.as_deref().cloned().unwrap_or_default();
         EventData {
             cluster: self.cluster.clone(),
             uid: self.text(0),
@@ -104,10 +115,10 @@ impl Packed {
             owner_name: self.text(15),
             count: self.count,
             first_seen: self.first_seen,
-            last_seen: self.last_seen,
+            last_seen: None,
             api_version: self.api_version,
             summary: None,
-            raw: self.raw.clone(),
+            raw,
             object_labels,
             object_annotations,
             namespace_labels,
@@ -117,6 +128,11 @@ impl Packed {
     /// The message.
     pub fn message(&self) -> String {
         self.text(6)
+    }
+
+    /// Whether the message is `m` (without copying it).
+    pub fn message_is(&self, m: &str) -> bool {
+        self.text.get(self.ends[5] as usize..self.ends[6] as usize) == Some(m)
     }
 
     /// The resourceVersion.
@@ -138,26 +154,28 @@ pub struct Folded {
     pub first_seen: Option<DateTime<Utc>>,
     pub last_seen: Option<DateTime<Utc>>,
     /// The last one's resourceVersion and message, once an event after the first was folded
-    /// (until then they are the first's: [`Folded::last_rv`], [`Folded::last_message`]).
-    later_rv: Option<String>,
-    later_message: Option<String>,
-    /// Up to `max_samples` distinct messages, in arrival order.
+    /// (until then they are the first's: [`Folded::last_rv`], [`Folded::last_message`]); boxed,
+    /// as most groups of a busy cluster's distinct objects never see a second event.
+    later: Option<Box<(String, String)>>,
+    /// Up to `max_samples` distinct messages, in arrival order. While folding, the first
+    /// event's message is not among them (it is in `first`); [`Accumulator::finish`] puts it in
+    /// front.
     pub samples: Vec<String>,
 }
 
 impl Folded {
     /// The last folded event's resourceVersion.
     pub fn last_rv(&self) -> String {
-        self.later_rv
-            .clone()
-            .unwrap_or_else(|| self.first.resource_version())
+        self.later
+            .as_ref()
+            .map_or_else(|| self.first.resource_version(), |l| l.0.clone())
     }
 
     /// The last folded event's message.
     pub fn last_message(&self) -> String {
-        self.later_message
-            .clone()
-            .unwrap_or_else(|| self.first.message())
+        self.later
+            .as_ref()
+            .map_or_else(|| self.first.message(), |l| l.1.clone())
     }
 }
 
@@ -173,20 +191,14 @@ impl Accumulator {
     /// object (a summary is not the object as received; dropping it keeps a group small).
     pub fn new(e: Event, occurrences: i64, max_samples: usize, keep_raw: bool) -> Accumulator {
         let first = Packed::new(e.data(), keep_raw);
-        let samples = if max_samples > 0 {
-            vec![e.message.clone()]
-        } else {
-            vec![]
-        };
         let mut finalizers = Merged::default();
         let folded = Folded {
             events: 1,
             occurrences,
             first_seen: e.first_seen,
             last_seen: e.last_seen,
-            later_rv: None,
-            later_message: None,
-            samples,
+            later: None,
+            samples: Vec::new(),
             first,
         };
         finalizers.add(e);
@@ -207,28 +219,78 @@ impl Accumulator {
             (a, b) => a.or(b),
         };
         f.last_seen = f.last_seen.max(e.last_seen);
-        match &mut f.later_rv {
-            Some(rv) => rv.clone_from(&e.resource_version),
-            None => f.later_rv = Some(e.resource_version.clone()),
-        }
-        if f.samples.len() < self.max_samples && !f.samples.contains(&e.message) {
+        // The first event's message is sample 0 when there are samples at all.
+        let kept = usize::from(self.max_samples > 0) + f.samples.len();
+        if kept < self.max_samples
+            && !f.first.message_is(&e.message)
+            && !f.samples.contains(&e.message)
+        {
             f.samples.push(e.message.clone());
         }
-        match &mut f.later_message {
-            Some(m) => m.clone_from(&e.message),
-            None => f.later_message = Some(e.message.clone()),
+        match &mut f.later {
+            Some(l) => {
+                l.0.clone_from(&e.resource_version);
+                l.1.clone_from(&e.message);
+            }
+            None => {
+                f.later = Some(Box::new((e.resource_version.clone(), e.message.clone())));
+            }
         }
         self.finalizers.add(e);
     }
 
-    /// What has been folded so far.
-    pub fn folded(&self) -> &Folded {
-        &self.folded
-    }
-
     /// The summary event: `make` turns what was folded into its data; it carries the
     /// finalizers of every folded event.
-    pub fn finish(self, make: impl FnOnce(Folded) -> EventData) -> Event {
+    pub fn finish(mut self, make: impl FnOnce(Folded) -> EventData) -> Event {
+        if self.max_samples > 0 {
+            self.folded.samples.insert(0, self.folded.first.message());
+        }
         Event::new(make(self.folded), self.finalizers.into_finalizers())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Finalizers;
+
+    fn ev(message: &str, rv: &str) -> Event {
+        Event::new(
+            EventData {
+                message: message.into(),
+                resource_version: rv.into(),
+                ..EventData::default()
+            },
+            Finalizers::None,
+        )
+    }
+
+    fn samples(max_samples: usize, messages: &[&str]) -> (Vec<String>, String, String) {
+        let mut acc = Accumulator::new(ev(messages[0], "1"), 1, max_samples, false);
+        for (i, m) in messages.iter().enumerate().skip(1) {
+            acc.add(ev(m, &(i + 1).to_string()), 1);
+        }
+        let mut got = None;
+        acc.finish(|f| {
+            got = Some((f.samples.clone(), f.last_message(), f.last_rv()));
+            f.first.unpack()
+        });
+        got.unwrap_or_default()
+    }
+
+    #[test]
+    fn samples_are_distinct_messages_first_one_first() {
+        let (s, last, rv) = samples(3, &["a", "a", "b", "a", "c", "d"]);
+        assert_eq!(s, ["a", "b", "c"]);
+        assert_eq!((last.as_str(), rv.as_str()), ("d", "6"));
+        assert_eq!(samples(1, &["a", "b"]).0, ["a"]);
+        assert!(samples(0, &["a", "b"]).0.is_empty());
+        let (s, last, rv) = samples(2, &["only"]);
+        assert_eq!(s, ["only"]);
+        assert_eq!(
+            (last.as_str(), rv.as_str()),
+            ("only", "1"),
+            "the first's own"
+        );
     }
 }
