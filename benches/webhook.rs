@@ -6,7 +6,9 @@
 //! - 100 events per request (the seed's batch body; 100,000 events), 1 and 4 in flight;
 //! - the same with `durable: true` (`SQLite` queue in a temporary directory), 4 in flight;
 //! - draining a durable backlog: 100,000 events already queued (receiver down when they came)
-//!   delivered 100 per request, 4 in flight, against the in-memory sink in the same run.
+//!   delivered 100 per request, 4 in flight, against the in-memory sink in the same run; on
+//!   `SQLite`, and on PostgreSQL when `EVENTFLOW_TEST_POSTGRES_URL` is set (said on stderr when
+//!   it is not).
 
 mod common;
 #[path = "../tests/support/receiver.rs"]
@@ -119,11 +121,11 @@ async fn run_sink(url: &str, case: Case, hits: &Receiver) -> Duration {
     d
 }
 
-/// The pipeline of the drain case: a durable webhook to `url` whose queue is in `dir` (100 per
-/// request, 4 in flight), and the feed of its source.
+/// The pipeline of the drain case: a durable webhook to `url` whose queue is in the state
+/// database `state` (100 per request, 4 in flight), and the feed of its source.
 fn durable_pipeline(
     url: &str,
-    dir: &std::path::Path,
+    state: &str,
 ) -> (eventflow::config::Pipeline, eventflow::testkit::Feeder) {
     let cfg: WebhookConfig = serde_json::from_value(serde_json::json!({
         "url": url,
@@ -135,9 +137,13 @@ fn durable_pipeline(
     .expect("config");
     let (src, feed) = ChannelSource::new(8);
     let p = source_to_sink(Arc::new(src), "hook", "webhook", Arc::new(cfg), 0)
-        .state(&format!("sqlite://{}", dir.join("state.db").display()))
+        .state(state)
         .build();
     (p, feed)
+}
+
+fn sqlite_state(dir: &std::path::Path) -> String {
+    format!("sqlite://{}", dir.join("state.db").display())
 }
 
 const BACKLOG: usize = 100_000;
@@ -146,22 +152,25 @@ const BACKLOG: usize = 100_000;
 /// down (nothing listens on its port), then stopped.
 fn backlog(rt: &tokio::runtime::Runtime) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tmp");
+    rt.block_on(fill(&sqlite_state(dir.path())));
+    dir
+}
+
+/// Queues `BACKLOG` events in the state database `state` (the receiver down).
+async fn fill(state: &str) {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let down = format!("http://{}/hook", closed.local_addr().expect("address"));
     drop(closed);
-    rt.block_on(async {
-        let (p, feed) = durable_pipeline(&down, dir.path());
-        let topo = Topology::start(p).await.expect("start");
-        let mut acks = Vec::new();
-        for chunk in (0..BACKLOG).collect::<Vec<_>>().chunks(500) {
-            acks.push(feed.send(chunk.iter().map(|i| data(*i)).collect()).await);
-        }
-        for a in acks {
-            let _ = a.await;
-        }
-        topo.shutdown(Duration::from_secs(30)).await;
-    });
-    dir
+    let (p, feed) = durable_pipeline(&down, state);
+    let topo = Topology::start(p).await.expect("start");
+    let mut acks = Vec::new();
+    for chunk in (0..BACKLOG).collect::<Vec<_>>().chunks(500) {
+        acks.push(feed.send(chunk.iter().map(|i| data(*i)).collect()).await);
+    }
+    for a in acks {
+        let _ = a.await;
+    }
+    topo.shutdown(Duration::from_secs(30)).await;
 }
 
 /// Drains a copy of the backlog in `template`: from the sink's start to the last event
@@ -172,10 +181,30 @@ async fn run_drain(url: &str, template: &std::path::Path, hits: &Receiver) -> Du
         let f = f.expect("entry");
         std::fs::copy(f.path(), dir.path().join(f.file_name())).expect("copy the backlog");
     }
+    drain(url, &sqlite_state(dir.path()), hits).await
+}
+
+/// Queues a backlog in PostgreSQL (not timed; the sink's rows left by an interrupted run are
+/// removed first), then drains it (timed).
+async fn run_drain_postgres(url: &str, pg: &str, hits: &Receiver) -> Duration {
+    let pool = sqlx::PgPool::connect(pg).await.expect("postgres");
+    let clear = format!(
+        "DELETE FROM {} WHERE sink = 'hook'",
+        eventflow::stages::webhook::queue::QUEUE
+    );
+    // The table does not exist before the first fill.
+    let _ = sqlx::query(sqlx::AssertSqlSafe(clear)).execute(&pool).await;
+    pool.close().await;
+    fill(pg).await;
+    drain(url, pg, hits).await
+}
+
+/// Starts the durable sink on a queued backlog in `state`: the time to the last event received.
+async fn drain(url: &str, state: &str, hits: &Receiver) -> Duration {
     hits.reset_tally();
     let started = Instant::now();
     // The feed stays open: the source does not end while the backlog drains.
-    let (p, _feed) = durable_pipeline(url, dir.path());
+    let (p, _feed) = durable_pipeline(url, state);
     let topo = Topology::start(p).await.expect("start");
     while hits.tallied() < BACKLOG as u64 {
         tokio::time::sleep(Duration::from_millis(1)).await;
@@ -290,9 +319,38 @@ fn bench(c: &mut Criterion) {
             });
         },
     );
+    match std::env::var("EVENTFLOW_TEST_POSTGRES_URL") {
+        Ok(pg) => {
+            g.bench_function(
+                "durable_drain_postgres_of_a_100000_event_backlog_100_per_request_4_in_flight",
+                |b| {
+                    b.iter_custom(|iters| {
+                        common::interleaved(
+                            &rt,
+                            iters,
+                            BACKLOG as u64,
+                            (DRAIN_PG, || run_drain_postgres(&url, &pg, &hits)),
+                            (IN_MEMORY_SAME_RUN_PG, || {
+                                hits.reset_tally();
+                                run_sink(&url, in_memory, &hits)
+                            }),
+                        )
+                    });
+                },
+            );
+        }
+        Err(_) => {
+            eprintln!(
+                "SKIPPED: the PostgreSQL drain case (EVENTFLOW_TEST_POSTGRES_URL is not set)"
+            );
+        }
+    }
     g.finish();
 }
 
+const DRAIN_PG: &str = "durable backlog drained (PostgreSQL queue), 100 per request, 4 in flight";
+const IN_MEMORY_SAME_RUN_PG: &str =
+    "in-memory sink (same run as the PostgreSQL drain), 100 per request, 4 in flight";
 const DRAIN: &str = "durable backlog drained, 100 per request, 4 in flight";
 const IN_MEMORY_SAME_RUN: &str =
     "in-memory sink (same run as the drain), 100 per request, 4 in flight";
@@ -314,11 +372,18 @@ fn main() {
                 &format!("bare reqwest, {name}"),
             )
         })
-        .chain([common::ratio(
-            "durable backlog drained / in-memory sink",
-            DRAIN,
-            IN_MEMORY_SAME_RUN,
-        )])
+        .chain([
+            common::ratio(
+                "durable backlog drained / in-memory sink",
+                DRAIN,
+                IN_MEMORY_SAME_RUN,
+            ),
+            common::ratio(
+                "durable backlog drained (PostgreSQL) / in-memory sink",
+                DRAIN_PG,
+                IN_MEMORY_SAME_RUN_PG,
+            ),
+        ])
         .collect();
     common::summary("webhook (requests to a local receiver)", &ratios);
 }

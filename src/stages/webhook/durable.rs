@@ -446,7 +446,7 @@ async fn next_batches(
     Ok(Next::Batches(batches))
 }
 
-/// Removes delivered rows and pins the batches about to go out (one statement each), retried
+/// Removes delivered rows and pins the batches about to go out (one transaction), retried
 /// while the database is unavailable unless `halting`.
 async fn settle(shared: &Durable, delivered: &mut Vec<i64>, pins: &[(i64, i64)], halting: bool) {
     if delivered.is_empty() && pins.is_empty() {
