@@ -7,10 +7,13 @@
 //!   its input until deliveries make room: the stages before it slow down (back-pressure).
 //! - **delivery** reads the queue oldest first, `batch.max_events` rows at a time (a partial
 //!   batch waits until its oldest event is `batch.max_wait` old), up to `max_in_flight`
-//!   requests at once. A delivered batch is deleted; a retryable failure is retried for up to
+//!   requests at once. A delivered batch is deleted (together with the next batches' pins, or
+//!   once `max_in_flight` batches' worth are delivered, or when nothing is in flight: a commit
+//!   every few requests); a retryable failure is retried for up to
 //!   `retry_for`; a batch that fails for good is moved to the dead-letter table in the same
 //!   transaction that deletes it from the queue. A batch is pinned in the table before its first
-//!   attempt, so after a crash the same events go out together with the same delivery id.
+//!   attempt (the batches read ahead are pinned together), so after a crash the same events go
+//!   out together with the same delivery id.
 //!
 //! When the input closes (shutdown) the intake has written everything; the delivery loop keeps
 //! delivering while the receiver accepts and stops at the first retryable failure, leaving the
@@ -521,7 +524,7 @@ async fn deliver_loop(
         let sending = !(superseded || (stopping && halted));
         // Batches read ahead go out as slots free up.
         let slots = cfg.max_in_flight.saturating_sub(in_flight.len());
-        let now: Vec<Vec<Pending>> = if sending {
+        let mut now: Vec<Vec<Pending>> = if sending {
             (0..slots).map_while(|_| ready.pop_front()).collect()
         } else {
             ready.clear();
@@ -532,16 +535,29 @@ async fn deliver_loop(
         if in_flight.is_empty() && now.is_empty() && ready.is_empty() && delivered.is_empty() {
             cursor = 0;
         }
-        // A batch is pinned before its first attempt, together with the removal of what was
-        // delivered meanwhile; the next batches are read meanwhile (another connection).
-        let pins: Vec<(i64, i64)> = now
-            .iter()
-            .filter(|b| cfg.batch.max_events > 1 && b[0].batch.is_none())
-            .map(|b| (b[0].id, b[b.len() - 1].id))
-            .collect();
+        // A batch is pinned before its first attempt: the batches going out now and those read
+        // ahead, in one commit with the removal of what was delivered meanwhile; the next
+        // batches are read meanwhile (another connection).
+        let pins = if cfg.batch.max_events > 1 {
+            pin(now.iter_mut().chain(ready.iter_mut()))
+        } else {
+            Vec::new()
+        };
         let halting = *halted_rx.borrow();
+        // Delivered rows are removed with the next pins, or once `max_in_flight` batches'
+        // worth are delivered, or when nothing is in flight: a commit every few requests, not
+        // one per request (a server that flushes its log at each commit waits for each). A
+        // crash sends the delivered rows not yet removed again (same delivery ids).
+        let flush = !pins.is_empty()
+            || in_flight.is_empty()
+            || delivered.len() >= cfg.max_in_flight.saturating_mul(cfg.batch.max_events)
+            || stopping
+            || superseded
+            || halting;
+        let mut held = Vec::new();
+        let removing = if flush { &mut delivered } else { &mut held };
         let read_ahead = sending && ready.len() < cfg.max_in_flight;
-        let ((), read) = tokio::join!(settle(shared, &mut delivered, &pins, halting), async {
+        let ((), read) = tokio::join!(settle(shared, removing, &pins, halting), async {
             if read_ahead {
                 Some(next_batches(shared, cursor, stopping, 2 * cfg.max_in_flight).await)
             } else {
@@ -586,6 +602,20 @@ async fn deliver_loop(
             () = lead.lost() => {}
         }
     }
+}
+
+/// Marks the batches not pinned yet as pinned; returns their `(first, last)` row ids to write.
+fn pin<'a>(batches: impl Iterator<Item = &'a mut Vec<Pending>>) -> Vec<(i64, i64)> {
+    let mut pins = Vec::new();
+    for b in batches {
+        if let (Some(first), Some(last)) = (b.first().map(|r| r.id), b.last().map(|r| r.id))
+            && b[0].batch.is_none()
+        {
+            pins.push((first, last));
+            b[0].batch = Some(last);
+        }
+    }
+    pins
 }
 
 /// Takes in what a look at the queue found: batches go to `ready` (and move `cursor`); else
