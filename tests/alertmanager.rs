@@ -6,7 +6,7 @@
 
 mod support;
 use support::Receiver;
-use support::wait_for;
+use support::{free_port, wait_for};
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -35,14 +35,6 @@ impl Drop for Alertmanager {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Whether the server is installed; outside CI a test without it says so and skips.

@@ -334,14 +334,7 @@ fn run(t: &mut Tally, p: Pipeline, name: &str) {
 }
 
 fn rss_peak_mb() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb / 1024)
+    proc_status_kb(None, "VmHWM").map_or(0, |kb| kb / 1024)
 }
 
 /// The numeric and duration fields of each stage type, from the JSON Schema (`batch.x` for

@@ -433,3 +433,22 @@ pub fn create_event(
         .unwrap_or_default()
         .to_string()
 }
+
+/// A `/proc/<pid>/status` field in kB (`VmRSS`, `VmHWM`, ...) of `pid`, or of this process;
+/// `None` when it cannot be read.
+pub fn proc_status_kb(pid: Option<u32>, field: &str) -> Option<u64> {
+    let who = pid.map_or_else(|| "self".to_string(), |p| p.to_string());
+    let status = std::fs::read_to_string(format!("/proc/{who}/status")).ok()?;
+    let line = status
+        .lines()
+        .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A TCP port free on 127.0.0.1 at the time of the call.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
