@@ -253,3 +253,99 @@ pub fn sample_event(ns: &str, name: &str, reason: &str, type_: &str, message: &s
         "reportingInstance": "worker-1",
     })
 }
+
+/// Fields whose value is one atomic unit in server-side field tracking (an `ObjectReference`
+/// is a `structType=atomic`): tracked as one field, not by their own fields.
+const ATOMIC: &[&str] = &["involvedObject", "regarding", "related"];
+
+/// What a real API server records on every write it accepts: `metadata.managedFields`, one
+/// entry naming the writer (`manager`) and the set of fields it wrote (`FieldsV1`). Real
+/// Event objects from Kubernetes 1.18 on carry it, and every client decodes it. Kept as the
+/// writer sent it when the object already has one (an update that read the object first).
+pub fn track_fields(o: &mut Value) {
+    if o["metadata"]["managedFields"].is_array() {
+        return;
+    }
+    let manager = manager_of(o).to_string();
+    let fields = fields_v1(o, true);
+    o["metadata"]["managedFields"] = json!([{
+        "manager": manager,
+        "operation": "Update",
+        "apiVersion": "v1",
+        "time": chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        "fieldsType": "FieldsV1",
+        "fieldsV1": fields,
+    }]);
+}
+
+/// The `FieldsV1` set of the fields `v` sets: `{"f:name": {...}}`, nested for objects.
+fn fields_v1(v: &Value, top: bool) -> Value {
+    let Value::Object(m) = v else {
+        return json!({});
+    };
+    let mut out = Map::new();
+    for (k, v) in m {
+        if v.is_null() || (top && matches!(k.as_str(), "apiVersion" | "kind")) {
+            continue;
+        }
+        let inner = if top && k == "metadata" {
+            // Of the metadata, only what the writer chose is its field.
+            let mut own = Map::new();
+            for f in ["generateName", "labels", "annotations"] {
+                if !v[f].is_null() {
+                    own.insert(format!("f:{f}"), fields_v1(&v[f], false));
+                }
+            }
+            if own.is_empty() {
+                continue;
+            }
+            Value::Object(own)
+        } else if ATOMIC.contains(&k.as_str()) {
+            json!({})
+        } else {
+            fields_v1(v, false)
+        };
+        out.insert(format!("f:{k}"), inner);
+    }
+    Value::Object(out)
+}
+
+/// Who wrote an Event, as a real API server names it (the writer's program): here the
+/// Event's own reporting component.
+fn manager_of(o: &Value) -> &str {
+    [&o["reportingComponent"], &o["source"]["component"]]
+        .into_iter()
+        .find_map(|m| m.as_str().filter(|m| !m.is_empty()))
+        .unwrap_or("fake-apiserver")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_write_records_its_fields_as_a_real_server_does() {
+        let mut e = sample_event("shop", "web-1.17", "BackOff", "Warning", "Back-off");
+        e["metadata"]["labels"] = json!({"app": "web"});
+        track_fields(&mut e);
+        let entry = &e["metadata"]["managedFields"][0];
+        assert_eq!(entry["manager"], "kubelet");
+        assert_eq!(entry["operation"], "Update");
+        assert_eq!(entry["fieldsType"], "FieldsV1");
+        let f = &entry["fieldsV1"];
+        assert_eq!(
+            f["f:involvedObject"],
+            json!({}),
+            "an object reference is atomic"
+        );
+        assert_eq!(f["f:source"], json!({"f:component": {}, "f:host": {}}));
+        assert_eq!(f["f:metadata"], json!({"f:labels": {"f:app": {}}}));
+        assert!(f["f:eventTime"].is_null(), "a null field is not set");
+        assert!(f["f:reason"].is_object() && f["f:message"].is_object());
+        // An object that already has them keeps them.
+        let before = e["metadata"]["managedFields"].clone();
+        e["reason"] = json!("Other");
+        track_fields(&mut e);
+        assert_eq!(e["metadata"]["managedFields"], before);
+    }
+}

@@ -5,7 +5,8 @@
 //! `/api/v1` and `/apis/events.k8s.io/v1` (converted on output); list with pagination and
 //! continue tokens; watch with history replay from a resourceVersion, bookmarks and 410
 //! expiry as a `200` + `ERROR` event; create / patch / put / delete so tests can inject
-//! events; the objects Events are about (namespaces, pods, workloads: [`objects`]) with list,
+//! events (a write gets `uid`, `creationTimestamp`, `resourceVersion` and, as on a real server,
+//! `managedFields`); the objects Events are about (namespaces, pods, workloads: [`objects`]) with list,
 //! watch and the metadata-only form; Leases; fault knobs ([`Faults`]) and wait-for-condition
 //! helpers instead of sleeps. The
 //! admin API under `/__fake/` drives it from another process (see the `fake-apiserver` binary).
@@ -272,6 +273,7 @@ impl State {
         o["metadata"]["uid"] = Value::String(uid);
         o["metadata"]["creationTimestamp"] =
             Value::String(chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string());
+        convert::track_fields(&mut o);
         let o = self.commit(tx, "ADDED", o);
         self.objects.insert(key.clone(), o.clone());
         self.created.insert(key, Instant::now());
@@ -295,6 +297,7 @@ impl State {
         for k in ["name", "namespace", "uid", "creationTimestamp"] {
             o["metadata"][k] = identity[k].clone();
         }
+        convert::track_fields(&mut o);
         let o = self.commit(tx, "MODIFIED", o);
         self.objects.insert(key, o.clone());
         Ok(o)
@@ -326,6 +329,7 @@ impl State {
         for k in ["name", "namespace", "uid", "creationTimestamp"] {
             o["metadata"][k] = identity[k].clone();
         }
+        convert::track_fields(&mut o);
         let o = self.commit(tx, "MODIFIED", o);
         self.objects.insert(key, o.clone());
         Ok(o)
