@@ -478,7 +478,12 @@ pub fn ack_all(events: &[Event], s: Status) {
 pub struct Merged {
     /// The first handle inline: most summaries hold one batch's (no allocation for it).
     first: Option<Arc<Finalizer>>,
-    rest: Vec<Arc<Finalizer>>,
+    /// The others, boxed: a pending summary is small until it holds a second batch's events.
+    #[allow(
+        clippy::box_collection,
+        reason = "8 bytes inline instead of a Vec's 24, in every open aggregate group"
+    )]
+    rest: Option<Box<Vec<Arc<Finalizer>>>>,
 }
 
 impl Merged {
@@ -495,17 +500,18 @@ impl Merged {
     }
 
     fn push(&mut self, f: &Arc<Finalizer>) {
-        match (&self.first, self.rest.last()) {
+        let last = self.rest.as_deref().and_then(|r| r.last());
+        match (&self.first, last) {
             (None, _) => self.first = Some(f.clone()),
             // Events of one batch arrive together: skip the handle just added.
             (_, Some(last)) | (Some(last), None) if Arc::ptr_eq(last, f) => {}
-            _ => self.rest.push(f.clone()),
+            _ => self.rest.get_or_insert_default().push(f.clone()),
         }
     }
 
     /// The finalizers the summary event carries.
     pub fn into_finalizers(mut self) -> Finalizers {
-        let mut all = std::mem::take(&mut self.rest);
+        let mut all = self.rest.take().map(|r| *r).unwrap_or_default();
         all.extend(self.first.take());
         all.sort_by_key(|f| Arc::as_ptr(f) as usize);
         all.dedup_by(|a, b| Arc::ptr_eq(a, b));
@@ -521,7 +527,7 @@ impl Drop for Merged {
     fn drop(&mut self) {
         self.first
             .iter()
-            .chain(&self.rest)
+            .chain(self.rest.iter().flat_map(|r| r.iter()))
             .for_each(|f| f.update(Status::Errored, WHOLE_BATCH));
     }
 }

@@ -109,11 +109,12 @@ impl StageConfig for AggregateConfig {
 
 /// The last count seen per Event object (by uid hash), for at most `max` objects: past it, the
 /// tenth least recently seen are forgotten (their next update counts its whole count again).
-/// 24 bytes an entry plus the table's, where a general cache costs ten times that.
+/// 16 bytes an entry plus the table's, where a general cache costs ten times that.
 struct LastCounts {
-    /// uid hash -> (highest count seen, tick of the last update).
-    map: HashMap<u64, (i64, u64)>,
-    tick: u64,
+    /// uid hash -> (highest count seen, tick of the last update). A count is an `int32` in
+    /// the Events API; a larger one (from a file) is remembered as `i32::MAX`.
+    map: HashMap<u64, (i32, u32)>,
+    tick: u32,
     max: usize,
 }
 
@@ -128,18 +129,22 @@ impl LastCounts {
 
     /// Records `count` for `uid` (keeping the highest seen); returns what was there before.
     fn swap(&mut self, uid: u64, count: i64) -> Option<i64> {
+        if self.tick == u32::MAX {
+            self.renumber();
+        }
         self.tick += 1;
         let tick = self.tick;
+        let count = i32::try_from(count.clamp(i32::MIN.into(), i32::MAX.into())).unwrap_or(0);
         let prev = if let Some(e) = self.map.get_mut(&uid) {
             let prev = e.0;
             *e = (count.max(prev), tick);
-            Some(prev)
+            Some(i64::from(prev))
         } else {
             self.map.insert(uid, (count, tick));
             None
         };
         if self.map.len() > self.max {
-            let mut ticks: Vec<u64> = self.map.values().map(|(_, t)| *t).collect();
+            let mut ticks: Vec<u32> = self.map.values().map(|(_, t)| *t).collect();
             let n = (self.max / 10).clamp(1, ticks.len() - 1);
             let (_, cut, _) = ticks.select_nth_unstable(n);
             let cut = *cut;
@@ -147,6 +152,24 @@ impl LastCounts {
         }
         prev
     }
+
+    /// Ticks renumbered from 1 in the same order (once every 2^32 updates).
+    fn renumber(&mut self) {
+        let mut ticks: Vec<u32> = self.map.values().map(|(_, t)| *t).collect();
+        ticks.sort_unstable();
+        for (_, t) in self.map.values_mut() {
+            let rank = ticks.partition_point(|x| x < t);
+            *t = u32::try_from(rank + 1).unwrap_or(u32::MAX - 1);
+        }
+        self.tick = u32::try_from(ticks.len()).unwrap_or(u32::MAX - 1);
+    }
+}
+
+/// One open group: 128 bytes and its first event's texts.
+struct Group {
+    acc: Accumulator,
+    /// When its window closes, in nanoseconds from [`Aggregator::base`].
+    deadline: u64,
 }
 
 /// The aggregation state, usable on its own (benchmarks, tests).
@@ -159,10 +182,13 @@ pub struct Aggregator {
     /// Open groups by a 128-bit hash of their key text (two independently seeded 64-bit
     /// hashes): the text itself is not kept. Two of `max_keys` open keys sharing a hash is
     /// about as likely as one in 10^28; it would merge their two groups.
-    groups: HashMap<[u64; 2], Box<Accumulator>, foldhash::fast::FixedState>,
+    groups: HashMap<[u64; 2], Box<Group>, foldhash::fast::FixedState>,
     key_hash: [foldhash::fast::RandomState; 2],
-    /// Open groups by deadline (all windows have one length, so arrival order is deadline order).
-    order: VecDeque<(Instant, [u64; 2])>,
+    /// Open groups by deadline (all windows have one length, so arrival order is deadline
+    /// order); the deadline is in the group.
+    order: VecDeque<[u64; 2]>,
+    /// What deadlines count from.
+    base: Instant,
     /// The last count seen per Event object, by a 64-bit hash of its uid (seeded per process:
     /// two of the `max_keys` uids remembered sharing a hash is about as likely as one in 10^9,
     /// and would only misstate one summary's occurrences).
@@ -183,6 +209,7 @@ impl Aggregator {
             groups: HashMap::default(),
             key_hash: Default::default(),
             order: VecDeque::new(),
+            base: Instant::now(),
             last_counts: LastCounts::new(usize::try_from(cfg.max_keys).unwrap_or(usize::MAX)),
             uid_hash: foldhash::fast::RandomState::default(),
             buf: String::with_capacity(128),
@@ -220,7 +247,7 @@ impl Aggregator {
             self.key.write(&e, &mut self.buf);
             let key = self.key_of_buf();
             if let Some(g) = self.groups.get_mut(&key) {
-                g.add(e, inc);
+                g.acc.add(e, inc, self.max_samples);
                 continue;
             }
             if self.groups.len() >= self.max_keys
@@ -228,23 +255,30 @@ impl Aggregator {
             {
                 out.push(s);
             }
-            let deadline = now + self.window;
-            self.groups.insert(
-                key,
-                Box::new(Accumulator::new(e, inc, self.max_samples, false)),
-            );
-            self.order.push_back((deadline, key));
+            let deadline = (now + self.window).saturating_duration_since(self.base);
+            let group = Group {
+                acc: Accumulator::new(e, inc, false),
+                deadline: u64::try_from(deadline.as_nanos()).unwrap_or(u64::MAX),
+            };
+            self.groups.insert(key, Box::new(group));
+            self.order.push_back(key);
         }
     }
 
     /// When the next window closes.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.order.front().map(|(d, _)| *d)
+        let g = self.groups.get(self.order.front()?)?;
+        Some(self.base + Duration::from_nanos(g.deadline))
     }
 
     /// Summaries of every group whose window has closed by `now`.
     pub fn close_due(&mut self, now: Instant, out: &mut Batch) {
-        while self.order.front().is_some_and(|(d, _)| *d <= now) {
+        while let Some(key) = self.order.front() {
+            if let Some(g) = self.groups.get(key)
+                && self.base + Duration::from_nanos(g.deadline) > now
+            {
+                break;
+            }
             if let Some(s) = self.close_oldest() {
                 out.push(s);
             }
@@ -261,13 +295,13 @@ impl Aggregator {
     }
 
     fn close_oldest(&mut self) -> Option<Event> {
-        let (_, key) = self.order.pop_front()?;
+        let key = self.order.pop_front()?;
         let g = self.groups.remove(&key)?;
-        Some(self.summarize(*g))
+        Some(self.summarize(g.acc))
     }
 
     fn summarize(&self, g: Accumulator) -> Event {
-        g.finish(|f| {
+        g.finish(self.max_samples, |mut f| {
             let mut data = f.first.unpack();
             let what = match (data.object_namespace.is_empty(), data.kind.is_empty()) {
                 (true, _) => format!("{}/{}", data.kind, data.object_name),
@@ -293,7 +327,7 @@ impl Aggregator {
                 window: self.window_text.clone(),
                 first_seen: f.first_seen,
                 last_seen: f.last_seen,
-                samples: f.samples,
+                samples: f.take_samples(),
                 text,
             }));
             data
@@ -364,6 +398,23 @@ mod last_counts_tests {
         assert!(c.map.len() <= 100, "{}", c.map.len());
         assert_eq!(c.swap(0, 8), Some(7), "recently updated: kept");
         assert_eq!(c.swap(1, 2), None, "least recently updated: forgotten");
+    }
+
+    #[test]
+    fn the_order_survives_the_tick_wrapping_around() {
+        let mut c = LastCounts::new(4);
+        for uid in 0..4 {
+            c.swap(uid, 1);
+        }
+        c.tick = u32::MAX - 1;
+        c.swap(0, 2); // tick u32::MAX: uid 0 is the most recent
+        c.swap(1, 2); // renumbered first: 2, 3, 0, 1 in order
+        assert!(c.tick < 10, "{}", c.tick);
+        c.swap(99, 1); // past the bound: the least recent (uid 2) goes
+        assert_eq!(c.swap(2, 5), None, "forgotten");
+        assert_eq!(c.swap(0, 3), Some(2), "kept");
+        assert_eq!(c.swap(7, i64::MAX), None);
+        assert_eq!(c.swap(7, 1), Some(i64::from(i32::MAX)), "an int32 count");
     }
 }
 

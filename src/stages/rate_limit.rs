@@ -291,7 +291,7 @@ impl RateLimit {
     fn suppress(&mut self, e: Event, out: &mut Batch) {
         self.count_drop(true);
         if let Some(s) = self.pending.get_mut(self.buf.as_str()) {
-            s.acc.add(e, 1);
+            s.acc.add(e, 1, self.cfg.max_samples);
             return;
         }
         if self.pending.len() >= self.cfg.max_keys
@@ -305,7 +305,7 @@ impl RateLimit {
         self.pending.insert(
             self.buf.clone(),
             Suppressed {
-                acc: Accumulator::new(e, 1, self.cfg.max_samples, true),
+                acc: Accumulator::new(e, 1, true),
                 since,
                 order,
             },
@@ -341,7 +341,7 @@ impl RateLimit {
         );
         let window = self.cfg.per.to_string();
         let key = &self.key;
-        s.acc.finish(|f| {
+        s.acc.finish(self.cfg.max_samples, |mut f| {
             let mut data = f.first.unpack();
             // What the suppressed events have in common is the key, and only the key.
             let what: Vec<String> = key
@@ -367,7 +367,7 @@ impl RateLimit {
                 window,
                 first_seen: s.since,
                 last_seen: f.last_seen,
-                samples: f.samples,
+                samples: f.take_samples(),
                 text,
             }));
             data

@@ -10,20 +10,22 @@ use crate::event::{ApiVersion, Event, EventData, Labels, Merged};
 
 /// An event's data in one allocation for its texts: what a pending summary keeps of its first
 /// event (an [`EventData`] is about 500 bytes of fields plus an allocation per text; this is
-/// the texts' length plus 128 bytes).
+/// the texts' length plus a byte or two each for their lengths, and 56 bytes).
 #[derive(Debug)]
 pub struct Packed {
-    /// uid, name, namespace, resource_version, type, reason, message, kind, object_name,
-    /// object_namespace, object_uid, field_path, source, host, owner_kind, owner_name.
-    text: Box<str>,
-    ends: [u32; 16],
+    /// The lengths of uid, name, namespace, resource_version, type, reason, message, kind,
+    /// object_name, object_namespace, object_uid, field_path, source, host, owner_kind,
+    /// owner_name (LEB128: one byte for a text under 128 bytes), then the texts, in that order.
+    text: Box<[u8]>,
     cluster: Arc<str>,
-    count: i64,
     first_seen: Option<DateTime<Utc>>,
     api_version: ApiVersion,
     /// The raw object and the labels, when there are any (most groups have neither).
     extra: Option<Box<Extra>>,
 }
+
+/// How many texts a [`Packed`] holds.
+const TEXTS: usize = 16;
 
 /// What few packed events carry.
 #[derive(Debug, Default, Clone)]
@@ -36,7 +38,7 @@ struct Extra {
 impl Packed {
     /// `e` without its summary; with its raw object only if `keep_raw`.
     pub fn new(e: &EventData, keep_raw: bool) -> Packed {
-        let texts: [&str; 16] = [
+        let texts: [&str; TEXTS] = [
             &e.uid,
             &e.name,
             &e.namespace,
@@ -54,13 +56,19 @@ impl Packed {
             &e.owner_kind,
             &e.owner_name,
         ];
-        let mut text = String::with_capacity(texts.iter().map(|t| t.len()).sum());
-        let mut ends = [0u32; 16];
-        for (end, t) in ends.iter_mut().zip(texts) {
-            text.push_str(t);
-            // Texts from the API server are far shorter than 4 GiB; a longer one would read
-            // back cut, never out of bounds.
-            *end = u32::try_from(text.len()).unwrap_or(u32::MAX);
+        let len: usize = texts.iter().map(|t| t.len() + 1).sum();
+        let mut text = Vec::with_capacity(len + 4);
+        for t in texts {
+            let mut n = t.len();
+            while n >= 0x80 {
+                // The low seven bits, with the high bit saying more follow.
+                text.push(u8::try_from(n & 0x7f).unwrap_or(0) | 0x80);
+                n >>= 7;
+            }
+            text.push(u8::try_from(n).unwrap_or(0));
+        }
+        for t in texts {
+            text.extend_from_slice(t.as_bytes());
         }
         let extra = Extra {
             raw: if keep_raw { e.raw.clone() } else { None },
@@ -72,48 +80,84 @@ impl Packed {
         };
         let has_extra = extra.raw.is_some() || extra.labels.iter().any(Option::is_some);
         Packed {
-            text: text.into_boxed_str(),
-            ends,
+            text: text.into_boxed_slice(),
             cluster: e.cluster.clone(),
-            count: e.count,
             first_seen: e.first_seen,
             api_version: e.api_version,
             extra: has_extra.then(|| Box::new(extra)),
         }
     }
 
-    /// The `i`-th text.
-    fn text(&self, i: usize) -> String {
-        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
-        let end = self.ends[i] as usize;
-        self.text.get(start..end).unwrap_or_default().to_string()
+    /// The sixteen texts.
+    fn texts(&self) -> [&str; TEXTS] {
+        let mut lens = [0usize; TEXTS];
+        let mut at = 0;
+        for len in &mut lens {
+            let mut shift = 0u32;
+            while let Some(&b) = self.text.get(at) {
+                at += 1;
+                *len |= usize::from(b & 0x7f).checked_shl(shift).unwrap_or(0);
+                shift += 7;
+                if b < 0x80 {
+                    break;
+                }
+            }
+        }
+        lens.map(|len| {
+            let t = self
+                .text
+                .get(at..at + len)
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .unwrap_or_default();
+            at += len;
+            t
+        })
     }
 
-    /// The event's data again, but for `last_seen` (not kept: a summary sets its own).
+    /// The event's data again, but for `count` and `last_seen` (not kept: a summary sets its
+    /// own).
     pub fn unpack(&self) -> EventData {
         let Extra {
             raw,
             labels: [object_labels, object_annotations, namespace_labels],
         } = self.extra.as_deref().cloned().unwrap_or_default();
+        let [
+            uid,
+            name,
+            namespace,
+            resource_version,
+            type_,
+            reason,
+            message,
+            kind,
+            object_name,
+            object_namespace,
+            object_uid,
+            field_path,
+            source,
+            host,
+            owner_kind,
+            owner_name,
+        ] = self.texts().map(str::to_string);
         EventData {
             cluster: self.cluster.clone(),
-            uid: self.text(0),
-            name: self.text(1),
-            namespace: self.text(2),
-            resource_version: self.text(3),
-            type_: self.text(4),
-            reason: self.text(5),
-            message: self.text(6),
-            kind: self.text(7),
-            object_name: self.text(8),
-            object_namespace: self.text(9),
-            object_uid: self.text(10),
-            field_path: self.text(11),
-            source: self.text(12),
-            host: self.text(13),
-            owner_kind: self.text(14),
-            owner_name: self.text(15),
-            count: self.count,
+            uid,
+            name,
+            namespace,
+            resource_version,
+            type_,
+            reason,
+            message,
+            kind,
+            object_name,
+            object_namespace,
+            object_uid,
+            field_path,
+            source,
+            host,
+            owner_kind,
+            owner_name,
+            count: 0,
             first_seen: self.first_seen,
             last_seen: None,
             api_version: self.api_version,
@@ -126,18 +170,13 @@ impl Packed {
     }
 
     /// The message.
-    pub fn message(&self) -> String {
-        self.text(6)
-    }
-
-    /// Whether the message is `m` (without copying it).
-    pub fn message_is(&self, m: &str) -> bool {
-        self.text.get(self.ends[5] as usize..self.ends[6] as usize) == Some(m)
+    pub fn message(&self) -> &str {
+        self.texts()[6]
     }
 
     /// The resourceVersion.
-    pub fn resource_version(&self) -> String {
-        self.text(3)
+    pub fn resource_version(&self) -> &str {
+        self.texts()[3]
     }
 }
 
@@ -153,14 +192,21 @@ pub struct Folded {
     /// The earliest `first_seen` and the latest `last_seen` of them.
     pub first_seen: Option<DateTime<Utc>>,
     pub last_seen: Option<DateTime<Utc>>,
-    /// The last one's resourceVersion and message, once an event after the first was folded
-    /// (until then they are the first's: [`Folded::last_rv`], [`Folded::last_message`]); boxed,
-    /// as most groups of a busy cluster's distinct objects never see a second event.
-    later: Option<Box<(String, String)>>,
+    /// What events after the first add; boxed, as most groups of a busy cluster's distinct
+    /// objects never see a second event.
+    later: Option<Box<Later>>,
+}
+
+/// What a group keeps once an event after its first is folded in.
+#[derive(Debug, Default)]
+struct Later {
+    /// The last one's resourceVersion and message (until there is one: the first's).
+    rv: String,
+    message: String,
     /// Up to `max_samples` distinct messages, in arrival order. While folding, the first
-    /// event's message is not among them (it is in `first`); [`Accumulator::finish`] puts it in
-    /// front.
-    pub samples: Vec<String>,
+    /// event's message is not among them (it is in `first`); [`Accumulator::finish`] puts it
+    /// in front.
+    samples: Vec<String>,
 }
 
 impl Folded {
@@ -168,28 +214,37 @@ impl Folded {
     pub fn last_rv(&self) -> String {
         self.later
             .as_ref()
-            .map_or_else(|| self.first.resource_version(), |l| l.0.clone())
+            .map_or_else(|| self.first.resource_version(), |l| &l.rv)
+            .to_string()
     }
 
     /// The last folded event's message.
     pub fn last_message(&self) -> String {
         self.later
             .as_ref()
-            .map_or_else(|| self.first.message(), |l| l.1.clone())
+            .map_or_else(|| self.first.message(), |l| &l.message)
+            .to_string()
+    }
+
+    /// Up to `max_samples` distinct messages of the folded events, the first event's first.
+    pub fn take_samples(&mut self) -> Vec<String> {
+        self.later
+            .as_mut()
+            .map(|l| std::mem::take(&mut l.samples))
+            .unwrap_or_default()
     }
 }
 
-/// Events folded so far into one pending summary.
+/// Events folded so far into one pending summary: 120 bytes and the first event's texts.
 pub struct Accumulator {
     folded: Folded,
-    max_samples: usize,
     finalizers: Merged,
 }
 
 impl Accumulator {
     /// Starts a summary with `e`. `keep_raw`: whether the summary keeps the first event's raw
     /// object (a summary is not the object as received; dropping it keeps a group small).
-    pub fn new(e: Event, occurrences: i64, max_samples: usize, keep_raw: bool) -> Accumulator {
+    pub fn new(e: Event, occurrences: i64, keep_raw: bool) -> Accumulator {
         let first = Packed::new(e.data(), keep_raw);
         let mut finalizers = Merged::default();
         let folded = Folded {
@@ -198,19 +253,14 @@ impl Accumulator {
             first_seen: e.first_seen,
             last_seen: e.last_seen,
             later: None,
-            samples: Vec::new(),
             first,
         };
         finalizers.add(e);
-        Accumulator {
-            folded,
-            max_samples,
-            finalizers,
-        }
+        Accumulator { folded, finalizers }
     }
 
-    /// Folds `e` in.
-    pub fn add(&mut self, e: Event, occurrences: i64) {
+    /// Folds `e` in, keeping up to `max_samples` distinct messages (the stage's setting).
+    pub fn add(&mut self, e: Event, occurrences: i64, max_samples: usize) {
         let f = &mut self.folded;
         f.events += 1;
         f.occurrences += occurrences;
@@ -219,31 +269,34 @@ impl Accumulator {
             (a, b) => a.or(b),
         };
         f.last_seen = f.last_seen.max(e.last_seen);
+        let first_message = f.first.message();
+        let l = f.later.get_or_insert_default();
         // The first event's message is sample 0 when there are samples at all.
-        let kept = usize::from(self.max_samples > 0) + f.samples.len();
-        if kept < self.max_samples
-            && !f.first.message_is(&e.message)
-            && !f.samples.contains(&e.message)
-        {
-            f.samples.push(e.message.clone());
+        let kept = usize::from(max_samples > 0) + l.samples.len();
+        if kept < max_samples && first_message != e.message && !l.samples.contains(&e.message) {
+            l.samples.push(e.message.clone());
         }
-        match &mut f.later {
-            Some(l) => {
-                l.0.clone_from(&e.resource_version);
-                l.1.clone_from(&e.message);
-            }
-            None => {
-                f.later = Some(Box::new((e.resource_version.clone(), e.message.clone())));
-            }
-        }
+        l.rv.clone_from(&e.resource_version);
+        l.message.clone_from(&e.message);
         self.finalizers.add(e);
     }
 
     /// The summary event: `make` turns what was folded into its data; it carries the
-    /// finalizers of every folded event.
-    pub fn finish(mut self, make: impl FnOnce(Folded) -> EventData) -> Event {
-        if self.max_samples > 0 {
-            self.folded.samples.insert(0, self.folded.first.message());
+    /// finalizers of every folded event. `max_samples` as given to [`Accumulator::add`].
+    pub fn finish(mut self, max_samples: usize, make: impl FnOnce(Folded) -> EventData) -> Event {
+        let f = &mut self.folded;
+        if max_samples > 0 {
+            let first = f.first.message().to_string();
+            match &mut f.later {
+                Some(l) => l.samples.insert(0, first),
+                None => {
+                    f.later = Some(Box::new(Later {
+                        rv: f.first.resource_version().to_string(),
+                        message: first.clone(),
+                        samples: vec![first],
+                    }));
+                }
+            }
         }
         Event::new(make(self.folded), self.finalizers.into_finalizers())
     }
@@ -266,13 +319,13 @@ mod tests {
     }
 
     fn samples(max_samples: usize, messages: &[&str]) -> (Vec<String>, String, String) {
-        let mut acc = Accumulator::new(ev(messages[0], "1"), 1, max_samples, false);
+        let mut acc = Accumulator::new(ev(messages[0], "1"), 1, false);
         for (i, m) in messages.iter().enumerate().skip(1) {
-            acc.add(ev(m, &(i + 1).to_string()), 1);
+            acc.add(ev(m, &(i + 1).to_string()), 1, max_samples);
         }
         let mut got = None;
-        acc.finish(|f| {
-            got = Some((f.samples.clone(), f.last_message(), f.last_rv()));
+        acc.finish(max_samples, |mut f| {
+            got = Some((f.take_samples(), f.last_message(), f.last_rv()));
             f.first.unpack()
         });
         got.unwrap_or_default()
@@ -292,5 +345,26 @@ mod tests {
             ("only", "1"),
             "the first's own"
         );
+    }
+
+    #[test]
+    fn a_pending_summary_fits_in_128_bytes() {
+        // 100,000 open groups of `aggregate` cost this each with their deadline, plus their
+        // texts (BENCHMARKS.md).
+        assert!(std::mem::size_of::<Accumulator>() <= 120);
+        let e = EventData {
+            message: "m".repeat(300),
+            uid: "u".into(),
+            owner_name: "o".into(),
+            ..EventData::default()
+        };
+        let p = Packed::new(&e, false);
+        let back = p.unpack();
+        assert_eq!(
+            (back.message, back.uid, back.owner_name),
+            (e.message.clone(), e.uid.clone(), e.owner_name.clone()),
+            "a text of 300 bytes takes two length bytes"
+        );
+        assert_eq!(p.text.len(), 300 + 1 + 1 + 17, "texts and their lengths");
     }
 }
