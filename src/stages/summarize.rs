@@ -15,8 +15,10 @@ use crate::event::{ApiVersion, Event, EventData, Labels, Merged};
 pub struct Packed {
     /// The lengths of uid, name, namespace, resource_version, type, reason, message, kind,
     /// object_name, object_namespace, object_uid, field_path, source, host, owner_kind,
-    /// owner_name (LEB128: one byte for a text under 128 bytes), then the texts, in that order.
-    text: Box<[u8]>,
+    /// owner_name, then the texts, in that order. A length is written six bits to an ASCII
+    /// byte, low bits first, `0x40` set on all but the last (one byte for a text under 64
+    /// bytes), so the whole is text.
+    text: Box<str>,
     cluster: Arc<str>,
     first_seen: Option<DateTime<Utc>>,
     api_version: ApiVersion,
@@ -57,18 +59,17 @@ impl Packed {
             &e.owner_name,
         ];
         let len: usize = texts.iter().map(|t| t.len() + 1).sum();
-        let mut text = Vec::with_capacity(len + 4);
+        let mut text = String::with_capacity(len + 4);
         for t in texts {
             let mut n = t.len();
-            while n >= 0x80 {
-                // The low seven bits, with the high bit saying more follow.
-                text.push(u8::try_from(n & 0x7f).unwrap_or(0) | 0x80);
-                n >>= 7;
+            while n >= 0x40 {
+                text.push(char::from(0x40 | u8::try_from(n & 0x3f).unwrap_or(0)));
+                n >>= 6;
             }
-            text.push(u8::try_from(n).unwrap_or(0));
+            text.push(char::from(u8::try_from(n).unwrap_or(0)));
         }
         for t in texts {
-            text.extend_from_slice(t.as_bytes());
+            text.push_str(t);
         }
         let extra = Extra {
             raw: if keep_raw { e.raw.clone() } else { None },
@@ -80,7 +81,7 @@ impl Packed {
         };
         let has_extra = extra.raw.is_some() || extra.labels.iter().any(Option::is_some);
         Packed {
-            text: text.into_boxed_slice(),
+            text: text.into_boxed_str(),
             cluster: e.cluster.clone(),
             first_seen: e.first_seen,
             api_version: e.api_version,
@@ -88,27 +89,38 @@ impl Packed {
         }
     }
 
-    /// The sixteen texts.
-    fn texts(&self) -> [&str; TEXTS] {
+    /// The lengths of the texts, and where the first text starts.
+    fn lengths(&self) -> ([usize; TEXTS], usize) {
+        let bytes = self.text.as_bytes();
         let mut lens = [0usize; TEXTS];
         let mut at = 0;
         for len in &mut lens {
             let mut shift = 0u32;
-            while let Some(&b) = self.text.get(at) {
+            while let Some(&b) = bytes.get(at) {
                 at += 1;
-                *len |= usize::from(b & 0x7f).checked_shl(shift).unwrap_or(0);
-                shift += 7;
-                if b < 0x80 {
+                *len |= usize::from(b & 0x3f).checked_shl(shift).unwrap_or(0);
+                shift += 6;
+                if b & 0x40 == 0 {
                     break;
                 }
             }
         }
+        (lens, at)
+    }
+
+    /// The `i`-th text.
+    fn text_at(&self, i: usize) -> &str {
+        let (lens, header) = self.lengths();
+        let start = header + lens.iter().take(i).sum::<usize>();
+        let len = lens.get(i).copied().unwrap_or(0);
+        self.text.get(start..start + len).unwrap_or_default()
+    }
+
+    /// The sixteen texts.
+    fn texts(&self) -> [&str; TEXTS] {
+        let (lens, mut at) = self.lengths();
         lens.map(|len| {
-            let t = self
-                .text
-                .get(at..at + len)
-                .and_then(|b| std::str::from_utf8(b).ok())
-                .unwrap_or_default();
+            let t = self.text.get(at..at + len).unwrap_or_default();
             at += len;
             t
         })
@@ -171,12 +183,12 @@ impl Packed {
 
     /// The message.
     pub fn message(&self) -> &str {
-        self.texts()[6]
+        self.text_at(6)
     }
 
     /// The resourceVersion.
     pub fn resource_version(&self) -> &str {
-        self.texts()[3]
+        self.text_at(3)
     }
 }
 
@@ -363,8 +375,20 @@ mod tests {
         assert_eq!(
             (back.message, back.uid, back.owner_name),
             (e.message.clone(), e.uid.clone(), e.owner_name.clone()),
-            "a text of 300 bytes takes two length bytes"
+            "the texts come back"
         );
         assert_eq!(p.text.len(), 300 + 1 + 1 + 17, "texts and their lengths");
+        let e = EventData {
+            message: "é".repeat(5000),
+            reason: "x".repeat(63),
+            kind: "k".repeat(64),
+            ..EventData::default()
+        };
+        let back = Packed::new(&e, false).unpack();
+        assert_eq!(
+            (back.message, back.reason, back.kind),
+            (e.message, e.reason, e.kind),
+            "lengths on one, two and three bytes, and multi-byte characters"
+        );
     }
 }
