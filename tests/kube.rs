@@ -489,6 +489,18 @@ async fn raw_is_kept_only_when_a_stage_downstream_reads_it() {
         serde_json::from_str(&raw_of("after").expect("raw")).expect("raw is the object's JSON");
     assert_eq!(raw["metadata"]["name"], "after");
     assert_eq!(raw["message"], "about after");
+    // The API server's object carries managedFields; raw is the rest of it.
+    let mut served = env
+        .fake
+        .objects()
+        .into_iter()
+        .find(|o| o["metadata"]["name"] == "after")
+        .expect("served");
+    let managed = served["metadata"]
+        .as_object_mut()
+        .and_then(|m| m.remove("managedFields"));
+    assert!(managed.is_some_and(|m| m.is_array()), "{served}");
+    assert_eq!(raw, served, "raw is the object without its managedFields");
     let url = format!("sqlite://{}", env.dir.path().join("events.db").display());
     let pool = sqlx::SqlitePool::connect(&url).await.expect("events.db");
     let mut stored: Option<String> = None;

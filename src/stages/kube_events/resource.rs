@@ -1,6 +1,7 @@
 //! The object type the kube client decodes Events into: our normalized event, decoded straight
 //! from the response text (the object's JSON text is borrowed from it, not copied, and kept as
-//! `raw` only when `RAW`: a stage downstream reads it), plus the metadata the client needs. An
+//! `raw`, without `metadata.managedFields`, only when `RAW`: a stage downstream reads it), plus
+//! the metadata the client needs. An
 //! object that does not normalize still decodes: it carries its error, so one bad item cannot
 //! fail a whole list page.
 
@@ -65,7 +66,7 @@ impl<'de, const RAW: bool> Deserialize<'de> for KubeEvent<RAW> {
                 // `meta` is filled only for objects that do not decode.
                 let meta = ObjectMeta::default();
                 if RAW {
-                    data.raw = Some(Box::<str>::from(text));
+                    data.raw = Some(without_managed_fields(text));
                 }
                 Ok(KubeEvent {
                     meta,
@@ -88,6 +89,56 @@ impl<'de, const RAW: bool> Deserialize<'de> for KubeEvent<RAW> {
                 })
             }
         }
+    }
+}
+
+#[derive(Deserialize)]
+struct ManagedFieldsOf<'a> {
+    #[serde(borrow)]
+    metadata: Option<ManagedFields<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ManagedFields<'a> {
+    #[serde(borrow, rename = "managedFields")]
+    managed_fields: Option<&'a RawValue>,
+}
+
+/// An Event object's JSON text without its `metadata.managedFields` (the API server's record of
+/// which client wrote which field: often a third of an Event's text, and nothing an Event's
+/// reader uses; `kubectl get` hides it too). The rest is the text as received, byte for byte.
+pub fn without_managed_fields(text: &str) -> Box<str> {
+    let span = serde_json::from_str::<ManagedFieldsOf>(text)
+        .ok()
+        .and_then(|o| o.metadata?.managed_fields)
+        .and_then(|v| {
+            // Where the value lies in `text` (it is borrowed from it).
+            let start = (v.get().as_ptr() as usize).checked_sub(text.as_ptr() as usize)?;
+            member_span(text, start, start + v.get().len())
+        });
+    match span.and_then(|(from, to)| Some((text.get(..from)?, text.get(to..)?))) {
+        Some((head, tail)) => format!("{head}{tail}").into_boxed_str(),
+        None => Box::from(text),
+    }
+}
+
+/// The bytes to remove for the member whose value is `text[start..end]`: its key, the colon,
+/// the value, and one comma beside it. None if the key is not written plainly.
+fn member_span(text: &str, start: usize, end: usize) -> Option<(usize, usize)> {
+    let before = text.get(..start)?.trim_end();
+    let before = before.strip_suffix(':')?.trim_end();
+    let key_start = before.strip_suffix("\"managedFields\"")?.len();
+    let after = text.get(end..)?;
+    let rest = after.trim_start();
+    if let Some(next) = rest.strip_prefix(',') {
+        // A member follows: remove up to it.
+        let to = text.len() - next.trim_start().len();
+        Some((key_start, to))
+    } else {
+        // The last member: remove the comma before it, if any.
+        let head = text.get(..key_start)?.trim_end();
+        let from = head.strip_suffix(',').map_or(key_start, str::len);
+        Some((from, end))
     }
 }
 
@@ -133,5 +184,52 @@ impl<const RAW: bool> kube::Resource for KubeEvent<RAW> {
     }
     fn meta_mut(&mut self) -> &mut ObjectMeta {
         &mut self.meta
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_managed_fields;
+
+    #[test]
+    fn managed_fields_are_cut_and_the_rest_kept_byte_for_byte() {
+        let mf = r#"[{"manager":"kubelet","fieldsV1":{"f:count":{},"f:note":"x}],"}}]"#;
+        for (text, want) in [
+            (
+                format!(
+                    r#"{{"metadata":{{"name":"a","managedFields":{mf},"uid":"u"}},"reason":"R"}}"#
+                ),
+                r#"{"metadata":{"name":"a","uid":"u"},"reason":"R"}"#,
+            ),
+            (
+                format!(r#"{{"metadata":{{"name":"a", "managedFields" : {mf} }},"x":1}}"#),
+                r#"{"metadata":{"name":"a" },"x":1}"#,
+            ),
+            (
+                format!(r#"{{"metadata":{{"managedFields":{mf}}}}}"#),
+                r#"{"metadata":{}}"#,
+            ),
+            (
+                format!("{{\"metadata\": {{\n  \"managedFields\": {mf},\n  \"name\": \"a\"\n}}}}"),
+                "{\"metadata\": {\n  \"name\": \"a\"\n}}",
+            ),
+            // No managedFields, or not in metadata, or a key written with an escape: as is.
+            (
+                r#"{"metadata":{"name":"a"}}"#.to_string(),
+                r#"{"metadata":{"name":"a"}}"#,
+            ),
+            (
+                format!(r#"{{"managedFields":{mf},"metadata":{{}}}}"#),
+                &*format!(r#"{{"managedFields":{mf},"metadata":{{}}}}"#).leak(),
+            ),
+            (
+                format!(r#"{{"metadata":{{"managed\u0046ields":{mf}}}}}"#),
+                &*format!(r#"{{"metadata":{{"managed\u0046ields":{mf}}}}}"#).leak(),
+            ),
+        ] {
+            let got = without_managed_fields(&text);
+            assert_eq!(&*got, want, "{text}");
+            serde_json::from_str::<serde_json::Value>(&got).expect("still JSON");
+        }
     }
 }
