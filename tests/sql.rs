@@ -837,3 +837,22 @@ async fn the_seeds_dsn_forms_connect_to_the_servers(b: Backend) {
     conn.close().await;
 }
 on_every_backend!(async the_seeds_dsn_forms_connect_to_the_servers);
+
+/// Replicas (or pipelines) starting at the same moment each create the table if it is missing:
+/// every one of them must start (PostgreSQL's `CREATE ... IF NOT EXISTS` is not atomic).
+async fn replicas_creating_one_table_at_once_all_start(b: Backend) {
+    let table = table_name("race");
+    let dbs: Vec<Db> = futures::future::join_all((0..8).map(|_| connect(&b.url))).await;
+    let results = futures::future::join_all(
+        dbs.iter()
+            .map(|db| eventflow::state::events::ensure_table(db, &table)),
+    )
+    .await;
+    for r in results {
+        if let Err(e) = r {
+            panic!("{}: a replica failed to create the table: {e}", b.name);
+        }
+    }
+    assert!(rows(&dbs[0], &table).await.is_empty());
+}
+on_every_backend!(async replicas_creating_one_table_at_once_all_start);

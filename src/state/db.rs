@@ -356,10 +356,23 @@ impl Db {
                 .execute(p)
                 .await
                 .map(|r| r.rows_affected()),
-            Db::Postgres(p) => sqlx::raw_sql(AssertSqlSafe(sql))
-                .execute(p)
-                .await
-                .map(|r| r.rows_affected()),
+            Db::Postgres(p) => {
+                let mut tries = 0;
+                loop {
+                    let r = sqlx::raw_sql(AssertSqlSafe(sql.clone()))
+                        .execute(p)
+                        .await
+                        .map(|r| r.rows_affected());
+                    tries += 1;
+                    match r {
+                        Err(e) if tries < 5 && lost_creation_race(&e, &sql) => {
+                            // Another process created it at the same moment: look again.
+                            tokio::time::sleep(Duration::from_millis(20 * tries)).await;
+                        }
+                        r => break r,
+                    }
+                }
+            }
             Db::MySql(p) => sqlx::raw_sql(AssertSqlSafe(sql))
                 .execute(p)
                 .await
@@ -488,6 +501,21 @@ impl Db {
             Backend::MySql => t.to_string(MysqlQueryBuilder),
         }
     }
+}
+
+/// Whether `e` is PostgreSQL's answer to two sessions running the same `CREATE ... IF NOT
+/// EXISTS` at once (the check is not atomic with the creation: the loser gets a unique violation
+/// on the catalog, or "already exists"). Running the statement again then finds the object.
+fn lost_creation_race(e: &sqlx::Error, sql: &str) -> bool {
+    let sqlx::Error::Database(d) = e else {
+        return false;
+    };
+    let code = d.code();
+    sql.contains("IF NOT EXISTS")
+        && (matches!(code.as_deref(), Some("42P07" | "42710"))
+            || (code.as_deref() == Some("23505")
+                && (d.message().contains("pg_type_typname_nsp_index")
+                    || d.message().contains("pg_class_relname_nsp_index"))))
 }
 
 #[cfg(test)]
