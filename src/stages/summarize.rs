@@ -29,6 +29,28 @@ pub struct Packed {
 /// How many texts a [`Packed`] holds.
 const TEXTS: usize = 16;
 
+/// The texts of `e` a [`Packed`] holds, in its order (that of [`Packed::new`]).
+fn text_fields(e: &mut EventData) -> [&mut String; TEXTS] {
+    [
+        &mut e.uid,
+        &mut e.name,
+        &mut e.namespace,
+        &mut e.resource_version,
+        &mut e.type_,
+        &mut e.reason,
+        &mut e.message,
+        &mut e.kind,
+        &mut e.object_name,
+        &mut e.object_namespace,
+        &mut e.object_uid,
+        &mut e.field_path,
+        &mut e.source,
+        &mut e.host,
+        &mut e.owner_kind,
+        &mut e.owner_name,
+    ]
+}
+
 /// What few packed events carry.
 #[derive(Debug, Default, Clone)]
 struct Extra {
@@ -110,10 +132,7 @@ impl Packed {
 
     /// The `i`-th text.
     fn text_at(&self, i: usize) -> &str {
-        let (lens, header) = self.lengths();
-        let start = header + lens.iter().take(i).sum::<usize>();
-        let len = lens.get(i).copied().unwrap_or(0);
-        self.text.get(start..start + len).unwrap_or_default()
+        self.texts().get(i).copied().unwrap_or_default()
     }
 
     /// The sixteen texts.
@@ -133,42 +152,8 @@ impl Packed {
             raw,
             labels: [object_labels, object_annotations, namespace_labels],
         } = self.extra.as_deref().cloned().unwrap_or_default();
-        let [
-            uid,
-            name,
-            namespace,
-            resource_version,
-            type_,
-            reason,
-            message,
-            kind,
-            object_name,
-            object_namespace,
-            object_uid,
-            field_path,
-            source,
-            host,
-            owner_kind,
-            owner_name,
-        ] = self.texts().map(str::to_string);
-        EventData {
+        let mut data = EventData {
             cluster: self.cluster.clone(),
-            uid,
-            name,
-            namespace,
-            resource_version,
-            type_,
-            reason,
-            message,
-            kind,
-            object_name,
-            object_namespace,
-            object_uid,
-            field_path,
-            source,
-            host,
-            owner_kind,
-            owner_name,
             count: 0,
             first_seen: self.first_seen,
             last_seen: None,
@@ -178,7 +163,12 @@ impl Packed {
             object_labels,
             object_annotations,
             namespace_labels,
+            ..EventData::default()
+        };
+        for (field, text) in text_fields(&mut data).into_iter().zip(self.texts()) {
+            field.push_str(text);
         }
+        data
     }
 
     /// The message.
