@@ -9,7 +9,7 @@ WORKDIR /src
 COPY . .
 RUN cargo build --locked --release -p eventflow \
  && install -D -m 0755 target/release/eventflow /out/usr/local/bin/eventflow \
- && install -D -m 0644 pipelines/default.yaml /out/etc/eventflow/pipeline.yaml \
+ && install -D -m 0644 deploy/image/pipeline.yaml /out/etc/eventflow/pipeline.yaml \
  && install -d -o 65532 -g 65532 -m 0750 /out/var/lib/eventflow
 
 FROM gcr.io/distroless/cc-debian12:nonroot

@@ -23,3 +23,5 @@ assert len(rules) == 1, "one PrometheusRule"
 yaml.safe_dump({"groups": rules[0]["spec"]["groups"]}, open(sys.argv[2], "w"))
 PY
 promtool check rules "$out/rules.yaml"
+cp deploy/kubernetes/monitoring/rules-test.yaml "$out/rules-test.yaml"
+promtool test rules "$out/rules-test.yaml"

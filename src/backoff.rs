@@ -8,31 +8,30 @@ use serde::Deserialize;
 
 use crate::types::Dur;
 
-/// Retry delays: exponential (doubling) with jitter.
-#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+/// Retry delays: exponential (doubling) with jitter. The parameters are the stage type's
+/// defaults in milliseconds (the first delay, the longest); a block that sets one field keeps
+/// the other at the stage's default.
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct BackoffConfig {
+#[schemars(inline)]
+pub struct BackoffConfig<const INITIAL_MS: u64 = 500, const MAX_MS: u64 = 30_000> {
     /// The first delay.
-    #[serde(default = "default_initial")]
+    #[serde(default = "millis::<INITIAL_MS>")]
     pub initial: Dur,
     /// The longest delay.
-    #[serde(default = "default_max")]
+    #[serde(default = "millis::<MAX_MS>")]
     pub max: Dur,
 }
 
-fn default_initial() -> Dur {
-    Dur::millis(500)
+fn millis<const MS: u64>() -> Dur {
+    Dur::millis(MS)
 }
 
-fn default_max() -> Dur {
-    Dur::secs(30)
-}
-
-impl Default for BackoffConfig {
+impl<const I: u64, const M: u64> Default for BackoffConfig<I, M> {
     fn default() -> Self {
         BackoffConfig {
-            initial: default_initial(),
-            max: default_max(),
+            initial: millis::<I>(),
+            max: millis::<M>(),
         }
     }
 }
@@ -41,7 +40,9 @@ impl BackoffConfig {
     pub const fn new(initial: Dur, max: Dur) -> BackoffConfig {
         BackoffConfig { initial, max }
     }
+}
 
+impl<const I: u64, const M: u64> BackoffConfig<I, M> {
     /// Refuses a zero first delay (a retry loop that never waits) and a cap below it.
     pub fn validate(&self, field: &str) -> Vec<crate::types::Invalid> {
         let mut out = Vec::new();

@@ -157,6 +157,13 @@ enum DeadLetterAction {
         #[arg(long)]
         stage: Option<String>,
     },
+    /// Each durable stage's queue (events waiting and the oldest's age) and dead letters.
+    Status {
+        pipeline: PathBuf,
+        /// Only this stage.
+        #[arg(long)]
+        stage: Option<String>,
+    },
     /// Print one dead letter as JSON, with its events.
     Show { pipeline: PathBuf, id: i64 },
     /// Send dead letters again with the stage's current settings; delivered ones are deleted,
@@ -174,6 +181,31 @@ enum DeadLetterAction {
         #[arg(required = true)]
         ids: Vec<i64>,
     },
+}
+
+/// Writes `text` to standard output. A reader that went away (`eventflow schema | head -1`) ends
+/// the command quietly with success, as it does for other command-line tools; any other write
+/// error ends it with a message and exit 1. Never a panic.
+fn out(text: &str) {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    if let Err(e) = o.write_all(text.as_bytes()).and_then(|()| o.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to standard output: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// `print!` through [`out`].
+macro_rules! outp {
+    ($($t:tt)*) => { out(&format!($($t)*)) };
+}
+
+/// `println!` through [`out`].
+macro_rules! outln {
+    ($($t:tt)*) => { out(&format!("{}\n", format_args!($($t)*))) };
 }
 
 /// The pipeline `eventflow run` runs without a file.
@@ -273,11 +305,11 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Validate { pipelines } => Ok(validate(&pipelines)),
         Command::Schema { markdown: false } => {
-            print!("{}", eventflow::pipeline_schema());
+            outp!("{}", eventflow::pipeline_schema());
             Ok(ExitCode::SUCCESS)
         }
         Command::Schema { markdown: true } => {
-            print!("{}", eventflow::pipeline_reference());
+            outp!("{}", eventflow::pipeline_reference());
             Ok(ExitCode::SUCCESS)
         }
         Command::Test {
@@ -295,7 +327,9 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Tap { stage, api, limit } => tap(&stage, &api, limit),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut cmd, "eventflow", &mut std::io::stdout());
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "eventflow", &mut script);
+            out(&String::from_utf8_lossy(&script));
             Ok(ExitCode::SUCCESS)
         }
         Command::Graph { pipeline, format } => Ok(print_graph(&pipeline, format)),
@@ -340,6 +374,9 @@ fn run(
     Ok(match outcome {
         Outcome::Drained => ExitCode::SUCCESS,
         Outcome::Incomplete(_) | Outcome::Failed(_) => ExitCode::FAILURE,
+        // As a shell reports a process ended by the signal: 128 + its number.
+        Outcome::Interrupted("SIGTERM") => ExitCode::from(143),
+        Outcome::Interrupted(_) => ExitCode::from(130),
     })
 }
 
@@ -350,8 +387,8 @@ fn validate(pipelines: &[PathBuf]) -> ExitCode {
         match eventflow::load_file(path) {
             Ok(p) => {
                 match &p.disabled {
-                    Some(why) => println!("{}: ok ({why})", path.display()),
-                    None => println!("{}: ok ({} stages)", path.display(), p.stages.len()),
+                    Some(why) => outln!("{}: ok ({why})", path.display()),
+                    None => outln!("{}: ok ({} stages)", path.display(), p.stages.len()),
                 }
                 for w in p.warnings() {
                     eprintln!("{w}");
@@ -400,7 +437,7 @@ fn run_tests(
             None => p.tests.clone(),
         };
         if format == TestFormat::Text {
-            println!("running {} cases of {}", cases.len(), path.display());
+            outln!("running {} cases of {}", cases.len(), path.display());
         }
         let reports = eventflow::authoring::test::run_cases(&p, &cases);
         for r in &reports {
@@ -411,24 +448,24 @@ fn run_tests(
                 failed = true;
             }
             if format == TestFormat::Text {
-                println!(
+                outln!(
                     "case `{}` ... {}",
                     r.name,
                     if r.passed { "ok" } else { "FAILED" }
                 );
                 for f in &r.failures {
-                    println!("    {f}");
+                    outln!("    {f}");
                 }
             }
         }
         files.push(serde_json::json!({"file": path.display().to_string(), "cases": reports}));
     }
     match format {
-        TestFormat::Text => println!(
+        TestFormat::Text => outln!(
             "\ntest result: {}. {passed_n} passed; {failed_n} failed",
             if failed { "FAILED" } else { "ok" }
         ),
-        TestFormat::Json => println!(
+        TestFormat::Json => outln!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "passed": passed_n,
@@ -543,7 +580,7 @@ fn explain(
         if json {
             all.push(serde_json::json!({"event": e, "stages": reports}));
         } else {
-            print!(
+            outp!(
                 "{}",
                 eventflow::authoring::explain::render_text(
                     e,
@@ -554,7 +591,7 @@ fn explain(
         }
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&all)?);
+        outln!("{}", serde_json::to_string_pretty(&all)?);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -569,8 +606,8 @@ fn print_graph(pipeline: &std::path::Path, format: GraphFormat) -> ExitCode {
         }
     };
     match format {
-        GraphFormat::Mermaid => print!("{}", graph::mermaid(&p.stages)),
-        GraphFormat::Dot => print!("{}", graph::dot(&p.stages)),
+        GraphFormat::Mermaid => outp!("{}", graph::mermaid(&p.stages)),
+        GraphFormat::Dot => outp!("{}", graph::dot(&p.stages)),
     }
     ExitCode::SUCCESS
 }
@@ -600,7 +637,7 @@ fn migrate(path: &std::path::Path, show_secrets: bool) -> anyhow::Result<ExitCod
     };
     match k8m::translate_with(&root, mode) {
         Ok(k8m::Translated::Pipeline(yaml)) => {
-            print!("{yaml}");
+            outp!("{yaml}");
             Ok(ExitCode::SUCCESS)
         }
         Ok(k8m::Translated::Disabled(why)) => {
@@ -673,6 +710,7 @@ fn dead_letter(action: &DeadLetterAction) -> anyhow::Result<ExitCode> {
     use eventflow::stages::webhook::dead_letter as dl;
     let path = match &action {
         DeadLetterAction::List { pipeline, .. }
+        | DeadLetterAction::Status { pipeline, .. }
         | DeadLetterAction::Show { pipeline, .. }
         | DeadLetterAction::Resend { pipeline, .. }
         | DeadLetterAction::Delete { pipeline, .. } => pipeline,
@@ -696,6 +734,9 @@ fn dead_letter(action: &DeadLetterAction) -> anyhow::Result<ExitCode> {
         match &action {
             DeadLetterAction::List { stage, .. } => {
                 dl::list(&p, stage.as_deref()).await.map(|t| (t, true))
+            }
+            DeadLetterAction::Status { stage, .. } => {
+                dl::status(&p, stage.as_deref()).await.map(|t| (t, true))
             }
             DeadLetterAction::Show { id, .. } => dl::show(&p, *id).await.map(|t| (t + "\n", true)),
             DeadLetterAction::Resend { ids, stage, .. } => {
@@ -721,7 +762,7 @@ fn dead_letter(action: &DeadLetterAction) -> anyhow::Result<ExitCode> {
     });
     match result {
         Ok((text, ok)) => {
-            print!("{text}");
+            outp!("{text}");
             Ok(if ok {
                 ExitCode::SUCCESS
             } else {

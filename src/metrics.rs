@@ -22,7 +22,7 @@ pub fn describe() {
     describe_counter!(
         SENT,
         Unit::Count,
-        "Events a stage sent to its downstream stages."
+        "Events a stage passed on: for sources and transforms, sent to the stages after it; for sinks, delivered to the destination (written and committed, printed, or accepted by the server)."
     );
     describe_counter!(DISCARDED, Unit::Count, "Events a stage dropped, by reason.");
     describe_counter!(STAGE_ERRORS, Unit::Count, "Errors in a stage, by kind.");
@@ -220,10 +220,13 @@ pub const AGE_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
 ];
 
-/// What a sink records for each event it delivered: the end-to-end latency from the source's
-/// receipt ([`LATENCY`]) and the event's age by the API server's own clock ([`AGE`]).
+/// What a sink records for each event it delivered: one more [`SENT`] (for a sink, "sent"
+/// means delivered: every sink type counts it here, so it means the same for all), the
+/// end-to-end latency from the source's receipt ([`LATENCY`]) and the event's age by the API
+/// server's own clock ([`AGE`]).
 #[derive(Clone)]
 pub struct Delivered {
+    sent: Counter,
     latency: metrics::Histogram,
     age: metrics::Histogram,
 }
@@ -231,6 +234,7 @@ pub struct Delivered {
 impl Delivered {
     /// One delivered event, that entered the pipeline `in_pipeline` ago.
     pub fn record(&self, e: &crate::event::EventData, in_pipeline: std::time::Duration) {
+        self.sent.increment(1);
         self.latency.record(in_pipeline.as_secs_f64());
         if let Some(seen) = e.last_seen.or(e.first_seen) {
             let age = chrono::Utc::now() - seen;
@@ -245,9 +249,10 @@ impl Delivered {
     }
 }
 
-/// The latency and age histograms of a sink.
+/// The delivered-events counter and the latency and age histograms of a sink.
 pub fn latency(stage: &str, ty: &'static str) -> Delivered {
     Delivered {
+        sent: sent(stage, ty),
         latency: metrics::histogram!(LATENCY, "stage" => stage.to_string(), "type" => ty),
         age: metrics::histogram!(AGE, "stage" => stage.to_string(), "type" => ty),
     }

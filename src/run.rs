@@ -24,6 +24,10 @@ pub enum Outcome {
     /// Some stages failed (an error or a panic); the events they held were not acknowledged,
     /// so their sources replay them at the next start.
     Failed(Vec<(String, String)>),
+    /// A second SIGINT or SIGTERM (the value) arrived while draining: the process stops at
+    /// once. Events in flight were not acknowledged, so nothing was checkpointed past them and
+    /// their sources replay them at the next start.
+    Interrupted(&'static str),
 }
 
 /// Errors that stop `run` before the pipeline starts.
@@ -120,7 +124,7 @@ pub async fn run(pipeline: Pipeline, opts: RunOptions) -> Result<Outcome, RunErr
                     tracing::debug!(outcome = outcome.label(), "SIGHUP handled");
                 }
                 sig => {
-                    tracing::info!(signal = sig, "shutting down: sources stop reading, in-flight events are delivered");
+                    tracing::info!(signal = sig, timeout = ?opts.shutdown_timeout, "shutting down: sources stop reading, in-flight events are delivered (send the signal again to stop at once)");
                     break;
                 }
             },
@@ -143,7 +147,13 @@ pub async fn run(pipeline: Pipeline, opts: RunOptions) -> Result<Outcome, RunErr
         }
     }
     ready.store(false, Ordering::Release);
-    let report = topology.shutdown(opts.shutdown_timeout).await;
+    let report = tokio::select! {
+        report = topology.shutdown(opts.shutdown_timeout) => report,
+        sig = signals.next_stop() => {
+            tracing::warn!(signal = sig, "stopping at once: in-flight events were not delivered and not acknowledged; nothing is checkpointed past them, so they are replayed at the next start");
+            return Ok(Outcome::Interrupted(sig));
+        }
+    };
     // Only now, with the sources stopped and deliveries ended, may a standby take over.
     if let Some(e) = election {
         e.stop().await;
@@ -306,6 +316,16 @@ impl Signals {
         }
         #[cfg(not(unix))]
         Signals {}
+    }
+
+    /// The next SIGINT or SIGTERM (SIGHUP is ignored: no reload while draining).
+    async fn next_stop(&mut self) -> &'static str {
+        loop {
+            match self.next().await {
+                "SIGHUP" => {}
+                sig => return sig,
+            }
+        }
     }
 
     async fn next(&mut self) -> &'static str {

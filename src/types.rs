@@ -229,6 +229,13 @@ impl<'de> Deserialize<'de> for Glob {
     }
 }
 
+/// As written (the schema's defaults show it).
+impl serde::Serialize for Glob {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
+}
+
 impl JsonSchema for Glob {
     fn schema_name() -> std::borrow::Cow<'static, str> {
         "Glob".into()

@@ -250,10 +250,28 @@ pub fn parse(text: &str) -> Result<Node, SyntaxError> {
 }
 
 /// serde-saphyr appends "at line X column Y" to some messages; we print positions ourselves.
+/// Its duplicate-key message speaks to programmers ("set DuplicateKeyPolicy in Options"); a
+/// user needs the key.
 fn strip_location_suffix(msg: &str) -> String {
     let first = msg.lines().next().unwrap_or(msg).trim();
-    match first.rfind(" at line ") {
-        Some(i) => first[..i].to_string(),
+    let first = match first.rfind(" at line ") {
+        Some(i) => &first[..i],
+        None => first,
+    };
+    match first.strip_prefix("duplicate mapping key") {
+        Some(rest) => {
+            let key = rest
+                .split(", set DuplicateKeyPolicy")
+                .next()
+                .unwrap_or("")
+                .trim_start_matches(':')
+                .trim();
+            if key.is_empty() {
+                "a key appears twice in this mapping; each key may be given once".to_string()
+            } else {
+                format!("`{key}` appears twice in this mapping; each key may be given once")
+            }
+        }
         None => first.to_string(),
     }
 }
@@ -722,8 +740,14 @@ mod tests {
     }
 
     #[test]
-    fn duplicate_keys_are_rejected() {
-        assert!(parse("a: 1\na: 2\n").is_err());
+    fn duplicate_keys_are_rejected_with_the_key_and_its_position() {
+        let e = parse("a: 1\nstages:\n  x: 1\n  x: 2\n").unwrap_err();
+        assert_eq!(
+            e.message,
+            "`x` appears twice in this mapping; each key may be given once"
+        );
+        assert_eq!(e.pos.line, 4, "{e:?}");
+        assert!(!e.message.contains("DuplicateKeyPolicy"));
     }
 
     #[test]

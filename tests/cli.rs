@@ -90,6 +90,42 @@ fn the_demo_prints_the_warnings_outside_kube_system() {
     assert!(got.iter().any(|e| e["api_version"] == "v1"));
 }
 
+/// `cargo run --release -- run pipelines/demo.yaml` prints the same a year from now, and
+/// stores the same rows: nothing in the demo reads the calendar.
+#[test]
+fn the_demo_prints_and_stores_the_same_a_year_from_now() {
+    let Some(later) = bin_at("+365d") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tmp");
+    let run = |mut cmd: std::process::Command, db: &std::path::Path| {
+        let out = cmd
+            .args(["run", "pipelines/demo.yaml"])
+            .env("EVENTFLOW_DEMO_DB", db)
+            .output()
+            .expect("run");
+        assert!(
+            out.status.success(),
+            "stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let rows: Vec<(String, String, String, i64, String, Option<String>)> = sqlite_rows(
+            db,
+            "SELECT evt_key, namespace, reason, count, message, CAST(timestamp AS TEXT) FROM k8s_events ORDER BY evt_key",
+        );
+        (String::from_utf8_lossy(&out.stdout).to_string(), rows)
+    };
+    let (today, today_rows) = run(bin(), &dir.path().join("today.db"));
+    let (next_year, next_year_rows) = run(later, &dir.path().join("later.db"));
+    assert!(today.lines().count() >= 40, "{today}");
+    assert_eq!(today, next_year, "the demo's output depends on the date");
+    assert!(!today_rows.is_empty());
+    assert_eq!(
+        today_rows, next_year_rows,
+        "the demo's rows depend on the date"
+    );
+}
+
 #[test]
 fn validate_reports_every_error_with_line_and_column() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -218,6 +254,30 @@ fn the_reference_in_docs_is_current_and_covers_every_field() {
         stages += 1;
     }
     assert!(stages >= 9, "every stage type: {stages}");
+    // Every field's default is stated: a value, `none` (an optional field simply not set), a
+    // block's fields' defaults, or the computed default its description gives. `—` is what
+    // the generator writes when it can state none of these.
+    let unstated: Vec<&str> = checked_in
+        .lines()
+        .filter(|l| l.starts_with("| `") && l.split(" | ").nth(2) == Some("—"))
+        .collect();
+    assert!(
+        unstated.is_empty(),
+        "fields without a stated default:\n{}",
+        unstated.join("\n")
+    );
+    for (row, default) in [
+        ("| `when_limited` |", "`drop`"),
+        ("| `subject` |", "`eventflow.{cluster}.{namespace}.{type}`"),
+        ("| `batch.max_events` | integer |", "`1`"),
+    ] {
+        assert!(
+            checked_in
+                .lines()
+                .any(|l| l.starts_with(row) && l.contains(&format!("| {default} |"))),
+            "{row} {default}"
+        );
+    }
     // A default as the loader applies it: a file source's cluster.
     assert!(checked_in.contains("| `cluster` | string | `default` | The cluster name given to every event read from this file. |"));
 }

@@ -1,6 +1,7 @@
 //! What ships for running eventflow in a cluster: the Kubernetes manifests, the Dockerfile,
 //! and an OCI image built here (no Docker engine, no registry: buildah from scratch) in which
-//! the real binary validates the default pipeline as the non-root user.
+//! the real binary validates the image's pipeline and runs the image's default command as the
+//! non-root user.
 //! The manifests are also rendered and validated against the Kubernetes schemas by `.ci/run`.
 
 mod support;
@@ -277,6 +278,52 @@ fn the_dockerfile_follows_the_rules_that_matter() {
     }
     let ignore = std::fs::read_to_string(repo(".dockerignore")).expect(".dockerignore");
     assert!(ignore.lines().any(|l| l.trim() == "target/"));
+    // The image carries its own pipeline (state and tables under /var/lib/eventflow, the API on
+    // the exposed port), and the build context keeps it.
+    assert!(text.contains(
+        "install -D -m 0644 deploy/image/pipeline.yaml /out/etc/eventflow/pipeline.yaml"
+    ));
+    assert!(
+        ignore.lines().any(|l| l.trim() == "!deploy/image/"),
+        "{ignore}"
+    );
+    let image_pipeline =
+        std::fs::read_to_string(repo("deploy/image/pipeline.yaml")).expect("image pipeline");
+    assert!(image_pipeline.contains("listen: 0.0.0.0:9464") && lines.contains(&"EXPOSE 9464"));
+    for url in [
+        "sqlite:///var/lib/eventflow/eventflow.db",
+        "sqlite:///var/lib/eventflow/eventflow-state.db",
+    ] {
+        assert!(image_pipeline.contains(url), "{url}");
+    }
+}
+
+/// Stops a `buildah run`: SIGTERM, which it passes on to the process in the container (a
+/// SIGKILL would leave that one running), then SIGKILL if it has not ended in 20 s.
+fn stop(running: &mut std::process::Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &running.id().to_string()])
+        .status();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while matches!(running.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = running.kill();
+    let _ = running.wait();
+}
+
+/// `buildah` (vfs storage, as the image build uses) with `args`: success, stdout, stderr.
+fn buildah(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new("buildah")
+        .args(["--storage-driver", "vfs"])
+        .args(args)
+        .output()
+        .expect("buildah");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
 }
 
 #[test]
@@ -299,18 +346,6 @@ fn an_oci_image_built_here_runs_the_binary_as_the_non_root_user() {
         "{}",
         String::from_utf8_lossy(&built.stderr)
     );
-    let buildah = |args: &[&str]| {
-        let out = Command::new("buildah")
-            .args(["--storage-driver", "vfs"])
-            .args(args)
-            .output()
-            .expect("buildah");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).trim().to_string(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        )
-    };
     let (ok, ctr, err) = buildah(&["from", &format!("oci-archive:{}", tar.display())]);
     assert!(ok, "{err}");
     let (ok, config, err) = buildah(&["inspect", "--type", "container", &ctr]);
@@ -360,9 +395,102 @@ fn an_oci_image_built_here_runs_the_binary_as_the_non_root_user() {
         assert!(ok, "{err}");
     }
     let (ok, out, err) = in_image(&["run", "--no-watch", "/etc/eventflow/p.yaml"]);
-    let _ = buildah(&["rm", &ctr]);
     assert!(ok, "run in the image as 65532: {out}\n{err}");
     assert!(err.contains("pipeline drained"), "{err}");
+
+    the_images_default_command_starts(&ctr, image, dir.path());
+}
+
+/// The image's own default command (`docker run eventflow`, no arguments) starts: it watches
+/// the API server of $KUBECONFIG (in a cluster: the pod's service account), stores Warnings
+/// under /var/lib/eventflow, and serves metrics on the exposed port of every interface.
+/// Removes the container.
+fn the_images_default_command_starts(ctr: &str, image: &serde_json::Value, dir: &std::path::Path) {
+    let (_rt, fake, kc) = fake_cluster(dir);
+    let (ok, _, err) = buildah(&[
+        "copy",
+        ctr,
+        &kc.display().to_string(),
+        "/etc/eventflow/kubeconfig",
+    ]);
+    assert!(ok, "{err}");
+    let uid = create_event(&fake, "default", "web-1.17", "BackOff", "Warning");
+    let exposed: Vec<String> = image["ExposedPorts"]
+        .as_object()
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default();
+    assert!(
+        exposed.len() == 1 && exposed[0].trim_end_matches("/tcp") == "9464",
+        "{exposed:?}"
+    );
+    let mut default_cmd: Vec<String> = Vec::new();
+    for part in ["Entrypoint", "Cmd"] {
+        default_cmd.extend(
+            image[part]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(str::to_string)),
+        );
+    }
+    // The image's port, on the host's network (chroot isolation): it must be free, or what
+    // answers is not this container.
+    drop(
+        std::net::TcpListener::bind("0.0.0.0:9464").expect("port 9464 is free for the image's API"),
+    );
+    let mut running = Command::new("buildah")
+        .args([
+            "--storage-driver",
+            "vfs",
+            "run",
+            "--isolation",
+            "chroot",
+            "--user",
+            "65532:65532",
+        ])
+        .args(["--env", "KUBECONFIG=/etc/eventflow/kubeconfig", ctr, "--"])
+        .args(&default_cmd)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("buildah run");
+    let printed = lines_of(running.stdout.take().expect("stdout"));
+    let logs = lines_of(running.stderr.take().expect("stderr"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let stored = loop {
+        let m = std::net::TcpStream::connect("127.0.0.1:9464")
+            .ok()
+            .map(|_| http(9464, "GET", "/metrics").1)
+            .unwrap_or_default();
+        if m.contains("eventflow_events_sent_total{stage=\"store\",type=\"sql\"} 1") {
+            break m;
+        }
+        if std::time::Instant::now() > deadline || matches!(running.try_wait(), Ok(Some(_))) {
+            stop(&mut running);
+            let logs: Vec<String> = logs.iter().collect();
+            let _ = buildah(&["rm", ctr]);
+            panic!(
+                "the image's default command ({default_cmd:?}) did not start and store the event; metrics:\n{m}\nlogs:\n{}",
+                logs.join("\n")
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(stored.contains("eventflow_ready 1"), "{stored}");
+    let line = printed
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the Warning printed");
+    assert!(line.contains(&uid), "{line}");
+    stop(&mut running);
+    let (ok, mnt, err) = buildah(&["mount", ctr]);
+    assert!(ok, "{err}");
+    let data = std::path::Path::new(&mnt).join("var/lib/eventflow");
+    let rows = sqlite_column(&data.join("eventflow.db"), "SELECT uid FROM k8s_events");
+    let checkpoint = data.join("eventflow-state.db").exists();
+    let _ = buildah(&["umount", ctr]);
+    let _ = buildah(&["rm", ctr]);
+    assert!(rows.contains(&uid), "{rows:?}");
+    assert!(checkpoint, "the state database is under /var/lib/eventflow");
 }
 
 #[test]

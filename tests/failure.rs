@@ -344,3 +344,80 @@ fn a_webhook_delivery_refused_for_good_is_sent_again_after_a_restart() {
     assert!(status.success());
     drop(rt);
 }
+
+/// Ctrl-C twice: the first drains (here it would wait out a long shutdown timeout on a webhook
+/// that cannot deliver), the second stops at once with 130 and says so. What was in flight was
+/// not acknowledged: a restart with the receiver up delivers every event.
+#[test]
+fn a_second_signal_stops_at_once_and_acknowledges_nothing_in_flight() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (rt, fake, kc) = fake_cluster(dir.path());
+    let port = free_port();
+    let p = |port: u16| {
+        write(
+            dir.path(),
+            "pipeline.yaml",
+            &format!(
+                "state:\n  url: sqlite://{state}\nstages:\n  k8s:\n    type: kube_events\n    kubeconfig: {kc}\n  hook:\n    type: webhook\n    inputs: [k8s]\n    url: http://127.0.0.1:{port}/hook\n    retries: 1000\n    backoff: {{initial: 50ms, max: 200ms}}\n    batch: {{max_events: 10, max_wait: 5ms}}\n",
+                state = dir.path().join("state.db").display(),
+                kc = kc.display(),
+            ),
+        )
+    };
+    let created: BTreeSet<String> = (0..20)
+        .map(|i| create_event(&fake, "default", &format!("e-{i}.1"), "BackOff", "Warning"))
+        .collect();
+    // Nothing listens on `port`: every attempt fails and is retried.
+    let mut r = Running::start(&["--shutdown-timeout", "60s"], &p(port));
+    r.wait_log("cannot connect");
+    r.signal("-INT");
+    r.wait_log("send the signal again to stop at once");
+    let asked = Instant::now();
+    r.signal("-INT");
+    let status = loop {
+        if let Some(s) = r.child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            asked.elapsed() < Duration::from_secs(10),
+            "the second SIGINT did not stop the process"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    r.seen_logs.extend(r.logs.try_iter());
+    let logs = r.seen_logs.join("\n");
+    assert_eq!(status.code(), Some(130), "exit status; logs:\n{logs}");
+    assert!(logs.contains("stopping at once"), "{logs}");
+    assert!(!logs.contains("pipeline drained"), "{logs}");
+    let checkpointed = sqlite_column(
+        &dir.path().join("state.db"),
+        "SELECT uid FROM eventflow_kube_checkpoint",
+    );
+    assert!(
+        checkpointed.is_empty(),
+        "nothing was delivered, nothing may be checkpointed: {checkpointed:?}"
+    );
+    drop(r);
+
+    // With a receiver at last, a restart delivers every event.
+    let (log, hook) = Receiver::start();
+    let hook_port: u16 = hook
+        .trim_start_matches("http://127.0.0.1:")
+        .split('/')
+        .next()
+        .and_then(|s| s.parse().ok())
+        .expect("receiver port");
+    let r = Running::start(&[], &p(hook_port));
+    wait_until("every event delivered", Duration::from_secs(30), || {
+        let mut got = received(&log);
+        got.extend(
+            log.accepted()
+                .iter()
+                .filter_map(|q| q.body["uid"].as_str().map(str::to_string)),
+        );
+        got == created
+    });
+    let (status, _) = r.stop();
+    assert!(status.success());
+    drop(rt);
+}

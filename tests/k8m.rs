@@ -322,3 +322,46 @@ fn migrate_prints_a_pipeline_that_loads_to_the_same_stages() {
         .expect("migrate");
     assert!(!out.status.success(), "a pipeline is not migrated again");
 }
+
+#[test]
+fn migrate_keeps_the_environment_references_the_file_already_has() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let seed = write(
+        dir.path(),
+        "eh.yaml",
+        "database:\n  type: sqlite\n  dsn: ${EVENTHANDLER_DB:-events.db}\nwebhook:\n  enabled: true\n  url: \"https://hooks.example/e?key=${HOOK_KEY:-k}\"\n  headers:\n    Authorization: \"Bearer ${EVENTHANDLER_WEBHOOK_TOKEN:-change-me}\"\n    X-Team: platform\n",
+    );
+    let out = bin().arg("migrate").arg(&seed).output().expect("migrate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let yaml = String::from_utf8_lossy(&out.stdout).to_string();
+    // The references written by the user stay as they are; a literal secret still moves out.
+    assert!(
+        yaml.contains("\"Authorization\": \"Bearer ${EVENTHANDLER_WEBHOOK_TOKEN:-change-me}\""),
+        "{yaml}"
+    );
+    assert!(yaml.contains("${HOOK_KEY:-k}"), "{yaml}");
+    assert!(
+        yaml.contains("\"X-Team\": \"${EVENTFLOW_WEBHOOK_HEADER_2}\""),
+        "{yaml}"
+    );
+    assert!(!yaml.contains("EVENTFLOW_WEBHOOK_HEADER_1"), "{yaml}");
+    // With only the new file's own variable set, it validates: the kept references have their
+    // defaults, as in the k8m event handler's file.
+    let migrated = write(dir.path(), "pipeline.yaml", &yaml);
+    let out = bin()
+        .arg("validate")
+        .arg(&migrated)
+        .env("EVENTFLOW_WEBHOOK_HEADER_2", "platform")
+        .env_remove("EVENTHANDLER_WEBHOOK_TOKEN")
+        .output()
+        .expect("validate");
+    assert!(
+        out.status.success(),
+        "{yaml}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

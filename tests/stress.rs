@@ -321,6 +321,9 @@ fn run(t: &mut Tally, p: Pipeline, name: &str) {
             }
         }
         Ok(Ok(Ok(Outcome::Failed(f)))) => t.problem(format!("{name}: stages failed: {f:?}")),
+        Ok(Ok(Ok(Outcome::Interrupted(sig)))) => {
+            t.problem(format!("{name}: stopped by {sig}, which nothing sent"));
+        }
         Ok(Ok(Ok(Outcome::Incomplete(stuck)))) => {
             t.slow += 1;
             eprintln!("{name}: did not drain within 5s: {stuck:?}");

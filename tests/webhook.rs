@@ -73,6 +73,27 @@ async fn one_event_per_request_with_a_stable_delivery_id() {
     topo.shutdown(Duration::from_secs(10)).await;
 }
 
+/// A `batch:` block that sets only `max_wait` keeps the webhook's own `max_events` (1): one
+/// event per request, in the one-event body, as without the block.
+#[tokio::test]
+async fn a_partial_batch_block_keeps_the_other_field_at_its_default() {
+    let (r, url) = Receiver::start();
+    let (topo, feed) = pipeline(&url, json!({"batch": {"max_wait": "50ms"}})).await;
+    let ack = feed
+        .send(vec![
+            versioned("a", "1"),
+            versioned("b", "1"),
+            versioned("c", "1"),
+        ])
+        .await;
+    assert_eq!(ack.await.unwrap(), Status::Delivered);
+    let got = r.got();
+    assert_eq!(got.len(), 3, "one request per event");
+    let uids: Vec<&Value> = got.iter().map(|g| &g.body["uid"]).collect();
+    assert_eq!(uids, [&json!("a"), &json!("b"), &json!("c")]);
+    topo.shutdown(Duration::from_secs(10)).await;
+}
+
 #[tokio::test]
 async fn batches_by_count_and_by_time_in_the_seed_body() {
     let (r, url) = Receiver::start();
@@ -757,9 +778,24 @@ fn template_names_are_checked_when_the_file_is_loaded() {
     );
     let err = load(r#"{"a": 1, "text": "{{ event.mesage }}"}"#, 1).unwrap_err();
     assert!(
-        err.contains("template line 1, column 22: `event.mesage` is undefined"),
+        err.contains(
+            "template line 1, column 22: `event.mesage` is undefined; did you mean `event.message`?"
+        ),
         "{err}"
     );
+    // Every mistake in one pass, each with its place.
+    let err = load(
+        r#"{"text": "{{ event.mesage }}", "why": "{{ event.reasn }}", "n": {{ cont }}}"#,
+        10,
+    )
+    .unwrap_err();
+    for want in [
+        "template line 1, column 14: `event.mesage` is undefined; did you mean `event.message`?",
+        "template line 1, column 43: `event.reasn` is undefined; did you mean `event.reason`?",
+        "unknown name `cont`: did you mean `count`?",
+    ] {
+        assert!(err.contains(want), "{want}\n{err}");
+    }
     // The batch form is checked against a batch too.
     assert!(load(r#"{"texts": [{% for e in events %}{{ e.message | tojson }}{% if not loop.last %},{% endif %}{% endfor %}]}"#, 10).is_ok());
 }

@@ -17,7 +17,7 @@ root=$(mktemp -d)
 chmod 0755 "$root"
 trap 'rm -rf "$root"; [ -n "${ctr:-}" ] && b rm "$ctr" >/dev/null 2>&1 || true' EXIT
 install -D -m 0755 "$bin" "$root/usr/local/bin/eventflow"
-install -D -m 0644 "$here/pipelines/default.yaml" "$root/etc/eventflow/pipeline.yaml"
+install -D -m 0644 "$here/deploy/image/pipeline.yaml" "$root/etc/eventflow/pipeline.yaml"
 install -d -m 0750 "$root/var/lib/eventflow"
 install -d -m 1777 "$root/tmp"
 # The dynamic loader and libraries the binary needs (glibc, libgcc_s, libm).

@@ -38,25 +38,37 @@ pub fn explain(
         }
     }
     let mut reports: Vec<StageReport> = Vec::new();
+    // What each stage reached lets out: the event itself, or what the stage made of it.
+    let mut emitted: std::collections::HashMap<String, EventData> =
+        std::collections::HashMap::new();
     for id in crate::config::graph::topological_order(&p.stages) {
         let Some(spec) = p.stages.get(&id) else {
             continue;
         };
-        let explanation = if spec.kind == StageKind::Source {
-            (at.is_none_or(|a| a == id)).then(|| {
+        let (explanation, input) = if spec.kind == StageKind::Source {
+            let e = (at.is_none_or(|a| a == id)).then(|| {
                 Explanation::new(Verdict::Passes, vec![Step::note("the event enters here")])
-            })
-        } else {
-            let reached = spec.inputs.iter().any(|input| {
-                reports.iter().any(|r| {
-                    &r.stage == input
-                        && r.explanation
-                            .as_ref()
-                            .is_some_and(|x| matches!(x.verdict, Verdict::Passes | Verdict::Held))
-                })
             });
-            reached.then(|| spec.config.explain(event))
+            (e, Some(event.clone()))
+        } else {
+            let input = spec.inputs.iter().find_map(|input| {
+                reports
+                    .iter()
+                    .any(|r| {
+                        &r.stage == input
+                            && r.explanation.as_ref().is_some_and(|x| {
+                                matches!(x.verdict, Verdict::Passes | Verdict::Held)
+                            })
+                    })
+                    .then(|| emitted.get(input).cloned())
+                    .flatten()
+            });
+            (input.as_ref().map(|e| spec.config.explain(e)), input)
         };
+        if let (Some(x), Some(input)) = (&explanation, input) {
+            let out = x.emits.as_deref().cloned().unwrap_or(input);
+            emitted.insert(id.clone(), out);
+        }
         reports.push(StageReport {
             stage: id.clone(),
             type_name: spec.type_name,

@@ -63,6 +63,9 @@ pub fn event_from_value(item: &serde_json::Value, cluster: &str) -> Result<Event
         let text = item.to_string();
         crate::event::decode(&text, &Arc::from(cluster)).map_err(|e| e.to_string())
     } else {
+        if let Some((_, why)) = unknown_fields(item).into_iter().next() {
+            return Err(why);
+        }
         let mut e: EventData = serde_json::from_value(item.clone()).map_err(|e| e.to_string())?;
         if e.cluster.is_empty() {
             e.cluster = Arc::from(cluster);
@@ -71,5 +74,138 @@ pub fn event_from_value(item: &serde_json::Value, cluster: &str) -> Result<Event
             e.count = 1;
         }
         Ok(e)
+    }
+}
+
+/// The fields of an event in eventflow's normalized form (what `stdout` prints, `raw` with
+/// `raw: true`).
+pub const EVENT_FIELDS: [&str; 26] = [
+    "cluster",
+    "uid",
+    "name",
+    "namespace",
+    "resource_version",
+    "type",
+    "reason",
+    "message",
+    "kind",
+    "object_name",
+    "object_namespace",
+    "object_uid",
+    "field_path",
+    "source",
+    "host",
+    "count",
+    "first_seen",
+    "last_seen",
+    "api_version",
+    "summary",
+    "object_labels",
+    "object_annotations",
+    "namespace_labels",
+    "owner_kind",
+    "owner_name",
+    "raw",
+];
+
+/// The keys of a normalized-form event (no `metadata`) that are not event fields, each with
+/// a message (and a did-you-mean): a typo such as `namespce` would otherwise leave the field
+/// empty and let a test case pass for the wrong reason. A value that is not a map, or a map
+/// with no field at all, is not an event.
+pub fn unknown_fields(item: &serde_json::Value) -> Vec<(String, String)> {
+    let Some(map) = item.as_object() else {
+        return vec![(
+            String::new(),
+            format!(
+                "not an event: expected a map of event fields (or an Event with `metadata`), found {item}"
+            ),
+        )];
+    };
+    if map.contains_key("metadata") {
+        return Vec::new();
+    }
+    if map.is_empty() {
+        return vec![(
+            String::new(),
+            "not an event: it has none of the event fields (type, reason, namespace, message, ...)"
+                .to_string(),
+        )];
+    }
+    map.keys()
+        .filter(|k| !EVENT_FIELDS.contains(&k.as_str()))
+        .map(|k| {
+            let hint = crate::types::did_you_mean(k, EVENT_FIELDS)
+                .map(|m| format!("; did you mean `{m}`?"))
+                .unwrap_or_default();
+            (
+                k.clone(),
+                format!("unknown event field `{k}`{hint} (an Event as the API server gives it has `metadata`)"),
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_known_fields_are_those_an_event_prints() {
+        let mut e = crate::event::sample();
+        e.raw = Some("{}".into());
+        let labels = Arc::new(crate::event::Labels::from([(
+            "a".to_string(),
+            "b".to_string(),
+        )]));
+        e.object_labels = Some(labels.clone());
+        e.object_annotations = Some(labels.clone());
+        e.namespace_labels = Some(labels);
+        (e.owner_kind, e.owner_name) = ("Deployment".into(), "web".into());
+        let printed: serde_json::Value =
+            serde_json::from_str(&crate::event::to_json(&e, true).unwrap()).unwrap();
+        let keys: Vec<&String> = printed
+            .as_object()
+            .map(|o| o.keys().collect())
+            .unwrap_or_default();
+        assert_eq!(
+            keys.len(),
+            EVENT_FIELDS.len() - 1,
+            "all but summary: {printed}"
+        );
+        for k in &keys {
+            assert!(
+                EVENT_FIELDS.contains(&k.as_str()),
+                "`{k}` is printed but not known"
+            );
+        }
+    }
+
+    #[test]
+    fn typos_and_non_events_are_refused() {
+        let typo = serde_json::json!({"type": "Warning", "namespce": "shop"});
+        let e = event_from_value(&typo, "c").unwrap_err();
+        assert!(
+            e.contains("unknown event field `namespce`; did you mean `namespace`?"),
+            "{e}"
+        );
+        let e = events_from_text("{\"foo\":1}\n", "c").unwrap_err();
+        assert!(e.contains("unknown event field `foo`"), "{e}");
+        assert!(
+            events_from_text("{}", "c")
+                .unwrap_err()
+                .contains("not an event")
+        );
+        assert!(
+            events_from_text("[1]", "c")
+                .unwrap_err()
+                .contains("not an event")
+        );
+        assert!(
+            event_from_value(
+                &serde_json::json!({"type": "Warning", "namespace": "shop"}),
+                "c"
+            )
+            .is_ok()
+        );
     }
 }

@@ -51,13 +51,24 @@ impl Step {
 }
 
 /// A stage's answer.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Explanation {
     pub verdict: Verdict,
     pub steps: Vec<Step>,
     /// What a sink would write: the JSON line, the SQL row, the request (URL and body).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub output: Option<serde_json::Value>,
+    /// What the stages after this one receive, when it is not the event as it came in (an
+    /// `aggregate` stage's summary).
+    #[serde(skip)]
+    pub emits: Option<Box<crate::event::EventData>>,
+}
+
+/// `emits` is shown in `output`; the rest compares as it is.
+impl PartialEq for Explanation {
+    fn eq(&self, other: &Self) -> bool {
+        (self.verdict, &self.steps, &self.output) == (other.verdict, &other.steps, &other.output)
+    }
 }
 
 impl Explanation {
@@ -66,7 +77,16 @@ impl Explanation {
             verdict,
             steps,
             output: None,
+            emits: None,
         }
+    }
+
+    /// The stages after this one receive `e` (shown as the output too).
+    #[must_use]
+    pub fn with_emits(mut self, e: crate::event::EventData) -> Explanation {
+        self.output = serde_json::to_value(&e).ok();
+        self.emits = Some(Box::new(e));
+        self
     }
 
     #[must_use]

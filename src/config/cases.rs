@@ -205,6 +205,29 @@ pub fn lookup<'a>(root: &'a serde_json::Value, path: &str) -> Option<&'a serde_j
 /// Every condition of a case, parsed: the problems, as `(field path, message)`.
 pub fn check_conditions(case: &TestCase) -> Vec<(String, String)> {
     let mut out = Vec::new();
+    // The inputs' events: a misspelt field is an error, not an empty field.
+    for (i, input) in case.inputs.iter().enumerate() {
+        let one = input
+            .event
+            .iter()
+            .map(|e| (format!("inputs[{i}].event"), e));
+        let many = input
+            .events
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(j, e)| (format!("inputs[{i}].events[{j}]"), e));
+        for (path, e) in one.chain(many) {
+            for (key, why) in crate::authoring::unknown_fields(e) {
+                let field = if key.is_empty() {
+                    path.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                out.push((field, why));
+            }
+        }
+    }
     for (stage, x) in &case.expect {
         let lists = [("events", &x.events), ("writes", &x.writes)];
         for (what, list) in lists {

@@ -72,6 +72,11 @@ fn check_inputs_of_failed(
 /// Each stage's `inputs`: present for transforms and sinks, absent for sources, known, not
 /// twice, not a sink, not itself.
 fn check_edges(stages: &IndexMap<String, StageSpec>, failed: &Failed, problems: &mut Vec<Problem>) {
+    // Each unknown name's "did you mean" once, and only for the first ones: a suggestion
+    // looks at every stage, so one per problem would make many problems quadratic (10,000
+    // stages naming an unknown input took 16 s). Only the first problems are printed anyway.
+    let mut hints: HashMap<&str, String> = HashMap::new();
+    let known = shorten_iter(stages.keys(), stages.len(), ", ");
     for spec in stages.values() {
         let inputs_pos = spec.node.get("inputs").map(|n| n.pos);
         match spec.kind {
@@ -108,18 +113,23 @@ fn check_edges(stages: &IndexMap<String, StageSpec>, failed: &Failed, problems: 
             }
             match stages.get(input) {
                 None if failed.contains_key(input) => {}
-                None => problems.push(Problem::new(
-                    pos,
-                    Some(&spec.id),
-                    Some("inputs"),
-                    format!(
-                        "unknown input `{input}`{} (stages in this file: {})",
+                None => {
+                    let n = hints.len();
+                    let hint = hints.entry(input.as_str()).or_insert_with(|| {
+                        if n >= 2 * super::MAX_PRINTED_PROBLEMS {
+                            return String::new();
+                        }
                         crate::types::did_you_mean(input, stages.keys().map(String::as_str))
                             .map(|t| format!(": did you mean `{t}`?"))
-                            .unwrap_or_default(),
-                        shorten_iter(stages.keys(), stages.len(), ", ")
-                    ),
-                )),
+                            .unwrap_or_default()
+                    });
+                    problems.push(Problem::new(
+                        pos,
+                        Some(&spec.id),
+                        Some("inputs"),
+                        format!("unknown input `{input}`{hint} (stages in this file: {known})"),
+                    ));
+                }
                 Some(up) if up.kind == StageKind::Sink => problems.push(Problem::new(
                     pos,
                     Some(&spec.id),

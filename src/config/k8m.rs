@@ -454,9 +454,11 @@ struct Writer {
 }
 
 impl Writer {
-    /// `value` quoted, or a `${name}` reference if it holds a secret and secrets stay out.
+    /// `value` quoted, or a `${name}` reference if it holds a secret and secrets stay out. A
+    /// value that reads the environment already (`Bearer ${TOKEN:-x}`) holds no secret of its
+    /// own: it is kept as written, so the migrated file reads the same variables.
     fn secret(&mut self, name: &str, value: &str, is_secret: bool) -> String {
-        if self.mode == Secrets::Inline || !is_secret {
+        if self.mode == Secrets::Inline || !is_secret || value.contains("${") {
             return yaml_string(value);
         }
         if !self.refs.iter().any(|(n, _)| n == name) {

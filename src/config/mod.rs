@@ -29,15 +29,40 @@ use crate::yaml::{self, Node, Pos};
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApiConfig {
-    /// Address to listen on for `GET /metrics`, `/healthz`, `/readyz` and `POST /-/reload`.
-    /// Binding to all interfaces (`0.0.0.0:9464`) is an explicit choice.
-    #[serde(default = "default_listen")]
+    /// Address to listen on for `GET /metrics`, `/healthz`, `/readyz` and `POST /-/reload`:
+    /// `IP:port`, `localhost:port`, or `:port` for every interface (as `0.0.0.0:port`). Binding
+    /// to all interfaces is an explicit choice.
+    #[serde(default = "default_listen", deserialize_with = "listen_addr")]
     #[schemars(with = "String")]
     pub listen: SocketAddr,
 }
 
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9464))
+}
+
+fn listen_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_listen(&s).map_err(serde::de::Error::custom)
+}
+
+/// An address to listen on as users write them: `127.0.0.1:9464`, `[::1]:9464`,
+/// `localhost:9464`, or `:9464` (every interface, as in Go and Prometheus).
+pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    let t = s.trim();
+    if let Ok(a) = t.parse() {
+        return Ok(a);
+    }
+    let port = |p: &str| p.parse::<u16>().ok();
+    if let Some(p) = t.strip_prefix(':').and_then(port) {
+        return Ok(SocketAddr::from(([0, 0, 0, 0], p)));
+    }
+    if let Some(p) = t.strip_prefix("localhost:").and_then(port) {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], p)));
+    }
+    Err(format!(
+        "`{s}` is not an address to listen on; expected `IP:port` (`127.0.0.1:9464`, `0.0.0.0:9464` for every interface, `[::1]:9464`), `localhost:9464` or `:9464` (every interface)"
+    ))
 }
 
 impl Default for ApiConfig {
@@ -72,6 +97,7 @@ pub struct Header {
     /// Test cases `eventflow test` runs: inputs fed to a source, expectations on what stages
     /// let out and sinks would write. `run` ignores them.
     #[serde(default)]
+    #[schemars(extend("default" = []))]
     pub tests: Vec<cases::TestCase>,
 }
 

@@ -201,6 +201,23 @@ impl Ref<'_> {
         }
     }
 
+    /// An object field without a default of its own whose every field has one: those, as one
+    /// value (`{initial: 500ms, max: 30s}`), so the row states what an absent block means.
+    fn nested_defaults(&self, field: &Value) -> Option<Value> {
+        let inner = self.object_of(field)?;
+        let props = inner.get("properties").and_then(Value::as_object)?;
+        let mut out = serde_json::Map::new();
+        for (k, v) in props {
+            match v.get("default") {
+                Some(d) if !d.is_null() => {
+                    out.insert(k.clone(), d.clone());
+                }
+                _ => return None,
+            }
+        }
+        (!out.is_empty()).then_some(Value::Object(out))
+    }
+
     /// The fields of object `obj` as a table; nested objects' fields follow as `parent.field`
     /// (but not those of the fields named in `seen`, nor deeper than [`MAX_DEPTH`]).
     fn table(&self, obj: &Value, prefix: &str, seen: &[&str]) -> String {
@@ -219,17 +236,27 @@ impl Ref<'_> {
         let mut nested = Vec::new();
         for (name, field) in props {
             let full = format!("{prefix}{name}");
-            let default = match field.get("default") {
-                _ if required.contains(&name.as_str()) => "**required**".to_string(),
-                Some(Value::Null) | None => "—".to_string(),
-                Some(d) => format!("`{}`", compact(d)),
-            };
             let doc = field
                 .get("description")
                 .or_else(|| self.resolve(field).get("description"))
                 .and_then(Value::as_str)
                 .map(one_line)
                 .unwrap_or_default();
+            // What an absent field means, always stated: the schema's default, the defaults
+            // of a block's fields, what the description says it is (a computed default), or
+            // `none` for a field that is simply not set. `—`: none of those (a test fails).
+            let default = match field.get("default") {
+                _ if required.contains(&name.as_str()) => "**required**".to_string(),
+                // An optional block (`api:`): absent is off, whatever its fields' defaults.
+                Some(Value::Null) | None if field.get("default").is_some() || nullable(field) => {
+                    stated_default(&doc).unwrap_or_else(|| "none".to_string())
+                }
+                Some(Value::Null) | None => match self.nested_defaults(field) {
+                    Some(d) => format!("`{}`", compact(&d)),
+                    None => stated_default(&doc).unwrap_or_else(|| "—".to_string()),
+                },
+                Some(d) => format!("`{}`", compact(d)),
+            };
             out.push_str(&format!(
                 "| `{full}` | {} | {default} | {} |\n",
                 self.type_of(field),
@@ -266,6 +293,34 @@ impl Ref<'_> {
         }
         out
     }
+}
+
+/// The default a field's description states: the words after `Default:` up to the end of
+/// that sentence, or `off` for "Off when absent".
+fn stated_default(doc: &str) -> Option<String> {
+    if let Some(at) = doc.find("Default: ") {
+        let rest = &doc[at + "Default: ".len()..];
+        let end = rest.find(". ").unwrap_or(rest.len());
+        let d = rest[..end].trim_end_matches('.').trim();
+        return (!d.is_empty()).then(|| d.to_string());
+    }
+    doc.contains("Off when absent").then(|| "off".to_string())
+}
+
+/// Whether a field's schema allows `null` (an `Option`: absent means not set).
+fn nullable(field: &Value) -> bool {
+    let null_type = |v: &Value| match v.get("type") {
+        Some(Value::String(t)) => t == "null",
+        Some(Value::Array(ts)) => ts.iter().any(|t| t == "null"),
+        _ => false,
+    };
+    null_type(field)
+        || ["anyOf", "oneOf"].iter().any(|k| {
+            field
+                .get(*k)
+                .and_then(Value::as_array)
+                .is_some_and(|alts| alts.iter().any(null_type))
+        })
 }
 
 /// A doc comment on one line (Markdown tables need it).

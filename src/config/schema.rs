@@ -81,6 +81,11 @@ pub fn pipeline_schema(types: Registry) -> String {
                 }),
             );
         }
+        // A pipeline without stages is refused at load.
+        let required = o.entry("required").or_insert_with(|| json!([]));
+        if let Some(r) = required.as_array_mut() {
+            r.push(json!("stages"));
+        }
         o.insert("$defs".into(), Value::Object(defs));
     }
     serde_json::to_string_pretty(&root).unwrap_or_default() + "\n"

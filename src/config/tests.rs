@@ -454,7 +454,11 @@ fn ten_thousand_stages_with_one_mistake_give_one_short_message_quickly() {
     for i in 0..n {
         text.push_str(&format!("  t{i}:\n    type: filter\n    inputs: [nope]\n"));
     }
+    let started = std::time::Instant::now();
     let err = load(&text).unwrap_err().to_string();
+    let took = started.elapsed();
+    // Linear in the problems (a suggestion per problem over every stage took 16 s).
+    assert!(took < std::time::Duration::from_secs(5), "took {took:?}");
     assert_eq!(
         err.lines().count(),
         MAX_PRINTED_PROBLEMS + 1,
@@ -575,4 +579,29 @@ fn a_near_miss_is_answered_with_what_was_meant() {
         text.contains("unknown input `srcs`: did you mean `src`?"),
         "{text}"
     );
+}
+
+#[test]
+fn the_api_address_is_read_as_users_write_it() {
+    let api = |listen: &str| {
+        load(&format!(
+            "api:\n  listen: '{listen}'\n{}",
+            &GOOD["version: 1\n".len()..]
+        ))
+        .map(|p| p.api.map(|a| a.listen.to_string()))
+    };
+    assert_eq!(
+        api("127.0.0.1:9464").unwrap().as_deref(),
+        Some("127.0.0.1:9464")
+    );
+    assert_eq!(
+        api("localhost:9464").unwrap().as_deref(),
+        Some("127.0.0.1:9464")
+    );
+    assert_eq!(api(":9464").unwrap().as_deref(), Some("0.0.0.0:9464"));
+    assert_eq!(api("[::1]:9464").unwrap().as_deref(), Some("[::1]:9464"));
+    let e = api("metrics:9464").unwrap_err().to_string();
+    assert!(e.contains("api.listen") || e.contains("listen"), "{e}");
+    assert!(e.contains("expected `IP:port`"), "{e}");
+    assert!(e.starts_with("p.yaml:2:"), "{e}");
 }

@@ -163,7 +163,8 @@ pub struct Summary {
     pub last_seen: Option<DateTime<Utc>>,
     /// Up to `max_samples` distinct messages.
     pub samples: Vec<String>,
-    /// A one-line description, e.g. "BackOff x37 on shop/Pod/web-7d4b9c in the last 10m".
+    /// A one-line description, e.g. "BackOff x37 on shop/Pod/web-7d4b9c between 2026-03-02
+    /// 10:01:10 and 10:09:42 UTC (event time; window 10m from the first arrival)".
     pub text: String,
 }
 

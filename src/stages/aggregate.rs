@@ -6,7 +6,9 @@
 //! merged, the occurrences they stand for (the sum of `count` increases per Event object, so
 //! three updates 35 -> 36 -> 37 of one BackOff add 2, not 3; the first time an Event object is
 //! seen its whole count counts), first and last seen, up to `max_samples` distinct messages,
-//! and a line such as "BackOff x37 on shop/Pod/web-7d4b9c in the last 10m". Its `count` is the
+//! and a line such as "BackOff x37 on shop/Pod/web-7d4b9c between 2026-03-02 10:01:10 and
+//! 10:09:42 UTC (event time; window 10m from the first arrival)" (a key without the object
+//! gives "on 4 objects (namespace shop)": distinct objects are counted). Its `count` is the
 //! occurrences. Merged events are acknowledged when their summary is (their finalizers move
 //! into it), and are counted as `eventflow_events_discarded_total{reason="aggregated"}`.
 //!
@@ -83,16 +85,29 @@ fn default_samples() -> usize {
 
 impl StageConfig for AggregateConfig {
     fn explain(&self, e: &crate::event::EventData) -> Explanation {
-        Explanation::new(
+        // The summary of this event alone in its group: what the stages after this one get.
+        let mut a = Aggregator::new(self, "explain", "aggregate");
+        let mut out = Vec::new();
+        a.ingest(
+            vec![Event::new(e.clone(), crate::event::Finalizers::None)],
+            Instant::now(),
+            &mut out,
+        );
+        a.close_all(&mut out);
+        let x = Explanation::new(
             Verdict::Held,
             vec![
                 Step::note(KeySpec(self.key.clone()).describe(e)),
                 Step::note(format!(
-                    "held in its key's window of {}; when the window closes, one summary of every event of that key goes on (with this event alone: count {}, its message among the samples)",
-                    self.window, e.count
+                    "held in its key's window of {}; when the window closes, one summary of every event of that key goes on — with this event alone, the summary below",
+                    self.window
                 )),
             ],
-        )
+        );
+        match out.pop() {
+            Some(summary) => x.with_emits(summary.data().clone()),
+            None => x,
+        }
     }
 
     fn validate(&self) -> Vec<Invalid> {
@@ -194,6 +209,9 @@ pub struct Aggregator {
     /// and would only misstate one summary's occurrences).
     last_counts: LastCounts,
     uid_hash: foldhash::fast::RandomState,
+    /// When the key does not name the involved object: the hasher that counts a group's
+    /// distinct objects (its summary says how many, rather than naming the first).
+    objects: Option<foldhash::fast::RandomState>,
     buf: String,
     merged: Counter,
 }
@@ -212,6 +230,8 @@ impl Aggregator {
             base: Instant::now(),
             last_counts: LastCounts::new(usize::try_from(cfg.max_keys).unwrap_or(usize::MAX)),
             uid_hash: foldhash::fast::RandomState::default(),
+            objects: (!cfg.key.contains(&Field::ObjectName))
+                .then(foldhash::fast::RandomState::default),
             buf: String::with_capacity(128),
             merged: crate::metrics::discarded(stage, type_name, "aggregated"),
         }
@@ -247,7 +267,7 @@ impl Aggregator {
             self.key.write(&e, &mut self.buf);
             let key = self.key_of_buf();
             if let Some(g) = self.groups.get_mut(&key) {
-                g.acc.add(e, inc, self.max_samples);
+                g.acc.add(e, inc, self.max_samples, self.objects.as_ref());
                 continue;
             }
             if self.groups.len() >= self.max_keys
@@ -303,18 +323,7 @@ impl Aggregator {
     fn summarize(&self, g: Accumulator) -> Event {
         g.finish(self.max_samples, |mut f| {
             let mut data = f.first.unpack();
-            let what = match (data.object_namespace.is_empty(), data.kind.is_empty()) {
-                (true, _) => format!("{}/{}", data.kind, data.object_name),
-                (false, false) => format!(
-                    "{}/{}/{}",
-                    data.object_namespace, data.kind, data.object_name
-                ),
-                (false, true) => format!("{}/{}", data.object_namespace, data.object_name),
-            };
-            let text = format!(
-                "{} x{} on {} in the last {}",
-                data.reason, f.occurrences, what, self.window_text
-            );
+            let text = self.summary_text(&data, &f);
             data.count = f.occurrences;
             data.first_seen = f.first_seen;
             data.last_seen = f.last_seen;
@@ -332,6 +341,59 @@ impl Aggregator {
             }));
             data
         })
+    }
+
+    /// "BackOff x37 on shop/Pod/web between 10:01:10 and 10:09:42 UTC (event time; window 10m
+    /// from the first arrival)". It names what the key is: the object when the key names one
+    /// (or when every event was about one object), else how many objects and the key's other
+    /// values; and its times are the events' own, the window is eventflow's.
+    fn summary_text(&self, data: &EventData, f: &crate::stages::summarize::Folded) -> String {
+        let object = match (data.object_namespace.is_empty(), data.kind.is_empty()) {
+            (true, _) => format!("{}/{}", data.kind, data.object_name),
+            (false, false) => format!(
+                "{}/{}/{}",
+                data.object_namespace, data.kind, data.object_name
+            ),
+            (false, true) => format!("{}/{}", data.object_namespace, data.object_name),
+        };
+        let what = match (self.objects.is_some(), f.objects()) {
+            (false, _) | (true, (1, _)) => object,
+            (true, (n, at_least)) => {
+                let context: Vec<String> = self
+                    .key
+                    .0
+                    .iter()
+                    .filter(|k| !matches!(k, Field::Reason | Field::Type))
+                    .map(|k| format!("{} {}", k.name(), data.get(k)))
+                    .collect();
+                format!(
+                    "{}{n} objects{}",
+                    if at_least { "at least " } else { "" },
+                    if context.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", context.join(", "))
+                    }
+                )
+            }
+        };
+        let fmt = |t: &chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M:%S").to_string();
+        let when = match (f.first_seen, f.last_seen) {
+            (Some(a), Some(b)) if a != b => {
+                let b = if a.date_naive() == b.date_naive() {
+                    b.format("%H:%M:%S").to_string()
+                } else {
+                    fmt(&b)
+                };
+                format!(" between {} and {b} UTC", fmt(&a))
+            }
+            (Some(t), _) | (None, Some(t)) => format!(" at {} UTC", fmt(&t)),
+            (None, None) => String::new(),
+        };
+        format!(
+            "{} x{} on {what}{when} (event time; window {} from the first arrival)",
+            data.reason, f.occurrences, self.window_text
+        )
     }
 }
 
@@ -486,7 +548,10 @@ mod tests {
             vec!["back-off 1", "back-off 2"],
             "distinct, at most max_samples"
         );
-        assert_eq!(s.text, "BackOff x37 on shop/Pod/web in the last 10m");
+        assert_eq!(
+            s.text, "BackOff x37 on shop/Pod/web (event time; window 10m from the first arrival)",
+            "no event times in these events"
+        );
         assert_eq!(web.uid, "u1", "the first event's identity");
         // A later window counts only the increase.
         a.ingest(
@@ -498,6 +563,62 @@ mod tests {
         a.close_all(&mut out);
         assert_eq!(summary(&out[0]).occurrences, 3);
         assert_eq!(a.open_groups(), 0);
+    }
+
+    /// The issue's case: `key: [namespace, reason]`, 16 events over 4 Pods and about ten
+    /// minutes of event time, replayed at once. The summary says how many objects, the key's
+    /// namespace, and the events' own time span; not the first Pod, not "in the last 1m".
+    #[test]
+    fn a_summary_names_what_its_key_is_and_the_time_it_counts_in() {
+        let mut a = agg("key: [namespace, reason]\nwindow: 1m");
+        let t0 = chrono::DateTime::parse_from_rfc3339("2026-03-02T10:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        let batch: Vec<Event> = (0..16i64)
+            .map(|i| {
+                let mut d = ev(
+                    &format!("u{i}"),
+                    &format!("api-{}", i % 4),
+                    "Unhealthy",
+                    1,
+                    "probe",
+                )
+                .data()
+                .clone();
+                d.namespace = "checkout".into();
+                d.object_namespace = "checkout".into();
+                d.first_seen = Some(t0 + chrono::Duration::seconds(i * 40));
+                d.last_seen = d.first_seen;
+                Event::new(d, Finalizers::None)
+            })
+            .collect();
+        let mut out = Vec::new();
+        a.ingest(batch, Instant::now(), &mut out);
+        a.close_all(&mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            summary(&out[0]).text,
+            "Unhealthy x16 on 4 objects (namespace checkout) between 2026-03-02 10:00:00 and 10:10:00 UTC (event time; window 1m from the first arrival)"
+        );
+        // Every event about one object: the object is named, whatever the key.
+        let mut a = agg("key: [namespace, reason]\nwindow: 1m");
+        let mut out = Vec::new();
+        a.ingest(
+            vec![
+                ev("1", "web", "BackOff", 1, "m"),
+                ev("2", "web", "BackOff", 1, "m"),
+            ],
+            Instant::now(),
+            &mut out,
+        );
+        a.close_all(&mut out);
+        assert!(
+            summary(&out[0])
+                .text
+                .starts_with("BackOff x2 on shop/Pod/web "),
+            "{}",
+            summary(&out[0]).text
+        );
     }
 
     #[test]

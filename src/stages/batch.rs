@@ -15,31 +15,45 @@ use crate::component::Input;
 use crate::event::Event;
 use crate::types::Dur;
 
-/// How a sink groups events into writes.
-#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
+/// How a sink groups events into writes. Each sink type has its own defaults (the parameters:
+/// the most events in one write, and the longest wait in milliseconds); a block that sets only
+/// one field keeps the other at the sink's default, so `batch: {max_wait: 2s}` does not change
+/// how many events go in one write.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub struct BatchConfig {
+#[schemars(inline)]
+pub struct BatchConfig<const MAX_EVENTS: usize = 500, const MAX_WAIT_MS: u64 = 1000> {
     /// The most events in one write.
-    #[serde(default = "default_max_events")]
+    #[serde(default = "default_max_events::<MAX_EVENTS>")]
     pub max_events: usize,
     /// The longest an event waits for its batch to fill.
-    #[serde(default = "default_max_wait")]
+    #[serde(default = "default_max_wait::<MAX_WAIT_MS>")]
     pub max_wait: Dur,
 }
 
-fn default_max_events() -> usize {
-    500
+fn default_max_events<const N: usize>() -> usize {
+    N
 }
 
-fn default_max_wait() -> Dur {
-    Dur::secs(1)
+fn default_max_wait<const MS: u64>() -> Dur {
+    Dur::millis(MS)
 }
 
-impl Default for BatchConfig {
+impl<const M: usize, const W: u64> Default for BatchConfig<M, W> {
     fn default() -> Self {
         BatchConfig {
-            max_events: default_max_events(),
-            max_wait: default_max_wait(),
+            max_events: default_max_events::<M>(),
+            max_wait: default_max_wait::<W>(),
+        }
+    }
+}
+
+impl<const M: usize, const W: u64> BatchConfig<M, W> {
+    /// The same values, without the sink type's defaults attached.
+    pub fn plain(&self) -> BatchConfig {
+        BatchConfig {
+            max_events: self.max_events,
+            max_wait: self.max_wait,
         }
     }
 }

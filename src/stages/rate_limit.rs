@@ -43,7 +43,7 @@ use crate::event::{Event, EventData, Field, Summary};
 use crate::types::Dur;
 
 /// What to do with an event over the limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum WhenLimited {
     /// Drop it and count it.
@@ -291,7 +291,8 @@ impl RateLimit {
     fn suppress(&mut self, e: Event, out: &mut Batch) {
         self.count_drop(true);
         if let Some(s) = self.pending.get_mut(self.buf.as_str()) {
-            s.acc.add(e, 1, self.cfg.max_samples);
+            s.acc
+                .add(e, 1, self.cfg.max_samples, None::<&std::hash::RandomState>);
             return;
         }
         if self.pending.len() >= self.cfg.max_keys

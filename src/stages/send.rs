@@ -233,14 +233,22 @@ pub async fn http_answer(
     match r {
         Ok(resp) if resp.status().is_success() => Attempt::Delivered,
         Ok(resp) => http_refusal(resp).await,
-        Err(e) => Attempt::Retry {
-            why: if e.is_timeout() {
-                format!("timed out after {timeout:?}")
-            } else {
-                format!("cannot connect: {}", describe(e))
-            },
-            after: None,
-        },
+        Err(e) => {
+            // Which server: host and port only (a URL's path, query and user info may hold
+            // credentials; the host and port never do).
+            let target = e
+                .url()
+                .and_then(|u| Some(format!("{}:{}", u.host_str()?, u.port_or_known_default()?)))
+                .unwrap_or_else(|| "the server".to_string());
+            Attempt::Retry {
+                why: if e.is_timeout() {
+                    format!("{target} did not answer within {timeout:?}")
+                } else {
+                    format!("cannot connect to {target}: {}", describe(e))
+                },
+                after: None,
+            }
+        }
     }
 }
 
@@ -438,7 +446,6 @@ pub async fn in_memory<D: Deliver>(
     let processing = cx.metrics.processing.clone();
     let latency = shared_metrics::latency(&cx.metrics.id, cx.metrics.type_name);
     let failed = cx.metrics.discarded(failed_reason);
-    let sent = shared_metrics::sent(&cx.metrics.id, cx.metrics.type_name);
     let (id, type_name) = (cx.metrics.id.clone(), cx.metrics.type_name);
     super::batch::run_batched(
         &mut cx.input,
@@ -447,18 +454,13 @@ pub async fn in_memory<D: Deliver>(
         max_in_flight,
         |batch| {
             let (d, health, id) = (d.clone(), health.clone(), id.clone());
-            let (processing, latency, failed, sent) = (
-                processing.clone(),
-                latency.clone(),
-                failed.clone(),
-                sent.clone(),
-            );
+            let (processing, latency, failed) =
+                (processing.clone(), latency.clone(), failed.clone());
             // A task per batch: with several in flight, rendering bodies uses every worker.
             let task = tokio::spawn(async move {
                 let started = Instant::now();
                 match d.deliver(&batch, &health).await {
                     Outcome::Delivered { .. } => {
-                        sent.increment(batch.len() as u64);
                         for e in &batch {
                             latency.event(e);
                         }

@@ -180,6 +180,20 @@ impl Packed {
     pub fn resource_version(&self) -> &str {
         self.text_at(3)
     }
+
+    /// The involved object: kind, namespace, name.
+    pub fn object(&self) -> [&str; 3] {
+        let t = self.texts();
+        [t[7], t[9], t[8]]
+    }
+}
+
+/// The most distinct involved objects a summary counts; past it, it says "at least".
+pub const MAX_OBJECTS: usize = 64;
+
+/// A hash of an involved object (kind, namespace, name), for counting distinct ones.
+pub fn object_hash(h: &impl std::hash::BuildHasher, [kind, ns, name]: [&str; 3]) -> u64 {
+    h.hash_one((kind, ns, name))
 }
 
 /// What the folded events add up to.
@@ -209,6 +223,9 @@ struct Later {
     /// event's message is not among them (it is in `first`); [`Accumulator::finish`] puts it
     /// in front.
     samples: Vec<String>,
+    /// When the stage counts objects (its key does not name one): hashes of the distinct
+    /// involved objects folded, the first's included, at most [`MAX_OBJECTS`].
+    objects: Vec<u64>,
 }
 
 impl Folded {
@@ -226,6 +243,13 @@ impl Folded {
             .as_ref()
             .map_or_else(|| self.first.message(), |l| &l.message)
             .to_string()
+    }
+
+    /// How many distinct involved objects were folded (when counted; 1 until a second event),
+    /// and whether that is a lower bound ([`MAX_OBJECTS`] reached).
+    pub fn objects(&self) -> (usize, bool) {
+        let n = self.later.as_ref().map_or(1, |l| l.objects.len().max(1));
+        (n, n >= MAX_OBJECTS)
     }
 
     /// Up to `max_samples` distinct messages of the folded events, the first event's first.
@@ -262,7 +286,14 @@ impl Accumulator {
     }
 
     /// Folds `e` in, keeping up to `max_samples` distinct messages (the stage's setting).
-    pub fn add(&mut self, e: Event, occurrences: i64, max_samples: usize) {
+    /// `objects`: the hasher of [`object_hash`] when the stage counts distinct objects.
+    pub fn add<H: std::hash::BuildHasher>(
+        &mut self,
+        e: Event,
+        occurrences: i64,
+        max_samples: usize,
+        objects: Option<&H>,
+    ) {
         let f = &mut self.folded;
         f.events += 1;
         f.occurrences += occurrences;
@@ -272,7 +303,17 @@ impl Accumulator {
         };
         f.last_seen = f.last_seen.max(e.last_seen);
         let first_message = f.first.message();
+        let first_object = f.first.object();
         let l = f.later.get_or_insert_default();
+        if let Some(h) = objects {
+            if l.objects.is_empty() {
+                l.objects.push(object_hash(h, first_object));
+            }
+            let o = object_hash(h, [&e.kind, &e.object_namespace, &e.object_name]);
+            if l.objects.len() < MAX_OBJECTS && !l.objects.contains(&o) {
+                l.objects.push(o);
+            }
+        }
         // The first event's message is sample 0 when there are samples at all.
         let kept = usize::from(max_samples > 0) + l.samples.len();
         if kept < max_samples && first_message != e.message && !l.samples.contains(&e.message) {
@@ -296,6 +337,7 @@ impl Accumulator {
                         rv: f.first.resource_version().to_string(),
                         message: first.clone(),
                         samples: vec![first],
+                        objects: Vec::new(),
                     }));
                 }
             }
@@ -323,7 +365,12 @@ mod tests {
     fn samples(max_samples: usize, messages: &[&str]) -> (Vec<String>, String, String) {
         let mut acc = Accumulator::new(ev(messages[0], "1"), 1, false);
         for (i, m) in messages.iter().enumerate().skip(1) {
-            acc.add(ev(m, &(i + 1).to_string()), 1, max_samples);
+            acc.add(
+                ev(m, &(i + 1).to_string()),
+                1,
+                max_samples,
+                None::<&std::hash::RandomState>,
+            );
         }
         let mut got = None;
         acc.finish(max_samples, |mut f| {

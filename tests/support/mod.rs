@@ -20,6 +20,21 @@ pub fn bin() -> Command {
     c
 }
 
+/// [`bin`] with the wall clock moved by `shift` (faketime's syntax: `+365d`), for the guard
+/// that nothing depends on the date it runs; `None`, said on stderr, where faketime is not
+/// installed (`.ci/services.sh` installs it, so CI always runs these).
+pub fn bin_at(shift: &str) -> Option<Command> {
+    if Command::new("faketime").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: faketime is not installed (`.ci/services.sh` installs it)");
+        return None;
+    }
+    let mut c = Command::new("faketime");
+    c.args(["-f", shift, env!("CARGO_BIN_EXE_eventflow")])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("RUST_LOG");
+    Some(c)
+}
+
 pub fn repo(p: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
 }
@@ -41,15 +56,29 @@ pub fn sample_line(i: usize, ty: &str) -> String {
     sample_line_ns(i, ty, "shop")
 }
 
+/// The time every [`sample_line`] of this test process is stamped with: a minute before the
+/// process started, to the second. Relative to now, never a fixed date: a strict receiver with an
+/// age limit (Loki refuses entries older than a week) turns a fixed date into a failure later on.
+/// One value per process, so the same `i` always gives the same line.
+pub fn sample_time() -> &'static str {
+    static AT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    AT.get_or_init(|| {
+        (chrono::Utc::now() - chrono::Duration::minutes(1))
+            .format("%Y-%m-%dT%H:%M:%SZ")
+            .to_string()
+    })
+}
+
 pub fn sample_line_ns(i: usize, ty: &str, ns: &str) -> String {
+    let at = sample_time();
     serde_json::json!({
         "apiVersion": "v1", "kind": "Event",
         "metadata": {"name": format!("web.{i:016x}"), "namespace": ns, "uid": format!("uid-{i}"),
-                     "resourceVersion": (1000 + i).to_string(), "creationTimestamp": "2026-11-27T10:00:00Z"},
+                     "resourceVersion": (1000 + i).to_string(), "creationTimestamp": at},
         "involvedObject": {"kind": "Pod", "namespace": ns, "name": "web"},
         "reason": "BackOff", "message": format!("Back-off restarting failed container, round {i}"),
         "source": {"component": "kubelet", "host": "worker-1"},
-        "firstTimestamp": "2026-11-27T10:00:00Z", "lastTimestamp": "2026-11-27T10:00:00Z",
+        "firstTimestamp": at, "lastTimestamp": at,
         "count": 1, "type": ty
     })
     .to_string()

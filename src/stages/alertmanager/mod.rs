@@ -82,8 +82,8 @@ pub struct AlertmanagerConfig {
     #[serde(default)]
     pub backoff: BackoffConfig,
     /// Alerts per request and the longest an event waits for its batch.
-    #[serde(default = "default_batch")]
-    pub batch: BatchConfig,
+    #[serde(default)]
+    pub batch: BatchConfig<100, 200>,
     /// Requests in flight at once.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
@@ -133,12 +133,6 @@ fn default_timeout() -> Dur {
 }
 fn default_retries() -> u32 {
     3
-}
-fn default_batch() -> BatchConfig {
-    BatchConfig {
-        max_events: 100,
-        max_wait: Dur::millis(200),
-    }
 }
 fn default_max_in_flight() -> usize {
     1
@@ -511,7 +505,7 @@ impl Sink for AlertmanagerSink {
                 &this.poster,
                 &mut cx,
                 &health,
-                &cfg.batch,
+                &cfg.batch.plain(),
                 cfg.max_in_flight,
                 "alertmanager_failed",
             )

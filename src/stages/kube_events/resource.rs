@@ -16,7 +16,9 @@ use serde_json::value::RawValue;
 use crate::event::{EventData, WireEvent};
 
 /// Which Events API to read (the `api` field of `kube_events`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
 pub enum Flavor {
     #[default]
     #[serde(rename = "core/v1")]

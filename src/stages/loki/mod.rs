@@ -97,8 +97,8 @@ pub struct LokiConfig {
     #[serde(default)]
     pub backoff: BackoffConfig,
     /// Entries per push request (this bounds its size) and the longest an event waits.
-    #[serde(default = "default_batch")]
-    pub batch: BatchConfig,
+    #[serde(default)]
+    pub batch: BatchConfig<1000>,
     /// Requests in flight at once. Keep 1 where Loki refuses out-of-order writes.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
@@ -137,12 +137,6 @@ fn default_timeout() -> Dur {
 }
 fn default_retries() -> u32 {
     5
-}
-fn default_batch() -> BatchConfig {
-    BatchConfig {
-        max_events: 1000,
-        max_wait: Dur::secs(1),
-    }
 }
 fn default_max_in_flight() -> usize {
     1
@@ -680,7 +674,7 @@ impl durable::Sender for Pusher {
     fn limits(&self) -> durable::Limits {
         durable::Limits {
             max_queued: self.cfg.max_queued,
-            batch: self.cfg.batch.clone(),
+            batch: self.cfg.batch.plain(),
             max_in_flight: self.cfg.max_in_flight,
             retry_for: self.cfg.retry_for.0,
             retries: self.cfg.retries,
@@ -723,7 +717,7 @@ impl Sink for LokiSink {
                     &this.pusher,
                     &mut cx,
                     &health,
-                    &cfg.batch,
+                    &cfg.batch.plain(),
                     cfg.max_in_flight,
                     "loki_failed",
                 )

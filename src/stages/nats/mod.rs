@@ -41,6 +41,13 @@ pub struct Subject {
     parts: Vec<Part>,
 }
 
+/// As written (the schema's default shows it).
+impl serde::Serialize for Subject {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.source)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 enum Part {
     Text(String),
@@ -187,8 +194,8 @@ pub struct NatsConfig {
     pub backoff: BackoffConfig,
     /// Messages published before their acknowledgements are awaited, and the longest an event
     /// waits for its batch.
-    #[serde(default = "default_batch")]
-    pub batch: BatchConfig,
+    #[serde(default)]
+    pub batch: BatchConfig<256, 20>,
     /// Batches in flight at once.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
@@ -215,12 +222,6 @@ fn default_timeout() -> Dur {
 }
 fn default_retries() -> u32 {
     10
-}
-fn default_batch() -> BatchConfig {
-    BatchConfig {
-        max_events: 256,
-        max_wait: Dur::millis(20),
-    }
 }
 fn default_max_in_flight() -> usize {
     2
@@ -621,7 +622,7 @@ impl Sink for NatsSink {
                 &this.publisher,
                 &mut cx,
                 &health,
-                &cfg.batch,
+                &cfg.batch.plain(),
                 cfg.max_in_flight,
                 "nats_failed",
             )

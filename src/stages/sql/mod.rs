@@ -37,10 +37,6 @@ use crate::state::db::{self, Db};
 use crate::state::events::{self as table, RowRef};
 use crate::types::Dur;
 
-fn default_backoff() -> BackoffConfig {
-    BackoffConfig::new(Dur::millis(200), Dur::secs(30))
-}
-
 /// Stores events in SQLite, PostgreSQL or MySQL/MariaDB.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -65,9 +61,9 @@ pub struct SqlConfig {
     /// The event fields whose values, joined with `/`, make `evt_key` (the upsert key).
     #[serde(default = "default_key")]
     pub key: Vec<Field>,
-    /// Retries while the database is unavailable. Default `{initial: 200ms, max: 30s}`.
-    #[serde(default = "default_backoff")]
-    pub backoff: BackoffConfig,
+    /// Retries while the database is unavailable.
+    #[serde(default)]
+    pub backoff: BackoffConfig<200>,
     /// How long connecting may take when the stage is built (at least 100ms).
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: Dur,

@@ -90,18 +90,88 @@ fn time(ms: i64) -> String {
 }
 
 fn events_in(d: &DeadLetter) -> usize {
-    serde_json::from_str::<Vec<&serde_json::value::RawValue>>(&d.events).map_or(0, |v| v.len())
+    d.event_count()
+}
+
+/// How long ago `ms` (unix milliseconds) was, in words: `45s`, `12m`, `3h 5m`, `2d 4h`.
+fn age(ms: i64) -> String {
+    let s = (chrono::Utc::now().timestamp_millis() - ms).max(0) / 1000;
+    match s {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m", s / 60),
+        s if s < 86_400 => format!("{}h {}m", s / 3600, s % 3600 / 60),
+        s => format!("{}d {}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+/// Each durable stage's queue (events waiting, the oldest's age) and dead letters: what has
+/// not been delivered, whether it may still be (queued) or was given up on (dead letters).
+pub async fn status(p: &Target, stage: Option<&str>) -> Result<String, Error> {
+    let store = store(p, stage).await?;
+    let mut out = format!(
+        "{:<20}  {:>8}  {:>10}  {:>12}  {:>11}\n",
+        "STAGE", "QUEUED", "OLDEST", "DEAD LETTERS", "DEAD EVENTS"
+    );
+    for d in p.durable.iter().filter(|d| stage.is_none_or(|s| s == d.id)) {
+        let st = match store.status(&d.id).await {
+            Ok(st) => st,
+            Err(e) => {
+                store.close().await;
+                return Err(e.into());
+            }
+        };
+        let _ = writeln!(
+            out,
+            "{:<20}  {:>8}  {:>10}  {:>12}  {:>11}",
+            d.id,
+            st.queued,
+            st.oldest_born_at.map_or_else(|| "-".to_string(), age),
+            st.dead_letters,
+            st.dead_events
+        );
+    }
+    store.close().await;
+    Ok(out)
 }
 
 /// A table of the dead letters (of one stage, or all).
 pub async fn list(p: &Target, stage: Option<&str>) -> Result<String, Error> {
     let store = store(p, stage).await?;
-    let rows = store.dead_letters(stage, &[]).await;
-    store.close().await;
-    let rows = rows?;
+    let rows = match store.dead_letters(stage, &[]).await {
+        Ok(rows) => rows,
+        Err(e) => {
+            store.close().await;
+            return Err(e.into());
+        }
+    };
+    if !rows.is_empty() {
+        store.close().await;
+    }
     let mut out = String::new();
     if rows.is_empty() {
         out.push_str("no dead letters\n");
+        // Not given up on is not delivered: say what is still waiting.
+        let mut waiting = Vec::new();
+        for d in p.durable.iter().filter(|d| stage.is_none_or(|s| s == d.id)) {
+            if let Ok(st) = store.status(&d.id).await
+                && st.queued > 0
+            {
+                waiting.push(format!(
+                    "{} events queued in `{}` (the oldest {} old)",
+                    st.queued,
+                    d.id,
+                    st.oldest_born_at.map_or_else(|| "?".to_string(), age)
+                ));
+            }
+        }
+        if !waiting.is_empty() {
+            let _ = writeln!(
+                out,
+                "not delivered yet: {} (`eventflow dead-letter status` shows each queue)",
+                waiting.join(", ")
+            );
+        }
+        store.close().await;
         return Ok(out);
     }
     let _ = writeln!(

@@ -164,7 +164,6 @@ struct Durable {
     health: Arc<StageHealth>,
     slot: Arc<Slot>,
     gauge: metrics::Gauge,
-    sent: metrics::Counter,
     dead: metrics::Counter,
     latency: shared_metrics::Delivered,
     processing: metrics::Histogram,
@@ -230,7 +229,7 @@ impl Durable {
             tracing::warn!(stage = %self.stage(), error = %e, wait = ?wait, "state database: cannot {what}; retrying");
             true
         };
-        let mut backoff = BackoffConfig::default().start();
+        let mut backoff = BackoffConfig::<500, 30_000>::default().start();
         match retrying(&mut backoff, retry, op).await {
             Ok(()) => true,
             Err(e) => {
@@ -259,7 +258,6 @@ pub async fn run(
         health,
         slot: slot.clone(),
         gauge: super::telemetry::webhook_queued(stage),
-        sent: shared_metrics::sent(stage, cx.metrics.type_name),
         dead: super::telemetry::webhook_dead_lettered(stage),
         latency: shared_metrics::latency(stage, cx.metrics.type_name),
         processing: cx.metrics.processing.clone(),
@@ -363,7 +361,7 @@ async fn intake(shared: &Durable, cx: &mut SinkContext, write_failed: &metrics::
 /// Writes a batch to the queue, retrying while the database is unavailable. An event the
 /// database refuses for good is rejected (counted), not retried forever.
 async fn write(shared: &Durable, batch: Vec<Event>, write_failed: &metrics::Counter) {
-    let mut backoff = BackoffConfig::default().start();
+    let mut backoff = BackoffConfig::<500, 30_000>::default().start();
     let retry = |e: &DbError, wait: Duration| {
         shared.health.failing();
         tracing::warn!(stage = %shared.stage(), error = %e, wait = ?wait, "state database: cannot queue events; retrying");
@@ -500,7 +498,7 @@ async fn deliver_loop(
     let mut cursor = 0i64;
     let mut halted = false;
     let mut superseded = false;
-    let mut db_backoff = BackoffConfig::default().start();
+    let mut db_backoff = BackoffConfig::<500, 30_000>::default().start();
     // Rows delivered and not yet removed: removed together with the next pins, in one commit.
     let mut delivered: Vec<i64> = Vec::new();
     // Batches read and not yet sent (at most twice `max_in_flight`).
@@ -690,7 +688,6 @@ async fn send(
     match &outcome {
         Outcome::Delivered { .. } => {
             delivered = good.iter().map(|r| r.id).collect();
-            shared.sent.increment(events.len() as u64);
             let now = chrono::Utc::now().timestamp_millis();
             for (r, e) in good.iter().zip(&events) {
                 let in_pipeline = u64::try_from(now - r.born_at).unwrap_or(0);

@@ -109,9 +109,9 @@ pub struct WebhookConfig {
     /// Exponential backoff between retries (each delay uniform in [d/2, d]).
     #[serde(default)]
     pub backoff: BackoffConfig,
-    /// Events per request (`max_events`, default 1) and the longest wait to fill a batch.
-    #[serde(default = "default_batch")]
-    pub batch: BatchConfig,
+    /// Events per request and the longest wait to fill a batch.
+    #[serde(default)]
+    pub batch: BatchConfig<1>,
     /// The body format.
     #[serde(default)]
     pub format: Format,
@@ -165,12 +165,6 @@ fn default_retries() -> u32 {
 }
 fn default_max_in_flight() -> usize {
     1
-}
-fn default_batch() -> BatchConfig {
-    BatchConfig {
-        max_events: 1,
-        max_wait: Dur::secs(1),
-    }
 }
 
 pub const TYPE: StageType = StageType {
@@ -576,7 +570,7 @@ impl durable::Sender for Delivery {
     fn limits(&self) -> durable::Limits {
         durable::Limits {
             max_queued: self.cfg.max_queued,
-            batch: self.cfg.batch.clone(),
+            batch: self.cfg.batch.plain(),
             max_in_flight: self.cfg.max_in_flight,
             retry_for: self.cfg.retry_for.0,
             retries: self.cfg.retries,
@@ -629,7 +623,7 @@ impl Sink for WebhookSink {
                     &this.delivery,
                     &mut cx,
                     &health,
-                    &cfg.batch,
+                    &cfg.batch.plain(),
                     cfg.max_in_flight,
                     "webhook_failed",
                 )

@@ -32,6 +32,17 @@ const DEAD_COLUMNS: [&str; 7] = [
     "events",
 ];
 
+/// What a durable stage has not delivered: its queue and its dead letters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueStatus {
+    pub queued: u64,
+    /// When the oldest queued event entered the pipeline (unix milliseconds).
+    pub oldest_born_at: Option<i64>,
+    pub dead_letters: u64,
+    /// The events in those dead letters.
+    pub dead_events: u64,
+}
+
 /// One queued event.
 #[derive(Debug, Clone)]
 pub struct Pending {
@@ -76,6 +87,12 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
+    /// How many events it holds.
+    pub fn event_count(&self) -> usize {
+        serde_json::from_str::<Vec<&serde_json::value::RawValue>>(&self.events)
+            .map_or(0, |v| v.len())
+    }
+
     /// The events of this dead letter.
     pub fn decode_events(&self) -> Result<Vec<EventData>, String> {
         let items: Vec<&serde_json::value::RawValue> = serde_json::from_str(&self.events)
@@ -217,6 +234,26 @@ impl Store {
             .to_owned();
         let n: Vec<(i64,)> = self.db.fetch_all(self.db.build(&q)).await?;
         Ok(n.first().map_or(0, |(c,)| u64::try_from(*c).unwrap_or(0)))
+    }
+
+    /// `sink`'s queue and dead letters: events queued, when the oldest of them entered the
+    /// pipeline (unix milliseconds), dead letters and the events in them.
+    pub async fn status(&self, sink: &str) -> Result<QueueStatus, DbError> {
+        let q = Query::select()
+            .expr(Func::count(Expr::col(name("id"))))
+            .expr(Func::min(Expr::col(name("born_at"))))
+            .from(name(QUEUE))
+            .and_where(Expr::col(name("sink")).eq(sink))
+            .to_owned();
+        let queued: Vec<(i64, Option<i64>)> = self.db.fetch_all(self.db.build(&q)).await?;
+        let dead = self.dead_letters(Some(sink), &[]).await?;
+        let (queued, oldest) = queued.first().copied().unwrap_or((0, None));
+        Ok(QueueStatus {
+            queued: u64::try_from(queued).unwrap_or(0),
+            oldest_born_at: oldest,
+            dead_letters: dead.len() as u64,
+            dead_events: dead.iter().map(|d| d.event_count() as u64).sum(),
+        })
     }
 
     /// Appends events to `sink`'s queue, in order, in one transaction.

@@ -164,6 +164,27 @@ impl BodyTemplate {
                 }
             ));
         }
+        // An event's field through `event.` (or at the top level of a one-event template,
+        // checked above): every misspelt one at once, with where it is.
+        let paths: std::collections::BTreeSet<String> =
+            t.undeclared_variables(true).into_iter().collect();
+        for path in &paths {
+            let mut parts = path.split('.');
+            let (Some("event"), Some(field)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            if fields.iter().any(|f| f == field) {
+                continue;
+            }
+            let hint = crate::types::did_you_mean(field, fields.iter().map(String::as_str))
+                .map(|m| format!("; did you mean `event.{m}`?"))
+                .unwrap_or_default();
+            let at = self.position_of(&format!("event.{field}"));
+            problems.push(format!(
+                "template{at}: `event.{field}` is undefined{hint} (an event's fields: {})",
+                fields.join(", ")
+            ));
+        }
         if !problems.is_empty() {
             return problems;
         }
@@ -184,6 +205,17 @@ impl BodyTemplate {
             }
         }
         problems
+    }
+
+    /// " line L, column C" of the first place `needle` is written in the template, or "".
+    fn position_of(&self, needle: &str) -> String {
+        let Some(at) = self.source.find(needle) else {
+            return String::new();
+        };
+        let before = &self.source[..at];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rfind('\n').map_or(at, |i| at - i - 1) + 1;
+        format!(" line {line}, column {column}")
     }
 
     /// A render error with the template's line and column.
