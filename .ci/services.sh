@@ -10,6 +10,8 @@ command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v buildah >/dev/null 2>&1 || need+=(buildah)
 # openssl: a TLS receiver with a self-signed certificate (what a webhook logs about it).
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# faketime: the tests that run with the clock moved (no test may depend on the date it runs).
+command -v faketime >/dev/null 2>&1 || need+=(faketime)
 # The servers of the alertmanager and nats sinks' tests (each test starts its own instance).
 command -v prometheus-alertmanager >/dev/null 2>&1 || need+=(prometheus-alertmanager)
 [ -x /usr/sbin/nats-server ] || need+=(nats-server)

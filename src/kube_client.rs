@@ -116,8 +116,19 @@ pub async fn connect(
     kubeconfig: Option<&Path>,
     context: Option<&str>,
 ) -> Result<(kube::Client, String), ClientError> {
+    connect_to(kubeconfig, context)
+        .await
+        .map(|(c, name, _)| (c, name))
+}
+
+/// [`connect`], and the API server's URL for messages (credentials redacted).
+pub async fn connect_to(
+    kubeconfig: Option<&Path>,
+    context: Option<&str>,
+) -> Result<(kube::Client, String, String), ClientError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let (cfg, name) = client_config(kubeconfig, context).await?;
+    let server = crate::redact::url(&cfg.cluster_url.to_string());
     let client = kube::Client::try_from(cfg).map_err(ClientError::Build)?;
-    Ok((client, name))
+    Ok((client, name, server))
 }

@@ -233,6 +233,14 @@ fn init_logging(level: Option<&str>, format: LogFormat) {
     {
         filter = filter.add_directive(d);
     }
+    // The kube client logs every failed request at ERROR ("failed with error ...", no stage,
+    // no server); the source's own line says the same with the stage, the API server and
+    // what happens next.
+    if !wanted.contains("kube_client")
+        && let Ok(d) = "kube_client::client::builder=off".parse()
+    {
+        filter = filter.add_directive(d);
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())

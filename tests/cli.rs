@@ -818,3 +818,99 @@ fn the_k8m_example_in_docs_validates_and_its_migration_is_current() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The README tour's reload step: `pipelines/live.yaml` keeps running (it follows a file), so
+/// an edit to it is reloaded while it runs, and what is appended afterwards goes through the
+/// edited pipeline.
+#[test]
+fn the_tours_live_pipeline_keeps_running_and_reloads_an_edit() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let events = dir.path().join("live.jsonl");
+    let p = dir.path().join("live.yaml");
+    std::fs::copy(repo("pipelines/live.yaml"), &p).expect("copy");
+    let mut cmd = bin();
+    cmd.env("EVENTFLOW_LIVE_EVENTS", &events)
+        .env("EVENTFLOW_LIVE_API", "127.0.0.1:0");
+    let mut r = Running::start_cmd(cmd, &[], &p);
+    // The tour's append: the sample array on one line.
+    let samples = std::fs::read_to_string(repo("pipelines/samples/events.json")).expect("samples");
+    let one_line: String = samples.chars().filter(|c| *c != '\n').collect();
+    std::fs::write(&events, format!("{one_line}\n")).expect("write");
+    let first = r.next_event();
+    assert_eq!(first["type"], "Warning");
+    r.wait_log("reached the end of the file; following");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        matches!(r.child.try_wait(), Ok(None)),
+        "the live pipeline keeps running"
+    );
+    let text = std::fs::read_to_string(&p).expect("read");
+    replace(
+        &p,
+        &text.replace("types: [Warning]", "types: [Warning, Normal]"),
+    );
+    r.wait_log("reload applied");
+    while r
+        .out
+        .recv_timeout(std::time::Duration::from_millis(300))
+        .is_ok()
+    {}
+    append(&events, &[one_line]);
+    let mut types = std::collections::BTreeSet::new();
+    while let Ok(l) = r.out.recv_timeout(std::time::Duration::from_secs(2)) {
+        let e: serde_json::Value = serde_json::from_str(&l).expect("json");
+        types.insert(e["type"].as_str().unwrap_or_default().to_string());
+    }
+    assert!(
+        types.contains("Normal"),
+        "after the edit Normals pass: {types:?}"
+    );
+    let _ = r.stop_ok();
+}
+
+/// `eventflow schema | head -1`: a reader that goes away ends a command quietly (exit 0, no
+/// panic); for `run`, a stdout sink whose reader is gone is a sink failure like any other.
+#[test]
+fn a_closed_stdout_ends_commands_quietly() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let closed = |args: &[&str]| {
+        let mut child = bin()
+            .args(args)
+            .env("EVENTFLOW_DEMO_DB", dir.path().join("demo.db"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        // The read end closes before anything is written: every write gets EPIPE.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().expect("wait");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    for args in [
+        &["schema"][..],
+        &["schema", "--markdown"],
+        &["completions", "bash"],
+        &["validate", "pipelines/demo.yaml"],
+        &["graph", "pipelines/demo.yaml"],
+        &["test", "pipelines/demo.yaml"],
+        &["migrate", "tests/data/k8m/eventhandler.yaml"],
+    ] {
+        let (code, stderr) = closed(args);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(code, Some(0), "{args:?}: {stderr}");
+    }
+    let (code, stderr) = closed(&["run", "pipelines/demo.yaml"]);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        code,
+        Some(1),
+        "a sink that cannot write fails the run: {stderr}"
+    );
+    assert!(
+        stderr.contains("cannot write to standard output"),
+        "{stderr}"
+    );
+}

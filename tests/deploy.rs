@@ -241,6 +241,27 @@ fn the_pipeline_in_the_config_map_validates_and_its_secret_comes_from_the_enviro
     );
 }
 
+/// The memory figures the Deployment's comment quotes are the ones docs/operations.md gives.
+#[test]
+fn the_deployments_memory_figures_are_those_of_the_docs() {
+    let deployment =
+        std::fs::read_to_string(repo("deploy/kubernetes/deployment.yaml")).expect("deployment");
+    let ops = std::fs::read_to_string(repo("docs/operations.md")).expect("operations.md");
+    let figures: Vec<&str> = deployment
+        .lines()
+        .filter(|l| l.trim_start().starts_with('#'))
+        .flat_map(|l| l.split(|c: char| !c.is_ascii_digit() && c != '~'))
+        .filter(|w| w.starts_with('~') && w.len() > 1)
+        .collect();
+    assert!(figures.len() >= 4, "{figures:?}");
+    for f in figures {
+        assert!(
+            ops.contains(&format!("{f} MB")),
+            "`{f} MB` of deployment.yaml is not in docs/operations.md"
+        );
+    }
+}
+
 #[test]
 fn the_dockerfile_follows_the_rules_that_matter() {
     let text = std::fs::read_to_string(repo("Dockerfile")).expect("Dockerfile");

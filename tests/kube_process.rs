@@ -101,6 +101,16 @@ async fn forbidden_names_the_permission_and_readiness_follows_the_api_server() {
         line.contains("\"span\":{\"id\":\"k8s\""),
         "the log names the stage: {line}"
     );
+    let server = std::fs::read_to_string(&kc)
+        .expect("kubeconfig")
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: ").map(str::to_string))
+        .expect("server in the kubeconfig");
+    assert!(
+        line.contains(&format!("\"server\":\"{}", server.trim_end_matches('/'))),
+        "the log names the API server {server}: {line}"
+    );
+
     assert!(
         line.contains("grant the verbs `list` and `watch` on resource `events` in API group \\\"\\\" (core) cluster-wide"),
         "{line}"
@@ -303,4 +313,34 @@ async fn a_durable_webhook_killed_during_an_outage_delivers_everything_after_a_r
     let (status, _) = tokio::task::block_in_place(|| r.stop());
     assert!(status.success());
     assert_eq!(tokio::task::block_in_place(|| queued(&state, "hook")), 0);
+}
+
+/// An API server that cannot be reached: the source's own line names it (and the stage), and
+/// the kube client's duplicate ERROR line ("failed with error ...", neither stage nor server)
+/// is folded into it.
+#[test]
+fn an_unreachable_api_server_is_named_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let kc = write(
+        dir.path(),
+        "kubeconfig",
+        &format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: gone\n  cluster:\n    server: http://127.0.0.1:{port}\ncontexts:\n- name: gone\n  context:\n    cluster: gone\ncurrent-context: gone\nusers: []\n"
+        ),
+    );
+    let p = pipeline(dir.path(), &kc, "");
+    let mut r = Running::start(&[], &p);
+    let line = r.wait_log("cannot list Events from the API server");
+    assert!(
+        line.contains(&format!("\"server\":\"http://127.0.0.1:{port}"))
+            && line.contains("\"id\":\"k8s\""),
+        "{line}"
+    );
+    r.wait_log("cannot list Events from the API server");
+    let (_, logs) = r.stop_ok();
+    assert!(
+        !logs.iter().any(|l| l.contains("failed with error")),
+        "{logs:#?}"
+    );
 }

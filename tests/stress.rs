@@ -260,6 +260,15 @@ impl Tally {
 }
 
 /// Loads `text`; a panic or an unbounded message is a problem.
+/// Moves this test process into a directory of its own, once: a mutant that loses its `state:`
+/// block writes the default state database (`./eventflow-state.db`) in the working directory,
+/// which must not be the repository.
+fn work_in_a_temporary_directory() {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    let dir = DIR.get_or_init(|| tempfile::tempdir().expect("tmp"));
+    std::env::set_current_dir(dir.path()).expect("cd");
+}
+
 fn load(t: &mut Tally, text: &str, name: &str) -> Option<Pipeline> {
     t.files += 1;
     let env = |_: &str| None;
@@ -397,6 +406,7 @@ fn field_lines(field: &str, value: &str) -> String {
 
 #[test]
 fn every_boundary_value_of_every_numeric_field_is_refused_or_runs() {
+    work_in_a_temporary_directory();
     let mut w = World::new();
     let mut t = Tally::default();
     let fields = numeric_fields();
@@ -598,6 +608,7 @@ fn mutate(rng: &mut StdRng, text: &str) -> String {
 
 #[test]
 fn three_thousand_mutated_pipelines_never_panic_hang_or_grow() {
+    work_in_a_temporary_directory();
     let files: usize = std::env::var("EVENTFLOW_STRESS_FILES")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -679,12 +679,22 @@ fn an_unreachable_webhook_logs_the_cause() {
     let log = run(&format!("http://127.0.0.1:{port}/x"), "");
     let line = failed_line(&log);
     assert!(
-        line.contains("stage=\"hook\"") && line.contains("Connection refused"),
+        line.contains("stage=\"hook\"")
+            && line.contains(&format!("cannot connect to 127.0.0.1:{port}:"))
+            && line.contains("Connection refused"),
         "{line}"
     );
 
-    let log = run("http://nosuchhost.invalid/x", "");
-    assert!(failed_line(&log).contains("dns error"), "{log}");
+    let log = run("http://user:s3cret@nosuchhost.invalid/x?token=abc", "");
+    let line = failed_line(&log);
+    assert!(
+        line.contains("cannot connect to nosuchhost.invalid:80") && line.contains("dns error"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("s3cret") && !log.contains("token=abc"),
+        "{log}"
+    );
 
     // A TLS server with a self-signed certificate for another name.
     let cert = dir.path().join("cert.pem");

@@ -173,8 +173,8 @@ impl StageConfig for KubeEventsConfig {
 
     fn build<'a>(&'a self, cx: &'a BuildContext) -> BoxFuture<'a, Result<Stage, BuildError>> {
         Box::pin(async move {
-            let (client, context_name) =
-                crate::kube_client::connect(self.kubeconfig.as_deref(), self.context.as_deref())
+            let (client, context_name, server) =
+                crate::kube_client::connect_to(self.kubeconfig.as_deref(), self.context.as_deref())
                     .await
                     .map_err(|e| cx.failed(e))?;
             let state = cx.state.clone().unwrap_or_default();
@@ -184,6 +184,7 @@ impl StageConfig for KubeEventsConfig {
             Ok(Stage::Source(Box::new(KubeSource {
                 cfg: self.clone(),
                 client,
+                server: Arc::from(server),
                 cluster: self.cluster.clone().unwrap_or(context_name),
                 checkpoint,
                 health: cx.health.clone(),
@@ -197,6 +198,8 @@ impl StageConfig for KubeEventsConfig {
 struct KubeSource {
     cfg: KubeEventsConfig,
     client: kube::Client,
+    /// The API server's URL, for messages.
+    server: Arc<str>,
     cluster: String,
     checkpoint: Checkpoint,
     health: crate::health::Health,
@@ -324,6 +327,7 @@ async fn lead(
                         namespace,
                         cfg: src.cfg.clone(),
                         cluster: cluster.clone(),
+                        server: src.server.clone(),
                         seen: seen.clone(),
                         tx: tx.clone(),
                         counters: counters.clone(),
@@ -391,6 +395,7 @@ async fn restore(src: &KubeSource, slots: &[Option<String>]) -> Result<(Seen, bo
     }
     tracing::info!(
         cluster = %src.cluster,
+        server = %src.server,
         checkpointed = seen.len(),
         namespaces = ?src.cfg.namespaces,
         "watching Events"

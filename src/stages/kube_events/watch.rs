@@ -24,6 +24,8 @@ pub(super) struct WatchLoop<const RAW: bool> {
     pub(super) namespace: Option<String>,
     pub(super) cfg: KubeEventsConfig,
     pub(super) cluster: Arc<str>,
+    /// The API server's URL, for messages.
+    pub(super) server: Arc<str>,
     pub(super) seen: Arc<Mutex<Seen>>,
     pub(super) tx: mpsc::Sender<FromWatch>,
     pub(super) counters: Counters,
@@ -70,6 +72,7 @@ impl<const RAW: bool> WatchLoop<RAW> {
                 403 => {
                     self.counters.forbidden.increment(1);
                     tracing::error!(
+                        server = %self.server,
                         message = %s.message,
                         "the API server refused to {what} Events (403 Forbidden): grant the verbs `list` and `watch` on {} to the identity eventflow runs as (its kubeconfig user or service account)",
                         self.verb_target()
@@ -78,14 +81,14 @@ impl<const RAW: bool> WatchLoop<RAW> {
                 }
                 401 => {
                     self.counters.unauthorized.increment(1);
-                    tracing::error!(message = %s.message, "the API server did not accept eventflow's credentials (401 Unauthorized) when trying to {what} Events: check the kubeconfig user's token or certificate");
+                    tracing::error!(server = %self.server, message = %s.message, "the API server did not accept eventflow's credentials (401 Unauthorized) when trying to {what} Events: check the kubeconfig user's token or certificate");
                     return false;
                 }
                 410 => return true,
                 _ => {}
             }
         }
-        tracing::warn!(error = %e, "cannot {what} Events; retrying with backoff");
+        tracing::warn!(server = %self.server, error = %e, "cannot {what} Events from the API server; retrying with backoff");
         false
     }
 
