@@ -647,7 +647,9 @@ async fn a_durable_backlog_goes_out_with_several_requests_in_flight() {
 /// refused, the name that does not resolve, and which certificate problem TLS found (a
 /// self-signed certificate, then the same one trusted with `ca_file` but for another name),
 /// once each — not also as a line of the TLS library's own without the stage.
+/// Each way of not reaching a receiver, from its log line: refused, no such host, TLS.
 #[test]
+#[allow(clippy::too_many_lines)]
 fn an_unreachable_webhook_logs_the_cause() {
     let dir = tempfile::tempdir().expect("tmp");
     let events = support::write(
