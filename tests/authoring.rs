@@ -502,3 +502,46 @@ fn a_tap_that_does_not_read_never_slows_the_pipeline_and_says_what_it_dropped() 
     );
     let _ = r.stop_ok();
 }
+
+/// `explain` shows what a stage after `aggregate` receives — the summary of the event alone in
+/// its group — not the original event; and an input that is not an Event says so.
+#[test]
+fn explain_shows_the_summary_after_an_aggregate_and_refuses_what_is_not_an_event() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let p = write(
+        dir.path(),
+        "p.yaml",
+        "stages:\n  src:\n    type: file\n    path: /dev/null\n  groups:\n    type: aggregate\n    inputs: [src]\n    key: [namespace, reason]\n    window: 1m\n  print:\n    type: stdout\n    inputs: [groups]\n",
+    );
+    let event = "{\"type\": \"Warning\", \"reason\": \"Unhealthy\", \"namespace\": \"checkout\", \"object_namespace\": \"checkout\", \"kind\": \"Pod\", \"object_name\": \"api-1\", \"count\": 3, \"last_seen\": \"2026-03-02T10:00:00Z\"}";
+    let (code, out, err) = run(
+        &["explain", "--json", p.to_str().unwrap_or(""), "-"],
+        Some(event),
+    );
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let stages = v[0]["stages"].as_array().expect("stages");
+    let print = stages
+        .iter()
+        .find(|s| s["stage"] == "print")
+        .expect("print");
+    let line = &print["output"];
+    let text = line["summary"]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        text.starts_with(
+            "Unhealthy x3 on checkout/Pod/api-1 at 2026-03-02 10:00:00 UTC (event time; window 1m"
+        ),
+        "the sink after aggregate gets the summary: {print}"
+    );
+    assert_eq!(line["count"], 3, "{print}");
+
+    let (code, _, err) = run(
+        &["explain", p.to_str().unwrap_or(""), "-"],
+        Some("{\"foo\":1}\n"),
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("unknown event field `foo`"), "{err}");
+}

@@ -551,6 +551,65 @@ async fn failed_deliveries_go_to_dead_letters_that_the_cli_lists_shows_and_resen
     );
 }
 
+/// Not given up on is not delivered: with 20 events waiting in a durable queue (receiver
+/// down), `dead-letter list` says so rather than only "no dead letters", and `dead-letter
+/// status` shows each queue's depth, its oldest event's age and its dead letters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_events_are_shown_beside_the_dead_letters() {
+    let (dir, state, _port, url) = down();
+    let (topo, feed) = pipeline_with_state(&url, durable(), Some(&state)).await;
+    let ack = feed
+        .send((0..20).map(|i| versioned(&format!("q{i}"), "1")).collect())
+        .await;
+    assert_eq!(ack.await.unwrap(), Status::Delivered, "queued");
+    topo.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(queued(&state).await, 20);
+    let pipeline = support::write(
+        dir.path(),
+        "p.yaml",
+        &format!(
+            "state:\n  url: {state}\nstages:\n  src:\n    type: file\n    path: /dev/null\n  hook:\n    type: webhook\n    inputs: [src]\n    url: {url}\n    durable: true\n"
+        ),
+    );
+    let run = |args: &[&str]| {
+        let out = tokio::task::block_in_place(|| {
+            support::bin()
+                .arg("dead-letter")
+                .args(args)
+                .arg(&pipeline)
+                .output()
+                .unwrap()
+        });
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let list = run(&["list"]);
+    assert!(
+        list.contains("no dead letters")
+            && list.contains("not delivered yet: 20 events queued in `hook`"),
+        "{list}"
+    );
+    let status = run(&["status"]);
+    let lines: Vec<&str> = status.lines().collect();
+    assert_eq!(lines.len(), 2, "{status}");
+    assert!(
+        lines[0].starts_with("STAGE") && lines[0].contains("QUEUED"),
+        "{status}"
+    );
+    let cols: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(cols[0], "hook", "{status}");
+    assert_eq!(cols[1], "20", "{status}");
+    assert!(
+        cols[2].ends_with('s'),
+        "the oldest's age, seconds old: {status}"
+    );
+    assert_eq!(&cols[3..], ["0", "0"], "no dead letters: {status}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_that_changes_a_durable_webhook_sends_each_queued_event_once() {
     let dir = tempfile::tempdir().unwrap();

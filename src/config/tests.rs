@@ -605,3 +605,19 @@ fn the_api_address_is_read_as_users_write_it() {
     assert!(e.contains("expected `IP:port`"), "{e}");
     assert!(e.starts_with("p.yaml:2:"), "{e}");
 }
+
+#[test]
+fn a_misspelt_field_in_a_test_cases_event_is_an_error_with_its_place() {
+    let text = format!(
+        "{GOOD}tests:\n  - name: typo\n    inputs:\n      - event: {{type: Warning, namespce: shop}}\n      - events:\n          - {{type: Warning, reasn: BackOff}}\n    expect:\n      out: {{count: 1}}\n"
+    );
+    let e = load(&text).unwrap_err().to_string();
+    assert!(
+        e.contains("field `tests[0].inputs[0].event.namespce`: unknown event field `namespce`; did you mean `namespace`?"),
+        "{e}"
+    );
+    assert!(
+        e.contains("tests[0].inputs[1].events[0].reasn") && e.contains("did you mean `reason`?"),
+        "{e}"
+    );
+}
