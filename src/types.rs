@@ -204,7 +204,9 @@ impl JsonSchema for Pattern {
 #[derive(Clone)]
 pub struct Glob {
     pub text: String,
-    pub matcher: globset::GlobMatcher,
+    /// A set of this one glob: a set is compiled with a size limit and says when a pattern
+    /// exceeds it (a lone matcher panics instead: `'*'` x 95,000 did).
+    pub matcher: globset::GlobSet,
 }
 
 impl fmt::Debug for Glob {
@@ -222,10 +224,20 @@ impl<'de> Deserialize<'de> for Glob {
             .map_err(|e| {
                 de::Error::custom(format!("invalid glob: {}", one_line(&e.to_string())))
             })?;
-        Ok(Glob {
-            matcher: glob.compile_matcher(),
-            text,
-        })
+        let matcher = globset::GlobSetBuilder::new()
+            .add(glob)
+            .build()
+            .map_err(|e| {
+                de::Error::custom(format!(
+                    "the glob is too large to compile ({} bytes): {}",
+                    text.len(),
+                    one_line(&e.to_string())
+                        .chars()
+                        .take(200)
+                        .collect::<String>()
+                ))
+            })?;
+        Ok(Glob { text, matcher })
     }
 }
 

@@ -507,6 +507,25 @@ fn run_for_a_while(t: &mut Tally, p: Pipeline, name: &str) {
     });
 }
 
+/// A line with a pattern too large to compile: a very long glob, deeply nested alternations,
+/// or a huge repetition count.
+fn huge_pattern(rng: &mut StdRng) -> String {
+    match rng.random_range(0..3) {
+        0 => format!(
+            "    names: ['{}']",
+            "*".repeat(rng.random_range(10_000..100_000))
+        ),
+        1 => {
+            let n = rng.random_range(500..3_000);
+            format!("    names: ['{}a{}']", "{a,".repeat(n), "}".repeat(n))
+        }
+        _ => format!(
+            "    message: '(a{{{0}}}){{{0}}}'",
+            rng.random_range(200..2_000)
+        ),
+    }
+}
+
 /// One mutation of `text`.
 fn mutate(rng: &mut StdRng, text: &str) -> String {
     const ODD: [&str; 14] = [
@@ -530,7 +549,15 @@ fn mutate(rng: &mut StdRng, text: &str) -> String {
         return text.to_string();
     }
     let i = rng.random_range(0..lines.len());
-    match rng.random_range(0..9) {
+    match rng.random_range(0..10) {
+        9 => {
+            // A pattern too large to compile: a very long glob, deeply nested alternations,
+            // a huge repetition count (each must be refused with its field, never a panic).
+            let pattern = huge_pattern(rng);
+            if lines[i].starts_with("    ") && !lines[i].starts_with("     ") {
+                lines.insert(i + 1, pattern);
+            }
+        }
         0 | 1 => {
             // Replace a value with a boundary value or an odd token.
             if let Some((k, _)) = lines[i].split_once(": ") {

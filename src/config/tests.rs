@@ -621,3 +621,28 @@ fn a_misspelt_field_in_a_test_cases_event_is_an_error_with_its_place() {
         "{e}"
     );
 }
+
+/// Very long globs, deeply nested alternations and huge repetitions are refused with the
+/// stage and field named, never a panic (`'*'` x 95,000 panicked inside the glob compiler).
+#[test]
+fn patterns_too_large_to_compile_are_refused_with_their_field() {
+    let with = |field: &str, value: &str| {
+        let text = GOOD.replace(
+            "    types: [Warning]\n",
+            &format!("    types: [Warning]\n    {field}: {value}\n"),
+        );
+        std::panic::catch_unwind(|| load(&text).map(|_| ()).map_err(|e| e.to_string()))
+            .unwrap_or_else(|_| Err("panicked".into()))
+    };
+    let long_glob = format!("['{}']", "*".repeat(95_000));
+    let nested = format!("['{}a{}']", "{a,".repeat(2_000), "}".repeat(2_000));
+    for (field, value) in [("names", &long_glob), ("names", &nested)] {
+        let e = with(field, value).unwrap_err();
+        assert!(e != "panicked", "{field}: the loader panicked");
+        assert!(e.contains(&format!("stage `warn`, field `{field}")), "{e}");
+    }
+    let huge_repeat = "'(a{1000}){1000}'".to_string();
+    let e = with("message", &huge_repeat).unwrap_err();
+    assert!(e.contains("stage `warn`, field `message`"), "{e}");
+    assert!(e.len() < 2_000, "a short message: {e}");
+}
