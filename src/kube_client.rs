@@ -47,10 +47,35 @@ fn redacted(e: &impl std::fmt::Display) -> String {
     crate::redact::parse_error(&e.to_string())
 }
 
+/// [`redacted`], keeping the kubeconfig paths it names: a path is not a secret.
+fn redacted_keeping(e: &impl std::fmt::Display, paths: &[String]) -> String {
+    let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
+    crate::redact::parse_error_keeping(&e.to_string(), &paths)
+}
+
+/// The files a default kubeconfig is read from: `$KUBECONFIG`'s, else `~/.kube/config`.
+fn default_paths() -> Vec<String> {
+    let mut paths: Vec<String> = std::env::var("KUBECONFIG")
+        .unwrap_or_default()
+        .split(':')
+        .filter(|p| !p.is_empty())
+        .map(str::to_string)
+        .collect();
+    if let Some(home) = std::env::var_os("HOME") {
+        paths.push(
+            std::path::Path::new(&home)
+                .join(".kube/config")
+                .display()
+                .to_string(),
+        );
+    }
+    paths
+}
+
 fn default_kubeconfig() -> Result<Kubeconfig, ClientError> {
     Kubeconfig::read().map_err(|e| ClientError::NotFound {
         looked_for: sources(),
-        reason: redacted(&e),
+        reason: redacted_keeping(&e, &default_paths()),
     })
 }
 
@@ -95,7 +120,7 @@ pub async fn client_config(
         Some(path) => {
             let kc = Kubeconfig::read_from(path).map_err(|e| ClientError::Unreadable {
                 path: path.to_path_buf(),
-                reason: redacted(&e),
+                reason: redacted_keeping(&e, &[path.display().to_string()]),
             })?;
             let what = format!("field `kubeconfig`: {}", path.display());
             from_kubeconfig(kc, context, what).await?

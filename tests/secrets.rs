@@ -164,3 +164,51 @@ fn a_kubeconfig_that_cannot_be_read_is_named_not_printed() {
     );
     assert_clean("a bad kubeconfig", &text);
 }
+
+/// Chat webhooks that carry their key in the path (Slack, Discord, Feishu) show it as `***`
+/// wherever the URL is shown — here a delivery that cannot connect logs the URL, and `explain`
+/// prints the request — while a kubeconfig's path, which is not a secret, is shown.
+#[test]
+fn chat_keys_in_the_path_are_hidden_and_paths_are_not() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let events = write(dir.path(), "one.jsonl", &(sample_line(1, "Warning") + "\n"));
+    let p = write(
+        dir.path(),
+        "p.yaml",
+        &format!(
+            "stages:\n  f:\n    type: file\n    path: {}\n  slack:\n    type: webhook\n    inputs: [f]\n    url: https://hooks.slack.com/services/T0/B0/s3cr3t-url-token\n    format: slack\n    retries: 0\n    timeout: 1s\n  discord:\n    type: webhook\n    inputs: [f]\n    url: https://discord.com/api/webhooks/1/s3cr3t-header-value\n    retries: 0\n    timeout: 1s\n",
+            events.display()
+        ),
+    );
+    let (_, explained) = output(bin().arg("explain").arg(&p).arg(&events));
+    assert!(
+        explained.contains("https://hooks.slack.com/services/T0/B0/***"),
+        "{explained}"
+    );
+    assert_clean("explain", &explained);
+    let (_, text) = output(
+        bin()
+            .args(["--log-level", "debug", "run", "--no-watch"])
+            .arg(&p),
+    );
+    assert_clean("a run whose chat webhooks fail", &text);
+
+    let missing = dir.path().join("no-such-kubeconfig");
+    let k = write(
+        dir.path(),
+        "k.yaml",
+        &format!(
+            "stages:\n  k:\n    type: kube_events\n    kubeconfig: {}\n  out:\n    type: stdout\n    inputs: [k]\n",
+            missing.display()
+        ),
+    );
+    let (code, text) = output(bin().arg("run").arg(&k));
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains(&format!(
+            "failed to read kubeconfig from '\"{}\"'",
+            missing.display()
+        )),
+        "the path, not `***`: {text}"
+    );
+}
