@@ -25,18 +25,15 @@ pub fn url(url: &str) -> String {
             out.push_str("://");
             let authority_end = rest.find('/').unwrap_or(rest.len());
             let (authority, path) = rest.split_at(authority_end);
-            let host = match authority.rsplit_once('@') {
-                Some((userinfo, host)) => {
-                    let user = userinfo.split(':').next().unwrap_or("");
-                    out.push_str(user);
-                    out.push_str(":***@");
-                    out.push_str(host);
-                    host
-                }
-                None => {
-                    out.push_str(authority);
-                    authority
-                }
+            let host = if let Some((userinfo, host)) = authority.rsplit_once('@') {
+                let user = userinfo.split(':').next().unwrap_or("");
+                out.push_str(user);
+                out.push_str(":***@");
+                out.push_str(host);
+                host
+            } else {
+                out.push_str(authority);
+                authority
             };
             out.push_str(&path_without_secrets(host, path));
         }
