@@ -347,3 +347,35 @@ fn the_route_by_team_example_passes_its_own_cases() {
     );
     assert!(text.contains("3 passed; 0 failed"), "{text}");
 }
+
+/// The natural pipeline `kube_events (kubeconfig: x) -> enrich -> filter`: the `enrich` stage
+/// names no connection, so it uses its source's (it fell back to `~/.kube/config` and the
+/// pipeline did not start). Run with no `~/.kube/config` and no `$KUBECONFIG` to fall back on.
+#[test]
+fn enrich_without_a_kubeconfig_uses_the_one_of_its_source() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_rt, fake, kc) = fake_cluster(dir.path());
+    put(
+        &fake,
+        object("v1", "Namespace", "", "pay", json!({"team": "payments"})),
+    );
+    workload(&fake, "pay", "api", "api-7d9f-abcde", json!({"app": "api"}));
+    let p = write(
+        dir.path(),
+        "pipeline.yaml",
+        &format!(
+            "state:\n  url: sqlite://{state}\nstages:\n  k8s:\n    type: kube_events\n    kubeconfig: {kc}\n  who:\n    type: enrich\n    inputs: [k8s]\n  route:\n    type: filter\n    inputs: [who]\n    namespace_labels: {{team: [payments]}}\n  out:\n    type: stdout\n    inputs: [route]\n",
+            state = dir.path().join("state.db").display(),
+            kc = kc.display(),
+        ),
+    );
+    let home = tempfile::tempdir().expect("empty home");
+    let mut cmd = bin();
+    cmd.env("HOME", home.path()).env_remove("KUBECONFIG");
+    let mut r = Running::start_cmd(cmd, &[], &p);
+    pod_event(&fake, "pay", "api-7d9f-abcde", 1);
+    let e = r.next_event();
+    assert_eq!(e["namespace_labels"]["team"], "payments", "{e}");
+    assert_eq!(e["owner_kind"], "Deployment", "{e}");
+    let _ = r.stop_ok();
+}

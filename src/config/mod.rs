@@ -8,6 +8,7 @@
 pub mod cases;
 pub mod diff;
 pub mod graph;
+mod inherit;
 pub mod k8m;
 pub mod reference;
 pub mod schema;
@@ -421,6 +422,7 @@ pub fn load_str(
         problems.push(Problem::new(pos, None, Some("state.url"), e.to_string()));
     }
     let mut failed = std::collections::HashMap::new();
+    inherit::kube_connection(&mut root);
     let stages = parse_stages(&root, &mut problems, &mut failed, types);
     graph::check(&stages, &failed, &mut problems);
     if let Some(h) = &header

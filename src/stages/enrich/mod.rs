@@ -101,10 +101,13 @@ pub struct EnrichConfig {
     /// `kubeconfig` and `context` calls its cluster.
     #[serde(default)]
     pub cluster: Option<String>,
-    /// A kubeconfig file. Default: in-cluster config, then `$KUBECONFIG`, then `~/.kube/config`.
+    /// A kubeconfig file. Default: with neither `kubeconfig` nor `context` set, those of the
+    /// `kube_events` sources upstream (when they all name the same); else in-cluster config,
+    /// then `$KUBECONFIG`, then `~/.kube/config`.
     #[serde(default, deserialize_with = "crate::types::home_path_opt")]
     pub kubeconfig: Option<std::path::PathBuf>,
-    /// The kubeconfig context. Default: its current context.
+    /// The kubeconfig context. Default: the upstream sources' (as for `kubeconfig`), else its
+    /// current context.
     #[serde(default)]
     pub context: Option<String>,
 }
