@@ -11,6 +11,7 @@
 //! - [`run`]: what `eventflow run` does: start, serve the API, reload, drain on signals.
 //! - [`api`]: `/metrics`, `/healthz`, `/readyz`, `POST /-/reload`.
 //! - [`reload`]: reload triggers (file watch, SIGHUP, API) and outcomes.
+//! - [`summary`]: what a finite run delivered, sink by sink (from its counters).
 //! - [`engine`]: the running topology: builds stages, wires bounded channels, applies a diff
 //!   (startup is a diff from the empty pipeline), shuts down; owns the pipeline's health
 //!   registry and what stage instances share across reloads.
@@ -45,6 +46,7 @@ pub mod reload;
 pub mod run;
 pub mod stages;
 pub mod state;
+pub mod summary;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 pub mod types;

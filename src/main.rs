@@ -382,6 +382,7 @@ fn run(
     Ok(match outcome {
         Outcome::Drained => ExitCode::SUCCESS,
         Outcome::Incomplete(_) | Outcome::Failed(_) => ExitCode::FAILURE,
+        Outcome::Undelivered(_) => ExitCode::from(3),
         // As a shell reports a process ended by the signal: 128 + its number.
         Outcome::Interrupted("SIGTERM") => ExitCode::from(143),
         Outcome::Interrupted(_) => ExitCode::from(130),

@@ -28,6 +28,10 @@ pub enum Outcome {
     /// once. Events in flight were not acknowledged, so nothing was checkpointed past them and
     /// their sources replay them at the next start.
     Interrupted(&'static str),
+    /// The sources finished and everything drained, but sinks failed to deliver this many
+    /// events (out of retries, refused for good, dead-lettered): a backfill or cron job that
+    /// did not do its work.
+    Undelivered(u64),
 }
 
 /// Errors that stop `run` before the pipeline starts.
@@ -112,9 +116,11 @@ pub async fn run(pipeline: Pipeline, opts: RunOptions) -> Result<Outcome, RunErr
         "pipeline started"
     );
     let mut signals = Signals::new();
+    let mut finished = false;
     loop {
         if topology.running_sources() == 0 {
             tracing::info!("every source has finished; draining");
+            finished = true;
             break;
         }
         tokio::select! {
@@ -147,6 +153,13 @@ pub async fn run(pipeline: Pipeline, opts: RunOptions) -> Result<Outcome, RunErr
         }
     }
     ready.store(false, Ordering::Release);
+    let sinks: Vec<(String, &'static str)> = topology
+        .pipeline()
+        .stages
+        .values()
+        .filter(|s| s.kind == crate::component::StageKind::Sink)
+        .map(|s| (s.id.clone(), s.type_name))
+        .collect();
     let report = tokio::select! {
         report = topology.shutdown(opts.shutdown_timeout) => report,
         sig = signals.next_stop() => {
@@ -158,17 +171,71 @@ pub async fn run(pipeline: Pipeline, opts: RunOptions) -> Result<Outcome, RunErr
     if let Some(e) = election {
         e.stop().await;
     }
+    Ok(outcome_of(report, finished, &sinks, &opts))
+}
+
+/// How a run that drained ended, from its shutdown report (and, when its sources finished,
+/// from what its sinks delivered).
+fn outcome_of(
+    report: crate::engine::ShutdownReport,
+    finished: bool,
+    sinks: &[(String, &'static str)],
+    opts: &RunOptions,
+) -> Outcome {
     if !report.failed.is_empty() {
         let stages: Vec<&str> = report.failed.iter().map(|(id, _)| id.as_str()).collect();
         tracing::error!(stages = ?stages, "pipeline stopped after stage failures; events they held were not acknowledged and are replayed at the next start");
-        Ok(Outcome::Failed(report.failed))
+        Outcome::Failed(report.failed)
     } else if report.stuck.is_empty() {
         tracing::info!("pipeline drained");
-        Ok(Outcome::Drained)
+        let failed = if finished {
+            summarize(sinks, opts.metrics.as_ref())
+        } else {
+            0
+        };
+        if failed > 0 {
+            Outcome::Undelivered(failed)
+        } else {
+            Outcome::Drained
+        }
     } else {
         tracing::error!(stages = ?report.stuck, timeout = ?opts.shutdown_timeout, "stages did not finish draining in time; their in-flight events were not delivered");
-        Ok(Outcome::Incomplete(report.stuck))
+        Outcome::Incomplete(report.stuck)
     }
+}
+
+/// A finished run's summary: one line per sink (delivered, failed, discarded); the events
+/// that failed, in all.
+fn summarize(
+    sinks: &[(String, &'static str)],
+    metrics: Option<&metrics_exporter_prometheus::PrometheusHandle>,
+) -> u64 {
+    let Some(handle) = metrics else {
+        return 0;
+    };
+    let ids: Vec<String> = sinks.iter().map(|(id, _)| id.clone()).collect();
+    let figures = crate::summary::of_sinks(&handle.render(), &ids);
+    let mut failed = 0;
+    for (id, ty) in sinks {
+        let s = figures.get(id).copied().unwrap_or_default();
+        failed += s.failed;
+        let line = format!(
+            "sink `{id}` ({ty}): {} delivered, {} failed, {} discarded",
+            s.delivered, s.failed, s.discarded
+        );
+        if s.failed > 0 {
+            tracing::error!("{line}");
+        } else {
+            tracing::info!("{line}");
+        }
+    }
+    if failed > 0 {
+        tracing::error!(
+            failed,
+            "the run ended with events not delivered; exit status 3"
+        );
+    }
+    failed
 }
 
 /// Starts the API endpoint; it stops when the returned guard is dropped.

@@ -421,3 +421,45 @@ fn a_second_signal_stops_at_once_and_acknowledges_nothing_in_flight() {
     assert!(status.success());
     drop(rt);
 }
+
+/// A backfill whose receiver refuses every connection: the run ends when its file is read,
+/// prints one line per sink (delivered, failed, discarded) and exits 3; the same run with
+/// every event delivered exits 0 with its line.
+#[test]
+fn a_finite_run_that_could_not_deliver_says_so_and_exits_3() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lines: Vec<String> = (0..5).map(|i| sample_line(i, "Warning")).collect();
+    let events = write(dir.path(), "events.jsonl", &(lines.join("\n") + "\n"));
+    let run = |url: &str| {
+        let p = write(
+            dir.path(),
+            "p.yaml",
+            &format!(
+                "stages:\n  f:\n    type: file\n    path: {}\n  hook:\n    type: webhook\n    inputs: [f]\n    url: {url}\n    retries: 1\n    backoff: {{initial: 10ms, max: 20ms}}\n  keep:\n    type: filter\n    inputs: [f]\n    types: [Normal]\n  print:\n    type: stdout\n    inputs: [keep]\n",
+                events.display()
+            ),
+        );
+        let out = bin().arg("run").arg(&p).output().expect("run");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, logs) = run(&format!("http://127.0.0.1:{}/hook", free_port()));
+    assert_eq!(code, Some(3), "{logs}");
+    assert!(
+        logs.contains("sink `hook` (webhook): 0 delivered, 5 failed, 0 discarded"),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("sink `print` (stdout): 0 delivered, 0 failed, 0 discarded"),
+        "{logs}"
+    );
+    let (_r, url) = Receiver::start();
+    let (code, logs) = run(&url);
+    assert_eq!(code, Some(0), "{logs}");
+    assert!(
+        logs.contains("sink `hook` (webhook): 5 delivered, 0 failed, 0 discarded"),
+        "{logs}"
+    );
+}
