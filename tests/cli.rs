@@ -914,3 +914,57 @@ fn a_closed_stdout_ends_commands_quietly() {
         "{stderr}"
     );
 }
+
+/// A list on one line (`jq -c`, `json.dumps`) with a bad byte near its end: the items before
+/// it are delivered, the rest is skipped and counted; an EventList on one line with a bad byte
+/// is skipped whole, counted as the events it held, and a run whose only input was skipped
+/// exits 1 saying so.
+#[test]
+fn a_list_on_one_line_with_a_bad_byte_loses_only_what_follows_it() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let events: Vec<serde_json::Value> = (0..10)
+        .map(|i| serde_json::from_str(&sample_line(i, "Warning")).expect("json"))
+        .collect();
+    let array = serde_json::to_string(&events).expect("json");
+    let mut bytes = array.trim_end_matches(']').as_bytes().to_vec();
+    bytes.extend_from_slice(b",\xff\xfe]\n");
+    let file = dir.path().join("list.jsonl");
+    std::fs::write(&file, &bytes).expect("write");
+    let p = write(
+        dir.path(),
+        "p.yaml",
+        &format!(
+            "stages:\n  f:\n    type: file\n    path: {}\n  out:\n    type: stdout\n    inputs: [f]\n",
+            file.display()
+        ),
+    );
+    let out = bin().arg("run").arg(&p).output().expect("run");
+    let logs = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{logs}");
+    assert_eq!(lines_json(&out.stdout).len(), 10, "{logs}");
+    assert!(
+        logs.contains("skipping a record"),
+        "the broken end is reported: {logs}"
+    );
+
+    // An EventList on one line with a bad byte in its middle: 10 events skipped, said as 10.
+    let list =
+        serde_json::json!({"apiVersion": "v1", "kind": "EventList", "items": events}).to_string();
+    let cut = list.len() / 2;
+    let mut bytes = list.as_bytes()[..cut].to_vec();
+    bytes.extend_from_slice(b"\xff");
+    bytes.extend_from_slice(&list.as_bytes()[cut..]);
+    bytes.push(b'\n');
+    std::fs::write(&file, &bytes).expect("write");
+    let out = bin().arg("run").arg(&p).output().expect("run");
+    let logs = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{logs}");
+    assert!(
+        logs.contains("events=10") && logs.contains("skipping a record that held several events"),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("none of its events could be read (10 skipped"),
+        "{logs}"
+    );
+}

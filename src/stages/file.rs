@@ -110,6 +110,9 @@ pub struct Decoder {
     origin: String,
     read: Counter,
     malformed: Counter,
+    /// Events decoded and events skipped so far (a skipped record counts the events it held).
+    tally: std::sync::atomic::AtomicU64,
+    skipped: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Deserialize)]
@@ -125,12 +128,26 @@ impl Decoder {
             origin,
             read,
             malformed,
+            tally: std::sync::atomic::AtomicU64::new(0),
+            skipped: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
     fn bad(&self, line: usize, err: &dyn std::fmt::Display) {
-        self.malformed.increment(1);
-        tracing::warn!(file = %self.origin, line, error = %err, "skipping a record that is not a valid Event");
+        self.bad_many(line, err, 1);
+    }
+
+    /// A skipped record that held `events` events: logged with that count and counted as
+    /// that many, never as one.
+    fn bad_many(&self, line: usize, err: &dyn std::fmt::Display, events: u64) {
+        self.malformed.increment(events);
+        self.skipped
+            .fetch_add(events, std::sync::atomic::Ordering::Relaxed);
+        if events > 1 {
+            tracing::warn!(file = %self.origin, line, events, error = %err, "skipping a record that held several events");
+        } else {
+            tracing::warn!(file = %self.origin, line, error = %err, "skipping a record that is not a valid Event");
+        }
     }
 
     fn push(data: EventData, out: &mut Batch) {
@@ -140,18 +157,76 @@ impl Decoder {
     /// Counts events read, once per batch.
     fn flush_count(&self, n: usize) {
         self.read.increment(n as u64);
+        self.tally
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Events decoded so far, and events skipped.
+    pub fn totals(&self) -> (u64, u64) {
+        (
+            self.tally.load(std::sync::atomic::Ordering::Relaxed),
+            self.skipped.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
+    /// Decodes the items of a JSON array one by one, as far as they go: a bad byte or broken
+    /// JSON part-way costs what follows it, not the items before it. What is left is skipped
+    /// as one record, counted as the events it appears to hold.
+    fn decode_array(&self, text: &str, line: usize, out: &mut Batch, broken_after: Option<&[u8]>) {
+        let bytes = text.as_bytes();
+        let mut at = text.find('[').map_or(text.len(), |i| i + 1);
+        let skip_ws = |mut i: usize| {
+            while i < bytes.len() && bytes[i].is_ascii_whitespace() {
+                i += 1;
+            }
+            i
+        };
+        let failure: Option<String> = loop {
+            at = skip_ws(at);
+            match bytes.get(at) {
+                Some(b']') if broken_after.is_none() => break None,
+                None => break Some("the record ends part-way".to_string()),
+                _ => {}
+            }
+            let mut items =
+                serde_json::Deserializer::from_str(&text[at..]).into_iter::<&RawValue>();
+            match items.next() {
+                Some(Ok(item)) => {
+                    self.decode_item(item.get(), line, out);
+                    at += items.byte_offset();
+                }
+                Some(Err(e)) => break Some(e.to_string()),
+                None => break Some("the record ends part-way".to_string()),
+            }
+            at = skip_ws(at);
+            match bytes.get(at) {
+                Some(b',') => at += 1,
+                Some(b']') if broken_after.is_none() => break None,
+                Some(_) => break Some(format!("expected `,` or `]` at byte {at}")),
+                None => break Some("the record ends part-way".to_string()),
+            }
+        };
+        if let Some(why) = failure {
+            let mut rest = bytes[at.min(bytes.len())..].to_vec();
+            rest.extend_from_slice(broken_after.unwrap_or_default());
+            let events = events_in(&rest).max(1);
+            let why = match broken_after {
+                Some(_) => format!("{why} (invalid UTF-8 after byte {})", text.len()),
+                None => why,
+            };
+            self.bad_many(
+                line,
+                &format!("from byte {at} of the record: {why}"),
+                events,
+            );
+        }
     }
 
     /// Decodes one JSON object: an Event, or an EventList / array of Events.
     fn decode_value(&self, text: &str, line: usize, out: &mut Batch) {
         let text = text.trim();
         if text.starts_with('[') {
-            match serde_json::from_str::<Vec<&RawValue>>(text) {
-                Ok(items) => items
-                    .iter()
-                    .for_each(|i| self.decode_item(i.get(), line, out)),
-                Err(e) => self.bad(line, &e),
-            }
+            self.decode_array(text, line, out, None);
             return;
         }
         match serde_json::from_str::<WireEvent>(text) {
@@ -167,7 +242,7 @@ impl Decoder {
                     .for_each(|i| self.decode_item(i.get(), line, out)),
                 _ => self.bad(line, &DecodeError::NoUid),
             },
-            Err(e) => self.bad(line, &e),
+            Err(e) => self.bad_many(line, &e, events_in(text.as_bytes()).max(1)),
         }
     }
 
@@ -227,9 +302,26 @@ impl Decoder {
         }
         match std::str::from_utf8(line) {
             Ok(text) => self.decode_value(text, lineno, out),
-            Err(e) => self.bad(lineno, &e),
+            // An array (`jq -c`'s output of a list) keeps the items before the bad byte; any
+            // other record is skipped whole, counted as the events it held.
+            Err(e) => {
+                let (good, bad) = line.split_at(e.valid_up_to());
+                let prefix = std::str::from_utf8(good).unwrap_or_default();
+                if prefix.trim_start().starts_with('[') {
+                    self.decode_array(prefix, lineno, out, Some(bad));
+                } else {
+                    self.bad_many(lineno, &e, events_in(line).max(1));
+                }
+            }
         }
     }
+}
+
+/// About how many Events a stretch of JSON text holds, for counting a skipped record: each
+/// Event names the object it is about (`involvedObject`, or `regarding` in events.k8s.io/v1).
+fn events_in(bytes: &[u8]) -> u64 {
+    let count = |needle: &[u8]| memchr::memmem::find_iter(bytes, needle).count();
+    (count(b"\"involvedObject\"") + count(b"\"regarding\"")) as u64
 }
 
 /// Reads JSON lines from `reader` until end of input (or shutdown), sending batches.
@@ -358,6 +450,14 @@ async fn run(cfg: FileConfig, mut cx: SourceContext) -> Result<(), StageError> {
             cx.out.send(last).await;
         }
         tracing::info!(file = %path.display(), "reached the end of the file");
+        // A file of which nothing could be read did not do its job: say so with the run's
+        // exit status, not only with a counter.
+        if let (0, skipped @ 1..) = decoder.totals() {
+            return Err(StageError::new(format!(
+                "{}: none of its events could be read ({skipped} skipped as not valid; see the warnings above)",
+                path.display()
+            )));
+        }
         return Ok(());
     }
     follow(cfg, decoder, cx).await
