@@ -48,6 +48,15 @@ pub struct FileConfig {
     /// The cluster name given to every event read from this file.
     #[serde(default = "default_cluster")]
     pub cluster: String,
+    /// The longest record (a JSON line), in bytes. A longer one is skipped as it is read —
+    /// never held whole — logged with its line and counted as malformed. The API server
+    /// refuses objects over about 1.5 MB, so a real Event is far below the default (4 MiB).
+    #[serde(default = "default_max_record_bytes")]
+    pub max_record_bytes: u64,
+}
+
+fn default_max_record_bytes() -> u64 {
+    4 * 1024 * 1024
 }
 
 fn default_poll() -> Dur {
@@ -60,16 +69,18 @@ fn default_cluster() -> String {
 
 impl StageConfig for FileConfig {
     fn validate(&self) -> Vec<Invalid> {
-        if self.follow || self.path.exists() {
-            return Vec::new();
+        let mut out = Vec::new();
+        crate::component::at_least_one(&mut out, "max_record_bytes", self.max_record_bytes);
+        if !self.follow && !self.path.exists() {
+            out.push(Invalid::new(
+                "path",
+                format!(
+                    "{} does not exist (with `follow: true` it would be read once it appears)",
+                    self.path.display()
+                ),
+            ));
         }
-        vec![Invalid::new(
-            "path",
-            format!(
-                "{} does not exist (with `follow: true` it would be read once it appears)",
-                self.path.display()
-            ),
-        )]
+        out
     }
 
     fn warnings(&self) -> Vec<Invalid> {
@@ -113,6 +124,10 @@ pub struct Decoder {
     /// Events decoded and events skipped so far (a skipped record counts the events it held).
     tally: std::sync::atomic::AtomicU64,
     skipped: std::sync::atomic::AtomicU64,
+    /// The longest record kept; past it the rest of the line is skipped as it is read.
+    max_record: usize,
+    /// Bytes of an over-long line skipped so far (0: not skipping).
+    oversized: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Deserialize)]
@@ -130,7 +145,39 @@ impl Decoder {
             malformed,
             tally: std::sync::atomic::AtomicU64::new(0),
             skipped: std::sync::atomic::AtomicU64::new(0),
+            max_record: usize::MAX,
+            oversized: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Records longer than `bytes` are skipped as they are read.
+    #[must_use]
+    pub fn with_max_record(mut self, bytes: u64) -> Decoder {
+        self.max_record = usize::try_from(bytes).unwrap_or(usize::MAX).max(1);
+        self
+    }
+
+    /// Skips `n` more bytes of an over-long line.
+    fn skip_bytes(&self, n: usize) {
+        self.oversized
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether an over-long line is being skipped.
+    fn skipping(&self) -> bool {
+        self.oversized.load(std::sync::atomic::Ordering::Relaxed) > 0
+    }
+
+    /// The over-long line ended at line `lineno`: reports it.
+    fn end_skip(&self, lineno: usize) {
+        let n = self.oversized.swap(0, std::sync::atomic::Ordering::Relaxed);
+        self.bad(
+            lineno,
+            &format!(
+                "the record is {n} bytes, more than max_record_bytes ({}): skipped without being read whole",
+                self.max_record
+            ),
+        );
     }
 
     fn bad(&self, line: usize, err: &dyn std::fmt::Display) {
@@ -296,8 +343,18 @@ impl Decoder {
 
     /// Decodes one line of a JSON lines stream; blank lines are skipped.
     pub fn decode_line(&self, line: &[u8], lineno: usize, out: &mut Batch) {
+        if self.skipping() {
+            self.skip_bytes(line.len());
+            self.end_skip(lineno);
+            return;
+        }
         let line = line.trim_ascii();
         if line.is_empty() {
+            return;
+        }
+        if line.len() > self.max_record {
+            self.skip_bytes(line.len());
+            self.end_skip(lineno);
             return;
         }
         match std::str::from_utf8(line) {
@@ -346,17 +403,30 @@ pub async fn read_lines<R: AsyncBufRead + Unpin>(
             break;
         }
         let mut used = 0;
-        if !partial.is_empty() {
-            // Finish the line started in an earlier read.
+        if !partial.is_empty() || decoder.skipping() {
+            // Finish the line started in an earlier read (or skip the rest of an over-long one).
             if let Some(i) = memchr::memchr(b'\n', buf) {
-                partial.extend_from_slice(&buf[..=i]);
                 used = i + 1;
                 lineno += 1;
-                decoder.decode_line(partial, lineno, &mut batch);
+                if decoder.skipping() {
+                    decoder.skip_bytes(i);
+                    decoder.end_skip(lineno);
+                } else {
+                    partial.extend_from_slice(&buf[..=i]);
+                    decoder.decode_line(partial, lineno, &mut batch);
+                }
                 partial.clear();
             } else {
-                partial.extend_from_slice(buf);
                 let n = buf.len();
+                if decoder.skipping() {
+                    decoder.skip_bytes(n);
+                } else if partial.len() + n > decoder.max_record {
+                    // Too long to keep: from here on its bytes are counted, not held.
+                    decoder.skip_bytes(partial.len() + n);
+                    *partial = Vec::new();
+                } else {
+                    partial.extend_from_slice(buf);
+                }
                 reader.consume(n);
                 continue;
             }
@@ -367,7 +437,12 @@ pub async fn read_lines<R: AsyncBufRead + Unpin>(
                 decoder.decode_line(&buf[used..used + i], lineno, &mut batch);
                 used += i + 1;
             } else {
-                partial.extend_from_slice(&buf[used..]);
+                let rest = &buf[used..];
+                if rest.len() > decoder.max_record {
+                    decoder.skip_bytes(rest.len());
+                } else {
+                    partial.extend_from_slice(rest);
+                }
                 used = buf.len();
                 break;
             }
@@ -394,7 +469,8 @@ async fn run(cfg: FileConfig, mut cx: SourceContext) -> Result<(), StageError> {
         cfg.path.display().to_string(),
         crate::metrics::received(&cx.metrics.id, cx.metrics.type_name),
         cx.metrics.discarded("malformed"),
-    );
+    )
+    .with_max_record(cfg.max_record_bytes);
     let path = cfg.path.clone();
     if !cfg.follow {
         let file = tokio::fs::File::open(&path)
