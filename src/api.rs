@@ -32,6 +32,8 @@ pub struct ApiState {
     pub token: Option<Arc<str>>,
     /// The running pipeline's health registry.
     pub health: crate::health::Health,
+    /// The running pipeline's tap points.
+    pub taps: crate::component::tap::Taps,
     /// Whether this replica leads (with `leader_election`; a standby is ready too).
     pub leadership: crate::leader::Leadership,
 }
@@ -139,7 +141,7 @@ async fn tap(State(s): State<ApiState>, headers: HeaderMap, uri: axum::http::Uri
     let Some(stage) = get("stage") else {
         return (StatusCode::BAD_REQUEST, "name the stage: /-/tap?stage=ID\n").into_response();
     };
-    let known = crate::component::tap::stages();
+    let known = s.taps.stages();
     if !known.iter().any(|k| k == stage) {
         return (
             StatusCode::NOT_FOUND,
@@ -154,7 +156,7 @@ async fn tap(State(s): State<ApiState>, headers: HeaderMap, uri: axum::http::Uri
             return (StatusCode::BAD_REQUEST, "`limit` is a positive number\n").into_response();
         }
     };
-    let sub = crate::component::tap::point(stage).subscribe(TAP_BUFFER);
+    let sub = s.taps.point(stage).subscribe(TAP_BUFFER);
     let tick = tokio::time::interval(std::time::Duration::from_secs(1));
     let stream = futures::stream::unfold(
         (sub, limit, 0u64, tick),

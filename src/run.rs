@@ -82,6 +82,7 @@ pub async fn run(pipeline: Pipeline, opts: RunOptions) -> Result<Outcome, RunErr
     let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(4);
     let ready = Arc::new(AtomicBool::new(false));
     let health = crate::health::Health::default();
+    let taps = crate::component::tap::Taps::default();
     let election = match &pipeline.leader_election {
         Some(cfg) => Some(crate::leader::Election::start(cfg).await?),
         None => None,
@@ -91,7 +92,9 @@ pub async fn run(pipeline: Pipeline, opts: RunOptions) -> Result<Outcome, RunErr
         crate::leader::Election::leadership,
     );
     let _api = match api {
-        Some(a) => Some(serve_api(&a, &opts, &ready, &reload_tx, &health, &leadership).await?),
+        Some(a) => {
+            Some(serve_api(&a, &opts, &ready, &reload_tx, (&health, &taps), &leadership).await?)
+        }
         None => None,
     };
     // Watch before starting, so that an edit made while the pipeline starts is not missed.
@@ -108,7 +111,7 @@ pub async fn run(pipeline: Pipeline, opts: RunOptions) -> Result<Outcome, RunErr
         }
         _ => None,
     };
-    let mut topology = Topology::start_with(pipeline, health, leadership).await?;
+    let mut topology = Topology::start_with(pipeline, health, leadership, taps).await?;
     crate::metrics::started();
     ready.store(true, Ordering::Release);
     tracing::info!(
@@ -244,7 +247,7 @@ async fn serve_api(
     opts: &RunOptions,
     ready: &Arc<AtomicBool>,
     reload_tx: &mpsc::Sender<ReloadRequest>,
-    health: &crate::health::Health,
+    (health, taps): (&crate::health::Health, &crate::component::tap::Taps),
     leadership: &crate::leader::Leadership,
 ) -> Result<AbortOnDrop, RunError> {
     let state = crate::api::ApiState {
@@ -256,6 +259,7 @@ async fn serve_api(
             .filter(|t| !t.is_empty())
             .map(Arc::from),
         health: health.clone(),
+        taps: taps.clone(),
         leadership: leadership.clone(),
     };
     let (_, task) =

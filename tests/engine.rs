@@ -368,3 +368,35 @@ async fn two_pipelines_in_one_process_keep_their_health_apart() {
     tb.shutdown(Duration::from_secs(5)).await;
     ta.shutdown(Duration::from_millis(200)).await;
 }
+
+/// Two pipelines in one process with the same stage ids have their own tap points: a listener
+/// on one sees its events only (tap points were one process-wide registry).
+#[tokio::test]
+async fn two_pipelines_in_one_process_have_their_own_taps() {
+    let start = || async {
+        let (src, feed) = ChannelSource::new(4);
+        let p = source_filter_sink(
+            Arc::new(src),
+            "types: [Warning]",
+            Arc::new(CountingSink::default()),
+        );
+        (Topology::start(p).await.expect("start"), feed)
+    };
+    let (a, feed_a) = start().await;
+    let (b, feed_b) = start().await;
+    let mut on_a = a.taps().point("f").subscribe(16);
+    let mut on_b = b.taps().point("f").subscribe(16);
+    let mut e = event("only-in-a");
+    e.type_ = "Warning".into();
+    feed_a.send(vec![e]).await.await.expect("acked");
+    let line = tokio::time::timeout(Duration::from_secs(5), on_a.rx.recv())
+        .await
+        .expect("a tapped line")
+        .expect("open");
+    assert!(line.contains("only-in-a"), "{line}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(on_b.rx.try_recv().is_err(), "b's tap saw a's event");
+    drop(feed_b);
+    assert!(a.shutdown(Duration::from_secs(5)).await.is_empty());
+    assert!(b.shutdown(Duration::from_secs(5)).await.is_empty());
+}

@@ -3,35 +3,43 @@
 //! bounded buffer, and what does not fit is dropped and counted for that listener only. With
 //! no listener a tap costs one atomic load per batch.
 //!
-//! Tap points are kept per stage id for the life of the process, so a listener keeps
-//! receiving across a reload that rebuilds its stage.
+//! Tap points are kept per stage id for the life of the pipeline's topology (a [`Taps`] it
+//! owns, not a process-wide registry), so a listener keeps receiving across a reload that
+//! rebuilds its stage.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 
 use crate::event::Event;
 
-static POINTS: LazyLock<Mutex<HashMap<String, Arc<TapPoint>>>> = LazyLock::new(Mutex::default);
+/// The tap points of one running pipeline, by stage id: owned by its topology (and shared
+/// with its API endpoint), so two pipelines in one process never share them.
+#[derive(Clone, Default)]
+pub struct Taps(Arc<Mutex<HashMap<String, Arc<TapPoint>>>>);
 
-/// The tap point of stage `stage`, made on first use.
-pub fn point(stage: &str) -> Arc<TapPoint> {
-    let mut g = POINTS
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    Arc::clone(g.entry(stage.to_string()).or_default())
-}
+impl Taps {
+    /// The tap point of stage `stage`, made on first use.
+    pub fn point(&self, stage: &str) -> Arc<TapPoint> {
+        let mut g = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Arc::clone(g.entry(stage.to_string()).or_default())
+    }
 
-/// The stage ids that have a tap point (every stage started in this process).
-pub fn stages() -> Vec<String> {
-    let g = POINTS
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let mut ids: Vec<String> = g.keys().cloned().collect();
-    ids.sort();
-    ids
+    /// The stage ids that have a tap point (every stage this pipeline started).
+    pub fn stages(&self) -> Vec<String> {
+        let g = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut ids: Vec<String> = g.keys().cloned().collect();
+        ids.sort();
+        ids
+    }
 }
 
 /// Where a stage's events can be copied to listeners.

@@ -129,6 +129,8 @@ pub struct Topology {
     shared: Shared,
     /// Whether this replica leads (sources and durable queues follow it).
     leadership: Leadership,
+    /// The tap point of each stage (`eventflow tap`), kept across reloads.
+    taps: crate::component::tap::Taps,
 }
 
 fn empty_like(p: &Pipeline) -> Pipeline {
@@ -146,7 +148,13 @@ fn empty_like(p: &Pipeline) -> Pipeline {
 impl Topology {
     /// Builds and starts every stage of `pipeline`, with a health registry of its own.
     pub async fn start(pipeline: Pipeline) -> Result<Topology, BuildError> {
-        Topology::start_with(pipeline, Health::default(), Leadership::always()).await
+        Topology::start_with(
+            pipeline,
+            Health::default(),
+            Leadership::always(),
+            crate::component::tap::Taps::default(),
+        )
+        .await
     }
 
     /// Builds and starts every stage of `pipeline`; its stages report to `health` and follow
@@ -155,6 +163,7 @@ impl Topology {
         pipeline: Pipeline,
         health: Health,
         leadership: Leadership,
+        taps: crate::component::tap::Taps,
     ) -> Result<Topology, BuildError> {
         let (exits_tx, exits_rx) = mpsc::unbounded_channel();
         let mut t = Topology {
@@ -168,9 +177,15 @@ impl Topology {
             health,
             shared: Shared::default(),
             leadership,
+            taps,
         };
         t.apply(pipeline).await?;
         Ok(t)
+    }
+
+    /// The tap points of its stages.
+    pub fn taps(&self) -> &crate::component::tap::Taps {
+        &self.taps
     }
 
     /// The health registry its stages report to.
@@ -375,7 +390,7 @@ impl Topology {
             shared_metrics::sent(&id, spec.type_name),
             shared_metrics::discarded(&id, spec.type_name, "downstream_stopped"),
         );
-        let tap = crate::component::tap::point(&id);
+        let tap = self.taps.point(&id);
         let serial = self.next_serial;
         self.next_serial += 1;
         let span = tracing::info_span!("stage", id = %id, r#type = spec.type_name);
