@@ -517,3 +517,67 @@ fn parameter_table(values: &str) -> String {
     }
     out
 }
+
+/// What `helm install` prints after installing (NOTES.txt), rendered with helm itself: how to
+/// see the metrics and tap a stage, and a warning while the webhook URL is the placeholder.
+/// (`helm install --dry-run` needs a cluster; the notes are rendered from a copy of the chart
+/// in which they are a template like the others.)
+#[test]
+fn the_notes_say_how_to_see_the_metrics_and_tap_a_stage() {
+    if !helm_installed() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let copy = dir.path().join("eventflow");
+    let cp = Command::new("cp")
+        .args(["-r"])
+        .arg(repo(CHART))
+        .arg(&copy)
+        .status()
+        .expect("cp");
+    assert!(cp.success());
+    let notes = std::fs::read_to_string(copy.join("templates/NOTES.txt")).expect("NOTES.txt");
+    std::fs::remove_file(copy.join("templates/NOTES.txt")).expect("rm");
+    write(
+        &copy.join("templates"),
+        "_notes_test.tpl",
+        &format!("{{{{- define \"notes.test\" -}}}}\n{notes}{{{{- end -}}}}\n"),
+    );
+    write(
+        &copy.join("templates"),
+        "notes.yaml",
+        "kind: Notes\nnotes: |\n{{ include \"notes.test\" . | indent 2 }}\n",
+    );
+    let render = |set: &[&str]| {
+        let out = Command::new("helm")
+            .args(["template", "ev"])
+            .arg(&copy)
+            .args([
+                "--namespace",
+                "monitoring",
+                "--show-only",
+                "templates/notes.yaml",
+            ])
+            .args(set)
+            .output()
+            .expect("helm");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_saphyr::from_str(&String::from_utf8_lossy(&out.stdout)).expect("yaml");
+        v["notes"].as_str().unwrap_or_default().to_string()
+    };
+    let text = render(&[]);
+    for want in [
+        "kubectl -n monitoring port-forward deploy/ev-eventflow 9464",
+        "curl -s localhost:9464/metrics",
+        "eventflow tap --stage k8s --api 127.0.0.1:9464",
+        "secrets.WEBHOOK_URL is still the placeholder",
+    ] {
+        assert!(text.contains(want), "{want}\n{text}");
+    }
+    let text = render(&["--set", "secrets.WEBHOOK_URL=https://hooks.example/x"]);
+    assert!(!text.contains("placeholder"), "{text}");
+}
