@@ -520,28 +520,13 @@ async fn deliver_loop(
             return LoopEnd::NotLeader;
         }
         let sending = !(superseded || (stopping && halted));
-        // Batches read ahead go out as slots free up.
-        let slots = cfg.max_in_flight.saturating_sub(in_flight.len());
-        let mut now: Vec<Vec<Pending>> = if sending {
-            (0..slots).map_while(|_| ready.pop_front()).collect()
-        } else {
-            ready.clear();
-            Vec::new()
-        };
+        let halting = *halted_rx.borrow();
+        let (now, pins) = take_turn(cfg, &mut ready, in_flight.len(), sending);
         // Nothing in flight, read ahead or waiting to be removed: look from the head again (a
         // row committed late by a concurrent writer is not skipped for long).
         if in_flight.is_empty() && now.is_empty() && ready.is_empty() && delivered.is_empty() {
             cursor = 0;
         }
-        // A batch is pinned before its first attempt: the batches going out now and those read
-        // ahead, in one commit with the removal of what was delivered meanwhile; the next
-        // batches are read meanwhile (another connection).
-        let pins = if cfg.batch.max_events > 1 {
-            pin(now.iter_mut().chain(ready.iter_mut()))
-        } else {
-            Vec::new()
-        };
-        let halting = *halted_rx.borrow();
         // Delivered rows are removed with the next pins, or once `max_in_flight` batches'
         // worth are delivered, or when nothing is in flight: a commit every few requests, not
         // one per request (a server that flushes its log at each commit waits for each). A
@@ -577,6 +562,53 @@ async fn deliver_loop(
         }
         // Batches read ahead and room in flight: go on at once.
         let more = sending && !ready.is_empty() && in_flight.len() < cfg.max_in_flight;
+        let mut waits = Waits {
+            added: &mut added,
+            generation: &mut generation,
+            stop: &mut stop,
+            lead: &mut lead,
+        };
+        let turn = waits
+            .next_turn(&mut in_flight, more, superseded, stopping, wake)
+            .await;
+        halted |= turn.halted;
+        superseded |= turn.superseded;
+        delivered.extend(turn.delivered);
+    }
+}
+
+/// What [`deliver_loop`] waits on between two turns.
+struct Waits<'a> {
+    added: &'a mut watch::Receiver<u64>,
+    generation: &'a mut watch::Receiver<u64>,
+    stop: &'a mut watch::Receiver<bool>,
+    lead: &'a mut crate::leader::Leadership,
+}
+
+/// What happened while [`deliver_loop`] waited.
+#[derive(Default)]
+struct Turn {
+    /// Rows delivered by the batches that finished.
+    delivered: Vec<i64>,
+    /// A batch stopped retrying because the stage is stopping.
+    halted: bool,
+    /// A newer instance of the stage started.
+    superseded: bool,
+}
+
+impl Waits<'_> {
+    /// Waits for the next thing to act on: batches finishing (all that have, at once), room to
+    /// send what is read ahead (`more`), rows added, a newer instance, the time to look again
+    /// (`wake`), a stop, or lost leadership.
+    async fn next_turn(
+        &mut self,
+        in_flight: &mut tokio::task::JoinSet<(Outcome, Vec<i64>)>,
+        more: bool,
+        superseded: bool,
+        stopping: bool,
+        wake: Option<Instant>,
+    ) -> Turn {
+        let mut turn = Turn::default();
         tokio::select! {
             biased;
             Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
@@ -586,20 +618,47 @@ async fn deliver_loop(
                 }
                 for done in finished {
                     match done {
-                        Ok((Outcome::Interrupted, _)) => halted = true,
-                        Ok((_, ids)) => delivered.extend(ids),
+                        Ok((Outcome::Interrupted, _)) => turn.halted = true,
+                        Ok((_, ids)) => turn.delivered.extend(ids),
                         Err(_) => {}
                     }
                 }
             }
             () = std::future::ready(()), if more => {}
-            _ = added.changed() => {}
-            _ = generation.changed(), if !superseded => superseded = true,
+            _ = self.added.changed() => {}
+            _ = self.generation.changed(), if !superseded => turn.superseded = true,
             () = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {}
-            _ = stop.changed(), if !stopping => {}
-            () = lead.lost() => {}
+            _ = self.stop.changed(), if !stopping => {}
+            () = self.lead.lost() => {}
         }
+        turn
     }
+}
+
+/// This turn's batches to send (those read ahead, as slots free up; none when not `sending`,
+/// which also drops what was read ahead), and the pins to write: a batch is pinned before its
+/// first attempt — the batches going out now and those read ahead, in one commit with the
+/// removal of what was delivered meanwhile, while the next batches are read (another
+/// connection).
+fn take_turn(
+    cfg: &Limits,
+    ready: &mut std::collections::VecDeque<Vec<Pending>>,
+    in_flight: usize,
+    sending: bool,
+) -> (Vec<Vec<Pending>>, Vec<(i64, i64)>) {
+    let slots = cfg.max_in_flight.saturating_sub(in_flight);
+    let mut now: Vec<Vec<Pending>> = if sending {
+        (0..slots).map_while(|_| ready.pop_front()).collect()
+    } else {
+        ready.clear();
+        Vec::new()
+    };
+    let pins = if cfg.batch.max_events > 1 {
+        pin(now.iter_mut().chain(ready.iter_mut()))
+    } else {
+        Vec::new()
+    };
+    (now, pins)
 }
 
 /// Marks the batches not pinned yet as pinned; returns their `(first, last)` row ids to write.
