@@ -113,28 +113,7 @@ pub fn in_text(text: &str, urls: &[&str]) -> String {
 /// parser errors about files that hold secrets (a kubeconfig's token), which quote the values
 /// they could not read.
 pub fn quoted(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut open: Option<char> = None;
-    for c in text.chars() {
-        match open {
-            Some(q) if c == q => {
-                out.push_str("***");
-                out.push(c);
-                open = None;
-            }
-            Some(_) => {}
-            None => {
-                out.push(c);
-                if matches!(c, '"' | '\'' | '`') {
-                    open = Some(c);
-                }
-            }
-        }
-    }
-    if open.is_some() {
-        out.push_str("***");
-    }
-    out
+    quoted_keeping(text, &[])
 }
 
 /// A parser's error about a file that holds secrets: its first line only (parsers print the

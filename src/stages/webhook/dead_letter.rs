@@ -9,7 +9,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 
 use super::durable::Sender;
-use super::queue::{DeadLetter, Store};
+use super::queue::Store;
 use super::{Budget, Outcome};
 use crate::event::{Event, Finalizers};
 use crate::state::db::{DbError, OpenError};
@@ -89,10 +89,6 @@ fn time(ms: i64) -> String {
         .unwrap_or_default()
 }
 
-fn events_in(d: &DeadLetter) -> usize {
-    d.event_count()
-}
-
 /// How long ago `ms` (unix milliseconds) was, in words: `45s`, `12m`, `3h 5m`, `2d 4h`.
 fn age(ms: i64) -> String {
     let s = (chrono::Utc::now().timestamp_millis() - ms).max(0) / 1000;
@@ -108,18 +104,18 @@ fn age(ms: i64) -> String {
 /// not been delivered, whether it may still be (queued) or was given up on (dead letters).
 pub async fn status(p: &Target, stage: Option<&str>) -> Result<String, Error> {
     let store = store(p, stage).await?;
+    let shown = status_from(&store, p, stage).await;
+    store.close().await;
+    shown
+}
+
+async fn status_from(store: &Store, p: &Target, stage: Option<&str>) -> Result<String, Error> {
     let mut out = format!(
         "{:<20}  {:>8}  {:>10}  {:>12}  {:>11}\n",
         "STAGE", "QUEUED", "OLDEST", "DEAD LETTERS", "DEAD EVENTS"
     );
     for d in p.durable.iter().filter(|d| stage.is_none_or(|s| s == d.id)) {
-        let st = match store.status(&d.id).await {
-            Ok(st) => st,
-            Err(e) => {
-                store.close().await;
-                return Err(e.into());
-            }
-        };
+        let st = store.status(&d.id).await?;
         let _ = writeln!(
             out,
             "{:<20}  {:>8}  {:>10}  {:>12}  {:>11}",
@@ -130,23 +126,19 @@ pub async fn status(p: &Target, stage: Option<&str>) -> Result<String, Error> {
             st.dead_events
         );
     }
-    store.close().await;
     Ok(out)
 }
 
 /// A table of the dead letters (of one stage, or all).
 pub async fn list(p: &Target, stage: Option<&str>) -> Result<String, Error> {
     let store = store(p, stage).await?;
-    let rows = match store.dead_letters(stage, &[]).await {
-        Ok(rows) => rows,
-        Err(e) => {
-            store.close().await;
-            return Err(e.into());
-        }
-    };
-    if !rows.is_empty() {
-        store.close().await;
-    }
+    let listed = list_from(&store, p, stage).await;
+    store.close().await;
+    listed
+}
+
+async fn list_from(store: &Store, p: &Target, stage: Option<&str>) -> Result<String, Error> {
+    let rows = store.dead_letters(stage, &[]).await?;
     let mut out = String::new();
     if rows.is_empty() {
         out.push_str("no dead letters\n");
@@ -171,7 +163,6 @@ pub async fn list(p: &Target, stage: Option<&str>) -> Result<String, Error> {
                 waiting.join(", ")
             );
         }
-        store.close().await;
         return Ok(out);
     }
     let _ = writeln!(
@@ -187,7 +178,7 @@ pub async fn list(p: &Target, stage: Option<&str>) -> Result<String, Error> {
             d.id,
             d.sink,
             time(d.failed_at),
-            events_in(d),
+            d.event_count(),
             d.attempts,
             reason.replace('\n', " ")
         );
