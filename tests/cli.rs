@@ -8,6 +8,18 @@ use std::path::PathBuf;
 
 use support::*;
 
+/// `p.yaml` in `dir`: a `file` source `f` reading `events` once, into a `stdout` sink.
+fn file_to_stdout(dir: &std::path::Path, events: &std::path::Path) -> PathBuf {
+    write(
+        dir,
+        "p.yaml",
+        &format!(
+            "stages:\n  f:\n    type: file\n    path: {}\n  out:\n    type: stdout\n    inputs: [f]\n",
+            events.display()
+        ),
+    )
+}
+
 fn lines_json(stdout: &[u8]) -> Vec<serde_json::Value> {
     String::from_utf8_lossy(stdout)
         .lines()
@@ -481,14 +493,7 @@ fn run_file(data: &[u8], name: &str) -> (Option<i32>, Vec<serde_json::Value>, St
     let dir = tempfile::tempdir().expect("tmp");
     let path = dir.path().join(name);
     std::fs::write(&path, data).expect("write");
-    let p = write(
-        dir.path(),
-        "p.yaml",
-        &format!(
-            "stages:\n  f:\n    type: file\n    path: {}\n  out:\n    type: stdout\n    inputs: [f]\n",
-            path.display()
-        ),
-    );
+    let p = file_to_stdout(dir.path(), &path);
     let out = bin().arg("run").arg(&p).output().expect("run");
     let lines = String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -930,14 +935,7 @@ fn a_list_on_one_line_with_a_bad_byte_loses_only_what_follows_it() {
     bytes.extend_from_slice(b",\xff\xfe]\n");
     let file = dir.path().join("list.jsonl");
     std::fs::write(&file, &bytes).expect("write");
-    let p = write(
-        dir.path(),
-        "p.yaml",
-        &format!(
-            "stages:\n  f:\n    type: file\n    path: {}\n  out:\n    type: stdout\n    inputs: [f]\n",
-            file.display()
-        ),
-    );
+    let p = file_to_stdout(dir.path(), &file);
     let out = bin().arg("run").arg(&p).output().expect("run");
     let logs = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{logs}");
