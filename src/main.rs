@@ -153,11 +153,11 @@ enum DeadLetterAction {
     /// List the dead letters, oldest first.
     List {
         pipeline: PathBuf,
-        /// Only those of this webhook stage.
+        /// Only those of this stage.
         #[arg(long)]
         stage: Option<String>,
     },
-    /// Each durable stage's queue (events waiting and the oldest's age) and dead letters.
+    /// Each stage's queue (events waiting and the oldest's age; durable sinks) and dead letters.
     Status {
         pipeline: PathBuf,
         /// Only this stage.
@@ -693,6 +693,7 @@ fn durable_stages(
                                 .map_err(|e| e.to_string())
                         })
                     }),
+                    queued: true,
                 });
             }
         } else if s.type_name == loki::TYPE.name {
@@ -708,8 +709,30 @@ fn durable_stages(
                             .map_err(|e| e.to_string());
                         Box::pin(async move { made })
                     }),
+                    queued: true,
                 });
             }
+        }
+    }
+    // Sources give up on events sinks refused: those are dead letters of the refusing sink.
+    let gives_up = p
+        .stages
+        .values()
+        .any(|s| s.type_name == eventflow::stages::kube_events::TYPE.name);
+    if gives_up {
+        for s in p.stages.values() {
+            if s.kind != eventflow::component::StageKind::Sink || out.iter().any(|d| d.id == s.id) {
+                continue;
+            }
+            let (pipeline, id) = (p.clone(), s.id.clone());
+            out.push(DurableStage {
+                id: s.id.clone(),
+                make: Box::new(move || {
+                    let replay = webhook::replay::Replay::new(pipeline.clone(), &id);
+                    Box::pin(async move { Ok(Arc::new(replay) as Arc<dyn Sender>) })
+                }),
+                queued: false,
+            });
         }
     }
     Ok(out)

@@ -114,11 +114,13 @@ pub async fn run(pipeline: Pipeline, opts: RunOptions) -> Result<Outcome, RunErr
     let mut topology = Topology::start_with(pipeline, health, leadership, taps).await?;
     crate::metrics::started();
     ready.store(true, Ordering::Release);
+    // Signals are taken over before "pipeline started": a SIGTERM from whoever waits for that
+    // line must drain the pipeline, not kill the process.
+    let mut signals = Signals::new();
     tracing::info!(
         stages = topology.pipeline().stages.len(),
         "pipeline started"
     );
-    let mut signals = Signals::new();
     let mut finished = false;
     loop {
         if topology.running_sources() == 0 {

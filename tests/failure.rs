@@ -7,7 +7,7 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -237,30 +237,37 @@ fn exec(db: &Path, sql: &'static str) {
     });
 }
 
+/// A pipeline `kube_events` (with `source_extra` lines) -> `sql` into `events.db` under `dir`,
+/// run once to create the table, after which a trigger refuses every row of reason `Refused`.
+/// Returns the pipeline file, the events database and the state database.
+fn refusing_pipeline(dir: &Path, kc: &Path, source_extra: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let db = dir.join("events.db");
+    let state = dir.join("state.db");
+    let p = write(
+        dir,
+        "pipeline.yaml",
+        &format!(
+            "state:\n  url: sqlite://{}\nstages:\n  k8s:\n    type: kube_events\n    kubeconfig: {}\n{source_extra}  db:\n    type: sql\n    inputs: [k8s]\n    url: sqlite://{}\n    batch: {{max_events: 50, max_wait: 5ms}}\n",
+            state.display(),
+            kc.display(),
+            db.display()
+        ),
+    );
+    let _ = Running::start(&[], &p).stop_ok();
+    exec(
+        &db,
+        "CREATE TRIGGER refuse BEFORE INSERT ON k8s_events WHEN NEW.reason = 'Refused' BEGIN SELECT RAISE(ABORT, 'refused by a trigger'); END",
+    );
+    (p, db, state)
+}
+
 /// A row the database refuses is counted and the run goes on, but its version is not
 /// checkpointed: once the operator removes the cause, a restart stores it.
 #[test]
 fn a_refused_row_is_not_checkpointed_and_is_stored_after_the_fix() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (rt, fake, kc) = fake_cluster(dir.path());
-    let db = dir.path().join("events.db");
-    let state = dir.path().join("state.db");
-    let p = write(
-        dir.path(),
-        "pipeline.yaml",
-        &format!(
-            "state:\n  url: sqlite://{}\nstages:\n  k8s:\n    type: kube_events\n    kubeconfig: {}\n  db:\n    type: sql\n    inputs: [k8s]\n    url: sqlite://{}\n    batch: {{max_events: 50, max_wait: 5ms}}\n",
-            state.display(),
-            kc.display(),
-            db.display()
-        ),
-    );
-    // A first run creates the table; then a trigger refuses one reason.
-    let _ = Running::start(&[], &p).stop_ok();
-    exec(
-        &db,
-        "CREATE TRIGGER refuse BEFORE INSERT ON k8s_events WHEN NEW.reason = 'Refused' BEGIN SELECT RAISE(ABORT, 'refused by a trigger'); END",
-    );
+    let (p, db, state) = refusing_pipeline(dir.path(), &kc, "");
     let good: BTreeSet<String> = (0..20)
         .map(|i| create_event(&fake, "default", &format!("g-{i}.1"), "BackOff", "Warning"))
         .collect();
@@ -295,6 +302,108 @@ fn a_refused_row_is_not_checkpointed_and_is_stored_after_the_fix() {
     );
     let (status, _) = r.stop();
     assert!(status.success());
+    drop(rt);
+}
+
+/// `eventflow dead-letter ACTION PIPELINE ARGS...`: exit code, stdout, stderr.
+fn dead_letter(p: &Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = bin()
+        .arg("dead-letter")
+        .arg(args[0])
+        .arg(p)
+        .args(&args[1..])
+        .output()
+        .expect("dead-letter");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// A row refused in every run does not stall the source forever: after `dead_letter_after`
+/// runs it becomes a dead letter of the refusing sink and the checkpoint moves past it; every
+/// other event is stored; once the cause is fixed, `dead-letter resend` stores it.
+#[test]
+fn a_row_refused_in_every_run_becomes_a_dead_letter_and_resend_stores_it_after_the_fix() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (rt, fake, kc) = fake_cluster(dir.path());
+    let (p, db, state) = refusing_pipeline(dir.path(), &kc, "    dead_letter_after: 3\n");
+    let refused = create_event(&fake, "default", "poison.1", "Refused", "Warning");
+    let mut good = BTreeSet::new();
+    for run in 1..=3 {
+        good.insert(create_event(
+            &fake,
+            "default",
+            &format!("g-{run}.1"),
+            "BackOff",
+            "Warning",
+        ));
+        let mut r = Running::start(&[], &p);
+        wait_until("the good rows", Duration::from_secs(60), || {
+            sqlite_column(&db, "SELECT uid FROM k8s_events") == good
+        });
+        if run < 3 {
+            r.wait_log(&format!("a sink refused this event (run {run} of 3)"));
+        } else {
+            r.wait_log("refused in 3 runs: given up and kept as a dead letter");
+        }
+        let (status, _) = r.stop();
+        assert!(status.success());
+    }
+    let checkpointed = sqlite_column(&state, "SELECT uid FROM eventflow_kube_checkpoint");
+    assert!(
+        checkpointed.contains(&refused),
+        "the checkpoint moved past the dead letter"
+    );
+    assert!(
+        sqlite_column(&state, "SELECT uid FROM eventflow_kube_attempts").is_empty(),
+        "nothing left on record once it is a dead letter"
+    );
+
+    // A fourth run does not send it again, and stores what is new.
+    good.insert(create_event(
+        &fake, "default", "g-4.1", "BackOff", "Warning",
+    ));
+    let r = Running::start(&[], &p);
+    wait_until("the new row", Duration::from_secs(60), || {
+        sqlite_column(&db, "SELECT uid FROM k8s_events") == good
+    });
+    let (_, logs) = r.stop_ok();
+    assert!(
+        !logs
+            .iter()
+            .any(|l| l.contains("the database refused this event")),
+        "the dead letter is not sent again: {logs:?}"
+    );
+
+    let dl = |args: &[&str]| dead_letter(&p, args);
+    let (code, listed, err) = dl(&["list"]);
+    assert_eq!(code, Some(0), "{err}");
+    let rows: Vec<&str> = listed.lines().skip(1).collect();
+    assert_eq!(rows.len(), 1, "one dead letter: {listed}");
+    assert!(
+        rows[0].contains(" db ") && rows[0].contains("refused by a trigger"),
+        "it names the refusing sink and the database's reason: {listed}"
+    );
+    let id = rows[0].split_whitespace().next().expect("id").to_string();
+    let (code, shown, _) = dl(&["show", &id]);
+    assert_eq!(code, Some(0));
+    assert!(shown.contains(&refused), "{shown}");
+
+    // Still refused: the resend fails and the dead letter stays.
+    let (code, out, _) = dl(&["resend"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("refused by a trigger"), "{out}");
+
+    exec(&db, "DROP TRIGGER refuse");
+    let (code, out, err) = dl(&["resend"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("1 delivered, 0 failed"), "{out}");
+    good.insert(refused);
+    assert_eq!(sqlite_column(&db, "SELECT uid FROM k8s_events"), good);
+    let (_, listed, _) = dl(&["list"]);
+    assert!(listed.starts_with("no dead letters"), "{listed}");
     drop(rt);
 }
 

@@ -11,6 +11,8 @@
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
+use super::EventData;
+
 use tokio::sync::oneshot;
 
 /// The outcome of a batch. Worse outcomes win when copies disagree.
@@ -45,6 +47,19 @@ pub type Seq = u32;
 /// Stands for every event of a batch (a summary that failed, an event without a position).
 pub const WHOLE_BATCH: Seq = Seq::MAX;
 
+/// A sink's refusal of an event for good: which sink, why, and the event as that sink saw it
+/// (after the transforms before it). A source that gives up on the event keeps these as dead
+/// letters.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// The event's position in its source batch; [`WHOLE_BATCH`] for a summary that merged
+    /// events of the batch.
+    pub seq: Seq,
+    pub stage: Arc<str>,
+    pub reason: String,
+    pub event: EventData,
+}
+
 /// What a source learns of a batch: its worst status, and which of its events did not finish
 /// delivered (so that a source can checkpoint the rest).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,7 +67,25 @@ pub struct Report {
     pub status: Status,
     /// Positions of the events that failed; [`WHOLE_BATCH`] among them means all.
     pub failed: Vec<Seq>,
+    /// The refusals sinks gave with a reason ([`crate::event::Event::refuse`]).
+    pub refusals: Refusals,
 }
+
+/// The refusals of a report (compared by count only: a report's identity is its status and
+/// positions).
+#[derive(Debug, Clone, Default)]
+pub struct Refusals(pub Vec<Refusal>);
+
+impl PartialEq for Refusals {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.len() == other.0.len()
+    }
+}
+impl Eq for Refusals {}
+
+/// At most this many refusals are kept per batch (each holds a copy of its event); the
+/// positions of the rest are still reported failed.
+const MAX_REFUSALS: usize = 1024;
 
 impl Report {
     /// Every event failed (the engine went away without a report).
@@ -60,7 +93,16 @@ impl Report {
         Report {
             status: Status::Errored,
             failed: vec![WHOLE_BATCH],
+            refusals: Refusals::default(),
         }
+    }
+
+    /// The refusals of the event at `seq` (a whole-batch refusal applies to every event).
+    pub fn refusals_of(&self, seq: Seq) -> impl Iterator<Item = &Refusal> {
+        self.refusals
+            .0
+            .iter()
+            .filter(move |r| r.seq == seq || r.seq == WHOLE_BATCH)
     }
 
     /// True if the event at `seq` finished delivered.
@@ -82,6 +124,8 @@ pub struct Finalizer {
     status: AtomicU8,
     /// Positions of failed events; touched only when something fails.
     failed: Mutex<Vec<Seq>>,
+    /// Refusals with their reasons; touched only when a sink refuses an event.
+    refusals: Mutex<Vec<Refusal>>,
     notify: Option<Notify>,
 }
 
@@ -90,6 +134,7 @@ impl Finalizer {
         Arc::new(Finalizer {
             status: AtomicU8::new(Status::Delivered as u8),
             failed: Mutex::new(Vec::new()),
+            refusals: Mutex::new(Vec::new()),
             notify: Some(notify),
         })
     }
@@ -117,6 +162,17 @@ impl Finalizer {
                 .push(seq);
         }
     }
+
+    /// Records a sink's refusal of an event (its status is given by [`Finalizer::update`]).
+    pub fn refuse(&self, r: Refusal) {
+        let mut all = self
+            .refusals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if all.len() < MAX_REFUSALS {
+            all.push(r);
+        }
+    }
 }
 
 impl Drop for Finalizer {
@@ -131,7 +187,14 @@ impl Drop for Finalizer {
                     std::mem::take(self.failed.get_mut().unwrap_or_else(|e| e.into_inner()));
                 failed.sort_unstable();
                 failed.dedup();
-                let _ = tx.send(Report { status, failed });
+                let refusals = Refusals(std::mem::take(
+                    self.refusals.get_mut().unwrap_or_else(|e| e.into_inner()),
+                ));
+                let _ = tx.send(Report {
+                    status,
+                    failed,
+                    refusals,
+                });
             }
             None => {}
         }
@@ -219,6 +282,31 @@ mod tests {
         assert_eq!(r.status, Status::Rejected);
         assert_eq!(r.failed, vec![1, 3]);
         assert!(r.delivered(0) && !r.delivered(1) && r.delivered(2) && !r.delivered(3));
+    }
+
+    #[tokio::test]
+    async fn a_report_says_which_stage_refused_which_event_and_why() {
+        let (f, rx) = Finalizer::reporting();
+        let data = EventData {
+            uid: "u-1".into(),
+            ..EventData::default()
+        };
+        let events: Vec<Event> = (0..3)
+            .map(|i| Event::in_batch(data.clone(), Finalizers::One(f.clone()), i))
+            .collect();
+        drop(f);
+        events[0].ack(Status::Delivered);
+        events[1].refuse("db", "refused by a trigger");
+        events[2].ack(Status::Errored);
+        drop(events);
+        let r = rx.await.unwrap();
+        assert_eq!(r.failed, vec![1, 2]);
+        let refused: Vec<_> = r.refusals_of(1).collect();
+        assert_eq!(refused.len(), 1);
+        assert_eq!(&*refused[0].stage, "db");
+        assert_eq!(refused[0].reason, "refused by a trigger");
+        assert_eq!(refused[0].event.uid, "u-1");
+        assert_eq!(r.refusals_of(2).count(), 0, "an error is not a refusal");
     }
 
     #[tokio::test]

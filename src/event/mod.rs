@@ -347,6 +347,19 @@ impl Finalizers {
             Finalizers::Many(fs) => fs.iter().for_each(|f| f.update(s, WHOLE_BATCH)),
         }
     }
+
+    fn refuse(&self, r: ack::Refusal) {
+        match self {
+            Finalizers::None => {}
+            Finalizers::One(f) => f.refuse(r),
+            Finalizers::Many(fs) => fs.iter().for_each(|f| {
+                f.refuse(ack::Refusal {
+                    seq: WHOLE_BATCH,
+                    ..r.clone()
+                });
+            }),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -457,6 +470,18 @@ impl Event {
         self.done.store(true, Ordering::Relaxed);
     }
 
+    /// A sink refuses this copy for good (a row the database refused, a delivery given up):
+    /// it fails with [`Status::Rejected`], and its source learns which stage refused it and why.
+    pub fn refuse(&self, stage: &str, reason: &str) {
+        self.inner.finalizers.refuse(ack::Refusal {
+            seq: self.inner.seq,
+            stage: Arc::from(stage),
+            reason: reason.to_string(),
+            event: self.inner.data.clone(),
+        });
+        self.ack(Status::Rejected);
+    }
+
     /// This copy is dropped on purpose (filtered, deduplicated, rate-limited): done, and it
     /// does not make its batch fail. The caller counts it by reason.
     pub fn discard(&self) {
@@ -468,6 +493,13 @@ impl Event {
 pub fn ack_all(events: &[Event], s: Status) {
     for e in events {
         e.ack(s);
+    }
+}
+
+/// `stage` refuses every copy in `events` for the same reason.
+pub fn refuse_all(events: &[Event], stage: &str, reason: &str) {
+    for e in events {
+        e.refuse(stage, reason);
     }
 }
 

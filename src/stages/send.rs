@@ -472,7 +472,7 @@ pub async fn in_memory<D: Deliver>(
                                 .increment(batch.len() as u64),
                             None => failed.increment(batch.len() as u64),
                         }
-                        ack_all(&batch, Status::Rejected);
+                        crate::event::refuse_all(&batch, &id, &reason);
                     }
                     Outcome::Interrupted => {
                         // Not sent, not given up: the source sees it failed and replays it.

@@ -76,6 +76,7 @@ impl Sink for StdoutSink {
             let mut buf = Vec::with_capacity(64 * 1024);
             let bad = cx.metrics.bad_events.clone();
             let latency = crate::metrics::latency(&cx.metrics.id, cx.metrics.type_name);
+            let id = cx.metrics.id.clone();
             while let Some(batch) = cx.input.recv().await {
                 let started = std::time::Instant::now();
                 buf.clear();
@@ -87,7 +88,7 @@ impl Sink for StdoutSink {
                         }
                         Err(err) => {
                             bad.increment(1);
-                            e.ack(Status::Rejected);
+                            e.refuse(&id, &format!("cannot serialize: {err}"));
                             tracing::error!(uid = %e.uid, error = %err, "cannot serialize event");
                         }
                     }

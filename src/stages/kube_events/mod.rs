@@ -16,6 +16,7 @@
 //!   not emitted;
 //! - **bad data does not stop the stream**: an object that does not decode is logged and counted.
 
+mod poison;
 mod resource;
 mod seen;
 mod telemetry;
@@ -36,8 +37,9 @@ use tokio::sync::{mpsc, oneshot};
 pub use resource::{Flavor, KubeEvent};
 pub use seen::{Admission, Checkpoint, Row, Seen};
 
+use poison::{Attempts, Refused};
 use watch::WatchLoop;
-use writer::{CheckpointChange, write_checkpoint};
+use writer::{CheckpointChange, Poison, write_checkpoint};
 
 use crate::backoff::BackoffConfig;
 use crate::component::MAX_BATCH;
@@ -103,6 +105,13 @@ pub struct KubeEventsConfig {
     /// 8 batches. Default: batches of up to 512 events (4,096 waiting).
     #[serde(default)]
     pub buffer_size: Option<usize>,
+    /// A version that a sink refuses for good (a row the database refuses, a webhook's 4xx)
+    /// is not checkpointed, so it is sent again at the next start. After this many runs in
+    /// which it was refused, the source gives up on it: it becomes a dead letter of the
+    /// refusing sink (`eventflow dead-letter`) and the checkpoint moves past it. 0: never give
+    /// up (send it again at every start).
+    #[serde(default = "default_dead_letter_after")]
+    pub dead_letter_after: u32,
 }
 
 impl KubeEventsConfig {
@@ -125,6 +134,9 @@ fn default_watch_timeout() -> Dur {
 }
 fn default_unready_after() -> Dur {
     Dur::secs(30)
+}
+fn default_dead_letter_after() -> u32 {
+    3
 }
 
 pub const TYPE: StageType = StageType {
@@ -181,12 +193,19 @@ impl StageConfig for KubeEventsConfig {
             let checkpoint = Checkpoint::open(&state.url, &cx.id).await.map_err(|e| {
                 cx.error_from("field `state.url`: the state database (its checkpoint)", e)
             })?;
+            let attempts = Attempts::open(checkpoint.db(), &cx.id).await.map_err(|e| {
+                cx.error_from(
+                    "field `state.url`: the state database (its dead letters)",
+                    e,
+                )
+            })?;
             Ok(Stage::Source(Box::new(KubeSource {
                 cfg: self.clone(),
                 client,
                 server: Arc::from(server),
                 cluster: self.cluster.clone().unwrap_or(context_name),
                 checkpoint,
+                attempts,
                 health: cx.health.clone(),
                 leadership: cx.leadership.clone(),
                 keep_raw: cx.keep_raw,
@@ -202,6 +221,8 @@ struct KubeSource {
     server: Arc<str>,
     cluster: String,
     checkpoint: Checkpoint,
+    /// Refused versions on record, towards dead letters.
+    attempts: Attempts,
     health: crate::health::Health,
     leadership: crate::leader::Leadership,
     /// Whether a stage downstream reads `raw` (else each object's text is not kept).
@@ -355,6 +376,11 @@ async fn lead(
         src.checkpoint.clone(),
         wrx,
         counters.clone(),
+        Poison {
+            attempts: src.attempts.clone(),
+            limit: src.cfg.dead_letter_after,
+            stage: sm.id.to_string(),
+        },
     ));
     let pending = forward(rx, out, &wtx).await;
     // The watch loops have stopped: record what the sinks still commit.
@@ -403,24 +429,52 @@ async fn restore(src: &KubeSource, slots: &[Option<String>]) -> Result<(Seen, bo
     Ok((seen, loaded.is_empty()))
 }
 
+/// What an emitted batch's acknowledgement means for the checkpoint: the rows delivered, and
+/// the rows a sink refused (with why).
+#[derive(Default)]
+struct Acked {
+    delivered: Vec<Row>,
+    refused: Vec<Refused>,
+}
+
 /// The checkpoint rows of an emitted batch, once its acknowledgement says which were delivered.
-type PendingAck = BoxFuture<'static, Vec<Row>>;
+type PendingAck = BoxFuture<'static, Acked>;
 
 /// Only delivered versions move the checkpoint: an errored or rejected one is replayed at the
-/// next start. A finalizer dropped without a report means the engine went away: nothing of the
-/// batch was delivered.
+/// next start (a refused one counts towards its dead letter). A finalizer dropped without a
+/// report means the engine went away: nothing of the batch was delivered.
 fn delivered_rows(done: oneshot::Receiver<Report>, rows: Vec<Row>) -> PendingAck {
     Box::pin(async move {
         let report = done.await.unwrap_or_else(|_| Report::all_failed());
         if report.status == Status::Delivered {
-            return rows;
+            return Acked {
+                delivered: rows,
+                refused: Vec::new(),
+            };
         }
-        rows.into_iter()
-            .zip(0..)
-            .filter(|(_, i)| report.delivered(*i))
-            .map(|(r, _)| r)
-            .collect()
+        let mut acked = Acked::default();
+        for (row, i) in rows.into_iter().zip(0..) {
+            if report.delivered(i) {
+                acked.delivered.push(row);
+                continue;
+            }
+            let refusals: Vec<_> = report.refusals_of(i).cloned().collect();
+            if !refusals.is_empty() {
+                acked.refused.push(Refused { row, refusals });
+            }
+        }
+        acked
     })
+}
+
+/// Hands an acknowledged batch's changes to the writer.
+async fn settle(acked: Acked, wtx: &mpsc::Sender<CheckpointChange>) {
+    if !acked.delivered.is_empty() {
+        let _ = wtx.send(CheckpointChange::Save(acked.delivered)).await;
+    }
+    if !acked.refused.is_empty() {
+        let _ = wtx.send(CheckpointChange::Refused(acked.refused)).await;
+    }
 }
 
 /// Emits the watch loops' batches and hands checkpoint changes to the writer until the loops
@@ -454,21 +508,15 @@ async fn forward(
                 }
                 None => return pending,
             },
-            Some(rows) = pending.next(), if !pending.is_empty() => {
-                if !rows.is_empty() {
-                    let _ = wtx.send(CheckpointChange::Save(rows)).await;
-                }
-            }
+            Some(acked) = pending.next(), if !pending.is_empty() => settle(acked, wtx).await,
         }
     }
 }
 
 /// Waits for the outstanding acknowledgements and checkpoints what they delivered.
 async fn drain_acks(mut pending: FuturesOrdered<PendingAck>, wtx: &mpsc::Sender<CheckpointChange>) {
-    while let Some(rows) = pending.next().await {
-        if !rows.is_empty() {
-            let _ = wtx.send(CheckpointChange::Save(rows)).await;
-        }
+    while let Some(acked) = pending.next().await {
+        settle(acked, wtx).await;
     }
 }
 

@@ -339,11 +339,24 @@ impl Checkpoint {
             .collect())
     }
 
+    /// The state database this checkpoint is in.
+    pub fn db(&self) -> Db {
+        self.db.clone()
+    }
+
     /// Upserts rows (the latest version of each uid wins), in one transaction.
     pub async fn save(&self, rows: &[Row]) -> Result<(), DbError> {
         if rows.is_empty() {
             return Ok(());
         }
+        self.db
+            .execute_in_tx(self.save_statements(rows))
+            .await
+            .map(|_| ())
+    }
+
+    /// The upserts of [`Checkpoint::save`].
+    pub fn save_statements(&self, rows: &[Row]) -> Vec<(String, sea_query_sqlx::SqlxValues)> {
         // The last version of a uid in `rows` is the newest (acks are processed in order).
         let mut latest: HashMap<&str, &Row> = HashMap::with_capacity(rows.len());
         for r in rows {
@@ -383,7 +396,7 @@ impl Checkpoint {
             }
             stmts.push(self.db.build(&q));
         }
-        self.db.execute_in_tx(stmts).await.map(|_| ())
+        stmts
     }
 
     /// Removes rows by uid.

@@ -591,8 +591,8 @@ impl Pusher {
                 .increment(bad.len() as u64);
             // Failed for good, whatever happens to the rest of the batch (the worst outcome
             // of an event is what its source learns).
-            for (i, _) in &bad {
-                events[*i].ack(crate::event::ack::Status::Rejected);
+            for (i, why) in &bad {
+                events[*i].refuse(&self.stage, &format!("cannot make the Loki line: {why}"));
             }
         }
         let body = match self.encode(&body) {

@@ -228,9 +228,9 @@ impl SqlSink {
             .clone()
     }
 
-    /// Writes a batch, retrying while the database is unavailable. Returns the status each
-    /// event gets.
-    pub async fn write(&self, batch: &[Event]) -> Vec<Status> {
+    /// Writes a batch, retrying while the database is unavailable. Returns, for each event,
+    /// `None` when it is stored, or why the database refused it for good.
+    pub async fn write(&self, batch: &[Event]) -> Vec<Option<String>> {
         // One row per key: the last version of an event in the batch wins (a multi-row
         // upsert may not touch the same row twice). Each key is computed once.
         let keys: Vec<String> = batch.iter().map(|e| self.evt_key(e)).collect();
@@ -247,7 +247,7 @@ impl SqlSink {
                 .map(|(_, (k, e))| (k.clone(), e)),
         );
         let sql = self.sql_for(rows.len());
-        let mut statuses = vec![Status::Delivered; batch.len()];
+        let mut statuses: Vec<Option<String>> = vec![None; batch.len()];
         let mut backoff = self.cfg.backoff.start();
         let written = db::retrying(
             &mut backoff,
@@ -276,8 +276,8 @@ impl SqlSink {
                 tracing::warn!(error = %e, "batch refused; writing its rows one by one to find the bad ones");
                 let bad = self.write_one_by_one(&rows).await;
                 for (status, k) in statuses.iter_mut().zip(&keys) {
-                    if bad.contains(k) {
-                        *status = Status::Rejected;
+                    if let Some((_, why)) = bad.iter().find(|(key, _)| key == k) {
+                        *status = Some(why.clone());
                     }
                 }
             }
@@ -285,8 +285,8 @@ impl SqlSink {
         statuses
     }
 
-    /// Returns the keys of the rows the database refused for good.
-    async fn write_one_by_one(&self, rows: &[RowRef<'_>]) -> Vec<String> {
+    /// Returns the keys of the rows the database refused for good, with its error.
+    async fn write_one_by_one(&self, rows: &[RowRef<'_>]) -> Vec<(String, String)> {
         let sql = self.sql_for(1);
         let mut bad = Vec::new();
         for r in rows {
@@ -304,7 +304,7 @@ impl SqlSink {
             if let Err(e) = written {
                 tracing::error!(evt_key = %r.evt_key, error = %e, "the database refused this event; it is not stored");
                 self.rejected.increment(1);
-                bad.push(r.evt_key.clone());
+                bad.push((r.evt_key.clone(), e.to_string()));
             }
         }
         bad
@@ -338,15 +338,19 @@ impl Sink for SqlSink {
             let this = &self;
             let processing = &cx.metrics.processing;
             let latency = &crate::metrics::latency(&cx.metrics.id, cx.metrics.type_name);
+            let id = &cx.metrics.id.clone();
             super::batch::run_batched(&mut cx.input, max, max_wait, 1, |batch| async move {
                 let started = Instant::now();
                 let statuses = this.write(&batch).await;
                 processing.record(started.elapsed().as_secs_f64());
                 for (e, s) in batch.iter().zip(statuses) {
-                    if s == Status::Delivered {
-                        latency.event(e);
+                    match s {
+                        None => {
+                            latency.event(e);
+                            e.ack(Status::Delivered);
+                        }
+                        Some(why) => e.refuse(id, &why),
                     }
-                    e.ack(s);
                 }
                 drop(batch);
             })

@@ -1,6 +1,7 @@
 //! `eventflow dead-letter`: list, show, re-send and delete what durable sinks (`webhook`,
-//! `loki` with `durable: true`) gave up on. The pipeline file says where the `state` database is
-//! and how each stage sends; the command hands both over as a [`Target`].
+//! `loki` with `durable: true`) gave up on, and the events `kube_events` sources gave up on
+//! after sinks refused them in `dead_letter_after` runs. The pipeline file says where the
+//! `state` database is and how each stage sends; the command hands both over as a [`Target`].
 
 use std::fmt::Write as _;
 
@@ -25,7 +26,7 @@ pub enum Error {
     NotFound(i64),
     /// Nothing to look at: no sink of the pipeline is `durable: true`.
     #[error(
-        "the pipeline has no durable webhook stage (`durable: true` on a webhook or loki sink), so it has no dead letters"
+        "the pipeline has no durable webhook stage (`durable: true` on a webhook or loki sink) and no `kube_events` source, so it has no dead letters"
     )]
     NoDurable,
     #[error("no durable stage `{stage}` in the pipeline (durable stages: {known})")]
@@ -51,10 +52,13 @@ pub enum Error {
 pub type MakeSender =
     Box<dyn Fn() -> BoxFuture<'static, Result<Arc<dyn Sender>, String>> + Send + Sync>;
 
-/// A durable stage of the pipeline.
+/// A stage of the pipeline that can have dead letters: a durable sink (with a queue), or any
+/// other sink of a pipeline with a `kube_events` source (re-sent with [`super::replay`]).
 pub struct DurableStage {
     pub id: String,
     pub make: MakeSender,
+    /// Whether it has a durable queue.
+    pub queued: bool,
 }
 
 /// What the commands work on, read from a pipeline file.

@@ -386,7 +386,11 @@ async fn write(shared: &Durable, batch: Vec<Event>, write_failed: &metrics::Coun
         Err(e) => {
             tracing::error!(stage = %shared.stage(), uid = %batch[0].uid, error = %e, "state database refused the event; it is not delivered");
             write_failed.increment(1);
-            ack_all(&batch, Status::Rejected);
+            crate::event::refuse_all(
+                &batch,
+                shared.stage(),
+                &format!("the state database refused to queue it: {e}"),
+            );
         }
     }
 }

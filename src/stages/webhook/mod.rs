@@ -26,6 +26,7 @@ pub mod durable;
 pub mod format;
 pub mod mark;
 pub mod queue;
+pub mod replay;
 pub mod telemetry;
 pub mod template;
 

@@ -132,88 +132,116 @@ fn name(s: &str) -> Alias {
     Alias::new(s)
 }
 
+/// Creates the queue and dead-letter tables if they are missing.
+pub async fn create_tables(db: &Db) -> Result<(), OpenError> {
+    let backend = db.backend();
+    let id = || {
+        let mut c = ColumnDef::new(name("id"));
+        // SQLite: AUTOINCREMENT (ids never reused) needs the INTEGER PRIMARY KEY type.
+        if backend == Backend::Sqlite {
+            c.integer();
+        } else {
+            c.big_integer();
+        }
+        c.not_null().auto_increment().primary_key();
+        c
+    };
+    let long_text = |n: &str| {
+        let mut c = ColumnDef::new(name(n));
+        if backend == Backend::MySql {
+            c.custom(name("LONGTEXT"));
+        } else {
+            c.text();
+        }
+        c.not_null();
+        c
+    };
+    let queue = Table::create()
+        .table(name(QUEUE))
+        .if_not_exists()
+        .col(id())
+        .col(ColumnDef::new(name("sink")).string_len(191).not_null())
+        .col(ColumnDef::new(name("born_at")).big_integer().not_null())
+        .col(ColumnDef::new(name("batch")).big_integer().null())
+        .col(long_text("event"))
+        .to_owned();
+    let dead = Table::create()
+        .table(name(DEAD))
+        .if_not_exists()
+        .col(id())
+        .col(ColumnDef::new(name("sink")).string_len(191).not_null())
+        .col(ColumnDef::new(name("failed_at")).big_integer().not_null())
+        .col(
+            ColumnDef::new(name("delivery_id"))
+                .string_len(64)
+                .not_null(),
+        )
+        .col(ColumnDef::new(name("attempts")).big_integer().not_null())
+        .col(long_text("reason"))
+        .col(long_text("events"))
+        .to_owned();
+    let index = Index::create()
+        .if_not_exists()
+        .name(format!("{QUEUE}_sink_id"))
+        .table(name(QUEUE))
+        .col(name("sink"))
+        .col(name("id"))
+        .to_owned();
+    let err = |source: DbError| OpenError::Schema {
+        what: "webhook queue tables",
+        source,
+    };
+    db.execute_raw(db.schema_sql(&queue)).await.map_err(err)?;
+    db.execute_raw(db.schema_sql(&dead)).await.map_err(err)?;
+    // MySQL has no CREATE INDEX IF NOT EXISTS (MariaDB has): an existing index (error
+    // 1061, duplicate key name) is what we wanted.
+    let sql = match backend {
+        Backend::MySql => index
+            .to_string(sea_query::MysqlQueryBuilder)
+            .replace(" IF NOT EXISTS", ""),
+        Backend::Postgres => index.to_string(sea_query::PostgresQueryBuilder),
+        Backend::Sqlite => index.to_string(sea_query::SqliteQueryBuilder),
+    };
+    match db.execute_raw(sql).await {
+        Err(DbError::Permanent(e))
+            if e.as_database_error()
+                .and_then(crate::state::db::mysql_error_number)
+                == Some(1061) => {}
+        r => {
+            r.map_err(err)?;
+        }
+    }
+    Ok(())
+}
+
+/// The insert of one dead letter (`events`: a JSON array of [`event::to_stored`] objects).
+pub fn dead_letter_insert(
+    sink: &str,
+    delivery_id: &str,
+    attempts: u32,
+    reason: &str,
+    events: String,
+) -> sea_query::InsertStatement {
+    Query::insert()
+        .into_table(name(DEAD))
+        .columns(DEAD_COLUMNS[1..].iter().map(|c| name(c)))
+        .values_panic([
+            sink.into(),
+            chrono::Utc::now().timestamp_millis().into(),
+            delivery_id.into(),
+            i64::from(attempts).into(),
+            reason.into(),
+            events.into(),
+        ])
+        .to_owned()
+}
+
 impl Store {
     /// Connects and creates the tables if they are missing.
     pub async fn open(url: &str) -> Result<Store, OpenError> {
         let db = Db::connect(url, 4, std::time::Duration::from_secs(10)).await?;
-        let backend = db.backend();
-        let id = || {
-            let mut c = ColumnDef::new(name("id"));
-            // SQLite: AUTOINCREMENT (ids never reused) needs the INTEGER PRIMARY KEY type.
-            if backend == Backend::Sqlite {
-                c.integer();
-            } else {
-                c.big_integer();
-            }
-            c.not_null().auto_increment().primary_key();
-            c
-        };
-        let long_text = |n: &str| {
-            let mut c = ColumnDef::new(name(n));
-            if backend == Backend::MySql {
-                c.custom(name("LONGTEXT"));
-            } else {
-                c.text();
-            }
-            c.not_null();
-            c
-        };
-        let queue = Table::create()
-            .table(name(QUEUE))
-            .if_not_exists()
-            .col(id())
-            .col(ColumnDef::new(name("sink")).string_len(191).not_null())
-            .col(ColumnDef::new(name("born_at")).big_integer().not_null())
-            .col(ColumnDef::new(name("batch")).big_integer().null())
-            .col(long_text("event"))
-            .to_owned();
-        let dead = Table::create()
-            .table(name(DEAD))
-            .if_not_exists()
-            .col(id())
-            .col(ColumnDef::new(name("sink")).string_len(191).not_null())
-            .col(ColumnDef::new(name("failed_at")).big_integer().not_null())
-            .col(
-                ColumnDef::new(name("delivery_id"))
-                    .string_len(64)
-                    .not_null(),
-            )
-            .col(ColumnDef::new(name("attempts")).big_integer().not_null())
-            .col(long_text("reason"))
-            .col(long_text("events"))
-            .to_owned();
-        let index = Index::create()
-            .if_not_exists()
-            .name(format!("{QUEUE}_sink_id"))
-            .table(name(QUEUE))
-            .col(name("sink"))
-            .col(name("id"))
-            .to_owned();
-        let err = |source: DbError| OpenError::Schema {
-            what: "webhook queue tables",
-            source,
-        };
-        db.execute_raw(db.schema_sql(&queue)).await.map_err(err)?;
-        db.execute_raw(db.schema_sql(&dead)).await.map_err(err)?;
-        // MySQL has no CREATE INDEX IF NOT EXISTS (MariaDB has): an existing index (error
-        // 1061, duplicate key name) is what we wanted.
-        let sql = match backend {
-            Backend::MySql => index
-                .to_string(sea_query::MysqlQueryBuilder)
-                .replace(" IF NOT EXISTS", ""),
-            Backend::Postgres => index.to_string(sea_query::PostgresQueryBuilder),
-            Backend::Sqlite => index.to_string(sea_query::SqliteQueryBuilder),
-        };
-        match db.execute_raw(sql).await {
-            Err(DbError::Permanent(e))
-                if e.as_database_error()
-                    .and_then(crate::state::db::mysql_error_number)
-                    == Some(1061) => {}
-            r => {
-                r.map_err(err)?;
-            }
-        }
-        let writes = match backend {
+        create_tables(&db).await?;
+        let writes = match db.backend() {
             Backend::Sqlite => Db::connect(url, 1, std::time::Duration::from_secs(10)).await?,
             _ => db.clone(),
         };
@@ -375,18 +403,13 @@ impl Store {
         reason: &str,
     ) -> Result<(), DbError> {
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-        let insert = Query::insert()
-            .into_table(name(DEAD))
-            .columns(DEAD_COLUMNS[1..].iter().map(|c| name(c)))
-            .values_panic([
-                sink.into(),
-                chrono::Utc::now().timestamp_millis().into(),
-                delivery_id.into(),
-                i64::from(attempts).into(),
-                reason.into(),
-                events_array(rows.iter().map(|r| r.event.as_str())).into(),
-            ])
-            .to_owned();
+        let insert = dead_letter_insert(
+            sink,
+            delivery_id,
+            attempts,
+            reason,
+            events_array(rows.iter().map(|r| r.event.as_str())),
+        );
         self.writes
             .execute_in_tx(vec![self.db.build(&insert), self.delete_rows(sink, &ids)])
             .await
