@@ -33,6 +33,7 @@
 pub mod api;
 pub mod authoring;
 pub mod backoff;
+pub mod budget;
 pub mod component;
 pub mod config;
 pub mod engine;

@@ -71,6 +71,14 @@ enum Command {
     Validate {
         #[arg(required = true)]
         pipelines: Vec<PathBuf>,
+        /// Also print the pipeline's memory bound: each cache, queue and pool by its settings,
+        /// and their sum.
+        #[arg(long)]
+        memory: bool,
+        /// With --memory: exit 1 when the bound exceeds this (a pod's limit: `256Mi`, `1Gi`,
+        /// or bytes).
+        #[arg(long, value_parser = parse_memory_limit, requires = "memory")]
+        memory_limit: Option<u64>,
     },
     /// Print the JSON Schema of pipeline files (or, with --markdown, the reference in docs/).
     Schema {
@@ -311,7 +319,11 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             };
             run(pipeline.as_deref(), opts)
         }
-        Command::Validate { pipelines } => Ok(validate(&pipelines)),
+        Command::Validate {
+            pipelines,
+            memory,
+            memory_limit,
+        } => Ok(validate(&pipelines, memory, memory_limit)),
         Command::Schema { markdown: false } => {
             outp!("{}", eventflow::pipeline_schema());
             Ok(ExitCode::SUCCESS)
@@ -390,7 +402,32 @@ fn run(
 }
 
 /// `eventflow validate`: every problem of every file; exit 1 on any.
-fn validate(pipelines: &[PathBuf]) -> ExitCode {
+/// A memory size as Kubernetes writes it (`256Mi`, `1Gi`, `500M`) or bytes.
+fn parse_memory_limit(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size (e.g. 256Mi, 1Gi, 500M)"))?;
+    let mult: u64 = match unit {
+        "" => 1,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "K" | "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        _ => {
+            return Err(format!(
+                "`{s}`: unknown unit `{unit}` (Ki, Mi, Gi, K, M, G)"
+            ));
+        }
+    };
+    Ok(n.saturating_mul(mult))
+}
+
+fn validate(pipelines: &[PathBuf], memory: bool, memory_limit: Option<u64>) -> ExitCode {
     let mut failed = false;
     for path in pipelines {
         match eventflow::load_file(path) {
@@ -401,6 +438,21 @@ fn validate(pipelines: &[PathBuf]) -> ExitCode {
                 }
                 for w in p.warnings() {
                     eprintln!("{w}");
+                }
+                if memory {
+                    let budget = eventflow::budget::Budget::of(&p);
+                    outp!("{}", budget.table());
+                    if let Some(limit) = memory_limit
+                        && budget.total() > limit
+                    {
+                        failed = true;
+                        eprintln!(
+                            "{}: the memory bound ({}) exceeds the limit ({}): lower the largest settings above, or raise the limit",
+                            path.display(),
+                            eventflow::budget::mib(budget.total()),
+                            eventflow::budget::mib(limit)
+                        );
+                    }
                 }
             }
             Err(e) => {

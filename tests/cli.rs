@@ -1024,3 +1024,96 @@ fn a_record_over_max_record_bytes_is_skipped_without_being_held() {
     );
     let _ = r.stop_ok();
 }
+
+/// The total line of `validate --memory`, in MiB.
+fn memory_total(stdout: &[u8]) -> f64 {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("total"))
+        .and_then(|l| l.trim().strip_suffix(" MiB"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("a total line")
+}
+
+/// The memory limit of a manifest's container (`memory: 256Mi` under `limits:`), in MiB.
+fn manifest_limit_mib(path: &str) -> f64 {
+    let text = std::fs::read_to_string(repo(path)).expect("manifest");
+    let after = text.split("limits:").nth(1).expect("a limits: block");
+    after
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("memory: "))
+        .and_then(|v| v.trim().strip_suffix("Mi"))
+        .and_then(|v| v.parse().ok())
+        .expect("memory: NNNMi under limits:")
+}
+
+#[test]
+fn the_bundled_pipelines_memory_bounds_are_well_under_the_bundled_limits() {
+    let deployment = manifest_limit_mib("deploy/kubernetes/deployment.yaml");
+    let chart = manifest_limit_mib("deploy/helm/eventflow/values.yaml");
+    for (pipeline, limit) in [
+        ("deploy/image/pipeline.yaml", deployment),
+        ("deploy/kubernetes/pipeline.yaml", deployment),
+        ("deploy/helm/eventflow/files/default-pipeline.yaml", chart),
+    ] {
+        let out = bin()
+            .args(["validate", "--memory"])
+            .arg(repo(pipeline))
+            .env("WEBHOOK_URL", "http://receiver.example/hook")
+            .output()
+            .expect("validate");
+        assert!(out.status.success(), "{pipeline}: {out:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        for row in [
+            "Event versions remembered",
+            "edges between stages",
+            "page cache",
+        ] {
+            assert!(text.contains(row), "{pipeline}: no `{row}` row:\n{text}");
+        }
+        let total = memory_total(&out.stdout);
+        assert!(
+            total < limit * 0.7,
+            "{pipeline}: bound {total} MiB is not well under the limit {limit} Mi:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn a_larger_setting_raises_the_memory_bound_and_a_limit_refuses_it() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let stages = |keys: u64| {
+        format!(
+            "stages:\n  src:\n    type: file\n    path: /dev/null\n  once:\n    type: dedup\n    inputs: [src]\n    window: 1h\n    max_keys: {keys}\n  out:\n    type: stdout\n    inputs: [once]\n"
+        )
+    };
+    let small = write(dir.path(), "small.yaml", &stages(100_000));
+    let big = write(dir.path(), "big.yaml", &stages(1_000_000));
+    let run = |p: &std::path::Path, limit: &str| {
+        bin()
+            .args(["validate", "--memory", "--memory-limit", limit])
+            .arg(p)
+            .output()
+            .expect("validate")
+    };
+    let a = run(&small, "256Mi");
+    assert!(a.status.success(), "{a:?}");
+    let b = run(&big, "256Mi");
+    assert_eq!(b.status.code(), Some(1), "{b:?}");
+    let grown = memory_total(&b.stdout) - memory_total(&a.stdout);
+    // 900,000 more keys at 448 bytes each.
+    assert!((grown - 384.5).abs() < 1.0, "grew by {grown} MiB");
+    let text = String::from_utf8_lossy(&b.stdout);
+    assert!(text.contains("max_keys 1000000"), "{text}");
+    let err = String::from_utf8_lossy(&b.stderr);
+    assert!(
+        err.contains("exceeds the limit (256.0 MiB)"),
+        "the refusal names the limit: {err}"
+    );
+    let bad = run(&small, "lots");
+    assert_eq!(
+        bad.status.code(),
+        Some(2),
+        "a size that is not one is a usage error"
+    );
+}

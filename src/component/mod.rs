@@ -225,6 +225,12 @@ pub trait StageConfig: fmt::Debug + Send + Sync + 'static {
         Vec::new()
     }
 
+    /// What this stage may hold in memory at most, by its settings (`eventflow validate
+    /// --memory`): see [`crate::budget`]. Default: nothing beyond the events passing through.
+    fn memory(&self) -> Vec<crate::budget::Bound> {
+        Vec::new()
+    }
+
     /// What is allowed but usually a mistake (a followed file that does not exist yet):
     /// `validate` prints it, `run` logs it, neither refuses the pipeline.
     fn warnings(&self) -> Vec<Invalid> {

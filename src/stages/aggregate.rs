@@ -83,7 +83,31 @@ fn default_samples() -> usize {
     5
 }
 
+/// An open group's first event and counters, measured (490-510 bytes for groups of one event:
+/// BENCHMARKS.md), and each sample message kept.
+const BYTES_PER_GROUP: u64 = 512;
+const BYTES_PER_SAMPLE: u64 = 256;
+
 impl StageConfig for AggregateConfig {
+    fn memory(&self) -> Vec<crate::budget::Bound> {
+        use crate::budget::{Bound, size};
+        let per = BYTES_PER_GROUP
+            + (self.max_samples as u64).saturating_mul(BYTES_PER_SAMPLE)
+            + 8 * super::summarize::MAX_OBJECTS as u64;
+        vec![Bound::new(
+            "open groups",
+            format!(
+                "max_keys {} x ({} + max_samples {} x {} + {} objects x 8 B)",
+                self.max_keys,
+                size(BYTES_PER_GROUP),
+                self.max_samples,
+                size(BYTES_PER_SAMPLE),
+                super::summarize::MAX_OBJECTS
+            ),
+            self.max_keys.saturating_mul(per),
+        )]
+    }
+
     fn explain(&self, e: &crate::event::EventData) -> Explanation {
         // The summary of this event alone in its group: what the stages after this one get.
         let mut a = Aggregator::new(self, "explain", "aggregate");

@@ -58,7 +58,19 @@ fn default_max_keys() -> u64 {
     100_000
 }
 
+/// The memory of one remembered key, measured (+44 MB for 100,000 keys: BENCHMARKS.md).
+const BYTES_PER_KEY: u64 = 448;
+
 impl StageConfig for DedupConfig {
+    fn memory(&self) -> Vec<crate::budget::Bound> {
+        use crate::budget::{Bound, size};
+        vec![Bound::new(
+            "keys remembered",
+            format!("max_keys {} x {}", self.max_keys, size(BYTES_PER_KEY)),
+            self.max_keys.saturating_mul(BYTES_PER_KEY),
+        )]
+    }
+
     fn explain(&self, e: &crate::event::EventData) -> Explanation {
         Explanation::new(
             Verdict::Passes,

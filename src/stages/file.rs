@@ -68,6 +68,15 @@ fn default_cluster() -> String {
 }
 
 impl StageConfig for FileConfig {
+    fn memory(&self) -> Vec<crate::budget::Bound> {
+        use crate::budget::{Bound, size};
+        vec![Bound::new(
+            "the record being read",
+            format!("max_record_bytes {} x 2", size(self.max_record_bytes)),
+            self.max_record_bytes.saturating_mul(2),
+        )]
+    }
+
     fn validate(&self) -> Vec<Invalid> {
         let mut out = Vec::new();
         crate::component::at_least_one(&mut out, "max_record_bytes", self.max_record_bytes);

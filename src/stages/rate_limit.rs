@@ -130,7 +130,25 @@ impl RateLimitConfig {
     }
 }
 
+/// One key's bucket, measured (about 11 MB per 100,000 keys: BENCHMARKS.md).
+const BYTES_PER_KEY: u64 = 128;
+
 impl StageConfig for RateLimitConfig {
+    fn memory(&self) -> Vec<crate::budget::Bound> {
+        use crate::budget::{Bound, size};
+        let per = BYTES_PER_KEY + (self.max_samples as u64).saturating_mul(256);
+        vec![Bound::new(
+            "keys limited (and their summaries)",
+            format!(
+                "max_keys {} x ({} + max_samples {} x 256 B)",
+                self.max_keys,
+                size(BYTES_PER_KEY),
+                self.max_samples
+            ),
+            (self.max_keys as u64).saturating_mul(per),
+        )]
+    }
+
     fn explain(&self, e: &crate::event::EventData) -> Explanation {
         let key = if self.key.is_empty() {
             "no key: one bucket for every event".to_string()

@@ -23,6 +23,20 @@ pub struct StdoutConfig {
 }
 
 impl StageConfig for StdoutConfig {
+    fn memory(&self) -> Vec<crate::budget::Bound> {
+        use crate::budget::{Bound, RENDERED_EVENT, size};
+        vec![Bound::in_flight(
+            "the batch being written",
+            format!(
+                "{} events x {}",
+                crate::component::MAX_BATCH,
+                size(RENDERED_EVENT)
+            ),
+            crate::component::MAX_BATCH as u64,
+            RENDERED_EVENT,
+        )]
+    }
+
     fn uses_raw(&self) -> bool {
         self.raw
     }

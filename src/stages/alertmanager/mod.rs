@@ -204,6 +204,17 @@ impl AlertmanagerConfig {
 }
 
 impl StageConfig for AlertmanagerConfig {
+    fn memory(&self) -> Vec<crate::budget::Bound> {
+        use crate::budget::Bound;
+        let mut out = crate::budget::sending(self.max_in_flight, self.batch.max_events, false);
+        out.push(Bound::new(
+            "firing alerts re-posted",
+            format!("max_alerts {} x 2 KiB", self.max_alerts),
+            (self.max_alerts as u64).saturating_mul(2048),
+        ));
+        out
+    }
+
     fn validate(&self) -> Vec<Invalid> {
         let mut out = Vec::new();
         if self.urls.is_empty() {

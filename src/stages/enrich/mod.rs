@@ -142,7 +142,24 @@ fn default_keep_deleted() -> Dur {
     Dur::secs(300)
 }
 
+/// One cached object when every Pod's labels differ, measured (0.9 KB: BENCHMARKS.md; 0.2 KB
+/// when a workload's Pods share them).
+const BYTES_PER_OBJECT: u64 = 1024;
+
 impl StageConfig for EnrichConfig {
+    fn memory(&self) -> Vec<crate::budget::Bound> {
+        use crate::budget::{Bound, size};
+        vec![Bound::new(
+            "objects cached",
+            format!(
+                "max_objects {} x {}",
+                self.max_objects,
+                size(BYTES_PER_OBJECT)
+            ),
+            self.max_objects.saturating_mul(BYTES_PER_OBJECT),
+        )]
+    }
+
     fn validate(&self) -> Vec<Invalid> {
         let mut out = Vec::new();
         if !self.object_labels

@@ -149,6 +149,35 @@ pub const TYPE: StageType = StageType {
 };
 
 impl StageConfig for KubeEventsConfig {
+    fn memory(&self) -> Vec<crate::budget::Bound> {
+        use crate::budget::{Bound, EVENT, size};
+        vec![
+            Bound::new(
+                "Event versions remembered",
+                format!(
+                    "max_tracked {} x {}",
+                    self.max_tracked,
+                    size(seen::BYTES_PER_VERSION)
+                ),
+                (self.max_tracked as u64).saturating_mul(seen::BYTES_PER_VERSION),
+            ),
+            Bound::in_flight(
+                "a list page being read",
+                format!("page_size {} x {}", self.page_size, size(EVENT)),
+                self.page_size.into(),
+                EVENT,
+            ),
+            Bound::new(
+                "state database (checkpoint) page cache",
+                format!(
+                    "2 connections x {}",
+                    size(crate::state::db::STATE_CACHE_BYTES)
+                ),
+                2 * crate::state::db::STATE_CACHE_BYTES,
+            ),
+        ]
+    }
+
     fn raw_on_demand(&self) -> bool {
         true
     }

@@ -336,6 +336,10 @@ fn logfmt(e: &EventData) -> String {
 }
 
 impl StageConfig for LokiConfig {
+    fn memory(&self) -> Vec<crate::budget::Bound> {
+        crate::budget::sending(self.max_in_flight, self.batch.max_events, self.durable)
+    }
+
     fn validate(&self) -> Vec<Invalid> {
         let mut out = Vec::new();
         if let Err(i) = self.endpoint() {

@@ -378,6 +378,10 @@ impl NatsConfig {
 }
 
 impl StageConfig for NatsConfig {
+    fn memory(&self) -> Vec<crate::budget::Bound> {
+        crate::budget::sending(self.max_in_flight, self.batch.max_events, false)
+    }
+
     fn validate(&self) -> Vec<Invalid> {
         let mut out = Vec::new();
         for (i, u) in self.url.split(',').enumerate() {

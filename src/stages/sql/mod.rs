@@ -52,6 +52,11 @@ pub struct SqlConfig {
     /// The most connections the pool opens.
     #[serde(default = "default_conns")]
     pub max_conns: u32,
+    /// SQLite: the page cache of this sink's database, in bytes, shared out among its
+    /// connections (SQLite keeps one per connection). A bound on memory; a larger one keeps
+    /// more of a large table's index in memory. Ignored by PostgreSQL and MySQL.
+    #[serde(default = "default_sqlite_cache_bytes")]
+    pub sqlite_cache_bytes: u64,
     /// Batching of writes.
     #[serde(default)]
     pub batch: BatchConfig,
@@ -77,6 +82,10 @@ fn default_conns() -> u32 {
     5
 }
 
+fn default_sqlite_cache_bytes() -> u64 {
+    16 * 1024 * 1024
+}
+
 fn default_key() -> Vec<Field> {
     vec![Field::Cluster, Field::Uid]
 }
@@ -86,6 +95,29 @@ fn default_connect_timeout() -> Dur {
 }
 
 impl StageConfig for SqlConfig {
+    fn memory(&self) -> Vec<crate::budget::Bound> {
+        use crate::budget::{Bound, RENDERED_EVENT, size};
+        let mut out = vec![Bound::in_flight(
+            "the batch being written",
+            format!(
+                "batch.max_events {} x {}",
+                self.batch.max_events,
+                size(RENDERED_EVENT)
+            ),
+            self.batch.max_events as u64,
+            RENDERED_EVENT,
+        )];
+        if crate::state::db::backend_of(&self.url) == Some(crate::state::db::Backend::Sqlite) {
+            let per = self.sqlite_cache_bytes / u64::from(self.max_conns.max(1));
+            out.push(Bound::new(
+                "SQLite page cache",
+                format!("sqlite_cache_bytes {}", size(self.sqlite_cache_bytes)),
+                per.max(64 * 1024) * u64::from(self.max_conns.max(1)),
+            ));
+        }
+        out
+    }
+
     /// The table's `raw` column.
     fn uses_raw(&self) -> bool {
         true
@@ -151,9 +183,14 @@ impl StageConfig for SqlConfig {
 
     fn build<'a>(&'a self, cx: &'a BuildContext) -> BoxFuture<'a, Result<Stage, BuildError>> {
         Box::pin(async move {
-            let db = Db::connect(&self.url, self.max_conns, self.connect_timeout.0)
-                .await
-                .map_err(|e| cx.error_from("field `url`", e))?;
+            let db = Db::connect_with_cache(
+                &self.url,
+                self.max_conns,
+                self.connect_timeout.0,
+                self.sqlite_cache_bytes / u64::from(self.max_conns.max(1)),
+            )
+            .await
+            .map_err(|e| cx.error_from("field `url`", e))?;
             table::ensure_table(&db, &self.table)
                 .await
                 .map_err(|e| cx.error_from(format!("cannot prepare table `{}`", self.table), e))?;

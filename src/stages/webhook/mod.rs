@@ -253,6 +253,10 @@ impl WebhookConfig {
 }
 
 impl StageConfig for WebhookConfig {
+    fn memory(&self) -> Vec<crate::budget::Bound> {
+        crate::budget::sending(self.max_in_flight, self.batch.max_events, self.durable)
+    }
+
     fn preview(
         &self,
         events: &[crate::event::EventData],
