@@ -742,7 +742,7 @@ fn durable_stages(
                             cfg.delivery(&id)
                                 .await
                                 .map(|d| Arc::new(d) as Arc<dyn Sender>)
-                                .map_err(|e| e.to_string())
+                                .map_err(Into::into)
                         })
                     }),
                     queued: true,
@@ -758,7 +758,7 @@ fn durable_stages(
                         let made = cfg
                             .pusher(&id)
                             .map(|d| Arc::new(d) as Arc<dyn Sender>)
-                            .map_err(|e| e.to_string());
+                            .map_err(Into::into);
                         Box::pin(async move { made })
                     }),
                     queued: true,

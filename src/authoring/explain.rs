@@ -19,21 +19,30 @@ pub struct StageReport {
     pub explanation: Option<Explanation>,
 }
 
+/// Why `--stage` cannot be where the event enters.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EntryError {
+    #[error("stage `{0}` is not a source")]
+    NotASource(String),
+    #[error("no stage `{stage}` (sources: {})", sources.join(", "))]
+    NoSuchStage { stage: String, sources: Vec<String> },
+}
+
 /// Walks `event` through `p`, entering at `at` (a source's id) or at every source.
 pub fn explain(
     p: &Pipeline,
     event: &EventData,
     at: Option<&str>,
-) -> Result<Vec<StageReport>, String> {
+) -> Result<Vec<StageReport>, EntryError> {
     if let Some(a) = at {
         match p.stages.get(a) {
             Some(s) if s.kind == StageKind::Source => {}
-            Some(_) => return Err(format!("stage `{a}` is not a source")),
+            Some(_) => return Err(EntryError::NotASource(a.to_string())),
             None => {
-                return Err(format!(
-                    "no stage `{a}` (sources: {})",
-                    sources(p).join(", ")
-                ));
+                return Err(EntryError::NoSuchStage {
+                    stage: a.to_string(),
+                    sources: sources(p),
+                });
             }
         }
     }

@@ -11,10 +11,45 @@ use std::sync::Arc;
 
 use crate::event::EventData;
 
+/// Why text given as events (`explain`'s argument, a test case's `file:`) is not events.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    #[error("neither JSON ({json}) nor YAML (line {line}, column {column}: {yaml})")]
+    Unreadable {
+        json: serde_json::Error,
+        line: u64,
+        column: u64,
+        yaml: String,
+    },
+    #[error("expected an event or a list of events, found {0}")]
+    NotEvents(String),
+    /// The `n`th event (from 1) is not an event.
+    #[error("event {n}: {source}")]
+    Event {
+        n: usize,
+        #[source]
+        source: EventError,
+    },
+}
+
+/// Why one value is not an event in either form.
+#[derive(Debug, thiserror::Error)]
+pub enum EventError {
+    /// An API-server object (it has `metadata`) that does not decode.
+    #[error("{0}")]
+    Object(#[from] crate::event::DecodeError),
+    /// A field that no event has (a typo, usually): the message names it and the closest.
+    #[error("{0}")]
+    UnknownField(String),
+    /// An event in eventflow's form whose fields do not decode.
+    #[error("{0}")]
+    Normalized(#[from] serde_json::Error),
+}
+
 /// Events from text a person wrote: JSON, JSON lines or YAML; one event, a list, or an `EventList`; each in
 /// the API server's form (either API version: it has `metadata`) or eventflow's normalized form
 /// (the fields `stdout` prints). `cluster` names the cluster of API-server events.
-pub fn events_from_text(text: &str, cluster: &str) -> Result<Vec<EventData>, String> {
+pub fn events_from_text(text: &str, cluster: &str) -> Result<Vec<EventData>, InputError> {
     let lines = || -> Option<serde_json::Value> {
         text.lines()
             .filter(|l| !l.trim().is_empty())
@@ -22,16 +57,19 @@ pub fn events_from_text(text: &str, cluster: &str) -> Result<Vec<EventData>, Str
             .collect::<Option<Vec<_>>>()
             .map(serde_json::Value::Array)
     };
-    let value: serde_json::Value = match serde_json::from_str(text) {
-        Ok(v) => v,
-        Err(_) if let Some(v) = lines() => v,
-        Err(json_error) => crate::yaml::parse(text).map(|n| n.to_json()).map_err(|e| {
-            format!(
-                "neither JSON ({json_error}) nor YAML (line {}, column {}: {})",
-                e.pos.line, e.pos.column, e.message
-            )
-        })?,
-    };
+    let value: serde_json::Value =
+        match serde_json::from_str(text) {
+            Ok(v) => v,
+            Err(_) if let Some(v) = lines() => v,
+            Err(json) => crate::yaml::parse(text).map(|n| n.to_json()).map_err(|e| {
+                InputError::Unreadable {
+                    json,
+                    line: e.pos.line,
+                    column: e.pos.column,
+                    yaml: e.message,
+                }
+            })?,
+        };
     let items = match value {
         serde_json::Value::Array(items) => items,
         serde_json::Value::Object(mut o) => match o.remove("items") {
@@ -42,31 +80,27 @@ pub fn events_from_text(text: &str, cluster: &str) -> Result<Vec<EventData>, Str
             }
             None => vec![serde_json::Value::Object(o)],
         },
-        other => {
-            return Err(format!(
-                "expected an event or a list of events, found {other}"
-            ));
-        }
+        other => return Err(InputError::NotEvents(other.to_string())),
     };
     items
         .iter()
         .enumerate()
         .map(|(i, item)| {
-            event_from_value(item, cluster).map_err(|e| format!("event {}: {e}", i + 1))
+            event_from_value(item, cluster).map_err(|source| InputError::Event { n: i + 1, source })
         })
         .collect()
 }
 
 /// One event in either form ([`events_from_text`]).
-pub fn event_from_value(item: &serde_json::Value, cluster: &str) -> Result<EventData, String> {
+pub fn event_from_value(item: &serde_json::Value, cluster: &str) -> Result<EventData, EventError> {
     if item.get("metadata").is_some() {
         let text = item.to_string();
-        crate::event::decode(&text, &Arc::from(cluster)).map_err(|e| e.to_string())
+        Ok(crate::event::decode(&text, &Arc::from(cluster))?)
     } else {
         if let Some((_, why)) = unknown_fields(item).into_iter().next() {
-            return Err(why);
+            return Err(EventError::UnknownField(why));
         }
-        let mut e: EventData = serde_json::from_value(item.clone()).map_err(|e| e.to_string())?;
+        let mut e: EventData = serde_json::from_value(item.clone())?;
         if e.cluster.is_empty() {
             e.cluster = Arc::from(cluster);
         }
@@ -184,20 +218,25 @@ mod tests {
     fn typos_and_non_events_are_refused() {
         let typo = serde_json::json!({"type": "Warning", "namespce": "shop"});
         let e = event_from_value(&typo, "c").unwrap_err();
+        assert!(matches!(e, EventError::UnknownField(_)), "{e:?}");
         assert!(
-            e.contains("unknown event field `namespce`; did you mean `namespace`?"),
+            e.to_string()
+                .contains("unknown event field `namespce`; did you mean `namespace`?"),
             "{e}"
         );
         let e = events_from_text("{\"foo\":1}\n", "c").unwrap_err();
-        assert!(e.contains("unknown event field `foo`"), "{e}");
+        assert!(matches!(e, InputError::Event { n: 1, .. }), "{e:?}");
+        assert!(e.to_string().contains("unknown event field `foo`"), "{e}");
         assert!(
             events_from_text("{}", "c")
                 .unwrap_err()
+                .to_string()
                 .contains("not an event")
         );
         assert!(
             events_from_text("[1]", "c")
                 .unwrap_err()
+                .to_string()
                 .contains("not an event")
         );
         assert!(

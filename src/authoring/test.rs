@@ -170,14 +170,17 @@ async fn run_in(p: &Pipeline, case: &TestCase) -> Vec<String> {
 fn input_events(input: &TestInput) -> Result<Option<Vec<EventData>>, String> {
     const CLUSTER: &str = "default";
     if let Some(e) = &input.event {
-        return super::event_from_value(e, CLUSTER).map(|e| Some(vec![e]));
+        return super::event_from_value(e, CLUSTER)
+            .map(|e| Some(vec![e]))
+            .map_err(|e| e.to_string());
     }
     if let Some(list) = &input.events {
         return list
             .iter()
             .enumerate()
             .map(|(i, e)| {
-                super::event_from_value(e, CLUSTER).map_err(|m| format!("event {}: {m}", i + 1))
+                super::event_from_value(e, CLUSTER)
+                    .map_err(|source| super::InputError::Event { n: i + 1, source }.to_string())
             })
             .collect::<Result<Vec<_>, _>>()
             .map(Some);

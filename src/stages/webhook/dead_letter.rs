@@ -38,8 +38,12 @@ pub enum Error {
         source: serde_json::Error,
     },
     /// The stage's sender could not be made (its URL, headers, TLS files, `mark_rows`).
-    #[error("stage `{stage}`: {why}")]
-    Sender { stage: String, why: String },
+    #[error("stage `{stage}`: {source}")]
+    Sender {
+        stage: String,
+        #[source]
+        source: SenderError,
+    },
     #[error("{id}: delivered, but cannot delete it: {source}")]
     Forget {
         id: i64,
@@ -48,9 +52,12 @@ pub enum Error {
     },
 }
 
+/// Why a stage's sender could not be made: the stage's own error.
+pub type SenderError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Makes a durable stage's sender (for `resend`), or says why it cannot.
 pub type MakeSender =
-    Box<dyn Fn() -> BoxFuture<'static, Result<Arc<dyn Sender>, String>> + Send + Sync>;
+    Box<dyn Fn() -> BoxFuture<'static, Result<Arc<dyn Sender>, SenderError>> + Send + Sync>;
 
 /// A stage of the pipeline that can have dead letters: a durable sink (with a queue), or any
 /// other sink of a pipeline with a `kube_events` source (re-sent with [`super::replay`]).
@@ -258,16 +265,16 @@ async fn resend_with(
                 .into_iter()
                 .map(|e| Event::new(e, Finalizers::None))
                 .collect(),
-            Err(e) => {
+            Err(source) => {
                 r.failed += 1;
-                let _ = writeln!(r.report, "{}: {e}", d.id);
+                let _ = writeln!(r.report, "{}", Error::Corrupt { id: d.id, source });
                 continue;
             }
         };
         if !deliveries.contains_key(&d.sink) {
-            let made = (stage.make)().await.map_err(|why| Error::Sender {
+            let made = (stage.make)().await.map_err(|source| Error::Sender {
                 stage: d.sink.clone(),
-                why,
+                source,
             })?;
             deliveries.insert(d.sink.clone(), made);
         }

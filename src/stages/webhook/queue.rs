@@ -94,15 +94,9 @@ impl DeadLetter {
     }
 
     /// The events of this dead letter.
-    pub fn decode_events(&self) -> Result<Vec<EventData>, String> {
-        let items: Vec<&serde_json::value::RawValue> = serde_json::from_str(&self.events)
-            .map_err(|e| format!("dead letter {}: {e}", self.id))?;
-        items
-            .iter()
-            .map(|r| {
-                event::from_stored(r.get()).map_err(|e| format!("dead letter {}: {e}", self.id))
-            })
-            .collect()
+    pub fn decode_events(&self) -> serde_json::Result<Vec<EventData>> {
+        let items: Vec<&serde_json::value::RawValue> = serde_json::from_str(&self.events)?;
+        items.iter().map(|r| event::from_stored(r.get())).collect()
     }
 }
 
