@@ -122,6 +122,52 @@ async fn raw_insert(db: &Db, table: &str, batch: &[Event], tag: u64) {
     }
 }
 
+/// The server's own rate (PostgreSQL): the same number of rows, in statements of `BATCH`, each
+/// its own transaction as the sink's batches are, generated inside the server (`INSERT ... SELECT
+/// ... FROM generate_series ... ON CONFLICT DO UPDATE`: no client, no transfer), same table and
+/// indexes, rows of the same size (~1 KB of `raw`).
+async fn server_side_insert(db: &Db, table: &str, tag: u64) {
+    let cols = events::written_columns();
+    let quoted = |c: &str| format!("\"{c}\"");
+    let exprs: Vec<String> = cols
+        .iter()
+        .map(|c| match *c {
+            "evt_key" => format!("'srv/{tag}/' || i"),
+            "count" => "1".to_string(),
+            "timestamp" | "first_seen" | "last_seen" | "created_at" | "updated_at" => {
+                "now()".to_string()
+            }
+            "raw" => "repeat('x', 1000)".to_string(),
+            "labels" => "NULL".to_string(),
+            "message" => "'Back-off restarting failed container web in pod web-' || i".to_string(),
+            _ => format!("'{c}-' || (i % 97)"),
+        })
+        .collect();
+    let update: Vec<String> = cols
+        .iter()
+        .filter(|c| **c != "evt_key")
+        .map(|c| format!("{} = EXCLUDED.{}", quoted(c), quoted(c)))
+        .collect();
+    let Db::Postgres(pool) = db else { return };
+    for b in 0..(N / BATCH) {
+        let sql = format!(
+            "INSERT INTO {table} ({}) SELECT {} FROM generate_series({}, {}) AS i ON CONFLICT (evt_key) DO UPDATE SET {}",
+            cols.iter()
+                .map(|c| quoted(c))
+                .collect::<Vec<_>>()
+                .join(", "),
+            exprs.join(", "),
+            b * BATCH + 1,
+            (b + 1) * BATCH,
+            update.join(", ")
+        );
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(pool)
+            .await
+            .expect("server-side insert");
+    }
+}
+
 async fn fresh_table(db: &Db, table: &str) {
     db.execute_raw(format!("DROP TABLE IF EXISTS {table}"))
         .await
@@ -143,7 +189,7 @@ fn bench_backend(c: &mut Criterion, name: &'static str, url: &str) {
     )
     .expect("cfg");
     let db = rt.block_on(async {
-        let db = Db::connect(url, 2, Duration::from_secs(10))
+        let db = Db::connect(url, cfg.max_conns, Duration::from_secs(10))
             .await
             .expect("connect");
         events::ensure_table(&db, &table).await.expect("table");
@@ -177,6 +223,26 @@ fn bench_backend(c: &mut Criterion, name: &'static str, url: &str) {
             total
         });
     });
+    if name == "postgres" {
+        g.bench_function("server_side_generate_series", |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    tag += 1;
+                    rt.block_on(fresh_table(&db, &table));
+                    let start = Instant::now();
+                    rt.block_on(server_side_insert(&db, &table, tag));
+                    total += start.elapsed();
+                }
+                record(
+                    format!("{name} server's own rate: generate_series upsert"),
+                    N as u64 * iters,
+                    total,
+                );
+                total
+            });
+        });
+    }
     g.bench_function("sink_upsert_batches", |b| {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
@@ -227,7 +293,7 @@ criterion_group!(benches, sql);
 fn main() {
     benches();
     Criterion::default().configure_from_args().final_summary();
-    let ratios: Vec<_> = ["sqlite", "postgres", "mysql"]
+    let mut ratios: Vec<_> = ["sqlite", "postgres", "mysql"]
         .iter()
         .map(|b| {
             common::ratio(
@@ -237,5 +303,10 @@ fn main() {
             )
         })
         .collect();
+    ratios.push(common::ratio(
+        "postgres sink / the server's own rate",
+        "postgres sql sink (batched upserts)",
+        "postgres server's own rate: generate_series upsert",
+    ));
     common::summary("sql sink", &ratios);
 }

@@ -58,6 +58,22 @@ fn footprint_with(n: usize, prefilled: usize) -> ((f64, f64), f64) {
     let dir = tempfile::tempdir().expect("tempdir");
     let (_rt, fake, kc) = fake_cluster(dir.path());
     fake.history_len(1000);
+    let port = free_port();
+    let p = write(
+        dir.path(),
+        "pipeline.yaml",
+        &format!(
+            "api:\n  listen: 127.0.0.1:{port}\nstate:\n  url: sqlite://{state}\nstages:\n  k8s:\n    type: kube_events\n    kubeconfig: {kc}\n  warnings:\n    type: filter\n    inputs: [k8s]\n    types: [Warning]\n  db:\n    type: sql\n    inputs: [warnings]\n    url: sqlite://{db}\n  out:\n    type: stdout\n    inputs: [warnings]\n",
+            state = dir.path().join("state.db").display(),
+            kc = kc.display(),
+            db = dir.path().join("events.db").display(),
+        ),
+    );
+    if prefilled > 0 {
+        prefill(&p, &dir.path().join("events.db"), prefilled);
+    }
+    let bound = stated_bound_mb(&p);
+    // Created after the prefill's short run, which therefore lists nothing.
     let started = Instant::now();
     for i in 0..n {
         let ty = if i % 2 == 0 { "Warning" } else { "Normal" };
@@ -75,21 +91,6 @@ fn footprint_with(n: usize, prefilled: usize) -> ((f64, f64), f64) {
         .expect("create");
     }
     eprintln!("{n} Events created in {:?}", started.elapsed());
-    let port = free_port();
-    let p = write(
-        dir.path(),
-        "pipeline.yaml",
-        &format!(
-            "api:\n  listen: 127.0.0.1:{port}\nstate:\n  url: sqlite://{state}\nstages:\n  k8s:\n    type: kube_events\n    kubeconfig: {kc}\n  warnings:\n    type: filter\n    inputs: [k8s]\n    types: [Warning]\n  db:\n    type: sql\n    inputs: [warnings]\n    url: sqlite://{db}\n  out:\n    type: stdout\n    inputs: [warnings]\n",
-            state = dir.path().join("state.db").display(),
-            kc = kc.display(),
-            db = dir.path().join("events.db").display(),
-        ),
-    );
-    if prefilled > 0 {
-        prefill(&p, &dir.path().join("events.db"), prefilled);
-    }
-    let bound = stated_bound_mb(&p);
     let env = deployment_allocator_env();
     eprintln!("allocator settings from the Deployment: {env:?}");
     let mut child = bin()

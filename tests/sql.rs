@@ -715,12 +715,12 @@ async fn webhook_queue_and_dead_letters_on_every_backend(b: Backend) {
             Event::new(e, Finalizers::None)
         })
         .collect();
-    store.push(&sink, &events).await.expect("push");
+    store.push(&sink, &events, 1).await.expect("push");
     assert_eq!(store.count(&sink).await.expect("count"), 5, "{}", b.name);
     let head = store.head(&sink, 0, 3).await.expect("head");
     assert_eq!(head.len(), 3, "{}", b.name);
     assert!(head.windows(2).all(|w| w[0].id < w[1].id), "{}", b.name);
-    let e0 = eventflow::event::from_stored(&head[0].event).expect("decode");
+    let e0 = head[0].events().expect("decode").remove(0);
     assert_eq!(
         (e0.uid.as_str(), e0.message.as_str()),
         ("q0", "quote \" and ✓ 0")
@@ -837,6 +837,114 @@ async fn the_seeds_dsn_forms_connect_to_the_servers(b: Backend) {
     conn.close().await;
 }
 on_every_backend!(async the_seeds_dsn_forms_connect_to_the_servers);
+
+/// A backlog is stored a request's worth per row: pushed 250 events at 100 a row are 3 rows,
+/// counted as 250 events; a read takes whole rows up to the events asked for; a batch of rows
+/// moved to the dead letters keeps every event, in order.
+async fn webhook_queue_rows_hold_a_requests_worth_of_events(b: Backend) {
+    use eventflow::event::{Event, Finalizers};
+    use eventflow::stages::webhook::queue::Store;
+    let sink = format!("rows_{}", rand_suffix());
+    let store = Store::open(&b.url).await.expect("open");
+    let events: Vec<Event> = (0..250)
+        .map(|i| Event::new(event(&format!("r{i}")), Finalizers::None))
+        .collect();
+    store.push(&sink, &events, 100).await.expect("push");
+    assert_eq!(store.count(&sink).await.expect("count"), 250, "{}", b.name);
+    assert_eq!(store.status(&sink).await.expect("status").queued, 250);
+    let all = store.head(&sink, 0, 1000).await.expect("head");
+    assert_eq!(
+        all.iter()
+            .map(eventflow::stages::webhook::queue::Pending::len)
+            .collect::<Vec<_>>(),
+        [100, 100, 50],
+        "{}",
+        b.name
+    );
+    let two = store.head(&sink, 0, 200).await.expect("head");
+    assert_eq!(two.len(), 2, "{}: rows up to 200 events", b.name);
+    assert_eq!(
+        store.head(&sink, 0, 10).await.expect("head").len(),
+        1,
+        "{}: at least one row, even over the limit",
+        b.name
+    );
+    let uids: Vec<String> = two[1]
+        .events()
+        .expect("events")
+        .into_iter()
+        .map(|e| e.uid)
+        .collect();
+    assert_eq!(uids.first().map(String::as_str), Some("r100"), "{}", b.name);
+    assert_eq!(uids.len(), 100);
+    store
+        .bury(&sink, &two, "id-2", 1, "HTTP 400")
+        .await
+        .expect("bury");
+    assert_eq!(store.count(&sink).await.expect("count"), 50, "{}", b.name);
+    let dead = store.dead_letters(Some(&sink), &[]).await.expect("dead");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].event_count(), 200, "{}", b.name);
+    let uids: Vec<String> = dead[0]
+        .decode_events()
+        .expect("events")
+        .into_iter()
+        .map(|e| e.uid)
+        .collect();
+    assert_eq!(uids[0], "r0");
+    assert_eq!(uids[199], "r199");
+    store.close().await;
+}
+on_every_backend!(async webhook_queue_rows_hold_a_requests_worth_of_events);
+
+/// A queue written by an earlier version (one event per row, no `n` column) is migrated when
+/// the store opens: the column is added, the old rows are read as one event each, in order
+/// with the new ones. (SQLite only: the test drops the column, which would disturb other tests
+/// sharing a server.)
+#[tokio::test]
+async fn a_queue_of_the_earlier_one_event_per_row_format_is_read_after_the_migration() {
+    use eventflow::event::{Event, Finalizers};
+    use eventflow::stages::webhook::queue::Store;
+    let b = Backend::sqlite();
+    Store::open(&b.url).await.expect("open").close().await;
+    let pool = sqlx::SqlitePool::connect(&b.url).await.expect("connect");
+    sqlx::query("ALTER TABLE eventflow_webhook_queue DROP COLUMN n")
+        .execute(&pool)
+        .await
+        .expect("the earlier table had no n");
+    for i in 0..3 {
+        let stored = eventflow::event::to_stored(&event(&format!("old{i}"))).expect("stored");
+        sqlx::query(
+            "INSERT INTO eventflow_webhook_queue (sink, born_at, event) VALUES ('s', 1, ?)",
+        )
+        .bind(stored)
+        .execute(&pool)
+        .await
+        .expect("old row");
+    }
+    pool.close().await;
+    let store = Store::open(&b.url).await.expect("open migrates");
+    let news: Vec<Event> = (0..4)
+        .map(|i| Event::new(event(&format!("new{i}")), Finalizers::None))
+        .collect();
+    store.push("s", &news, 4).await.expect("push");
+    assert_eq!(store.count("s").await.expect("count"), 7);
+    let rows = store.head("s", 0, 100).await.expect("head");
+    let uids: Vec<String> = rows
+        .iter()
+        .flat_map(|r| r.events().expect("events"))
+        .map(|e| e.uid)
+        .collect();
+    assert_eq!(
+        uids,
+        ["old0", "old1", "old2", "new0", "new1", "new2", "new3"]
+    );
+    assert_eq!(
+        rows.iter().map(|r| r.n).collect::<Vec<_>>(),
+        [None, None, None, Some(4)]
+    );
+    store.close().await;
+}
 
 /// Replicas (or pipelines) starting at the same moment each create the table if it is missing:
 /// every one of them must start (PostgreSQL's `CREATE ... IF NOT EXISTS` is not atomic).

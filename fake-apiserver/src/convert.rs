@@ -3,7 +3,7 @@
 use serde_json::{Map, Value, json};
 
 /// Which API a request came through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Flavor {
     /// `/api/v1/...`
     Core,

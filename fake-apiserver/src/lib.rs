@@ -162,8 +162,13 @@ pub(crate) struct State {
     pub requests: Vec<Recorded>,
     pub watchers: BTreeMap<u64, WatcherInfo>,
     pub next_watcher: u64,
-    /// List snapshots kept for continue tokens: first-page rv -> items.
-    pub snapshots: HashMap<u64, Arc<Vec<Value>>>,
+    /// List snapshots kept for continue tokens: first-page rv -> items (their JSON text).
+    pub snapshots: HashMap<u64, Arc<Vec<Arc<str>>>>,
+    /// Each listed object's JSON text by (namespace, name, resourceVersion, API), made once:
+    /// a list costs the server what a real one's watch cache does (copying bytes it has), not
+    /// a conversion and serialization of every object. An update has a new resourceVersion,
+    /// so an entry is never stale; the map is emptied when it outgrows the objects.
+    pub texts: HashMap<(String, String, String, convert::Flavor), Arc<str>>,
     pub next_uid: u64,
     pub uid_seed: u64,
     /// `coordination.k8s.io/v1` Leases by (namespace, name), with their own resourceVersions.
@@ -405,6 +410,7 @@ impl FakeApiServer {
                 watchers: BTreeMap::new(),
                 next_watcher: 0,
                 snapshots: HashMap::new(),
+                texts: HashMap::new(),
                 next_uid: 0,
                 uid_seed: seed,
                 leases: BTreeMap::new(),

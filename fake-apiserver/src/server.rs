@@ -607,11 +607,25 @@ fn list(shared: &Arc<Shared>, target: &Target, params: &BTreeMap<String, String>
             None => return error(400, "BadRequest", "invalid continue token"),
         }
     } else {
-        let items: Vec<Value> = g
+        let state = &mut *g;
+        if state.texts.len() > 2 * state.objects.len() + 1024 {
+            state.texts.clear();
+        }
+        let items: Vec<Arc<str>> = state
             .objects
-            .values()
-            .filter(|o| matches(o))
-            .map(|o| to_flavor(o, target.flavor, false))
+            .iter()
+            .filter(|(_, o)| matches(o))
+            .map(|((ns, name), o)| {
+                let rv = o["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                state
+                    .texts
+                    .entry((ns.clone(), name.clone(), rv, target.flavor))
+                    .or_insert_with(|| Arc::from(to_flavor(o, target.flavor, false).to_string()))
+                    .clone()
+            })
             .collect();
         let rv = g.rv;
         let items = Arc::new(items);
@@ -645,7 +659,7 @@ fn list(shared: &Arc<Shared>, target: &Target, params: &BTreeMap<String, String>
         if i > 0 {
             out.push(',');
         }
-        out.push_str(&item.to_string());
+        out.push_str(item);
     }
     out.push_str("]}");
     let mut r = (StatusCode::OK, out).into_response();

@@ -37,7 +37,7 @@ use super::{Budget, Outcome, delivery_id};
 use crate::backoff::BackoffConfig;
 use crate::component::SinkContext;
 use crate::event::ack::Status;
-use crate::event::{self, Event, Finalizers, ack_all};
+use crate::event::{Event, Finalizers, ack_all};
 use crate::health::StageHealth;
 use crate::metrics as shared_metrics;
 use crate::state::db::{DbError, retrying};
@@ -368,7 +368,9 @@ async fn write(shared: &Durable, batch: Vec<Event>, write_failed: &metrics::Coun
         true
     };
     match retrying(&mut backoff, retry, || {
-        shared.store.push(shared.stage(), &batch)
+        shared
+            .store
+            .push(shared.stage(), &batch, shared.limits.batch.max_events)
     })
     .await
     {
@@ -420,24 +422,27 @@ async fn next_batches(
     let mut batches: Vec<Vec<Pending>> = Vec::new();
     let mut rows = rows.into_iter().peekable();
     while let Some(first) = rows.next() {
+        let mut n = first.len();
         let mut batch = vec![first];
-        while batch.len() < max
-            && let Some(r) = rows.next_if(|r| batch[0].continues(r))
+        while n < max
+            && let Some(r) = rows.next_if(|r| batch[0].continues(r) && n + r.len() <= max)
         {
+            n += r.len();
             batch.push(r);
         }
         batches.push(batch);
     }
+    let events = |b: &[Pending]| b.iter().map(Pending::len).sum::<usize>();
     let partial_tail = batches
         .last()
-        .is_some_and(|b| b.len() < max && (b[0].batch.is_none() || batches.len() > 1));
+        .is_some_and(|b| events(b) < max && (b[0].batch.is_none() || batches.len() > 1));
     if batches.len() > 1 && partial_tail {
         batches.pop();
     }
     let Some(only) = batches.first() else {
         return Ok(Next::Empty);
     };
-    if batches.len() == 1 && only[0].batch.is_none() && only.len() < max && !stopping {
+    if batches.len() == 1 && only[0].batch.is_none() && events(only) < max && !stopping {
         let due = only[0]
             .born_at
             .saturating_add(i64::try_from(cfg.batch.max_wait.0.as_millis()).unwrap_or(i64::MAX));
@@ -453,24 +458,34 @@ async fn next_batches(
 
 /// Removes delivered rows and pins the batches about to go out (one transaction), retried
 /// while the database is unavailable unless `halting`.
-async fn settle(shared: &Durable, delivered: &mut Vec<i64>, pins: &[(i64, i64)], halting: bool) {
+async fn settle(
+    shared: &Durable,
+    delivered: &mut Vec<Delivered>,
+    pins: &[(i64, i64)],
+    halting: bool,
+) {
     if delivered.is_empty() && pins.is_empty() {
         return;
     }
+    let ids: Vec<i64> = delivered.iter().map(|d| d.0).collect();
+    let events: usize = delivered.iter().map(|d| d.1).sum();
     let written = shared
         .persist(
             "remove delivered events from the queue",
             || halting,
-            || shared.store.settle(shared.stage(), delivered, pins),
+            || shared.store.settle(shared.stage(), &ids, pins),
         )
         .await;
     if written {
-        shared.sub(delivered.len() as u64);
+        shared.sub(events as u64);
     } else if !delivered.is_empty() {
-        tracing::warn!(stage = %shared.stage(), events = delivered.len(), "delivered events stay queued and are sent again at the next start (same delivery ids)");
+        tracing::warn!(stage = %shared.stage(), events, "delivered events stay queued and are sent again at the next start (same delivery ids)");
     }
     delivered.clear();
 }
+
+/// A delivered queue row: its id and how many events it held.
+type Delivered = (i64, usize);
 
 /// Why a delivery loop ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -504,7 +519,7 @@ async fn deliver_loop(
     let mut superseded = false;
     let mut db_backoff = BackoffConfig::<500, 30_000>::default().start();
     // Rows delivered and not yet removed: removed together with the next pins, in one commit.
-    let mut delivered: Vec<i64> = Vec::new();
+    let mut delivered: Vec<Delivered> = Vec::new();
     // Batches read and not yet sent (at most twice `max_in_flight`).
     let mut ready: std::collections::VecDeque<Vec<Pending>> = std::collections::VecDeque::new();
     loop {
@@ -537,7 +552,8 @@ async fn deliver_loop(
         // crash sends the delivered rows not yet removed again (same delivery ids).
         let flush = !pins.is_empty()
             || in_flight.is_empty()
-            || delivered.len() >= cfg.max_in_flight.saturating_mul(cfg.batch.max_events)
+            || delivered.iter().map(|d| d.1).sum::<usize>()
+                >= cfg.max_in_flight.saturating_mul(cfg.batch.max_events)
             || stopping
             || superseded
             || halting;
@@ -593,7 +609,7 @@ struct Waits<'a> {
 #[derive(Default)]
 struct Turn {
     /// Rows delivered by the batches that finished.
-    delivered: Vec<i64>,
+    delivered: Vec<Delivered>,
     /// A batch stopped retrying because the stage is stopping.
     halted: bool,
     /// A newer instance of the stage started.
@@ -606,7 +622,7 @@ impl Waits<'_> {
     /// (`wake`), a stop, or lost leadership.
     async fn next_turn(
         &mut self,
-        in_flight: &mut tokio::task::JoinSet<(Outcome, Vec<i64>)>,
+        in_flight: &mut tokio::task::JoinSet<(Outcome, Vec<Delivered>)>,
         more: bool,
         superseded: bool,
         stopping: bool,
@@ -658,7 +674,7 @@ fn take_turn(
         Vec::new()
     };
     let pins = if cfg.batch.max_events > 1 {
-        pin(now.iter_mut().chain(ready.iter_mut()))
+        pin(now.iter_mut().chain(ready.iter_mut()), cfg.batch.max_events)
     } else {
         Vec::new()
     };
@@ -666,9 +682,13 @@ fn take_turn(
 }
 
 /// Marks the batches not pinned yet as pinned; returns their `(first, last)` row ids to write.
-fn pin<'a>(batches: impl Iterator<Item = &'a mut Vec<Pending>>) -> Vec<(i64, i64)> {
+/// A batch of one full row (`max` events) needs none: nothing can join it after a restart.
+fn pin<'a>(batches: impl Iterator<Item = &'a mut Vec<Pending>>, max: usize) -> Vec<(i64, i64)> {
     let mut pins = Vec::new();
     for b in batches {
+        if b.len() == 1 && b[0].len() >= max {
+            continue;
+        }
         if let (Some(first), Some(last)) = (b.first().map(|r| r.id), b.last().map(|r| r.id))
             && b[0].batch.is_none()
         {
@@ -715,15 +735,20 @@ async fn send(
     shared: Arc<Durable>,
     rows: Vec<Pending>,
     halt: watch::Receiver<bool>,
-) -> (Outcome, Vec<i64>) {
+) -> (Outcome, Vec<Delivered>) {
     let shared = &*shared;
     let started = std::time::Instant::now();
     let mut events = Vec::with_capacity(rows.len());
+    // When each event entered the pipeline (its row's oldest).
+    let mut born = Vec::with_capacity(rows.len());
     let mut good = Vec::with_capacity(rows.len());
     for r in rows {
-        match event::from_stored(&r.event) {
-            Ok(e) => {
-                events.push(Event::new(e, Finalizers::None));
+        match r.events() {
+            Ok(es) => {
+                for e in es {
+                    events.push(Event::new(e, Finalizers::None));
+                    born.push(r.born_at);
+                }
                 good.push(r);
             }
             Err(e) => {
@@ -750,10 +775,10 @@ async fn send(
     let mut delivered = Vec::new();
     match &outcome {
         Outcome::Delivered { .. } => {
-            delivered = good.iter().map(|r| r.id).collect();
+            delivered = good.iter().map(|r| (r.id, r.len())).collect();
             let now = chrono::Utc::now().timestamp_millis();
-            for (r, e) in good.iter().zip(&events) {
-                let in_pipeline = u64::try_from(now - r.born_at).unwrap_or(0);
+            for (b, e) in born.iter().zip(&events) {
+                let in_pipeline = u64::try_from(now - b).unwrap_or(0);
                 shared.latency.record(e, Duration::from_millis(in_pipeline));
             }
         }
@@ -795,12 +820,13 @@ async fn bury(
         )
         .await;
     if moved {
-        shared.sub(rows.len() as u64);
-        shared.dead.increment(rows.len() as u64);
+        let events: usize = rows.iter().map(Pending::len).sum();
+        shared.sub(events as u64);
+        shared.dead.increment(events as u64);
         tracing::error!(
             stage = %shared.stage(),
             delivery_id,
-            events = rows.len(),
+            events,
             "delivery moved to the dead-letter table (`eventflow dead-letter list`)"
         );
     }
