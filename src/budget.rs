@@ -19,6 +19,10 @@ pub const BASE: u64 = 32 * MIB;
 pub const EVENT: u64 = 2 * KIB;
 /// An event with what a sink renders of it (a request body, a row's values).
 pub const RENDERED_EVENT: u64 = 2 * EVENT;
+/// What the allocator holds beyond the live data it was asked for (freed pages not yet given
+/// back, fragmentation), as a share of the rest: measured with the Deployment's allocator
+/// settings in the worst case of the default pipeline (BENCHMARKS.md, "Memory budget").
+pub const ALLOCATOR_PERCENT: u64 = 20;
 
 /// One bound of a stage: what it holds, the settings that bound it, its size in bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +76,15 @@ impl Budget {
                 rows.push((s.id.clone(), b));
             }
         }
+        let live: u64 = rows.iter().map(|(_, b)| b.bytes).sum();
+        rows.push((
+            "(allocator)".to_string(),
+            Bound::new(
+                "freed memory not yet returned, fragmentation",
+                format!("{ALLOCATOR_PERCENT} % of the above"),
+                live * ALLOCATOR_PERCENT / 100,
+            ),
+        ));
         Budget { rows }
     }
 

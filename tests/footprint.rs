@@ -184,8 +184,9 @@ fn assert_footprint(n: usize, target_mb: f64) {
     );
 }
 
-/// The worst case of the default pipeline at its defaults: as many Event versions as
-/// `max_tracked` (1,000,000), half of them stored into a table that holds 1,000,000 rows already
+/// The worst case of the default pipeline at its defaults: more Events than `max_tracked`
+/// (900,000) keeps, so the map is full and evicts, half of them stored into a table that holds
+/// 1,000,000 rows already
 /// (the page cache full, the index far larger than it). The peak stays within the bound
 /// `validate --memory` states, and that bound within the Deployment's limit.
 #[test]

@@ -126,8 +126,11 @@ impl KubeEventsConfig {
 fn default_page_size() -> u32 {
     500
 }
+/// 900,000 rather than a round million: the map's table grows by doubling once it is 7/8
+/// full, and 1,000,000 versions are just past the 917,504 that 2^20 buckets hold, which
+/// doubles the table (and its peak while growing) for the last 8 % (see [`seen::map_bytes`]).
 fn default_max_tracked() -> usize {
-    1_000_000
+    900_000
 }
 fn default_watch_timeout() -> Dur {
     Dur::secs(290)
@@ -155,11 +158,11 @@ impl StageConfig for KubeEventsConfig {
             Bound::new(
                 "Event versions remembered",
                 format!(
-                    "max_tracked {} x {}",
+                    "max_tracked {}: {} buckets x 33 B, half again while growing, 20 B each to evict",
                     self.max_tracked,
-                    size(seen::BYTES_PER_VERSION)
+                    seen::buckets(self.max_tracked)
                 ),
-                (self.max_tracked as u64).saturating_mul(seen::BYTES_PER_VERSION),
+                seen::map_bytes(self.max_tracked),
             ),
             Bound::in_flight(
                 "a list page being read",

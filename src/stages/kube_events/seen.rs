@@ -14,9 +14,21 @@ use crate::state::db::{Db, DbError, OpenError};
 
 pub const TABLE: &str = "eventflow_kube_checkpoint";
 
-/// The memory of one remembered Event version, measured (`tests/memory.rs`: ~8 MB for
-/// 100,000), with room for the map's growth.
-pub const BYTES_PER_VERSION: u64 = 80;
+/// The buckets of the map's table when it holds `max` versions: it keeps at most 7/8 of them
+/// full, and their number is a power of two.
+pub fn buckets(max: usize) -> u64 {
+    (max.saturating_mul(8) / 7).max(1).next_power_of_two() as u64
+}
+
+/// The memory of the map at `max` versions, at its largest: the table's buckets (a 32-byte
+/// slot and a control byte each), the previous table (half the buckets) alive while it grows,
+/// and what an eviction holds for a moment: the copy of the last-seen times it sorts (4 bytes
+/// a version) and the uids it forgets with their checkpoint deletes (a tenth of the versions,
+/// ~160 bytes each: 16 bytes a version).
+pub fn map_bytes(max: usize) -> u64 {
+    let b = buckets(max);
+    b * 33 + b / 2 * 33 + 20 * max as u64
+}
 
 /// A list generation: which relist last showed an entry (compared for equality; wraps, and
 /// skips 0, which is what the watch admits with).
