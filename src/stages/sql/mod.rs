@@ -52,12 +52,6 @@ pub struct SqlConfig {
     /// The most connections the pool opens.
     #[serde(default = "default_conns")]
     pub max_conns: u32,
-    /// How many transactions each batch is split into, written at once on as many connections
-    /// (by key: the versions of one event are always written in order, by one of them). More
-    /// overlap the database's work with eventflow's and share commits. Default: 1 on SQLite
-    /// (one writer at a time anyway), 4 on PostgreSQL and MySQL/MariaDB; at most `max_conns`.
-    #[serde(default)]
-    pub writers: Option<u32>,
     /// SQLite: the page cache of this sink's database, in bytes, shared out among its
     /// connections (SQLite keeps one per connection). A bound on memory; a larger one keeps
     /// more of a large table's index in memory. Ignored by PostgreSQL and MySQL.
@@ -87,9 +81,6 @@ fn default_table() -> String {
 fn default_conns() -> u32 {
     5
 }
-
-/// [`SqlConfig::writers`] on PostgreSQL and MySQL/MariaDB.
-const DEFAULT_SERVER_WRITERS: u32 = 4;
 
 fn default_sqlite_cache_bytes() -> u64 {
     16 * 1024 * 1024
@@ -276,59 +267,10 @@ impl SqlSink {
 
     /// Writes a batch, retrying while the database is unavailable. Returns, for each event,
     /// `None` when it is stored, or why the database refused it for good.
-    ///
-    /// With `writers` above 1 the batch is split by key among that many transactions on as
-    /// many connections, written at once: a key is always in the same part, so its versions
-    /// are written in order, and each part is acknowledged after its own commit.
     pub async fn write(&self, batch: &[Event]) -> Vec<Option<String>> {
-        let keys: Vec<String> = batch.iter().map(|e| self.evt_key(e)).collect();
-        let lanes = self.writers();
-        if lanes <= 1 || batch.len() < 2 * lanes {
-            let all: Vec<&Event> = batch.iter().collect();
-            return self.write_part(&all, &keys).await;
-        }
-        let hasher = std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default();
-        let mut parts: Vec<Vec<usize>> = vec![Vec::new(); lanes];
-        for (i, k) in keys.iter().enumerate() {
-            let lane = usize::try_from(std::hash::BuildHasher::hash_one(&hasher, k) % lanes as u64)
-                .unwrap_or(0);
-            parts[lane].push(i);
-        }
-        let parts: Vec<Vec<usize>> = parts.into_iter().filter(|p| !p.is_empty()).collect();
-        let keys = &keys;
-        let written = futures::future::join_all(parts.iter().map(|idx| async move {
-            let events: Vec<&Event> = idx.iter().map(|&i| &batch[i]).collect();
-            let part_keys: Vec<String> = idx.iter().map(|&i| keys[i].clone()).collect();
-            self.write_part(&events, &part_keys).await
-        }))
-        .await;
-        let mut statuses: Vec<Option<String>> = vec![None; batch.len()];
-        for (idx, got) in parts.iter().zip(written) {
-            for (&i, s) in idx.iter().zip(got) {
-                statuses[i] = s;
-            }
-        }
-        statuses
-    }
-
-    /// How many transactions a batch is split into.
-    fn writers(&self) -> usize {
-        let n =
-            self.cfg
-                .writers
-                .unwrap_or(if self.db.backend() == crate::state::db::Backend::Sqlite {
-                    1
-                } else {
-                    DEFAULT_SERVER_WRITERS
-                });
-        (n.min(self.cfg.max_conns) as usize).max(1)
-    }
-
-    /// Writes `batch` (`keys`: their keys) in one transaction, retrying while the database is
-    /// unavailable.
-    async fn write_part(&self, batch: &[&Event], keys: &[String]) -> Vec<Option<String>> {
         // One row per key: the last version of an event in the batch wins (a multi-row
-        // upsert may not touch the same row twice).
+        // upsert may not touch the same row twice). Each key is computed once.
+        let keys: Vec<String> = batch.iter().map(|e| self.evt_key(e)).collect();
         let mut last: std::collections::HashMap<&str, usize> =
             std::collections::HashMap::with_capacity(batch.len());
         for (i, k) in keys.iter().enumerate() {
@@ -339,7 +281,7 @@ impl SqlSink {
                 .zip(batch)
                 .enumerate()
                 .filter(|(i, (k, _))| last.get(k.as_str()) == Some(i))
-                .map(|(_, (k, e))| (k.clone(), *e)),
+                .map(|(_, (k, e))| (k.clone(), e)),
         );
         let sql = self.sql_for(rows.len());
         let mut statuses: Vec<Option<String>> = vec![None; batch.len()];
@@ -370,7 +312,7 @@ impl SqlSink {
             Err(e) => {
                 tracing::warn!(error = %e, "batch refused; writing its rows one by one to find the bad ones");
                 let bad = self.write_one_by_one(&rows).await;
-                for (status, k) in statuses.iter_mut().zip(keys) {
+                for (status, k) in statuses.iter_mut().zip(&keys) {
                     if let Some((_, why)) = bad.iter().find(|(key, _)| key == k) {
                         *status = Some(why.clone());
                     }
