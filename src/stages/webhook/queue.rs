@@ -399,24 +399,25 @@ impl Store {
         after: i64,
         limit: usize,
     ) -> Result<Vec<Pending>, DbError> {
+        // The last row id such that the rows up to it hold at most `limit` events (at least
+        // one row), found by the database: one row comes back, not one per queued row.
         let sizes = Query::select()
-            .columns(["id", "n"].map(name))
+            .column(name("id"))
+            .expr_as(Expr::cust("COALESCE(n, 1)"), name("k"))
             .from(name(QUEUE))
             .and_where(Expr::col(name("sink")).eq(sink))
             .and_where(Expr::col(name("id")).gt(after))
             .order_by(name("id"), Order::Asc)
             .limit(limit.max(1) as u64)
             .to_owned();
-        let sizes: Vec<(i64, Option<i64>)> = self.db.fetch_all(self.db.build(&sizes)).await?;
-        let (mut total, mut last) = (0usize, None);
-        for (id, n) in sizes {
-            let k = n.map_or(1, |n| usize::try_from(n).unwrap_or(1)).max(1);
-            if last.is_some() && total + k > limit {
-                break;
-            }
-            total += k;
-            last = Some(id);
-        }
+        let (inner, values) = self.db.build(&sizes);
+        let sql = format!(
+            "SELECT MAX(id) FROM (SELECT id, k, SUM(k) OVER (ORDER BY id) AS upto FROM ({inner}) a) b \
+             WHERE upto <= {} OR upto = k",
+            limit.max(1)
+        );
+        let found: Vec<(Option<i64>,)> = self.db.fetch_all((sql, values)).await?;
+        let last = found.into_iter().next().and_then(|(l,)| l);
         let Some(last) = last else {
             return Ok(Vec::new());
         };
@@ -428,25 +429,8 @@ impl Store {
             .and_where(Expr::col(name("id")).lte(last))
             .order_by(name("id"), Order::Asc)
             .to_owned();
-        let rows: Vec<QueueRow> = if self.db.backend() == Backend::Sqlite {
-            // SQLite hands each row from its own thread to the async side: the head as one
-            // JSON array in one row reads ~1.3x faster (same rows; sorted by id below).
-            let (inner, values) = self.db.build(&q);
-            let sql = format!(
-                "SELECT json_group_array(json_array(id, born_at, batch, n, event)) FROM ({inner})"
-            );
-            let one: Vec<(Option<String>,)> = self.db.fetch_all((sql, values)).await?;
-            let text = one.into_iter().next().and_then(|(t,)| t);
-            let mut rows: Vec<QueueRow> = match text {
-                Some(t) => serde_json::from_str(&t)
-                    .map_err(|e| DbError::Permanent(sqlx::Error::Decode(Box::new(e))))?,
-                None => Vec::new(),
-            };
-            rows.sort_unstable_by_key(|r| r.0);
-            rows
-        } else {
-            self.db.fetch_all(self.db.build(&q)).await?
-        };
+        // A row per request's worth of events: a handful of rows, each read as it is.
+        let rows: Vec<QueueRow> = self.db.fetch_all(self.db.build(&q)).await?;
         Ok(rows
             .into_iter()
             .map(|(id, born_at, batch, n, event)| Pending {
