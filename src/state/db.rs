@@ -282,7 +282,19 @@ impl Db {
         if backend_of(url).is_none() {
             return Err(UrlError::Unsupported(redact(url)).into());
         }
-        match Db::open_pool(url, max_conns, timeout, cache_bytes).await {
+        // SQLite: several pools opening one new file at once (replicas of a test, stages of
+        // one pipeline) can find it locked while another switches it to WAL; that answer comes
+        // without SQLite's busy wait, so wait here, within `timeout`.
+        let deadline = std::time::Instant::now() + timeout;
+        let mut opened = Db::open_pool(url, max_conns, timeout, cache_bytes).await;
+        while let Err(sqlx::Error::Database(d)) = &opened
+            && matches!(d.code().as_deref(), Some("5" | "6"))
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            opened = Db::open_pool(url, max_conns, timeout, cache_bytes).await;
+        }
+        match opened {
             Ok(db) => Ok(db),
             Err(source) => {
                 let why = match &source {
