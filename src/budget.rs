@@ -41,9 +41,14 @@ impl Bound {
         }
     }
 
-    /// `n` events in flight of `per` bytes each (batches being written, retried or rendered).
-    pub fn in_flight(what: &str, setting: String, n: u64, per: u64) -> Bound {
-        Bound::new(what, setting, n.saturating_mul(per))
+    /// `n` units (keys, objects, events in flight) of `per` bytes each, `n` being the value
+    /// of `setting`.
+    pub fn each(what: &str, setting: &str, n: u64, per: u64) -> Bound {
+        Bound::new(
+            what,
+            format!("{setting} {n} x {}", size(per)),
+            n.saturating_mul(per),
+        )
     }
 }
 
@@ -153,14 +158,15 @@ pub fn size(bytes: u64) -> String {
 /// filled, each event with its rendered body; with `durable`, the state database's page caches
 /// of its queue (the queue itself is on disk).
 pub fn sending(max_in_flight: usize, max_events: usize, durable: bool) -> Vec<Bound> {
-    let mut out = vec![Bound::in_flight(
+    let mut out = vec![Bound::new(
         "batches being sent",
         format!(
             "(max_in_flight {max_in_flight} + 1) x batch.max_events {max_events} x {}",
             size(RENDERED_EVENT)
         ),
-        (max_in_flight as u64 + 1).saturating_mul(max_events as u64),
-        RENDERED_EVENT,
+        (max_in_flight as u64 + 1)
+            .saturating_mul(max_events as u64)
+            .saturating_mul(RENDERED_EVENT),
     )];
     if durable {
         out.push(Bound::new(

@@ -718,11 +718,12 @@ fn migrate(path: &std::path::Path, show_secrets: bool) -> anyhow::Result<ExitCod
     }
 }
 
-/// The sinks of `p` with `durable: true` (webhook, loki), each with a way to make its sender.
-fn durable_stages(
+/// The stages of `p` that can have dead letters, each with a way to make its sender: the sinks
+/// with `durable: true` (webhook, loki), and, with a `kube_events` source, every other sink.
+fn letter_stages(
     p: &eventflow::config::Pipeline,
-) -> Result<Vec<eventflow::stages::webhook::dead_letter::DurableStage>, String> {
-    use eventflow::stages::webhook::dead_letter::DurableStage;
+) -> Result<Vec<eventflow::stages::webhook::dead_letter::LetterStage>, String> {
+    use eventflow::stages::webhook::dead_letter::LetterStage;
     use eventflow::stages::webhook::durable::Sender;
     use eventflow::stages::{loki, webhook};
     use std::sync::Arc;
@@ -734,7 +735,7 @@ fn durable_stages(
             let cfg: webhook::WebhookConfig =
                 eventflow::yaml::from_node_skipping(&s.node, &["type", "inputs"]).map_err(bad)?;
             if cfg.durable {
-                out.push(DurableStage {
+                out.push(LetterStage {
                     id: id.clone(),
                     make: Box::new(move || {
                         let (cfg, id) = (cfg.clone(), id.clone());
@@ -745,14 +746,13 @@ fn durable_stages(
                                 .map_err(Into::into)
                         })
                     }),
-                    queued: true,
                 });
             }
         } else if s.type_name == loki::TYPE.name {
             let cfg: loki::LokiConfig =
                 eventflow::yaml::from_node_skipping(&s.node, &["type", "inputs"]).map_err(bad)?;
             if cfg.durable {
-                out.push(DurableStage {
+                out.push(LetterStage {
                     id: id.clone(),
                     make: Box::new(move || {
                         let made = cfg
@@ -761,7 +761,6 @@ fn durable_stages(
                             .map_err(Into::into);
                         Box::pin(async move { made })
                     }),
-                    queued: true,
                 });
             }
         }
@@ -777,13 +776,12 @@ fn durable_stages(
                 continue;
             }
             let (pipeline, id) = (p.clone(), s.id.clone());
-            out.push(DurableStage {
+            out.push(LetterStage {
                 id: s.id.clone(),
                 make: Box::new(move || {
                     let replay = webhook::replay::Replay::new(pipeline.clone(), &id);
                     Box::pin(async move { Ok(Arc::new(replay) as Arc<dyn Sender>) })
                 }),
-                queued: false,
             });
         }
     }
@@ -804,7 +802,7 @@ fn dead_letter(action: &DeadLetterAction) -> anyhow::Result<ExitCode> {
         .and_then(|p| {
             Ok(dl::Target {
                 state_url: p.state.clone().unwrap_or_default().url,
-                durable: durable_stages(&p)?,
+                stages: letter_stages(&p)?,
             })
         }) {
         Ok(t) => t,

@@ -698,6 +698,11 @@ fn kill_9_mid_stream_loses_no_committed_row_and_a_replay_completes_the_table(b: 
 }
 on_every_backend!(sync kill_9_mid_stream_loses_no_committed_row_and_a_replay_completes_the_table);
 
+/// The uids of `events`, in order.
+fn uids_of(events: Vec<EventData>) -> Vec<String> {
+    events.into_iter().map(|e| e.uid).collect()
+}
+
 /// The durable webhook's tables in the `state` database, on every backend: queue in order,
 /// batches pinned, delivered rows removed, a failed batch moved to the dead letters in one
 /// step, and dead letters read back with their events intact.
@@ -765,12 +770,7 @@ async fn webhook_queue_and_dead_letters_on_every_backend(b: Backend) {
     assert_eq!(store.count(&sink).await.expect("count"), 0, "{}", b.name);
     let dead = store.dead_letters(Some(&sink), &[]).await.expect("dead");
     assert_eq!(dead.len(), 1, "{}", b.name);
-    let uids: Vec<String> = dead[0]
-        .decode_events()
-        .expect("events")
-        .into_iter()
-        .map(|e| e.uid)
-        .collect();
+    let uids = uids_of(dead[0].decode_events().expect("events"));
     assert_eq!(uids, ["q2", "q3", "q4"], "{}", b.name);
     assert_eq!(
         (dead[0].attempts, dead[0].delivery_id.as_str()),
@@ -869,12 +869,7 @@ async fn webhook_queue_rows_hold_a_requests_worth_of_events(b: Backend) {
         "{}: at least one row, even over the limit",
         b.name
     );
-    let uids: Vec<String> = two[1]
-        .events()
-        .expect("events")
-        .into_iter()
-        .map(|e| e.uid)
-        .collect();
+    let uids = uids_of(two[1].events().expect("events"));
     assert_eq!(uids.first().map(String::as_str), Some("r100"), "{}", b.name);
     assert_eq!(uids.len(), 100);
     store
@@ -885,12 +880,7 @@ async fn webhook_queue_rows_hold_a_requests_worth_of_events(b: Backend) {
     let dead = store.dead_letters(Some(&sink), &[]).await.expect("dead");
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].event_count(), 200, "{}", b.name);
-    let uids: Vec<String> = dead[0]
-        .decode_events()
-        .expect("events")
-        .into_iter()
-        .map(|e| e.uid)
-        .collect();
+    let uids = uids_of(dead[0].decode_events().expect("events"));
     assert_eq!(uids[0], "r0");
     assert_eq!(uids[199], "r199");
     store.close().await;

@@ -62,26 +62,14 @@ pub struct Refusal {
 
 /// What a source learns of a batch: its worst status, and which of its events did not finish
 /// delivered (so that a source can checkpoint the rest).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Report {
     pub status: Status,
     /// Positions of the events that failed; [`WHOLE_BATCH`] among them means all.
     pub failed: Vec<Seq>,
     /// The refusals sinks gave with a reason ([`crate::event::Event::refuse`]).
-    pub refusals: Refusals,
+    pub refusals: Vec<Refusal>,
 }
-
-/// The refusals of a report (compared by count only: a report's identity is its status and
-/// positions).
-#[derive(Debug, Clone, Default)]
-pub struct Refusals(pub Vec<Refusal>);
-
-impl PartialEq for Refusals {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.len() == other.0.len()
-    }
-}
-impl Eq for Refusals {}
 
 /// At most this many refusals are kept per batch (each holds a copy of its event); the
 /// positions of the rest are still reported failed.
@@ -93,14 +81,13 @@ impl Report {
         Report {
             status: Status::Errored,
             failed: vec![WHOLE_BATCH],
-            refusals: Refusals::default(),
+            refusals: Vec::new(),
         }
     }
 
     /// The refusals of the event at `seq` (a whole-batch refusal applies to every event).
     pub fn refusals_of(&self, seq: Seq) -> impl Iterator<Item = &Refusal> {
         self.refusals
-            .0
             .iter()
             .filter(move |r| r.seq == seq || r.seq == WHOLE_BATCH)
     }
@@ -187,9 +174,8 @@ impl Drop for Finalizer {
                     std::mem::take(self.failed.get_mut().unwrap_or_else(|e| e.into_inner()));
                 failed.sort_unstable();
                 failed.dedup();
-                let refusals = Refusals(std::mem::take(
-                    self.refusals.get_mut().unwrap_or_else(|e| e.into_inner()),
-                ));
+                let refusals =
+                    std::mem::take(self.refusals.get_mut().unwrap_or_else(|e| e.into_inner()));
                 let _ = tx.send(Report {
                     status,
                     failed,

@@ -63,11 +63,11 @@ const BYTES_PER_KEY: u64 = 448;
 
 impl StageConfig for DedupConfig {
     fn memory(&self) -> Vec<crate::budget::Bound> {
-        use crate::budget::{Bound, size};
-        vec![Bound::new(
+        vec![crate::budget::Bound::each(
             "keys remembered",
-            format!("max_keys {} x {}", self.max_keys, size(BYTES_PER_KEY)),
-            self.max_keys.saturating_mul(BYTES_PER_KEY),
+            "max_keys",
+            self.max_keys,
+            BYTES_PER_KEY,
         )]
     }
 

@@ -24,16 +24,11 @@ pub struct StdoutConfig {
 
 impl StageConfig for StdoutConfig {
     fn memory(&self) -> Vec<crate::budget::Bound> {
-        use crate::budget::{Bound, RENDERED_EVENT, size};
-        vec![Bound::in_flight(
+        vec![crate::budget::Bound::each(
             "the batch being written",
-            format!(
-                "{} events x {}",
-                crate::component::MAX_BATCH,
-                size(RENDERED_EVENT)
-            ),
+            "a batch of",
             crate::component::MAX_BATCH as u64,
-            RENDERED_EVENT,
+            crate::budget::RENDERED_EVENT,
         )]
     }
 

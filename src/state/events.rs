@@ -202,17 +202,12 @@ pub async fn ensure_table(db: &Db, table: &str) -> Result<(), DbError> {
                 .table(Alias::new(table))
                 .add_column(def)
                 .to_owned();
-            let sql = match backend {
-                Backend::Sqlite => alter.to_string(SqliteQueryBuilder),
-                Backend::Postgres => alter.to_string(PostgresQueryBuilder),
-                Backend::MySql => alter.to_string(MysqlQueryBuilder),
-            };
             tracing::info!(
                 table,
                 column = c.name,
                 "adding a missing column to an existing table"
             );
-            db.execute_raw(sql).await?;
+            db.execute_raw(db.schema_sql(&alter)).await?;
         }
     }
     let indexes: [(&str, &[&str], bool); 6] = [
@@ -233,19 +228,7 @@ pub async fn ensure_table(db: &Db, table: &str) -> Result<(), DbError> {
         if unique {
             i.unique();
         }
-        let sql = match backend {
-            Backend::Sqlite => i.if_not_exists().to_string(SqliteQueryBuilder),
-            Backend::Postgres => i.if_not_exists().to_string(PostgresQueryBuilder),
-            // MySQL has no CREATE INDEX IF NOT EXISTS: an existing index is error 1061.
-            Backend::MySql => i.to_string(MysqlQueryBuilder),
-        };
-        match db.execute_raw(sql).await {
-            Ok(_) => {}
-            Err(DbError::Permanent(sqlx::Error::Database(e)))
-                if e.code().as_deref() == Some("42000")
-                    && e.message().contains("Duplicate key name") => {}
-            Err(e) => return Err(e),
-        }
+        db.create_index(i).await?;
     }
     record_version(db, table).await
 }

@@ -148,15 +148,11 @@ const BYTES_PER_OBJECT: u64 = 1024;
 
 impl StageConfig for EnrichConfig {
     fn memory(&self) -> Vec<crate::budget::Bound> {
-        use crate::budget::{Bound, size};
-        vec![Bound::new(
+        vec![crate::budget::Bound::each(
             "objects cached",
-            format!(
-                "max_objects {} x {}",
-                self.max_objects,
-                size(BYTES_PER_OBJECT)
-            ),
-            self.max_objects.saturating_mul(BYTES_PER_OBJECT),
+            "max_objects",
+            self.max_objects,
+            BYTES_PER_OBJECT,
         )]
     }
 

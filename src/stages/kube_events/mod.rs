@@ -164,9 +164,9 @@ impl StageConfig for KubeEventsConfig {
                 ),
                 seen::map_bytes(self.max_tracked),
             ),
-            Bound::in_flight(
+            Bound::each(
                 "a list page being read",
-                format!("page_size {} x {}", self.page_size, size(EVENT)),
+                "page_size",
                 self.page_size.into(),
                 EVENT,
             ),

@@ -71,13 +71,11 @@ pub(super) async fn write_checkpoint(
 
 /// Counts a run in which `r` was refused; buries it at the limit.
 async fn refuse(cp: &Checkpoint, r: &Refused, c: &Counters, p: &Poison) {
-    let event = r.refusals.first().map(|f| &f.event);
-    let object = event.map_or_else(String::new, |e| {
-        format!("{}/{}", e.object_namespace, e.object_name)
+    let first = r.refusals.first();
+    let object = first.map_or_else(String::new, |f| {
+        format!("{}/{}", f.event.object_namespace, f.event.object_name)
     });
-    let reason = event
-        .and(r.refusals.first())
-        .map_or("", |f| f.reason.as_str());
+    let reason = first.map_or("", |f| f.reason.as_str());
     let by: Vec<&str> = r.refusals.iter().map(|f| &*f.stage).collect();
     let verdict = p
         .attempts
@@ -85,9 +83,11 @@ async fn refuse(cp: &Checkpoint, r: &Refused, c: &Counters, p: &Poison) {
             cp.save_statements(std::slice::from_ref(row))
         })
         .await;
+    if verdict.is_ok() {
+        telemetry::refused(&p.stage).increment(1);
+    }
     match verdict {
         Ok(Verdict::Replayed(n)) => {
-            telemetry::refused(&p.stage).increment(1);
             let limit: &dyn std::fmt::Display = if p.limit == 0 { &"unlimited" } else { &p.limit };
             tracing::warn!(
                 uid = r.row.uid(),
@@ -99,7 +99,6 @@ async fn refuse(cp: &Checkpoint, r: &Refused, c: &Counters, p: &Poison) {
             );
         }
         Ok(Verdict::DeadLettered(n)) => {
-            telemetry::refused(&p.stage).increment(1);
             for s in &by {
                 telemetry::dead_letters(&p.stage, s).increment(1);
             }

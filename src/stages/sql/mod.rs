@@ -86,6 +86,13 @@ fn default_sqlite_cache_bytes() -> u64 {
     16 * 1024 * 1024
 }
 
+impl SqlConfig {
+    /// SQLite: each connection's share of `sqlite_cache_bytes` (at least 64 KiB).
+    fn cache_per_connection(&self) -> u64 {
+        (self.sqlite_cache_bytes / u64::from(self.max_conns.max(1))).max(64 * 1024)
+    }
+}
+
 fn default_key() -> Vec<Field> {
     vec![Field::Cluster, Field::Uid]
 }
@@ -97,22 +104,17 @@ fn default_connect_timeout() -> Dur {
 impl StageConfig for SqlConfig {
     fn memory(&self) -> Vec<crate::budget::Bound> {
         use crate::budget::{Bound, RENDERED_EVENT, size};
-        let mut out = vec![Bound::in_flight(
+        let mut out = vec![Bound::each(
             "the batch being written",
-            format!(
-                "batch.max_events {} x {}",
-                self.batch.max_events,
-                size(RENDERED_EVENT)
-            ),
+            "batch.max_events",
             self.batch.max_events as u64,
             RENDERED_EVENT,
         )];
         if crate::state::db::backend_of(&self.url) == Some(crate::state::db::Backend::Sqlite) {
-            let per = self.sqlite_cache_bytes / u64::from(self.max_conns.max(1));
             out.push(Bound::new(
                 "SQLite page cache",
                 format!("sqlite_cache_bytes {}", size(self.sqlite_cache_bytes)),
-                per.max(64 * 1024) * u64::from(self.max_conns.max(1)),
+                self.cache_per_connection() * u64::from(self.max_conns.max(1)),
             ));
         }
         out
@@ -187,7 +189,7 @@ impl StageConfig for SqlConfig {
                 &self.url,
                 self.max_conns,
                 self.connect_timeout.0,
-                self.sqlite_cache_bytes / u64::from(self.max_conns.max(1)),
+                self.cache_per_connection(),
             )
             .await
             .map_err(|e| cx.error_from("field `url`", e))?;

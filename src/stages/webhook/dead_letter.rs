@@ -29,7 +29,9 @@ pub enum Error {
         "the pipeline has no durable webhook stage (`durable: true` on a webhook or loki sink) and no `kube_events` source, so it has no dead letters"
     )]
     NoDurable,
-    #[error("no durable stage `{stage}` in the pipeline (durable stages: {known})")]
+    #[error(
+        "no stage `{stage}` with dead letters in the pipeline (those that can have them: {known})"
+    )]
     NoSuchStage { stage: String, known: String },
     #[error("dead letter {id}: its events are not readable: {source}")]
     Corrupt {
@@ -61,34 +63,33 @@ pub type MakeSender =
 
 /// A stage of the pipeline that can have dead letters: a durable sink (with a queue), or any
 /// other sink of a pipeline with a `kube_events` source (re-sent with [`super::replay`]).
-pub struct DurableStage {
+pub struct LetterStage {
     pub id: String,
     pub make: MakeSender,
-    /// Whether it has a durable queue.
-    pub queued: bool,
 }
 
 /// What the commands work on, read from a pipeline file.
 pub struct Target {
     /// The `state` database's URL.
     pub state_url: String,
-    /// The pipeline's durable stages.
-    pub durable: Vec<DurableStage>,
+    /// The pipeline's stages that can have dead letters.
+    pub stages: Vec<LetterStage>,
 }
 
 /// The state database's queue store, once the pipeline is known to have dead letters (a
-/// durable webhook, and `stage` among them): nothing is created for a pipeline without.
+/// stage that can have them, and `stage` among them): nothing is created for a pipeline
+/// without.
 async fn store(p: &Target, stage: Option<&str>) -> Result<Store, Error> {
-    let durable: Vec<String> = p.durable.iter().map(|d| d.id.clone()).collect();
-    if durable.is_empty() {
+    let known: Vec<String> = p.stages.iter().map(|d| d.id.clone()).collect();
+    if known.is_empty() {
         return Err(Error::NoDurable);
     }
     if let Some(s) = stage
-        && !durable.iter().any(|d| d == s)
+        && !known.iter().any(|d| d == s)
     {
         return Err(Error::NoSuchStage {
             stage: s.to_string(),
-            known: durable.join(", "),
+            known: known.join(", "),
         });
     }
     Ok(Store::open(&p.state_url).await?)
@@ -125,7 +126,7 @@ async fn status_from(store: &Store, p: &Target, stage: Option<&str>) -> Result<S
         "{:<20}  {:>8}  {:>10}  {:>12}  {:>11}\n",
         "STAGE", "QUEUED", "OLDEST", "DEAD LETTERS", "DEAD EVENTS"
     );
-    for d in p.durable.iter().filter(|d| stage.is_none_or(|s| s == d.id)) {
+    for d in p.stages.iter().filter(|d| stage.is_none_or(|s| s == d.id)) {
         let st = store.status(&d.id).await?;
         let _ = writeln!(
             out,
@@ -155,7 +156,7 @@ async fn list_from(store: &Store, p: &Target, stage: Option<&str>) -> Result<Str
         out.push_str("no dead letters\n");
         // Not given up on is not delivered: say what is still waiting.
         let mut waiting = Vec::new();
-        for d in p.durable.iter().filter(|d| stage.is_none_or(|s| s == d.id)) {
+        for d in p.stages.iter().filter(|d| stage.is_none_or(|s| s == d.id)) {
             if let Ok(st) = store.status(&d.id).await
                 && st.queued > 0
             {
@@ -231,14 +232,14 @@ pub struct Resent {
 /// reason and attempt count.
 pub async fn resend(p: &Target, stage: Option<&str>, ids: &[i64]) -> Result<Resent, Error> {
     let store = store(p, stage).await?;
-    let result = resend_with(&store, &p.durable, stage, ids).await;
+    let result = resend_with(&store, &p.stages, stage, ids).await;
     store.close().await;
     result
 }
 
 async fn resend_with(
     store: &Store,
-    stages: &[DurableStage],
+    stages: &[LetterStage],
     stage: Option<&str>,
     ids: &[i64],
 ) -> Result<Resent, Error> {

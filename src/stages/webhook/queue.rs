@@ -173,12 +173,7 @@ async fn add_row_sizes(db: &Db) -> Result<(), DbError> {
         .table(name(QUEUE))
         .add_column(ColumnDef::new(name("n")).big_integer().null())
         .to_owned();
-    let sql = match db.backend() {
-        Backend::MySql => add.to_string(sea_query::MysqlQueryBuilder),
-        Backend::Postgres => add.to_string(sea_query::PostgresQueryBuilder),
-        Backend::Sqlite => add.to_string(sea_query::SqliteQueryBuilder),
-    };
-    match db.execute_raw(sql).await {
+    match db.execute_raw(db.schema_sql(&add)).await {
         Ok(_) => {
             tracing::info!(
                 table = QUEUE,
@@ -242,7 +237,6 @@ pub async fn create_tables(db: &Db) -> Result<(), OpenError> {
         .col(long_text("events"))
         .to_owned();
     let index = Index::create()
-        .if_not_exists()
         .name(format!("{QUEUE}_sink_id"))
         .table(name(QUEUE))
         .col(name("sink"))
@@ -255,25 +249,7 @@ pub async fn create_tables(db: &Db) -> Result<(), OpenError> {
     db.execute_raw(db.schema_sql(&queue)).await.map_err(err)?;
     add_row_sizes(db).await.map_err(err)?;
     db.execute_raw(db.schema_sql(&dead)).await.map_err(err)?;
-    // MySQL has no CREATE INDEX IF NOT EXISTS (MariaDB has): an existing index (error
-    // 1061, duplicate key name) is what we wanted.
-    let sql = match backend {
-        Backend::MySql => index
-            .to_string(sea_query::MysqlQueryBuilder)
-            .replace(" IF NOT EXISTS", ""),
-        Backend::Postgres => index.to_string(sea_query::PostgresQueryBuilder),
-        Backend::Sqlite => index.to_string(sea_query::SqliteQueryBuilder),
-    };
-    match db.execute_raw(sql).await {
-        Err(DbError::Permanent(e))
-            if e.as_database_error()
-                .and_then(crate::state::db::mysql_error_number)
-                == Some(1061) => {}
-        r => {
-            r.map_err(err)?;
-        }
-    }
-    Ok(())
+    db.create_index(index).await.map_err(err)
 }
 
 /// The insert of one dead letter (`events`: a JSON array of [`event::to_stored`] objects).

@@ -19,7 +19,12 @@ use crate::event::ack::{Finalizer, Status};
 use crate::event::{Event, Finalizers};
 use crate::health::StageHealth;
 
-const FEED: &str = "dead-letter";
+/// The feeding source's id: with a space, so no stage of a pipeline file has it.
+const FEED: &str = "dead letters";
+
+/// How long a re-send waits for the sink to store the events (it retries an unavailable
+/// database or receiver by its own rules meanwhile); past it the dead letter stays.
+const WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Sends events to one sink of a pipeline, built alone.
 pub struct Replay {
@@ -83,19 +88,26 @@ impl Replay {
         drop(fin);
         feeder.send_plain(batch).await;
         drop(feeder);
-        let report = done.await;
+        let report = tokio::time::timeout(WAIT, done).await;
         let _ = topology.shutdown(std::time::Duration::from_secs(10)).await;
         match report {
-            Ok(r) if r.status == Status::Delivered => Outcome::Delivered { attempts: 1 },
-            Ok(r) => Outcome::Failed {
-                reason: r.refusals.0.first().map_or_else(
+            Ok(Ok(r)) if r.status == Status::Delivered => Outcome::Delivered { attempts: 1 },
+            Ok(Ok(r)) => Outcome::Failed {
+                reason: r.refusals.first().map_or_else(
                     || "not delivered (the sink stopped before it stored the events)".to_string(),
                     |f| f.reason.clone(),
                 ),
                 attempts: 1,
             },
-            Err(_) => Outcome::Failed {
+            Ok(Err(_)) => Outcome::Failed {
                 reason: "not delivered (the sink stopped)".to_string(),
+                attempts: 1,
+            },
+            Err(_) => Outcome::Failed {
+                reason: format!(
+                    "not stored within {} s (the sink is still retrying: is what it writes to reachable?)",
+                    WAIT.as_secs()
+                ),
                 attempts: 1,
             },
         }
