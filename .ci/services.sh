@@ -15,6 +15,10 @@ command -v faketime >/dev/null 2>&1 || need+=(faketime)
 # The servers of the alertmanager and nats sinks' tests (each test starts its own instance).
 command -v prometheus-alertmanager >/dev/null 2>&1 || need+=(prometheus-alertmanager)
 [ -x /usr/sbin/nats-server ] || need+=(nats-server)
+# python3 with venv: the otlp sink's tests decode what it sends with the official OpenTelemetry
+# Python packages (installed below into a virtual environment of their own).
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+python3 -c "import ensurepip, venv" >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
@@ -32,4 +36,12 @@ SQL
 mariadb-admin -s ping >/dev/null 2>&1 || service mariadb start >/dev/null
 for _ in $(seq 1 100); do mariadb-admin -s ping >/dev/null 2>&1 && break; sleep 0.1; done
 mariadb -e "CREATE DATABASE IF NOT EXISTS eventflow; CREATE USER IF NOT EXISTS 'eventflow'@'localhost' IDENTIFIED BY 'eventflow'; CREATE USER IF NOT EXISTS 'eventflow'@'%' IDENTIFIED BY 'eventflow'; GRANT ALL ON eventflow.* TO 'eventflow'@'localhost'; GRANT ALL ON eventflow.* TO 'eventflow'@'%';"
+# The OTLP receiver's packages (versions the tests were written against).
+OTLP_VENV=/opt/eventflow-otlp
+if ! "$OTLP_VENV/bin/python" -c "import grpc, grpc_status, opentelemetry.proto" >/dev/null 2>&1; then
+  python3 -m venv "$OTLP_VENV"
+  "$OTLP_VENV/bin/pip" install -q --disable-pip-version-check \
+    opentelemetry-proto==1.45.2 grpcio==1.85.4 grpcio-status==1.85.3
+fi
+
 echo "postgres $PGVER and mariadb are up; promtool: $(command -v promtool)"

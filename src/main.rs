@@ -719,13 +719,13 @@ fn migrate(path: &std::path::Path, show_secrets: bool) -> anyhow::Result<ExitCod
 }
 
 /// The stages of `p` that can have dead letters, each with a way to make its sender: the sinks
-/// with `durable: true` (webhook, loki), and, with a `kube_events` source, every other sink.
+/// with `durable: true` (webhook, loki, otlp), and, with a `kube_events` source, every other sink.
 fn letter_stages(
     p: &eventflow::config::Pipeline,
 ) -> Result<Vec<eventflow::stages::webhook::dead_letter::LetterStage>, String> {
     use eventflow::stages::webhook::dead_letter::LetterStage;
     use eventflow::stages::webhook::durable::Sender;
-    use eventflow::stages::{loki, webhook};
+    use eventflow::stages::{loki, otlp, webhook};
     use std::sync::Arc;
     let mut out = Vec::new();
     for s in p.stages.values() {
@@ -742,6 +742,23 @@ fn letter_stages(
                         Box::pin(async move {
                             cfg.delivery(&id)
                                 .await
+                                .map(|d| Arc::new(d) as Arc<dyn Sender>)
+                                .map_err(Into::into)
+                        })
+                    }),
+                });
+            }
+        } else if s.type_name == otlp::TYPE.name {
+            let cfg: otlp::OtlpConfig =
+                eventflow::yaml::from_node_skipping(&s.node, &["type", "inputs"]).map_err(bad)?;
+            if cfg.durable {
+                out.push(LetterStage {
+                    id: id.clone(),
+                    make: Box::new(move || {
+                        // Made inside the runtime: the gRPC channel starts a task.
+                        let (cfg, id) = (cfg.clone(), id.clone());
+                        Box::pin(async move {
+                            cfg.exporter(&id)
                                 .map(|d| Arc::new(d) as Arc<dyn Sender>)
                                 .map_err(Into::into)
                         })

@@ -16,6 +16,7 @@ pub mod key;
 pub mod kube_events;
 pub mod loki;
 pub mod nats;
+pub mod otlp;
 pub mod rate_limit;
 pub mod send;
 pub mod sql;
@@ -40,4 +41,5 @@ pub static REGISTRY: Registry = Registry(&[
     alertmanager::TYPE,
     loki::TYPE,
     nats::TYPE,
+    otlp::TYPE,
 ]);

@@ -3,6 +3,7 @@
 
 pub mod loki;
 pub mod nats;
+pub mod otlp;
 pub mod receiver;
 #[allow(unused_imports)]
 pub use receiver::{Got, Receiver};
