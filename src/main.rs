@@ -86,6 +86,15 @@ enum Command {
         #[arg(long)]
         markdown: bool,
     },
+    /// Print the index template of a pipeline's `elasticsearch` stage (what `install_template:
+    /// true` installs), for `PUT /_index_template/<name>`.
+    ElasticsearchTemplate {
+        /// The pipeline file.
+        pipeline: PathBuf,
+        /// The stage, when the pipeline has several `elasticsearch` stages.
+        #[arg(long)]
+        stage: Option<String>,
+    },
     /// Run the `tests:` cases of pipeline files (no network, no database, no cluster).
     Test {
         #[arg(required = true)]
@@ -331,6 +340,9 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Schema { markdown: true } => {
             outp!("{}", eventflow::pipeline_reference());
             Ok(ExitCode::SUCCESS)
+        }
+        Command::ElasticsearchTemplate { pipeline, stage } => {
+            Ok(elasticsearch_template(&pipeline, stage.as_deref()))
         }
         Command::Test {
             pipelines,
@@ -714,6 +726,59 @@ fn migrate(path: &std::path::Path, show_secrets: bool) -> anyhow::Result<ExitCod
                 }
             );
             Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// `eventflow elasticsearch-template`: the template of the pipeline's `elasticsearch` stage.
+fn elasticsearch_template(path: &std::path::Path, stage: Option<&str>) -> ExitCode {
+    use eventflow::stages::elasticsearch as es;
+    let p = match eventflow::load_file(path) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let stages: Vec<_> = p
+        .stages
+        .values()
+        .filter(|s| s.type_name == es::TYPE.name && stage.is_none_or(|id| s.id == id))
+        .collect();
+    let chosen = match stages.as_slice() {
+        [one] => *one,
+        [] => {
+            match stage {
+                Some(id) => eprintln!("{}: no `elasticsearch` stage `{id}`", path.display()),
+                None => eprintln!(
+                    "{}: the pipeline has no `elasticsearch` stage",
+                    path.display()
+                ),
+            }
+            return ExitCode::FAILURE;
+        }
+        many => {
+            let ids: Vec<&str> = many.iter().map(|s| s.id.as_str()).collect();
+            eprintln!(
+                "{}: several `elasticsearch` stages ({}); say which with --stage",
+                path.display(),
+                ids.join(", ")
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    match eventflow::yaml::from_node_skipping::<es::ElasticsearchConfig>(
+        &chosen.node,
+        &["type", "inputs"],
+    ) {
+        Ok(cfg) => {
+            let t = serde_json::to_string_pretty(&cfg.template()).unwrap_or_default();
+            outp!("{t}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("stage `{}`: {e}", chosen.id);
+            ExitCode::FAILURE
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod aggregate;
 pub mod alertmanager;
 pub mod batch;
 pub mod dedup;
+pub mod elasticsearch;
 pub mod enrich;
 pub mod file;
 pub mod filter;
@@ -42,4 +43,5 @@ pub static REGISTRY: Registry = Registry(&[
     loki::TYPE,
     nats::TYPE,
     otlp::TYPE,
+    elasticsearch::TYPE,
 ]);

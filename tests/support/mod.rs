@@ -1,6 +1,7 @@
 //! Helpers for tests that drive the real `eventflow` binary.
 #![allow(dead_code)]
 
+pub mod elasticsearch;
 pub mod loki;
 pub mod nats;
 pub mod otlp;
