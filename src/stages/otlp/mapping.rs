@@ -10,7 +10,8 @@
 //! the normalized fields: its time is its last-seen time, and what cannot be known is left
 //! out.
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
@@ -24,48 +25,66 @@ use crate::event::{ApiVersion, EventData};
 /// The instrumentation scope of every record.
 pub const SCOPE: &str = "eventflow";
 
-/// What the mapping reads from the object as received.
+/// What the mapping reads from the object as received (borrowed from its text where it has
+/// no escapes).
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
-struct Raw {
-    action: Option<String>,
-    event_time: Option<String>,
-    last_timestamp: Option<String>,
-    first_timestamp: Option<String>,
-    deprecated_last_timestamp: Option<String>,
-    deprecated_first_timestamp: Option<String>,
-    series: Option<RawSeries>,
-    metadata: RawMeta,
-    involved_object: Option<RawRef>,
-    regarding: Option<RawRef>,
+struct Raw<'a> {
+    #[serde(borrow)]
+    action: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    event_time: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    last_timestamp: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    first_timestamp: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    deprecated_last_timestamp: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    deprecated_first_timestamp: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    series: Option<RawSeries<'a>>,
+    #[serde(borrow)]
+    metadata: RawMeta<'a>,
+    #[serde(borrow)]
+    involved_object: Option<RawRef<'a>>,
+    #[serde(borrow)]
+    regarding: Option<RawRef<'a>>,
     count: Option<i64>,
     deprecated_count: Option<i64>,
-    reporting_controller: Option<String>,
-    reporting_component: Option<String>,
-    reporting_instance: Option<String>,
+    #[serde(borrow)]
+    reporting_controller: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    reporting_component: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    reporting_instance: Option<Cow<'a, str>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
-struct RawSeries {
+struct RawSeries<'a> {
     count: Option<i64>,
-    last_observed_time: Option<String>,
+    #[serde(borrow)]
+    last_observed_time: Option<Cow<'a, str>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
-struct RawMeta {
-    creation_timestamp: Option<String>,
+struct RawMeta<'a> {
+    #[serde(borrow)]
+    creation_timestamp: Option<Cow<'a, str>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
-struct RawRef {
-    api_version: Option<String>,
-    resource_version: Option<String>,
+struct RawRef<'a> {
+    #[serde(borrow)]
+    api_version: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    resource_version: Option<Cow<'a, str>>,
 }
 
-fn time(s: Option<&String>) -> Option<DateTime<Utc>> {
+fn time(s: Option<&Cow<'_, str>>) -> Option<DateTime<Utc>> {
     let s = s.filter(|s| !s.is_empty())?;
     DateTime::parse_from_rfc3339(s)
         .ok()
@@ -197,7 +216,7 @@ pub fn map(e: &EventData, observed: DateTime<Utc>, extra: &dyn Extra) -> Result<
 }
 
 /// The resource: the involved object, where it runs, what `enrich` added, the config's.
-fn resource(e: &EventData, raw: &Raw, configured: Attrs) -> Attrs {
+fn resource(e: &EventData, raw: &Raw<'_>, configured: Attrs) -> Attrs {
     let object = raw.involved_object.as_ref().or(raw.regarding.as_ref());
     let mut resource: Attrs = Vec::with_capacity(12);
     if !e.cluster.is_empty() {
@@ -211,14 +230,16 @@ fn resource(e: &EventData, raw: &Raw, configured: Attrs) -> Attrs {
     resource.push((
         "k8s.object.api_version".into(),
         object
-            .and_then(|o| o.api_version.clone())
-            .unwrap_or_default(),
+            .and_then(|o| o.api_version.as_deref())
+            .unwrap_or_default()
+            .to_string(),
     ));
     resource.push((
         "k8s.object.resource_version".into(),
         object
-            .and_then(|o| o.resource_version.clone())
-            .unwrap_or_default(),
+            .and_then(|o| o.resource_version.as_deref())
+            .unwrap_or_default()
+            .to_string(),
     ));
     // What `enrich` adds, under the semantic conventions' names.
     let kind = e.kind.to_ascii_lowercase();
@@ -246,10 +267,13 @@ fn resource(e: &EventData, raw: &Raw, configured: Attrs) -> Attrs {
 }
 
 /// The record's attributes: the Event's own, then the config's.
-fn attributes(e: &EventData, raw: Raw, configured: Attrs) -> Vec<KeyValue> {
+fn attributes(e: &EventData, raw: Raw<'_>, configured: Attrs) -> Vec<KeyValue> {
     let mut attributes = Vec::with_capacity(12);
     attributes.push(string("k8s.event.reason", e.reason.clone()));
-    attributes.push(string("k8s.event.action", raw.action.unwrap_or_default()));
+    attributes.push(string(
+        "k8s.event.action",
+        raw.action.map(Cow::into_owned).unwrap_or_default(),
+    ));
     if let Some(created) = time(raw.metadata.creation_timestamp.as_ref()) {
         attributes.push(string("k8s.event.start_time", go_time(created)));
     }
@@ -272,6 +296,7 @@ fn attributes(e: &EventData, raw: Raw, configured: Attrs) -> Vec<KeyValue> {
     let controller = if with_raw {
         raw.reporting_controller
             .or(raw.reporting_component)
+            .map(Cow::into_owned)
             .unwrap_or_default()
     } else {
         e.source.clone()
@@ -280,7 +305,9 @@ fn attributes(e: &EventData, raw: Raw, configured: Attrs) -> Vec<KeyValue> {
         attributes.push(string("k8s.event.reporting_controller", controller));
     }
     let instance = if with_raw {
-        raw.reporting_instance.unwrap_or_default()
+        raw.reporting_instance
+            .map(Cow::into_owned)
+            .unwrap_or_default()
     } else {
         e.host.clone()
     };
@@ -294,40 +321,57 @@ fn attributes(e: &EventData, raw: Raw, configured: Attrs) -> Vec<KeyValue> {
     attributes
 }
 
+/// Whether `kv` are the string attributes `attrs`, in order.
+fn same_attributes(kv: &[KeyValue], attrs: &Attrs) -> bool {
+    kv.len() == attrs.len()
+        && kv.iter().zip(attrs).all(|(a, (k, v))| {
+            a.key == *k
+                && matches!(a.value.as_ref().and_then(|x| x.value.as_ref()),
+                    Some(any_value::Value::StringValue(s)) if s == v)
+        })
+}
+
 /// The export request of mapped events: one `ResourceLogs` per distinct resource (in the order
 /// they first appear), each with one scope.
 pub fn request(mapped: Vec<Mapped>) -> ExportLogsServiceRequest {
-    let mut order: Vec<Vec<(String, String)>> = Vec::new();
-    let mut by: BTreeMap<Vec<(String, String)>, Vec<LogRecord>> = BTreeMap::new();
+    use std::hash::BuildHasher;
+    let mut resource_logs: Vec<ResourceLogs> = Vec::new();
+    // The hash of a resource's attributes -> its places in `resource_logs` (the attributes are
+    // moved into the request, not copied for a key).
+    let hasher = foldhash::fast::FixedState::default();
+    let mut seen: HashMap<u64, Vec<usize>, foldhash::fast::RandomState> = HashMap::default();
     for m in mapped {
-        let records = by.entry(m.resource).or_insert_with_key(|k| {
-            order.push(k.clone());
-            Vec::new()
+        let h = hasher.hash_one(&m.resource);
+        let places = seen.entry(h).or_default();
+        let same = places.iter().copied().find(|&i| {
+            resource_logs[i]
+                .resource
+                .as_ref()
+                .is_some_and(|r| same_attributes(&r.attributes, &m.resource))
         });
-        records.push(m.record);
-    }
-    let resource_logs = order
-        .into_iter()
-        .filter_map(|k| {
-            let records = by.remove(&k)?;
-            Some(ResourceLogs {
-                resource: Some(Resource {
-                    attributes: k.into_iter().map(|(k, v)| string(k, v)).collect(),
-                    ..Resource::default()
+        if let Some(i) = same {
+            resource_logs[i].scope_logs[0].log_records.push(m.record);
+            continue;
+        }
+        places.push(resource_logs.len());
+        let attributes = m.resource.into_iter().map(|(k, v)| string(k, v)).collect();
+        resource_logs.push(ResourceLogs {
+            resource: Some(Resource {
+                attributes,
+                ..Resource::default()
+            }),
+            scope_logs: vec![ScopeLogs {
+                scope: Some(InstrumentationScope {
+                    name: SCOPE.into(),
+                    version: env!("CARGO_PKG_VERSION").into(),
+                    ..InstrumentationScope::default()
                 }),
-                scope_logs: vec![ScopeLogs {
-                    scope: Some(InstrumentationScope {
-                        name: SCOPE.into(),
-                        version: env!("CARGO_PKG_VERSION").into(),
-                        ..InstrumentationScope::default()
-                    }),
-                    log_records: records,
-                    ..ScopeLogs::default()
-                }],
-                ..ResourceLogs::default()
-            })
-        })
-        .collect();
+                log_records: vec![m.record],
+                ..ScopeLogs::default()
+            }],
+            ..ResourceLogs::default()
+        });
+    }
     ExportLogsServiceRequest { resource_logs }
 }
 

@@ -396,16 +396,14 @@ pub struct Exporter {
 }
 
 impl Exporter {
+    /// The request's protobuf encoding; gzipped for HTTP when `gzip` (the gRPC channel
+    /// compresses by itself).
     fn encode(
         &self,
         r: &opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest,
     ) -> std::io::Result<bytes::Bytes> {
-        if !self.cfg.is_http() {
-            // tonic encodes (and compresses) the message itself.
-            return Ok(bytes::Bytes::new());
-        }
         let pb = r.encode_to_vec();
-        if !self.cfg.gzip {
+        if !self.cfg.gzip || !self.cfg.is_http() {
             return Ok(pb.into());
         }
         let mut gz = flate2::write::GzEncoder::new(
@@ -455,7 +453,8 @@ impl Exporter {
         };
         let id = send::delivery_id(events);
         let partly = std::sync::Mutex::new(None);
-        let (partly_ref, body_ref, request_ref) = (&partly, &body, &request);
+        drop(request);
+        let (partly_ref, body_ref) = (&partly, &body);
         let retrier = send::Retrier {
             stage: &self.stage,
             what: "otlp",
@@ -467,7 +466,7 @@ impl Exporter {
             .run(&id, events, health, budget, stop, move || async move {
                 let (exported, class, secs) = self
                     .transport
-                    .export(request_ref, body_ref, self.cfg.gzip, self.cfg.timeout.0)
+                    .export(body_ref, self.cfg.gzip, self.cfg.timeout.0)
                     .await;
                 self.metrics.request(class, secs);
                 match exported {

@@ -9,13 +9,11 @@ use std::error::Error as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
-use opentelemetry_proto::tonic::collector::logs::v1::{
-    ExportLogsServiceRequest, ExportLogsServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
 use prost::Message;
 use tonic::Code;
 use tonic::codec::CompressionEncoding;
+use tonic::codec::{DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 use tonic_types::StatusExt;
@@ -37,7 +35,7 @@ pub enum Exported {
 /// How the request goes out.
 pub enum Transport {
     Grpc {
-        client: LogsServiceClient<Channel>,
+        client: tonic::client::Grpc<Channel>,
         metadata: MetadataMap,
     },
     Http {
@@ -106,7 +104,7 @@ impl Transport {
         } else {
             endpoint.connect_lazy()
         };
-        let mut client = LogsServiceClient::new(channel)
+        let mut client = tonic::client::Grpc::new(channel)
             .accept_compressed(CompressionEncoding::Gzip)
             .max_decoding_message_size(16 << 20);
         if o.gzip {
@@ -118,11 +116,11 @@ impl Transport {
         })
     }
 
-    /// Sends one request; `body` is its protobuf encoding (used by HTTP, gzipped when `gzip`).
-    /// Returns the outcome and the metric class of the request.
+    /// Sends one request: `body` is its protobuf encoding (for HTTP gzipped when `gzip`; for
+    /// gRPC plain: the channel compresses it). Encoded once, sent as is on every attempt.
+    /// Returns the outcome, the metric class of the request and its duration.
     pub async fn export(
         &self,
-        request: &ExportLogsServiceRequest,
         body: &bytes::Bytes,
         gzip: bool,
         timeout: Duration,
@@ -130,9 +128,17 @@ impl Transport {
         let started = Instant::now();
         match self {
             Transport::Grpc { client, metadata } => {
-                let mut req = tonic::Request::new(request.clone());
+                let mut req = tonic::Request::new(body.clone());
                 *req.metadata_mut() = metadata.clone();
-                let r = client.clone().export(req).await;
+                let mut client = client.clone();
+                let r = match client.ready().await {
+                    Ok(()) => {
+                        client
+                            .unary(req, http::uri::PathAndQuery::from_static(EXPORT), Encoded)
+                            .await
+                    }
+                    Err(e) => Err(tonic::Status::from_error(Box::new(e))),
+                };
                 let secs = started.elapsed().as_secs_f64();
                 match r {
                     Ok(resp) => {
@@ -173,6 +179,54 @@ impl Transport {
                 (out, class, started.elapsed().as_secs_f64())
             }
         }
+    }
+}
+
+/// The gRPC method of an export.
+const EXPORT: &str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
+
+/// The codec of an export whose request is encoded already: its bytes go out as they are (no
+/// copy of the message per attempt); the answer is decoded as usual.
+#[derive(Clone, Copy)]
+struct Encoded;
+
+impl tonic::codec::Codec for Encoded {
+    type Encode = bytes::Bytes;
+    type Decode = ExportLogsServiceResponse;
+    type Encoder = Encoded;
+    type Decoder = Encoded;
+
+    fn encoder(&mut self) -> Encoded {
+        Encoded
+    }
+
+    fn decoder(&mut self) -> Encoded {
+        Encoded
+    }
+}
+
+impl Encoder for Encoded {
+    type Item = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: bytes::Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for Encoded {
+    type Item = ExportLogsServiceResponse;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut DecodeBuf<'_>,
+    ) -> Result<Option<ExportLogsServiceResponse>, tonic::Status> {
+        ExportLogsServiceResponse::decode(src)
+            .map(Some)
+            .map_err(|e| tonic::Status::internal(format!("cannot decode the answer: {e}")))
     }
 }
 
