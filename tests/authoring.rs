@@ -545,3 +545,86 @@ fn explain_shows_the_summary_after_an_aggregate_and_refuses_what_is_not_an_event
     assert_eq!(code, 1);
     assert!(err.contains("unknown event field `foo`"), "{err}");
 }
+
+/// `explain` shows the OTLP record and the Elasticsearch document an event becomes;
+/// `eventflow test` checks the bulk lines a case would write.
+#[test]
+fn explain_and_test_show_otlp_records_and_elasticsearch_documents() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let p = write(
+        dir.path(),
+        "p.yaml",
+        "stages:
+  k8s: {type: kube_events}
+  otel: {type: otlp, inputs: [k8s], endpoint: 'http://collector:4317', attributes: {team: '{{ namespace }}-team'}}
+  search: {type: elasticsearch, inputs: [k8s], urls: ['http://es:9200'], index: 'kube-%Y'}
+tests:
+  - name: an Event is one bulk action with its uid as id
+    inputs:
+      - event: {type: Warning, reason: BackOff, namespace: shop, uid: abc, message: boom}
+    expect:
+      search:
+        writes:
+          - {method: POST, body: {contains: '\"_id\":\"abc\"'}}
+",
+    );
+    let ev = write(dir.path(), "event.yaml", EVENT_YAML);
+    let (code, out, err) = run(
+        &[
+            "explain",
+            "--json",
+            p.to_str().unwrap_or(""),
+            ev.to_str().unwrap_or(""),
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let stages = v[0]["stages"].as_array().expect("stages");
+    let stage = |id: &str| {
+        stages
+            .iter()
+            .find(|s| s["stage"] == id)
+            .cloned()
+            .expect("stage")
+    };
+    let otel = stage("otel");
+    assert_eq!(otel["verdict"], "delivered");
+    let rl = &otel["output"]["resourceLogs"][0];
+    let record = &rl["scopeLogs"][0]["logRecords"][0];
+    assert_eq!(record["severityText"], "Warning");
+    assert_eq!(
+        record["body"]["stringValue"],
+        "Back-off restarting failed container"
+    );
+    let attrs = record["attributes"].as_array().expect("attributes");
+    let attr = |k: &str| {
+        attrs
+            .iter()
+            .find(|a| a["key"] == k)
+            .map(|a| a["value"].clone())
+    };
+    assert_eq!(
+        attr("k8s.event.reason"),
+        Some(serde_json::json!({"stringValue": "BackOff"}))
+    );
+    assert_eq!(
+        attr("k8s.event.count"),
+        Some(serde_json::json!({"intValue": "4"}))
+    );
+    assert_eq!(
+        attr("team"),
+        Some(serde_json::json!({"stringValue": "staging-team"}))
+    );
+    let search = stage("search");
+    assert_eq!(search["verdict"], "delivered");
+    assert_eq!(search["output"]["action"]["index"]["_id"], "5c0e-uid");
+    assert_eq!(
+        search["output"]["document"]["kubernetes"]["namespace"],
+        "staging"
+    );
+    assert_eq!(search["output"]["document"]["event"]["reason"], "BackOff");
+    let (code, out, err) = run(&["test", p.to_str().unwrap_or("")], None);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("an Event is one bulk action"), "{out}");
+}

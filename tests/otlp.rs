@@ -8,7 +8,7 @@
 mod support;
 use support::otlp::{Receiver, attrs};
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -429,4 +429,172 @@ fn grpc_requests_are_gzipped_on_the_wire() {
         bytes[0],
         bytes[1]
     );
+}
+
+/// A CA and a server certificate it signed for 127.0.0.1 (openssl; relative to now).
+fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let (ca, ca_key) = (dir.join("ca.pem"), dir.join("ca-key.pem"));
+    let (cert, key, csr) = (
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+        dir.join("cert.csr"),
+    );
+    let ext = support::write(
+        dir,
+        "ext.cnf",
+        "basicConstraints=critical,CA:FALSE\nsubjectAltName=IP:127.0.0.1\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    );
+    let run = |args: Vec<std::ffi::OsString>| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl (.ci/services.sh installs it)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let os = |v: &[&dyn AsRef<std::ffi::OsStr>]| -> Vec<std::ffi::OsString> {
+        v.iter().map(|a| a.as_ref().to_os_string()).collect()
+    };
+    run(os(&[
+        &"req",
+        &"-x509",
+        &"-newkey",
+        &"rsa:2048",
+        &"-nodes",
+        &"-days",
+        &"2",
+        &"-subj",
+        &"/CN=eventflow test CA",
+        &"-addext",
+        &"basicConstraints=critical,CA:TRUE",
+        &"-addext",
+        &"keyUsage=critical,keyCertSign,cRLSign",
+        &"-keyout",
+        &ca_key,
+        &"-out",
+        &ca,
+    ]));
+    run(os(&[
+        &"req",
+        &"-newkey",
+        &"rsa:2048",
+        &"-nodes",
+        &"-subj",
+        &"/CN=127.0.0.1",
+        &"-keyout",
+        &key,
+        &"-out",
+        &csr,
+    ]));
+    run(os(&[
+        &"x509",
+        &"-req",
+        &"-in",
+        &csr,
+        &"-CA",
+        &ca,
+        &"-CAkey",
+        &ca_key,
+        &"-CAcreateserial",
+        &"-days",
+        &"2",
+        &"-extfile",
+        &ext,
+        &"-out",
+        &cert,
+    ]));
+    (ca, cert, key)
+}
+
+/// gRPC over TLS: trusted through `ca_file`, refused without it (the certificate's issuer is
+/// unknown), accepted with `insecure_skip_verify`.
+#[test]
+fn grpc_over_tls_checks_the_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = certificates(dir.path());
+    for (extra, delivered) in [
+        (format!("    ca_file: {}\n", ca.display()), true),
+        ("    retries: 0\n".to_string(), false),
+        ("    insecure_skip_verify: true\n".to_string(), true),
+    ] {
+        let Some(rx) = Receiver::start_tls("grpc_over_tls_checks_the_certificate", &cert, &key)
+        else {
+            return;
+        };
+        let run = tempfile::tempdir().unwrap();
+        let events = support::write(run.path(), "events.jsonl", "");
+        let p = pipeline(
+            run.path(),
+            &events,
+            &format!("https://127.0.0.1:{}", rx.grpc),
+            "grpc",
+            &extra,
+        );
+        let mut r = support::Running::start(&[], &p);
+        support::append(&events, &[support::sample_line(1, "Warning")]);
+        if delivered {
+            support::wait_until(
+                "the record received over TLS",
+                Duration::from_secs(20),
+                || rx.accepted_records().len() == 1,
+            );
+        } else {
+            let line = r.wait_log("otlp delivery failed after all retries");
+            assert!(
+                line.contains("certificate") || line.contains("UnknownIssuer"),
+                "{line}"
+            );
+            assert!(rx.requests().is_empty());
+        }
+        drop(r.stop_ok());
+    }
+}
+
+/// `durable: true`: the events wait in the state database's queue while the receiver is
+/// unavailable, and each reaches it once.
+#[test]
+fn a_durable_otlp_stage_queues_through_an_outage() {
+    let Some(rx) = Receiver::start(
+        "a_durable_otlp_stage_queues_through_an_outage",
+        &["unavailable", "unavailable", "unavailable"],
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let events = support::write(dir.path(), "events.jsonl", "");
+    let p = pipeline(
+        dir.path(),
+        &events,
+        &format!("http://127.0.0.1:{}", rx.http),
+        "http",
+        "    durable: true\n",
+    );
+    let text = std::fs::read_to_string(&p).unwrap();
+    let state = dir.path().join("state.db");
+    support::replace(
+        &p,
+        &format!("state:\n  url: sqlite://{}\n{text}", state.display()),
+    );
+    let mut r = support::Running::start(&[], &p);
+    let port = r.api_port();
+    support::append(
+        &events,
+        &(0..20)
+            .map(|i| support::sample_line(i, "Normal"))
+            .collect::<Vec<_>>(),
+    );
+    support::wait_until("all records received", Duration::from_secs(30), || {
+        rx.accepted_records().len() == 20
+    });
+    support::wait_until("the queue empty", Duration::from_secs(10), || {
+        support::metric(port, "eventflow_webhook_queued_events{stage=\"logs\"}") == 0.0
+    });
+    let mut want: Vec<String> = (0..20).map(|i| format!("uid-{i}")).collect();
+    want.sort();
+    assert_eq!(uids(&rx.accepted_records()), want);
+    assert!(rx.requests().len() >= 4);
+    drop(r.stop_ok());
 }

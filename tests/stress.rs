@@ -92,7 +92,8 @@ impl World {
 
     /// A pipeline with every stage type but `kube_events`, `enrich` and `stdout`: file -> filter
     /// -> dedup -> aggregate -> `rate_limit` -> sql + webhook (+ a durable webhook) +
-    /// alertmanager + loki (to the receiver) + nats (where `nats-server` is installed).
+    /// alertmanager + loki + otlp + elasticsearch (to the receiver) + nats (where `nats-server`
+    /// is installed).
     fn everything(&mut self) -> String {
         let (db, state) = (self.db(), self.db());
         format!(
@@ -176,6 +177,8 @@ stages:
     labels: [namespace, type]
     line: logfmt
     batch: {{max_events: 50, max_wait: 10ms}}
+  otel: {{type: otlp, inputs: [keep], endpoint: '{hook}', protocol: http, retries: 2, batch: {{max_events: 50, max_wait: 10ms}}}}
+  search: {{type: elasticsearch, inputs: [keep], urls: ['{hook}'], retries: 2, batch: {{max_events: 50, max_wait: 10ms}}}}
 {nats}",
             samples = self.samples.display(),
             hook = self.hook,
@@ -213,6 +216,14 @@ stages:
             ),
             "loki" => format!(
                 "{src}  x:\n    type: loki\n    inputs: [src]\n    url: {}\n{extra}",
+                self.hook
+            ),
+            "otlp" => format!(
+                "{src}  x:\n    type: otlp\n    inputs: [src]\n    endpoint: {}\n    protocol: http\n{extra}",
+                self.hook
+            ),
+            "elasticsearch" => format!(
+                "{src}  x:\n    type: elasticsearch\n    inputs: [src]\n    urls: [{}]\n{extra}",
                 self.hook
             ),
             "nats" => format!(

@@ -22,6 +22,20 @@ impl Receiver {
     /// Starts a receiver giving `answers` to its first requests (see the script), or `None`
     /// (said on stderr) when no interpreter with the packages is configured.
     pub fn start(test: &str, answers: &[&str]) -> Option<Receiver> {
+        Self::start_with(test, &[], answers)
+    }
+
+    /// [`Receiver::start`] serving gRPC over TLS with `cert` (a chain) and `key`.
+    pub fn start_tls(
+        test: &str,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+    ) -> Option<Receiver> {
+        let (c, k) = (cert.display().to_string(), key.display().to_string());
+        Self::start_with(test, &["--tls", &c, &k], &[])
+    }
+
+    fn start_with(test: &str, options: &[&str], answers: &[&str]) -> Option<Receiver> {
         let Ok(python) = std::env::var("EVENTFLOW_TEST_OTLP_PYTHON") else {
             eprintln!(
                 "{test}: SKIPPED — no OTLP receiver: set EVENTFLOW_TEST_OTLP_PYTHON to a Python with opentelemetry-proto, grpcio and grpcio-status (.ci/services.sh makes one)"
@@ -30,6 +44,7 @@ impl Receiver {
         };
         let mut child = Command::new(python)
             .arg(super::repo("tests/support/otlp_receiver.py"))
+            .args(options)
             .args(answers)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -2,7 +2,9 @@
 grpcio-status): an independent decoder of what the otlp sink sends, over gRPC
 (LogsService/Export) and HTTP/protobuf (POST /v1/logs).
 
-Usage: otlp_receiver.py ANSWER...
+Usage: otlp_receiver.py [--tls CERT KEY] ANSWER...
+
+With --tls, gRPC is served over TLS with that certificate chain and key (HTTP stays plain).
 
 Each request takes the next ANSWER (then `ok` for ever):
   ok                   accept everything
@@ -31,7 +33,11 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
 
-answers = list(sys.argv[1:])
+args = list(sys.argv[1:])
+tls = None
+if args[:1] == ["--tls"]:
+    tls, args = (args[1], args[2]), args[3:]
+answers = args
 lock = threading.Lock()
 
 
@@ -130,7 +136,12 @@ class Http(BaseHTTPRequestHandler):
 def main():
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     logs_service_pb2_grpc.add_LogsServiceServicer_to_server(Logs(), server)
-    grpc_port = server.add_insecure_port("127.0.0.1:0")
+    if tls:
+        with open(tls[0], "rb") as c, open(tls[1], "rb") as k:
+            creds = grpc.ssl_server_credentials([(k.read(), c.read())])
+        grpc_port = server.add_secure_port("127.0.0.1:0", creds)
+    else:
+        grpc_port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     http = ThreadingHTTPServer(("127.0.0.1", 0), Http)
     threading.Thread(target=http.serve_forever, daemon=True).start()

@@ -553,13 +553,26 @@ impl Writer {
         if !status.is_success() {
             return Answer::Attempt(send::http_refusal(resp).await);
         }
-        let v: serde_json::Value = match resp.json().await {
-            Ok(v) => v,
+        let body = match resp.bytes().await {
+            Ok(b) => b,
             Err(e) => {
                 return Answer::Attempt(Attempt::Retry {
-                    why: format!("the bulk answer is not JSON: {e}"),
+                    why: format!("the bulk answer broke off: {e}"),
                     after: None,
                 });
+            }
+        };
+        // Not the bulk API answering (a proxy, a wrong URL): retrying would not change it.
+        let v: serde_json::Value = match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(e) => {
+                return Answer::Attempt(Attempt::Permanent(format!(
+                    "the answer is not a bulk answer (not JSON: {e}): {}",
+                    String::from_utf8_lossy(&body)
+                        .chars()
+                        .take(200)
+                        .collect::<String>()
+                )));
             }
         };
         let items = v["items"].as_array().cloned().unwrap_or_default();

@@ -346,6 +346,13 @@ impl<'de> serde::Deserialize<'de> for TextTemplateField {
     }
 }
 
+/// Written back as its source (the reference states defaults through this).
+impl serde::Serialize for TextTemplateField {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.source)
+    }
+}
+
 impl schemars::JsonSchema for TextTemplateField {
     fn schema_name() -> std::borrow::Cow<'static, str> {
         "TextTemplate".into()
