@@ -259,3 +259,34 @@ fn config_mistakes_are_named_and_the_template_is_printed() {
     assert_eq!(t["index_patterns"], json!(["logs-k8s-default"]));
     assert_eq!(t["data_stream"], json!({}));
 }
+
+/// `max_bytes` bounds a request: a batch over it goes out in several, every document once.
+#[tokio::test]
+async fn a_batch_over_max_bytes_goes_out_in_several_requests() {
+    let (es, url) = Elasticsearch::start(Options::default());
+    let cfg: ElasticsearchConfig = serde_json::from_value(json!({
+        "urls": [url], "index": "events", "max_bytes": 4096,
+        "batch": {"max_events": 100, "max_wait": "50ms"}
+    }))
+    .unwrap();
+    let (src, feed) = ChannelSource::new(4);
+    let b = source_to_sink(Arc::new(src), "es", "elasticsearch", Arc::new(cfg), 0);
+    let topo = Topology::start(b.build()).await.unwrap();
+    let batch: Vec<_> = (0..20)
+        .map(|i| {
+            let mut e = event(&format!("e{i}"));
+            e.message = "y".repeat(500);
+            e
+        })
+        .collect();
+    assert_eq!(feed.send(batch).await.await.unwrap(), Status::Delivered);
+    topo.shutdown(Duration::from_secs(10)).await;
+    assert_eq!(es.docs("events").len(), 20);
+    let requests = es.requests();
+    assert!(requests.len() >= 3, "{requests:?}");
+    assert!(
+        requests.iter().all(|r| r.3 == 200),
+        "no request over the limit: {requests:?}"
+    );
+    assert_eq!(requests.iter().map(|r| r.2).sum::<usize>(), 20);
+}

@@ -598,3 +598,34 @@ fn a_durable_otlp_stage_queues_through_an_outage() {
     assert!(rx.requests().len() >= 4);
     drop(r.stop_ok());
 }
+
+/// A finite run whose receiver refuses the batch for good ends with exit 3 and says how many
+/// events were not delivered: they were reported failed to their source, not acknowledged.
+#[test]
+fn a_refused_batch_is_reported_to_its_source() {
+    let Some(rx) = Receiver::start("a_refused_batch_is_reported_to_its_source", &["invalid"])
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let lines: Vec<String> = (0..3).map(|i| support::sample_line(i, "Warning")).collect();
+    let events = support::write(dir.path(), "events.jsonl", &(lines.join("\n") + "\n"));
+    let p = support::write(
+        dir.path(),
+        "p.yaml",
+        &format!(
+            "stages:\n  src: {{type: file, path: '{}'}}\n  logs: {{type: otlp, inputs: [src], endpoint: 'http://127.0.0.1:{}'}}\n",
+            events.display(),
+            rx.grpc
+        ),
+    );
+    let out = support::bin().args(["run"]).arg(&p).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("sink `logs` (otlp): 0 delivered, 3 failed"),
+        "{err}"
+    );
+    assert!(err.contains("InvalidArgument"), "{err}");
+    assert_eq!(rx.requests().len(), 1);
+}
