@@ -36,12 +36,14 @@ SQL
 mariadb-admin -s ping >/dev/null 2>&1 || service mariadb start >/dev/null
 for _ in $(seq 1 100); do mariadb-admin -s ping >/dev/null 2>&1 && break; sleep 0.1; done
 mariadb -e "CREATE DATABASE IF NOT EXISTS eventflow; CREATE USER IF NOT EXISTS 'eventflow'@'localhost' IDENTIFIED BY 'eventflow'; CREATE USER IF NOT EXISTS 'eventflow'@'%' IDENTIFIED BY 'eventflow'; GRANT ALL ON eventflow.* TO 'eventflow'@'localhost'; GRANT ALL ON eventflow.* TO 'eventflow'@'%';"
-# The OTLP receiver's packages (versions the tests were written against).
+# The Python receivers' packages (versions the tests were written against): the OTLP receiver
+# (opentelemetry-proto, grpcio, grpcio-status) and the chat services' (jsonschema, for the
+# Adaptive Card schema).
 OTLP_VENV=/opt/eventflow-otlp
-if ! "$OTLP_VENV/bin/python" -c "import grpc, grpc_status, opentelemetry.proto" >/dev/null 2>&1; then
+if ! "$OTLP_VENV/bin/python" -c "import grpc, grpc_status, opentelemetry.proto, jsonschema" >/dev/null 2>&1; then
   python3 -m venv "$OTLP_VENV"
   "$OTLP_VENV/bin/pip" install -q --disable-pip-version-check \
-    opentelemetry-proto==1.45.2 grpcio==1.85.4 grpcio-status==1.85.3
+    opentelemetry-proto==1.45.2 grpcio==1.85.4 grpcio-status==1.85.3 jsonschema==4.26.0
 fi
 
 echo "postgres $PGVER and mariadb are up; promtool: $(command -v promtool)"

@@ -1,4 +1,6 @@
-//! Chat message formats: Slack, Microsoft Teams (Adaptive Card), DingTalk, Feishu and WeCom.
+//! Chat message formats: Slack, Microsoft Teams (Adaptive Card, for connectors and for
+//! Workflows), DingTalk, Feishu, WeCom, Google Chat (a card, threaded by the problem's key),
+//! Discord (an embed), Telegram (HTML) and Mattermost (Slack-compatible attachments).
 //! Each renders a readable message for one or more events (cluster, namespace/object, reason,
 //! type, count, message, time), within the platform's size limit: events that do not fit are
 //! left out with a note saying how many, and an over-long message is cut with `…`.
@@ -16,20 +18,30 @@ use crate::event::{Event, EventData};
 pub enum Chat {
     Slack,
     Teams,
+    TeamsWorkflow,
     DingTalk,
     Feishu,
     WeCom,
+    GoogleChat,
+    Discord,
+    Telegram,
+    Mattermost,
 }
 
 impl Chat {
     /// The most bytes of message text the platform accepts (with room for the JSON around it).
+    /// Platforms that count characters get their limit in bytes, which is never more.
     pub fn limit(self) -> usize {
         match self {
-            Chat::WeCom => 4000,      // markdown.content: 4096 bytes
-            Chat::DingTalk => 19_000, // 20,000 bytes per message
-            Chat::Feishu => 19_000,   // about 20 KB per request body
-            Chat::Slack => 38_000,    // text: 40,000 characters
-            Chat::Teams => 26_000,    // 28 KB per message
+            Chat::WeCom => 4000,                         // markdown.content: 4096 bytes
+            Chat::DingTalk => 19_000,                    // 20,000 bytes per message
+            Chat::Feishu => 19_000,                      // about 20 KB per request body
+            Chat::Slack => 38_000,                       // text: 40,000 characters
+            Chat::Teams | Chat::TeamsWorkflow => 26_000, // 28 KB per message
+            Chat::GoogleChat => 24_000,                  // 32,000 bytes per message
+            Chat::Discord => 4000, // embed description: 4,096 characters (6,000 per message)
+            Chat::Telegram => 4000, // text: 4,096 characters after entity parsing
+            Chat::Mattermost => 15_000, // a post: 16,383 characters
         }
     }
 
@@ -39,8 +51,14 @@ impl Chat {
             Chat::Feishu => Markup::Plain,
             // Slack's mrkdwn: `*bold*`, and `&`, `<`, `>` escaped (else `<...>` is a link).
             Chat::Slack => Markup::SlackMrkdwn,
-            // DingTalk, WeCom and Teams (Adaptive Card TextBlock) render `**bold**`.
-            Chat::DingTalk | Chat::WeCom | Chat::Teams => Markup::Markdown,
+            // DingTalk, WeCom, Teams (Adaptive Card TextBlock) and Mattermost render
+            // `**bold**`.
+            Chat::DingTalk | Chat::WeCom | Chat::Teams | Chat::TeamsWorkflow | Chat::Mattermost => {
+                Markup::Markdown
+            }
+            Chat::Discord => Markup::Discord,
+            Chat::Telegram => Markup::Html,
+            Chat::GoogleChat => Markup::HtmlBreaks,
         }
     }
 }
@@ -53,26 +71,50 @@ pub enum Markup {
     Markdown,
     /// Slack's mrkdwn: `*bold*`; `&`, `<`, `>` escaped.
     SlackMrkdwn,
+    /// Discord's markdown: `**bold**`; markdown characters escaped with `\`.
+    Discord,
+    /// HTML (Telegram's `parse_mode: HTML`): `<b>bold</b>`; `&`, `<`, `>` escaped.
+    Html,
+    /// HTML with line breaks as `<br>` (Google Chat card text).
+    HtmlBreaks,
 }
 
 impl Markup {
-    fn bold(self) -> &'static str {
+    fn bold(self) -> (&'static str, &'static str) {
         match self {
-            Markup::Plain => "",
-            Markup::Markdown => "**",
-            Markup::SlackMrkdwn => "*",
+            Markup::Plain => ("", ""),
+            Markup::Markdown | Markup::Discord => ("**", "**"),
+            Markup::SlackMrkdwn => ("*", "*"),
+            Markup::Html | Markup::HtmlBreaks => ("<b>", "</b>"),
         }
     }
 
     /// `text` as literal text in this markup.
     fn literal(self, text: &str) -> String {
         match self {
-            Markup::SlackMrkdwn => text
+            Markup::SlackMrkdwn | Markup::Html | Markup::HtmlBreaks => text
                 .replace('&', "&amp;")
                 .replace('<', "&lt;")
                 .replace('>', "&gt;"),
+            Markup::Discord => {
+                let mut out = String::with_capacity(text.len() + 8);
+                for c in text.chars() {
+                    if matches!(
+                        c,
+                        '\\' | '*' | '_' | '~' | '`' | '|' | '>' | '#' | '[' | ']'
+                    ) {
+                        out.push('\\');
+                    }
+                    out.push(c);
+                }
+                out
+            }
             Markup::Plain | Markup::Markdown => text.to_string(),
         }
+    }
+
+    fn is_html(self) -> bool {
+        matches!(self, Markup::Html | Markup::HtmlBreaks)
     }
 }
 
@@ -98,10 +140,10 @@ fn time(e: &EventData) -> String {
 
 /// One event as a few lines of text, marked up as the platform renders it.
 pub fn event_text(e: &EventData, markup: Markup) -> String {
-    let b = markup.bold();
+    let (b, eb) = markup.bold();
     let lit = |t: &str| markup.literal(t);
     format!(
-        "{b}[{ty}] {reason}{b} {object} (x{count})\n{message}\ncluster: {cluster} · {time}",
+        "{b}[{ty}] {reason}{eb} {object} (x{count})\n{message}\ncluster: {cluster} · {time}",
         ty = lit(&e.type_),
         reason = lit(&e.reason),
         object = lit(&object_path(e)),
@@ -113,14 +155,44 @@ pub fn event_text(e: &EventData, markup: Markup) -> String {
 }
 
 fn cut(s: &str, max: usize) -> String {
+    cut_in(s, max, Markup::Plain)
+}
+
+/// `s` in at most `max` bytes, `…` at the end when cut: never inside a multi-byte character,
+/// and in HTML never inside an entity (`&amp;`) or a tag, with a bold tag left open closed.
+fn cut_in(s: &str, max: usize, markup: Markup) -> String {
     if s.len() <= max {
         return s.to_string();
     }
-    let mut end = max.saturating_sub(3);
+    let mut end = max.saturating_sub(8);
     while end > 0 && !s.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{}…", &s[..end])
+    let mut kept = &s[..end];
+    if markup.is_html() {
+        if let Some(amp) = kept.rfind('&')
+            && !kept[amp..].contains(';')
+        {
+            kept = &kept[..amp];
+        }
+        if let Some(lt) = kept.rfind('<')
+            && !kept[lt..].contains('>')
+        {
+            kept = &kept[..lt];
+        }
+    }
+    if markup == Markup::Discord {
+        // A trailing lone `\\` would escape the ellipsis.
+        let trailing = kept.len() - kept.trim_end_matches('\\').len();
+        if trailing % 2 == 1 {
+            kept = &kept[..kept.len() - 1];
+        }
+    }
+    let mut out = format!("{kept}…");
+    if markup.is_html() && kept.matches("<b>").count() > kept.matches("</b>").count() {
+        out.push_str("</b>");
+    }
+    out
 }
 
 /// The message text for a batch, within `limit` bytes.
@@ -144,7 +216,7 @@ pub fn batch_text(events: &[Event], chat: Chat) -> (String, String) {
         let note_room = 64;
         if text.len() + sep.len() + part.len() + note_room > limit {
             if text.is_empty() {
-                text = cut(&part, limit - note_room);
+                text = cut_in(&part, limit - note_room, md);
                 if events.len() > 1 {
                     text.push_str(&format!(
                         "{sep}…and {} more events not shown",
@@ -167,39 +239,127 @@ pub fn batch_text(events: &[Event], chat: Chat) -> (String, String) {
     (title, text)
 }
 
-/// The request body for `chat`. `now_ms` and `secret` drive signing (Feishu signs in the body).
-pub fn body(events: &[Event], chat: Chat, secret: Option<&str>, now_ms: i64) -> Value {
+/// What some formats need besides the events.
+pub struct Extra<'a> {
+    /// DingTalk's and Feishu's signing secret.
+    pub secret: Option<&'a str>,
+    /// Telegram's chat.
+    pub chat_id: Option<&'a str>,
+    /// The time signatures carry.
+    pub now_ms: i64,
+}
+
+/// The key repeats of one problem share (Google Chat threads by it):
+/// `cluster/namespace/kind/object/reason`.
+pub fn problem_key(e: &EventData) -> String {
+    format!(
+        "{}/{}/{}/{}/{}",
+        e.cluster, e.namespace, e.kind, e.object_name, e.reason
+    )
+}
+
+/// Discord's embed colour: orange when any event is a Warning, green for Normal, else grey.
+fn colour(events: &[Event]) -> u32 {
+    if events.iter().any(|e| e.type_ == "Warning") {
+        0x00E6_7E22
+    } else if events.iter().all(|e| e.type_ == "Normal") {
+        0x002E_CC71
+    } else {
+        0x0095_A5A6
+    }
+}
+
+/// An Adaptive Card 1.4 in the `attachments` envelope both Teams connectors and Workflows take.
+fn adaptive_card(title: &str, text: &str, facts: Option<Value>, workflow: bool) -> Value {
+    let mut body = vec![
+        json!({"type": "TextBlock", "text": title, "weight": "Bolder", "size": "Medium", "wrap": true}),
+        json!({"type": "TextBlock", "text": text, "wrap": true}),
+    ];
+    if let Some(f) = facts {
+        body.push(f);
+    }
+    let mut attachment = json!({
+        "contentType": "application/vnd.microsoft.card.adaptive",
+        "content": {
+            "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
+            "type": "AdaptiveCard",
+            "version": "1.4",
+            "body": body,
+        }
+    });
+    if workflow {
+        // The Workflows template reads `contentUrl` (null: the card is inline).
+        attachment["contentUrl"] = Value::Null;
+    }
+    json!({"type": "message", "attachments": [attachment]})
+}
+
+/// The request body for `chat`.
+pub fn body(events: &[Event], chat: Chat, extra: &Extra<'_>) -> Value {
     let (title, text) = batch_text(events, chat);
     match chat {
         Chat::Slack => json!({"text": text}),
-        Chat::Teams => json!({
-            "type": "message",
-            "attachments": [{
-                "contentType": "application/vnd.microsoft.card.adaptive",
-                "content": {
-                    "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
-                    "type": "AdaptiveCard",
-                    "version": "1.4",
-                    "body": [
-                        {"type": "TextBlock", "text": title, "weight": "Bolder", "wrap": true},
-                        {"type": "TextBlock", "text": text, "wrap": true}
-                    ]
-                }
-            }]
-        }),
+        Chat::Teams => adaptive_card(&title, &text, None, false),
+        Chat::TeamsWorkflow => {
+            let facts = events.first().map(|e| {
+                let fact = |t: &str, v: String| json!({"title": t, "value": v});
+                json!({"type": "FactSet", "facts": [
+                    fact("Cluster", e.cluster.to_string()),
+                    fact("Object", object_path(e)),
+                    fact("Reason", e.reason.clone()),
+                    fact("Type", e.type_.clone()),
+                    fact("Count", e.count.to_string()),
+                    fact("Events", events.len().to_string()),
+                ]})
+            });
+            adaptive_card(&title, &text, facts, true)
+        }
         Chat::DingTalk => {
             json!({"msgtype": "markdown", "markdown": {"title": title, "text": text}})
         }
         Chat::WeCom => json!({"msgtype": "markdown", "markdown": {"content": text}}),
         Chat::Feishu => {
             let mut b = json!({"msg_type": "text", "content": {"text": text}});
-            if let Some(s) = secret {
-                let ts = now_ms / 1000;
+            if let Some(s) = extra.secret {
+                let ts = extra.now_ms / 1000;
                 b["timestamp"] = json!(ts.to_string());
                 b["sign"] = json!(feishu_sign(s, ts));
             }
             b
         }
+        Chat::GoogleChat => json!({
+            "cardsV2": [{
+                "cardId": "eventflow",
+                "card": {
+                    "header": {"title": cut(&title, 200), "subtitle": events.first().map(|e| e.cluster.to_string()).unwrap_or_default()},
+                    "sections": [{"widgets": [{"textParagraph": {"text": text.replace('\n', "<br>")}}]}],
+                },
+            }],
+            "thread": {"threadKey": events.first().map(|e| problem_key(e)).unwrap_or_default()},
+        }),
+        Chat::Discord => json!({
+            "embeds": [{
+                "title": cut(&title, 250),
+                "description": text,
+                "color": colour(events),
+            }],
+            "allowed_mentions": {"parse": []},
+        }),
+        Chat::Telegram => json!({
+            "chat_id": extra.chat_id.unwrap_or_default(),
+            "text": text,
+            "parse_mode": "HTML",
+            "disable_web_page_preview": true,
+        }),
+        Chat::Mattermost => json!({
+            "text": cut(&title, 1000),
+            "attachments": [{
+                "fallback": cut(&title, 1000),
+                "color": format!("#{:06X}", colour(events)),
+                "title": cut(&title, 1000),
+                "text": text,
+            }],
+        }),
     }
 }
 
@@ -234,7 +394,18 @@ pub fn answer_error(chat: Chat, body: &str) -> Option<(bool, String)> {
             v.get("code").or_else(|| v.get("StatusCode"))?.as_i64()?,
             v.get("msg").or_else(|| v.get("StatusMessage")),
         ),
-        Chat::Slack | Chat::Teams => return None,
+        Chat::Telegram => {
+            if v.get("ok")?.as_bool()? {
+                return None;
+            }
+            (v.get("error_code")?.as_i64()?, v.get("description"))
+        }
+        Chat::Slack
+        | Chat::Teams
+        | Chat::TeamsWorkflow
+        | Chat::GoogleChat
+        | Chat::Discord
+        | Chat::Mattermost => return None,
     };
     if code == 0 {
         return None;
@@ -243,6 +414,7 @@ pub fn answer_error(chat: Chat, body: &str) -> Option<(bool, String)> {
         Chat::DingTalk => code == 130_101,           // sending too fast
         Chat::WeCom => code == 45_009 || code == -1, // frequency limit, system busy
         Chat::Feishu => code == 9_499 || code == 11_232, // too many requests
+        Chat::Telegram => code == 429,
         _ => false,
     };
     let msg = msg.and_then(Value::as_str).unwrap_or_default();
@@ -252,6 +424,12 @@ pub fn answer_error(chat: Chat, body: &str) -> Option<(bool, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const NONE: Extra<'static> = Extra {
+        secret: None,
+        chat_id: None,
+        now_ms: 0,
+    };
     use crate::event::{EventData, Finalizers};
     use std::sync::Arc;
 
@@ -289,7 +467,7 @@ mod tests {
             },
             Finalizers::None,
         );
-        let text = body(std::slice::from_ref(&node), Chat::Slack, None, 0)["text"]
+        let text = body(std::slice::from_ref(&node), Chat::Slack, &NONE)["text"]
             .as_str()
             .unwrap_or_default()
             .to_string();
@@ -304,7 +482,7 @@ mod tests {
         let (title, _) = batch_text(std::slice::from_ref(&node), Chat::DingTalk);
         assert_eq!(title, "[Warning] BackOff worker-3");
         e = ev(0, "<b>");
-        let wecom = body(std::slice::from_ref(&e), Chat::WeCom, None, 0).to_string();
+        let wecom = body(std::slice::from_ref(&e), Chat::WeCom, &NONE).to_string();
         assert!(
             wecom.contains("<b>"),
             "markdown platforms get the text as it is"
@@ -316,24 +494,32 @@ mod tests {
         let e = [ev(0, "Back-off restarting \"web\"")];
         let text = "**[Warning] BackOff** shop/Pod/web-0 (x3)\nBack-off restarting \"web\"\ncluster: prod · 2024-05-01 10:09:42 UTC";
         assert_eq!(
-            body(&e, Chat::Slack, None, 0),
+            body(&e, Chat::Slack, &NONE),
             json!({"text": text.replace("**", "*")}),
             "Slack's mrkdwn bolds with one asterisk"
         );
         assert_eq!(
-            body(&e, Chat::WeCom, None, 0),
+            body(&e, Chat::WeCom, &NONE),
             json!({"msgtype": "markdown", "markdown": {"content": text}})
         );
         assert_eq!(
-            body(&e, Chat::DingTalk, None, 0),
+            body(&e, Chat::DingTalk, &NONE),
             json!({"msgtype": "markdown", "markdown": {"title": "[Warning] BackOff shop/web-0", "text": text}})
         );
         assert_eq!(
-            body(&e, Chat::Feishu, Some("s3cr3t"), 1_700_000_000_000),
+            body(
+                &e,
+                Chat::Feishu,
+                &Extra {
+                    secret: Some("s3cr3t"),
+                    chat_id: None,
+                    now_ms: 1_700_000_000_000
+                }
+            ),
             json!({"msg_type": "text", "content": {"text": "[Warning] BackOff shop/Pod/web-0 (x3)\nBack-off restarting \"web\"\ncluster: prod · 2024-05-01 10:09:42 UTC"},
                    "timestamp": "1700000000", "sign": feishu_sign("s3cr3t", 1_700_000_000)})
         );
-        let teams = body(&e, Chat::Teams, None, 0);
+        let teams = body(&e, Chat::Teams, &NONE);
         assert_eq!(teams["attachments"][0]["content"]["type"], "AdaptiveCard");
         assert_eq!(teams["attachments"][0]["content"]["body"][1]["text"], text);
     }

@@ -61,8 +61,22 @@ pub enum Format {
     Json,
     /// Slack incoming webhook (`text`, markdown).
     Slack,
-    /// Microsoft Teams: a message with an Adaptive Card.
+    /// Microsoft Teams: a message with an Adaptive Card, for Office 365 connectors (which
+    /// Microsoft retired; use `teams_workflow` for new webhooks).
     Teams,
+    /// Microsoft Teams Workflows ("post to a channel when a webhook request is received"): an
+    /// Adaptive Card 1.4 with a fact table per event.
+    #[serde(rename = "teams_workflow")]
+    TeamsWorkflow,
+    /// Google Chat app webhook: a card (cards v2), threaded by the event's key.
+    #[serde(rename = "google_chat")]
+    GoogleChat,
+    /// Discord webhook: embeds coloured by type; mentions disabled.
+    Discord,
+    /// Telegram bot `sendMessage` (HTML) to `chat_id`.
+    Telegram,
+    /// Mattermost incoming webhook (Slack-compatible attachments).
+    Mattermost,
     /// DingTalk robot (markdown); signed with `secret` (timestamp and sign query parameters).
     Dingtalk,
     /// Feishu/Lark bot (text); signed with `secret` (timestamp and sign in the body).
@@ -85,6 +99,11 @@ impl Format {
             Format::Dingtalk => Some(Chat::DingTalk),
             Format::Feishu => Some(Chat::Feishu),
             Format::Wecom => Some(Chat::WeCom),
+            Format::TeamsWorkflow => Some(Chat::TeamsWorkflow),
+            Format::GoogleChat => Some(Chat::GoogleChat),
+            Format::Discord => Some(Chat::Discord),
+            Format::Telegram => Some(Chat::Telegram),
+            Format::Mattermost => Some(Chat::Mattermost),
         }
     }
 }
@@ -127,6 +146,10 @@ pub struct WebhookConfig {
     /// The signing secret of a DingTalk or Feishu robot (never logged).
     #[serde(default)]
     pub secret: Option<String>,
+    /// With `format: telegram`: the chat to post to (`-1001234567890` or `@channelname`); the
+    /// bot token is in `url` (`https://api.telegram.org/bot${TELEGRAM_TOKEN}/sendMessage`).
+    #[serde(default)]
+    pub chat_id: Option<String>,
     /// A PEM file of extra CA certificates to trust (`~/` is the home directory).
     #[serde(default, deserialize_with = "crate::types::home_path_opt")]
     pub ca_file: Option<PathBuf>,
@@ -316,6 +339,18 @@ impl StageConfig for WebhookConfig {
         if self.retry_for.0.is_zero() {
             out.push(Invalid::new("retry_for", "must be above zero"));
         }
+        if self.format == Format::Telegram && self.chat_id.is_none() {
+            out.push(Invalid::new(
+                "chat_id",
+                "`format: telegram` needs a `chat_id:` (the chat the bot posts to)",
+            ));
+        }
+        if self.chat_id.is_some() && self.format != Format::Telegram {
+            out.push(Invalid::new(
+                "chat_id",
+                "a `chat_id:` is used only with `format: telegram`",
+            ));
+        }
         if self.format == Format::Template && self.template.is_none() {
             out.push(Invalid::new(
                 "template",
@@ -437,7 +472,19 @@ fn request(
                     .append_pair("timestamp", &now_ms.to_string())
                     .append_pair("sign", &sign);
             }
-            let b = format::body(events, chat, cfg.secret.as_deref(), now_ms);
+            if chat == Chat::GoogleChat
+                && !url.query_pairs().any(|(k, _)| k == "messageReplyOption")
+            {
+                // Without it Google Chat ignores the thread key.
+                url.query_pairs_mut()
+                    .append_pair("messageReplyOption", "REPLY_MESSAGE_FALLBACK_TO_NEW_THREAD");
+            }
+            let extra = format::Extra {
+                secret: cfg.secret.as_deref(),
+                chat_id: cfg.chat_id.as_deref(),
+                now_ms,
+            };
+            let b = format::body(events, chat, &extra);
             Ok((url, serde_json::to_string(&b)?))
         }
     }
