@@ -18,9 +18,15 @@ pub struct SinkSummary {
 /// The discard reasons of a sink that mean "not delivered" (given up on, refused for good).
 fn is_failure(reason: &str) -> bool {
     reason.ends_with("_failed")
+        // Items an Elasticsearch cluster refused, by their error type.
+        || reason.starts_with("es_")
         || matches!(
             reason,
-            "loki_refused" | "loki_too_old" | "loki_out_of_order" | "loki_line_too_long"
+            "loki_refused"
+                | "loki_too_old"
+                | "loki_out_of_order"
+                | "loki_line_too_long"
+                | "otlp_rejected"
         )
 }
 

@@ -470,6 +470,12 @@ impl Event {
         self.done.store(true, Ordering::Relaxed);
     }
 
+    /// Whether this copy has its outcome already (a sink refused it while delivering the rest
+    /// of its batch).
+    pub fn has_outcome(&self) -> bool {
+        self.done.load(Ordering::Relaxed)
+    }
+
     /// A sink refuses this copy for good (a row the database refused, a delivery given up):
     /// it fails with [`Status::Rejected`], and its source learns which stage refused it and why.
     pub fn refuse(&self, stage: &str, reason: &str) {

@@ -13,11 +13,14 @@ pub mod elasticsearch;
 pub mod enrich;
 pub mod file;
 pub mod filter;
+pub mod incident;
 pub mod key;
 pub mod kube_events;
 pub mod loki;
 pub mod nats;
+pub mod opsgenie;
 pub mod otlp;
+pub mod pagerduty;
 pub mod rate_limit;
 pub mod send;
 pub mod sql;
@@ -44,4 +47,6 @@ pub static REGISTRY: Registry = Registry(&[
     nats::TYPE,
     otlp::TYPE,
     elasticsearch::TYPE,
+    pagerduty::TYPE,
+    opsgenie::TYPE,
 ]);

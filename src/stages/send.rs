@@ -461,10 +461,12 @@ pub async fn in_memory<D: Deliver>(
                 let started = Instant::now();
                 match d.deliver(&batch, &health).await {
                     Outcome::Delivered { .. } => {
-                        for e in &batch {
+                        // Events the sink refused on their own (a line it could not make, an
+                        // item the server refused) keep that outcome and are not counted sent.
+                        for e in batch.iter().filter(|e| !e.has_outcome()) {
                             latency.event(e);
+                            e.ack(Status::Delivered);
                         }
-                        ack_all(&batch, Status::Delivered);
                     }
                     Outcome::Failed { reason, .. } => {
                         match d.discard_reason(&reason) {

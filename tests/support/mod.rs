@@ -4,6 +4,7 @@
 pub mod elasticsearch;
 pub mod loki;
 pub mod nats;
+pub mod oncall;
 pub mod otlp;
 pub mod receiver;
 #[allow(unused_imports)]
