@@ -30,7 +30,7 @@ use crate::event::{EventData, Field};
 use crate::types::Dur;
 
 /// A link on the incident.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Link {
     /// The URL (a template of the event).
