@@ -148,10 +148,20 @@ enum Command {
         #[arg(long, value_enum, default_value_t = GraphFormat::Mermaid)]
         format: GraphFormat,
     },
-    /// Print the pipeline equivalent to a file in the k8m event handler's format (the k8m event handler's
-    /// eventhandler.yaml), with comments where eventflow behaves differently.
+    /// Print the pipeline equivalent to another tool's configuration: the k8m event handler's
+    /// eventhandler.yaml (the default), kubernetes-event-exporter's config.yaml, or kube-eventer's
+    /// flags (`--sink=...`, or a file of them), with comments where eventflow behaves
+    /// differently and `ATTENTION` where something needs editing.
     Migrate {
-        file: PathBuf,
+        /// The configuration file (for kube-eventer: a file of its flags, one per line or as
+        /// a container's `args`/`command` list; or give `--sink` instead).
+        file: Option<PathBuf>,
+        /// Which tool's configuration it is.
+        #[arg(long, value_enum, default_value_t = MigrateFrom::K8m)]
+        from: MigrateFrom,
+        /// kube-eventer's `--sink=<type>:<url>?<options>` values (repeat it), instead of a file.
+        #[arg(long = "sink", value_name = "SINK", allow_hyphen_values = true)]
+        sinks: Vec<String>,
         /// Print passwords, tokens and header values in place (by default they become
         /// `${EVENTFLOW_...}` references, listed at the top with redacted values).
         #[arg(long)]
@@ -366,7 +376,19 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Graph { pipeline, format } => Ok(print_graph(&pipeline, format)),
         Command::DeadLetter { action } => dead_letter(&action),
-        Command::Migrate { file, show_secrets } => migrate(&file, show_secrets),
+        Command::Migrate {
+            file,
+            from,
+            sinks,
+            show_secrets,
+        } => match (from, file) {
+            (MigrateFrom::K8m, Some(file)) => migrate(&file, show_secrets),
+            (MigrateFrom::K8m, None) => {
+                eprintln!("eventflow migrate: give the k8m event handler's file");
+                Ok(ExitCode::FAILURE)
+            }
+            (from, file) => migrate_peer(from, file.as_deref(), &sinks, show_secrets),
+        },
     }
 }
 
@@ -683,6 +705,67 @@ fn print_graph(pipeline: &std::path::Path, format: GraphFormat) -> ExitCode {
         GraphFormat::Dot => outp!("{}", graph::dot(&p.stages)),
     }
     ExitCode::SUCCESS
+}
+
+/// The tools `eventflow migrate` reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum MigrateFrom {
+    /// The k8m event handler's eventhandler.yaml.
+    K8m,
+    /// kubernetes-event-exporter's config.yaml.
+    KubernetesEventExporter,
+    /// kube-eventer's flags.
+    KubeEventer,
+}
+
+/// `eventflow migrate --from kubernetes-event-exporter | kube-eventer`.
+fn migrate_peer(
+    from: MigrateFrom,
+    file: Option<&std::path::Path>,
+    sinks: &[String],
+    show_secrets: bool,
+) -> anyhow::Result<ExitCode> {
+    use eventflow::config::migrate;
+    let mode = if show_secrets {
+        migrate::Secrets::Inline
+    } else {
+        migrate::Secrets::Env
+    };
+    let text = match file {
+        Some(p) => Some((
+            p.display().to_string(),
+            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?,
+        )),
+        None => None,
+    };
+    let result = match (from, &text) {
+        (MigrateFrom::KubernetesEventExporter, Some((_, t))) => {
+            migrate::exporter::translate(t, mode)
+        }
+        (MigrateFrom::KubernetesEventExporter, None) => {
+            Err("give kubernetes-event-exporter's config.yaml".to_string())
+        }
+        (_, t) => {
+            let mut args: Vec<String> = sinks.iter().map(|s| format!("--sink={s}")).collect();
+            if let Some((_, t)) = t {
+                args.extend(migrate::eventer::flags_of(t));
+            }
+            migrate::eventer::translate(&args, mode)
+        }
+    };
+    let name = text
+        .as_ref()
+        .map_or_else(|| "--sink".to_string(), |(n, _)| n.clone());
+    match result {
+        Ok(m) => {
+            outp!("{}", m.yaml);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
 
 fn migrate(path: &std::path::Path, show_secrets: bool) -> anyhow::Result<ExitCode> {

@@ -92,8 +92,8 @@ impl World {
 
     /// A pipeline with every stage type but `kube_events`, `enrich` and `stdout`: file -> filter
     /// -> dedup -> aggregate -> `rate_limit` -> sql + webhook (+ a durable webhook) +
-    /// alertmanager + loki + otlp + elasticsearch (to the receiver) + nats (where `nats-server`
-    /// is installed).
+    /// alertmanager + loki + otlp + elasticsearch + pagerduty + opsgenie (to the receiver) + nats
+    /// (where `nats-server` is installed).
     fn everything(&mut self) -> String {
         let (db, state) = (self.db(), self.db());
         format!(
@@ -179,6 +179,8 @@ stages:
     batch: {{max_events: 50, max_wait: 10ms}}
   otel: {{type: otlp, inputs: [keep], endpoint: '{hook}', protocol: http, retries: 2, batch: {{max_events: 50, max_wait: 10ms}}}}
   search: {{type: elasticsearch, inputs: [keep], urls: ['{hook}'], retries: 2, batch: {{max_events: 50, max_wait: 10ms}}}}
+  page: {{type: pagerduty, inputs: [keep], routing_key: k, url: '{hook}', retries: 2, resolve_after: 1s}}
+  genie: {{type: opsgenie, inputs: [keep], api_key: k, url: '{hook}', retries: 2, resolve_after: 1s}}
 {nats}",
             samples = self.samples.display(),
             hook = self.hook,
@@ -220,6 +222,14 @@ stages:
             ),
             "otlp" => format!(
                 "{src}  x:\n    type: otlp\n    inputs: [src]\n    endpoint: {}\n    protocol: http\n{extra}",
+                self.hook
+            ),
+            "pagerduty" => format!(
+                "{src}  x:\n    type: pagerduty\n    inputs: [src]\n    routing_key: k\n    url: {}\n{extra}",
+                self.hook
+            ),
+            "opsgenie" => format!(
+                "{src}  x:\n    type: opsgenie\n    inputs: [src]\n    api_key: k\n    url: {}\n{extra}",
                 self.hook
             ),
             "elasticsearch" => format!(

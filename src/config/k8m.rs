@@ -195,7 +195,7 @@ fn field(path: &str, key: &str) -> String {
 }
 
 /// A YAML scalar for any string (JSON's string syntax is YAML's double-quoted style).
-fn yaml_string(s: &str) -> String {
+pub(crate) fn yaml_string(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_string())
 }
 
@@ -447,17 +447,42 @@ pub enum Secrets {
     Env,
 }
 
-/// Writes values into the translation, keeping secrets out of it in [`Secrets::Env`] mode.
-struct Writer {
+/// Writes values into the translation, keeping secrets out of it in [`Secrets::Env`] mode
+/// (every `eventflow migrate` translation uses it).
+pub(crate) struct Writer {
     mode: Secrets,
     refs: Vec<(String, String)>,
 }
 
 impl Writer {
+    pub(crate) fn new(mode: Secrets) -> Writer {
+        Writer {
+            mode,
+            refs: Vec::new(),
+        }
+    }
+
+    /// The comment that lists the variables secrets are read from (empty without any):
+    /// `origin` names the file they came from.
+    pub(crate) fn header(&self, origin: &str) -> String {
+        if self.refs.is_empty() {
+            return String::new();
+        }
+        let mut head = format!(
+            "# Secrets are not printed: the values below are read from the environment.\n\
+             # Set each variable to the value of {origin} (shown redacted), or run\n\
+             # `eventflow migrate --show-secrets` to print them in place.\n"
+        );
+        for (name, shown) in &self.refs {
+            let _ = writeln!(head, "#   {name}: {shown}");
+        }
+        head
+    }
+
     /// `value` quoted, or a `${name}` reference if it holds a secret and secrets stay out. A
     /// value that reads the environment already (`Bearer ${TOKEN:-x}`) holds no secret of its
     /// own: it is kept as written, so the migrated file reads the same variables.
-    fn secret(&mut self, name: &str, value: &str, is_secret: bool) -> String {
+    pub(crate) fn secret(&mut self, name: &str, value: &str, is_secret: bool) -> String {
         if self.mode == Secrets::Inline || !is_secret || value.contains("${") {
             return yaml_string(value);
         }
@@ -474,7 +499,7 @@ impl Writer {
 }
 
 /// A URL holds a secret if redacting it changes it.
-fn url_has_secret(url: &str) -> bool {
+pub(crate) fn url_has_secret(url: &str) -> bool {
     crate::redact::url(url) != url
 }
 
@@ -735,10 +760,7 @@ fn write_pipeline(s: &Settings, mode: Secrets) -> String {
         headers,
         ..
     } = s;
-    let mut w = Writer {
-        mode,
-        refs: Vec::new(),
-    };
+    let mut w = Writer::new(mode);
     let db_url = w.secret("EVENTFLOW_DB_URL", url, url_has_secret(url));
     let mut y = String::new();
     let _ = writeln!(
@@ -792,17 +814,7 @@ fn write_pipeline(s: &Settings, mode: Secrets) -> String {
             max_retries.max(retries),
         );
     }
-    if !w.refs.is_empty() {
-        let mut head = String::from(
-            "# Secrets are not printed: the values below are read from the environment.\n\
-             # Set each variable to the value of the k8m event handler file (shown redacted), or run\n\
-             # `eventflow migrate --show-secrets` to print them in place.\n",
-        );
-        for (name, shown) in &w.refs {
-            let _ = writeln!(head, "#   {name}: {shown}");
-        }
-        y.insert_str(0, &head);
-    }
+    y.insert_str(0, &w.header("the k8m event handler file"));
     y
 }
 

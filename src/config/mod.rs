@@ -10,6 +10,7 @@ pub mod diff;
 pub mod graph;
 mod inherit;
 pub mod k8m;
+pub mod migrate;
 pub mod reference;
 pub mod schema;
 

@@ -67,6 +67,15 @@ macro_rules! conditions {
             /// `enrich`), e.g. `Deployment/payments-*`.
             #[serde(default)]
             pub owners: Vec<Glob>,
+            /// Regular expressions searched in event fields (unanchored, as Go's
+            /// `regexp.MatchString`: anchor with `^...$`): field -> pattern, e.g.
+            /// `{reason: "BackOff|Failed.*", namespace: "^kube-"}`. A label or annotation
+            /// (`object_labels.app`) must be present to match. Every listed field must match.
+            #[serde(default)]
+            pub matches: std::collections::BTreeMap<String, Pattern>,
+            /// Only events that happened at least this many times (`count`).
+            #[serde(default)]
+            pub min_count: Option<i64>,
             $($extra)*
         }
 
@@ -84,7 +93,27 @@ macro_rules! conditions {
                     labels: &self.labels,
                     namespace_labels: &self.namespace_labels,
                     owners: &self.owners,
+                    matches: &self.matches,
+                    min_count: self.min_count,
                 })
+            }
+
+            /// Unknown field names in `matches` (with the block's prefix for messages).
+            fn check_matches(&self, prefix: &str, out: &mut Vec<crate::component::Invalid>) {
+                for k in self.matches.keys() {
+                    if crate::event::Field::parse(k).is_none() {
+                        let hint = crate::types::did_you_mean(
+                            k,
+                            crate::event::Field::ALL.iter().map(|(n, _)| *n),
+                        )
+                        .map(|d| format!("; did you mean `{d}`?"))
+                        .unwrap_or_default();
+                        out.push(crate::component::Invalid::new(
+                            format!("{prefix}matches.{k}"),
+                            format!("`{k}` is not an event field{hint}"),
+                        ));
+                    }
+                }
             }
         }
     };
@@ -103,6 +132,8 @@ struct Lists<'a> {
     labels: &'a std::collections::BTreeMap<String, Vec<String>>,
     namespace_labels: &'a std::collections::BTreeMap<String, Vec<String>>,
     owners: &'a [Glob],
+    matches: &'a std::collections::BTreeMap<String, Pattern>,
+    min_count: Option<i64>,
 }
 
 conditions!(
@@ -141,6 +172,9 @@ enum Test {
     /// The list's name, which map, key -> accepted values (`*`: present).
     Labels(&'static str, LabelMap, Vec<(String, Vec<String>)>),
     Owners(Vec<Glob>),
+    /// Field name, field, pattern.
+    Matches(Vec<(String, crate::event::Field, Pattern)>),
+    MinCount(i64),
 }
 
 /// `Kind/name` of the event's top controller, or empty.
@@ -199,6 +233,18 @@ impl Test {
                 globs_text(globs),
                 owner_of(e)
             ),
+            Test::Matches(list) => list
+                .iter()
+                .map(|(name, f, p)| {
+                    format!(
+                        "`matches.{name}: {}`: {name} is `{}`",
+                        p.0.as_str(),
+                        e.get(f)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; "),
+            Test::MinCount(n) => format!("`min_count: {n}`: count is {}", e.count),
         }
     }
 
@@ -225,6 +271,14 @@ impl Test {
                     globs.iter().any(|g| g.matcher.is_match(&owner))
                 }
             }
+            Test::Matches(list) => list.iter().all(|(_, f, p)| match f {
+                crate::event::Field::Label(map, key) => map
+                    .of(e)
+                    .and_then(|l| l.get(&**key))
+                    .is_some_and(|v| p.0.is_match(v)),
+                f => p.0.is_match(&e.get(f)),
+            }),
+            Test::MinCount(n) => e.count >= *n,
         }
     }
 }
@@ -262,6 +316,17 @@ impl Rules {
         }
         if !l.owners.is_empty() {
             tests.push(Test::Owners(l.owners.to_vec()));
+        }
+        let matches: Vec<_> = l
+            .matches
+            .iter()
+            .filter_map(|(k, p)| Some((k.clone(), crate::event::Field::parse(k)?, p.clone())))
+            .collect();
+        if !matches.is_empty() {
+            tests.push(Test::Matches(matches));
+        }
+        if let Some(n) = l.min_count {
+            tests.push(Test::MinCount(n));
         }
         Rules { tests }
     }
@@ -357,6 +422,15 @@ impl Matcher {
 }
 
 impl StageConfig for FilterConfig {
+    fn validate(&self) -> Vec<crate::component::Invalid> {
+        let mut out = Vec::new();
+        self.check_matches("", &mut out);
+        if let Some(x) = &self.exclude {
+            x.check_matches("exclude.", &mut out);
+        }
+        out
+    }
+
     fn explain(&self, event: &EventData) -> Explanation {
         Matcher::new(self).explain(event)
     }

@@ -394,6 +394,19 @@ fn event_value(e: &crate::event::EventData) -> serde_json::Value {
             o.entry(text)
                 .or_insert_with(|| serde_json::Value::String(String::new()));
         }
+        // When it first happened, in milliseconds and as ISO 8601 (what kubernetes-event-exporter's
+        // `.GetTimestampMs` and `.GetTimestampISO8601` give).
+        let at = e.first_seen.or(e.last_seen);
+        o.insert(
+            "event_time_ms".into(),
+            at.map_or(serde_json::Value::Null, |t| t.timestamp_millis().into()),
+        );
+        o.insert(
+            "event_time_iso".into(),
+            at.map_or(serde_json::Value::Null, |t| {
+                t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string().into()
+            }),
+        );
     }
     v
 }
