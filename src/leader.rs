@@ -36,10 +36,30 @@ use tokio::time::Instant;
 
 use crate::types::{Dur, Invalid};
 
+mod pool;
+
+/// What one Lease stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// One Lease for the pipeline: one replica runs it, the others stand by.
+    #[default]
+    Pipeline,
+    /// One Lease per source (`<lease>-<source id>`): every replica runs the pipeline, each source
+    /// reads only on the replica that holds its Lease, and the sources are spread evenly (at
+    /// most ceil(sources / replicas) each). Durable queues and paging sinks' resolutions also
+    /// get a Lease of their own (`<lease>-<stage id>`): one replica delivers or resolves.
+    PerSource,
+}
+
 /// The `leader_election:` section: several replicas, one leading at a time.
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LeaderElectionConfig {
+    /// `pipeline`: one replica runs everything; `per_source`: the sources are shared out among
+    /// the replicas, one Lease each.
+    #[serde(default)]
+    pub mode: Mode,
     /// The Lease's name.
     #[serde(default = "default_lease")]
     pub lease: String,
@@ -162,6 +182,20 @@ impl LeaderElectionConfig {
     }
 }
 
+/// The stages that get a Lease of their own with `mode: per_source`: the sources, then the
+/// stages that must run on one replica at a time ([`crate::component::StageConfig::alone`]).
+pub fn units_of(p: &crate::config::Pipeline) -> Vec<String> {
+    let sources = p
+        .stages
+        .values()
+        .filter(|s| s.kind == crate::component::StageKind::Source);
+    let alone = p
+        .stages
+        .values()
+        .filter(|s| s.kind != crate::component::StageKind::Source && s.config.alone());
+    sources.chain(alone).map(|s| s.id.clone()).collect()
+}
+
 /// A DNS-1123 subdomain: what Kubernetes accepts as most object names.
 fn dns_subdomain(name: &str) -> bool {
     let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
@@ -177,6 +211,11 @@ fn dns_subdomain(name: &str) -> bool {
 pub struct Leadership {
     rx: watch::Receiver<bool>,
     identity: Option<Arc<str>>,
+    /// With `mode: per_source`: the Leadership of each stage that has a Lease of its own.
+    per_stage: Option<Arc<std::collections::HashMap<String, Leadership>>>,
+    /// Told when a term of the stage ends (its reads acknowledged and checkpointed): a
+    /// graceful handover waits for it before releasing the Lease.
+    drained: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl Default for Leadership {
@@ -189,7 +228,12 @@ impl Leadership {
     /// No election: this replica always leads.
     pub fn always() -> Leadership {
         let (_, rx) = watch::channel(true);
-        Leadership { rx, identity: None }
+        Leadership {
+            rx,
+            identity: None,
+            per_stage: None,
+            drained: None,
+        }
     }
 
     /// A handle following `rx`, for replica `identity`.
@@ -197,6 +241,26 @@ impl Leadership {
         Leadership {
             rx,
             identity: Some(Arc::from(identity)),
+            per_stage: None,
+            drained: None,
+        }
+    }
+
+    /// What stage `id` follows: its own Lease's handle with `mode: per_source`, else this one.
+    #[must_use]
+    pub fn for_stage(&self, id: &str) -> Leadership {
+        self.per_stage
+            .as_ref()
+            .and_then(|m| m.get(id))
+            .cloned()
+            .unwrap_or_else(|| self.clone())
+    }
+
+    /// A stage's term ended: what it read is acknowledged and checkpointed (a graceful
+    /// handover releases the Lease now).
+    pub fn term_ended(&self) {
+        if let Some(d) = &self.drained {
+            d.notify_one();
         }
     }
 
@@ -259,6 +323,7 @@ impl Election {
             cfg: cfg.clone(),
             observed: None,
             seen_rv: "0".into(),
+            unit: None,
         };
         tracing::info!(
             identity = %identity,
@@ -284,6 +349,69 @@ impl Election {
         let _ = self.stop.send(true);
         let _ = self.task.await;
     }
+
+    /// `mode: per_source`: one Lease per unit in `units` (the sources, then the stages that
+    /// must be alone: durable queues, paging sinks), shared out among the replicas, plus a
+    /// membership Lease per replica by which they count each other.
+    pub async fn start_per_source(
+        cfg: &LeaderElectionConfig,
+        units: &[String],
+    ) -> Result<Election, ElectionError> {
+        let (client, _) =
+            crate::kube_client::connect(cfg.kubeconfig.as_deref(), cfg.context.as_deref()).await?;
+        let identity = cfg.identity();
+        let namespace = cfg.namespace();
+        let api: Api<Lease> = Api::namespaced(client, &namespace);
+        let (stop, stop_rx) = watch::channel(false);
+        let pool = Arc::new(pool::Pool::new(cfg, &identity, units.len()));
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(pool::membership(
+            api.clone(),
+            cfg.clone(),
+            identity.clone(),
+            pool.clone(),
+            stop_rx.clone(),
+        )));
+        let mut per_stage = std::collections::HashMap::new();
+        for unit in units {
+            let (tx, rx) = watch::channel(false);
+            let drained = Arc::new(tokio::sync::Notify::new());
+            let mut l = Leadership::following(rx, &identity);
+            l.drained = Some(drained.clone());
+            per_stage.insert(unit.clone(), l);
+            let candidate = Candidate {
+                api: api.clone(),
+                name: pool::lease_name(&cfg.lease, unit),
+                namespace: namespace.clone(),
+                identity: identity.clone(),
+                cfg: cfg.clone(),
+                observed: None,
+                seen_rv: "0".into(),
+                unit: Some(pool::Unit {
+                    id: unit.clone(),
+                    pool: pool.clone(),
+                    drained,
+                }),
+            };
+            tasks.push(tokio::spawn(candidate.campaign(tx, stop_rx.clone())));
+        }
+        tracing::info!(identity = %identity, units = units.len(), namespace = %namespace, "leader election per source: campaigning");
+        crate::metrics::leader(false);
+        // The pipeline as a whole: this replica takes part (ready) and leads nothing alone.
+        let (_, rx) = watch::channel(true);
+        let mut leadership = Leadership::following(rx, &identity);
+        leadership.per_stage = Some(Arc::new(per_stage));
+        let task = tokio::spawn(async move {
+            for t in tasks {
+                let _ = t.await;
+            }
+        });
+        Ok(Election {
+            leadership,
+            stop,
+            task,
+        })
+    }
 }
 
 /// The Lease record as last seen, and when (by this process's clock).
@@ -301,6 +429,8 @@ struct Candidate {
     observed: Option<Observed>,
     /// The resourceVersion of the Lease as last read (where a watch starts).
     seen_rv: String,
+    /// With `mode: per_source`: the unit this Lease is for, and the pool that shares them out.
+    unit: Option<pool::Unit>,
 }
 
 /// The Lease's changes as a watch reports them.
@@ -352,57 +482,16 @@ impl Candidate {
     /// Acquire, lead while renewals succeed, step down, repeat; until stopped.
     async fn campaign(mut self, leading: watch::Sender<bool>, mut stop: watch::Receiver<bool>) {
         loop {
-            // Standby: try every half to whole retry_period (jittered, so that standbys do not
-            // try in step; never longer, so a released Lease is taken within retry_period),
-            // and at the moment the Lease expires. A watch on the Lease notes each renewal
-            // as it happens, so expiry is measured from the renewal itself, not from the next
-            // poll after it (the watch is an optimization: polling alone is correct).
-            let mut last_holder: Option<String> = None;
-            let mut changes: Option<LeaseChanges> = None;
-            loop {
-                let mut expiry = None;
-                match self.try_acquire_or_renew().await {
-                    Ok(Try::Held) => break,
-                    Ok(Try::NotHeld(h, expires)) => {
-                        if h != last_holder {
-                            tracing::info!(leader = h.as_deref().unwrap_or("(none)"), identity = %self.identity, "leader election: standing by");
-                            last_holder = h;
-                        }
-                        expiry = expires;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "leader election: cannot read or write the Lease");
-                    }
-                }
-                if changes.is_none() {
-                    changes = self.watch_lease().await;
-                }
-                let poll = Instant::now()
-                    + self
-                        .cfg
-                        .retry_period
-                        .0
-                        .mul_f64(0.5 + rand::random::<f64>() * 0.5);
-                loop {
-                    let wake = expiry.map_or(poll, |e: Instant| e.min(poll));
-                    tokio::select! {
-                        () = stopped(&mut stop) => return,
-                        () = tokio::time::sleep_until(wake) => break,
-                        change = next_change(&mut changes) => match change {
-                            Some(spec) => match self.expiry_after_change(spec) {
-                                Some(e) => expiry = Some(e),
-                                // Released or gone: try now.
-                                None => break,
-                            },
-                            None => changes = None,
-                        },
-                    }
-                }
+            if !self.stand_by(&mut stop).await {
+                return;
             }
-            drop(changes);
             let mut renewed = Instant::now();
             let _ = leading.send(true);
-            crate::metrics::leader(true);
+            if let Some(u) = &self.unit {
+                u.led(true, "acquired");
+            } else {
+                crate::metrics::leader(true);
+            }
             crate::metrics::leader_transition();
             tracing::info!(leader = %self.identity, lease = %self.name, "leader election: this replica leads");
             // Leader: renew every retry_period; fenced once renew_deadline passes without one.
@@ -411,11 +500,18 @@ impl Candidate {
                 tokio::select! {
                     () = stopped(&mut stop) => {
                         let _ = leading.send(false);
-                        crate::metrics::leader(false);
+                        match &self.unit {
+                            Some(u) => u.led(false, "shutdown"),
+                            None => crate::metrics::leader(false),
+                        }
                         self.release().await;
                         return;
                     }
                     () = tokio::time::sleep(self.cfg.retry_period.0) => {}
+                }
+                if self.unit.as_ref().is_some_and(pool::Unit::should_release) {
+                    self.hand_over(&leading).await;
+                    break;
                 }
                 match tokio::time::timeout_at(deadline, self.try_acquire_or_renew()).await {
                     Ok(Ok(Try::Held)) => renewed = Instant::now(),
@@ -439,12 +535,77 @@ impl Candidate {
                     break;
                 }
             }
-            let _ = leading.send(false);
-            crate::metrics::leader(false);
+            if *leading.borrow() {
+                let _ = leading.send(false);
+                if let Some(u) = &self.unit {
+                    u.led(false, "lost");
+                }
+            }
+            if self.unit.is_none() {
+                crate::metrics::leader(false);
+            }
             crate::metrics::leader_transition();
-            tracing::info!(identity = %self.identity, "leader election: this replica stands by");
+            tracing::info!(identity = %self.identity, lease = %self.name, "leader election: this replica stands by");
             self.observed = None;
         }
+    }
+
+    /// Stands by until this replica holds the Lease (`true`) or is stopped (`false`).
+    async fn stand_by(&mut self, stop: &mut watch::Receiver<bool>) -> bool {
+        // Standby: try every half to whole retry_period (jittered, so that standbys do not
+        // try in step; never longer, so a released Lease is taken within retry_period),
+        // and at the moment the Lease expires. A watch on the Lease notes each renewal
+        // as it happens, so expiry is measured from the renewal itself, not from the next
+        // poll after it (the watch is an optimization: polling alone is correct).
+        let mut last_holder: Option<String> = None;
+        let mut changes: Option<LeaseChanges> = None;
+        loop {
+            let mut expiry = None;
+            let attempt = if self.unit.as_ref().is_none_or(pool::Unit::may_take) {
+                self.try_acquire_or_renew().await
+            } else {
+                // Enough Leases held here for now: watch this one, do not take it.
+                self.peek().await
+            };
+            match attempt {
+                Ok(Try::Held) => break,
+                Ok(Try::NotHeld(h, expires)) => {
+                    if h != last_holder {
+                        tracing::info!(leader = h.as_deref().unwrap_or("(none)"), identity = %self.identity, "leader election: standing by");
+                        last_holder = h;
+                    }
+                    expiry = expires;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "leader election: cannot read or write the Lease");
+                }
+            }
+            if changes.is_none() {
+                changes = self.watch_lease().await;
+            }
+            let poll = Instant::now()
+                + self
+                    .cfg
+                    .retry_period
+                    .0
+                    .mul_f64(0.5 + rand::random::<f64>() * 0.5);
+            loop {
+                let wake = expiry.map_or(poll, |e: Instant| e.min(poll));
+                tokio::select! {
+                    () = stopped(stop) => return false,
+                    () = tokio::time::sleep_until(wake) => break,
+                    change = next_change(&mut changes) => match change {
+                        Some(spec) => match self.expiry_after_change(spec) {
+                            Some(e) => expiry = Some(e),
+                            // Released or gone: try now.
+                            None => break,
+                        },
+                        None => changes = None,
+                    },
+                }
+            }
+        }
+        true
     }
 
     /// One try: take the Lease if it is free or expired, renew it if it is ours.
@@ -552,6 +713,38 @@ impl Candidate {
             spec,
             at: Instant::now(),
         });
+    }
+
+    /// Reads the Lease without writing it: who holds it and when it expires by our clock.
+    async fn peek(&mut self) -> Result<Try, kube::Error> {
+        let Some(lease) = self.api.get_opt(&self.name).await? else {
+            return Ok(Try::NotHeld(None, None));
+        };
+        if let Some(rv) = &lease.metadata.resource_version {
+            rv.clone_into(&mut self.seen_rv);
+        }
+        let spec = lease.spec.unwrap_or_default();
+        let h = holder(&spec).map(str::to_string);
+        let at = self.expiry_after_change(spec);
+        Ok(Try::NotHeld(h, at))
+    }
+
+    /// A graceful handover (this replica holds more than its share): stop the stage, wait
+    /// until what it read is acknowledged and checkpointed (at most `renew_deadline`, while
+    /// the Lease still holds), then release the Lease so another replica takes it at once.
+    async fn hand_over(&mut self, leading: &watch::Sender<bool>) {
+        let Some(unit) = self.unit.take() else { return };
+        tracing::info!(lease = %self.name, unit = %unit.id, "leader election per source: handing this source over (more than this replica's share)");
+        let drained = unit.drained.clone();
+        let _ = leading.send(false);
+        let waited = tokio::time::timeout(self.cfg.renew_deadline.0, drained.notified()).await;
+        if waited.is_err() {
+            tracing::warn!(unit = %unit.id, "leader election per source: the stage did not finish its term within renew_deadline; releasing anyway");
+        }
+        unit.led(false, "rebalanced");
+        self.release().await;
+        unit.released();
+        self.unit = Some(unit);
     }
 
     /// Clears the holder if it is us (client-go's release: holder empty, duration 1s).

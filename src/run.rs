@@ -73,6 +73,18 @@ impl Default for RunOptions {
 }
 
 /// Runs `pipeline` until SIGINT/SIGTERM or until every source has finished.
+/// The election the pipeline asks for, started (`None` without `leader_election`).
+async fn start_election(pipeline: &Pipeline) -> Result<Option<crate::leader::Election>, RunError> {
+    Ok(match &pipeline.leader_election {
+        Some(cfg) if cfg.mode == crate::leader::Mode::PerSource => Some(
+            crate::leader::Election::start_per_source(cfg, &crate::leader::units_of(pipeline))
+                .await?,
+        ),
+        Some(cfg) => Some(crate::leader::Election::start(cfg).await?),
+        None => None,
+    })
+}
+
 pub async fn run(pipeline: Pipeline, opts: RunOptions) -> Result<Outcome, RunError> {
     let path = pipeline.path.clone();
     let api = pipeline.api.clone();
@@ -83,10 +95,7 @@ pub async fn run(pipeline: Pipeline, opts: RunOptions) -> Result<Outcome, RunErr
     let ready = Arc::new(AtomicBool::new(false));
     let health = crate::health::Health::default();
     let taps = crate::component::tap::Taps::default();
-    let election = match &pipeline.leader_election {
-        Some(cfg) => Some(crate::leader::Election::start(cfg).await?),
-        None => None,
-    };
+    let election = start_election(&pipeline).await?;
     let leadership = election.as_ref().map_or_else(
         crate::leader::Leadership::always,
         crate::leader::Election::leadership,
@@ -327,6 +336,16 @@ async fn reload_inner(
             "a change to `leader_election` needs a restart; it was not applied (the rest of the file was)"
         );
         new.leader_election = current.leader_election.clone();
+    }
+    if current
+        .leader_election
+        .as_ref()
+        .is_some_and(|c| c.mode == crate::leader::Mode::PerSource)
+        && crate::leader::units_of(&new) != crate::leader::units_of(current)
+    {
+        let why = "with `leader_election: {mode: per_source}` each source (and each durable or paging sink) has a Lease of its own: adding, removing or renaming one needs a restart; nothing was applied";
+        tracing::error!(trigger, "reload rejected: {why}");
+        return ReloadOutcome::Rejected(why.into());
     }
     if new.state != current.state {
         tracing::warn!(

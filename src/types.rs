@@ -190,6 +190,13 @@ impl<'de> Deserialize<'de> for Pattern {
     }
 }
 
+/// Written back as its source (the reference states defaults through this).
+impl serde::Serialize for Pattern {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.0.as_str())
+    }
+}
+
 impl JsonSchema for Pattern {
     fn schema_name() -> std::borrow::Cow<'static, str> {
         "Regex".into()

@@ -126,7 +126,7 @@ fn the_cluster_role_grants_what_the_sources_use_and_nothing_more() {
     assert_eq!(role.len(), 1);
     assert_eq!(
         role[0]["rules"],
-        serde_json::json!([{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]}])
+        serde_json::json!([{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "list", "create", "update"]}])
     );
     // Bound to the service account the Deployment runs as.
     let sa = "eventflow";
@@ -551,8 +551,8 @@ fn the_ha_overlay_runs_two_replicas_with_election_and_a_disruption_budget() {
         .collect();
     assert_eq!(
         lease_rules[0]["verbs"],
-        serde_json::json!(["get", "create", "update"]),
-        "what leader election calls, nothing more"
+        serde_json::json!(["get", "list", "create", "update"]),
+        "what leader election calls, nothing more (list: per-source membership)"
     );
     assert_eq!(lease_rules.len(), 1, "one rule for leases");
     // The pipeline validates with a shared state URL, and is refused with a local one.

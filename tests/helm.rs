@@ -204,7 +204,7 @@ fn every_ci_values_file_renders_a_pipeline_that_validates_and_rbac_that_fits_it(
             needed(&pipeline),
             "{name}: the ClusterRole"
         );
-        let leases: BTreeSet<(String, String, String)> = ["get", "create", "update"]
+        let leases: BTreeSet<(String, String, String)> = ["get", "list", "create", "update"]
             .iter()
             .map(|v| ("coordination.k8s.io".into(), "leases".into(), (*v).into()))
             .collect();

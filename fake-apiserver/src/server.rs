@@ -185,7 +185,7 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         if params.get("watch").is_some_and(|w| w == "true" || w == "1") {
             return lease_watch(&shared, rest, &params);
         }
-        return leases(&shared, &parts.method, rest, &body).await;
+        return leases(&shared, &parts.method, rest, &body, &params).await;
     }
     if let Some(t) = crate::objects::target(&path) {
         return crate::objects::handle(
@@ -233,7 +233,13 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
 /// `coordination.k8s.io/v1` Leases, as leader election uses them: get, create (409
 /// AlreadyExists when it exists), update (409 Conflict unless the body carries the stored
 /// resourceVersion), delete.
-async fn leases(shared: &Arc<Shared>, method: &Method, rest: &str, body: &[u8]) -> Response {
+async fn leases(
+    shared: &Arc<Shared>,
+    method: &Method,
+    rest: &str,
+    body: &[u8],
+    params: &BTreeMap<String, String>,
+) -> Response {
     let parts: Vec<&str> = rest.split('/').collect();
     let (ns, name) = match parts.as_slice() {
         [ns, "leases"] => (*ns, None),
@@ -263,6 +269,29 @@ async fn leases(shared: &Arc<Shared>, method: &Method, rest: &str, body: &[u8]) 
             Some(l) => json_response(200, l),
             None => not_found(n),
         },
+        ("GET", None) => {
+            // A list, narrowed by `labelSelector` (equality terms) as the API server does.
+            let selector = match params
+                .get("labelSelector")
+                .map(|s| crate::convert::Selector::labels(s))
+            {
+                Some(Ok(sel)) => Some(sel),
+                Some(Err(e)) => return error(400, "BadRequest", &e),
+                None => None,
+            };
+            let g = shared.lock();
+            let items: Vec<Value> = g
+                .leases
+                .iter()
+                .filter(|((lns, _), _)| lns == ns)
+                .map(|(_, l)| l.clone())
+                .filter(|l| selector.as_ref().is_none_or(|s| s.matches(l)))
+                .collect();
+            json_response(
+                200,
+                &json!({"kind": "LeaseList", "apiVersion": "coordination.k8s.io/v1", "metadata": {"resourceVersion": g.lease_rv.to_string()}, "items": items}),
+            )
+        }
         ("POST", None) => lease_create(shared, ns, parsed()),
         ("PUT", Some(n)) => lease_update(shared, ns, n, parsed()).await,
         ("DELETE", Some(n)) => match shared

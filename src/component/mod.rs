@@ -258,6 +258,13 @@ pub trait StageConfig: fmt::Debug + Send + Sync + 'static {
         )
     }
 
+    /// Whether this stage must run on one replica at a time (a durable queue's deliveries, a
+    /// paging sink's resolutions): with `leader_election: {mode: per_source}` it gets a Lease
+    /// of its own, as the sources do. Default: no (it runs on every replica).
+    fn alone(&self) -> bool {
+        false
+    }
+
     /// Whether this stage reads the events' `raw` object (`stdout` with `raw: true`, `sql`'s
     /// `raw` column): a source keeps it only when a stage downstream does. Default: no.
     fn uses_raw(&self) -> bool {

@@ -280,7 +280,7 @@ impl Topology {
                 state: new.state.clone(),
                 health: self.health.clone(),
                 shared: self.shared.clone(),
-                leadership: self.leadership.clone(),
+                leadership: self.leadership.for_stage(id),
                 keep_raw: crate::config::graph::raw_needed(&new.stages, id),
             };
             let stage = std::panic::AssertUnwindSafe(spec.config.build(&cx))

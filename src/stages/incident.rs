@@ -226,6 +226,24 @@ impl Tracker {
         )
     }
 
+    /// Merges what other replicas recorded (with `leader_election: {mode: per_source}` every
+    /// replica triggers for its own sources; the one that resolves reads them all here).
+    pub async fn refresh(&self) -> Result<(), DbError> {
+        let q = Query::select()
+            .columns([name("incident_key"), name("last_seen_ms")])
+            .from(name(TABLE))
+            .and_where(Expr::col(name("stage")).eq(self.stage.as_str()))
+            .to_owned();
+        let rows: Vec<(String, i64)> = self.db.fetch_all(self.db.build(&q)).await?;
+        let mut m = self.map();
+        for (k, t) in rows {
+            let e = m.entry(k).or_insert(t);
+            *e = Ord::max(*e, t);
+        }
+        self.gauge.set(m.len() as f64);
+        Ok(())
+    }
+
     /// The keys quiet for `after`, with the time of their last event.
     pub fn due(&self, after: Duration) -> Vec<(String, i64)> {
         let limit = now_ms() - i64::try_from(after.as_millis()).unwrap_or(i64::MAX);
@@ -336,6 +354,9 @@ impl<P: Pager> Incidents<P> {
     pub async fn resolve_quiet(&self) {
         if !self.leadership.is_leader() {
             return;
+        }
+        if let Err(e) = self.tracker.refresh().await {
+            tracing::warn!(stage = %self.stage, error = %e, "cannot read the open incidents from the state database; resolving what this replica knows");
         }
         for (key, seen) in self.tracker.due(self.settings.resolve_after) {
             let outcome = self

@@ -332,6 +332,9 @@ async fn run(src: KubeSource, cx: SourceContext) -> Result<(), StageError> {
         });
         let term = lead(&src, &sm, &counters, &mut out, Shutdown(stop)).await;
         stopper.abort();
+        // What this term read is acknowledged and checkpointed: a graceful handover may
+        // release the Lease.
+        leadership.term_ended();
         if let Err(e) = term {
             break Err(e);
         }

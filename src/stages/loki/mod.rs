@@ -340,6 +340,11 @@ impl StageConfig for LokiConfig {
         crate::budget::sending(self.max_in_flight, self.batch.max_events, self.durable)
     }
 
+    fn alone(&self) -> bool {
+        // Its durable queue is delivered by one replica.
+        self.durable
+    }
+
     fn validate(&self) -> Vec<Invalid> {
         let mut out = Vec::new();
         if let Err(i) = self.endpoint() {

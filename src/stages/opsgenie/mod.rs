@@ -260,6 +260,11 @@ impl StageConfig for OpsgenieConfig {
         b
     }
 
+    fn alone(&self) -> bool {
+        // Its resolutions are sent by one replica.
+        true
+    }
+
     fn validate(&self) -> Vec<Invalid> {
         let mut out = Vec::new();
         if let Err(i) = self.base() {

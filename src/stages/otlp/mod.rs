@@ -290,6 +290,11 @@ impl StageConfig for OtlpConfig {
         true
     }
 
+    fn alone(&self) -> bool {
+        // Its durable queue is delivered by one replica.
+        self.durable
+    }
+
     fn validate(&self) -> Vec<Invalid> {
         let mut out = Vec::new();
         if let Err(i) = transport::endpoint_url(&self.endpoint, self.is_http()) {

@@ -245,6 +245,11 @@ impl StageConfig for PagerDutyConfig {
         b
     }
 
+    fn alone(&self) -> bool {
+        // Its resolutions are sent by one replica.
+        true
+    }
+
     fn validate(&self) -> Vec<Invalid> {
         let mut out = Vec::new();
         if let Err(i) = self.endpoint() {

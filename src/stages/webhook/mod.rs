@@ -321,6 +321,11 @@ impl StageConfig for WebhookConfig {
         }
     }
 
+    fn alone(&self) -> bool {
+        // Its durable queue is delivered by one replica.
+        self.durable
+    }
+
     fn validate(&self) -> Vec<Invalid> {
         let mut out = Vec::new();
         if let Err(i) = self.parsed_url() {

@@ -107,7 +107,7 @@ kube_events source that does not name its own.
 {{- $_ := set $p "state" (dict "url" "sqlite:///var/lib/eventflow/state.db") -}}
 {{- end -}}
 {{- if include "eventflow.ha" . -}}
-{{- $_ := set $p "leader_election" (dict "lease" (include "eventflow.fullname" .) "lease_duration" .Values.leaderElection.leaseDuration "renew_deadline" .Values.leaderElection.renewDeadline "retry_period" .Values.leaderElection.retryPeriod) -}}
+{{- $_ := set $p "leader_election" (dict "lease" (include "eventflow.fullname" .) "mode" (.Values.leaderElection.mode | default "pipeline") "lease_duration" .Values.leaderElection.leaseDuration "renew_deadline" .Values.leaderElection.renewDeadline "retry_period" .Values.leaderElection.retryPeriod) -}}
 {{- end -}}
 {{- if .Values.clusterName -}}
 {{- range $id, $s := $p.stages -}}
