@@ -184,7 +184,8 @@ impl LeaderElectionConfig {
 
 /// The stages that get a Lease of their own with `mode: per_source`: the sources, then the
 /// stages that must run on one replica at a time ([`crate::component::StageConfig::alone`]).
-pub fn units_of(p: &crate::config::Pipeline) -> Vec<String> {
+/// Each with whether it is a source (a source's handover waits for its term to end).
+pub fn units_of(p: &crate::config::Pipeline) -> Vec<(String, bool)> {
     let sources = p
         .stages
         .values()
@@ -193,7 +194,10 @@ pub fn units_of(p: &crate::config::Pipeline) -> Vec<String> {
         .stages
         .values()
         .filter(|s| s.kind != crate::component::StageKind::Source && s.config.alone());
-    sources.chain(alone).map(|s| s.id.clone()).collect()
+    sources
+        .chain(alone)
+        .map(|s| (s.id.clone(), s.kind == crate::component::StageKind::Source))
+        .collect()
 }
 
 /// A DNS-1123 subdomain: what Kubernetes accepts as most object names.
@@ -355,7 +359,7 @@ impl Election {
     /// membership Lease per replica by which they count each other.
     pub async fn start_per_source(
         cfg: &LeaderElectionConfig,
-        units: &[String],
+        units: &[(String, bool)],
     ) -> Result<Election, ElectionError> {
         let (client, _) =
             crate::kube_client::connect(cfg.kubeconfig.as_deref(), cfg.context.as_deref()).await?;
@@ -373,7 +377,7 @@ impl Election {
             stop_rx.clone(),
         )));
         let mut per_stage = std::collections::HashMap::new();
-        for unit in units {
+        for (unit, is_source) in units {
             let (tx, rx) = watch::channel(false);
             let drained = Arc::new(tokio::sync::Notify::new());
             let mut l = Leadership::following(rx, &identity);
@@ -391,6 +395,7 @@ impl Election {
                     id: unit.clone(),
                     pool: pool.clone(),
                     drained,
+                    drains: *is_source,
                 }),
             };
             tasks.push(tokio::spawn(candidate.campaign(tx, stop_rx.clone())));
@@ -737,7 +742,13 @@ impl Candidate {
         tracing::info!(lease = %self.name, unit = %unit.id, "leader election per source: handing this source over (more than this replica's share)");
         let drained = unit.drained.clone();
         let _ = leading.send(false);
-        let waited = tokio::time::timeout(self.cfg.renew_deadline.0, drained.notified()).await;
+        // A source finishes its term (what it read acknowledged and checkpointed); a durable
+        // queue or a resolver just stops (what it had in flight stays queued for the next).
+        let waited = if unit.drains {
+            tokio::time::timeout(self.cfg.renew_deadline.0, drained.notified()).await
+        } else {
+            Ok(())
+        };
         if waited.is_err() {
             tracing::warn!(unit = %unit.id, "leader election per source: the stage did not finish its term within renew_deadline; releasing anyway");
         }

@@ -61,6 +61,8 @@ pub struct Unit {
     pub pool: Arc<Pool>,
     /// Told when the stage's term ended (see [`super::Leadership::term_ended`]).
     pub drained: Arc<tokio::sync::Notify>,
+    /// Whether a handover waits for that (sources do).
+    pub drains: bool,
 }
 
 impl Unit {
@@ -237,6 +239,7 @@ mod tests {
             id: id.into(),
             pool: pool.clone(),
             drained: Arc::new(tokio::sync::Notify::new()),
+            drains: true,
         }
     }
 

@@ -492,6 +492,36 @@ pub async fn post(
     }
 }
 
+/// A paging sink's stage: its open incidents read from the state database, `pager` sending.
+pub async fn stage<P: Pager>(
+    cx: &crate::component::BuildContext,
+    pager: P,
+    settings: Settings,
+    names: &send::MetricNames,
+    batch: super::batch::BatchConfig,
+    unready_after: Duration,
+) -> Result<crate::component::Stage, crate::component::BuildError> {
+    let state = cx.state.clone().unwrap_or_default();
+    let tracker = Tracker::open(&state.url, &cx.id, settings.max_keys)
+        .await
+        .map_err(|e| cx.error_from("field `state.url`: the state database (open incidents)", e))?;
+    Ok(crate::component::Stage::Sink(Box::new(IncidentSink {
+        incidents: Arc::new(Incidents {
+            pager,
+            tracker,
+            settings,
+            stage: cx.id.clone(),
+            metrics: send::RequestMetrics::new(names, &cx.id),
+            leadership: cx.leadership.clone(),
+            resolved: metrics::counter!(RESOLVED, "stage" => cx.id.clone()),
+        }),
+        health: cx.health.clone(),
+        batch,
+        unready_after,
+    })
+        as Box<dyn crate::component::Sink>))
+}
+
 /// A paging sink as a stage.
 pub struct IncidentSink<P: Pager> {
     pub incidents: Arc<Incidents<P>>,

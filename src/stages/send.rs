@@ -259,6 +259,20 @@ pub struct MetricNames {
     pub retries: &'static str,
 }
 
+/// Describes a sink type's request metrics: what its requests are, what its latency is, what
+/// its retries are.
+pub fn describe_requests(
+    names: &MetricNames,
+    requests: &'static str,
+    seconds: &'static str,
+    retries: &'static str,
+) {
+    use metrics::{Unit, describe_counter, describe_histogram};
+    describe_counter!(names.requests, Unit::Count, requests);
+    describe_histogram!(names.seconds, Unit::Seconds, seconds);
+    describe_counter!(names.retries, Unit::Count, retries);
+}
+
 /// The request metrics of one stage, looked up once.
 pub struct RequestMetrics {
     /// Requests by outcome, in [`RequestMetrics::CLASSES`] order.
@@ -495,4 +509,50 @@ pub async fn in_memory<D: Deliver>(
         },
     )
     .await;
+}
+
+/// A sink that sends to a server: through its durable queue when it has one (`durable: true`),
+/// else batch by batch in memory. `loki` and `otlp` run this way.
+pub struct SendingSink<S: Deliver + super::webhook::durable::Sender> {
+    pub sender: Arc<S>,
+    /// With `durable`: its queue.
+    pub queue: Option<super::webhook::durable::Queue>,
+    pub health: crate::health::Health,
+    pub shared: crate::component::Shared,
+    pub unready_after: Duration,
+    pub batch: super::batch::BatchConfig,
+    pub max_in_flight: usize,
+    /// The discard reason of a batch that failed for good (`loki_failed`, ...).
+    pub failed_reason: &'static str,
+}
+
+impl<S: Deliver + super::webhook::durable::Sender> crate::component::Sink for SendingSink<S> {
+    fn run(
+        self: Box<Self>,
+        mut cx: SinkContext,
+    ) -> BoxFuture<'static, Result<(), crate::component::StageError>> {
+        Box::pin(async move {
+            let this = *self;
+            let health = this.health.register(&cx.metrics.id, this.unready_after);
+            health.synced();
+            if let Some(queue) = this.queue {
+                let sender = this.sender.clone() as Arc<dyn super::webhook::durable::Sender>;
+                queue
+                    .run(sender, &this.shared, &mut cx, health.clone())
+                    .await;
+            } else {
+                in_memory(
+                    &this.sender,
+                    &mut cx,
+                    &health,
+                    &this.batch,
+                    this.max_in_flight,
+                    this.failed_reason,
+                )
+                .await;
+            }
+            health.stopped();
+            Ok(())
+        })
+    }
 }

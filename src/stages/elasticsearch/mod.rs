@@ -142,17 +142,11 @@ const NAMES: send::MetricNames = send::MetricNames {
 };
 
 fn describe() {
-    use metrics::{Unit, describe_counter, describe_histogram};
-    describe_counter!(
-        REQUESTS,
-        Unit::Count,
-        "Bulk requests to Elasticsearch/OpenSearch by outcome: 2xx, 3xx, 4xx, 5xx, timeout, connection_error."
-    );
-    describe_histogram!(SECONDS, Unit::Seconds, "Bulk request latency.");
-    describe_counter!(
-        RETRIES,
-        Unit::Count,
-        "Bulk deliveries retried after a retryable failure (of the request or of items)."
+    send::describe_requests(
+        &NAMES,
+        "Bulk requests to Elasticsearch/OpenSearch by outcome: 2xx, 3xx, 4xx, 5xx, timeout, connection_error.",
+        "Bulk request latency.",
+        "Bulk deliveries retried after a retryable failure (of the request or of items).",
     );
 }
 

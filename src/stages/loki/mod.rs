@@ -29,8 +29,7 @@ use super::webhook::durable;
 use super::webhook::template::TextTemplateField;
 use crate::backoff::BackoffConfig;
 use crate::component::{
-    BuildContext, BuildError, Invalid, Sink, SinkContext, Stage, StageConfig, StageError,
-    StageKind, StageType,
+    BuildContext, BuildError, Invalid, Sink, Stage, StageConfig, StageKind, StageType,
 };
 use crate::event::{Event, EventData, Field};
 use crate::types::Dur;
@@ -473,11 +472,15 @@ impl StageConfig for LokiConfig {
             } else {
                 None
             };
-            Ok(Stage::Sink(Box::new(LokiSink {
-                pusher: Arc::new(pusher),
+            Ok(Stage::Sink(Box::new(send::SendingSink {
+                sender: Arc::new(pusher),
                 queue,
                 health: cx.health.clone(),
                 shared: cx.shared.clone(),
+                unready_after: self.unready_after.0,
+                batch: self.batch.plain(),
+                max_in_flight: self.max_in_flight,
+                failed_reason: "loki_failed",
             }) as Box<dyn Sink>))
         })
     }
@@ -698,43 +701,6 @@ impl durable::Sender for Pusher {
         stop: Option<tokio::sync::watch::Receiver<bool>>,
     ) -> BoxFuture<'a, Outcome> {
         Box::pin(self.push_events(events, health, budget, stop))
-    }
-}
-
-struct LokiSink {
-    pusher: Arc<Pusher>,
-    /// With `durable`: its queue.
-    queue: Option<durable::Queue>,
-    health: crate::health::Health,
-    shared: crate::component::Shared,
-}
-
-impl Sink for LokiSink {
-    fn run(self: Box<Self>, mut cx: SinkContext) -> BoxFuture<'static, Result<(), StageError>> {
-        Box::pin(async move {
-            let this = *self;
-            let cfg = this.pusher.cfg.clone();
-            let health = this.health.register(&cx.metrics.id, cfg.unready_after.0);
-            health.synced();
-            if let Some(queue) = this.queue {
-                let sender = this.pusher.clone() as Arc<dyn durable::Sender>;
-                queue
-                    .run(sender, &this.shared, &mut cx, health.clone())
-                    .await;
-            } else {
-                send::in_memory(
-                    &this.pusher,
-                    &mut cx,
-                    &health,
-                    &cfg.batch.plain(),
-                    cfg.max_in_flight,
-                    "loki_failed",
-                )
-                .await;
-            }
-            health.stopped();
-            Ok(())
-        })
     }
 }
 

@@ -30,8 +30,7 @@ use super::webhook::durable;
 use super::webhook::template::TextTemplateField;
 use crate::backoff::BackoffConfig;
 use crate::component::{
-    BuildContext, BuildError, Invalid, Sink, SinkContext, Stage, StageConfig, StageError,
-    StageKind, StageType,
+    BuildContext, BuildError, Invalid, Sink, Stage, StageConfig, StageKind, StageType,
 };
 use crate::event::{Event, EventData};
 use crate::types::Dur;
@@ -137,17 +136,11 @@ const NAMES: send::MetricNames = send::MetricNames {
 };
 
 fn describe() {
-    use metrics::{Unit, describe_counter, describe_histogram};
-    describe_counter!(
-        REQUESTS,
-        Unit::Count,
-        "OTLP export requests by outcome: 2xx, 3xx, 4xx, 5xx, timeout, connection_error (gRPC status codes by gRPC's HTTP mapping)."
-    );
-    describe_histogram!(SECONDS, Unit::Seconds, "OTLP export request latency.");
-    describe_counter!(
-        RETRIES,
-        Unit::Count,
-        "OTLP exports retried after a retryable failure."
+    send::describe_requests(
+        &NAMES,
+        "OTLP export requests by outcome: 2xx, 3xx, 4xx, 5xx, timeout, connection_error (gRPC status codes by gRPC's HTTP mapping).",
+        "OTLP export request latency.",
+        "OTLP exports retried after a retryable failure.",
     );
 }
 
@@ -381,11 +374,15 @@ impl StageConfig for OtlpConfig {
             } else {
                 None
             };
-            Ok(Stage::Sink(Box::new(OtlpSink {
-                exporter: Arc::new(exporter),
+            Ok(Stage::Sink(Box::new(send::SendingSink {
+                sender: Arc::new(exporter),
                 queue,
                 health: cx.health.clone(),
                 shared: cx.shared.clone(),
+                unready_after: self.unready_after.0,
+                batch: self.batch.plain(),
+                max_in_flight: self.max_in_flight,
+                failed_reason: "otlp_failed",
             }) as Box<dyn Sink>))
         })
     }
@@ -546,42 +543,5 @@ impl durable::Sender for Exporter {
         stop: Option<tokio::sync::watch::Receiver<bool>>,
     ) -> BoxFuture<'a, Outcome> {
         Box::pin(self.export_events(events, health, budget, stop))
-    }
-}
-
-struct OtlpSink {
-    exporter: Arc<Exporter>,
-    /// With `durable`: its queue.
-    queue: Option<durable::Queue>,
-    health: crate::health::Health,
-    shared: crate::component::Shared,
-}
-
-impl Sink for OtlpSink {
-    fn run(self: Box<Self>, mut cx: SinkContext) -> BoxFuture<'static, Result<(), StageError>> {
-        Box::pin(async move {
-            let this = *self;
-            let cfg = this.exporter.cfg.clone();
-            let health = this.health.register(&cx.metrics.id, cfg.unready_after.0);
-            health.synced();
-            if let Some(queue) = this.queue {
-                let sender = this.exporter.clone() as Arc<dyn durable::Sender>;
-                queue
-                    .run(sender, &this.shared, &mut cx, health.clone())
-                    .await;
-            } else {
-                send::in_memory(
-                    &this.exporter,
-                    &mut cx,
-                    &health,
-                    &cfg.batch.plain(),
-                    cfg.max_in_flight,
-                    "otlp_failed",
-                )
-                .await;
-            }
-            health.stopped();
-            Ok(())
-        })
     }
 }

@@ -10,7 +10,6 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use schemars::JsonSchema;
@@ -18,13 +17,13 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::batch::BatchConfig;
-use super::incident::{self, Incidents, Pager};
+use super::incident::{self, Pager};
 use super::key::KeySpec;
 use super::send::{self, Attempt};
 use super::webhook::template::TextTemplateField;
 use crate::backoff::BackoffConfig;
 use crate::component::{
-    BuildContext, BuildError, Invalid, Sink, Stage, StageConfig, StageKind, StageType,
+    BuildContext, BuildError, Invalid, Stage, StageConfig, StageKind, StageType,
 };
 use crate::event::{EventData, Field};
 use crate::types::Dur;
@@ -140,14 +139,12 @@ const NAMES: send::MetricNames = send::MetricNames {
 };
 
 fn describe() {
-    use metrics::{Unit, describe_counter, describe_histogram};
-    describe_counter!(
-        REQUESTS,
-        Unit::Count,
-        "PagerDuty Events API requests (triggers and resolves) by outcome."
+    send::describe_requests(
+        &NAMES,
+        "PagerDuty Events API requests (triggers and resolves) by outcome.",
+        "PagerDuty request latency.",
+        "PagerDuty requests retried.",
     );
-    describe_histogram!(SECONDS, Unit::Seconds, "PagerDuty request latency.");
-    describe_counter!(RETRIES, Unit::Count, "PagerDuty requests retried.");
     incident::describe();
 }
 
@@ -324,32 +321,21 @@ impl StageConfig for PagerDutyConfig {
                 what: "pagerduty",
             })
             .map_err(|e| cx.failed(e))?;
-            let state = cx.state.clone().unwrap_or_default();
-            let tracker = incident::Tracker::open(&state.url, &cx.id, self.max_keys)
-                .await
-                .map_err(|e| {
-                    cx.error_from("field `state.url`: the state database (open incidents)", e)
-                })?;
-            let metrics = send::RequestMetrics::new(&NAMES, &cx.id);
-            Ok(Stage::Sink(Box::new(incident::IncidentSink {
-                incidents: Arc::new(Incidents {
-                    pager: PagerDuty {
-                        cfg: self.clone(),
-                        client,
-                        url,
-                        metrics: send::RequestMetrics::new(&NAMES, &cx.id),
-                    },
-                    tracker,
-                    settings: self.settings(),
-                    stage: cx.id.clone(),
-                    metrics,
-                    leadership: cx.leadership.clone(),
-                    resolved: metrics::counter!(incident::RESOLVED, "stage" => cx.id.clone()),
-                }),
-                health: cx.health.clone(),
-                batch: self.batch.plain(),
-                unready_after: self.unready_after.0,
-            }) as Box<dyn Sink>))
+            let pager = PagerDuty {
+                cfg: self.clone(),
+                client,
+                url,
+                metrics: send::RequestMetrics::new(&NAMES, &cx.id),
+            };
+            incident::stage(
+                cx,
+                pager,
+                self.settings(),
+                &NAMES,
+                self.batch.plain(),
+                self.unready_after.0,
+            )
+            .await
         })
     }
 }
