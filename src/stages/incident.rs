@@ -438,20 +438,6 @@ pub fn validate_common(
     crate::component::at_least_one(out, "max_keys", max_keys as u64);
 }
 
-/// A failed attempt's reason when the whole thing is an answer with a JSON body: HTTP status,
-/// then what the service said.
-pub fn refusal(status: reqwest::StatusCode, body: &str, after: Option<Duration>) -> Attempt {
-    let why = format!(
-        "HTTP {status}: {}",
-        body.trim().chars().take(500).collect::<String>()
-    );
-    if status.as_u16() == 429 || status.is_server_error() {
-        Attempt::Retry { why, after }
-    } else {
-        Attempt::Permanent(why)
-    }
-}
-
 /// `t` rendered for `e`, or `default()` without a template.
 pub fn render_or(
     t: Option<&super::webhook::template::TextTemplateField>,
@@ -464,8 +450,9 @@ pub fn render_or(
     }
 }
 
-/// Posts `body` as JSON to `url`: 2xx delivered, 429/5xx retried (after `Retry-After`), other
-/// answers permanent with what the service said.
+/// Posts `body` as JSON to `url`, under the shared rules ([`send::http_answer`]): 2xx
+/// delivered; 408, 429, 5xx and no answer retried (after `Retry-After`); other answers
+/// permanent with the start of what the service said.
 pub async fn post(
     client: &reqwest::Client,
     metrics: &send::RequestMetrics,
@@ -476,20 +463,7 @@ pub async fn post(
     let started = std::time::Instant::now();
     let r = client.post(url).json(body).send().await;
     metrics.request(send::status_class(&r), started.elapsed().as_secs_f64());
-    match r {
-        Ok(resp) if resp.status().is_success() => Attempt::Delivered,
-        Ok(resp) => {
-            let status = resp.status();
-            let after = resp
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(send::retry_after);
-            let text = resp.text().await.unwrap_or_default();
-            refusal(status, &text, after)
-        }
-        r => send::http_answer(r, timeout, |e| crate::types::error_chain(&e.without_url())).await,
-    }
+    send::http_answer(r, timeout, |e| crate::types::error_chain(&e.without_url())).await
 }
 
 /// A paging sink's stage: its open incidents read from the state database, `pager` sending.

@@ -406,12 +406,22 @@ impl Retrier<'_> {
 /// The delivery id of `events` (the webhook's `X-Eventflow-Delivery-Id`, NATS' `Nats-Msg-Id`):
 /// derived from their uids and resource versions, so the same across retries and restarts.
 pub fn delivery_id(events: &[Event]) -> String {
+    delivery_id_of(
+        events
+            .iter()
+            .map(|e| (e.uid.as_str(), e.resource_version.as_str())),
+    )
+}
+
+/// [`delivery_id`] of uid/resourceVersion pairs (an Elasticsearch data stream's `_id` is that
+/// of the one event it holds).
+pub fn delivery_id_of<'a>(versions: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut h = sha2::Sha256::new();
-    for e in events {
-        h.update(e.uid.as_bytes());
+    for (uid, rv) in versions {
+        h.update(uid.as_bytes());
         h.update(b"/");
-        h.update(e.resource_version.as_bytes());
+        h.update(rv.as_bytes());
         h.update(b"\n");
     }
     let d = h.finalize();
@@ -483,12 +493,16 @@ pub async fn in_memory<D: Deliver>(
                         }
                     }
                     Outcome::Failed { reason, .. } => {
+                        // Events the sink refused on their own are counted already.
+                        let rest: Vec<&Event> = batch.iter().filter(|e| !e.has_outcome()).collect();
                         match d.discard_reason(&reason) {
                             Some(r) => shared_metrics::discarded(&id, type_name, r)
-                                .increment(batch.len() as u64),
-                            None => failed.increment(batch.len() as u64),
+                                .increment(rest.len() as u64),
+                            None => failed.increment(rest.len() as u64),
                         }
-                        crate::event::refuse_all(&batch, &id, &reason);
+                        for e in rest {
+                            e.refuse(&id, &reason);
+                        }
                     }
                     Outcome::Interrupted => {
                         // Not sent, not given up: the source sees it failed and replays it.

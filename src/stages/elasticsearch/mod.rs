@@ -217,8 +217,10 @@ impl ElasticsearchConfig {
     pub fn lines(&self, e: &EventData) -> Result<String, String> {
         let (target, ds) = self.target();
         let (action, id) = if ds {
-            let uid = format!("{}/{}", e.uid, e.resource_version);
-            ("create", short_hash(&uid))
+            (
+                "create",
+                send::delivery_id_of([(e.uid.as_str(), e.resource_version.as_str())]),
+            )
         } else {
             ("index", e.uid.clone())
         };
@@ -259,19 +261,6 @@ impl ElasticsearchConfig {
             leadership: crate::leader::Leadership::always(),
         })
     }
-}
-
-/// The delivery id of one event as a document id (the same across retries and restarts).
-fn short_hash(s: &str) -> String {
-    use sha2::Digest;
-    let d = sha2::Sha256::digest(s.as_bytes());
-    d.iter()
-        .take(16)
-        .fold(String::with_capacity(32), |mut s, b| {
-            use std::fmt::Write as _;
-            let _ = write!(s, "{b:02x}");
-            s
-        })
 }
 
 fn check_index_name(out: &mut Vec<Invalid>, field: &str, name: &str) {
