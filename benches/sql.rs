@@ -267,7 +267,100 @@ fn bench_backend(c: &mut Criterion, name: &'static str, url: &str) {
             total
         });
     });
+    if name == "postgres" {
+        pipeline_case(&mut g, name, url, &table, &mut tag);
+    }
     g.finish();
+}
+
+/// What a user runs: a source -> the `sql` sink through the engine (batching, keys, encoding
+/// and writing overlapped, acknowledgements after each commit) on a two-worker runtime, timed
+/// from the first event fed to the last one acknowledged; interleaved with the server's own
+/// rate on a fresh table each time (creating it is not timed).
+fn pipeline_case(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    url: &str,
+    table: &str,
+    tag: &mut u64,
+) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("rt");
+    // A pool of this runtime's own (a pool's connections belong to the runtime that made them).
+    let db = &rt
+        .block_on(Db::connect(url, 2, Duration::from_secs(10)))
+        .expect("connect");
+    let next = std::cell::Cell::new(*tag);
+    let cfg: Arc<SqlConfig> = Arc::new(
+        eventflow::yaml::from_node(
+            &eventflow::yaml::parse(&format!(
+                "url: {url}\ntable: {table}\nbatch: {{max_events: {BATCH}}}"
+            ))
+            .expect("yaml"),
+        )
+        .expect("cfg"),
+    );
+    g.bench_function("sink_in_a_pipeline", |b| {
+        b.iter_custom(|iters| {
+            common::interleaved(
+                &rt,
+                iters,
+                N as u64,
+                (&format!("{name} sql sink in a pipeline"), || {
+                    next.set(next.get() + 1);
+                    let data: Vec<Vec<EventData>> = events(next.get())
+                        .iter()
+                        .map(|b| b.iter().map(|e| e.data().clone()).collect())
+                        .collect();
+                    let cfg = cfg.clone();
+                    async move {
+                        fresh_table(db, table).await;
+                        let (src, feed) = eventflow::testkit::ChannelSource::new(4);
+                        let p = eventflow::testkit::source_to_sink(
+                            Arc::new(src),
+                            "store",
+                            "sql",
+                            cfg,
+                            0,
+                        )
+                        .build();
+                        let topo = eventflow::engine::Topology::start(p).await.expect("start");
+                        let start = Instant::now();
+                        let mut acks = Vec::new();
+                        for batch in data {
+                            acks.push(feed.send(batch).await);
+                        }
+                        for a in acks {
+                            assert_eq!(
+                                a.await.expect("status"),
+                                eventflow::event::ack::Status::Delivered
+                            );
+                        }
+                        let d = start.elapsed();
+                        topo.shutdown(Duration::from_secs(30)).await;
+                        d
+                    }
+                }),
+                (
+                    &format!("{name} server's own rate (same run as the pipeline)"),
+                    || {
+                        next.set(next.get() + 1);
+                        let t = next.get();
+                        async move {
+                            fresh_table(db, table).await;
+                            let start = Instant::now();
+                            server_side_insert(db, table, t).await;
+                            start.elapsed()
+                        }
+                    },
+                ),
+            )
+        });
+    });
+    *tag = next.get();
 }
 
 fn sql(c: &mut Criterion) {
@@ -307,6 +400,11 @@ fn main() {
         "postgres sink / the server's own rate",
         "postgres sql sink (batched upserts)",
         "postgres server's own rate: generate_series upsert",
+    ));
+    ratios.push(common::ratio(
+        "postgres sink in a pipeline / the server's own rate (same run)",
+        "postgres sql sink in a pipeline",
+        "postgres server's own rate (same run as the pipeline)",
     ));
     common::summary("sql sink", &ratios);
 }

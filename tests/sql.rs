@@ -518,6 +518,36 @@ async fn a_row_the_database_refuses_is_rejected_and_the_rest_stored(b: Backend) 
 // SQLite does not enforce VARCHAR lengths: nothing to refuse there.
 on_every_backend!(servers async a_row_the_database_refuses_is_rejected_and_the_rest_stored);
 
+/// Batches are keyed and encoded while the one before is written; they are still written in
+/// order: of many versions of a few events, spread over many full batches fed at once, the
+/// table holds each event's last version, and every version is acknowledged.
+async fn the_last_version_wins_across_overlapped_batches(b: Backend) {
+    let table = table_name("order");
+    let versions = 200i64;
+    let keys = ["a", "b", "c", "d", "e"];
+    // 5 keys x 200 versions in batches of 50 (the sink writes 100 at a time): every write
+    // holds versions of every key, and the next one is prepared while it runs.
+    let all: Vec<EventData> = (1..=versions)
+        .flat_map(|v| keys.iter().map(move |k| ev(k, v, &format!("version {v}"))))
+        .collect();
+    let batches: Vec<Vec<EventData>> = all.chunks(50).map(<[EventData]>::to_vec).collect();
+    let n = batches.len();
+    let statuses = store(&b.url, &table, "", batches).await;
+    assert_eq!(statuses, vec![Status::Delivered; n], "{}", b.name);
+    let stored = rows(&connect(&b.url).await, &table).await;
+    assert_eq!(stored.len(), keys.len(), "{}", b.name);
+    for r in stored {
+        assert_eq!(
+            (r.count, r.message.as_str()),
+            (versions, "version 200"),
+            "{}: {}",
+            b.name,
+            r.evt_key
+        );
+    }
+}
+on_every_backend!(async the_last_version_wins_across_overlapped_batches);
+
 /// A statement the server refuses reads as the server's message: no "at line N" of
 /// PostgreSQL's own source (which reads like a line of the pipeline file), no driver prefix.
 async fn a_refused_statement_says_the_servers_message_only(b: Backend) {

@@ -451,74 +451,119 @@ impl<'a> RowRef<'a> {
     }
 }
 
+/// A batch's values encoded for its backend, once: a retry sends the same bytes again, and the
+/// encoding can run while the previous batch is still being written (the `sql` sink does).
+#[derive(Clone)]
+pub enum Encoded {
+    Sqlite(sqlx::sqlite::SqliteArguments),
+    Postgres(sqlx::postgres::PgArguments),
+    MySql(sqlx::mysql::MySqlArguments),
+}
+
+/// A value that cannot be encoded (never for the types bound here): refused, not retried.
+fn encoding(e: sqlx::error::BoxDynError) -> DbError {
+    DbError::Permanent(sqlx::Error::Encode(e))
+}
+
 impl Db {
-    /// Runs a cached upsert text with the rows' values bound, in one transaction.
-    pub async fn upsert(&self, sql: &str, rows: &[RowRef<'_>]) -> Result<u64, DbError> {
-        macro_rules! run {
-            ($pool:expr) => {{
-                let mut q = sqlx::query(AssertSqlSafe(sql.to_string()));
+    /// Encodes the rows' values in the order of [`upsert_sql`]'s text for this backend: row by
+    /// row for SQLite and MySQL, one array per column for PostgreSQL.
+    pub fn encode_rows(&self, rows: &[RowRef<'_>]) -> Result<Encoded, DbError> {
+        use sqlx::Arguments;
+        macro_rules! row_by_row {
+            ($args:ty) => {{
+                let mut a = <$args>::default();
                 for r in rows {
                     for (_, v) in written() {
-                        q = match r.value(v) {
-                            Bound::Str(x) => q.bind(x),
-                            Bound::OptStr(x) => q.bind(x),
-                            Bound::OptString(x) => q.bind(x),
-                            Bound::Int(x) => q.bind(x),
-                            Bound::Time(x) => q.bind(x),
-                            Bound::OptTime(x) => q.bind(x),
-                        };
+                        match r.value(v) {
+                            Bound::Str(x) => a.add(x),
+                            Bound::OptStr(x) => a.add(x),
+                            Bound::OptString(x) => a.add(x),
+                            Bound::Int(x) => a.add(x),
+                            Bound::Time(x) => a.add(x),
+                            Bound::OptTime(x) => a.add(x),
+                        }
+                        .map_err(encoding)?;
                     }
                 }
-                let mut tx = $pool.begin().await.map_err(classify)?;
-                let n = q.execute(&mut *tx).await.map_err(classify)?.rows_affected();
-                tx.commit().await.map_err(classify)?;
-                Ok(n)
+                a
             }};
         }
-        match self {
-            Db::Sqlite(p) => run!(p),
-            Db::Postgres(p) => {
-                // One array per column (see `upsert_sql`).
-                let mut q = sqlx::query(AssertSqlSafe(sql.to_string()));
-                for (c, v) in written() {
-                    q = match c.kind {
-                        ColKind::BigInt | ColKind::Int => q.bind(
-                            rows.iter()
-                                .map(|r| match r.value(v) {
-                                    Bound::Int(x) => x,
-                                    _ => 0,
-                                })
-                                .collect::<Vec<i64>>(),
-                        ),
-                        ColKind::Time => q.bind(
-                            rows.iter()
-                                .map(|r| match r.value(v) {
-                                    Bound::Time(t) => Some(t),
-                                    Bound::OptTime(t) => t,
-                                    _ => None,
-                                })
-                                .collect::<Vec<Option<DateTime<Utc>>>>(),
-                        ),
-                        _ => q.bind(
-                            rows.iter()
-                                .map(|r| match r.value(v) {
-                                    Bound::Str(x) => Some(std::borrow::Cow::Borrowed(x)),
-                                    Bound::OptStr(x) => x.map(std::borrow::Cow::Borrowed),
-                                    Bound::OptString(x) => x.map(std::borrow::Cow::Owned),
-                                    _ => None,
-                                })
-                                .collect::<Vec<Option<std::borrow::Cow<'_, str>>>>(),
-                        ),
-                    };
-                }
-                let mut tx = p.begin().await.map_err(classify)?;
-                let n = q.execute(&mut *tx).await.map_err(classify)?.rows_affected();
-                tx.commit().await.map_err(classify)?;
-                Ok(n)
-            }
-            Db::MySql(p) => run!(p),
-        }
+        Ok(match self.backend() {
+            Backend::Sqlite => Encoded::Sqlite(row_by_row!(sqlx::sqlite::SqliteArguments)),
+            Backend::MySql => Encoded::MySql(row_by_row!(sqlx::mysql::MySqlArguments)),
+            Backend::Postgres => Encoded::Postgres(postgres_arrays(rows)?),
+        })
     }
+
+    /// Runs a cached upsert text with encoded values: one statement, atomic on its own (no
+    /// `BEGIN`/`COMMIT` round trips around it).
+    pub async fn upsert_encoded(&self, sql: &str, args: Encoded) -> Result<u64, DbError> {
+        let text = || AssertSqlSafe(sql.to_string());
+        let done = match (self, args) {
+            (Db::Sqlite(p), Encoded::Sqlite(a)) => sqlx::query_with(text(), a)
+                .execute(p)
+                .await
+                .map(|r| r.rows_affected()),
+            (Db::Postgres(p), Encoded::Postgres(a)) => sqlx::query_with(text(), a)
+                .execute(p)
+                .await
+                .map(|r| r.rows_affected()),
+            (Db::MySql(p), Encoded::MySql(a)) => sqlx::query_with(text(), a)
+                .execute(p)
+                .await
+                .map(|r| r.rows_affected()),
+            _ => Err(sqlx::Error::Protocol(
+                "values encoded for another database".into(),
+            )),
+        };
+        done.map_err(classify)
+    }
+
+    /// Encodes the rows and runs a cached upsert text with them.
+    pub async fn upsert(&self, sql: &str, rows: &[RowRef<'_>]) -> Result<u64, DbError> {
+        let args = self.encode_rows(rows)?;
+        self.upsert_encoded(sql, args).await
+    }
+}
+
+/// PostgreSQL's values: one array per column (see [`upsert_sql`]).
+fn postgres_arrays(rows: &[RowRef<'_>]) -> Result<sqlx::postgres::PgArguments, DbError> {
+    use sqlx::Arguments;
+    let mut a = sqlx::postgres::PgArguments::default();
+    for (c, v) in written() {
+        match c.kind {
+            ColKind::BigInt | ColKind::Int => a.add(
+                rows.iter()
+                    .map(|r| match r.value(v) {
+                        Bound::Int(x) => x,
+                        _ => 0,
+                    })
+                    .collect::<Vec<i64>>(),
+            ),
+            ColKind::Time => a.add(
+                rows.iter()
+                    .map(|r| match r.value(v) {
+                        Bound::Time(t) => Some(t),
+                        Bound::OptTime(t) => t,
+                        _ => None,
+                    })
+                    .collect::<Vec<Option<DateTime<Utc>>>>(),
+            ),
+            _ => a.add(
+                rows.iter()
+                    .map(|r| match r.value(v) {
+                        Bound::Str(x) => Some(std::borrow::Cow::Borrowed(x)),
+                        Bound::OptStr(x) => x.map(std::borrow::Cow::Borrowed),
+                        Bound::OptString(x) => x.map(std::borrow::Cow::Owned),
+                        _ => None,
+                    })
+                    .collect::<Vec<Option<std::borrow::Cow<'_, str>>>>(),
+            ),
+        }
+        .map_err(encoding)?;
+    }
+    Ok(a)
 }
 
 /// Deletes up to `limit` rows last seen before `before`. Returns how many went.

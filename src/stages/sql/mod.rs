@@ -204,6 +204,18 @@ impl StageConfig for SqlConfig {
     }
 }
 
+/// A batch made ready to write ([`SqlSink::prepare`]).
+struct Prepared {
+    /// The upsert text for this many rows.
+    sql: std::sync::Arc<str>,
+    /// Each event's key.
+    keys: Vec<String>,
+    /// The events written (the last of each key), in batch order.
+    written: Vec<usize>,
+    /// Their values, encoded (or why they cannot be).
+    args: Result<crate::state::events::Encoded, crate::state::db::DbError>,
+}
+
 /// The sink, usable on its own (benchmarks).
 pub struct SqlSink {
     cfg: SqlConfig,
@@ -267,45 +279,68 @@ impl SqlSink {
             .clone()
     }
 
-    /// Writes a batch, retrying while the database is unavailable. Returns, for each event,
-    /// `None` when it is stored, or why the database refused it for good.
-    pub async fn write(&self, batch: &[Event]) -> Vec<Option<String>> {
-        // One row per key: the last version of an event in the batch wins (a multi-row
-        // upsert may not touch the same row twice). Each key is computed once.
+    /// Makes a batch ready to write: one row per key (the last version of an event in the
+    /// batch wins: a multi-row upsert may not touch the same row twice), each key computed
+    /// once, the values encoded for the backend.
+    fn prepare(&self, batch: &[Event]) -> Prepared {
         let keys: Vec<String> = batch.iter().map(|e| self.evt_key(e)).collect();
         let mut last: std::collections::HashMap<&str, usize> =
             std::collections::HashMap::with_capacity(batch.len());
         for (i, k) in keys.iter().enumerate() {
             last.insert(k.as_str(), i);
         }
-        let rows = Self::rows(
-            keys.iter()
-                .zip(batch)
-                .enumerate()
-                .filter(|(i, (k, _))| last.get(k.as_str()) == Some(i))
-                .map(|(_, (k, e))| (k.clone(), e)),
-        );
-        let sql = self.sql_for(rows.len());
+        let mut written: Vec<usize> = last.into_values().collect();
+        written.sort_unstable();
+        let rows = Self::rows(written.iter().map(|&i| (keys[i].clone(), &batch[i])));
+        let args = self.db.encode_rows(&rows);
+        Prepared {
+            sql: self.sql_for(rows.len()),
+            keys,
+            written,
+            args,
+        }
+    }
+
+    /// Writes a batch, retrying while the database is unavailable. Returns, for each event,
+    /// `None` when it is stored, or why the database refused it for good.
+    pub async fn write(&self, batch: &[Event]) -> Vec<Option<String>> {
+        let prepared = self.prepare(batch);
+        self.store(batch, prepared).await
+    }
+
+    /// Writes a batch made ready by [`Self::prepare`] (see [`Self::write`]).
+    async fn store(&self, batch: &[Event], prepared: Prepared) -> Vec<Option<String>> {
+        let Prepared {
+            sql,
+            keys,
+            written,
+            args,
+        } = prepared;
         let mut statuses: Vec<Option<String>> = vec![None; batch.len()];
         let mut backoff = self.cfg.backoff.start();
-        let written = db::retrying(
-            &mut backoff,
-            |e, delay| {
-                self.note_unavailable();
-                tracing::warn!(error = %e, retry_in = ?delay, events = batch.len(), "database write failed; keeping the batch and retrying");
-                true
-            },
-            || async {
-                let started = Instant::now();
-                let r = self.db.upsert(&sql, &rows).await;
-                if r.is_ok() {
-                    self.latency.record(started.elapsed().as_secs_f64());
-                }
-                r
-            },
-        )
-        .await;
-        match written {
+        let stored = match args {
+            Ok(args) => {
+                db::retrying(
+                    &mut backoff,
+                    |e, delay| {
+                        self.note_unavailable();
+                        tracing::warn!(error = %e, retry_in = ?delay, events = batch.len(), "database write failed; keeping the batch and retrying");
+                        true
+                    },
+                    || async {
+                        let started = Instant::now();
+                        let r = self.db.upsert_encoded(&sql, args.clone()).await;
+                        if r.is_ok() {
+                            self.latency.record(started.elapsed().as_secs_f64());
+                        }
+                        r
+                    },
+                )
+                .await
+            }
+            Err(e) => Err(e),
+        };
+        match stored {
             Ok(_) => {
                 if let Some(h) = self.health.get() {
                     h.synced();
@@ -313,6 +348,7 @@ impl SqlSink {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "batch refused; writing its rows one by one to find the bad ones");
+                let rows = Self::rows(written.iter().map(|&i| (keys[i].clone(), &batch[i])));
                 let bad = self.write_one_by_one(&rows).await;
                 for (status, k) in statuses.iter_mut().zip(&keys) {
                     if let Some((_, why)) = bad.iter().find(|(key, _)| key == k) {
@@ -374,14 +410,44 @@ impl Sink for SqlSink {
             let _ = self.health.set(health.clone());
             let max = self.cfg.batch.max_events;
             let max_wait = self.cfg.batch.max_wait.0;
-            let this = &self;
+            let this = std::sync::Arc::new(*self);
             let processing = &cx.metrics.processing;
             let latency = &crate::metrics::latency(&cx.metrics.id, cx.metrics.type_name);
             let id = &cx.metrics.id.clone();
-            super::batch::run_batched(&mut cx.input, max, max_wait, 1, |batch| async move {
-                let started = Instant::now();
-                let statuses = this.write(&batch).await;
-                processing.record(started.elapsed().as_secs_f64());
+            // Two steps, overlapped: while one batch is written (the database works), the next
+            // is keyed and encoded on another thread. Batches are written one at a time, in
+            // order (a later version of an event is never overwritten by an earlier one), and
+            // acknowledged only once stored. At most one prepared batch waits to be written.
+            let (ready, mut to_write) = tokio::sync::mpsc::channel::<(Vec<Event>, Prepared)>(1);
+            let prepare = {
+                let this = this.clone();
+                let input = &mut cx.input;
+                async move {
+                    super::batch::run_batched(input, max, max_wait, 1, |batch| {
+                        let this = this.clone();
+                        let ready = ready.clone();
+                        async move {
+                            let prepared = tokio::task::spawn_blocking(move || {
+                                let p = this.prepare(&batch);
+                                (batch, p)
+                            })
+                            .await;
+                            match prepared {
+                                Ok(p) => {
+                                    let _ = ready.send(p).await;
+                                }
+                                Err(e) => {
+                                    // Its events go with the task: not acknowledged, so
+                                    // never counted as stored.
+                                    tracing::error!(error = %e, "preparing a batch failed");
+                                }
+                            }
+                        }
+                    })
+                    .await;
+                }
+            };
+            let acknowledge = |(batch, statuses): (Vec<Event>, Vec<Option<String>>)| {
                 for (e, s) in batch.iter().zip(statuses) {
                     match s {
                         None => {
@@ -391,15 +457,41 @@ impl Sink for SqlSink {
                         Some(why) => e.refuse(id, &why),
                     }
                 }
-                drop(batch);
-            })
-            .await;
+            };
+            let write = async {
+                // The batch stored last is acknowledged while the next one is written when
+                // that one is already waiting, else at once.
+                let mut stored: Option<(Vec<Event>, Vec<Option<String>>)> = None;
+                loop {
+                    let next = if let Ok(next) = to_write.try_recv() {
+                        Some(next)
+                    } else {
+                        if let Some(done) = stored.take() {
+                            acknowledge(done);
+                        }
+                        to_write.recv().await
+                    };
+                    let Some((batch, prepared)) = next else { break };
+                    let started = Instant::now();
+                    let (statuses, ()) = tokio::join!(this.store(&batch, prepared), async {
+                        if let Some(done) = stored.take() {
+                            acknowledge(done);
+                        }
+                    });
+                    processing.record(started.elapsed().as_secs_f64());
+                    stored = Some((batch, statuses));
+                }
+                if let Some(done) = stored.take() {
+                    acknowledge(done);
+                }
+            };
+            tokio::join!(prepare, write);
             if let Some(h) = retention {
                 h.abort();
             }
             health.stopped();
             // Closing the pool lets SQLite fold its WAL back into the database file.
-            self.db.close().await;
+            this.db.close().await;
             Ok(())
         })
     }
