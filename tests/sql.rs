@@ -928,10 +928,16 @@ async fn a_queue_of_the_earlier_one_event_per_row_format_is_read_after_the_migra
     let b = Backend::sqlite();
     Store::open(&b.url).await.expect("open").close().await;
     let pool = sqlx::SqlitePool::connect(&b.url).await.expect("connect");
-    sqlx::query("ALTER TABLE eventflow_webhook_queue DROP COLUMN n")
-        .execute(&pool)
-        .await
-        .expect("the earlier table had no n");
+    for earlier in [
+        "DROP INDEX eventflow_webhook_queue_sink_id_n",
+        "CREATE INDEX eventflow_webhook_queue_sink_id ON eventflow_webhook_queue (sink, id)",
+        "ALTER TABLE eventflow_webhook_queue DROP COLUMN n",
+    ] {
+        sqlx::query(earlier)
+            .execute(&pool)
+            .await
+            .expect("the earlier table: no n, indexed by (sink, id)");
+    }
     for i in 0..3 {
         let stored = eventflow::event::to_stored(&event(&format!("old{i}"))).expect("stored");
         sqlx::query(
@@ -964,6 +970,22 @@ async fn a_queue_of_the_earlier_one_event_per_row_format_is_read_after_the_migra
         [None, None, None, Some(4)]
     );
     store.close().await;
+    // The migrated table also gets the index that finds the head of the queue without reading
+    // the rows (a drain reads each row once).
+    let pool = sqlx::SqlitePool::connect(&b.url).await.expect("connect");
+    let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(
+        "EXPLAIN QUERY PLAN SELECT id, COALESCE(n, 1) FROM eventflow_webhook_queue WHERE sink = 's' AND id > 0 ORDER BY id",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("plan");
+    assert!(
+        plan.iter().any(|p| p
+            .3
+            .contains("COVERING INDEX eventflow_webhook_queue_sink_id_n")),
+        "{plan:?}"
+    );
+    pool.close().await;
 }
 
 /// Replicas (or pipelines) starting at the same moment each create the table if it is missing:

@@ -819,10 +819,21 @@ pub fn to_stored(e: &EventData) -> serde_json::Result<String> {
 
 /// Reads an event written by [`to_stored`].
 pub fn from_stored(text: &str) -> serde_json::Result<EventData> {
-    let s: Stored = serde_json::from_str(text)?;
-    let mut e = s.event.into_owned();
-    e.raw = s.raw.map(|r| r.get().into());
-    Ok(e)
+    serde_json::from_str::<Stored>(text).map(Stored::into_event)
+}
+
+/// Reads a JSON array of events written by [`to_stored`], in one pass over the text.
+pub fn from_stored_array(text: &str) -> serde_json::Result<Vec<EventData>> {
+    serde_json::from_str::<Vec<Stored>>(text)
+        .map(|all| all.into_iter().map(Stored::into_event).collect())
+}
+
+impl Stored<'_> {
+    fn into_event(self) -> EventData {
+        let mut e = self.event.into_owned();
+        e.raw = self.raw.map(|r| r.get().into());
+        e
+    }
 }
 
 #[cfg(test)]

@@ -92,7 +92,10 @@ impl Pending {
 
     /// Its events.
     pub fn events(&self) -> serde_json::Result<Vec<EventData>> {
-        self.stored()?.into_iter().map(event::from_stored).collect()
+        match self.n {
+            None => Ok(vec![event::from_stored(&self.event)?]),
+            Some(_) => event::from_stored_array(&self.event),
+        }
     }
 
     /// Whether `next`, the row after this batch's rows so far, belongs to the batch this
@@ -133,8 +136,7 @@ impl DeadLetter {
 
     /// The events of this dead letter.
     pub fn decode_events(&self) -> serde_json::Result<Vec<EventData>> {
-        let items: Vec<&serde_json::value::RawValue> = serde_json::from_str(&self.events)?;
-        items.iter().map(|r| event::from_stored(r.get())).collect()
+        event::from_stored_array(&self.events)
     }
 }
 
@@ -236,11 +238,17 @@ pub async fn create_tables(db: &Db) -> Result<(), OpenError> {
         .col(long_text("reason"))
         .col(long_text("events"))
         .to_owned();
+    // Covers the look for the head of the queue and the count (`id` and `n` by `sink`), so
+    // that neither reads the rows themselves: on SQLite `n` is stored after `event` (a column
+    // added by a migration comes last), and reading it from the row walks the chain of
+    // overflow pages of a request's worth of events. (Earlier versions made an index on
+    // `(sink, id)`; it stays where it exists.)
     let index = Index::create()
-        .name(format!("{QUEUE}_sink_id"))
+        .name(format!("{QUEUE}_sink_id_n"))
         .table(name(QUEUE))
         .col(name("sink"))
         .col(name("id"))
+        .col(name("n"))
         .to_owned();
     let err = |source: DbError| OpenError::Schema {
         what: "webhook queue tables",
