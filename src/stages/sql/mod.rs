@@ -104,10 +104,12 @@ fn default_connect_timeout() -> Dur {
 impl StageConfig for SqlConfig {
     fn memory(&self) -> Vec<crate::budget::Bound> {
         use crate::budget::{Bound, RENDERED_EVENT, size};
+        // One batch written, the one before it being acknowledged, one encoded and waiting,
+        // one being encoded.
         let mut out = vec![Bound::each(
-            "the batch being written",
-            "batch.max_events",
-            self.batch.max_events as u64,
+            "the batches being written, acknowledged and encoded",
+            "4 x batch.max_events",
+            4 * self.batch.max_events as u64,
             RENDERED_EVENT,
         )];
         if crate::state::db::backend_of(&self.url) == Some(crate::state::db::Backend::Sqlite) {
