@@ -206,6 +206,9 @@ impl StageConfig for SqlConfig {
     }
 }
 
+/// A batch written, with each event's outcome (`None`: stored; else why it was refused).
+type Stored = (std::sync::Arc<Vec<Event>>, Vec<Option<String>>);
+
 /// A batch made ready to write ([`SqlSink::prepare`]).
 struct Prepared {
     /// The upsert text for this many rows.
@@ -420,7 +423,9 @@ impl Sink for SqlSink {
             // is keyed and encoded on another thread. Batches are written one at a time, in
             // order (a later version of an event is never overwritten by an earlier one), and
             // acknowledged only once stored. At most one prepared batch waits to be written.
-            let (ready, mut to_write) = tokio::sync::mpsc::channel::<(Vec<Event>, Prepared)>(1);
+            let (ready, mut to_write) =
+                tokio::sync::mpsc::channel::<(std::sync::Arc<Vec<Event>>, Prepared)>(1);
+            let rejected = &this.rejected.clone();
             let prepare = {
                 let this = this.clone();
                 let input = &mut cx.input;
@@ -429,19 +434,25 @@ impl Sink for SqlSink {
                         let this = this.clone();
                         let ready = ready.clone();
                         async move {
-                            let prepared = tokio::task::spawn_blocking(move || {
-                                let p = this.prepare(&batch);
-                                (batch, p)
+                            // Shared with the blocking task, so that the events are still here
+                            // to be refused should it fail (a bug): never dropped as if stored.
+                            let batch = std::sync::Arc::new(batch);
+                            let prepared = tokio::task::spawn_blocking({
+                                let batch = batch.clone();
+                                move || this.prepare(&batch)
                             })
                             .await;
                             match prepared {
                                 Ok(p) => {
-                                    let _ = ready.send(p).await;
+                                    let _ = ready.send((batch, p)).await;
                                 }
                                 Err(e) => {
-                                    // Its events go with the task: not acknowledged, so
-                                    // never counted as stored.
-                                    tracing::error!(error = %e, "preparing a batch failed");
+                                    let why = format!("preparing the batch failed: {e}");
+                                    tracing::error!(error = %why, events = batch.len(), "batch not written");
+                                    rejected.increment(batch.len() as u64);
+                                    for ev in batch.iter() {
+                                        ev.refuse(id, &why);
+                                    }
                                 }
                             }
                         }
@@ -449,7 +460,7 @@ impl Sink for SqlSink {
                     .await;
                 }
             };
-            let acknowledge = |(batch, statuses): (Vec<Event>, Vec<Option<String>>)| {
+            let acknowledge = |(batch, statuses): Stored| {
                 for (e, s) in batch.iter().zip(statuses) {
                     match s {
                         None => {
@@ -463,7 +474,7 @@ impl Sink for SqlSink {
             let write = async {
                 // The batch stored last is acknowledged while the next one is written when
                 // that one is already waiting, else at once.
-                let mut stored: Option<(Vec<Event>, Vec<Option<String>>)> = None;
+                let mut stored: Option<Stored> = None;
                 loop {
                     let next = if let Ok(next) = to_write.try_recv() {
                         Some(next)
