@@ -139,20 +139,34 @@ fn counts(ports: &[u16]) -> Vec<usize> {
 }
 
 /// Watches every live replica's leaders until stopped: a source led by two at once is noted.
+/// The replicas are read one after the other, twice: a source that two replicas both say they
+/// lead in both rounds was led by both at once (each says so before and after the moment the
+/// other said so). Read once, a graceful handover between two reads would look like two
+/// leaders.
 fn sampler(
     ports: Arc<Mutex<Vec<u16>>>,
     stop: Arc<AtomicBool>,
     twice: Arc<Mutex<Vec<String>>>,
 ) -> std::thread::JoinHandle<()> {
+    let read = |live: &[u16]| -> Vec<BTreeSet<String>> {
+        live.iter()
+            .map(|p| {
+                led(*p)
+                    .into_iter()
+                    .filter(|(_, l)| *l)
+                    .map(|(id, _)| id)
+                    .collect()
+            })
+            .collect()
+    };
     std::thread::spawn(move || {
         while !stop.load(Ordering::SeqCst) {
             let live: Vec<u16> = ports.lock().unwrap().clone();
+            let (first, second) = (read(&live), read(&live));
             let mut by: BTreeMap<String, usize> = BTreeMap::new();
-            for p in live {
-                for (id, l) in led(p) {
-                    if l {
-                        *by.entry(id).or_default() += 1;
-                    }
+            for (a, b) in first.iter().zip(&second) {
+                for id in a.intersection(b) {
+                    *by.entry(id.clone()).or_default() += 1;
                 }
             }
             for (id, n) in by {
