@@ -21,7 +21,8 @@ use eventflow::state::events;
 const N: usize = 20_000;
 const BATCH: usize = 500;
 
-fn events(tag: u64) -> Vec<Vec<Event>> {
+/// `N` events in batches of `BATCH`, uids tagged with `tag` (each iteration writes new rows).
+fn event_data(tag: u64) -> Vec<Vec<EventData>> {
     let samples: Vec<serde_json::Value> = serde_json::from_str(
         &std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -31,16 +32,25 @@ fn events(tag: u64) -> Vec<Vec<Event>> {
     )
     .expect("json");
     let cluster: Arc<str> = Arc::from("bench");
-    let all: Vec<Event> = (0..N)
+    let all: Vec<EventData> = (0..N)
         .map(|i| {
             let mut v = samples[i % samples.len()].clone();
             v["metadata"]["uid"] = format!("{tag}-{i}").into();
-            let d: EventData = eventflow::event::decode(&v.to_string(), &cluster).expect("decode");
-            Event::new(d, Finalizers::None)
+            eventflow::event::decode(&v.to_string(), &cluster).expect("decode")
         })
         .collect();
-    all.chunks(BATCH)
-        .map(<[eventflow::event::Event]>::to_vec)
+    all.chunks(BATCH).map(<[EventData]>::to_vec).collect()
+}
+
+/// [`event_data`] as events without acknowledgements.
+fn events(tag: u64) -> Vec<Vec<Event>> {
+    event_data(tag)
+        .into_iter()
+        .map(|b| {
+            b.into_iter()
+                .map(|d| Event::new(d, Finalizers::None))
+                .collect()
+        })
         .collect()
 }
 
@@ -195,7 +205,7 @@ fn bench_backend(c: &mut Criterion, name: &'static str, url: &str) {
         events::ensure_table(&db, &table).await.expect("table");
         db
     });
-    let sink = SqlSink::new(cfg, db.clone(), "bench");
+    let sink = SqlSink::new(cfg.clone(), db.clone(), "bench");
     let mut g = c.benchmark_group(format!("sql_{name}"));
     g.throughput(Throughput::Elements(N as u64));
     g.sample_size(10);
@@ -268,7 +278,7 @@ fn bench_backend(c: &mut Criterion, name: &'static str, url: &str) {
         });
     });
     if name == "postgres" {
-        pipeline_case(&mut g, name, url, &table, &mut tag);
+        pipeline_case(&mut g, name, &cfg, &mut tag);
     }
     g.finish();
 }
@@ -280,10 +290,10 @@ fn bench_backend(c: &mut Criterion, name: &'static str, url: &str) {
 fn pipeline_case(
     g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
     name: &str,
-    url: &str,
-    table: &str,
+    cfg: &SqlConfig,
     tag: &mut u64,
 ) {
+    let (url, table) = (cfg.url.as_str(), cfg.table.as_str());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -294,15 +304,7 @@ fn pipeline_case(
         .block_on(Db::connect(url, 2, Duration::from_secs(10)))
         .expect("connect");
     let next = std::cell::Cell::new(*tag);
-    let cfg: Arc<SqlConfig> = Arc::new(
-        eventflow::yaml::from_node(
-            &eventflow::yaml::parse(&format!(
-                "url: {url}\ntable: {table}\nbatch: {{max_events: {BATCH}}}"
-            ))
-            .expect("yaml"),
-        )
-        .expect("cfg"),
-    );
+    let cfg = Arc::new(cfg.clone());
     g.bench_function("sink_in_a_pipeline", |b| {
         b.iter_custom(|iters| {
             common::interleaved(
@@ -311,10 +313,7 @@ fn pipeline_case(
                 N as u64,
                 (&format!("{name} sql sink in a pipeline"), || {
                     next.set(next.get() + 1);
-                    let data: Vec<Vec<EventData>> = events(next.get())
-                        .iter()
-                        .map(|b| b.iter().map(|e| e.data().clone()).collect())
-                        .collect();
+                    let data = event_data(next.get());
                     let cfg = cfg.clone();
                     async move {
                         fresh_table(db, table).await;

@@ -425,7 +425,14 @@ impl Sink for SqlSink {
             // acknowledged only once stored. At most one prepared batch waits to be written.
             let (ready, mut to_write) =
                 tokio::sync::mpsc::channel::<(std::sync::Arc<Vec<Event>>, Prepared)>(1);
-            let rejected = &this.rejected.clone();
+            let rejected = &this.rejected;
+            // Events that will not be written are refused and counted: never dropped, which
+            // would report them stored.
+            let refuse = |batch: &[Event], why: &str| {
+                tracing::error!(error = %why, events = batch.len(), "batch not written");
+                rejected.increment(batch.len() as u64);
+                crate::event::refuse_all(batch, id, why);
+            };
             let prepare = {
                 let this = this.clone();
                 let input = &mut cx.input;
@@ -435,7 +442,7 @@ impl Sink for SqlSink {
                         let ready = ready.clone();
                         async move {
                             // Shared with the blocking task, so that the events are still here
-                            // to be refused should it fail (a bug): never dropped as if stored.
+                            // should it fail (a bug).
                             let batch = std::sync::Arc::new(batch);
                             let prepared = tokio::task::spawn_blocking({
                                 let batch = batch.clone();
@@ -444,15 +451,12 @@ impl Sink for SqlSink {
                             .await;
                             match prepared {
                                 Ok(p) => {
-                                    let _ = ready.send((batch, p)).await;
+                                    if let Err(back) = ready.send((batch, p)).await {
+                                        refuse(&back.0.0, "the writer stopped");
+                                    }
                                 }
                                 Err(e) => {
-                                    let why = format!("preparing the batch failed: {e}");
-                                    tracing::error!(error = %why, events = batch.len(), "batch not written");
-                                    rejected.increment(batch.len() as u64);
-                                    for ev in batch.iter() {
-                                        ev.refuse(id, &why);
-                                    }
+                                    refuse(&batch, &format!("preparing the batch failed: {e}"));
                                 }
                             }
                         }
@@ -460,7 +464,10 @@ impl Sink for SqlSink {
                     .await;
                 }
             };
-            let acknowledge = |(batch, statuses): Stored| {
+            let acknowledge = |stored: &mut Option<Stored>| {
+                let Some((batch, statuses)) = stored.take() else {
+                    return;
+                };
                 for (e, s) in batch.iter().zip(statuses) {
                     match s {
                         None => {
@@ -479,24 +486,18 @@ impl Sink for SqlSink {
                     let next = if let Ok(next) = to_write.try_recv() {
                         Some(next)
                     } else {
-                        if let Some(done) = stored.take() {
-                            acknowledge(done);
-                        }
+                        acknowledge(&mut stored);
                         to_write.recv().await
                     };
                     let Some((batch, prepared)) = next else { break };
                     let started = Instant::now();
                     let (statuses, ()) = tokio::join!(this.store(&batch, prepared), async {
-                        if let Some(done) = stored.take() {
-                            acknowledge(done);
-                        }
+                        acknowledge(&mut stored);
                     });
                     processing.record(started.elapsed().as_secs_f64());
                     stored = Some((batch, statuses));
                 }
-                if let Some(done) = stored.take() {
-                    acknowledge(done);
-                }
+                acknowledge(&mut stored);
             };
             tokio::join!(prepare, write);
             if let Some(h) = retention {
