@@ -165,9 +165,9 @@ impl StageConfig for KubeEventsConfig {
                 seen::map_bytes(self.max_tracked),
             ),
             Bound::each(
-                "a list page being read",
-                "page_size",
-                self.page_size.into(),
+                "list pages being read (one decoded while the next is fetched)",
+                "2 x page_size",
+                2 * u64::from(self.page_size),
                 EVENT,
             ),
             Bound::new(
@@ -379,6 +379,7 @@ async fn lead(
                     };
                     let w = WatchLoop {
                         api,
+                        client: src.client.clone(),
                         slot: u16::try_from(slot).unwrap_or(u16::MAX),
                         namespace,
                         cfg: src.cfg.clone(),
@@ -393,7 +394,7 @@ async fn lead(
                     // In the stage's span, so its logs (a 401, a 403) name the stage like the
                     // rest.
                     tokio::spawn(tracing::Instrument::instrument(
-                        w.run(stop.clone()),
+                        Arc::new(w).run(stop.clone()),
                         tracing::Span::current(),
                     ))
                 }};

@@ -94,6 +94,119 @@ impl<'de, const RAW: bool> Deserialize<'de> for KubeEvent<RAW> {
     }
 }
 
+/// Where a list page says the list is: its resourceVersion and the token of the next page.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PageHead {
+    pub resource_version: Option<String>,
+    #[serde(rename = "continue")]
+    pub continue_: Option<String>,
+}
+
+/// Decodes a list page's items in one pass over its text, handing its `metadata` to `head` as
+/// soon as it is read (the API server writes it before `items`), so that the next page can be
+/// asked for while this one's items are decoded. A page with no `metadata` drops `head`.
+///
+/// Without `RAW` each object is first decoded straight into the normalized event (one pass over
+/// its text); only when that fails for any object is the page read again the lenient way
+/// ([`KubeEvent`]'s own decoding: the object's text first, then the event from it), so that a
+/// bad object is skipped alone and the rest of the page still goes out.
+pub fn decode_page<const RAW: bool>(
+    text: &str,
+    head: tokio::sync::oneshot::Sender<PageHead>,
+) -> Result<Vec<KubeEvent<RAW>>, serde_json::Error> {
+    let mut head = Some(head);
+    if !RAW && let Ok(items) = decode_items::<Strict>(text, &mut head) {
+        return Ok(items
+            .into_iter()
+            .map(|Strict(data)| KubeEvent {
+                meta: ObjectMeta::default(),
+                data: Ok(data),
+            })
+            .collect());
+    }
+    decode_items::<KubeEvent<RAW>>(text, &mut head)
+}
+
+fn decode_items<'de, T: Deserialize<'de>>(
+    text: &'de str,
+    head: &mut Option<tokio::sync::oneshot::Sender<PageHead>>,
+) -> Result<Vec<T>, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let items = serde::de::DeserializeSeed::deserialize(
+        PageSeed::<T> {
+            head,
+            item: std::marker::PhantomData,
+        },
+        &mut de,
+    )?;
+    de.end()?;
+    Ok(items)
+}
+
+/// An Event decoded in one pass, or an error for anything that does not normalize.
+struct Strict(EventData);
+
+impl<'de> Deserialize<'de> for Strict {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        WireEvent::deserialize(d)?
+            .normalize(&NO_CLUSTER, None)
+            .map(Strict)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+struct PageSeed<'h, T> {
+    head: &'h mut Option<tokio::sync::oneshot::Sender<PageHead>>,
+    item: std::marker::PhantomData<T>,
+}
+
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "lowercase")]
+enum PageField {
+    Metadata,
+    Items,
+    #[serde(other)]
+    Other,
+}
+
+impl<'de, T: Deserialize<'de>> serde::de::DeserializeSeed<'de> for PageSeed<'_, T> {
+    type Value = Vec<T>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for PageSeed<'_, T> {
+    type Value = Vec<T>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a list of Events (an object with `metadata` and `items`)")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(field) = map.next_key::<PageField>()? {
+            match field {
+                PageField::Metadata => {
+                    let head: PageHead = map.next_value()?;
+                    if let Some(tx) = self.head.take() {
+                        let _ = tx.send(head);
+                    }
+                }
+                PageField::Items => {
+                    items = map.next_value::<Option<Vec<T>>>()?.unwrap_or_default();
+                }
+                PageField::Other => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(items)
+    }
+}
+
 #[derive(Deserialize)]
 struct ManagedFieldsOf<'a> {
     #[serde(borrow)]
@@ -191,7 +304,72 @@ impl<const RAW: bool> kube::Resource for KubeEvent<RAW> {
 
 #[cfg(test)]
 mod tests {
-    use super::without_managed_fields;
+    use super::{KubeEvent, decode_page, without_managed_fields};
+
+    fn event(name: &str, count: &str) -> String {
+        format!(
+            r#"{{"apiVersion":"v1","kind":"Event","metadata":{{"name":"{name}","namespace":"ns","uid":"u-{name}","resourceVersion":"7"}},"involvedObject":{{"kind":"Pod","name":"p"}},"reason":"BackOff","type":"Warning","count":{count}}}"#
+        )
+    }
+
+    fn names<const RAW: bool>(items: &[KubeEvent<RAW>]) -> Vec<Result<String, String>> {
+        items
+            .iter()
+            .map(|i| match &i.data {
+                Ok(d) => Ok(d.name.clone()),
+                Err(_) => Err(i.meta.name.clone().unwrap_or_default()),
+            })
+            .collect()
+    }
+
+    /// A page's head arrives whatever its items hold; a bad item is skipped alone (the page
+    /// is read again the lenient way), with and without the objects' text kept.
+    #[test]
+    fn a_page_decodes_in_one_pass_and_a_bad_item_fails_only_itself() {
+        let good = format!(
+            r#"{{"kind":"EventList","metadata":{{"resourceVersion":"9","continue":"next"}},"items":[{},{}]}}"#,
+            event("a", "1"),
+            event("b", "2")
+        );
+        let bad = format!(
+            r#"{{"kind":"EventList","items":[{},{},{}],"metadata":{{"resourceVersion":"9"}}}}"#,
+            event("a", "1"),
+            event("bad", r#""three""#),
+            event("c", "3")
+        );
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let items = decode_page::<false>(&good, tx).expect("page");
+        let head = rx.blocking_recv().expect("head");
+        assert_eq!(head.resource_version.as_deref(), Some("9"));
+        assert_eq!(head.continue_.as_deref(), Some("next"));
+        assert_eq!(names(&items), [Ok("a".into()), Ok("b".into())]);
+        assert!(
+            items
+                .iter()
+                .all(|i| i.data.as_ref().is_ok_and(|d| d.raw.is_none()))
+        );
+
+        let want = [
+            Ok("a".to_string()),
+            Err("bad".to_string()),
+            Ok("c".to_string()),
+        ];
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let items = decode_page::<false>(&bad, tx).expect("page");
+        assert_eq!(names(&items), want);
+        assert_eq!(rx.blocking_recv().expect("head").continue_, None);
+        let (tx, _rx) = tokio::sync::oneshot::channel();
+        let items = decode_page::<true>(&bad, tx).expect("page");
+        assert_eq!(names(&items), want);
+        assert!(items[0].data.as_ref().is_ok_and(|d| d.raw.is_some()));
+
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        assert!(decode_page::<false>(r#"{"metadata":{},"items":[{"#, tx).is_err());
+        assert!(
+            rx.blocking_recv().is_ok(),
+            "the head was read before the error"
+        );
+    }
 
     #[test]
     fn managed_fields_are_cut_and_the_rest_kept_byte_for_byte() {

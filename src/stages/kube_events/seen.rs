@@ -360,15 +360,33 @@ impl Checkpoint {
         self.db.clone()
     }
 
-    /// Upserts rows (the latest version of each uid wins), in one transaction.
-    pub async fn save(&self, rows: &[Row]) -> Result<(), DbError> {
+    /// Upserts rows (the latest version of each uid wins), in one transaction. The
+    /// statements are built on a blocking thread (a batch of rows is thousands of values);
+    /// the rows are handed back for a retry.
+    pub async fn save(&self, rows: Vec<Row>) -> (Vec<Row>, Result<(), DbError>) {
         if rows.is_empty() {
-            return Ok(());
+            return (rows, Ok(()));
         }
-        self.db
-            .execute_in_tx(self.save_statements(rows))
-            .await
-            .map(|_| ())
+        let me = self.clone();
+        match tokio::task::spawn_blocking(move || {
+            let stmts = me.save_statements(&rows);
+            (rows, stmts)
+        })
+        .await
+        {
+            Ok((rows, stmts)) => {
+                let written = self.db.execute_in_tx(stmts).await.map(|_| ());
+                (rows, written)
+            }
+            // Building the statements panicked (a bug): the rows are gone with the thread;
+            // their events are emitted again after a restart.
+            Err(e) => (
+                Vec::new(),
+                Err(DbError::Permanent(sqlx::Error::Protocol(format!(
+                    "building the checkpoint statements failed: {e}"
+                )))),
+            ),
+        }
     }
 
     /// The upserts of [`Checkpoint::save`].

@@ -8,8 +8,9 @@ use std::time::Duration;
 use futures::StreamExt;
 use kube::Api;
 use kube::api::{ListParams, WatchEvent, WatchParams};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
+use super::resource::{PageHead, decode_page};
 use super::seen::{Generation, next_generation};
 use super::{Admission, Counters, Flavor, FromWatch, KubeEvent, KubeEventsConfig, Row, Seen};
 use crate::backoff::Backoff;
@@ -20,6 +21,8 @@ use crate::health::StageHealth;
 /// One list-then-watch loop; `RAW`: each object's JSON text is kept as the event's `raw`.
 pub(super) struct WatchLoop<const RAW: bool> {
     pub(super) api: Api<KubeEvent<RAW>>,
+    /// The client `api` uses (list pages are fetched as text and decoded off the runtime).
+    pub(super) client: kube::Client,
     pub(super) slot: u16,
     pub(super) namespace: Option<String>,
     pub(super) cfg: KubeEventsConfig,
@@ -92,7 +95,7 @@ impl<const RAW: bool> WatchLoop<RAW> {
         false
     }
 
-    pub(super) async fn run(self, mut shutdown: Shutdown) {
+    pub(super) async fn run(self: Arc<Self>, mut shutdown: Shutdown) {
         let mut st = LoopState {
             backoff: self.cfg.backoff.start(),
             generation: 0,
@@ -124,7 +127,7 @@ impl<const RAW: bool> WatchLoop<RAW> {
 
     /// Lists again; what comes next and after which delay (`None`: shutdown).
     async fn relist(
-        &self,
+        self: &Arc<Self>,
         st: &mut LoopState,
         shutdown: &mut Shutdown,
     ) -> Option<(Next, Duration)> {
@@ -218,39 +221,59 @@ impl<const RAW: bool> WatchLoop<RAW> {
     }
 
     /// Lists every page; emits what is new; forgets what is gone. Returns the list's rv.
+    ///
+    /// A page is fetched as text and decoded (and its objects taken) on a blocking thread,
+    /// while the next page is fetched: its continue token is handed over as soon as the
+    /// decoder has read the page's `metadata`. Pages go out in order.
     async fn list(
-        &self,
+        self: &Arc<Self>,
         generation: Generation,
         initial: bool,
         shutdown: &mut Shutdown,
     ) -> Result<Option<String>, kube::Error> {
         let mut lp = self.list_params();
         let mut list_rv: Option<String> = None;
+        // The page before, being decoded while this one is fetched.
+        let mut decoding: Option<Decoding> = None;
         loop {
-            let page = tokio::select! {
+            let text = tokio::select! {
                 () = shutdown.requested() => return Ok(None),
-                p = self.api.list(&lp) => p?,
+                t = self.fetch_page(&lp) => t,
             };
-            if list_rv.is_none() {
-                list_rv = page.metadata.resource_version.clone();
-            }
-            let mut out = PageOut::default();
+            // The page before goes out first, whatever became of this one: its versions are
+            // in `seen` already, so they would not be emitted by a relist.
+            if let Some(d) = decoding.take()
+                && !self.send(decoded(d).await?).await
             {
-                let mut seen = self
-                    .seen
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                for item in page.items {
-                    self.take(&mut seen, item, generation, initial, &mut out);
-                }
-            }
-            if !self.send(out).await {
                 return Ok(None);
             }
-            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            let text = text?;
+            let (head_tx, head_rx) = oneshot::channel();
+            let me = self.clone();
+            let span = tracing::Span::current();
+            let task = tokio::task::spawn_blocking(move || {
+                span.in_scope(|| me.take_page(&text, head_tx, generation, initial))
+            });
+            let Ok(head) = head_rx.await else {
+                // Decoded (or failed) without a `metadata`: the last page.
+                if !self.send(decoded(task).await?).await {
+                    return Ok(None);
+                }
+                break;
+            };
+            if list_rv.is_none() {
+                list_rv = head.resource_version;
+            }
+            decoding = Some(task);
+            match head.continue_.filter(|c| !c.is_empty()) {
                 Some(c) => lp.continue_token = Some(c),
                 None => break,
             }
+        }
+        if let Some(d) = decoding.take()
+            && !self.send(decoded(d).await?).await
+        {
+            return Ok(None);
         }
         let gone = self
             .seen
@@ -261,6 +284,35 @@ impl<const RAW: bool> WatchLoop<RAW> {
             return Ok(None);
         }
         Ok(Some(list_rv.unwrap_or_default()))
+    }
+
+    /// One list page's text.
+    async fn fetch_page(&self, lp: &ListParams) -> Result<String, kube::Error> {
+        let mut req = kube::core::Request::new(self.api.resource_url())
+            .list(lp)
+            .map_err(kube::Error::BuildRequest)?;
+        req.extensions_mut().insert("list");
+        self.client.request_text(req).await
+    }
+
+    /// Decodes a page and takes its objects (on a blocking thread).
+    fn take_page(
+        &self,
+        text: &str,
+        head: oneshot::Sender<PageHead>,
+        generation: Generation,
+        initial: bool,
+    ) -> Result<PageOut, kube::Error> {
+        let items = decode_page::<RAW>(text, head).map_err(kube::Error::SerdeError)?;
+        let mut out = PageOut::default();
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for item in items {
+            self.take(&mut seen, item, generation, initial, &mut out);
+        }
+        Ok(out)
     }
 
     /// Decides what to do with one object.
@@ -462,6 +514,14 @@ impl<const RAW: bool> WatchLoop<RAW> {
         }
         false
     }
+}
+
+/// A page being decoded on a blocking thread.
+type Decoding = tokio::task::JoinHandle<Result<PageOut, kube::Error>>;
+
+/// What a page's decoding gave (a panic in it is an error of the list, like a bad page).
+async fn decoded(d: Decoding) -> Result<PageOut, kube::Error> {
+    d.await.map_err(|e| kube::Error::Service(Box::new(e)))?
 }
 
 /// Where a watch is: the last resourceVersion it reported, and how many items it sent.

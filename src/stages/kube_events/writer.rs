@@ -138,7 +138,9 @@ async fn save(
     };
     let mut backoff = BackoffConfig::new(Dur::millis(100), Dur::secs(2)).start();
     for attempt in 0..5 {
-        match cp.save(rows).await {
+        let (back, written) = cp.save(std::mem::take(rows)).await;
+        *rows = back;
+        match written {
             Ok(()) => {
                 rows.clear();
                 if !cleared.is_empty() {
