@@ -151,6 +151,14 @@ pub(crate) enum Change {
     Line(Arc<str>),
 }
 
+/// An object's JSON text as served, per API, for one resourceVersion of it.
+#[derive(Default)]
+pub(crate) struct ObjectText {
+    pub resource_version: String,
+    /// By [`convert::Flavor`]: core/v1, events.k8s.io/v1.
+    pub text: [Option<Arc<str>>; 2],
+}
+
 pub(crate) struct State {
     pub rv: u64,
     pub objects: BTreeMap<(String, String), Value>,
@@ -164,11 +172,12 @@ pub(crate) struct State {
     pub next_watcher: u64,
     /// List snapshots kept for continue tokens: first-page rv -> items (their JSON text).
     pub snapshots: HashMap<u64, Arc<Vec<Arc<str>>>>,
-    /// Each listed object's JSON text by (namespace, name, resourceVersion, API), made once:
-    /// a list costs the server what a real one's watch cache does (copying bytes it has), not
-    /// a conversion and serialization of every object. An update has a new resourceVersion,
-    /// so an entry is never stale; the map is emptied when it outgrows the objects.
-    pub texts: HashMap<(String, String, String, convert::Flavor), Arc<str>>,
+    /// Each listed object's JSON text by (namespace, name), for the resourceVersion it was
+    /// made of, per API; made once: a list costs the server what a real one's watch cache does
+    /// (copying bytes it has), not a conversion and serialization of every object. An update
+    /// has a new resourceVersion, so a stale entry is never served; the map is emptied when it
+    /// outgrows the objects.
+    pub texts: HashMap<(String, String), ObjectText>,
     pub next_uid: u64,
     pub uid_seed: u64,
     /// `coordination.k8s.io/v1` Leases by (namespace, name), with their own resourceVersions.

@@ -606,6 +606,35 @@ fn list_kind(flavor: Flavor) -> &'static str {
     }
 }
 
+/// An object's JSON text as served through `flavor`, made once per resourceVersion.
+fn served_text(
+    texts: &mut std::collections::HashMap<(String, String), crate::ObjectText>,
+    key: &(String, String),
+    o: &Value,
+    flavor: Flavor,
+) -> Arc<str> {
+    let rv = o["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap_or_default();
+    let at = flavor as usize;
+    if let Some(t) = texts.get(key)
+        && t.resource_version == rv
+        && let Some(text) = &t.text[at]
+    {
+        return text.clone();
+    }
+    let entry = texts.entry(key.clone()).or_default();
+    if entry.resource_version != rv {
+        *entry = crate::ObjectText {
+            resource_version: rv.to_string(),
+            text: [None, None],
+        };
+    }
+    entry.text[at]
+        .get_or_insert_with(|| Arc::from(to_flavor(o, flavor, false).to_string()))
+        .clone()
+}
+
 fn list(shared: &Arc<Shared>, target: &Target, params: &BTreeMap<String, String>) -> Response {
     let (fields, labels) = match selectors(target, params) {
         Ok(s) => s,
@@ -644,17 +673,7 @@ fn list(shared: &Arc<Shared>, target: &Target, params: &BTreeMap<String, String>
             .objects
             .iter()
             .filter(|(_, o)| matches(o))
-            .map(|((ns, name), o)| {
-                let rv = o["metadata"]["resourceVersion"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string();
-                state
-                    .texts
-                    .entry((ns.clone(), name.clone(), rv, target.flavor))
-                    .or_insert_with(|| Arc::from(to_flavor(o, target.flavor, false).to_string()))
-                    .clone()
-            })
+            .map(|(key, o)| served_text(&mut state.texts, key, o, target.flavor))
             .collect();
         let rv = g.rv;
         let items = Arc::new(items);
