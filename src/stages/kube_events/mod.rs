@@ -164,11 +164,10 @@ impl StageConfig for KubeEventsConfig {
                 ),
                 seen::map_bytes(self.max_tracked),
             ),
-            Bound::each(
+            Bound::new(
                 "list pages being read (one decoded while the next is fetched)",
-                "2 x page_size",
-                2 * u64::from(self.page_size),
-                EVENT,
+                format!("2 x page_size {} x {}", self.page_size, size(EVENT)),
+                2 * u64::from(self.page_size) * EVENT,
             ),
             Bound::new(
                 "state database (checkpoint) page cache",
