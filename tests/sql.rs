@@ -548,6 +548,53 @@ async fn the_last_version_wins_across_overlapped_batches(b: Backend) {
 }
 on_every_backend!(async the_last_version_wins_across_overlapped_batches);
 
+/// Batches with no key in common may be written at once (PostgreSQL: two connections); a
+/// batch sharing a key with one being written waits for it. 200 events in 4 blocks of 50, 40
+/// rounds each writing one block with the round as its version, fed in rounds (the sink writes
+/// 100 at a time: two rounds, two blocks): each batch shares no key with the one before it and
+/// every key with the one before that. The table holds each event's last version.
+async fn batches_written_at_once_never_share_a_key(b: Backend) {
+    let table = table_name("disjoint");
+    let rounds = 40i64;
+    let batches: Vec<Vec<EventData>> = (0..rounds)
+        .map(|r| {
+            let block = r % 4;
+            (0..50)
+                .map(|j| {
+                    ev(
+                        &format!("k{}", block * 50 + j),
+                        r + 1,
+                        &format!("round {r}"),
+                    )
+                })
+                .collect()
+        })
+        .collect();
+    let n = batches.len();
+    let statuses = store(&b.url, &table, "", batches).await;
+    assert_eq!(statuses, vec![Status::Delivered; n], "{}", b.name);
+    let stored = rows(&connect(&b.url).await, &table).await;
+    assert_eq!(stored.len(), 200, "{}", b.name);
+    for r in stored {
+        let k: i64 = r
+            .evt_key
+            .rsplit('k')
+            .next()
+            .and_then(|d| d.parse().ok())
+            .unwrap_or(-1);
+        // The last round that wrote this key's block.
+        let last = rounds - 4 + k / 50;
+        assert_eq!(
+            (r.count, r.message.as_str()),
+            (last + 1, &*format!("round {last}")),
+            "{}: {}",
+            b.name,
+            r.evt_key
+        );
+    }
+}
+on_every_backend!(async batches_written_at_once_never_share_a_key);
+
 /// A statement the server refuses reads as the server's message: no "at line N" of
 /// PostgreSQL's own source (which reads like a line of the pipeline file), no driver prefix.
 async fn a_refused_statement_says_the_servers_message_only(b: Backend) {

@@ -74,6 +74,21 @@ pub struct SqlConfig {
     pub connect_timeout: Dur,
 }
 
+impl SqlConfig {
+    /// Batches written at once: two on PostgreSQL (with two connections or more), else one
+    /// (`SQLite` has one writer; on MariaDB two upserts of different keys can still deadlock on
+    /// gap locks).
+    fn writers(&self) -> u64 {
+        if crate::state::db::backend_of(&self.url) == Some(crate::state::db::Backend::Postgres)
+            && self.max_conns >= 2
+        {
+            2
+        } else {
+            1
+        }
+    }
+}
+
 fn default_table() -> String {
     "k8s_events".into()
 }
@@ -104,12 +119,13 @@ fn default_connect_timeout() -> Dur {
 impl StageConfig for SqlConfig {
     fn memory(&self) -> Vec<crate::budget::Bound> {
         use crate::budget::{Bound, RENDERED_EVENT, size};
-        // One batch written, the one before it being acknowledged, one encoded and waiting,
-        // one being encoded.
+        // The batches being written (two at once on PostgreSQL), one prepared and waiting for
+        // a writer, one in the hand-over to the writer, one being encoded.
+        let batches = self.writers() + 3;
         let mut out = vec![Bound::each(
-            "the batches being written, acknowledged and encoded",
-            "4 x batch.max_events",
-            4 * self.batch.max_events as u64,
+            "the batches being written and encoded",
+            &format!("{batches} x batch.max_events"),
+            batches * self.batch.max_events as u64,
             RENDERED_EVENT,
         )];
         if crate::state::db::backend_of(&self.url) == Some(crate::state::db::Backend::Sqlite) {
@@ -209,6 +225,43 @@ impl StageConfig for SqlConfig {
 /// A batch written, with each event's outcome (`None`: stored; else why it was refused).
 type Stored = (std::sync::Arc<Vec<Event>>, Vec<Option<String>>);
 
+/// A batch being written: the keys it holds, and the write.
+struct InFlight {
+    key_hashes: std::collections::HashSet<u64>,
+    write: BoxFuture<'static, Stored>,
+}
+
+impl InFlight {
+    fn start(
+        sink: std::sync::Arc<SqlSink>,
+        batch: std::sync::Arc<Vec<Event>>,
+        mut prepared: Prepared,
+        processing: metrics::Histogram,
+    ) -> InFlight {
+        let key_hashes = std::mem::take(&mut prepared.key_hashes);
+        InFlight {
+            write: Box::pin(async move {
+                let started = Instant::now();
+                let statuses = sink.store(&batch, prepared).await;
+                processing.record(started.elapsed().as_secs_f64());
+                (batch, statuses)
+            }),
+            key_hashes,
+        }
+    }
+}
+
+impl std::future::Future for InFlight {
+    type Output = Stored;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        self.write.as_mut().poll(cx)
+    }
+}
+
 /// A batch made ready to write ([`SqlSink::prepare`]).
 struct Prepared {
     /// The upsert text for this many rows.
@@ -219,6 +272,8 @@ struct Prepared {
     written: Vec<usize>,
     /// Their values, encoded (or why they cannot be).
     args: Result<crate::state::events::Encoded, crate::state::db::DbError>,
+    /// A hash of each key written: batches in flight at once share none.
+    key_hashes: std::collections::HashSet<u64>,
 }
 
 /// The sink, usable on its own (benchmarks).
@@ -298,11 +353,20 @@ impl SqlSink {
         written.sort_unstable();
         let rows = Self::rows(written.iter().map(|&i| (keys[i].clone(), &batch[i])));
         let args = self.db.encode_rows(&rows);
+        let key_hashes = written
+            .iter()
+            .map(|&i| {
+                use std::hash::{BuildHasher, BuildHasherDefault};
+                BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+                    .hash_one(&keys[i])
+            })
+            .collect();
         Prepared {
             sql: self.sql_for(rows.len()),
             keys,
             written,
             args,
+            key_hashes,
         }
     }
 
@@ -320,6 +384,7 @@ impl SqlSink {
             keys,
             written,
             args,
+            key_hashes: _,
         } = prepared;
         let mut statuses: Vec<Option<String>> = vec![None; batch.len()];
         let mut backoff = self.cfg.backoff.start();
@@ -419,10 +484,10 @@ impl Sink for SqlSink {
             let processing = &cx.metrics.processing;
             let latency = &crate::metrics::latency(&cx.metrics.id, cx.metrics.type_name);
             let id = &cx.metrics.id.clone();
-            // Two steps, overlapped: while one batch is written (the database works), the next
-            // is keyed and encoded on another thread. Batches are written one at a time, in
+            // Two steps, overlapped: while a batch is written (the database works), the next
+            // is keyed and encoded on another thread. Batches that share a key are written in
             // order (a later version of an event is never overwritten by an earlier one), and
-            // acknowledged only once stored. At most one prepared batch waits to be written.
+            // each is acknowledged only once stored. At most two prepared batches wait.
             let (ready, mut to_write) =
                 tokio::sync::mpsc::channel::<(std::sync::Arc<Vec<Event>>, Prepared)>(1);
             let rejected = &this.rejected;
@@ -464,10 +529,7 @@ impl Sink for SqlSink {
                     .await;
                 }
             };
-            let acknowledge = |stored: &mut Option<Stored>| {
-                let Some((batch, statuses)) = stored.take() else {
-                    return;
-                };
+            let acknowledge = |(batch, statuses): Stored| {
                 for (e, s) in batch.iter().zip(statuses) {
                     match s {
                         None => {
@@ -478,27 +540,7 @@ impl Sink for SqlSink {
                     }
                 }
             };
-            let write = async {
-                // The batch stored last is acknowledged while the next one is written when
-                // that one is already waiting, else at once.
-                let mut stored: Option<Stored> = None;
-                loop {
-                    let next = if let Ok(next) = to_write.try_recv() {
-                        Some(next)
-                    } else {
-                        acknowledge(&mut stored);
-                        to_write.recv().await
-                    };
-                    let Some((batch, prepared)) = next else { break };
-                    let started = Instant::now();
-                    let (statuses, ()) = tokio::join!(this.store(&batch, prepared), async {
-                        acknowledge(&mut stored);
-                    });
-                    processing.record(started.elapsed().as_secs_f64());
-                    stored = Some((batch, statuses));
-                }
-                acknowledge(&mut stored);
-            };
+            let write = write_batches(&this, &mut to_write, processing, acknowledge);
             tokio::join!(prepare, write);
             if let Some(h) = retention {
                 h.abort();
@@ -508,6 +550,65 @@ impl Sink for SqlSink {
             this.db.close().await;
             Ok(())
         })
+    }
+}
+
+/// Writes prepared batches as they come and acknowledges each once stored. PostgreSQL: two
+/// batches are written at once on two connections (the second is sent while the first
+/// executes and commits), never two that share a key, so that a later version of an event is
+/// never overwritten by an earlier one. Elsewhere one batch at a time, in order
+/// ([`SqlConfig::writers`]).
+async fn write_batches(
+    sink: &std::sync::Arc<SqlSink>,
+    to_write: &mut tokio::sync::mpsc::Receiver<(std::sync::Arc<Vec<Event>>, Prepared)>,
+    processing: &metrics::Histogram,
+    acknowledge: impl Fn(Stored),
+) {
+    use futures::StreamExt;
+    let writers = usize::try_from(sink.cfg.writers()).unwrap_or(1);
+    let mut in_flight = futures::stream::FuturesUnordered::new();
+    let mut next: Option<(std::sync::Arc<Vec<Event>>, Prepared)> = None;
+    let mut inputs_open = true;
+    loop {
+        if next.is_none() && inputs_open {
+            tokio::select! {
+                biased;
+                Some(stored) = in_flight.next(), if !in_flight.is_empty() => {
+                    acknowledge(stored);
+                    continue;
+                }
+                n = to_write.recv() => match n {
+                    Some(n) => next = Some(n),
+                    None => inputs_open = false,
+                },
+            }
+        }
+        if let Some((batch, prepared)) = next.take() {
+            let shares_a_key = in_flight
+                .iter()
+                .any(|w: &InFlight| !w.key_hashes.is_disjoint(&prepared.key_hashes));
+            if in_flight.len() < writers && !shares_a_key {
+                in_flight.push(InFlight::start(
+                    sink.clone(),
+                    batch,
+                    prepared,
+                    processing.clone(),
+                ));
+            } else {
+                // Wait for a write to end (the one holding the shared key, or any for room).
+                next = Some((batch, prepared));
+                if let Some(stored) = in_flight.next().await {
+                    acknowledge(stored);
+                }
+            }
+            continue;
+        }
+        if !inputs_open {
+            while let Some(stored) = in_flight.next().await {
+                acknowledge(stored);
+            }
+            return;
+        }
     }
 }
 
