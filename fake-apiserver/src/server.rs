@@ -627,7 +627,7 @@ fn served_text(
     if entry.resource_version != rv {
         *entry = crate::ObjectText {
             resource_version: rv.to_string(),
-            text: [None, None],
+            ..crate::ObjectText::default()
         };
     }
     entry.text[at]

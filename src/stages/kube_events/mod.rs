@@ -378,7 +378,6 @@ async fn lead(
                     };
                     let w = WatchLoop {
                         api,
-                        client: src.client.clone(),
                         slot: u16::try_from(slot).unwrap_or(u16::MAX),
                         namespace,
                         cfg: src.cfg.clone(),

@@ -362,31 +362,31 @@ impl Checkpoint {
 
     /// Upserts rows (the latest version of each uid wins), in one transaction. The
     /// statements are built on a blocking thread (a batch of rows is thousands of values);
-    /// the rows are handed back for a retry.
+    /// the rows are always handed back, for a retry.
     pub async fn save(&self, rows: Vec<Row>) -> (Vec<Row>, Result<(), DbError>) {
         if rows.is_empty() {
             return (rows, Ok(()));
         }
         let me = self.clone();
-        match tokio::task::spawn_blocking(move || {
-            let stmts = me.save_statements(&rows);
+        let built = tokio::task::spawn_blocking(move || {
+            let stmts = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                me.save_statements(&rows)
+            }))
+            .ok();
             (rows, stmts)
         })
-        .await
-        {
-            Ok((rows, stmts)) => {
-                let written = self.db.execute_in_tx(stmts).await.map(|_| ());
-                (rows, written)
-            }
-            // Building the statements panicked (a bug): the rows are gone with the thread;
-            // their events are emitted again after a restart.
-            Err(e) => (
-                Vec::new(),
-                Err(DbError::Permanent(sqlx::Error::Protocol(format!(
-                    "building the checkpoint statements failed: {e}"
-                )))),
-            ),
-        }
+        .await;
+        // Not run at all only when the runtime is shutting down: the rows go with the process,
+        // and their events are emitted again after a restart.
+        let (rows, stmts) = built.unwrap_or_else(|_| (Vec::new(), None));
+        let written = match stmts {
+            Some(stmts) => self.db.execute_in_tx(stmts).await.map(|_| ()),
+            // A bug: the rows stay for the next write.
+            None => Err(DbError::Permanent(sqlx::Error::Protocol(
+                "building the checkpoint statements failed".into(),
+            ))),
+        };
+        (rows, written)
     }
 
     /// The upserts of [`Checkpoint::save`].

@@ -21,8 +21,6 @@ use crate::health::StageHealth;
 /// One list-then-watch loop; `RAW`: each object's JSON text is kept as the event's `raw`.
 pub(super) struct WatchLoop<const RAW: bool> {
     pub(super) api: Api<KubeEvent<RAW>>,
-    /// The client `api` uses (list pages are fetched as text and decoded off the runtime).
-    pub(super) client: kube::Client,
     pub(super) slot: u16,
     pub(super) namespace: Option<String>,
     pub(super) cfg: KubeEventsConfig,
@@ -286,13 +284,14 @@ impl<const RAW: bool> WatchLoop<RAW> {
         Ok(Some(list_rv.unwrap_or_default()))
     }
 
-    /// One list page's text.
+    /// One list page's text (what [`Api::list`] asks for, not decoded: that is done on a
+    /// blocking thread).
     async fn fetch_page(&self, lp: &ListParams) -> Result<String, kube::Error> {
         let mut req = kube::core::Request::new(self.api.resource_url())
             .list(lp)
             .map_err(kube::Error::BuildRequest)?;
         req.extensions_mut().insert("list");
-        self.client.request_text(req).await
+        self.api.clone().into_client().request_text(req).await
     }
 
     /// Decodes a page and takes its objects (on a blocking thread).

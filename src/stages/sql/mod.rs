@@ -272,7 +272,7 @@ struct Prepared {
     written: Vec<usize>,
     /// Their values, encoded (or why they cannot be).
     args: Result<crate::state::events::Encoded, crate::state::db::DbError>,
-    /// A hash of each key written: batches in flight at once share none.
+    /// A hash of each key written, where two batches are written at once (they share none).
     key_hashes: std::collections::HashSet<u64>,
 }
 
@@ -353,14 +353,19 @@ impl SqlSink {
         written.sort_unstable();
         let rows = Self::rows(written.iter().map(|&i| (keys[i].clone(), &batch[i])));
         let args = self.db.encode_rows(&rows);
-        let key_hashes = written
-            .iter()
-            .map(|&i| {
-                use std::hash::{BuildHasher, BuildHasherDefault};
-                BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
-                    .hash_one(&keys[i])
-            })
-            .collect();
+        // Only needed where two batches are written at once.
+        let key_hashes = if self.cfg.writers() > 1 {
+            written
+                .iter()
+                .map(|&i| {
+                    use std::hash::{BuildHasher, BuildHasherDefault};
+                    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+                        .hash_one(&keys[i])
+                })
+                .collect()
+        } else {
+            std::collections::HashSet::new()
+        };
         Prepared {
             sql: self.sql_for(rows.len()),
             keys,
