@@ -388,8 +388,11 @@ async fn reload_inner(
     }
 }
 
-/// SIGINT, SIGTERM and SIGHUP as one stream.
+/// SIGINT, SIGTERM and SIGHUP as one stream. Each is listened to from the start, so that one
+/// arriving between two reads (a second Ctrl-C right after the first) is not missed.
 struct Signals {
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
     #[cfg(unix)]
     term: Option<tokio::signal::unix::Signal>,
     #[cfg(unix)]
@@ -402,6 +405,7 @@ impl Signals {
         {
             use tokio::signal::unix::{SignalKind, signal};
             Signals {
+                int: signal(SignalKind::interrupt()).ok(),
                 term: signal(SignalKind::terminate()).ok(),
                 hup: signal(SignalKind::hangup()).ok(),
             }
@@ -432,7 +436,7 @@ impl Signals {
                 }
             }
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => "SIGINT",
+                () = recv(&mut self.int) => "SIGINT",
                 () = recv(&mut self.term) => "SIGTERM",
                 () = recv(&mut self.hup) => "SIGHUP",
             }
