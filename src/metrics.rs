@@ -234,9 +234,19 @@ pub struct Delivered {
 impl Delivered {
     /// One delivered event, that entered the pipeline `in_pipeline` ago.
     pub fn record(&self, e: &crate::event::EventData, in_pipeline: std::time::Duration) {
+        self.record_seen(e.last_seen.or(e.first_seen), in_pipeline);
+    }
+
+    /// One delivered event, last seen by Kubernetes at `seen`, that entered the pipeline
+    /// `in_pipeline` ago.
+    pub fn record_seen(
+        &self,
+        seen: Option<chrono::DateTime<chrono::Utc>>,
+        in_pipeline: std::time::Duration,
+    ) {
         self.sent.increment(1);
         self.latency.record(in_pipeline.as_secs_f64());
-        if let Some(seen) = e.last_seen.or(e.first_seen) {
+        if let Some(seen) = seen {
             let age = chrono::Utc::now() - seen;
             self.age
                 .record(age.num_milliseconds().max(0) as f64 / 1000.0);

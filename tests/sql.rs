@@ -964,9 +964,9 @@ async fn webhook_queue_rows_hold_a_requests_worth_of_events(b: Backend) {
 }
 on_every_backend!(async webhook_queue_rows_hold_a_requests_worth_of_events);
 
-/// A queue written by an earlier version (one event per row, no `n` column) is migrated when
-/// the store opens: the column is added, the old rows are read as one event each, in order
-/// with the new ones. (SQLite only: the test drops the column, which would disturb other tests
+/// A queue written by an earlier version (one event per row, no `n` or `form` column) is
+/// migrated when the store opens: the columns are added, the old rows are read as one event
+/// each, in order with the new ones, and only the new ones say they are in this version's form. (SQLite only: the test drops the column, which would disturb other tests
 /// sharing a server.)
 #[tokio::test]
 async fn a_queue_of_the_earlier_one_event_per_row_format_is_read_after_the_migration() {
@@ -979,11 +979,12 @@ async fn a_queue_of_the_earlier_one_event_per_row_format_is_read_after_the_migra
         "DROP INDEX eventflow_webhook_queue_sink_id_n",
         "CREATE INDEX eventflow_webhook_queue_sink_id ON eventflow_webhook_queue (sink, id)",
         "ALTER TABLE eventflow_webhook_queue DROP COLUMN n",
+        "ALTER TABLE eventflow_webhook_queue DROP COLUMN form",
     ] {
         sqlx::query(earlier)
             .execute(&pool)
             .await
-            .expect("the earlier table: no n, indexed by (sink, id)");
+            .expect("the earlier table: no n, no form, indexed by (sink, id)");
     }
     for i in 0..3 {
         let stored = eventflow::event::to_stored(&event(&format!("old{i}"))).expect("stored");
@@ -1013,8 +1014,13 @@ async fn a_queue_of_the_earlier_one_event_per_row_format_is_read_after_the_migra
         ["old0", "old1", "old2", "new0", "new1", "new2", "new3"]
     );
     assert_eq!(
-        rows.iter().map(|r| r.n).collect::<Vec<_>>(),
-        [None, None, None, Some(4)]
+        rows.iter().map(|r| (r.n, r.form)).collect::<Vec<_>>(),
+        [
+            (None, None),
+            (None, None),
+            (None, None),
+            (Some(4), Some(eventflow::event::STORED_FORM))
+        ]
     );
     store.close().await;
     // The migrated table also gets the index that finds the head of the queue without reading

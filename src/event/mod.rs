@@ -828,6 +828,78 @@ pub fn from_stored_array(text: &str) -> serde_json::Result<Vec<EventData>> {
         .map(|all| all.into_iter().map(Stored::into_event).collect())
 }
 
+/// The version of the form [`to_stored`] writes an event in: the fields of [`EventData`] as
+/// they serialize. A queue row records it, so that a row written in this very form can go out
+/// as it is stored (its event text spliced into a body, not decoded and rendered again) and
+/// a row written by another version is decoded. Change it whenever `EventData`'s serialized
+/// fields change (the test `the_stored_form_is_pinned` fails until then).
+pub const STORED_FORM: i64 = 1;
+
+/// A stored event read without decoding it: the text of its fields as [`to_json`] (without
+/// `raw`) writes them, and what a delivery needs of it besides.
+#[derive(Debug)]
+pub struct StoredRef<'a> {
+    /// The event's fields, as stored.
+    pub event: &'a RawValue,
+    /// `raw`, if it was kept.
+    pub raw: Option<&'a RawValue>,
+    pub uid: Cow<'a, str>,
+    pub resource_version: Cow<'a, str>,
+    pub first_seen: Option<DateTime<Utc>>,
+    pub last_seen: Option<DateTime<Utc>>,
+}
+
+impl StoredRef<'_> {
+    /// The event, decoded.
+    pub fn decode(&self) -> serde_json::Result<EventData> {
+        let mut e: EventData = serde_json::from_str(self.event.get())?;
+        e.raw = self.raw.map(|r| r.get().into());
+        Ok(e)
+    }
+}
+
+/// Reads events written by [`to_stored`] (a JSON array of them with `array`, else one) without
+/// decoding their fields: two passes over the text that allocate nothing per field.
+pub fn stored_refs(text: &str, array: bool) -> serde_json::Result<Vec<StoredRef<'_>>> {
+    #[derive(Deserialize)]
+    struct Shallow<'a> {
+        #[serde(borrow)]
+        event: &'a RawValue,
+        #[serde(borrow, default)]
+        raw: Option<&'a RawValue>,
+    }
+    #[derive(Deserialize)]
+    struct Keys<'a> {
+        #[serde(borrow, default)]
+        uid: Cow<'a, str>,
+        #[serde(borrow, default)]
+        resource_version: Cow<'a, str>,
+        #[serde(default)]
+        first_seen: Option<DateTime<Utc>>,
+        #[serde(default)]
+        last_seen: Option<DateTime<Utc>>,
+    }
+    let shallow: Vec<Shallow> = if array {
+        serde_json::from_str(text)?
+    } else {
+        vec![serde_json::from_str(text)?]
+    };
+    shallow
+        .into_iter()
+        .map(|s| {
+            let k: Keys = serde_json::from_str(s.event.get())?;
+            Ok(StoredRef {
+                event: s.event,
+                raw: s.raw,
+                uid: k.uid,
+                resource_version: k.resource_version,
+                first_seen: k.first_seen,
+                last_seen: k.last_seen,
+            })
+        })
+        .collect()
+}
+
 impl Stored<'_> {
     fn into_event(self) -> EventData {
         let mut e = self.event.into_owned();
@@ -861,6 +933,92 @@ mod tests {
         assert_eq!(back.raw.as_deref(), Some(j.trim()));
         let bogus = to_stored(&e).unwrap().replace("\"aggregate\"", "\"bogus\"");
         assert!(from_stored(&bogus).is_err());
+    }
+
+    /// An event with every optional part set.
+    fn full() -> EventData {
+        let j = r#"{"apiVersion":"v1","kind":"Event","metadata":{"name":"web.1","namespace":"shop","uid":"u\"9","resourceVersion":"7"},
+            "involvedObject":{"kind":"Pod","name":"web"},"reason":"BackOff","message":"quote \" and ✓","type":"Warning","count":4,
+            "firstTimestamp":"2024-05-01T10:01:10Z","lastTimestamp":"2024-05-01T10:09:42Z"}"#;
+        let mut e = decode(j, &cluster()).unwrap();
+        e.summary = Some(Arc::new(Summary {
+            by: SummaryBy::RateLimit,
+            events: 3,
+            occurrences: 9,
+            window: "10m".into(),
+            first_seen: e.first_seen,
+            last_seen: e.last_seen,
+            samples: vec!["a".into()],
+            text: "BackOff x9".into(),
+        }));
+        let labels = Arc::new(Labels::from([("app".to_string(), "web".to_string())]));
+        e.object_labels = Some(labels.clone());
+        e.object_annotations = Some(labels.clone());
+        e.namespace_labels = Some(labels);
+        e.owner_kind = "Deployment".into();
+        e.owner_name = "web".into();
+        e
+    }
+
+    #[test]
+    fn the_stored_form_is_pinned() {
+        // The fields as `to_stored` writes them. When this changes, change `STORED_FORM` too
+        // (queued rows of the old form are then decoded instead of spliced) and this list.
+        let v = serde_json::to_value(full()).unwrap();
+        let keys = |v: &serde_json::Value| -> Vec<String> {
+            v.as_object().unwrap().keys().cloned().collect()
+        };
+        let mut all = keys(&v);
+        all.extend(keys(&v["summary"]).iter().map(|k| format!("summary.{k}")));
+        all.sort();
+        let mut pinned: Vec<&str> = "cluster,uid,name,namespace,resource_version,type,reason,\
+             message,kind,object_name,object_namespace,object_uid,field_path,source,host,count,\
+             first_seen,last_seen,api_version,summary,object_labels,object_annotations,\
+             namespace_labels,owner_kind,owner_name,summary.by,summary.events,\
+             summary.occurrences,summary.window,summary.first_seen,summary.last_seen,\
+             summary.samples,summary.text"
+            .split(',')
+            .collect();
+        pinned.sort_unstable();
+        assert_eq!(
+            (STORED_FORM, all),
+            (1, pinned.iter().map(|k| (*k).to_string()).collect())
+        );
+    }
+
+    #[test]
+    fn a_stored_event_reads_without_decoding_as_it_was_written() {
+        let e = full();
+        let mut plain = e.clone();
+        plain.raw = None;
+        for (text, array) in [
+            (to_stored(&e).unwrap(), false),
+            (
+                format!(
+                    "[{},{}]",
+                    to_stored(&e).unwrap(),
+                    to_stored(&plain).unwrap()
+                ),
+                true,
+            ),
+        ] {
+            let refs = stored_refs(&text, array).unwrap();
+            assert_eq!(refs.len(), if array { 2 } else { 1 });
+            for (r, was) in refs.iter().zip([&e, &plain]) {
+                // The text spliced into a body is what `to_json` writes.
+                assert_eq!(r.event.get(), to_json(was, false).unwrap());
+                assert_eq!(r.uid, "u\"9");
+                assert_eq!(r.resource_version, "7");
+                assert_eq!((r.first_seen, r.last_seen), (e.first_seen, e.last_seen));
+                assert_eq!(r.raw.map(RawValue::get), was.raw.as_deref());
+                assert_eq!(
+                    to_json(&r.decode().unwrap(), true).unwrap(),
+                    to_json(was, true).unwrap()
+                );
+            }
+        }
+        assert!(stored_refs("[{\"event\":{}}", true).is_err());
+        assert!(stored_refs("{\"raw\":null}", false).is_err());
     }
 
     fn cluster() -> Arc<str> {

@@ -330,6 +330,24 @@ impl Retrier<'_> {
         events: &[Event],
         health: Option<&StageHealth>,
         budget: Budget,
+        stop: Option<tokio::sync::watch::Receiver<bool>>,
+        attempt: F,
+    ) -> Outcome
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Attempt>,
+    {
+        self.run_for(id, &uids(events), health, budget, stop, attempt)
+            .await
+    }
+
+    /// [`Retrier::run`] for events known by their first `uids` only.
+    pub async fn run_for<F, Fut>(
+        &self,
+        id: &str,
+        uids: &[&str],
+        health: Option<&StageHealth>,
+        budget: Budget,
         mut stop: Option<tokio::sync::watch::Receiver<bool>>,
         mut attempt: F,
     ) -> Outcome
@@ -358,7 +376,7 @@ impl Retrier<'_> {
                     return Outcome::Delivered { attempts: n + 1 };
                 }
                 Attempt::Permanent(reason) => {
-                    tracing::error!(stage, delivery_id = %id, uids = ?uids(events), reason = %reason, "{what} refused the delivery (permanent); not retried");
+                    tracing::error!(stage, delivery_id = %id, uids = ?uids, reason = %reason, "{what} refused the delivery (permanent); not retried");
                     return Outcome::Failed {
                         reason,
                         attempts: n + 1,
@@ -373,7 +391,7 @@ impl Retrier<'_> {
                         Budget::Until(t) => Instant::now() + wait > t,
                     };
                     if out_of_budget {
-                        tracing::error!(stage, delivery_id = %id, uids = ?uids(events), attempts = n + 1, reason = %why, "{what} delivery failed after all retries");
+                        tracing::error!(stage, delivery_id = %id, uids = ?uids, attempts = n + 1, reason = %why, "{what} delivery failed after all retries");
                         return Outcome::Failed {
                             reason: why,
                             attempts: n + 1,

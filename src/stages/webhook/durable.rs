@@ -37,7 +37,7 @@ use super::{Budget, Outcome, delivery_id};
 use crate::backoff::BackoffConfig;
 use crate::component::SinkContext;
 use crate::event::ack::Status;
-use crate::event::{Event, Finalizers, ack_all};
+use crate::event::{Event, Finalizers, StoredRef, ack_all};
 use crate::health::StageHealth;
 use crate::metrics as shared_metrics;
 use crate::state::db::{DbError, retrying};
@@ -154,6 +154,40 @@ pub trait Sender: Send + Sync + 'static {
         budget: Budget,
         stop: Option<watch::Receiver<bool>>,
     ) -> futures::future::BoxFuture<'a, Outcome>;
+    /// Whether it sends queued events as they are stored ([`Sender::send_stored`]) rather than
+    /// decoded ([`Sender::send`]).
+    fn sends_stored(&self) -> bool {
+        false
+    }
+    /// [`Sender::send`] of events as they are stored (called when [`Sender::sends_stored`]);
+    /// by default they are decoded and sent.
+    fn send_stored<'a>(
+        &'a self,
+        events: &'a [StoredRef<'a>],
+        health: Option<&'a StageHealth>,
+        budget: Budget,
+        stop: Option<watch::Receiver<bool>>,
+    ) -> futures::future::BoxFuture<'a, Outcome> {
+        Box::pin(async move {
+            match events
+                .iter()
+                .map(StoredRef::decode)
+                .collect::<Result<Vec<_>, _>>()
+            {
+                Ok(decoded) => {
+                    let events: Vec<Event> = decoded
+                        .into_iter()
+                        .map(|e| Event::new(e, Finalizers::None))
+                        .collect();
+                    self.send(&events, health, budget, stop).await
+                }
+                Err(e) => Outcome::Failed {
+                    reason: format!("cannot read the queued event: {e}"),
+                    attempts: 0,
+                },
+            }
+        })
+    }
 }
 
 /// One running durable sink: what its intake and its delivery loop share.
@@ -730,7 +764,8 @@ fn absorb(
 }
 
 /// Delivers one batch of queued rows; returns the outcome and the rows to remove from the
-/// queue (delivered). A batch that failed for good is moved to the dead letters here.
+/// queue (delivered). A batch that failed for good is moved to the dead letters here. Rows in
+/// this version's form go to a sender that takes them as stored without being decoded.
 async fn send(
     shared: Arc<Durable>,
     rows: Vec<Pending>,
@@ -738,65 +773,167 @@ async fn send(
 ) -> (Outcome, Vec<Delivered>) {
     let shared = &*shared;
     let started = std::time::Instant::now();
-    let mut events = Vec::with_capacity(rows.len());
-    // When each event entered the pipeline (its row's oldest).
-    let mut born = Vec::with_capacity(rows.len());
+    let as_stored = shared.delivery.sends_stored()
+        && rows
+            .iter()
+            .all(|r| r.form == Some(crate::event::STORED_FORM));
+    let (outcome, good) = if as_stored {
+        send_as_stored(shared, &rows, &halt).await
+    } else {
+        send_decoded(shared, &rows, &halt).await
+    };
+    let delivered = match outcome {
+        Outcome::Delivered { .. } => good.iter().map(|r| (r.id, r.len())).collect(),
+        _ => Vec::new(),
+    };
+    shared.processing.record(started.elapsed().as_secs_f64());
+    (outcome, delivered)
+}
+
+/// The rows that read with `read`, with what each gave; a row that does not (written by
+/// another version, or damaged) is moved to the dead letters for a person to see.
+async fn readable<'r, T>(
+    shared: &Durable,
+    rows: &'r [Pending],
+    halt: &watch::Receiver<bool>,
+    read: impl Fn(&'r Pending) -> serde_json::Result<T>,
+) -> Vec<(&'r Pending, T)> {
     let mut good = Vec::with_capacity(rows.len());
     for r in rows {
-        match r.events() {
-            Ok(es) => {
-                for e in es {
-                    events.push(Event::new(e, Finalizers::None));
-                    born.push(r.born_at);
-                }
-                good.push(r);
-            }
+        match read(r) {
+            Ok(t) => good.push((r, t)),
             Err(e) => {
-                // Written by another version, or damaged: keep it for a person, go on.
                 let reason = format!("cannot read the queued event: {e}");
                 tracing::error!(stage = %shared.stage(), row = r.id, reason = %reason, "dead-lettering a queued event");
-                bury(shared, &[r], "", 0, &reason, &halt).await;
+                bury(shared, std::slice::from_ref(r), "", 0, &reason, halt).await;
             }
         }
     }
-    if events.is_empty() {
-        return (Outcome::Delivered { attempts: 0 }, Vec::new());
+    good
+}
+
+/// [`send`] of the rows' events decoded.
+async fn send_decoded<'r>(
+    shared: &Durable,
+    rows: &'r [Pending],
+    halt: &watch::Receiver<bool>,
+) -> (Outcome, Vec<&'r Pending>) {
+    let read = readable(shared, rows, halt, Pending::events).await;
+    let mut events = Vec::new();
+    // When each event entered the pipeline (its row's oldest).
+    let mut born = Vec::new();
+    let mut good = Vec::with_capacity(read.len());
+    for (r, es) in read {
+        born.extend(std::iter::repeat_n(r.born_at, es.len()));
+        events.extend(es.into_iter().map(|e| Event::new(e, Finalizers::None)));
+        good.push(r);
     }
-    let cfg = &shared.limits;
+    if events.is_empty() {
+        return (Outcome::Delivered { attempts: 0 }, good);
+    }
     let outcome = shared
         .delivery
         .send(
             &events,
             Some(&shared.health),
-            Budget::Until(Instant::now().into_std() + cfg.retry_for),
+            budget(shared),
             Some(halt.clone()),
         )
         .await;
-    let mut delivered = Vec::new();
-    match &outcome {
+    let recorded = events.iter().map(|e| e.last_seen.or(e.first_seen));
+    finish(
+        shared,
+        &outcome,
+        &good,
+        born.into_iter().zip(recorded),
+        halt,
+        || delivery_id(&events),
+    )
+    .await;
+    (outcome, good)
+}
+
+/// [`send`] of the rows' events as stored.
+async fn send_as_stored<'r>(
+    shared: &Durable,
+    rows: &'r [Pending],
+    halt: &watch::Receiver<bool>,
+) -> (Outcome, Vec<&'r Pending>) {
+    let read = readable(shared, rows, halt, |r| {
+        crate::event::stored_refs(&r.event, r.n.is_some())
+    })
+    .await;
+    let mut born = Vec::new();
+    let mut events: Vec<StoredRef<'r>> = Vec::new();
+    let mut good = Vec::with_capacity(read.len());
+    for (r, refs) in read {
+        born.extend(std::iter::repeat_n(r.born_at, refs.len()));
+        events.extend(refs);
+        good.push(r);
+    }
+    if events.is_empty() {
+        return (Outcome::Delivered { attempts: 0 }, good);
+    }
+    let outcome = shared
+        .delivery
+        .send_stored(
+            &events,
+            Some(&shared.health),
+            budget(shared),
+            Some(halt.clone()),
+        )
+        .await;
+    let recorded = events.iter().map(|e| e.last_seen.or(e.first_seen));
+    finish(
+        shared,
+        &outcome,
+        &good,
+        born.into_iter().zip(recorded),
+        halt,
+        || {
+            crate::stages::send::delivery_id_of(
+                events
+                    .iter()
+                    .map(|e| (e.uid.as_ref(), e.resource_version.as_ref())),
+            )
+        },
+    )
+    .await;
+    (outcome, good)
+}
+
+/// A queued delivery's budget: retried for up to `retry_for` from now.
+fn budget(shared: &Durable) -> Budget {
+    Budget::Until(Instant::now().into_std() + shared.limits.retry_for)
+}
+
+/// After a delivery of the `good` rows: a delivered one records each event's latency (when it
+/// entered the pipeline, when Kubernetes last saw it); one that failed for good is moved to
+/// the dead letters under its delivery id.
+async fn finish(
+    shared: &Durable,
+    outcome: &Outcome,
+    good: &[&Pending],
+    events: impl Iterator<Item = (i64, Option<chrono::DateTime<chrono::Utc>>)>,
+    halt: &watch::Receiver<bool>,
+    delivery_id: impl FnOnce() -> String,
+) {
+    match outcome {
         Outcome::Delivered { .. } => {
-            delivered = good.iter().map(|r| (r.id, r.len())).collect();
             let now = chrono::Utc::now().timestamp_millis();
-            for (b, e) in born.iter().zip(&events) {
-                let in_pipeline = u64::try_from(now - b).unwrap_or(0);
-                shared.latency.record(e, Duration::from_millis(in_pipeline));
+            for (born, seen) in events {
+                let in_pipeline = u64::try_from(now - born).unwrap_or(0);
+                shared
+                    .latency
+                    .record_seen(seen, Duration::from_millis(in_pipeline));
             }
         }
         Outcome::Failed { reason, attempts } => {
-            bury(
-                shared,
-                &good,
-                &delivery_id(&events),
-                *attempts,
-                reason,
-                &halt,
-            )
-            .await;
+            let rows: Vec<Pending> = good.iter().map(|r| (*r).clone()).collect();
+            bury(shared, &rows, &delivery_id(), *attempts, reason, halt).await;
         }
         Outcome::Interrupted => {}
     }
-    shared.processing.record(started.elapsed().as_secs_f64());
-    (outcome, delivered)
 }
 
 /// Moves rows to the dead letters (counted).

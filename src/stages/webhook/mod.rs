@@ -495,22 +495,39 @@ fn request(
     }
 }
 
+/// The `format: json` body of `events`: one event as a JSON object, or (`batched`) the batch
+/// body around them.
 pub fn body(events: &[Event], batched: bool) -> serde_json::Result<String> {
-    if !batched && events.len() == 1 {
-        return crate::event::to_json(&events[0], false);
+    framed(
+        events
+            .iter()
+            .map(|e| crate::event::to_json(e, false).map(std::borrow::Cow::Owned)),
+        batched,
+    )
+}
+
+/// The `format: json` body around the events' JSON texts (as [`crate::event::to_json`] writes
+/// them without `raw`): one alone, or (`batched`, or several) `{"events": [...], "count": N,
+/// "timestamp": T}`.
+fn framed<'a>(
+    mut texts: impl ExactSizeIterator<Item = serde_json::Result<std::borrow::Cow<'a, str>>>,
+    batched: bool,
+) -> serde_json::Result<String> {
+    let n = texts.len();
+    if !batched && n == 1 {
+        return texts
+            .next()
+            .map_or_else(|| Ok(String::new()), |t| t.map(Into::into));
     }
     let mut s = String::from("{\"events\":[");
-    for (i, e) in events.iter().enumerate() {
+    for (i, t) in texts.enumerate() {
         if i > 0 {
             s.push(',');
         }
-        s.push_str(&crate::event::to_json(e, false)?);
+        s.push_str(&t?);
     }
     let ts = chrono::Utc::now().timestamp();
-    s.push_str(&format!(
-        "],\"count\":{},\"timestamp\":{ts}}}",
-        events.len()
-    ));
+    s.push_str(&format!("],\"count\":{n},\"timestamp\":{ts}}}"));
     Ok(s)
 }
 
@@ -533,10 +550,14 @@ impl Delivery {
     }
 
     async fn attempt(&self, events: &[Event], id: &str) -> Attempt {
-        let (url, body) = match self.render(events) {
-            Ok(x) => x,
-            Err(e) => return Attempt::Permanent(format!("cannot render the body: {e}")),
-        };
+        match self.render(events) {
+            Ok((url, body)) => self.post(url, body, id).await,
+            Err(e) => Attempt::Permanent(format!("cannot render the body: {e}")),
+        }
+    }
+
+    /// One request: `body` to `url` under delivery id `id`.
+    async fn post(&self, url: reqwest::Url, body: String, id: &str) -> Attempt {
         let started = Instant::now();
         let r = self
             .client
@@ -600,16 +621,56 @@ impl Delivery {
         stop: Option<tokio::sync::watch::Receiver<bool>>,
     ) -> Outcome {
         let id = delivery_id(events);
-        let retrier = send::Retrier {
+        self.retrier()
+            .run(&id, events, health, budget, stop, || {
+                self.attempt(events, &id)
+            })
+            .await
+    }
+
+    fn retrier(&self) -> send::Retrier<'_> {
+        send::Retrier {
             stage: &self.stage,
             what: "webhook",
             backoff: &self.cfg.backoff,
             leadership: &self.leadership,
             metrics: &self.metrics,
-        };
-        retrier
-            .run(&id, events, health, budget, stop, || {
-                self.attempt(events, &id)
+        }
+    }
+
+    /// Whether a body is the events' stored text spliced as it is (`format: json` or `seed`,
+    /// no template) and nothing else needs the events decoded (no `mark_rows`).
+    fn sends_stored(&self) -> bool {
+        self.marker.is_none()
+            && self.cfg.template.is_none()
+            && matches!(self.cfg.format, Format::Json | Format::Seed)
+    }
+
+    /// [`Delivery::deliver`] of events as a durable queue stored them: the same requests, the
+    /// same delivery id, without decoding the events.
+    async fn deliver_stored(
+        &self,
+        events: &[crate::event::StoredRef<'_>],
+        health: Option<&crate::health::StageHealth>,
+        budget: Budget,
+        stop: Option<tokio::sync::watch::Receiver<bool>>,
+    ) -> Outcome {
+        let id = send::delivery_id_of(
+            events
+                .iter()
+                .map(|e| (e.uid.as_ref(), e.resource_version.as_ref())),
+        );
+        let uids: Vec<&str> = events.iter().take(10).map(|e| e.uid.as_ref()).collect();
+        let batched = self.cfg.batch.max_events > 1 || self.cfg.format == Format::Seed;
+        self.retrier()
+            .run_for(&id, &uids, health, budget, stop, || async {
+                let texts = events
+                    .iter()
+                    .map(|e| Ok(std::borrow::Cow::Borrowed(e.event.get())));
+                match framed(texts, batched) {
+                    Ok(body) => self.post(self.url.clone(), body, &id).await,
+                    Err(e) => Attempt::Permanent(format!("cannot render the body: {e}")),
+                }
             })
             .await
     }
@@ -642,6 +703,20 @@ impl durable::Sender for Delivery {
         stop: Option<tokio::sync::watch::Receiver<bool>>,
     ) -> BoxFuture<'a, Outcome> {
         Box::pin(self.deliver(events, health, budget, stop))
+    }
+
+    fn sends_stored(&self) -> bool {
+        Delivery::sends_stored(self)
+    }
+
+    fn send_stored<'a>(
+        &'a self,
+        events: &'a [crate::event::StoredRef<'a>],
+        health: Option<&'a crate::health::StageHealth>,
+        budget: Budget,
+        stop: Option<tokio::sync::watch::Receiver<bool>>,
+    ) -> BoxFuture<'a, Outcome> {
+        Box::pin(self.deliver_stored(events, health, budget, stop))
     }
 }
 

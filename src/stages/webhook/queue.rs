@@ -5,7 +5,10 @@
 //! worth of events (up to `batch.max_events`, a JSON array in `event`, their number in `n`), so
 //! that draining a backlog reads and deletes one row per request, not one per event. Rows
 //! written by versions before `n` existed hold one event each (`n` is NULL, `event` one
-//! object) and are read as such: an existing queue needs no conversion. A delivery takes one
+//! object) and are read as such: an existing queue needs no conversion. `form` records the
+//! [`event::STORED_FORM`] a row's events were written in: a sink whose body is the events' JSON
+//! as stored sends a row of this version's form without decoding it; other rows (NULL: written
+//! before forms were recorded) are decoded. A delivery takes one
 //! row, or several small consecutive ones up to `batch.max_events`. A
 //! batch that has been attempted is pinned so that after a restart the same events go out
 //! together under the same delivery id: its first row's `batch` is the batch's last row id
@@ -23,8 +26,8 @@ use crate::state::db::{Backend, Db, DbError, OpenError};
 
 pub const QUEUE: &str = "eventflow_webhook_queue";
 pub const DEAD: &str = "eventflow_webhook_dead_letter";
-/// A queue row as selected: id, born at, batch, n, event.
-type QueueRow = (i64, i64, Option<i64>, Option<i64>, String);
+/// A queue row as selected: id, born at, batch, n, form, event.
+type QueueRow = (i64, i64, Option<i64>, Option<i64>, Option<i64>, String);
 /// A dead letter as selected: id, sink, failed at, delivery id, attempts, reason, events.
 type DeadLetterRow = (i64, String, i64, String, i64, String, String);
 
@@ -62,6 +65,9 @@ pub struct Pending {
     /// How many events: `Some(n)` for a JSON array of `n` [`event::to_stored`] objects in
     /// `event`; `None` for one object (a row written by an earlier version).
     pub n: Option<i64>,
+    /// The [`event::STORED_FORM`] its events were written in (`None`: by a version before
+    /// forms were recorded).
+    pub form: Option<i64>,
     /// The event(s) as written by [`event::to_stored`].
     pub event: String,
 }
@@ -88,6 +94,13 @@ impl Pending {
                     .collect(),
             ),
         }
+    }
+
+    /// Its events as stored, not decoded; `None` when they were written in another form than
+    /// this version writes (they must be decoded: [`Pending::events`]).
+    pub fn refs(&self) -> Option<serde_json::Result<Vec<event::StoredRef<'_>>>> {
+        (self.form == Some(event::STORED_FORM))
+            .then(|| event::stored_refs(&self.event, self.n.is_some()))
     }
 
     /// Its events.
@@ -166,27 +179,29 @@ fn name(s: &str) -> Alias {
     Alias::new(s)
 }
 
-/// Adds `n` to a queue created by an earlier version (its rows hold one event each).
-async fn add_row_sizes(db: &Db) -> Result<(), DbError> {
-    if db.columns(QUEUE).await?.iter().any(|c| c == "n") {
-        return Ok(());
-    }
-    let add = Table::alter()
-        .table(name(QUEUE))
-        .add_column(ColumnDef::new(name("n")).big_integer().null())
-        .to_owned();
-    match db.execute_raw(db.schema_sql(&add)).await {
-        Ok(_) => {
-            tracing::info!(
-                table = QUEUE,
-                "queue table migrated: a row now holds a request's worth of events"
-            );
-            Ok(())
+/// Adds the columns later versions added to a queue created by an earlier one: `n` (before
+/// it, a row held one event) and `form` (before it, no row said the form of its events). Both
+/// are NULL on existing rows, which are read as they were written.
+async fn add_columns(db: &Db) -> Result<(), DbError> {
+    for (column, what) in [
+        ("n", "a row now holds a request's worth of events"),
+        ("form", "a row now records the form of its events"),
+    ] {
+        if db.columns(QUEUE).await?.iter().any(|c| c == column) {
+            continue;
         }
-        // Another replica added it at the same moment.
-        Err(_) if db.columns(QUEUE).await?.iter().any(|c| c == "n") => Ok(()),
-        Err(e) => Err(e),
+        let add = Table::alter()
+            .table(name(QUEUE))
+            .add_column(ColumnDef::new(name(column)).big_integer().null())
+            .to_owned();
+        match db.execute_raw(db.schema_sql(&add)).await {
+            Ok(_) => tracing::info!(table = QUEUE, "queue table migrated: {what}"),
+            // Another replica added it at the same moment.
+            Err(_) if db.columns(QUEUE).await?.iter().any(|c| c == column) => {}
+            Err(e) => return Err(e),
+        }
     }
+    Ok(())
 }
 
 /// Creates the queue and dead-letter tables if they are missing.
@@ -222,6 +237,7 @@ pub async fn create_tables(db: &Db) -> Result<(), OpenError> {
         .col(ColumnDef::new(name("batch")).big_integer().null())
         .col(long_text("event"))
         .col(ColumnDef::new(name("n")).big_integer().null())
+        .col(ColumnDef::new(name("form")).big_integer().null())
         .to_owned();
     let dead = Table::create()
         .table(name(DEAD))
@@ -255,7 +271,7 @@ pub async fn create_tables(db: &Db) -> Result<(), OpenError> {
         source,
     };
     db.execute_raw(db.schema_sql(&queue)).await.map_err(err)?;
-    add_row_sizes(db).await.map_err(err)?;
+    add_columns(db).await.map_err(err)?;
     db.execute_raw(db.schema_sql(&dead)).await.map_err(err)?;
     db.create_index(index).await.map_err(err)
 }
@@ -350,7 +366,7 @@ impl Store {
         for chunk in rows.chunks(100) {
             let mut q = Query::insert()
                 .into_table(name(QUEUE))
-                .columns(["sink", "born_at", "event", "n"].map(name))
+                .columns(["sink", "born_at", "event", "n", "form"].map(name))
                 .to_owned();
             for row in chunk {
                 let oldest = row
@@ -368,6 +384,7 @@ impl Store {
                     (now - oldest).into(),
                     events_array(stored.iter().map(String::as_str)).into(),
                     i64::try_from(row.len()).unwrap_or(i64::MAX).into(),
+                    event::STORED_FORM.into(),
                 ]);
             }
             stmts.push(self.db.build(&q));
@@ -406,7 +423,7 @@ impl Store {
             return Ok(Vec::new());
         };
         let q = Query::select()
-            .columns(["id", "born_at", "batch", "n", "event"].map(name))
+            .columns(["id", "born_at", "batch", "n", "form", "event"].map(name))
             .from(name(QUEUE))
             .and_where(Expr::col(name("sink")).eq(sink))
             .and_where(Expr::col(name("id")).gt(after))
@@ -417,11 +434,12 @@ impl Store {
         let rows: Vec<QueueRow> = self.db.fetch_all(self.db.build(&q)).await?;
         Ok(rows
             .into_iter()
-            .map(|(id, born_at, batch, n, event)| Pending {
+            .map(|(id, born_at, batch, n, form, event)| Pending {
                 id,
                 born_at,
                 batch,
                 n,
+                form,
                 event,
             })
             .collect())
@@ -571,6 +589,7 @@ mod tests {
             born_at: 0,
             batch,
             n: None,
+            form: None,
             event: String::new(),
         }
     }
