@@ -980,11 +980,12 @@ async fn a_queue_of_the_earlier_one_event_per_row_format_is_read_after_the_migra
         "CREATE INDEX eventflow_webhook_queue_sink_id ON eventflow_webhook_queue (sink, id)",
         "ALTER TABLE eventflow_webhook_queue DROP COLUMN n",
         "ALTER TABLE eventflow_webhook_queue DROP COLUMN form",
+        "ALTER TABLE eventflow_webhook_queue DROP COLUMN spans",
     ] {
         sqlx::query(earlier)
             .execute(&pool)
             .await
-            .expect("the earlier table: no n, no form, indexed by (sink, id)");
+            .expect("the earlier table: no n, form or spans, indexed by (sink, id)");
     }
     for i in 0..3 {
         let stored = eventflow::event::to_stored(&event(&format!("old{i}"))).expect("stored");
@@ -1014,14 +1015,23 @@ async fn a_queue_of_the_earlier_one_event_per_row_format_is_read_after_the_migra
         ["old0", "old1", "old2", "new0", "new1", "new2", "new3"]
     );
     assert_eq!(
-        rows.iter().map(|r| (r.n, r.form)).collect::<Vec<_>>(),
+        rows.iter()
+            .map(|r| (r.n, r.form, r.spans.is_some()))
+            .collect::<Vec<_>>(),
         [
-            (None, None),
-            (None, None),
-            (None, None),
-            (Some(4), Some(eventflow::event::STORED_FORM))
+            (None, None, false),
+            (None, None, false),
+            (None, None, false),
+            (Some(4), Some(eventflow::event::STORED_FORM), true)
         ]
     );
+    let refs: Vec<String> = rows[3]
+        .refs()
+        .expect("through the spans")
+        .iter()
+        .map(|r| r.uid.to_string())
+        .collect();
+    assert_eq!(refs, ["new0", "new1", "new2", "new3"]);
     store.close().await;
     // The migrated table also gets the index that finds the head of the queue without reading
     // the rows (a drain reads each row once).

@@ -752,13 +752,20 @@ fn sent(got: &[Got]) -> Vec<(String, String)> {
 
 /// A durable queue sends what the in-memory sink sends: the same bodies, byte for byte but the
 /// send time, under the same delivery ids. Queued rows of this version go out as stored (their
-/// events' text spliced into the body, not decoded); a row written by an earlier version (no
-/// form recorded) is decoded first: both give the same requests, one event per request and
-/// batched.
+/// events' text spliced into the body, found through the row's spans, not decoded); a row
+/// without spans, or whose spans do not fit, is read instead; a row written by an earlier
+/// version (no form recorded) is decoded first. All give the same requests, one event per
+/// request and batched.
 #[tokio::test]
 async fn a_durable_queue_sends_the_bodies_and_ids_the_in_memory_sink_sends() {
     let events: Vec<_> = (0..6).map(rich).collect();
-    for (max_events, earlier) in [(1, "id % 2 = 0"), (3, "id = 2")] {
+    let one = [
+        "UPDATE eventflow_webhook_queue SET form = NULL WHERE id % 2 = 0",
+        "UPDATE eventflow_webhook_queue SET spans = NULL WHERE id = 1",
+        r#"UPDATE eventflow_webhook_queue SET spans = '[[1,2,"x","1",null]]' WHERE id = 3"#,
+    ];
+    let three = ["UPDATE eventflow_webhook_queue SET form = NULL WHERE id = 2"];
+    for (max_events, changes) in [(1, &one[..]), (3, &three[..])] {
         let batch = json!({"max_events": max_events, "max_wait": "50ms"});
         let (r, url) = Receiver::start();
         let (topo, feed) = pipeline(&url, json!({"batch": batch})).await;
@@ -782,13 +789,10 @@ async fn a_durable_queue_sends_the_bodies_and_ids_the_in_memory_sink_sends() {
         }
         topo.shutdown(Duration::from_secs(5)).await;
         let pool = sqlx::SqlitePool::connect(&state).await.unwrap();
-        let marked = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE eventflow_webhook_queue SET form = NULL WHERE {earlier}"
-        )))
-        .execute(&pool)
-        .await
-        .unwrap();
-        assert!(marked.rows_affected() > 0, "rows of the earlier form");
+        for change in changes {
+            let changed = sqlx::query(*change).execute(&pool).await.unwrap();
+            assert!(changed.rows_affected() > 0, "{change}");
+        }
         pool.close().await;
         let r = Receiver::on_port(port);
         let (topo, _feed) = pipeline_with_state(&url, cfg, Some(&state)).await;

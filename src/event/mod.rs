@@ -807,14 +807,27 @@ struct Stored<'a> {
 
 /// Serializes an event for storage; [`from_stored`] gives it back, `raw` included.
 pub fn to_stored(e: &EventData) -> serde_json::Result<String> {
+    to_stored_spanned(e).map(|(s, _)| s)
+}
+
+/// [`to_stored`], and where in its text the event's fields are (what [`to_json`] writes
+/// without `raw`): `{"event":<fields>,"raw":<raw or null>}`, as `Stored` serializes.
+pub fn to_stored_spanned(e: &EventData) -> serde_json::Result<(String, std::ops::Range<usize>)> {
+    let fields = serde_json::to_string(e)?;
     let raw = e
         .raw
         .as_deref()
         .and_then(|r| serde_json::from_str::<&RawValue>(r).ok());
-    serde_json::to_string(&Stored {
-        event: Cow::Borrowed(e),
-        raw,
-    })
+    let raw = raw.map_or("null", RawValue::get);
+    let mut s = String::with_capacity(fields.len() + raw.len() + 16);
+    s.push_str("{\"event\":");
+    let start = s.len();
+    s.push_str(&fields);
+    let end = s.len();
+    s.push_str(",\"raw\":");
+    s.push_str(raw);
+    s.push('}');
+    Ok((s, start..end))
 }
 
 /// Reads an event written by [`to_stored`].
@@ -837,25 +850,55 @@ pub const STORED_FORM: i64 = 1;
 
 /// A stored event read without decoding it: the text of its fields as [`to_json`] (without
 /// `raw`) writes them, and what a delivery needs of it besides.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct StoredRef<'a> {
     /// The event's fields, as stored.
-    pub event: &'a RawValue,
-    /// `raw`, if it was kept.
-    pub raw: Option<&'a RawValue>,
+    pub event: &'a str,
     pub uid: Cow<'a, str>,
     pub resource_version: Cow<'a, str>,
-    pub first_seen: Option<DateTime<Utc>>,
-    pub last_seen: Option<DateTime<Utc>>,
+    /// When Kubernetes last saw it (`last_seen`, else `first_seen`), unix milliseconds.
+    pub seen: Option<i64>,
 }
 
-impl StoredRef<'_> {
-    /// The event, decoded.
-    pub fn decode(&self) -> serde_json::Result<EventData> {
-        let mut e: EventData = serde_json::from_str(self.event.get())?;
-        e.raw = self.raw.map(|r| r.get().into());
-        Ok(e)
-    }
+/// Where the events of a stored array are and their keys: per event, the byte range of its
+/// fields in the array's text, its uid, resourceVersion and when it was last seen (unix
+/// milliseconds). Written beside the array so that a reader finds them without scanning it.
+pub type Spans<'a> = Vec<(usize, usize, Cow<'a, str>, Cow<'a, str>, Option<i64>)>;
+
+/// The [`Spans`] entry of `e`, its fields at `range`.
+pub fn span_of(
+    e: &EventData,
+    range: std::ops::Range<usize>,
+) -> (usize, usize, Cow<'_, str>, Cow<'_, str>, Option<i64>) {
+    (
+        range.start,
+        range.end,
+        Cow::Borrowed(e.uid.as_str()),
+        Cow::Borrowed(e.resource_version.as_str()),
+        e.last_seen.or(e.first_seen).map(|t| t.timestamp_millis()),
+    )
+}
+
+/// The events of `text` (an array written with its [`Spans`] as `spans`, JSON), read through
+/// the spans; an error when they do not fit the text (a span off a character boundary, or not
+/// around an object).
+pub fn spanned_refs<'a>(text: &'a str, spans: &'a str) -> Result<Vec<StoredRef<'a>>, String> {
+    let spans: Spans<'a> = serde_json::from_str(spans).map_err(|e| e.to_string())?;
+    spans
+        .into_iter()
+        .map(|(start, end, uid, resource_version, seen)| {
+            let event = text
+                .get(start..end)
+                .filter(|t| t.starts_with('{') && t.ends_with('}'))
+                .ok_or_else(|| format!("span {start}..{end} is not an event of the row"))?;
+            Ok(StoredRef {
+                event,
+                uid,
+                resource_version,
+                seen,
+            })
+        })
+        .collect()
 }
 
 /// Reads events written by [`to_stored`] (a JSON array of them with `array`, else one) without
@@ -865,8 +908,6 @@ pub fn stored_refs(text: &str, array: bool) -> serde_json::Result<Vec<StoredRef<
     struct Shallow<'a> {
         #[serde(borrow)]
         event: &'a RawValue,
-        #[serde(borrow, default)]
-        raw: Option<&'a RawValue>,
     }
     #[derive(Deserialize)]
     struct Keys<'a> {
@@ -889,12 +930,10 @@ pub fn stored_refs(text: &str, array: bool) -> serde_json::Result<Vec<StoredRef<
         .map(|s| {
             let k: Keys = serde_json::from_str(s.event.get())?;
             Ok(StoredRef {
-                event: s.event,
-                raw: s.raw,
+                event: s.event.get(),
                 uid: k.uid,
                 resource_version: k.resource_version,
-                first_seen: k.first_seen,
-                last_seen: k.last_seen,
+                seen: k.last_seen.or(k.first_seen).map(|t| t.timestamp_millis()),
             })
         })
         .collect()
@@ -1006,19 +1045,42 @@ mod tests {
             assert_eq!(refs.len(), if array { 2 } else { 1 });
             for (r, was) in refs.iter().zip([&e, &plain]) {
                 // The text spliced into a body is what `to_json` writes.
-                assert_eq!(r.event.get(), to_json(was, false).unwrap());
+                assert_eq!(r.event, to_json(was, false).unwrap());
                 assert_eq!(r.uid, "u\"9");
                 assert_eq!(r.resource_version, "7");
-                assert_eq!((r.first_seen, r.last_seen), (e.first_seen, e.last_seen));
-                assert_eq!(r.raw.map(RawValue::get), was.raw.as_deref());
-                assert_eq!(
-                    to_json(&r.decode().unwrap(), true).unwrap(),
-                    to_json(was, true).unwrap()
-                );
+                assert_eq!(r.seen, e.last_seen.map(|t| t.timestamp_millis()));
             }
         }
         assert!(stored_refs("[{\"event\":{}}", true).is_err());
         assert!(stored_refs("{\"raw\":null}", false).is_err());
+        // The same through spans written beside the array: no scan of the array.
+        let mut text = String::from("[");
+        let mut spans = Vec::new();
+        let stored: Vec<_> = [&e, &plain]
+            .iter()
+            .map(|x| to_stored_spanned(x).unwrap())
+            .collect();
+        for (i, (x, (s, range))) in [&e, &plain].iter().zip(&stored).enumerate() {
+            if i > 0 {
+                text.push(',');
+            }
+            let at = text.len();
+            text.push_str(s);
+            spans.push(span_of(x, at + range.start..at + range.end));
+        }
+        text.push(']');
+        let spans = serde_json::to_string(&spans).unwrap();
+        assert_eq!(
+            spanned_refs(&text, &spans).unwrap(),
+            stored_refs(&text, true).unwrap()
+        );
+        // Spans that do not fit the text are refused, not spliced.
+        let mut shifted: Spans = serde_json::from_str(&spans).unwrap();
+        for s in &mut shifted {
+            s.0 += 1;
+        }
+        assert!(spanned_refs(&text, &serde_json::to_string(&shifted).unwrap()).is_err());
+        assert!(spanned_refs(&text[1..], &spans).is_err());
     }
 
     fn cluster() -> Arc<str> {

@@ -154,40 +154,23 @@ pub trait Sender: Send + Sync + 'static {
         budget: Budget,
         stop: Option<watch::Receiver<bool>>,
     ) -> futures::future::BoxFuture<'a, Outcome>;
-    /// Whether it sends queued events as they are stored ([`Sender::send_stored`]) rather than
-    /// decoded ([`Sender::send`]).
-    fn sends_stored(&self) -> bool {
-        false
+    /// Its way of sending queued events as they are stored, without decoding them, if it
+    /// has one (else they are decoded and go to [`Sender::send`]).
+    fn stored(&self) -> Option<&dyn SendsStored> {
+        None
     }
-    /// [`Sender::send`] of events as they are stored (called when [`Sender::sends_stored`]);
-    /// by default they are decoded and sent.
+}
+
+/// A [`Sender`] that takes queued events as they are stored.
+pub trait SendsStored: Send + Sync {
+    /// [`Sender::send`] of events as they are stored.
     fn send_stored<'a>(
         &'a self,
         events: &'a [StoredRef<'a>],
         health: Option<&'a StageHealth>,
         budget: Budget,
         stop: Option<watch::Receiver<bool>>,
-    ) -> futures::future::BoxFuture<'a, Outcome> {
-        Box::pin(async move {
-            match events
-                .iter()
-                .map(StoredRef::decode)
-                .collect::<Result<Vec<_>, _>>()
-            {
-                Ok(decoded) => {
-                    let events: Vec<Event> = decoded
-                        .into_iter()
-                        .map(|e| Event::new(e, Finalizers::None))
-                        .collect();
-                    self.send(&events, health, budget, stop).await
-                }
-                Err(e) => Outcome::Failed {
-                    reason: format!("cannot read the queued event: {e}"),
-                    attempts: 0,
-                },
-            }
-        })
-    }
+    ) -> futures::future::BoxFuture<'a, Outcome>;
 }
 
 /// One running durable sink: what its intake and its delivery loop share.
@@ -492,12 +475,7 @@ async fn next_batches(
 
 /// Removes delivered rows and pins the batches about to go out (one transaction), retried
 /// while the database is unavailable unless `halting`.
-async fn settle(
-    shared: &Durable,
-    delivered: &mut Vec<Delivered>,
-    pins: &[(i64, i64)],
-    halting: bool,
-) {
+async fn settle(shared: &Durable, delivered: Vec<Delivered>, pins: Vec<(i64, i64)>, halting: bool) {
     if delivered.is_empty() && pins.is_empty() {
         return;
     }
@@ -507,7 +485,7 @@ async fn settle(
         .persist(
             "remove delivered events from the queue",
             || halting,
-            || shared.store.settle(shared.stage(), &ids, pins),
+            || shared.store.settle(shared.stage(), &ids, &pins),
         )
         .await;
     if written {
@@ -515,7 +493,6 @@ async fn settle(
     } else if !delivered.is_empty() {
         tracing::warn!(stage = %shared.stage(), events, "delivered events stay queued and are sent again at the next start (same delivery ids)");
     }
-    delivered.clear();
 }
 
 /// A delivered queue row: its id and how many events it held.
@@ -530,8 +507,40 @@ enum LoopEnd {
     NotLeader,
 }
 
+/// A batch read ahead: its rows, and whether it may go out (a batch that needs a pin waits
+/// for it to be written).
+struct Ready {
+    rows: Vec<Pending>,
+    sendable: bool,
+}
+
+/// What the delivery loop keeps between turns.
+struct Loop {
+    /// Each batch in flight is a task of its own: it makes progress (and frees its database
+    /// connection) while the loop waits on the database itself.
+    in_flight: tokio::task::JoinSet<(Outcome, Vec<Delivered>)>,
+    /// Batches read and not yet sent (at most three times `max_in_flight`).
+    ready: std::collections::VecDeque<Ready>,
+    /// Rows delivered and not yet removed: removed together with the next pins, in one commit.
+    delivered: Vec<Delivered>,
+    /// The database work under way (removals and pins, and the next look at the queue), at
+    /// most one at a time; sending goes on meanwhile.
+    op: Option<futures::future::BoxFuture<'static, Looked>>,
+    /// The row id the next look starts after.
+    cursor: i64,
+    /// Whether to look at the queue again (not after a look found nothing, until rows are
+    /// added, a wait is over or the stage stops).
+    look: bool,
+    /// The last look found the queue empty.
+    empty: bool,
+    /// When to look again.
+    wake: Option<Instant>,
+}
+
 /// Delivers from the queue until the stage stops (see the module's notes), a newer instance
 /// of it starts (`generation` changes) or this replica stops leading, whichever comes first.
+/// Database work (removing what was delivered, pinning, reading ahead) runs beside the
+/// requests: a request that finishes is followed by the next one at once.
 async fn deliver_loop(
     shared: &Arc<Durable>,
     mut stop: watch::Receiver<bool>,
@@ -545,92 +554,161 @@ async fn deliver_loop(
     // Deliveries in flight stop retrying once this instance stops or is superseded.
     let (halt, halted_rx) = watch::channel(false);
     let cfg = &shared.limits;
-    // Each batch in flight is a task of its own: it makes progress (and frees its database
-    // connection) while this loop waits on the database itself.
-    let mut in_flight = tokio::task::JoinSet::new();
-    let mut cursor = 0i64;
+    let mut l = Loop {
+        in_flight: tokio::task::JoinSet::new(),
+        ready: std::collections::VecDeque::new(),
+        delivered: Vec::new(),
+        op: None,
+        cursor: 0,
+        look: true,
+        empty: false,
+        wake: None,
+    };
     let mut halted = false;
     let mut superseded = false;
     let mut db_backoff = BackoffConfig::<500, 30_000>::default().start();
-    // Rows delivered and not yet removed: removed together with the next pins, in one commit.
-    let mut delivered: Vec<Delivered> = Vec::new();
-    // Batches read and not yet sent (at most twice `max_in_flight`).
-    let mut ready: std::collections::VecDeque<Vec<Pending>> = std::collections::VecDeque::new();
     loop {
         let stopping = *stop.borrow();
         // Sticky: `changed()` below marks the new generation seen.
         superseded |= generation.has_changed().unwrap_or(true);
-        added.borrow_and_update();
         let leading = lead.is_leader();
         if stopping || superseded || !leading {
             halt.send_replace(true);
         }
         if !leading {
             // Fencing: requests in flight were dropped by `deliver`; do not wait for them.
-            in_flight.abort_all();
-            while in_flight.join_next().await.is_some() {}
-            settle(shared, &mut delivered, &[], true).await;
+            l.in_flight.abort_all();
+            while l.in_flight.join_next().await.is_some() {}
+            if let Some(op) = l.op.take() {
+                op.await;
+            }
+            settle(shared, std::mem::take(&mut l.delivered), Vec::new(), true).await;
             return LoopEnd::NotLeader;
         }
         let sending = !(superseded || (stopping && halted));
         let halting = *halted_rx.borrow();
-        let (now, pins) = take_turn(cfg, &mut ready, in_flight.len(), sending);
-        // Nothing in flight, read ahead or waiting to be removed: look from the head again (a
-        // row committed late by a concurrent writer is not skipped for long).
-        if in_flight.is_empty() && now.is_empty() && ready.is_empty() && delivered.is_empty() {
-            cursor = 0;
-        }
-        // Delivered rows are removed with the next pins, or once `max_in_flight` batches'
-        // worth are delivered, or when nothing is in flight: a commit every few requests, not
-        // one per request (a server that flushes its log at each commit waits for each). A
-        // crash sends the delivered rows not yet removed again (same delivery ids).
-        let flush = !pins.is_empty()
-            || in_flight.is_empty()
-            || delivered.iter().map(|d| d.1).sum::<usize>()
-                >= cfg.max_in_flight.saturating_mul(cfg.batch.max_events)
-            || stopping
-            || superseded
-            || halting;
-        let mut held = Vec::new();
-        let removing = if flush { &mut delivered } else { &mut held };
-        let read_ahead = sending && ready.len() < cfg.max_in_flight;
-        let ((), read) = tokio::join!(settle(shared, removing, &pins, halting), async {
-            if read_ahead {
-                Some(next_batches(shared, cursor, stopping, 2 * cfg.max_in_flight).await)
-            } else {
-                None
+        if sending {
+            while l.in_flight.len() < cfg.max_in_flight
+                && l.ready.front().is_some_and(|r| r.sendable)
+                && let Some(r) = l.ready.pop_front()
+            {
+                l.in_flight
+                    .spawn(send(shared.clone(), r.rows, halted_rx.clone()));
             }
-        });
-        let (wake, empty) = match read {
-            Some(r) => absorb(shared, r, &mut ready, &mut cursor, &mut db_backoff, poll),
-            None => (None, false),
-        };
-        for rows in now {
-            in_flight.spawn(send(shared.clone(), rows, halted_rx.clone()));
+        } else {
+            l.ready.clear();
         }
-        if in_flight.is_empty()
-            && ready.is_empty()
-            && (superseded || (stopping && (halted || empty)))
+        if l.op.is_none() {
+            let now = Now {
+                sending,
+                stopping,
+                halting,
+            };
+            start_op(shared, &mut l, cfg, now);
+        }
+        if l.in_flight.is_empty()
+            && l.ready.is_empty()
+            && l.op.is_none()
+            && l.delivered.is_empty()
+            && (superseded || (stopping && (halted || l.empty)))
         {
             return LoopEnd::Done;
         }
-        // Batches read ahead and room in flight: go on at once.
-        let more = sending && !ready.is_empty() && in_flight.len() < cfg.max_in_flight;
         let mut waits = Waits {
             added: &mut added,
             generation: &mut generation,
             stop: &mut stop,
             lead: &mut lead,
         };
-        let turn = waits
-            .next_turn(&mut in_flight, more, superseded, stopping, wake)
-            .await;
+        let turn = waits.next_turn(&mut l, superseded, stopping).await;
         halted |= turn.halted;
         superseded |= turn.superseded;
-        delivered.extend(turn.delivered);
+        l.delivered.extend(turn.delivered);
+        if turn.woken {
+            l.look = true;
+        }
+        if let Some(Looked(read)) = turn.op_done {
+            // The batches pinned by that work may go out now.
+            for r in &mut l.ready {
+                r.sendable = true;
+            }
+            if let Some(read) = read {
+                absorb(
+                    shared,
+                    read,
+                    &mut l,
+                    &mut db_backoff,
+                    poll,
+                    cfg.batch.max_events,
+                );
+            }
+        }
     }
 }
 
+/// Starts the next database work if there is any: removing the rows delivered (once
+/// `max_in_flight` batches' worth are, or nothing is in flight, or pins are to be written, or
+/// `flush`: a commit every few requests, not one per request — a server that flushes its log
+/// at each commit waits for each; a crash sends the delivered rows not yet removed again, with
+/// the same delivery ids), pinning the batches read ahead that need it, and reading ahead.
+fn start_op(shared: &Arc<Durable>, l: &mut Loop, cfg: &Limits, now: Now) {
+    let Now {
+        sending,
+        stopping,
+        halting,
+    } = now;
+    // Nothing in flight, read ahead or waiting to be removed: look from the head again (a row
+    // committed late by a concurrent writer is not skipped for long).
+    if l.in_flight.is_empty() && l.ready.is_empty() && l.delivered.is_empty() {
+        l.cursor = 0;
+    }
+    let pins = pin(&mut l.ready, cfg.batch.max_events);
+    // Stopping, superseded (not sending) or halting: now.
+    let flush = stopping
+        || !sending
+        || halting
+        || !pins.is_empty()
+        || l.in_flight.is_empty()
+        || l.delivered.iter().map(|d| d.1).sum::<usize>()
+            >= cfg.max_in_flight.saturating_mul(cfg.batch.max_events);
+    let removing = if flush {
+        std::mem::take(&mut l.delivered)
+    } else {
+        Vec::new()
+    };
+    let read = (sending && l.look && l.ready.len() < cfg.max_in_flight)
+        .then_some((l.cursor, 2 * cfg.max_in_flight));
+    if removing.is_empty() && pins.is_empty() && read.is_none() {
+        return;
+    }
+    if read.is_some() {
+        l.look = false;
+    }
+    let shared = shared.clone();
+    l.op = Some(Box::pin(async move {
+        let ((), read) = tokio::join!(settle(&shared, removing, pins, halting), async {
+            match read {
+                Some((cursor, slots)) => Some(next_batches(&shared, cursor, stopping, slots).await),
+                None => None,
+            }
+        });
+        Looked(read)
+    }));
+}
+
+/// What a database work's look at the queue found (if it looked).
+struct Looked(Option<Result<Next, DbError>>);
+
+/// The state of the stage as a turn of the delivery loop starts.
+#[derive(Clone, Copy)]
+struct Now {
+    /// Batches go out (not once superseded, nor when stopping after a retry was given up).
+    sending: bool,
+    /// The stage is stopping: a partial batch goes out at once.
+    stopping: bool,
+    /// Deliveries stop retrying: a database write is tried once.
+    halting: bool,
+}
 /// What [`deliver_loop`] waits on between two turns.
 struct Waits<'a> {
     added: &'a mut watch::Receiver<u64>,
@@ -648,21 +726,26 @@ struct Turn {
     halted: bool,
     /// A newer instance of the stage started.
     superseded: bool,
+    /// The database work finished.
+    op_done: Option<Looked>,
+    /// Rows were added, the time to look again came, or the stage is stopping: look again.
+    woken: bool,
 }
 
 impl Waits<'_> {
-    /// Waits for the next thing to act on: batches finishing (all that have, at once), room to
-    /// send what is read ahead (`more`), rows added, a newer instance, the time to look again
-    /// (`wake`), a stop, or lost leadership.
-    async fn next_turn(
-        &mut self,
-        in_flight: &mut tokio::task::JoinSet<(Outcome, Vec<Delivered>)>,
-        more: bool,
-        superseded: bool,
-        stopping: bool,
-        wake: Option<Instant>,
-    ) -> Turn {
+    /// Waits for the next thing to act on: batches finishing (all that have, at once), the
+    /// database work finishing, rows added, a newer instance, the time to look again, a stop,
+    /// or lost leadership.
+    async fn next_turn(&mut self, l: &mut Loop, superseded: bool, stopping: bool) -> Turn {
         let mut turn = Turn::default();
+        let op = async {
+            match l.op.as_mut() {
+                Some(op) => op.await,
+                None => std::future::pending().await,
+            }
+        };
+        let in_flight = &mut l.in_flight;
+        let wake = l.wake;
         tokio::select! {
             biased;
             Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
@@ -678,87 +761,84 @@ impl Waits<'_> {
                     }
                 }
             }
-            () = std::future::ready(()), if more => {}
-            _ = self.added.changed() => {}
+            read = op => turn.op_done = Some(read),
+            _ = self.added.changed() => turn.woken = true,
             _ = self.generation.changed(), if !superseded => turn.superseded = true,
-            () = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {}
-            _ = self.stop.changed(), if !stopping => {}
+            () = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {
+                turn.woken = true;
+            }
+            _ = self.stop.changed(), if !stopping => turn.woken = true,
             () = self.lead.lost() => {}
+        }
+        if turn.op_done.is_some() {
+            l.op = None;
+        }
+        if turn.woken {
+            l.wake = None;
         }
         turn
     }
 }
 
-/// This turn's batches to send (those read ahead, as slots free up; none when not `sending`,
-/// which also drops what was read ahead), and the pins to write: a batch is pinned before its
-/// first attempt — the batches going out now and those read ahead, in one commit with the
-/// removal of what was delivered meanwhile, while the next batches are read (another
-/// connection).
-fn take_turn(
-    cfg: &Limits,
-    ready: &mut std::collections::VecDeque<Vec<Pending>>,
-    in_flight: usize,
-    sending: bool,
-) -> (Vec<Vec<Pending>>, Vec<(i64, i64)>) {
-    let slots = cfg.max_in_flight.saturating_sub(in_flight);
-    let mut now: Vec<Vec<Pending>> = if sending {
-        (0..slots).map_while(|_| ready.pop_front()).collect()
-    } else {
-        ready.clear();
-        Vec::new()
-    };
-    let pins = if cfg.batch.max_events > 1 {
-        pin(now.iter_mut().chain(ready.iter_mut()), cfg.batch.max_events)
-    } else {
-        Vec::new()
-    };
-    (now, pins)
+/// Whether a batch must be pinned before it goes out: one not pinned yet, unless it is one
+/// full row (`max` events; nothing can join it after a restart).
+fn needs_pin(b: &[Pending], max: usize) -> bool {
+    max > 1 && b.first().is_some_and(|r| r.batch.is_none()) && !(b.len() == 1 && b[0].len() >= max)
 }
 
-/// Marks the batches not pinned yet as pinned; returns their `(first, last)` row ids to write.
-/// A batch of one full row (`max` events) needs none: nothing can join it after a restart.
-fn pin<'a>(batches: impl Iterator<Item = &'a mut Vec<Pending>>, max: usize) -> Vec<(i64, i64)> {
+/// Marks the batches read ahead that need a pin as pinned (they wait until it is written);
+/// returns their `(first, last)` row ids to write.
+fn pin(ready: &mut std::collections::VecDeque<Ready>, max: usize) -> Vec<(i64, i64)> {
     let mut pins = Vec::new();
-    for b in batches {
-        if b.len() == 1 && b[0].len() >= max {
+    for r in ready.iter_mut() {
+        if !needs_pin(&r.rows, max) {
             continue;
         }
-        if let (Some(first), Some(last)) = (b.first().map(|r| r.id), b.last().map(|r| r.id))
-            && b[0].batch.is_none()
+        if let (Some(first), Some(last)) =
+            (r.rows.first().map(|r| r.id), r.rows.last().map(|r| r.id))
         {
             pins.push((first, last));
-            b[0].batch = Some(last);
+            r.rows[0].batch = Some(last);
+            r.sendable = false;
         }
     }
     pins
 }
 
-/// Takes in what a look at the queue found: batches go to `ready` (and move `cursor`); else
-/// when to look again, and whether the queue was empty.
+/// Takes in what a look at the queue found: batches go to `ready` (and move the cursor);
+/// else when to look again, and whether the queue was empty.
 fn absorb(
     shared: &Durable,
     read: Result<Next, DbError>,
-    ready: &mut std::collections::VecDeque<Vec<Pending>>,
-    cursor: &mut i64,
+    l: &mut Loop,
     db_backoff: &mut crate::backoff::Backoff,
     poll: Option<Duration>,
-) -> (Option<Instant>, bool) {
+    max: usize,
+) {
+    l.empty = false;
     match read {
         Ok(Next::Batches(b)) => {
             db_backoff.reset();
             if let Some(last) = b.last() {
-                *cursor = last[last.len() - 1].id;
+                l.cursor = last[last.len() - 1].id;
             }
-            ready.extend(b);
-            (None, false)
+            l.ready.extend(b.into_iter().map(|rows| Ready {
+                sendable: !needs_pin(&rows, max),
+                rows,
+            }));
+            // There may be more: read ahead again once there is room.
+            l.look = true;
         }
-        Ok(Next::Empty) => (poll.map(|p| Instant::now() + p), true),
-        Ok(Next::WaitUntil(t)) => (Some(t), false),
+        Ok(Next::Empty) => {
+            l.empty = true;
+            l.wake = poll.map(|p| Instant::now() + p);
+        }
+        Ok(Next::WaitUntil(t)) => l.wake = Some(t),
         Err(e) => {
             shared.health.failing();
             let wait = db_backoff.next_delay();
             tracing::warn!(stage = %shared.stage(), error = %e, wait = ?wait, "state database: cannot read the queue; retrying");
-            (Some(Instant::now() + wait), false)
+            l.wake = Some(Instant::now() + wait);
         }
     }
 }
@@ -773,14 +853,13 @@ async fn send(
 ) -> (Outcome, Vec<Delivered>) {
     let shared = &*shared;
     let started = std::time::Instant::now();
-    let as_stored = shared.delivery.sends_stored()
-        && rows
-            .iter()
-            .all(|r| r.form == Some(crate::event::STORED_FORM));
-    let (outcome, good) = if as_stored {
-        send_as_stored(shared, &rows, &halt).await
-    } else {
-        send_decoded(shared, &rows, &halt).await
+    let as_stored = shared
+        .delivery
+        .stored()
+        .filter(|_| rows.iter().all(Pending::in_this_form));
+    let (outcome, good) = match as_stored {
+        Some(sender) => send_as_stored(shared, sender, &rows, &halt).await,
+        None => send_decoded(shared, &rows, &halt).await,
     };
     let delivered = match outcome {
         Outcome::Delivered { .. } => good.iter().map(|r| (r.id, r.len())).collect(),
@@ -840,7 +919,9 @@ async fn send_decoded<'r>(
             Some(halt.clone()),
         )
         .await;
-    let recorded = events.iter().map(|e| e.last_seen.or(e.first_seen));
+    let recorded = events
+        .iter()
+        .map(|e| e.last_seen.or(e.first_seen).map(|t| t.timestamp_millis()));
     finish(
         shared,
         &outcome,
@@ -856,13 +937,11 @@ async fn send_decoded<'r>(
 /// [`send`] of the rows' events as stored.
 async fn send_as_stored<'r>(
     shared: &Durable,
+    sender: &dyn SendsStored,
     rows: &'r [Pending],
     halt: &watch::Receiver<bool>,
 ) -> (Outcome, Vec<&'r Pending>) {
-    let read = readable(shared, rows, halt, |r| {
-        crate::event::stored_refs(&r.event, r.n.is_some())
-    })
-    .await;
+    let read = readable(shared, rows, halt, Pending::refs).await;
     let mut born = Vec::new();
     let mut events: Vec<StoredRef<'r>> = Vec::new();
     let mut good = Vec::with_capacity(read.len());
@@ -874,8 +953,7 @@ async fn send_as_stored<'r>(
     if events.is_empty() {
         return (Outcome::Delivered { attempts: 0 }, good);
     }
-    let outcome = shared
-        .delivery
+    let outcome = sender
         .send_stored(
             &events,
             Some(&shared.health),
@@ -883,7 +961,7 @@ async fn send_as_stored<'r>(
             Some(halt.clone()),
         )
         .await;
-    let recorded = events.iter().map(|e| e.last_seen.or(e.first_seen));
+    let recorded = events.iter().map(|e| e.seen);
     finish(
         shared,
         &outcome,
@@ -914,7 +992,7 @@ async fn finish(
     shared: &Durable,
     outcome: &Outcome,
     good: &[&Pending],
-    events: impl Iterator<Item = (i64, Option<chrono::DateTime<chrono::Utc>>)>,
+    events: impl Iterator<Item = (i64, Option<i64>)>,
     halt: &watch::Receiver<bool>,
     delivery_id: impl FnOnce() -> String,
 ) {
@@ -923,6 +1001,7 @@ async fn finish(
             let now = chrono::Utc::now().timestamp_millis();
             for (born, seen) in events {
                 let in_pipeline = u64::try_from(now - born).unwrap_or(0);
+                let seen = seen.and_then(chrono::DateTime::from_timestamp_millis);
                 shared
                     .latency
                     .record_seen(seen, Duration::from_millis(in_pipeline));

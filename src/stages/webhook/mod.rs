@@ -666,7 +666,7 @@ impl Delivery {
             .run_for(&id, &uids, health, budget, stop, || async {
                 let texts = events
                     .iter()
-                    .map(|e| Ok(std::borrow::Cow::Borrowed(e.event.get())));
+                    .map(|e| Ok(std::borrow::Cow::Borrowed(e.event)));
                 match framed(texts, batched) {
                     Ok(body) => self.post(self.url.clone(), body, &id).await,
                     Err(e) => Attempt::Permanent(format!("cannot render the body: {e}")),
@@ -705,10 +705,13 @@ impl durable::Sender for Delivery {
         Box::pin(self.deliver(events, health, budget, stop))
     }
 
-    fn sends_stored(&self) -> bool {
-        Delivery::sends_stored(self)
+    fn stored(&self) -> Option<&dyn durable::SendsStored> {
+        self.sends_stored()
+            .then_some(self as &dyn durable::SendsStored)
     }
+}
 
+impl durable::SendsStored for Delivery {
     fn send_stored<'a>(
         &'a self,
         events: &'a [crate::event::StoredRef<'a>],

@@ -26,8 +26,16 @@ use crate::state::db::{Backend, Db, DbError, OpenError};
 
 pub const QUEUE: &str = "eventflow_webhook_queue";
 pub const DEAD: &str = "eventflow_webhook_dead_letter";
-/// A queue row as selected: id, born at, batch, n, form, event.
-type QueueRow = (i64, i64, Option<i64>, Option<i64>, Option<i64>, String);
+/// A queue row as selected: id, born at, batch, n, form, spans, event.
+type QueueRow = (
+    i64,
+    i64,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+    String,
+);
 /// A dead letter as selected: id, sink, failed at, delivery id, attempts, reason, events.
 type DeadLetterRow = (i64, String, i64, String, i64, String, String);
 
@@ -68,6 +76,9 @@ pub struct Pending {
     /// The [`event::STORED_FORM`] its events were written in (`None`: by a version before
     /// forms were recorded).
     pub form: Option<i64>,
+    /// Where each event's fields are in `event` and its keys ([`event::Spans`], JSON; `None`:
+    /// written before spans were).
+    pub spans: Option<String>,
     /// The event(s) as written by [`event::to_stored`].
     pub event: String,
 }
@@ -96,11 +107,28 @@ impl Pending {
         }
     }
 
-    /// Its events as stored, not decoded; `None` when they were written in another form than
-    /// this version writes (they must be decoded: [`Pending::events`]).
-    pub fn refs(&self) -> Option<serde_json::Result<Vec<event::StoredRef<'_>>>> {
-        (self.form == Some(event::STORED_FORM))
-            .then(|| event::stored_refs(&self.event, self.n.is_some()))
+    /// Whether its events were written in the form this version writes: they can go out as
+    /// stored ([`Pending::refs`]); others must be decoded ([`Pending::events`]).
+    pub fn in_this_form(&self) -> bool {
+        self.form == Some(event::STORED_FORM)
+    }
+
+    /// Its events as stored, not decoded: found through its spans, or (none, or they do not
+    /// fit the text) by reading the text.
+    pub fn refs(&self) -> serde_json::Result<Vec<event::StoredRef<'_>>> {
+        if let (Some(_), Some(spans)) = (self.n, &self.spans) {
+            match event::spanned_refs(&self.event, spans) {
+                Ok(refs) if refs.len() == self.len() => return Ok(refs),
+                Ok(_) => tracing::warn!(
+                    row = self.id,
+                    "queued row: its spans do not count its events; reading the row instead"
+                ),
+                Err(why) => {
+                    tracing::warn!(row = self.id, %why, "queued row: its spans do not fit; reading the row instead");
+                }
+            }
+        }
+        event::stored_refs(&self.event, self.n.is_some())
     }
 
     /// Its events.
@@ -153,6 +181,24 @@ impl DeadLetter {
     }
 }
 
+/// The text of a queue row holding `events` (a JSON array of [`event::to_stored`] objects)
+/// and its spans ([`event::Spans`], JSON).
+fn stored_row(events: &[Event]) -> serde_json::Result<(String, String)> {
+    let mut text = String::from("[");
+    let mut spans = Vec::with_capacity(events.len());
+    for (i, e) in events.iter().enumerate() {
+        if i > 0 {
+            text.push(',');
+        }
+        let (stored, range) = event::to_stored_spanned(e)?;
+        let at = text.len();
+        text.push_str(&stored);
+        spans.push(event::span_of(e, at + range.start..at + range.end));
+    }
+    text.push(']');
+    Ok((text, serde_json::to_string(&spans)?))
+}
+
 /// The events of stored rows, as a JSON array.
 pub fn events_array<'a>(stored: impl IntoIterator<Item = &'a str>) -> String {
     let mut s = String::from("[");
@@ -179,25 +225,54 @@ fn name(s: &str) -> Alias {
     Alias::new(s)
 }
 
+/// A text column of any length (`null`: it may be NULL).
+fn long_text(backend: Backend, n: &str, null: bool) -> ColumnDef {
+    let mut c = ColumnDef::new(name(n));
+    if backend == Backend::MySql {
+        c.custom(name("LONGTEXT"));
+    } else {
+        c.text();
+    }
+    if null {
+        c.null();
+    } else {
+        c.not_null();
+    }
+    c
+}
+
 /// Adds the columns later versions added to a queue created by an earlier one: `n` (before
-/// it, a row held one event) and `form` (before it, no row said the form of its events). Both
-/// are NULL on existing rows, which are read as they were written.
+/// it, a row held one event), `form` (before it, no row said the form of its events) and
+/// `spans` (where its events are). All are NULL on existing rows, which are read as they were
+/// written.
 async fn add_columns(db: &Db) -> Result<(), DbError> {
-    for (column, what) in [
-        ("n", "a row now holds a request's worth of events"),
-        ("form", "a row now records the form of its events"),
+    let backend = db.backend();
+    for (mut column, what) in [
+        (
+            ColumnDef::new(name("n")).big_integer().null().to_owned(),
+            "a row now holds a request's worth of events",
+        ),
+        (
+            ColumnDef::new(name("form")).big_integer().null().to_owned(),
+            "a row now records the form of its events",
+        ),
+        (
+            long_text(backend, "spans", true),
+            "a row now records where its events are",
+        ),
     ] {
-        if db.columns(QUEUE).await?.iter().any(|c| c == column) {
+        let col = column.get_column_name();
+        if db.columns(QUEUE).await?.contains(&col) {
             continue;
         }
         let add = Table::alter()
             .table(name(QUEUE))
-            .add_column(ColumnDef::new(name(column)).big_integer().null())
+            .add_column(&mut column)
             .to_owned();
         match db.execute_raw(db.schema_sql(&add)).await {
             Ok(_) => tracing::info!(table = QUEUE, "queue table migrated: {what}"),
             // Another replica added it at the same moment.
-            Err(_) if db.columns(QUEUE).await?.iter().any(|c| c == column) => {}
+            Err(_) if db.columns(QUEUE).await?.contains(&col) => {}
             Err(e) => return Err(e),
         }
     }
@@ -218,16 +293,7 @@ pub async fn create_tables(db: &Db) -> Result<(), OpenError> {
         c.not_null().auto_increment().primary_key();
         c
     };
-    let long_text = |n: &str| {
-        let mut c = ColumnDef::new(name(n));
-        if backend == Backend::MySql {
-            c.custom(name("LONGTEXT"));
-        } else {
-            c.text();
-        }
-        c.not_null();
-        c
-    };
+    let text = |n: &str| long_text(backend, n, false);
     let queue = Table::create()
         .table(name(QUEUE))
         .if_not_exists()
@@ -235,9 +301,10 @@ pub async fn create_tables(db: &Db) -> Result<(), OpenError> {
         .col(ColumnDef::new(name("sink")).string_len(191).not_null())
         .col(ColumnDef::new(name("born_at")).big_integer().not_null())
         .col(ColumnDef::new(name("batch")).big_integer().null())
-        .col(long_text("event"))
+        .col(text("event"))
         .col(ColumnDef::new(name("n")).big_integer().null())
         .col(ColumnDef::new(name("form")).big_integer().null())
+        .col(long_text(backend, "spans", true))
         .to_owned();
     let dead = Table::create()
         .table(name(DEAD))
@@ -251,8 +318,8 @@ pub async fn create_tables(db: &Db) -> Result<(), OpenError> {
                 .not_null(),
         )
         .col(ColumnDef::new(name("attempts")).big_integer().not_null())
-        .col(long_text("reason"))
-        .col(long_text("events"))
+        .col(text("reason"))
+        .col(text("events"))
         .to_owned();
     // Covers the look for the head of the queue and the count (`id` and `n` by `sink`), so
     // that neither reads the rows themselves: on SQLite `n` is stored after `event` (a column
@@ -366,7 +433,7 @@ impl Store {
         for chunk in rows.chunks(100) {
             let mut q = Query::insert()
                 .into_table(name(QUEUE))
-                .columns(["sink", "born_at", "event", "n", "form"].map(name))
+                .columns(["sink", "born_at", "event", "n", "form", "spans"].map(name))
                 .to_owned();
             for row in chunk {
                 let oldest = row
@@ -374,17 +441,15 @@ impl Store {
                     .map(|e| i64::try_from(e.born().elapsed().as_millis()).unwrap_or(i64::MAX))
                     .max()
                     .unwrap_or(0);
-                let stored = row
-                    .iter()
-                    .map(|e| event::to_stored(e))
-                    .collect::<serde_json::Result<Vec<String>>>()
+                let (text, spans) = stored_row(row)
                     .map_err(|e| DbError::Permanent(sqlx::Error::Encode(Box::new(e))))?;
                 q.values_panic([
                     sink.into(),
                     (now - oldest).into(),
-                    events_array(stored.iter().map(String::as_str)).into(),
+                    text.into(),
                     i64::try_from(row.len()).unwrap_or(i64::MAX).into(),
                     event::STORED_FORM.into(),
+                    spans.into(),
                 ]);
             }
             stmts.push(self.db.build(&q));
@@ -423,7 +488,7 @@ impl Store {
             return Ok(Vec::new());
         };
         let q = Query::select()
-            .columns(["id", "born_at", "batch", "n", "form", "event"].map(name))
+            .columns(["id", "born_at", "batch", "n", "form", "spans", "event"].map(name))
             .from(name(QUEUE))
             .and_where(Expr::col(name("sink")).eq(sink))
             .and_where(Expr::col(name("id")).gt(after))
@@ -434,12 +499,13 @@ impl Store {
         let rows: Vec<QueueRow> = self.db.fetch_all(self.db.build(&q)).await?;
         Ok(rows
             .into_iter()
-            .map(|(id, born_at, batch, n, form, event)| Pending {
+            .map(|(id, born_at, batch, n, form, spans, event)| Pending {
                 id,
                 born_at,
                 batch,
                 n,
                 form,
+                spans,
                 event,
             })
             .collect())
@@ -590,6 +656,7 @@ mod tests {
             batch,
             n: None,
             form: None,
+            spans: None,
             event: String::new(),
         }
     }
