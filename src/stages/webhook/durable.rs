@@ -123,6 +123,10 @@ impl Queue {
     }
 }
 
+/// The events a look at a durable queue reads ahead, at least: a backlog drains in few large
+/// reads (each query costs a round trip and a pass over the index whatever its size).
+pub const READ_AHEAD_EVENTS: usize = 1024;
+
 /// How a durable queue is drained: its bounds and its batches.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -136,6 +140,21 @@ pub struct Limits {
     pub retry_for: Duration,
     /// Retries of a dead letter sent again (`eventflow dead-letter resend`).
     pub retries: u32,
+}
+
+impl Limits {
+    /// The events one look at the queue reads: [`READ_AHEAD_EVENTS`], or two batches per
+    /// request in flight if that is more. The loop looks again when fewer than half of that
+    /// are read ahead, so it holds at most one and a half times this many besides the
+    /// batches in flight.
+    pub fn read_ahead(&self) -> usize {
+        read_ahead(self.max_in_flight, self.batch.max_events)
+    }
+}
+
+/// [`Limits::read_ahead`] of a sink sending `max_in_flight` requests of `max_events` at once.
+pub fn read_ahead(max_in_flight: usize, max_events: usize) -> usize {
+    READ_AHEAD_EVENTS.max(max_in_flight.saturating_mul(max_events).saturating_mul(2))
 }
 
 /// What a durable queue needs of the sink that sends from it (a webhook, `loki`).
@@ -421,7 +440,7 @@ enum Next {
     WaitUntil(Instant),
 }
 
-/// Reads up to `slots` batches from the head of the queue in one query. A batch pinned by an
+/// Reads batches holding up to `limit` events from the head of the queue in one query. A batch pinned by an
 /// earlier attempt goes out as it was (up to `batch.max_events`); the others are cut at
 /// `batch.max_events`. A partial batch at the end of what was read is left for the next look
 /// (the read may have cut it, or more may come), except when it is the only one: then it goes
@@ -430,11 +449,11 @@ async fn next_batches(
     shared: &Durable,
     cursor: i64,
     stopping: bool,
-    slots: usize,
+    limit: usize,
 ) -> Result<Next, DbError> {
     let cfg = &shared.limits;
     let max = cfg.batch.max_events.max(1);
-    let limit = max.saturating_mul(slots.max(1));
+    let limit = limit.max(max);
     let rows = shared.store.head(shared.stage(), cursor, limit).await?;
     let mut batches: Vec<Vec<Pending>> = Vec::new();
     let mut rows = rows.into_iter().peekable();
@@ -507,11 +526,22 @@ enum LoopEnd {
     NotLeader,
 }
 
-/// A batch read ahead: its rows, and whether it may go out (a batch that needs a pin waits
-/// for it to be written).
+/// A batch read ahead: its rows, and its pin (a batch that needs one goes out once it is
+/// written).
 struct Ready {
     rows: Vec<Pending>,
-    sendable: bool,
+    pin: Pin,
+}
+
+/// Where a batch read ahead stands with its pin.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pin {
+    /// Pinned, or it needs none: it may go out.
+    Done,
+    /// It needs one, not yet being written.
+    Needed,
+    /// Being written (with the removals under way).
+    Writing,
 }
 
 /// What the delivery loop keeps between turns.
@@ -519,13 +549,15 @@ struct Loop {
     /// Each batch in flight is a task of its own: it makes progress (and frees its database
     /// connection) while the loop waits on the database itself.
     in_flight: tokio::task::JoinSet<(Outcome, Vec<Delivered>)>,
-    /// Batches read and not yet sent (at most three times `max_in_flight`).
+    /// Batches read and not yet sent (at most one and a half times [`Limits::read_ahead`]
+    /// events).
     ready: std::collections::VecDeque<Ready>,
     /// Rows delivered and not yet removed: removed together with the next pins, in one commit.
     delivered: Vec<Delivered>,
-    /// The database work under way (removals and pins, and the next look at the queue), at
-    /// most one at a time; sending goes on meanwhile.
-    op: Option<futures::future::BoxFuture<'static, Looked>>,
+    /// The removals and pins being written (one commit at a time); sending goes on meanwhile.
+    settling: Option<futures::future::BoxFuture<'static, ()>>,
+    /// The look at the queue under way (one at a time, beside the commit).
+    reading: Option<futures::future::BoxFuture<'static, Result<Next, DbError>>>,
     /// The row id the next look starts after.
     cursor: i64,
     /// Whether to look at the queue again (not after a look found nothing, until rows are
@@ -558,7 +590,8 @@ async fn deliver_loop(
         in_flight: tokio::task::JoinSet::new(),
         ready: std::collections::VecDeque::new(),
         delivered: Vec::new(),
-        op: None,
+        settling: None,
+        reading: None,
         cursor: 0,
         look: true,
         empty: false,
@@ -579,9 +612,10 @@ async fn deliver_loop(
             // Fencing: requests in flight were dropped by `deliver`; do not wait for them.
             l.in_flight.abort_all();
             while l.in_flight.join_next().await.is_some() {}
-            if let Some(op) = l.op.take() {
+            if let Some(op) = l.settling.take() {
                 op.await;
             }
+            l.reading = None;
             settle(shared, std::mem::take(&mut l.delivered), Vec::new(), true).await;
             return LoopEnd::NotLeader;
         }
@@ -589,7 +623,7 @@ async fn deliver_loop(
         let halting = *halted_rx.borrow();
         if sending {
             while l.in_flight.len() < cfg.max_in_flight
-                && l.ready.front().is_some_and(|r| r.sendable)
+                && l.ready.front().is_some_and(|r| r.pin == Pin::Done)
                 && let Some(r) = l.ready.pop_front()
             {
                 l.in_flight
@@ -598,17 +632,16 @@ async fn deliver_loop(
         } else {
             l.ready.clear();
         }
-        if l.op.is_none() {
-            let now = Now {
-                sending,
-                stopping,
-                halting,
-            };
-            start_op(shared, &mut l, cfg, now);
-        }
+        let now = Now {
+            sending,
+            stopping,
+            halting,
+        };
+        start_db_work(shared, &mut l, cfg, now);
         if l.in_flight.is_empty()
             && l.ready.is_empty()
-            && l.op.is_none()
+            && l.settling.is_none()
+            && l.reading.is_none()
             && l.delivered.is_empty()
             && (superseded || (stopping && (halted || l.empty)))
         {
@@ -627,77 +660,68 @@ async fn deliver_loop(
         if turn.woken {
             l.look = true;
         }
-        if let Some(Looked(read)) = turn.op_done {
-            // The batches pinned by that work may go out now.
-            for r in &mut l.ready {
-                r.sendable = true;
-            }
-            if let Some(read) = read {
-                absorb(
-                    shared,
-                    read,
-                    &mut l,
-                    &mut db_backoff,
-                    poll,
-                    cfg.batch.max_events,
-                );
-            }
+        if let Some(read) = turn.read {
+            absorb(
+                shared,
+                read,
+                &mut l,
+                &mut db_backoff,
+                poll,
+                cfg.batch.max_events,
+            );
         }
     }
 }
 
-/// Starts the next database work if there is any: removing the rows delivered (once
-/// `max_in_flight` batches' worth are, or nothing is in flight, or pins are to be written, or
-/// `flush`: a commit every few requests, not one per request — a server that flushes its log
-/// at each commit waits for each; a crash sends the delivered rows not yet removed again, with
-/// the same delivery ids), pinning the batches read ahead that need it, and reading ahead.
-fn start_op(shared: &Arc<Durable>, l: &mut Loop, cfg: &Limits, now: Now) {
+/// Starts the database work there is to do, beside what is under way: one commit at a time
+/// removing the rows delivered (once `max_in_flight` batches' worth are, or nothing is in
+/// flight, or pins are to be written, or the stage stops: a commit every few requests, not one
+/// per request — a server that flushes its log at each commit waits for each; a crash sends
+/// the delivered rows not yet removed again, with the same delivery ids) and pinning the
+/// batches read ahead that need it; and one look ahead at the queue.
+fn start_db_work(shared: &Arc<Durable>, l: &mut Loop, cfg: &Limits, now: Now) {
     let Now {
         sending,
         stopping,
         halting,
     } = now;
-    // Nothing in flight, read ahead or waiting to be removed: look from the head again (a row
-    // committed late by a concurrent writer is not skipped for long).
-    if l.in_flight.is_empty() && l.ready.is_empty() && l.delivered.is_empty() {
-        l.cursor = 0;
+    if l.settling.is_none() {
+        let pins = pin(&mut l.ready, cfg.batch.max_events);
+        // Stopping, superseded (not sending) or halting: now.
+        let flush = stopping
+            || !sending
+            || halting
+            || !pins.is_empty()
+            || l.in_flight.is_empty()
+            || l.delivered.iter().map(|d| d.1).sum::<usize>()
+                >= cfg.max_in_flight.saturating_mul(cfg.batch.max_events);
+        if flush && !(l.delivered.is_empty() && pins.is_empty()) {
+            let removing = std::mem::take(&mut l.delivered);
+            let shared = shared.clone();
+            l.settling = Some(Box::pin(async move {
+                settle(&shared, removing, pins, halting).await;
+            }));
+        }
     }
-    let pins = pin(&mut l.ready, cfg.batch.max_events);
-    // Stopping, superseded (not sending) or halting: now.
-    let flush = stopping
-        || !sending
-        || halting
-        || !pins.is_empty()
-        || l.in_flight.is_empty()
-        || l.delivered.iter().map(|d| d.1).sum::<usize>()
-            >= cfg.max_in_flight.saturating_mul(cfg.batch.max_events);
-    let removing = if flush {
-        std::mem::take(&mut l.delivered)
-    } else {
-        Vec::new()
-    };
-    let read = (sending && l.look && l.ready.len() < cfg.max_in_flight)
-        .then_some((l.cursor, 2 * cfg.max_in_flight));
-    if removing.is_empty() && pins.is_empty() && read.is_none() {
-        return;
-    }
-    if read.is_some() {
+    let read_ahead = cfg.read_ahead();
+    let ready_events: usize = l.ready.iter().flat_map(|r| &r.rows).map(Pending::len).sum();
+    if l.reading.is_none() && sending && l.look && ready_events < read_ahead / 2 {
+        // Nothing in flight, read ahead or waiting to be removed: look from the head again (a
+        // row committed late by a concurrent writer is not skipped for long).
+        if l.in_flight.is_empty()
+            && l.ready.is_empty()
+            && l.delivered.is_empty()
+            && l.settling.is_none()
+        {
+            l.cursor = 0;
+        }
         l.look = false;
+        let (shared, cursor) = (shared.clone(), l.cursor);
+        l.reading = Some(Box::pin(async move {
+            next_batches(&shared, cursor, stopping, read_ahead).await
+        }));
     }
-    let shared = shared.clone();
-    l.op = Some(Box::pin(async move {
-        let ((), read) = tokio::join!(settle(&shared, removing, pins, halting), async {
-            match read {
-                Some((cursor, slots)) => Some(next_batches(&shared, cursor, stopping, slots).await),
-                None => None,
-            }
-        });
-        Looked(read)
-    }));
 }
-
-/// What a database work's look at the queue found (if it looked).
-struct Looked(Option<Result<Next, DbError>>);
 
 /// The state of the stage as a turn of the delivery loop starts.
 #[derive(Clone, Copy)]
@@ -726,8 +750,8 @@ struct Turn {
     halted: bool,
     /// A newer instance of the stage started.
     superseded: bool,
-    /// The database work finished.
-    op_done: Option<Looked>,
+    /// What the look at the queue under way found.
+    read: Option<Result<Next, DbError>>,
     /// Rows were added, the time to look again came, or the stage is stopping: look again.
     woken: bool,
 }
@@ -738,8 +762,15 @@ impl Waits<'_> {
     /// or lost leadership.
     async fn next_turn(&mut self, l: &mut Loop, superseded: bool, stopping: bool) -> Turn {
         let mut turn = Turn::default();
-        let op = async {
-            match l.op.as_mut() {
+        let mut settled = false;
+        let settling = async {
+            match l.settling.as_mut() {
+                Some(op) => op.await,
+                None => std::future::pending().await,
+            }
+        };
+        let reading = async {
+            match l.reading.as_mut() {
                 Some(op) => op.await,
                 None => std::future::pending().await,
             }
@@ -761,7 +792,8 @@ impl Waits<'_> {
                     }
                 }
             }
-            read = op => turn.op_done = Some(read),
+            () = settling => settled = true,
+            read = reading => turn.read = Some(read),
             _ = self.added.changed() => turn.woken = true,
             _ = self.generation.changed(), if !superseded => turn.superseded = true,
             () = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {
@@ -770,8 +802,17 @@ impl Waits<'_> {
             _ = self.stop.changed(), if !stopping => turn.woken = true,
             () = self.lead.lost() => {}
         }
-        if turn.op_done.is_some() {
-            l.op = None;
+        if settled {
+            l.settling = None;
+            // The batches pinned by that commit may go out now.
+            for r in &mut l.ready {
+                if r.pin == Pin::Writing {
+                    r.pin = Pin::Done;
+                }
+            }
+        }
+        if turn.read.is_some() {
+            l.reading = None;
         }
         if turn.woken {
             l.wake = None;
@@ -791,7 +832,7 @@ fn needs_pin(b: &[Pending], max: usize) -> bool {
 fn pin(ready: &mut std::collections::VecDeque<Ready>, max: usize) -> Vec<(i64, i64)> {
     let mut pins = Vec::new();
     for r in ready.iter_mut() {
-        if !needs_pin(&r.rows, max) {
+        if r.pin != Pin::Needed || !needs_pin(&r.rows, max) {
             continue;
         }
         if let (Some(first), Some(last)) =
@@ -799,7 +840,7 @@ fn pin(ready: &mut std::collections::VecDeque<Ready>, max: usize) -> Vec<(i64, i
         {
             pins.push((first, last));
             r.rows[0].batch = Some(last);
-            r.sendable = false;
+            r.pin = Pin::Writing;
         }
     }
     pins
@@ -823,7 +864,11 @@ fn absorb(
                 l.cursor = last[last.len() - 1].id;
             }
             l.ready.extend(b.into_iter().map(|rows| Ready {
-                sendable: !needs_pin(&rows, max),
+                pin: if needs_pin(&rows, max) {
+                    Pin::Needed
+                } else {
+                    Pin::Done
+                },
                 rows,
             }));
             // There may be more: read ahead again once there is room.

@@ -465,8 +465,9 @@ impl Store {
         after: i64,
         limit: usize,
     ) -> Result<Vec<Pending>, DbError> {
-        // The last row id such that the rows up to it hold at most `limit` events (at least
-        // one row), found by the database: one row comes back, not one per queued row.
+        // The rows up to the last row id such that they hold at most `limit` events (at least
+        // one row), that id found by the database in the same statement (one round trip; the
+        // sizes come from the index, not the rows).
         let sizes = Query::select()
             .column(name("id"))
             .expr_as(Expr::cust("COALESCE(n, 1)"), name("k"))
@@ -476,23 +477,26 @@ impl Store {
             .order_by(name("id"), Order::Asc)
             .limit(limit.max(1) as u64)
             .to_owned();
-        let (inner, values) = self.db.build(&sizes);
-        let sql = format!(
-            "SELECT MAX(id) FROM (SELECT id, k, SUM(k) OVER (ORDER BY id) AS upto FROM ({inner}) a) b \
-             WHERE upto <= {} OR upto = k",
-            limit.max(1)
-        );
-        let found: Vec<(Option<i64>,)> = self.db.fetch_all((sql, values)).await?;
-        let last = found.into_iter().next().and_then(|(l,)| l);
-        let Some(last) = last else {
-            return Ok(Vec::new());
-        };
+        let upto = Query::select()
+            .column(name("id"))
+            .column(name("k"))
+            .expr_as(Expr::cust("SUM(k) OVER (ORDER BY id)"), name("upto"))
+            .from_subquery(sizes, name("a"))
+            .to_owned();
+        let last = Query::select()
+            .expr(Expr::cust("MAX(id)"))
+            .from_subquery(upto, name("b"))
+            .and_where(Expr::cust(format!("upto <= {} OR upto = k", limit.max(1))))
+            .to_owned();
         let q = Query::select()
             .columns(["id", "born_at", "batch", "n", "form", "spans", "event"].map(name))
             .from(name(QUEUE))
             .and_where(Expr::col(name("sink")).eq(sink))
             .and_where(Expr::col(name("id")).gt(after))
-            .and_where(Expr::col(name("id")).lte(last))
+            .and_where(Expr::col(name("id")).lte(Expr::SubQuery(
+                None,
+                Box::new(sea_query::SubQueryStatement::SelectStatement(last)),
+            )))
             .order_by(name("id"), Order::Asc)
             .to_owned();
         // A row per request's worth of events: a handful of rows, each read as it is.
