@@ -173,11 +173,11 @@ pub fn sending(max_in_flight: usize, max_events: usize, durable: bool) -> Vec<Bo
         out.push(Bound::new(
             "events read ahead from the durable queue",
             format!(
-                "1.5 x max({}, 2 x max_in_flight {max_in_flight} x batch.max_events {max_events}) x {}",
+                "2 x max({}, 2 x max_in_flight {max_in_flight} x batch.max_events {max_events}) x {}",
                 crate::stages::webhook::durable::READ_AHEAD_EVENTS,
                 size(EVENT)
             ),
-            (ahead.saturating_mul(3) / 2).saturating_mul(EVENT),
+            ahead.saturating_mul(2).saturating_mul(EVENT),
         ));
         out.push(Bound::new(
             "state database (durable queue) page cache",

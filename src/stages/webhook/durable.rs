@@ -144,9 +144,8 @@ pub struct Limits {
 
 impl Limits {
     /// The events one look at the queue reads: [`READ_AHEAD_EVENTS`], or two batches per
-    /// request in flight if that is more. The loop looks again when fewer than half of that
-    /// are read ahead, so it holds at most one and a half times this many besides the
-    /// batches in flight.
+    /// request in flight if that is more. The loop looks again when fewer than this many are
+    /// read ahead, so it holds at most twice this many besides the batches in flight.
     pub fn read_ahead(&self) -> usize {
         read_ahead(self.max_in_flight, self.batch.max_events)
     }
@@ -549,8 +548,7 @@ struct Loop {
     /// Each batch in flight is a task of its own: it makes progress (and frees its database
     /// connection) while the loop waits on the database itself.
     in_flight: tokio::task::JoinSet<(Outcome, Vec<Delivered>)>,
-    /// Batches read and not yet sent (at most one and a half times [`Limits::read_ahead`]
-    /// events).
+    /// Batches read and not yet sent (at most twice [`Limits::read_ahead`] events).
     ready: std::collections::VecDeque<Ready>,
     /// Rows delivered and not yet removed: removed together with the next pins, in one commit.
     delivered: Vec<Delivered>,
@@ -705,7 +703,7 @@ fn start_db_work(shared: &Arc<Durable>, l: &mut Loop, cfg: &Limits, now: Now) {
     }
     let read_ahead = cfg.read_ahead();
     let ready_events: usize = l.ready.iter().flat_map(|r| &r.rows).map(Pending::len).sum();
-    if l.reading.is_none() && sending && l.look && ready_events < read_ahead / 2 {
+    if l.reading.is_none() && sending && l.look && ready_events < read_ahead {
         // Nothing in flight, read ahead or waiting to be removed: look from the head again (a
         // row committed late by a concurrent writer is not skipped for long).
         if l.in_flight.is_empty()
