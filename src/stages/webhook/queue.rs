@@ -247,6 +247,7 @@ fn long_text(backend: Backend, n: &str, null: bool) -> ColumnDef {
 /// written.
 async fn add_columns(db: &Db) -> Result<(), DbError> {
     let backend = db.backend();
+    let present = db.columns(QUEUE).await?;
     for (mut column, what) in [
         (
             ColumnDef::new(name("n")).big_integer().null().to_owned(),
@@ -262,7 +263,7 @@ async fn add_columns(db: &Db) -> Result<(), DbError> {
         ),
     ] {
         let col = column.get_column_name();
-        if db.columns(QUEUE).await?.contains(&col) {
+        if present.contains(&col) {
             continue;
         }
         let add = Table::alter()
