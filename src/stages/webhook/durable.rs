@@ -940,16 +940,11 @@ async fn send_decoded<'r>(
     rows: &'r [Pending],
     halt: &watch::Receiver<bool>,
 ) -> (Outcome, Vec<&'r Pending>) {
-    let read = readable(shared, rows, halt, Pending::events).await;
-    let mut events = Vec::new();
-    // When each event entered the pipeline (its row's oldest).
-    let mut born = Vec::new();
-    let mut good = Vec::with_capacity(read.len());
-    for (r, es) in read {
-        born.extend(std::iter::repeat_n(r.born_at, es.len()));
-        events.extend(es.into_iter().map(|e| Event::new(e, Finalizers::None)));
-        good.push(r);
-    }
+    let (events, born, good) = gather(readable(shared, rows, halt, Pending::events).await);
+    let events: Vec<Event> = events
+        .into_iter()
+        .map(|e| Event::new(e, Finalizers::None))
+        .collect();
     if events.is_empty() {
         return (Outcome::Delivered { attempts: 0 }, good);
     }
@@ -977,6 +972,20 @@ async fn send_decoded<'r>(
     (outcome, good)
 }
 
+/// The events of the rows read, when each entered the pipeline (its row's oldest), and the
+/// rows.
+fn gather<T>(read: Vec<(&Pending, Vec<T>)>) -> (Vec<T>, Vec<i64>, Vec<&Pending>) {
+    let mut events = Vec::new();
+    let mut born = Vec::new();
+    let mut good = Vec::with_capacity(read.len());
+    for (r, es) in read {
+        born.extend(std::iter::repeat_n(r.born_at, es.len()));
+        events.extend(es);
+        good.push(r);
+    }
+    (events, born, good)
+}
+
 /// [`send`] of the rows' events as stored.
 async fn send_as_stored<'r>(
     shared: &Durable,
@@ -984,15 +993,7 @@ async fn send_as_stored<'r>(
     rows: &'r [Pending],
     halt: &watch::Receiver<bool>,
 ) -> (Outcome, Vec<&'r Pending>) {
-    let read = readable(shared, rows, halt, Pending::refs).await;
-    let mut born = Vec::new();
-    let mut events: Vec<StoredRef<'r>> = Vec::new();
-    let mut good = Vec::with_capacity(read.len());
-    for (r, refs) in read {
-        born.extend(std::iter::repeat_n(r.born_at, refs.len()));
-        events.extend(refs);
-        good.push(r);
-    }
+    let (events, born, good) = gather(readable(shared, rows, halt, Pending::refs).await);
     if events.is_empty() {
         return (Outcome::Delivered { attempts: 0 }, good);
     }
