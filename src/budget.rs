@@ -169,7 +169,7 @@ pub fn sending(max_in_flight: usize, max_events: usize, durable: bool) -> Vec<Bo
             .saturating_mul(RENDERED_EVENT),
     )];
     if durable {
-        let ahead = crate::stages::webhook::durable::read_ahead(max_in_flight, max_events) as u64;
+        let held = crate::stages::webhook::durable::held_ahead(max_in_flight, max_events) as u64;
         out.push(Bound::new(
             "events read ahead from the durable queue",
             format!(
@@ -177,7 +177,7 @@ pub fn sending(max_in_flight: usize, max_events: usize, durable: bool) -> Vec<Bo
                 crate::stages::webhook::durable::READ_AHEAD_EVENTS,
                 size(EVENT)
             ),
-            ahead.saturating_mul(2).saturating_mul(EVENT),
+            held.saturating_mul(EVENT),
         ));
         out.push(Bound::new(
             "state database (durable queue) page cache",

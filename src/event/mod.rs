@@ -289,6 +289,13 @@ impl schemars::JsonSchema for Field {
 }
 
 impl EventData {
+    /// When Kubernetes last saw it (`last_seen`, else `first_seen`), unix milliseconds.
+    pub fn seen_ms(&self) -> Option<i64> {
+        self.last_seen
+            .or(self.first_seen)
+            .map(|t| t.timestamp_millis())
+    }
+
     /// The value of a field as text.
     pub fn get(&self, f: &Field) -> Cow<'_, str> {
         match f {
@@ -797,10 +804,11 @@ pub fn to_json(e: &EventData, with_raw: bool) -> serde_json::Result<String> {
     }
 }
 
-/// An event as kept in a durable queue or a dead-letter table: its fields and its `raw` text.
-#[derive(Serialize, Deserialize)]
+/// An event as kept in a durable queue or a dead-letter table, read back: its fields and its
+/// `raw` text ([`to_stored_spanned`] writes it).
+#[derive(Deserialize)]
 struct Stored<'a> {
-    event: Cow<'a, EventData>,
+    event: EventData,
     #[serde(borrow)]
     raw: Option<&'a RawValue>,
 }
@@ -811,7 +819,7 @@ pub fn to_stored(e: &EventData) -> serde_json::Result<String> {
 }
 
 /// [`to_stored`], and where in its text the event's fields are (what [`to_json`] writes
-/// without `raw`): `{"event":<fields>,"raw":<raw or null>}`, as `Stored` serializes.
+/// without `raw`): `{"event":<fields>,"raw":<raw or null>}`.
 pub fn to_stored_spanned(e: &EventData) -> serde_json::Result<(String, std::ops::Range<usize>)> {
     let fields = serde_json::to_string(e)?;
     let raw = e
@@ -860,22 +868,22 @@ pub struct StoredRef<'a> {
     pub seen: Option<i64>,
 }
 
-/// Where the events of a stored array are and their keys: per event, the byte range of its
-/// fields in the array's text, its uid, resourceVersion and when it was last seen (unix
-/// milliseconds). Written beside the array so that a reader finds them without scanning it.
-pub type Spans<'a> = Vec<(usize, usize, Cow<'a, str>, Cow<'a, str>, Option<i64>)>;
+/// Where one event of a stored array is and its keys: the byte range of its fields in the
+/// array's text, its uid, resourceVersion and when it was last seen (unix milliseconds).
+pub type Span<'a> = (usize, usize, Cow<'a, str>, Cow<'a, str>, Option<i64>);
 
-/// The [`Spans`] entry of `e`, its fields at `range`.
-pub fn span_of(
-    e: &EventData,
-    range: std::ops::Range<usize>,
-) -> (usize, usize, Cow<'_, str>, Cow<'_, str>, Option<i64>) {
+/// The [`Span`]s of a stored array's events, written beside it so that a reader finds them
+/// without scanning it.
+pub type Spans<'a> = Vec<Span<'a>>;
+
+/// The [`Span`] of `e`, its fields at `range`.
+pub fn span_of(e: &EventData, range: std::ops::Range<usize>) -> Span<'_> {
     (
         range.start,
         range.end,
         Cow::Borrowed(e.uid.as_str()),
         Cow::Borrowed(e.resource_version.as_str()),
-        e.last_seen.or(e.first_seen).map(|t| t.timestamp_millis()),
+        e.seen_ms(),
     )
 }
 
@@ -941,7 +949,7 @@ pub fn stored_refs(text: &str, array: bool) -> serde_json::Result<Vec<StoredRef<
 
 impl Stored<'_> {
     fn into_event(self) -> EventData {
-        let mut e = self.event.into_owned();
+        let mut e = self.event;
         e.raw = self.raw.map(|r| r.get().into());
         e
     }

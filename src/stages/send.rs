@@ -337,15 +337,15 @@ impl Retrier<'_> {
         F: FnMut() -> Fut,
         Fut: Future<Output = Attempt>,
     {
-        self.run_for(id, &uids(events), health, budget, stop, attempt)
-            .await
+        let uids = events.iter().map(|e| e.uid.as_str());
+        self.run_for(id, uids, health, budget, stop, attempt).await
     }
 
-    /// [`Retrier::run`] for events known by their first `uids` only.
-    pub async fn run_for<F, Fut>(
+    /// [`Retrier::run`] for events known by their `uids` only.
+    pub async fn run_for<'u, F, Fut>(
         &self,
         id: &str,
-        uids: &[&str],
+        uids: impl Iterator<Item = &'u str>,
         health: Option<&StageHealth>,
         budget: Budget,
         mut stop: Option<tokio::sync::watch::Receiver<bool>>,
@@ -356,6 +356,8 @@ impl Retrier<'_> {
         Fut: Future<Output = Attempt>,
     {
         let (stage, what) = (self.stage, self.what);
+        // The first ones, for log lines.
+        let uids: Vec<&str> = uids.take(10).collect();
         let mut n = 0u32;
         let mut backoff = self.backoff.start();
         let mut lead = self.leadership.clone();
@@ -449,11 +451,6 @@ pub fn delivery_id_of<'a>(versions: impl IntoIterator<Item = (&'a str, &'a str)>
         s.push(char::from(HEX[usize::from(b & 0xf)]));
     }
     s
-}
-
-/// The first uids of `events`, for log lines.
-fn uids(events: &[Event]) -> Vec<&str> {
-    events.iter().take(10).map(|e| e.uid.as_str()).collect()
 }
 
 /// A sink's sending side, as [`in_memory`] drives it.

@@ -33,7 +33,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use super::queue::{Pending, Store};
-use super::{Budget, Outcome, delivery_id};
+use super::{Budget, Outcome};
 use crate::backoff::BackoffConfig;
 use crate::component::SinkContext;
 use crate::event::ack::Status;
@@ -154,6 +154,12 @@ impl Limits {
 /// [`Limits::read_ahead`] of a sink sending `max_in_flight` requests of `max_events` at once.
 pub fn read_ahead(max_in_flight: usize, max_events: usize) -> usize {
     READ_AHEAD_EVENTS.max(max_in_flight.saturating_mul(max_events).saturating_mul(2))
+}
+
+/// The most events such a sink holds read ahead: a look starts while fewer than
+/// [`read_ahead`] are waiting, and reads that many more.
+pub fn held_ahead(max_in_flight: usize, max_events: usize) -> usize {
+    read_ahead(max_in_flight, max_events).saturating_mul(2)
 }
 
 /// What a durable queue needs of the sink that sends from it (a webhook, `loki`).
@@ -659,14 +665,7 @@ async fn deliver_loop(
             l.look = true;
         }
         if let Some(read) = turn.read {
-            absorb(
-                shared,
-                read,
-                &mut l,
-                &mut db_backoff,
-                poll,
-                cfg.batch.max_events,
-            );
+            absorb(shared, read, &mut l, &mut db_backoff, poll);
         }
     }
 }
@@ -852,8 +851,8 @@ fn absorb(
     l: &mut Loop,
     db_backoff: &mut crate::backoff::Backoff,
     poll: Option<Duration>,
-    max: usize,
 ) {
+    let max = shared.limits.batch.max_events;
     l.empty = false;
     match read {
         Ok(Next::Batches(b)) => {
@@ -900,9 +899,27 @@ async fn send(
         .delivery
         .stored()
         .filter(|_| rows.iter().all(Pending::in_this_form));
-    let (outcome, good) = match as_stored {
-        Some(sender) => send_as_stored(shared, sender, &rows, &halt).await,
-        None => send_decoded(shared, &rows, &halt).await,
+    let stop = || Some(halt.clone());
+    let (outcome, good) = if let Some(sender) = as_stored {
+        let send = async |events: &[StoredRef<'_>]| {
+            sender
+                .send_stored(events, Some(&shared.health), budget(shared), stop())
+                .await
+        };
+        send_rows(shared, &rows, &halt, Pending::refs, send).await
+    } else {
+        let decoded = |r: &Pending| {
+            let events = r.events()?.into_iter();
+            Ok(events.map(|e| Event::new(e, Finalizers::None)).collect())
+        };
+        let send = async |events: &[Event]| {
+            let health = Some(&*shared.health);
+            shared
+                .delivery
+                .send(events, health, budget(shared), stop())
+                .await
+        };
+        send_rows(shared, &rows, &halt, decoded, send).await
     };
     let delivered = match outcome {
         Outcome::Delivered { .. } => good.iter().map(|r| (r.id, r.len())).collect(),
@@ -910,6 +927,79 @@ async fn send(
     };
     shared.processing.record(started.elapsed().as_secs_f64());
     (outcome, delivered)
+}
+
+/// A queued event as a delivery takes it: decoded, or as stored.
+trait Queued {
+    /// Its uid and resourceVersion (a delivery id is made of them).
+    fn version(&self) -> (&str, &str);
+    /// When Kubernetes last saw it, unix milliseconds.
+    fn seen_ms(&self) -> Option<i64>;
+}
+
+impl Queued for Event {
+    fn version(&self) -> (&str, &str) {
+        (&self.uid, &self.resource_version)
+    }
+
+    fn seen_ms(&self) -> Option<i64> {
+        crate::event::EventData::seen_ms(self)
+    }
+}
+
+impl Queued for StoredRef<'_> {
+    fn version(&self) -> (&str, &str) {
+        (&self.uid, &self.resource_version)
+    }
+
+    fn seen_ms(&self) -> Option<i64> {
+        self.seen
+    }
+}
+
+/// Sends the events of the `rows` that `read` reads (the others are dead-lettered); returns
+/// the outcome and the rows sent. A delivery records each event's latency; one that failed for
+/// good is moved to the dead letters under its delivery id.
+async fn send_rows<'r, T: Queued>(
+    shared: &Durable,
+    rows: &'r [Pending],
+    halt: &watch::Receiver<bool>,
+    read: impl Fn(&'r Pending) -> serde_json::Result<Vec<T>>,
+    send: impl AsyncFnOnce(&[T]) -> Outcome,
+) -> (Outcome, Vec<&'r Pending>) {
+    let mut events = Vec::new();
+    // When each event entered the pipeline (its row's oldest).
+    let mut born = Vec::new();
+    let mut good = Vec::with_capacity(rows.len());
+    for (r, es) in readable(shared, rows, halt, read).await {
+        born.extend(std::iter::repeat_n(r.born_at, es.len()));
+        events.extend(es);
+        good.push(r);
+    }
+    if events.is_empty() {
+        return (Outcome::Delivered { attempts: 0 }, good);
+    }
+    let outcome = send(&events).await;
+    match &outcome {
+        Outcome::Delivered { .. } => {
+            let now = chrono::Utc::now().timestamp_millis();
+            for (born, e) in born.into_iter().zip(&events) {
+                let in_pipeline = u64::try_from(now - born).unwrap_or(0);
+                let seen = e
+                    .seen_ms()
+                    .and_then(chrono::DateTime::from_timestamp_millis);
+                shared
+                    .latency
+                    .record_seen(seen, Duration::from_millis(in_pipeline));
+            }
+        }
+        Outcome::Failed { reason, attempts } => {
+            let id = crate::stages::send::delivery_id_of(events.iter().map(Queued::version));
+            bury(shared, &good, &id, *attempts, reason, halt).await;
+        }
+        Outcome::Interrupted => {}
+    }
+    (outcome, good)
 }
 
 /// The rows that read with `read`, with what each gave; a row that does not (written by
@@ -927,101 +1017,11 @@ async fn readable<'r, T>(
             Err(e) => {
                 let reason = format!("cannot read the queued event: {e}");
                 tracing::error!(stage = %shared.stage(), row = r.id, reason = %reason, "dead-lettering a queued event");
-                bury(shared, std::slice::from_ref(r), "", 0, &reason, halt).await;
+                bury(shared, &[r], "", 0, &reason, halt).await;
             }
         }
     }
     good
-}
-
-/// [`send`] of the rows' events decoded.
-async fn send_decoded<'r>(
-    shared: &Durable,
-    rows: &'r [Pending],
-    halt: &watch::Receiver<bool>,
-) -> (Outcome, Vec<&'r Pending>) {
-    let (events, born, good) = gather(readable(shared, rows, halt, Pending::events).await);
-    let events: Vec<Event> = events
-        .into_iter()
-        .map(|e| Event::new(e, Finalizers::None))
-        .collect();
-    if events.is_empty() {
-        return (Outcome::Delivered { attempts: 0 }, good);
-    }
-    let outcome = shared
-        .delivery
-        .send(
-            &events,
-            Some(&shared.health),
-            budget(shared),
-            Some(halt.clone()),
-        )
-        .await;
-    let recorded = events
-        .iter()
-        .map(|e| e.last_seen.or(e.first_seen).map(|t| t.timestamp_millis()));
-    finish(
-        shared,
-        &outcome,
-        &good,
-        born.into_iter().zip(recorded),
-        halt,
-        || delivery_id(&events),
-    )
-    .await;
-    (outcome, good)
-}
-
-/// The events of the rows read, when each entered the pipeline (its row's oldest), and the
-/// rows.
-fn gather<T>(read: Vec<(&Pending, Vec<T>)>) -> (Vec<T>, Vec<i64>, Vec<&Pending>) {
-    let mut events = Vec::new();
-    let mut born = Vec::new();
-    let mut good = Vec::with_capacity(read.len());
-    for (r, es) in read {
-        born.extend(std::iter::repeat_n(r.born_at, es.len()));
-        events.extend(es);
-        good.push(r);
-    }
-    (events, born, good)
-}
-
-/// [`send`] of the rows' events as stored.
-async fn send_as_stored<'r>(
-    shared: &Durable,
-    sender: &dyn SendsStored,
-    rows: &'r [Pending],
-    halt: &watch::Receiver<bool>,
-) -> (Outcome, Vec<&'r Pending>) {
-    let (events, born, good) = gather(readable(shared, rows, halt, Pending::refs).await);
-    if events.is_empty() {
-        return (Outcome::Delivered { attempts: 0 }, good);
-    }
-    let outcome = sender
-        .send_stored(
-            &events,
-            Some(&shared.health),
-            budget(shared),
-            Some(halt.clone()),
-        )
-        .await;
-    let recorded = events.iter().map(|e| e.seen);
-    finish(
-        shared,
-        &outcome,
-        &good,
-        born.into_iter().zip(recorded),
-        halt,
-        || {
-            crate::stages::send::delivery_id_of(
-                events
-                    .iter()
-                    .map(|e| (e.uid.as_ref(), e.resource_version.as_ref())),
-            )
-        },
-    )
-    .await;
-    (outcome, good)
 }
 
 /// A queued delivery's budget: retried for up to `retry_for` from now.
@@ -1029,40 +1029,10 @@ fn budget(shared: &Durable) -> Budget {
     Budget::Until(Instant::now().into_std() + shared.limits.retry_for)
 }
 
-/// After a delivery of the `good` rows: a delivered one records each event's latency (when it
-/// entered the pipeline, when Kubernetes last saw it); one that failed for good is moved to
-/// the dead letters under its delivery id.
-async fn finish(
-    shared: &Durable,
-    outcome: &Outcome,
-    good: &[&Pending],
-    events: impl Iterator<Item = (i64, Option<i64>)>,
-    halt: &watch::Receiver<bool>,
-    delivery_id: impl FnOnce() -> String,
-) {
-    match outcome {
-        Outcome::Delivered { .. } => {
-            let now = chrono::Utc::now().timestamp_millis();
-            for (born, seen) in events {
-                let in_pipeline = u64::try_from(now - born).unwrap_or(0);
-                let seen = seen.and_then(chrono::DateTime::from_timestamp_millis);
-                shared
-                    .latency
-                    .record_seen(seen, Duration::from_millis(in_pipeline));
-            }
-        }
-        Outcome::Failed { reason, attempts } => {
-            let rows: Vec<Pending> = good.iter().map(|r| (*r).clone()).collect();
-            bury(shared, &rows, &delivery_id(), *attempts, reason, halt).await;
-        }
-        Outcome::Interrupted => {}
-    }
-}
-
 /// Moves rows to the dead letters (counted).
 async fn bury(
     shared: &Durable,
-    rows: &[Pending],
+    rows: &[&Pending],
     delivery_id: &str,
     attempts: u32,
     reason: &str,
@@ -1080,7 +1050,7 @@ async fn bury(
         )
         .await;
     if moved {
-        let events: usize = rows.iter().map(Pending::len).sum();
+        let events: usize = rows.iter().map(|r| r.len()).sum();
         shared.sub(events as u64);
         shared.dead.increment(events as u64);
         tracing::error!(

@@ -450,7 +450,6 @@ pub struct Delivery {
     leadership: crate::leader::Leadership,
 }
 
-/// The body of a request for these events.
 /// The URL and body of a request carrying `events`, signed at `now_ms` where the format signs.
 fn request(
     cfg: &WebhookConfig,
@@ -462,13 +461,7 @@ fn request(
         return Ok((url.clone(), t.compiled.render(events)?));
     }
     match cfg.format.chat() {
-        None => Ok((
-            url.clone(),
-            body(
-                events,
-                cfg.batch.max_events > 1 || cfg.format == Format::Seed,
-            )?,
-        )),
+        None => Ok((url.clone(), body(events, batched(cfg))?)),
         Some(chat) => {
             let mut url = url.clone();
             if let (Chat::DingTalk, Some(secret)) = (chat, &cfg.secret) {
@@ -493,6 +486,11 @@ fn request(
             Ok((url, serde_json::to_string(&b)?))
         }
     }
+}
+
+/// Whether a `format: json` (or `seed`) body is a batch body even for one event.
+fn batched(cfg: &WebhookConfig) -> bool {
+    cfg.batch.max_events > 1 || cfg.format == Format::Seed
 }
 
 /// The `format: json` body of `events`: one event as a JSON object, or (`batched`) the batch
@@ -660,10 +658,10 @@ impl Delivery {
                 .iter()
                 .map(|e| (e.uid.as_ref(), e.resource_version.as_ref())),
         );
-        let uids: Vec<&str> = events.iter().take(10).map(|e| e.uid.as_ref()).collect();
-        let batched = self.cfg.batch.max_events > 1 || self.cfg.format == Format::Seed;
+        let uids = events.iter().map(|e| e.uid.as_ref());
+        let batched = batched(&self.cfg);
         self.retrier()
-            .run_for(&id, &uids, health, budget, stop, || async {
+            .run_for(&id, uids, health, budget, stop, || async {
                 let texts = events
                     .iter()
                     .map(|e| Ok(std::borrow::Cow::Borrowed(e.event)));

@@ -564,11 +564,12 @@ impl Store {
     pub async fn bury(
         &self,
         sink: &str,
-        rows: &[Pending],
+        rows: &[impl std::borrow::Borrow<Pending>],
         delivery_id: &str,
         attempts: u32,
         reason: &str,
     ) -> Result<(), DbError> {
+        let rows: Vec<&Pending> = rows.iter().map(std::borrow::Borrow::borrow).collect();
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
         let mut stored = Vec::new();
         let damaged: Vec<String> = rows
@@ -576,7 +577,7 @@ impl Store {
             .filter(|r| r.stored().is_err())
             .map(|r| serde_json::Value::String(r.event.clone()).to_string())
             .collect();
-        for r in rows {
+        for r in &rows {
             // A row that does not read is kept as it is (a JSON string) for a person to see.
             stored.extend(r.stored().unwrap_or_default());
         }
