@@ -323,7 +323,7 @@ fn permanent(protocol: &str, answer: &str) {
     r.wait_log("refused the delivery (permanent)");
     // Not retried, and its source did not checkpoint it: the file source reads it again on
     // the next start (the events were not acknowledged as delivered).
-    assert_eq!(rx.requests().len(), 1);
+    assert_eq!(rx.requests_settled(1).len(), 1);
     assert!(rx.accepted_records().is_empty());
     drop(r.stop_ok());
 }
@@ -357,8 +357,7 @@ fn a_partial_success_is_counted_and_acknowledged() {
         );
         r.wait_log("rejected some records");
         // Not sent again: OTLP does not say which were rejected, and the others were taken.
-        std::thread::sleep(Duration::from_millis(300));
-        assert_eq!(rx.requests().len(), 1, "{protocol}");
+        assert_eq!(rx.requests_settled(1).len(), 1, "{protocol}");
         drop(r.stop_ok());
     }
 }
@@ -627,5 +626,5 @@ fn a_refused_batch_is_reported_to_its_source() {
         "{err}"
     );
     assert!(err.contains("InvalidArgument"), "{err}");
-    assert_eq!(rx.requests().len(), 1);
+    assert_eq!(rx.requests_settled(1).len(), 1);
 }

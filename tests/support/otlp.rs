@@ -87,6 +87,17 @@ impl Receiver {
             .clone()
     }
 
+    /// The requests once `n` have been reported and no more came for a moment. The script
+    /// reports a request before it answers, but over a pipe: what the answer caused
+    /// (a metric, a log line, an exit) can be seen before the report is.
+    pub fn requests_settled(&self, n: usize) -> Vec<Value> {
+        super::wait_until("the receiver's reports", Duration::from_secs(10), || {
+            self.requests().len() >= n
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        self.requests()
+    }
+
     /// The log records of the requests it accepted, each with its resource's attributes
     /// (`{"resource": {key: value}, "record": <OTLP JSON>}`).
     pub fn accepted_records(&self) -> Vec<Value> {
