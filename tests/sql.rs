@@ -960,9 +960,66 @@ async fn webhook_queue_rows_hold_a_requests_worth_of_events(b: Backend) {
     let uids = uids_of(dead[0].decode_events().expect("events"));
     assert_eq!(uids[0], "r0");
     assert_eq!(uids[199], "r199");
+    // The row left is stored packed: its events and spans in a fraction of their size.
+    let db = connect(&b.url).await;
+    let stored = queue_rows(&db, &sink).await;
+    assert_eq!(stored.len(), 1);
+    let (id, event, packed) = stored[0].clone();
+    assert_eq!(event, "", "{}: the text is in `packed`", b.name);
+    let packed = packed.expect("packed");
+    let (text, _spans) = eventflow::stages::webhook::queue::unpack(&packed).expect("unpacks");
+    assert_eq!(text, all[2].event, "{}", b.name);
+    assert!(
+        packed.len() * 4 < text.len(),
+        "{}: {} bytes for {}",
+        b.name,
+        packed.len(),
+        text.len()
+    );
+    // Damaged, it is read as such: it says why, and moved to the dead letters it keeps its
+    // bytes for a person to see.
+    let cut = &packed[..packed.len() / 2];
+    let hex = eventflow::stages::webhook::queue::hex(cut);
+    let sql = format!(
+        "UPDATE eventflow_webhook_queue SET packed = {} WHERE id = {id}",
+        match b.name {
+            "postgres" => format!("'\\x{hex}'::bytea"),
+            _ => format!("X'{hex}'"),
+        }
+    );
+    db.execute_raw(sql).await.expect("damage the row");
+    let head = store.head(&sink, 0, 1000).await.expect("head");
+    let why = head[0].events().expect_err("damaged").to_string();
+    assert!(why.contains("does not unpack"), "{}: {why}", b.name);
+    store.bury(&sink, &head, "", 0, &why).await.expect("bury");
+    let dead = store.dead_letters(Some(&sink), &[]).await.expect("dead");
+    assert_eq!(dead.len(), 2);
+    assert_eq!(dead[1].events, format!("[\"{hex}\"]"), "{}", b.name);
+    assert_eq!(store.count(&sink).await.expect("count"), 0);
+    db.close().await;
     store.close().await;
 }
 on_every_backend!(async webhook_queue_rows_hold_a_requests_worth_of_events);
+
+/// A sink's queue rows as stored: id, `event`, `packed`.
+async fn queue_rows(db: &Db, sink: &str) -> Vec<(i64, String, Option<Vec<u8>>)> {
+    let sql = format!(
+        "SELECT id, event, packed FROM eventflow_webhook_queue WHERE sink = '{sink}' ORDER BY id"
+    );
+    macro_rules! fetch {
+        ($pool:expr) => {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .fetch_all($pool)
+                .await
+                .expect("queue rows")
+        };
+    }
+    match db {
+        Db::Sqlite(p) => fetch!(p),
+        Db::Postgres(p) => fetch!(p),
+        Db::MySql(p) => fetch!(p),
+    }
+}
 
 /// A queue written by an earlier version (one event per row, no `n` or `form` column) is
 /// migrated when the store opens: the columns are added, the old rows are read as one event
@@ -981,11 +1038,12 @@ async fn a_queue_of_the_earlier_one_event_per_row_format_is_read_after_the_migra
         "ALTER TABLE eventflow_webhook_queue DROP COLUMN n",
         "ALTER TABLE eventflow_webhook_queue DROP COLUMN form",
         "ALTER TABLE eventflow_webhook_queue DROP COLUMN spans",
+        "ALTER TABLE eventflow_webhook_queue DROP COLUMN packed",
     ] {
         sqlx::query(earlier)
             .execute(&pool)
             .await
-            .expect("the earlier table: no n, form or spans, indexed by (sink, id)");
+            .expect("the earlier table: no n, form, spans or packed, indexed by (sink, id)");
     }
     for i in 0..3 {
         let stored = eventflow::event::to_stored(&event(&format!("old{i}"))).expect("stored");

@@ -750,22 +750,50 @@ fn sent(got: &[Got]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Rewrites the queue rows `ids` of a state database as versions before packing wrote them:
+/// the events' text in `event`, their spans in `spans`.
+async fn unpack_rows(pool: &sqlx::SqlitePool, ids: &[i64]) {
+    for id in ids {
+        let (packed,): (Vec<u8>,) =
+            sqlx::query_as("SELECT packed FROM eventflow_webhook_queue WHERE id = ?")
+                .bind(id)
+                .fetch_one(pool)
+                .await
+                .unwrap();
+        let (text, spans) = eventflow::stages::webhook::queue::unpack(&packed).unwrap();
+        sqlx::query(
+            "UPDATE eventflow_webhook_queue SET event = ?, spans = ?, packed = NULL WHERE id = ?",
+        )
+        .bind(text)
+        .bind(spans)
+        .bind(id)
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+}
+
 /// A durable queue sends what the in-memory sink sends: the same bodies, byte for byte but the
 /// send time, under the same delivery ids. Queued rows of this version go out as stored (their
-/// events' text spliced into the body, found through the row's spans, not decoded); a row
-/// without spans, or whose spans do not fit, is read instead; a row written by an earlier
-/// version (no form recorded) is decoded first. All give the same requests, one event per
-/// request and batched.
+/// events' text unpacked and spliced into the body, found through the row's spans, not
+/// decoded); rows as earlier versions wrote them are read too: not packed; without spans, or
+/// whose spans do not fit (read through instead); with no form recorded (decoded first). All
+/// give the same requests, one event per request and batched.
 #[tokio::test]
 async fn a_durable_queue_sends_the_bodies_and_ids_the_in_memory_sink_sends() {
     let events: Vec<_> = (0..6).map(rich).collect();
+    // Row 5 stays as this version wrote it.
     let one = [
         "UPDATE eventflow_webhook_queue SET form = NULL WHERE id % 2 = 0",
         "UPDATE eventflow_webhook_queue SET spans = NULL WHERE id = 1",
         r#"UPDATE eventflow_webhook_queue SET spans = '[[1,2,"x","1",null]]' WHERE id = 3"#,
     ];
+    // A batch of packed rows and one decoded.
     let three = ["UPDATE eventflow_webhook_queue SET form = NULL WHERE id = 2"];
-    for (max_events, changes) in [(1, &one[..]), (3, &three[..])] {
+    for (max_events, unpacked, changes) in [
+        (1, &[1, 2, 3, 4, 6][..], &one[..]),
+        (3, &[2, 4][..], &three[..]),
+    ] {
         let batch = json!({"max_events": max_events, "max_wait": "50ms"});
         let (r, url) = Receiver::start();
         let (topo, feed) = pipeline(&url, json!({"batch": batch})).await;
@@ -789,6 +817,7 @@ async fn a_durable_queue_sends_the_bodies_and_ids_the_in_memory_sink_sends() {
         }
         topo.shutdown(Duration::from_secs(5)).await;
         let pool = sqlx::SqlitePool::connect(&state).await.unwrap();
+        unpack_rows(&pool, unpacked).await;
         for change in changes {
             let changed = sqlx::query(*change).execute(&pool).await.unwrap();
             assert!(changed.rows_affected() > 0, "{change}");
@@ -804,6 +833,50 @@ async fn a_durable_queue_sends_the_bodies_and_ids_the_in_memory_sink_sends() {
         topo.shutdown(Duration::from_secs(5)).await;
         assert_eq!(sent(&r.got()), in_memory, "batches of {max_events}");
     }
+}
+
+/// A queued row whose packed events were damaged on disk is moved to the dead letters with
+/// the reason and its bytes; the rows around it are delivered.
+#[tokio::test]
+async fn a_damaged_queued_row_is_dead_lettered_and_the_rest_delivered() {
+    let (_dir, state, port, url) = down();
+    let (topo, feed) = pipeline_with_state(&url, durable(), Some(&state)).await;
+    for uid in ["first", "second", "third"] {
+        let ack = feed.send(vec![versioned(uid, "1")]).await;
+        assert_eq!(ack.await.unwrap(), Status::Delivered, "queued");
+    }
+    topo.shutdown(Duration::from_secs(5)).await;
+    let pool = sqlx::SqlitePool::connect(&state).await.unwrap();
+    let damaged = sqlx::query(
+        "UPDATE eventflow_webhook_queue SET packed = substr(packed, 1, 12) WHERE id = 2",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert_eq!(damaged.rows_affected(), 1);
+    pool.close().await;
+    let r = Receiver::on_port(port);
+    let (topo, _feed) = pipeline_with_state(&url, durable(), Some(&state)).await;
+    queue_empties(&state).await;
+    topo.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(uids(&r.got()), ["first", "third"]);
+    let store = eventflow::stages::webhook::queue::Store::open(&state)
+        .await
+        .unwrap();
+    let dead = store.dead_letters(Some("hook"), &[]).await.unwrap();
+    store.close().await;
+    assert_eq!(dead.len(), 1);
+    assert!(
+        dead[0].reason.contains("cannot read the queued event")
+            && dead[0].reason.contains("does not unpack"),
+        "{}",
+        dead[0].reason
+    );
+    assert_eq!(
+        dead[0].events.len(),
+        2 + 2 + 24,
+        "12 bytes in hexadecimal, a JSON string in an array"
+    );
 }
 
 /// A webhook that cannot be reached says why in its log line, with the stage: the connection
