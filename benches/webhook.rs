@@ -26,19 +26,124 @@ use eventflow::stages::webhook::{WebhookConfig, body};
 use eventflow::testkit::{ChannelSource, source_to_sink};
 use futures::StreamExt;
 
+/// Event `i` of a bench: one of 1,000 different ones ([`made`]) under a uid and
+/// resourceVersion of its own — a clone, so that making events costs the sinks' side of
+/// a comparison little.
 fn data(i: usize) -> EventData {
+    static POOL: std::sync::OnceLock<Vec<EventData>> = std::sync::OnceLock::new();
+    let pool = POOL.get_or_init(|| (0..1000).map(made).collect());
+    let mut e = pool[i % pool.len()].clone();
+    e.uid.truncate(24);
+    e.uid.push_str(&format!("{i:012x}"));
+    e.resource_version = (48_000_000 + i).to_string();
+    e
+}
+
+/// A pod's Event as a busy cluster has them, each different where real ones differ (uids,
+/// names, times, counts, the pod, image or node in the message, reason by reason), without
+/// `raw` (a kube source keeps it only for a stage that reads it; a `json` body does not). A row
+/// of 100 packs a little less tightly than the real Events of `tests/data` do (the drain cases
+/// print how tightly).
+fn made(i: usize) -> EventData {
+    // SplitMix64: a different, repeatable draw per event.
+    let mut z = (i as u64).wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut next = || {
+        z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut x = z;
+        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        x ^ (x >> 31)
+    };
+    let (a, b, c) = (next(), next(), next());
+    let uid = format!(
+        "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+        a >> 32,
+        a & 0xffff,
+        (b >> 52) & 0xfff,
+        (b >> 40) & 0xfff,
+        c & 0xffff_ffff_ffff
+    );
+    let namespaces = ["shop", "payments", "search", "kube-system", "monitoring"];
+    let apps = ["web", "api", "worker", "cart", "checkout", "indexer", "exporter"];
+    let ns = namespaces[(a % 5) as usize];
+    let app = apps[(b % 7) as usize];
+    let pod = format!("{app}-{:08x}-{:05x}", c >> 32, b & 0xfffff);
+    let node = format!("gke-prod-pool-{:x}-{:04x}", a % 3, (c >> 8) & 0xffff);
+    let (type_, reason, source, message) = match i % 5 {
+        0 => (
+            "Warning",
+            "BackOff",
+            "kubelet",
+            format!("Back-off restarting failed container {app} in pod {pod}_{ns}({uid})"),
+        ),
+        1 => (
+            "Normal",
+            "Pulled",
+            "kubelet",
+            format!(
+                "Successfully pulled image \"registry.example.com/{ns}/{app}:1.{}.{}\" in {}.{}s (including waiting)",
+                a % 40,
+                b % 10,
+                c % 20,
+                a % 1000
+            ),
+        ),
+        2 => (
+            "Normal",
+            "Scheduled",
+            "default-scheduler",
+            format!("Successfully assigned {ns}/{pod} to {node}"),
+        ),
+        3 => (
+            "Warning",
+            "FailedScheduling",
+            "default-scheduler",
+            format!(
+                "0/{} nodes are available: {} Insufficient cpu, {} node(s) had untolerated taint {{dedicated: batch}}. preemption: 0/{} nodes are available.",
+                12 + a % 20,
+                a % 7,
+                b % 5,
+                12 + a % 20
+            ),
+        ),
+        _ => (
+            "Warning",
+            "Unhealthy",
+            "kubelet",
+            format!(
+                "Readiness probe failed: Get \"http://10.{}.{}.{}:8080/healthz\": context deadline exceeded",
+                a % 256,
+                b % 256,
+                c % 256
+            ),
+        ),
+    };
+    let name = format!("{pod}.{:016x}", a ^ c);
+    let rv = (48_000_000 + i).to_string();
+    let seen = chrono::DateTime::from_timestamp(1_796_000_000 + i64::try_from(i).unwrap_or(0), 0)
+        .unwrap_or_default();
+    let first = seen - chrono::Duration::seconds(i64::try_from(c % 3600).unwrap_or(0));
+    let count = i64::try_from(1 + a % 40).unwrap_or(1);
+    let object_uid = format!("{:016x}{:016x}", b, c);
     EventData {
         cluster: Arc::from("prod"),
-        uid: format!("0b6f3c52-8f0e-4d8a-9d5c-{i:012}"),
-        name: format!("web-7d4b9c-{i:08}.17d2f9e0a1b2c3d4"),
-        namespace: "shop".into(),
-        resource_version: (48_000_000 + i).to_string(),
-        type_: "Warning".into(),
-        reason: "BackOff".into(),
-        message: "Back-off restarting failed container web in pod web-7d4b9c-x2x9q_shop(5f3b0c3e-9d2a-4c4c-9a9a-3b1d2c4e5f60)".into(),
+        uid,
+        name,
+        namespace: ns.into(),
+        resource_version: rv,
+        type_: type_.into(),
+        reason: reason.into(),
+        message,
         kind: "Pod".into(),
-        object_name: format!("web-7d4b9c-{i:08}"),
-        count: 3,
+        object_name: pod,
+        object_namespace: ns.into(),
+        object_uid,
+        field_path: format!("spec.containers{{{app}}}"),
+        source: source.into(),
+        host: node,
+        count,
+        first_seen: Some(first),
+        last_seen: Some(seen),
         ..EventData::default()
     }
 }
@@ -152,8 +257,31 @@ const BACKLOG: usize = 100_000;
 /// down (nothing listens on its port), then stopped.
 fn backlog(rt: &tokio::runtime::Runtime) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tmp");
-    rt.block_on(fill(&sqlite_state(dir.path())));
+    let state = sqlite_state(dir.path());
+    rt.block_on(fill(&state));
+    rt.block_on(packing(&state));
     dir
+}
+
+/// Says how tightly the backlog's rows are packed (each row's packed bytes against the size
+/// its first four bytes give, unpacked).
+async fn packing(state: &str) {
+    let pool = sqlx::SqlitePool::connect(state).await.expect("state");
+    let rows: Vec<(Vec<u8>,)> = sqlx::query_as("SELECT packed FROM eventflow_webhook_queue")
+        .fetch_all(&pool)
+        .await
+        .expect("rows");
+    pool.close().await;
+    let packed: usize = rows.iter().map(|(p,)| p.len()).sum();
+    let unpacked: u64 = rows
+        .iter()
+        .filter_map(|(p,)| Some(u64::from(u32::from_le_bytes(p.get(..4)?.try_into().ok()?))))
+        .sum();
+    eprintln!(
+        "backlog: {} rows, {unpacked} bytes of events and spans packed into {packed} ({:.1}x)",
+        rows.len(),
+        unpacked as f64 / packed.max(1) as f64
+    );
 }
 
 /// Queues `BACKLOG` events in the state database `state` (the receiver down).
