@@ -39,22 +39,30 @@ fn data(i: usize) -> EventData {
     e
 }
 
+/// The bench events' type, reason and reporting component, in turn.
+const REASONS: [(&str, &str, &str); 5] = [
+    ("Warning", "BackOff", "kubelet"),
+    ("Normal", "Pulled", "kubelet"),
+    ("Normal", "Scheduled", "default-scheduler"),
+    ("Warning", "FailedScheduling", "default-scheduler"),
+    ("Warning", "Unhealthy", "kubelet"),
+];
+
 /// A pod's Event as a busy cluster has them, each different where real ones differ (uids,
 /// names, times, counts, the pod, image or node in the message, reason by reason), without
 /// `raw` (a kube source keeps it only for a stage that reads it; a `json` body does not). A row
 /// of 100 packs a little less tightly than the real Events of `tests/data` do (the drain cases
 /// print how tightly).
 fn made(i: usize) -> EventData {
-    // SplitMix64: a different, repeatable draw per event.
-    let mut z = (i as u64).wrapping_add(0x9e37_79b9_7f4a_7c15);
-    let mut next = || {
-        z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut x = z;
+    // SplitMix64: three different, repeatable draws per event.
+    let mut state = (i as u64).wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let [a, b, c] = [(); 3].map(|()| {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut x = state;
         x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         x ^ (x >> 31)
-    };
-    let (a, b, c) = (next(), next(), next());
+    });
     let uid = format!(
         "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
         a >> 32,
@@ -64,58 +72,36 @@ fn made(i: usize) -> EventData {
         c & 0xffff_ffff_ffff
     );
     let namespaces = ["shop", "payments", "search", "kube-system", "monitoring"];
-    let apps = ["web", "api", "worker", "cart", "checkout", "indexer", "exporter"];
+    let apps = [
+        "web", "api", "worker", "cart", "checkout", "indexer", "exporter",
+    ];
     let ns = namespaces[(a % 5) as usize];
     let app = apps[(b % 7) as usize];
     let pod = format!("{app}-{:08x}-{:05x}", c >> 32, b & 0xfffff);
     let node = format!("gke-prod-pool-{:x}-{:04x}", a % 3, (c >> 8) & 0xffff);
-    let (type_, reason, source, message) = match i % 5 {
-        0 => (
-            "Warning",
-            "BackOff",
-            "kubelet",
-            format!("Back-off restarting failed container {app} in pod {pod}_{ns}({uid})"),
+    let (type_, reason, source) = REASONS[i % REASONS.len()];
+    let message = match reason {
+        "BackOff" => format!("Back-off restarting failed container {app} in pod {pod}_{ns}({uid})"),
+        "Pulled" => format!(
+            "Successfully pulled image \"registry.example.com/{ns}/{app}:1.{}.{}\" in {}.{}s (including waiting)",
+            a % 40,
+            b % 10,
+            c % 20,
+            a % 1000
         ),
-        1 => (
-            "Normal",
-            "Pulled",
-            "kubelet",
-            format!(
-                "Successfully pulled image \"registry.example.com/{ns}/{app}:1.{}.{}\" in {}.{}s (including waiting)",
-                a % 40,
-                b % 10,
-                c % 20,
-                a % 1000
-            ),
+        "Scheduled" => format!("Successfully assigned {ns}/{pod} to {node}"),
+        "FailedScheduling" => format!(
+            "0/{} nodes are available: {} Insufficient cpu, {} node(s) had untolerated taint {{dedicated: batch}}. preemption: 0/{} nodes are available.",
+            12 + a % 20,
+            a % 7,
+            b % 5,
+            12 + a % 20
         ),
-        2 => (
-            "Normal",
-            "Scheduled",
-            "default-scheduler",
-            format!("Successfully assigned {ns}/{pod} to {node}"),
-        ),
-        3 => (
-            "Warning",
-            "FailedScheduling",
-            "default-scheduler",
-            format!(
-                "0/{} nodes are available: {} Insufficient cpu, {} node(s) had untolerated taint {{dedicated: batch}}. preemption: 0/{} nodes are available.",
-                12 + a % 20,
-                a % 7,
-                b % 5,
-                12 + a % 20
-            ),
-        ),
-        _ => (
-            "Warning",
-            "Unhealthy",
-            "kubelet",
-            format!(
-                "Readiness probe failed: Get \"http://10.{}.{}.{}:8080/healthz\": context deadline exceeded",
-                a % 256,
-                b % 256,
-                c % 256
-            ),
+        _ => format!(
+            "Readiness probe failed: Get \"http://10.{}.{}.{}:8080/healthz\": context deadline exceeded",
+            a % 256,
+            b % 256,
+            c % 256
         ),
     };
     let name = format!("{pod}.{:016x}", a ^ c);
@@ -124,7 +110,7 @@ fn made(i: usize) -> EventData {
         .unwrap_or_default();
     let first = seen - chrono::Duration::seconds(i64::try_from(c % 3600).unwrap_or(0));
     let count = i64::try_from(1 + a % 40).unwrap_or(1);
-    let object_uid = format!("{:016x}{:016x}", b, c);
+    let object_uid = format!("{b:016x}{c:016x}");
     EventData {
         cluster: Arc::from("prod"),
         uid,
