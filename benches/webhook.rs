@@ -249,8 +249,8 @@ fn backlog(rt: &tokio::runtime::Runtime) -> tempfile::TempDir {
     dir
 }
 
-/// Says how tightly the backlog's rows are packed (each row's packed bytes against the size
-/// its first four bytes give, unpacked).
+/// Says how tightly the backlog's rows are packed (their packed bytes against the events'
+/// text and spans they unpack to).
 async fn packing(state: &str) {
     let pool = sqlx::SqlitePool::connect(state).await.expect("state");
     let rows: Vec<(Vec<u8>,)> = sqlx::query_as("SELECT packed FROM eventflow_webhook_queue")
@@ -259,9 +259,12 @@ async fn packing(state: &str) {
         .expect("rows");
     pool.close().await;
     let packed: usize = rows.iter().map(|(p,)| p.len()).sum();
-    let unpacked: u64 = rows
+    let unpacked: usize = rows
         .iter()
-        .filter_map(|(p,)| Some(u64::from(u32::from_le_bytes(p.get(..4)?.try_into().ok()?))))
+        .map(|(p,)| {
+            let (text, spans) = eventflow::stages::webhook::queue::unpack(p).expect("unpacks");
+            text.len() + 1 + spans.len()
+        })
         .sum();
     eprintln!(
         "backlog: {} rows, {unpacked} bytes of events and spans packed into {packed} ({:.1}x)",

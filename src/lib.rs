@@ -39,6 +39,7 @@ pub mod config;
 pub mod engine;
 pub mod event;
 pub mod health;
+pub mod hex;
 pub mod kube_client;
 pub mod leader;
 pub mod metrics;

@@ -979,7 +979,7 @@ async fn webhook_queue_rows_hold_a_requests_worth_of_events(b: Backend) {
     // Damaged, it is read as such: it says why, and moved to the dead letters it keeps its
     // bytes for a person to see.
     let cut = &packed[..packed.len() / 2];
-    let hex = eventflow::stages::webhook::queue::hex(cut);
+    let hex = eventflow::hex::encode(cut);
     let sql = format!(
         "UPDATE eventflow_webhook_queue SET packed = {} WHERE id = {id}",
         match b.name {

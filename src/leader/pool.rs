@@ -116,11 +116,7 @@ impl Unit {
 fn member_name(lease: &str, identity: &str) -> String {
     use sha2::Digest;
     let d = sha2::Sha256::digest(identity.as_bytes());
-    let hash: String = d.iter().take(5).fold(String::new(), |mut s, b| {
-        use std::fmt::Write as _;
-        let _ = write!(s, "{b:02x}");
-        s
-    });
+    let hash = crate::hex::encode(&d[..5]);
     format!("{lease}-member-{hash}")
 }
 

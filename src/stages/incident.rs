@@ -67,11 +67,7 @@ pub fn incident_key(key: &KeySpec, e: &EventData) -> String {
         return k;
     }
     let d = sha2::Sha256::digest(k.as_bytes());
-    let hash: String = d.iter().take(12).fold(String::new(), |mut s, b| {
-        use std::fmt::Write as _;
-        let _ = write!(s, "{b:02x}");
-        s
-    });
+    let hash = crate::hex::encode(&d[..12]);
     let mut end = 160;
     while !k.is_char_boundary(end) {
         end -= 1;

@@ -25,8 +25,6 @@
 //! delivery id, the reason and the number of attempts, for a person to inspect and re-send
 //! (`eventflow dead-letter`).
 
-use std::fmt::Write as _;
-
 use sea_query::{Alias, ColumnDef, Expr, ExprTrait, Func, Index, Order, Query, Table};
 
 use crate::event::{self, Event, EventData};
@@ -115,7 +113,7 @@ impl Pending {
                     row.spans = Some(spans);
                 }
                 Err(why) => {
-                    row.event = hex(&packed);
+                    row.event = crate::hex::encode(&packed);
                     row.damaged = Some(why);
                 }
             }
@@ -250,13 +248,15 @@ fn stored_row(events: &[Event]) -> serde_json::Result<(String, String)> {
 }
 
 /// A row's events' text and spans, packed: LZ4 (block format, the unpacked size first) of the
-/// spans' JSON, a newline (JSON text has none of its own outside strings, where it is escaped)
-/// and the events' text.
+/// events' text, a newline and the spans' JSON. The spans come last because they hold no
+/// newline (serde_json writes none outside strings, and escapes those in strings), while an
+/// event's `raw` text may: the last newline ends the text, and unpacking copies out only the
+/// spans, not the much longer text.
 pub fn pack(text: &str, spans: &str) -> Vec<u8> {
-    let mut raw = Vec::with_capacity(spans.len() + 1 + text.len());
-    raw.extend_from_slice(spans.as_bytes());
-    raw.push(b'\n');
+    let mut raw = Vec::with_capacity(text.len() + 1 + spans.len());
     raw.extend_from_slice(text.as_bytes());
+    raw.push(b'\n');
+    raw.extend_from_slice(spans.as_bytes());
     lz4_flex::compress_prepend_size(&raw)
 }
 
@@ -265,9 +265,8 @@ pub fn unpack(packed: &[u8]) -> Result<(String, String), String> {
     // The size it claims is checked before anything is allocated for it: LZ4 expands at most
     // 255 times (a damaged row must not ask for gigabytes).
     let claimed = packed
-        .get(..4)
-        .and_then(|b| <[u8; 4]>::try_from(b).ok())
-        .map(u32::from_le_bytes)
+        .first_chunk::<4>()
+        .map(|b| u32::from_le_bytes(*b))
         .ok_or("the packed row is shorter than its header")?;
     if u64::from(claimed) > (packed.len() as u64).saturating_mul(255) {
         return Err(format!(
@@ -277,22 +276,14 @@ pub fn unpack(packed: &[u8]) -> Result<(String, String), String> {
     }
     let raw = lz4_flex::decompress_size_prepended(packed)
         .map_err(|e| format!("the packed row does not unpack: {e}"))?;
-    let mut spans =
+    let mut text =
         String::from_utf8(raw).map_err(|e| format!("the unpacked row is not text: {e}"))?;
-    let at = spans
-        .find('\n')
-        .ok_or("the unpacked row has no end to its spans")?;
-    let text = spans.split_off(at + 1);
-    spans.truncate(at);
+    let at = text
+        .rfind('\n')
+        .ok_or("the unpacked row has no start to its spans")?;
+    let spans = text.split_off(at + 1);
+    text.truncate(at);
     Ok((text, spans))
-}
-
-/// `bytes` in hexadecimal (what a packed row that does not unpack is kept as).
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::new(), |mut hex, b| {
-        let _ = write!(hex, "{b:02x}");
-        hex
-    })
 }
 
 /// The events of stored rows, as a JSON array.
@@ -321,26 +312,22 @@ fn name(s: &str) -> Alias {
     Alias::new(s)
 }
 
-/// A nullable binary column of any length.
-fn long_blob(backend: Backend, n: &str) -> ColumnDef {
-    let mut c = ColumnDef::new(name(n));
-    if backend == Backend::MySql {
-        c.custom(name("LONGBLOB"));
-    } else {
-        c.blob();
-    }
-    c.null();
-    c
+/// What a column of any length holds.
+#[derive(Clone, Copy)]
+enum Long {
+    Text,
+    Bytes,
 }
 
-/// A text column of any length (`null`: it may be NULL).
-fn long_text(backend: Backend, n: &str, null: bool) -> ColumnDef {
+/// A column of any length (MySQL's `TEXT` and `BLOB` stop at 64 KiB); `null`: it may be NULL.
+fn long_column(backend: Backend, n: &str, holds: Long, null: bool) -> ColumnDef {
     let mut c = ColumnDef::new(name(n));
-    if backend == Backend::MySql {
-        c.custom(name("LONGTEXT"));
-    } else {
-        c.text();
-    }
+    match (backend, holds) {
+        (Backend::MySql, Long::Text) => c.custom(name("LONGTEXT")),
+        (Backend::MySql, Long::Bytes) => c.custom(name("LONGBLOB")),
+        (_, Long::Text) => c.text(),
+        (_, Long::Bytes) => c.blob(),
+    };
     if null {
         c.null();
     } else {
@@ -366,11 +353,11 @@ async fn add_columns(db: &Db) -> Result<(), DbError> {
             "a row now records the form of its events",
         ),
         (
-            long_text(backend, "spans", true),
+            long_column(backend, "spans", Long::Text, true),
             "a row now records where its events are",
         ),
         (
-            long_blob(backend, "packed"),
+            long_column(backend, "packed", Long::Bytes, true),
             "a row's events are now stored packed",
         ),
     ] {
@@ -406,7 +393,7 @@ pub async fn create_tables(db: &Db) -> Result<(), OpenError> {
         c.not_null().auto_increment().primary_key();
         c
     };
-    let text = |n: &str| long_text(backend, n, false);
+    let text = |n: &str| long_column(backend, n, Long::Text, false);
     let queue = Table::create()
         .table(name(QUEUE))
         .if_not_exists()
@@ -417,8 +404,8 @@ pub async fn create_tables(db: &Db) -> Result<(), OpenError> {
         .col(text("event"))
         .col(ColumnDef::new(name("n")).big_integer().null())
         .col(ColumnDef::new(name("form")).big_integer().null())
-        .col(long_text(backend, "spans", true))
-        .col(long_blob(backend, "packed"))
+        .col(long_column(backend, "spans", Long::Text, true))
+        .col(long_column(backend, "packed", Long::Bytes, true))
         .to_owned();
     let dead = Table::create()
         .table(name(DEAD))
@@ -792,6 +779,12 @@ mod tests {
             super::unpack(&super::pack("[]", "")),
             Ok(("[]".into(), String::new()))
         );
+        // An event's `raw` text may hold newlines of its own (a pretty-printed object).
+        let raw = "[{\"event\":{},\"raw\":{\n  \"kind\": \"Event\"\n}}]";
+        assert_eq!(
+            super::unpack(&super::pack(raw, spans)),
+            Ok((raw.to_string(), spans.to_string()))
+        );
     }
 
     /// A damaged packed row says why it cannot be read, without allocating what it claims.
@@ -809,7 +802,7 @@ mod tests {
         );
         assert!(why(&packed[..packed.len() - 2]).contains("does not unpack"));
         let no_spans = lz4_flex::compress_prepend_size(b"[1,2,3]");
-        assert!(why(&no_spans).contains("no end to its spans"));
+        assert!(why(&no_spans).contains("no start to its spans"));
         let not_text = lz4_flex::compress_prepend_size(&[0xff, b'\n', 0xfe]);
         assert!(why(&not_text).contains("not text"));
         let mut row = row(1, None);
